@@ -1,0 +1,42 @@
+import type { DescMethod } from '@bufbuild/protobuf';
+
+/**
+ * The two ends of one gRPC stream carried through a session, seen the same way from the daemon
+ * (which calls the client's services) and from the client (which serves them).
+ *
+ * Contract: the owner calls `end()` when it has nothing more to send; reading ends when the peer
+ * ends. `close(err)` aborts both directions. Iterating `recv()` throws the peer's error
+ * (a gRPC status as a LoomError) if the call failed.
+ */
+export interface MessageStream<Send, Recv> {
+  send(msg: Send): Promise<void>;
+  end(): void;
+  close(err?: Error): void;
+  recv(): AsyncIterable<Recv>;
+  /** Request metadata (server side) or response headers (client side), lower-case keys. */
+  readonly metadata: Record<string, string[]>;
+}
+
+/** Metadata sent with a call: lower-case keys, several values each (as gRPC metadata). */
+export type CallMetadata = Record<string, string[]>;
+
+/** The daemon's view of one client session: its identity and the services it exposes. */
+export interface SessionCaller {
+  readonly id: string;
+  readonly name: string;
+  readonly sharedKey: string;
+  /** Full gRPC method paths the client said it serves (`/moby.filesync.v1.FileSync/DiffCopy`). */
+  readonly methods: ReadonlySet<string>;
+  supports(method: DescMethod): boolean;
+  unary<M extends DescMethod>(
+    method: M,
+    req: unknown,
+    opts?: { metadata?: CallMetadata; signal?: AbortSignal },
+  ): Promise<any>;
+  stream<M extends DescMethod>(
+    method: M,
+    opts?: { metadata?: CallMetadata; signal?: AbortSignal },
+  ): Promise<MessageStream<any, any>>;
+  /** Resolves when the session's stream is gone. */
+  readonly closed: Promise<void>;
+}

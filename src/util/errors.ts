@@ -1,0 +1,108 @@
+/**
+ * loom's error model. Every failure carries a stable `code` that control/ maps to a gRPC status
+ * (see control/grpc-status.ts); nothing below control/ knows about gRPC.
+ */
+
+export type ErrorCode =
+  | 'INVALID_ARGUMENT'
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'PERMISSION_DENIED'
+  | 'UNAUTHENTICATED'
+  | 'FAILED_PRECONDITION'
+  | 'UNAVAILABLE'
+  | 'DEADLINE_EXCEEDED'
+  | 'CANCELLED'
+  | 'UNIMPLEMENTED'
+  | 'INTERNAL';
+
+export class LoomError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'LoomError';
+  }
+}
+
+export class InvalidArgumentError extends LoomError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('INVALID_ARGUMENT', message, options);
+  }
+}
+
+export class NotFoundError extends LoomError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('NOT_FOUND', message, options);
+  }
+}
+
+export class PermissionDeniedError extends LoomError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('PERMISSION_DENIED', message, options);
+  }
+}
+
+export class UnauthenticatedError extends LoomError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('UNAUTHENTICATED', message, options);
+  }
+}
+
+export class UnavailableError extends LoomError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('UNAVAILABLE', message, options);
+  }
+}
+
+export class UnimplementedError extends LoomError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('UNIMPLEMENTED', message, options);
+  }
+}
+
+export class CancelledError extends LoomError {
+  constructor(message = 'context canceled', options?: { cause?: unknown }) {
+    super('CANCELLED', message, options);
+  }
+}
+
+/**
+ * A step of the graph failed. The message reads as upstream's: the step's name, then the cause,
+ * so `buildctl` prints which vertex failed and why.
+ */
+export class VertexError extends LoomError {
+  readonly digest: string;
+  readonly vertexName: string;
+
+  constructor(opts: { digest: string; name: string; cause: unknown }) {
+    const inner = errorMessage(opts.cause);
+    super(codeOf(opts.cause), inner, { cause: opts.cause });
+    this.digest = opts.digest;
+    this.vertexName = opts.name;
+  }
+}
+
+export function codeOf(err: unknown): ErrorCode {
+  if (err instanceof LoomError) return err.code;
+  if (isAbortError(err)) return 'CANCELLED';
+  return 'INTERNAL';
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
+
+export function isAbortError(err: unknown): boolean {
+  return (
+    err instanceof CancelledError ||
+    (err instanceof Error && (err.name === 'AbortError' || (err as NodeJS.ErrnoException).code === 'ABORT_ERR'))
+  );
+}
+
+/** Throws a CancelledError when the signal has fired: the cheap check between units of work. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new CancelledError('context canceled', { cause: signal.reason });
+}
