@@ -1,4 +1,4 @@
-import type { DescMethod } from '@bufbuild/protobuf';
+import type { DescMessage, DescMethod } from '@bufbuild/protobuf';
 
 /**
  * The two ends of one gRPC stream carried through a session, seen the same way from the daemon
@@ -33,9 +33,13 @@ export interface SessionCaller {
     req: unknown,
     opts?: { metadata?: CallMetadata; signal?: AbortSignal },
   ): Promise<any>;
+  /**
+   * Opens a streaming call. `input`/`output` override the message types for calls whose bytes are
+   * not what the method declares (the local exporter sends fsutil Packets over FileSend.DiffCopy).
+   */
   stream<M extends DescMethod>(
     method: M,
-    opts?: { metadata?: CallMetadata; signal?: AbortSignal },
+    opts?: { metadata?: CallMetadata; signal?: AbortSignal; input?: DescMessage; output?: DescMessage },
   ): Promise<MessageStream<any, any>>;
   /** Resolves when the session's stream is gone. */
   readonly closed: Promise<void>;

@@ -1,0 +1,111 @@
+import { createHash } from 'node:crypto';
+import { PassThrough, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { constants as zc, createGzip } from 'node:zlib';
+import type { ContentStore } from '../content/store.js';
+import type { Compression, LayerDescriptor, LayerProvider } from '../exporter/types.js';
+import { changes as diffTrees } from '../snapshot/layer/changes.js';
+import { writeLayerTar } from '../snapshot/layer/write-layer-tar.js';
+import type { Snapshotter } from '../snapshot/snapshotter.js';
+import type { Ref } from '../solver/types.js';
+import { layerMediaType } from '../util/media-types.js';
+import type { Digest } from '../util/digest.js';
+import { UnimplementedError } from '../util/errors.js';
+import type { LayerPair, MetadataStore } from './metadata.js';
+
+/**
+ * Layer blobs of refs' chains: each diff pair is turned into a compressed tar once, stored in the
+ * content store, and remembered in the index (layer_blobs) so later exports and pushes reuse the
+ * same bytes, hence the same digests. Image layers pulled from a registry are recorded the same
+ * way at pull time, so re-exporting a base image reuses its original blobs.
+ */
+export class LayerStore implements LayerProvider {
+  readonly #md: MetadataStore;
+  readonly #content: ContentStore;
+  readonly #snap: Snapshotter;
+  readonly #inflight = new Map<string, Promise<LayerDescriptor>>();
+
+  constructor(opts: { metadata: MetadataStore; content: ContentStore; snapshotter: Snapshotter }) {
+    this.#md = opts.metadata;
+    this.#content = opts.content;
+    this.#snap = opts.snapshotter;
+  }
+
+  async layers(
+    ref: Ref,
+    opts: { compression: Compression; ociMediaTypes: boolean; signal?: AbortSignal; onLayer?: (d: LayerDescriptor) => void },
+  ): Promise<LayerDescriptor[]> {
+    const out: LayerDescriptor[] = [];
+    for (const pair of ref.chain) {
+      const d = await this.layer(pair, opts);
+      opts.onLayer?.(d);
+      out.push(d);
+    }
+    return out;
+  }
+
+  /** The blob of one diff pair: the recorded one if its compression fits, else computed now. */
+  async layer(pair: LayerPair, opts: { compression: Compression; ociMediaTypes: boolean; signal?: AbortSignal }): Promise<LayerDescriptor> {
+    const rec = this.#md.getLayerBlob(pair.lower, pair.upper, opts.compression);
+    if (rec && (await this.#content.has(rec.digest as Digest))) {
+      return { mediaType: layerMediaType(opts.compression, opts.ociMediaTypes), digest: rec.digest, size: rec.size, diffId: rec.diffId };
+    }
+    const key = `${pair.lower ?? ''}>${pair.upper}>${opts.compression}`;
+    let p = this.#inflight.get(key);
+    if (!p) {
+      p = this.#compute(pair, opts.compression, opts.signal).finally(() => this.#inflight.delete(key));
+      this.#inflight.set(key, p);
+    }
+    const d = await p;
+    return { ...d, mediaType: layerMediaType(opts.compression, opts.ociMediaTypes) };
+  }
+
+  /** Records a blob made elsewhere (a pulled image layer) as the layer of `pair`. */
+  record(pair: LayerPair, d: { digest: string; size: number; diffId: string; compression: Compression; mediaType: string }): void {
+    this.#md.putLayerBlob({ lower: pair.lower, upper: pair.upper, compression: d.compression, digest: d.digest, diffId: d.diffId, size: d.size, mediaType: d.mediaType });
+  }
+
+  async #compute(pair: LayerPair, compression: Compression, signal?: AbortSignal): Promise<LayerDescriptor> {
+    if (compression === 'zstd') throw new UnimplementedError('zstd layer compression is not supported by loom (no sound zstd library for Node 20); use compression=gzip or uncompressed');
+    const upperDir = await this.#snap.dir(pair.upper);
+    const lowerDir = pair.lower ? await this.#snap.dir(pair.lower) : null;
+    const info = await this.#snap.stat(pair.upper);
+    // The snapshotter may know the changes against the parent without walking both trees.
+    const known = info.parent === pair.lower ? await this.#snap.changes(pair.upper) : null;
+    const list = known ?? (await diffTrees(lowerDir, upperDir, { signal }));
+    const tar = new PassThrough();
+    const diffHash = createHash('sha256');
+    const hashTap = new Transform({
+      transform(chunk: Buffer, _e, cb) {
+        diffHash.update(chunk);
+        cb(null, chunk);
+      },
+    });
+    const stages: NodeJS.ReadWriteStream[] = [hashTap];
+    if (compression === 'gzip') stages.push(createGzip({ level: zc.Z_DEFAULT_COMPRESSION }));
+    const writer = this.#content.ingest();
+    const w = await writer;
+    const sink = async function* (src: AsyncIterable<Buffer>) {
+      for await (const chunk of src) await w.write(chunk);
+    };
+    const producing = writeLayerTar(list, upperDir, tar, { signal }).then(
+      () => tar.end(),
+      (err) => {
+        tar.destroy(err as Error);
+        throw err;
+      },
+    );
+    try {
+      await Promise.all([producing, pipeline(tar, ...(stages as [Transform]), sink, { signal })]);
+    } catch (err) {
+      await w.abort();
+      throw err;
+    }
+    const committed = await w.commit();
+    const diffId = `sha256:${diffHash.digest('hex')}`;
+    const mediaType = layerMediaType(compression, true);
+    this.#md.putLayerBlob({ lower: pair.lower, upper: pair.upper, compression, digest: committed.digest, diffId, size: committed.size, mediaType });
+
+    return { mediaType, digest: committed.digest, size: committed.size, diffId };
+  }
+}

@@ -1,0 +1,204 @@
+import { readFileSync } from 'node:fs';
+import { parse } from 'smol-toml';
+import { InvalidArgumentError } from '../util/errors.js';
+
+/** A registry host's settings, as buildkitd.toml's `[registry."host"]`. */
+export interface RegistryHostConfig {
+  mirrors?: string[];
+  http?: boolean;
+  insecure?: boolean;
+  ca?: string[];
+  keypair?: { key: string; cert: string }[];
+}
+
+export interface GCPolicyConfig {
+  all: boolean;
+  /** Bytes. */
+  keepBytes: number;
+  /** Seconds. */
+  keepDuration: number;
+  filters: string[];
+}
+
+/** What buildkitd.toml can say that loom understands. Unknown keys are ignored, as upstream does. */
+export interface DaemonConfig {
+  debug?: boolean;
+  root?: string;
+  insecureEntitlements?: string[];
+  grpc: {
+    address?: string[];
+    debugAddress?: string;
+    uid?: number;
+    gid?: number;
+    tls: { cert?: string; key?: string; ca?: string };
+  };
+  worker: {
+    oci: {
+      enabled?: boolean;
+      platforms?: string[];
+      snapshotter?: string;
+      labels?: Record<string, string>;
+      gc?: boolean;
+      gckeepstorage?: number;
+      gcpolicy?: GCPolicyConfig[];
+      maxParallelism?: number;
+      networkMode?: string;
+    };
+  };
+  registry: Record<string, RegistryHostConfig>;
+}
+
+export function emptyConfig(): DaemonConfig {
+  return { grpc: { tls: {} }, worker: { oci: {} }, registry: {} };
+}
+
+export function loadConfigFile(file: string): DaemonConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new InvalidArgumentError(`failed to read config ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  return parseConfig(text, file);
+}
+
+export function parseConfig(text: string, file = 'buildkitd.toml'): DaemonConfig {
+  let raw: Record<string, unknown>;
+  try {
+    raw = parse(text) as Record<string, unknown>;
+  } catch (err) {
+    throw new InvalidArgumentError(`failed to parse config ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  const where = (k: string) => `${file}: ${k}`;
+  const cfg = emptyConfig();
+  cfg.debug = opt(raw.debug, 'boolean', where('debug'));
+  cfg.root = opt(raw.root, 'string', where('root'));
+  cfg.insecureEntitlements = strList(raw['insecure-entitlements'], where('insecure-entitlements'));
+  const grpc = table(raw.grpc, where('grpc'));
+  cfg.grpc.address = strList(grpc.address, where('grpc.address'));
+  cfg.grpc.debugAddress = opt(grpc.debugAddress, 'string', where('grpc.debugAddress'));
+  cfg.grpc.uid = opt(grpc.uid, 'number', where('grpc.uid'));
+  cfg.grpc.gid = opt(grpc.gid, 'number', where('grpc.gid'));
+  const tls = table(grpc.tls, where('grpc.tls'));
+  cfg.grpc.tls = {
+    cert: opt(tls.cert, 'string', where('grpc.tls.cert')),
+    key: opt(tls.key, 'string', where('grpc.tls.key')),
+    ca: opt(tls.ca, 'string', where('grpc.tls.ca')),
+  };
+  const oci = table(table(raw.worker, where('worker')).oci, where('worker.oci'));
+  cfg.worker.oci = {
+    enabled: opt(oci.enabled, 'boolean', where('worker.oci.enabled')),
+    platforms: strList(oci.platforms, where('worker.oci.platforms')),
+    snapshotter: opt(oci.snapshotter, 'string', where('worker.oci.snapshotter')),
+    labels: oci.labels === undefined ? undefined : (table(oci.labels, where('worker.oci.labels')) as Record<string, string>),
+    gc: opt(oci.gc, 'boolean', where('worker.oci.gc')),
+    gckeepstorage: opt(oci.gckeepstorage, 'number', where('worker.oci.gckeepstorage')),
+    maxParallelism: opt(oci['max-parallelism'], 'number', where('worker.oci.max-parallelism')),
+    networkMode: opt(oci.networkMode, 'string', where('worker.oci.networkMode')),
+    gcpolicy:
+      oci.gcpolicy === undefined
+        ? undefined
+        : arr(oci.gcpolicy, where('worker.oci.gcpolicy')).map((p, i) => {
+            const t = table(p, where(`worker.oci.gcpolicy[${i}]`));
+            return {
+              all: opt(t.all, 'boolean', where(`worker.oci.gcpolicy[${i}].all`)) ?? false,
+              keepBytes: bytesValue(t.keepBytes, where(`worker.oci.gcpolicy[${i}].keepBytes`)),
+              keepDuration: durationSeconds(t.keepDuration, where(`worker.oci.gcpolicy[${i}].keepDuration`)),
+              filters: strList(t.filters, where(`worker.oci.gcpolicy[${i}].filters`)) ?? [],
+            };
+          }),
+  };
+  const regs = table(raw.registry, where('registry'));
+  for (const [host, v] of Object.entries(regs)) {
+    const t = table(v, where(`registry."${host}"`));
+    const w = (k: string) => where(`registry."${host}".${k}`);
+    cfg.registry[host] = {
+      mirrors: strList(t.mirrors, w('mirrors')),
+      http: opt(t.http, 'boolean', w('http')),
+      insecure: opt(t.insecure, 'boolean', w('insecure')),
+      ca: strList(t.ca, w('ca')),
+      keypair:
+        t.keypair === undefined
+          ? undefined
+          : arr(t.keypair, w('keypair')).map((kp, i) => {
+              const k = table(kp, w(`keypair[${i}]`));
+              return { key: String(k.key ?? ''), cert: String(k.cert ?? '') };
+            }),
+    };
+  }
+  return cfg;
+}
+
+function table(v: unknown, where: string): Record<string, unknown> {
+  if (v === undefined) return {};
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InvalidArgumentError(`${where}: expected a table`);
+  return v as Record<string, unknown>;
+}
+
+function arr(v: unknown, where: string): unknown[] {
+  if (!Array.isArray(v)) throw new InvalidArgumentError(`${where}: expected an array`);
+  return v;
+}
+
+function opt<T extends 'string' | 'boolean' | 'number'>(
+  v: unknown,
+  type: T,
+  where: string,
+): (T extends 'string' ? string : T extends 'boolean' ? boolean : number) | undefined {
+  if (v === undefined) return undefined;
+  if (type === 'number' && typeof v === 'bigint') return Number(v) as never;
+  if (typeof v !== type) throw new InvalidArgumentError(`${where}: expected a ${type}, got ${JSON.stringify(v)}`);
+  return v as never;
+}
+
+function strList(v: unknown, where: string): string[] | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v === 'string') return [v];
+  return arr(v, where).map((x, i) => {
+    if (typeof x !== 'string') throw new InvalidArgumentError(`${where}[${i}]: expected a string`);
+    return x;
+  });
+}
+
+/** Integers are bytes; strings may carry a unit ("512MB", "10GiB"), as later upstream configs allow. */
+export function bytesValue(v: unknown, where: string): number {
+  if (v === undefined) return 0;
+  if (typeof v === 'number' || typeof v === 'bigint') return Number(v);
+  if (typeof v === 'string') {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$/i.exec(v);
+    if (m) {
+      const unit = (m[2] ?? 'b').toLowerCase();
+      const base = unit.includes('i') ? 1024 : 1000;
+      const pow = { b: 0, k: 1, m: 2, g: 3, t: 4 }[unit[0] as 'b'] ?? 0;
+      return Math.round(Number(m[1]) * base ** pow);
+    }
+  }
+  throw new InvalidArgumentError(`${where}: invalid size ${JSON.stringify(v)}`);
+}
+
+/** Integers are seconds (v0.11 configs); strings are Go durations ("48h", "1h30m"). */
+export function durationSeconds(v: unknown, where: string): number {
+  if (v === undefined) return 0;
+  if (typeof v === 'number' || typeof v === 'bigint') return Number(v);
+  if (typeof v === 'string') {
+    const s = parseGoDuration(v);
+    if (s !== undefined) return s;
+  }
+  throw new InvalidArgumentError(`${where}: invalid duration ${JSON.stringify(v)}`);
+}
+
+/** Parses a Go duration string into seconds; undefined if it is not one. */
+export function parseGoDuration(v: string): number | undefined {
+  const re = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)/gy;
+  const units: Record<string, number> = { ns: 1e-9, us: 1e-6, 'µs': 1e-6, ms: 1e-3, s: 1, m: 60, h: 3600, d: 86400 };
+  const str = v.trim();
+  if (str === '0') return 0;
+  let total = 0;
+  let matched = 0;
+  re.lastIndex = 0;
+  for (let m = re.exec(str); m; m = re.exec(str)) {
+    total += Number(m[1]) * units[m[2]!]!;
+    matched = re.lastIndex;
+  }
+  return matched === str.length && matched > 0 ? total : undefined;
+}

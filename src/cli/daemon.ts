@@ -1,0 +1,102 @@
+import { toPbPlatform } from '../worker/pb-platform.js';
+import { BuildManager } from '../control/build.js';
+import type { ControlBackend } from '../control/controller.js';
+import { ControlServer } from '../control/server.js';
+import type { GCPolicyConfig } from './config.js';
+import { diskUsage, prune } from '../cache/prune.js';
+import { SessionManager } from '../session/manager.js';
+import { log as rootLog } from '../util/log.js';
+import type { DaemonSettings } from './buildkitd.js';
+import { RootLock } from './root-lock.js';
+import { versionInfo } from './version.js';
+import { createWorker, type Worker } from '../worker/worker.js';
+import { formatPlatform, parsePlatform } from '../util/platform.js';
+
+export interface RunningDaemon {
+  addresses: string[];
+  worker: Worker;
+  stop(): Promise<void>;
+}
+
+/**
+ * Wires the daemon: lock the root, open the worker (stores, snapshotter, ops, exporters), serve
+ * the control API. `stop()` drains: running builds are cancelled, listeners closed, sockets removed.
+ */
+export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
+  const log = rootLog.child({ sub: 'daemon' });
+  const lock = RootLock.acquire(s.root);
+  let worker: Worker | undefined;
+  let server: ControlServer | undefined;
+  try {
+    const sessions = new SessionManager();
+    worker = await createWorker({
+      root: s.root,
+      platforms: s.platforms.map((p) => parsePlatform(p)),
+      snapshotter: s.snapshotter,
+      registry: s.registry,
+      sessions,
+      labels: s.labels,
+      network: s.network,
+    });
+    const builds = new BuildManager({
+      solver: worker.solver,
+      sessions,
+      exporters: worker.exporters,
+      allowedEntitlements: s.entitlements,
+    });
+    const gcPolicy = s.gcPolicy ?? defaultGCPolicy(s.gcKeepStorage);
+    const w = worker;
+    const version = versionInfo();
+    const backend: ControlBackend = {
+      version,
+      sessions,
+      workers: () => [
+        {
+          id: w.id,
+          labels: w.labels,
+          platforms: w.platforms.map(toPbPlatform),
+          gcPolicy: s.gc ? gcPolicy : [],
+        },
+      ],
+      progress: (ref) => builds.progress(ref),
+      solve: (req, signal) => builds.solve(req, signal),
+      diskUsage: async (filters) => diskUsage(w.refs, filters),
+      prune: async (opts, onRecord) => {
+        for (const u of await prune(w.refs, opts, builds.runningCount === 0)) onRecord(u);
+      },
+    };
+    server = new ControlServer({ backend });
+    const addresses: string[] = [];
+    for (const a of s.addrs) addresses.push(await server.listen(a, { tls: s.tls, gid: s.gid }));
+    log.info({ addresses, root: s.root, platforms: w.platforms.map(formatPlatform), version: version.version }, 'running server');
+    const srv = server;
+    return {
+      addresses,
+      worker: w,
+      async stop() {
+        builds.cancelAll();
+        await srv.close(5000);
+        await w.close();
+        lock.release();
+        log.info('stopped');
+      },
+    };
+  } catch (err) {
+    server?.forceClose();
+    await worker?.close();
+    lock.release();
+    throw err;
+  }
+}
+
+/** Upstream's default GC policy for a cap of `keep` bytes (10% of the disk when 0). */
+export function defaultGCPolicy(keep: number): GCPolicyConfig[] {
+  const cap = keep > 0 ? keep : 2e9;
+  return [
+    { filters: ['type==source.local,type==exec.cachemount,type==source.git.checkout'], keepDuration: 48 * 3600, keepBytes: 512e6, all: false },
+    { filters: [], keepDuration: 60 * 24 * 3600, keepBytes: cap, all: false },
+    { filters: [], keepDuration: 0, keepBytes: cap, all: false },
+    { filters: [], keepDuration: 0, keepBytes: cap, all: true },
+  ];
+}
+

@@ -1,0 +1,252 @@
+import { fromBinary } from '@bufbuild/protobuf';
+import type { Writable } from 'node:stream';
+import type { StatusResponse } from '../gen/buildkit/control_pb.js';
+import { OpSchema, type Definition } from '../gen/buildkit/ops_pb.js';
+import { clientSessionServices, checkLocalDirs, type AuthServiceOptions, type ExportTarget, type SecretSource } from '../session/client/index.js';
+import type { resolveSshAgents } from '../session/client/ssh.js';
+import { errorMessage, InvalidArgumentError, isAbortError, LoomError } from '../util/errors.js';
+import type { ControlClient } from './control-client.js';
+import { fromGrpcError } from './grpc-error.js';
+import { newId, openSession } from './session.js';
+
+/** One `--output`: the exporter and its attributes, and where its result lands on this machine. */
+export interface ExportEntry {
+  type: string;
+  attrs: Record<string, string>;
+  /** tar, oci, docker: the sink for the exporter's bytes (given the exporter's response values). */
+  output?: (values: Record<string, string>) => Writable | Promise<Writable>;
+  /** local: the directory the result tree is written into. */
+  outputDir?: string;
+}
+
+export interface CacheOptionsEntry {
+  type: string;
+  attrs: Record<string, string>;
+}
+
+export interface SolveOptions {
+  control: ControlClient;
+  /** An LLB definition; exactly one of definition and frontend. */
+  definition?: Definition;
+  frontend?: string;
+  frontendAttrs?: Record<string, string>;
+  exports?: ExportEntry[];
+  cacheImports?: CacheOptionsEntry[];
+  cacheExports?: CacheOptionsEntry[];
+  /** `--local name=dir`. */
+  locals?: Record<string, string>;
+  secrets?: Map<string, SecretSource>;
+  ssh?: Awaited<ReturnType<typeof resolveSshAgents>>;
+  /** Registry credentials from the docker config (default) or none (false). */
+  auth?: AuthServiceOptions | false;
+  entitlements?: string[];
+  signal?: AbortSignal;
+  /** Progress as the daemon sends it (Control.Status). */
+  onStatus?: (s: StatusResponse) => void;
+  ref?: string;
+  sharedKey?: string;
+  sessionName?: string;
+}
+
+export interface SolveResult {
+  ref: string;
+  exporterResponse: Record<string, string>;
+}
+
+export const EXPORTER_LOCAL = 'local';
+export const EXPORTER_TAR = 'tar';
+export const EXPORTER_OCI = 'oci';
+export const EXPORTER_DOCKER = 'docker';
+
+/**
+ * One build, as upstream's client.Solve: open the session (serving locals, the export target,
+ * credentials, secrets, ssh), then call Solve and follow Status concurrently under one ref.
+ * The session is closed when Solve returns; Status is given 3 s more to drain, then cancelled.
+ */
+export async function solve(opts: SolveOptions): Promise<SolveResult> {
+  const { control } = opts;
+  if (!opts.frontend && !opts.definition) throw new InvalidArgumentError('invalid empty definition');
+  if (opts.frontend && opts.definition) throw new InvalidArgumentError(`invalid definition for frontend ${opts.frontend}`);
+
+  const locals = neededLocals(opts.definition, opts.locals ?? {});
+  await checkLocalDirs(locals);
+
+  const exports = opts.exports ?? [];
+  if (exports.length > 1) throw new InvalidArgumentError('currently only single Exports can be specified');
+  const ex: ExportEntry = exports[0] ?? { type: '', attrs: {} };
+  const exportTarget = resolveExportTarget(ex);
+
+  const { imports, exportsCache, frontendAttrs: cacheAttrs } = cacheOptions(opts);
+  const frontendAttrs = { ...(opts.frontendAttrs ?? {}), ...cacheAttrs };
+
+  const ref = opts.ref ?? newId();
+  const services = clientSessionServices({ locals, exportTarget, auth: opts.auth, secrets: opts.secrets, ssh: opts.ssh });
+  const session = openSession({ control, services, name: opts.sessionName, sharedKey: opts.sharedKey });
+
+  // Status outlives Solve a little (its last messages), but never the caller's cancel.
+  const statusAc = new AbortController();
+  const solveAc = new AbortController();
+  const onAbort = (): void => {
+    solveAc.abort(opts.signal?.reason);
+    statusAc.abort(opts.signal?.reason);
+  };
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  let statusCancelledByUs = false;
+
+  const statusP = control
+    .status(ref, (s) => opts.onStatus?.(s), statusAc.signal)
+    .catch((err: unknown) => {
+      if (statusCancelledByUs && isCancel(err)) return;
+      throw err;
+    });
+
+  const solveP = (async () => {
+    try {
+      const res = await control.solve(
+        {
+          Ref: ref,
+          Definition: opts.definition,
+          Exporter: ex.type,
+          ExporterAttrs: ex.attrs,
+          Session: session.id,
+          Frontend: opts.frontend ?? '',
+          FrontendAttrs: frontendAttrs,
+          Cache: { Exports: exportsCache, Imports: imports },
+          Entitlements: opts.entitlements ?? [],
+        },
+        solveAc.signal,
+      );
+      return { ref, exporterResponse: { ...res.ExporterResponse } };
+    } finally {
+      session.close();
+      const t = setTimeout(() => {
+        statusCancelledByUs = true;
+        statusAc.abort();
+      }, 3000);
+      t.unref();
+      void statusP.finally(() => clearTimeout(t)).catch(() => undefined);
+    }
+  })();
+
+  try {
+    // Either failing fails the build (upstream's errgroup); a failed Status cancels the Solve.
+    const [res] = await Promise.all([
+      solveP,
+      statusP.catch((err: unknown) => {
+        solveAc.abort(err);
+        throw err;
+      }),
+    ]);
+    return res;
+  } catch (err) {
+    session.close();
+    statusAc.abort();
+    // Prefer the Solve's own error: a Status failure is often just its consequence.
+    const solveErr = await solveP.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    throw solveErr ?? err;
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+function isCancel(err: unknown): boolean {
+  return isAbortError(err) || (err instanceof LoomError && err.code === 'CANCELLED');
+}
+
+/**
+ * The `--local` dirs a build may read. With a definition, only those its `local://` sources name
+ * are shared, and each of those must have been given (`local directory X not enabled`); with a
+ * frontend, every one given (the frontend decides).
+ */
+export function neededLocals(def: Definition | undefined, locals: Record<string, string>): Record<string, string> {
+  if (!def) return { ...locals };
+  const out: Record<string, string> = {};
+  for (const dt of def.def) {
+    let op;
+    try {
+      op = fromBinary(OpSchema, dt);
+    } catch (err) {
+      throw new InvalidArgumentError(`failed to parse llb proto op: ${errorMessage(err)}`, { cause: err });
+    }
+    if (op.op.case !== 'source') continue;
+    const id = op.op.value.identifier;
+    if (!id.startsWith('local://')) continue;
+    const name = id.slice('local://'.length);
+    if (!Object.hasOwn(locals, name)) throw new InvalidArgumentError(`local directory ${name} not enabled`);
+    out[name] = locals[name]!;
+  }
+  return out;
+}
+
+/** Where the export lands on this side, with upstream's checks of file versus directory outputs. */
+export function resolveExportTarget(ex: ExportEntry): ExportTarget | undefined {
+  let supportFile = false;
+  let supportDir = false;
+  switch (ex.type) {
+    case EXPORTER_LOCAL:
+      supportDir = true;
+      break;
+    case EXPORTER_TAR:
+      supportFile = true;
+      break;
+    case EXPORTER_OCI:
+    case EXPORTER_DOCKER:
+      supportDir = ex.outputDir !== undefined && ex.outputDir !== '';
+      supportFile = ex.output !== undefined;
+      break;
+  }
+  if (supportFile && supportDir) throw new InvalidArgumentError(`both file and directory output is not support by ${ex.type} exporter`);
+  if (!supportFile && ex.output) throw new InvalidArgumentError(`output file writer is not supported by ${ex.type} exporter`);
+  if (!supportDir && ex.outputDir) throw new InvalidArgumentError(`output directory is not supported by ${ex.type} exporter`);
+  if (supportFile) {
+    if (!ex.output) throw new InvalidArgumentError(`output file writer is required for ${ex.type} exporter`);
+    return { kind: 'file', open: ex.output };
+  }
+  if (supportDir) {
+    if (!ex.outputDir) throw new InvalidArgumentError(`output directory is required for ${ex.type} exporter`);
+    if (ex.type !== EXPORTER_LOCAL) {
+      // Upstream writes an OCI layout through a content-store session service loom's client does not serve.
+      throw new InvalidArgumentError(`${ex.type} exporter with tar=false (an OCI layout directory) is not supported by this client; use a tar output`);
+    }
+    return { kind: 'dir', dir: ex.outputDir };
+  }
+  return undefined;
+}
+
+function cacheOptions(opts: SolveOptions): {
+  imports: { Type: string; Attrs: Record<string, string> }[];
+  exportsCache: { Type: string; Attrs: Record<string, string> }[];
+  frontendAttrs: Record<string, string>;
+} {
+  const exportsCache = [];
+  for (const e of opts.cacheExports ?? []) {
+    if (e.type === 'local') {
+      if (!e.attrs.dest) throw new InvalidArgumentError('local cache exporter requires dest');
+      throw new InvalidArgumentError('type=local cache export (a content store on the client) is not supported by this client');
+    }
+    if (e.type === 'registry' && !e.attrs.ref) throw new InvalidArgumentError('registry cache exporter requires ref');
+    exportsCache.push({ Type: e.type, Attrs: { ...e.attrs } });
+  }
+  const imports = [];
+  for (const e of opts.cacheImports ?? []) {
+    if (e.type === 'local') {
+      if (!e.attrs.src) throw new InvalidArgumentError('local cache importer requires src');
+      throw new InvalidArgumentError('type=local cache import (a content store on the client) is not supported by this client');
+    }
+    if (e.type === 'registry' && !e.attrs.ref) throw new InvalidArgumentError('registry cache importer requires ref');
+    imports.push({ Type: e.type, Attrs: { ...e.attrs } });
+  }
+  const frontendAttrs: Record<string, string> = {};
+  if (opts.frontend && imports.length > 0) {
+    // As Go's encoding/json writes []*CacheOptionsEntry: fields in declaration order, map keys sorted.
+    frontendAttrs['cache-imports'] = JSON.stringify(
+      imports.map((i) => ({ Type: i.Type, Attrs: Object.fromEntries(Object.entries(i.Attrs).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) })),
+    );
+  }
+  return { imports, exportsCache, frontendAttrs };
+}
+
+export { fromGrpcError };

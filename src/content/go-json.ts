@@ -1,0 +1,52 @@
+/**
+ * JSON bytes as Go's encoding/json writes them. Image manifests, indexes and configs are addressed by
+ * the digest of their bytes, so to produce the same digests as upstream for the same content we must
+ * serialize the same way: Go escapes `<`, `>`, `&`, U+2028 and U+2029, sorts map keys, and writes
+ * struct fields in declaration order (callers build objects in that order; see oci.ts).
+ */
+
+const GO_ESCAPES: Record<string, string> = {
+  '<': '\\u003c',
+  '>': '\\u003e',
+  '&': '\\u0026',
+  '\u2028': '\\u2028',
+  '\u2029': '\\u2029',
+};
+
+/**
+ * Go's json.Marshal (indent '') or json.MarshalIndent(v, "", indent). Object keys keep their
+ * insertion order: pass maps through `sortedMap` where Go would marshal a map.
+ */
+export function goJSON(value: unknown, indent = ''): string {
+  const s = JSON.stringify(value, null, indent === '' ? undefined : indent);
+  if (s === undefined) throw new TypeError('value is not serializable to JSON');
+  // JSON.stringify never emits these characters outside strings, so replacing them everywhere only
+  // touches string contents.
+  return s.replace(/[<>&\u2028\u2029]/g, (c) => GO_ESCAPES[c]!);
+}
+
+export function goJSONBytes(value: unknown, indent = ''): Buffer {
+  return Buffer.from(goJSON(value, indent), 'utf8');
+}
+
+/** A copy of a string map with keys in Go's map order (sorted by byte value); undefined stays undefined. */
+export function sortedMap<V>(m: Record<string, V> | undefined): Record<string, V> | undefined {
+  if (m === undefined) return undefined;
+  const out: Record<string, V> = {};
+  for (const k of Object.keys(m).sort(compareBytes)) out[k] = m[k]!;
+  return out;
+}
+
+function compareBytes(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+/**
+ * Go's RFC3339Nano time format as encoding/json writes time.Time: UTC `Z`, fractional seconds with
+ * trailing zeros removed (and no fraction at all when it is zero).
+ */
+export function goTime(d: Date): string {
+  if (Number.isNaN(d.getTime())) throw new TypeError('invalid date');
+  const iso = d.toISOString(); // 2024-01-02T03:04:05.678Z
+  return iso.replace(/\.(\d*?)0*Z$/, (_m, frac: string) => (frac ? `.${frac}Z` : 'Z'));
+}

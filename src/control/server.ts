@@ -1,0 +1,116 @@
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { Control as ControlService } from '../gen/buildkit/control_pb.js';
+import { Health } from '../gen/grpc/health_pb.js';
+import { grpcServiceDef } from '../util/grpc-def.js';
+import { InvalidArgumentError, LoomError } from '../util/errors.js';
+import { controlHandlers, healthHandlers, type ControlBackend } from './controller.js';
+
+export interface TlsFiles {
+  cert?: string;
+  key?: string;
+  /** A CA means client certificates are required and verified against it. */
+  ca?: string;
+}
+
+/** Upstream's limits for one gRPC message (16 MiB each way). */
+const MAX_MSG = 16 << 20;
+
+/**
+ * The daemon's gRPC server: Control and Health on every address. Unix sockets are created fresh
+ * (a stale socket file is removed), owned by `gid` when given; TCP addresses use TLS when a cert
+ * is configured.
+ */
+export class ControlServer {
+  readonly #server: Server;
+  readonly #sockets: string[] = [];
+
+  constructor(opts: { backend: ControlBackend }) {
+    this.#server = new Server({
+      'grpc.max_receive_message_length': MAX_MSG,
+      'grpc.max_send_message_length': MAX_MSG,
+      'grpc.keepalive_permit_without_calls': 1,
+      'grpc-node.max_session_memory': 64,
+    });
+    this.#server.addService(grpcServiceDef(ControlService), controlHandlers(opts.backend));
+    this.#server.addService(grpcServiceDef(Health), healthHandlers());
+  }
+
+  async listen(addr: string, opts: { tls?: TlsFiles; gid?: number } = {}): Promise<string> {
+    const u = parseAddress(addr);
+    if (u.kind === 'unix') {
+      mkdirSync(dirname(u.path), { recursive: true });
+      if (existsSync(u.path)) {
+        if (!statSync(u.path).isSocket()) throw new InvalidArgumentError(`${u.path} exists and is not a socket`);
+        rmSync(u.path);
+      }
+      await this.#bind(`unix://${u.path}`, ServerCredentials.createInsecure());
+      this.#sockets.push(u.path);
+      chmodSync(u.path, 0o660);
+      if (opts.gid !== undefined) chownSync(u.path, 0, opts.gid);
+      return `unix://${u.path}`;
+    }
+    const creds = tlsCredentials(opts.tls);
+    const port = await this.#bind(`${u.host}:${u.port}`, creds);
+    return `tcp://${u.host}:${port}`;
+  }
+
+  #bind(target: string, creds: ServerCredentials): Promise<number> {
+    return new Promise((resolve, reject) =>
+      this.#server.bindAsync(target, creds, (err, port) => (err ? reject(new LoomError('UNAVAILABLE', `failed to listen on ${target}: ${err.message}`, { cause: err })) : resolve(port))),
+    );
+  }
+
+  /** Stops accepting calls, gives running ones `graceMs` to finish, then cuts them; removes sockets. */
+  async close(graceMs = 5000): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        this.#server.forceShutdown();
+        resolve();
+      }, graceMs);
+      this.#server.tryShutdown(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+    for (const s of this.#sockets) rmSync(s, { force: true });
+  }
+
+  forceClose(): void {
+    this.#server.forceShutdown();
+    for (const s of this.#sockets) rmSync(s, { force: true });
+  }
+}
+
+export function parseAddress(addr: string): { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number } {
+  if (addr.startsWith('unix://')) {
+    const path = addr.slice('unix://'.length);
+    if (!path.startsWith('/')) throw new InvalidArgumentError(`invalid address ${addr}: unix socket path must be absolute`);
+    return { kind: 'unix', path };
+  }
+  if (addr.startsWith('tcp://')) {
+    const rest = addr.slice('tcp://'.length);
+    const m = /^(\[[^\]]+\]|[^:]*):(\d+)$/.exec(rest);
+    if (!m) throw new InvalidArgumentError(`invalid address ${addr}: expected tcp://host:port`);
+    return { kind: 'tcp', host: m[1] || '0.0.0.0', port: Number(m[2]) };
+  }
+  throw new InvalidArgumentError(`invalid address ${addr}: only unix:// and tcp:// are supported`);
+}
+
+function tlsCredentials(tls: TlsFiles | undefined): ServerCredentials {
+  if (!tls?.cert && !tls?.key) {
+    if (tls?.ca) throw new InvalidArgumentError('--tlscacert needs --tlscert and --tlskey');
+    return ServerCredentials.createInsecure();
+  }
+  if (!tls.cert || !tls.key) throw new InvalidArgumentError('TLS needs both --tlscert and --tlskey');
+  const read = (f: string, what: string) => {
+    try {
+      return readFileSync(f);
+    } catch (err) {
+      throw new InvalidArgumentError(`failed to read ${what} ${f}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  const ca = tls.ca ? read(tls.ca, 'CA certificate') : null;
+  return ServerCredentials.createSsl(ca, [{ cert_chain: read(tls.cert, 'certificate'), private_key: read(tls.key, 'key') }], ca !== null);
+}

@@ -1,0 +1,90 @@
+import { PassThrough } from 'node:stream';
+import type { Writable } from 'node:stream';
+import type { ContentStore } from '../content/store.js';
+import { FileSend } from '../gen/session/filesync_pb.js';
+import { sendBytes } from '../session/filesync/bytes.js';
+import { exporterMetadata } from '../session/filesync/metadata.js';
+import type { JobContext } from '../solver/types.js';
+import { LoomError } from '../util/errors.js';
+import { oneOff } from '../util/progress.js';
+import type { Platform } from '../util/platform.js';
+import { commitImage, imageResponse, parseBool, parseImageCommitOptions, type ImageCommitOptions } from './commit.js';
+import { normalizeImageNames, writeDockerArchive, writeOciArchive } from './image/archive-writer.js';
+import type { ExportContext, Exporter, ExporterInstance, ExportSource, LayerProvider } from './types.js';
+
+export interface ArchiveExporterDeps {
+  content: ContentStore;
+  layers: LayerProvider;
+  defaultPlatform: Platform;
+  leaseBlobs: (digests: string[]) => () => void;
+}
+
+/**
+ * Streams bytes produced by `produce` to the client's FileSend service (the client writes them to
+ * its `dest` file or stdout). Resolves once the client has everything.
+ */
+export async function sendToClient(job: JobContext, md: Record<string, string>, produce: (out: Writable) => Promise<void>): Promise<void> {
+  const session = await job.session();
+  if (!session.supports(FileSend.method.diffCopy)) {
+    throw new LoomError('FAILED_PRECONDITION', 'the client does not accept exported files (its session has no FileSend service): give the output a dest');
+  }
+  const stream = await session.stream(FileSend.method.diffCopy, { metadata: exporterMetadata(md), signal: job.signal });
+  const pass = new PassThrough({ highWaterMark: 1 << 20 });
+  const producing = produce(pass).then(
+    () => pass.end(),
+    (err: Error) => {
+      pass.destroy(err);
+      throw err;
+    },
+  );
+  await Promise.all([producing, sendBytes(stream, pass, { signal: job.signal })]);
+}
+
+/** `type=oci` and `type=docker`: the image as an archive, streamed to the client. */
+export class ArchiveExporter implements Exporter {
+  readonly name: 'oci' | 'docker';
+  readonly #d: ArchiveExporterDeps;
+
+  constructor(variant: 'oci' | 'docker', deps: ArchiveExporterDeps) {
+    this.name = variant;
+    this.#d = deps;
+  }
+
+  resolve(attrs: Record<string, string>): ExporterInstance {
+    const opts = parseImageCommitOptions(attrs, { ociMediaTypes: this.name === 'oci' });
+    let tar = true;
+    if ('tar' in opts.rest) tar = parseBool(opts.rest.tar!, 'tar');
+    if (!tar) throw new LoomError('UNIMPLEMENTED', `${this.name} exporter: tar=false (export into an OCI layout store) is not supported by loom`);
+    const names = normalizeImageNames(opts.name || undefined);
+    return new ArchiveExporterInstance(this.name, this.#d, opts, names);
+  }
+}
+
+class ArchiveExporterInstance implements ExporterInstance {
+  readonly vertexName: string;
+
+  constructor(
+    private readonly variant: 'oci' | 'docker',
+    private readonly d: ArchiveExporterDeps,
+    private readonly opts: ImageCommitOptions,
+    private readonly names: string[],
+  ) {
+    this.vertexName = `exporting to ${variant} image format`;
+  }
+
+  async export(ctx: ExportContext, src: ExportSource): Promise<Record<string, string>> {
+    const img = await commitImage(this.d, ctx, src, this.opts);
+    const release = this.d.leaseBlobs(img.blobs.map((b) => b.digest));
+    try {
+      const resp = imageResponse(img);
+      if (this.names.length) resp['image.name'] = this.names.join(',');
+      const done = oneOff(ctx.job.progress, ctx.vertex, 'sending tarball');
+      const write = this.variant === 'oci' ? writeOciArchive : writeDockerArchive;
+      await sendToClient(ctx.job, resp, (out) => write(out, { store: this.d.content, root: img.root, names: this.names, signal: ctx.job.signal }));
+      done();
+      return resp;
+    } finally {
+      release();
+    }
+  }
+}

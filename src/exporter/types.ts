@@ -1,0 +1,51 @@
+import type { Platform } from '../gen/buildkit/ops_pb.js';
+import type { JobContext, Ref } from '../solver/types.js';
+
+/**
+ * A build's result as exporters receive it: one ref, or one per platform for a multi-platform
+ * build, plus the frontend's metadata (image config JSON under `containerimage.config`, or
+ * `containerimage.config/<platform id>` per platform).
+ */
+export interface ExportSource {
+  ref?: Ref;
+  /** Multi-platform results, keyed by platform id (`linux/arm64`), in the client's order. */
+  refs?: { id: string; platform: Platform; ref: Ref }[];
+  metadata: Record<string, Uint8Array>;
+}
+
+/** One compressed layer of a ref's chain, its blob already in the content store. */
+export interface LayerDescriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  /** sha256 of the uncompressed tar. */
+  diffId: string;
+}
+
+export type Compression = 'gzip' | 'uncompressed' | 'zstd';
+
+/**
+ * Turns a ref's layer chain into blobs (computed once per diff and compression, then reused).
+ * Implemented in cache/layers.ts.
+ */
+export interface LayerProvider {
+  layers(ref: Ref, opts: { compression: Compression; ociMediaTypes: boolean; signal?: AbortSignal; onLayer?: (d: LayerDescriptor) => void }): Promise<LayerDescriptor[]>;
+}
+
+export interface ExportContext {
+  job: JobContext;
+  /** The progress vertex the exporter reports under. */
+  vertex: string;
+}
+
+export interface ExporterInstance {
+  /** The progress vertex name, as upstream's ("exporting to image"). */
+  readonly vertexName: string;
+  export(ctx: ExportContext, src: ExportSource): Promise<Record<string, string>>;
+}
+
+/** An exporter by name (`image`, `oci`, `docker`, `local`, `tar`). `resolve` validates attrs. */
+export interface Exporter {
+  readonly name: string;
+  resolve(attrs: Record<string, string>): ExporterInstance;
+}

@@ -1,0 +1,68 @@
+import type { RefManager } from '../cache/ref-manager.js';
+import { newId } from '../cache/ref-manager.js';
+import type { FileOp } from '../gen/buildkit/ops_pb.js';
+import type { OpContext, OpImpl, Ref } from '../solver/types.js';
+import { FileActionError, runFileOp } from './file/file-op.js';
+
+/**
+ * FileOp: mkdir, mkfile, rm, symlink and copy actions (ops/file/ does the work on snapshots).
+ * Each output becomes a ref whose layer is its diff against the op input it grew from.
+ */
+export class FileOpImpl implements OpImpl {
+  readonly #refs: RefManager;
+  readonly #op: FileOp;
+
+  constructor(deps: { refs: RefManager }, op: FileOp) {
+    this.#refs = deps.refs;
+    this.#op = op;
+  }
+
+  async cacheKey(): Promise<string> {
+    return '';
+  }
+
+  async run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]> {
+    const created: string[] = [];
+    const protect: (() => void)[] = [];
+    const newKey = () => {
+      const k = newId();
+      created.push(k);
+      protect.push(this.#refs.protect([k]));
+      return k;
+    };
+    try {
+      const res = await runFileOp({
+        op: this.#op,
+        inputs: inputs.map((r) => (isEmptyRef(r) ? null : r.snapshot)),
+        snapshotter: this.#refs.snapshotter,
+        newKey,
+        signal: ctx.signal,
+      });
+      const out: Ref[] = [];
+      for (const o of res.outputs) {
+        const parent = o.parentInput === null ? null : inputs[o.parentInput]!;
+        out.push(
+          await this.#refs.createRef({
+            snapshot: o.snapshot,
+            parent: parent && isEmptyRef(parent) ? null : parent,
+            description: ctx.vertex.name,
+          }),
+        );
+      }
+      return out;
+    } catch (err) {
+      if (err instanceof FileActionError) {
+        const a = this.#op.actions[err.action];
+        throw Object.assign(err, { message: `${a?.action.case ?? 'file action'} failed: ${err.message}` });
+      }
+      throw err;
+    } finally {
+      for (const p of protect) p();
+    }
+  }
+}
+
+/** A ref standing for an empty tree (scratch results of merge or diff). */
+export function isEmptyRef(r: Ref): boolean {
+  return r.chain.length === 0;
+}

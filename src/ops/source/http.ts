@@ -1,0 +1,137 @@
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { chown, utimes } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Transform } from 'node:stream';
+import { request } from 'undici';
+import type { RefManager } from '../../cache/ref-manager.js';
+import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
+import { InvalidArgumentError, NotFoundError, UnavailableError } from '../../util/errors.js';
+import { isDigest } from '../../util/digest.js';
+
+/**
+ * `https://...` / `http://...` sources: one file, named by `http.filename`, the response's
+ * Content-Disposition or the URL's last path element, with mode `http.perm` (default 0600), owner
+ * `http.uid`/`http.gid`, and the Last-Modified time (else the epoch), as upstream writes it.
+ * With `http.checksum` the content is verified and the checksum is the cache key; without, the
+ * download's digest is.
+ */
+export class HttpSourceOp implements OpImpl {
+  readonly #refs: RefManager;
+  readonly #url: string;
+  readonly #attrs: Record<string, string>;
+  #fetched: Promise<{ ref: Ref; digest: string }> | undefined;
+
+  constructor(deps: { refs: RefManager }, identifier: string, attrs: Record<string, string>) {
+    this.#refs = deps.refs;
+    this.#url = identifier;
+    this.#attrs = attrs;
+    try {
+      const u = new URL(identifier);
+      if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('not http');
+    } catch {
+      throw new InvalidArgumentError(`invalid http identifier ${identifier}`);
+    }
+    const sum = attrs['http.checksum'];
+    if (sum && !isDigest(sum)) throw new InvalidArgumentError(`invalid http.checksum ${JSON.stringify(sum)} for ${identifier}`);
+    const fname = attrs['http.filename'];
+    if (fname !== undefined && fname !== '' && (fname.includes('/') || fname === '.' || fname === '..')) {
+      throw new InvalidArgumentError(`invalid http.filename ${JSON.stringify(fname)} for ${identifier}: must be a plain file name`);
+    }
+  }
+
+  #int(key: string, def: number): number {
+    const v = this.#attrs[key];
+    if (v === undefined || v === '') return def;
+    const n = /^0[0-7]+$/.test(v) ? parseInt(v, 8) : /^0x[0-9a-f]+$/i.test(v) ? parseInt(v, 16) : Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`invalid ${key} ${JSON.stringify(v)} for ${this.#url}`);
+    return n;
+  }
+
+  #fetch(ctx: OpContext): Promise<{ ref: Ref; digest: string }> {
+    this.#fetched ??= (async () => {
+      const perm = this.#int('http.perm', 0o600) || 0o600;
+      const uid = this.#int('http.uid', 0);
+      const gid = this.#int('http.gid', 0);
+      const res = await request(this.#url, { method: 'GET', maxRedirections: 10, signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 } as Parameters<typeof request>[1]).catch((err: Error) => {
+        throw new UnavailableError(`failed to fetch ${this.#url}: ${err.message}`, { cause: err });
+      });
+      if (res.statusCode === 404) {
+        await res.body.dump();
+        throw new NotFoundError(`invalid response status 404 from ${this.#url}`);
+      }
+      if (res.statusCode < 200 || res.statusCode >= 300) {
+        await res.body.dump();
+        throw new UnavailableError(`invalid response status ${res.statusCode} from ${this.#url}`);
+      }
+      const name = fileName(this.#url, this.#attrs['http.filename'], header(res.headers['content-disposition']));
+      const w = await this.#refs.prepare(null, { signal: ctx.signal });
+      try {
+        const file = join(w.dir, name);
+        const h = createHash('sha256');
+        const total = Number(header(res.headers['content-length']) ?? 0);
+        const id = `downloading ${this.#url}`;
+        const started = new Date();
+        let n = 0;
+        const tap = new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            h.update(chunk);
+            n += chunk.length;
+            cb(null, chunk);
+          },
+        });
+        await pipeline(res.body, tap, createWriteStream(file, { mode: perm, flags: 'wx' }));
+        const done = new Date();
+        ctx.progress.status({ id, vertex: ctx.vertex.digest, name: id, current: n, total: total || n, timestamp: done, started, completed: done });
+        const digest = `sha256:${h.digest('hex')}`;
+        const want = this.#attrs['http.checksum'];
+        if (want && want !== digest) throw new InvalidArgumentError(`digest mismatch ${digest}: ${want}`);
+        if (uid !== 0 || gid !== 0) await chown(file, uid, gid);
+        const lm = header(res.headers['last-modified']);
+        const mtime = lm && !Number.isNaN(Date.parse(lm)) ? new Date(lm) : new Date(0);
+        await utimes(file, mtime, mtime);
+        const ref = await w.commit({ description: `http url ${this.#url}`, recordType: 'regular' });
+        return { ref, digest };
+      } catch (err) {
+        await w.discard();
+        throw err;
+      }
+    })();
+    return this.#fetched;
+  }
+
+  async cacheKey(ctx: OpContext): Promise<string> {
+    const sum = this.#attrs['http.checksum'];
+    if (sum) return sum;
+    return (await this.#fetch(ctx)).digest;
+  }
+
+  async run(ctx: OpContext): Promise<Ref[]> {
+    return [(await this.#fetch(ctx)).ref];
+  }
+}
+
+function header(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** upstream's choice of name: the attr, else Content-Disposition's filename, else the URL's base. */
+export function fileName(url: string, manual: string | undefined, disposition: string | undefined): string {
+  if (manual) return manual;
+  if (disposition) {
+    const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition);
+    if (m && m[1] && !m[1].endsWith('/')) {
+      const base = posix.basename(m[1].replace(/\\/g, '/'));
+      if (base && base !== '.' && base !== '..') return base;
+    }
+  }
+  try {
+    const base = posix.basename(new URL(url).pathname);
+    const name = base ? decodeURIComponent(base) : '';
+    if (name && name !== '.' && name !== '..' && !name.includes('/')) return name;
+  } catch {
+    /* fall through */
+  }
+  return 'download';
+}

@@ -1,0 +1,115 @@
+import { FileSync } from '../../gen/session/filesync_pb.js';
+import type { MetadataStore } from '../../cache/metadata.js';
+import type { RefManager } from '../../cache/ref-manager.js';
+import { treeDigest } from '../../cache/content-hash.js';
+import type { SessionManager } from '../../session/manager.js';
+import { diffCopyMetadata } from '../../session/filesync/metadata.js';
+import { receiveDir } from '../../session/filesync/receive.js';
+import type { SessionCaller } from '../../session/types.js';
+import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
+import { InvalidArgumentError, LoomError } from '../../util/errors.js';
+
+export interface LocalSourceDeps {
+  refs: RefManager;
+  metadata: MetadataStore;
+  sessions: SessionManager;
+}
+
+const NS_LOCAL = 'local-content';
+
+/**
+ * `local://name`: the client's directory, sent through its session's FileSync service with the
+ * op's include/exclude patterns and follow paths. The transfer happens when the cache key is
+ * computed (the key is the content's digest, so an unchanged directory hits the cache and a
+ * touched-but-unchanged file does not miss); identical content is stored once.
+ */
+export class LocalSourceOp implements OpImpl {
+  readonly #d: LocalSourceDeps;
+  readonly #name: string;
+  readonly #attrs: Record<string, string>;
+  #synced: Promise<{ ref: Ref; digest: string }> | undefined;
+
+  constructor(deps: LocalSourceDeps, identifier: string, attrs: Record<string, string>) {
+    this.#d = deps;
+    this.#name = identifier.slice('local://'.length);
+    this.#attrs = attrs;
+    if (!this.#name) throw new InvalidArgumentError(`invalid local source ${JSON.stringify(identifier)}: no name`);
+  }
+
+  #list(key: string): string[] | undefined {
+    const v = this.#attrs[key];
+    if (v === undefined || v === '') return undefined;
+    try {
+      const arr = JSON.parse(v) as unknown;
+      if (!Array.isArray(arr) || arr.some((x) => typeof x !== 'string')) throw new Error('not a list of strings');
+      return arr as string[];
+    } catch (err) {
+      throw new InvalidArgumentError(`local source ${this.#name}: invalid ${key} ${JSON.stringify(v)}: ${(err as Error).message}`);
+    }
+  }
+
+  async #session(ctx: OpContext): Promise<SessionCaller> {
+    const id = this.#attrs['local.session'];
+    if (id) return this.#d.sessions.get(id, { signal: ctx.signal });
+    return ctx.session();
+  }
+
+  #sync(ctx: OpContext): Promise<{ ref: Ref; digest: string }> {
+    this.#synced ??= (async () => {
+      const include = this.#list('local.includepattern');
+      const exclude = this.#list('local.excludepatterns');
+      const follow = this.#list('local.followpaths');
+      const session = await this.#session(ctx);
+      if (!session.supports(FileSync.method.diffCopy)) {
+        throw new LoomError('FAILED_PRECONDITION', `local source ${this.#name}: the client's session does not serve FileSync (was --local ${this.#name}=DIR given?)`);
+      }
+      const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
+      try {
+        const id = `transferring ${this.#name}:`;
+        const started = new Date();
+        const vertex = ctx.vertex.digest;
+        ctx.progress.status({ id, vertex, name: id, current: 0, total: 0, timestamp: started, started });
+        const stream = await session.stream(FileSync.method.diffCopy, {
+          metadata: diffCopyMetadata({ dirName: this.#name, includePatterns: include, excludePatterns: exclude, followPaths: follow }),
+          signal: ctx.signal,
+        });
+        let last = 0;
+        let bytes = 0;
+        await receiveDir(stream, {
+          dest: w.dir,
+          signal: ctx.signal,
+          onProgress: (n: number) => {
+            bytes = n;
+            const now = Date.now();
+            if (now - last < 100) return;
+            last = now;
+            ctx.progress.status({ id, vertex, name: id, current: n, total: 0, timestamp: new Date(), started });
+          },
+        });
+        const done = new Date();
+        ctx.progress.status({ id, vertex, name: id, current: bytes, total: 0, timestamp: done, started, completed: done });
+        const digest = await treeDigest(w.dir, { signal: ctx.signal });
+        const existing = this.#d.metadata.kvGet(NS_LOCAL, digest);
+        if (existing && this.#d.metadata.getRef(existing)) {
+          await w.discard();
+          return { ref: await this.#d.refs.get(existing), digest };
+        }
+        const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local' });
+        this.#d.metadata.kvPut(NS_LOCAL, digest, ref.id);
+        return { ref, digest };
+      } catch (err) {
+        await w.discard();
+        throw err;
+      }
+    })();
+    return this.#synced;
+  }
+
+  async cacheKey(ctx: OpContext): Promise<string> {
+    return (await this.#sync(ctx)).digest;
+  }
+
+  async run(ctx: OpContext): Promise<Ref[]> {
+    return [(await this.#sync(ctx)).ref];
+  }
+}

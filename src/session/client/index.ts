@@ -1,0 +1,37 @@
+import type { SessionServices } from '../tunnel/server.js';
+import { authService, type AuthServiceOptions } from './auth.js';
+import { fileSendService, type ExportTarget } from './file-send.js';
+import { fileSyncService } from './file-sync.js';
+import { healthService } from './health.js';
+import { secretsService, type SecretSource } from './secrets.js';
+import { sshService, type resolveSshAgents } from './ssh.js';
+
+export { authService, type AuthServiceOptions } from './auth.js';
+export { fileSendService, type ExportTarget } from './file-send.js';
+export { checkLocalDirs, fileSyncService } from './file-sync.js';
+export { healthService } from './health.js';
+export { parseCsvLine, parseSecretSpec, resolveSecrets, secretsService, type SecretSource } from './secrets.js';
+export { parseSshSpec, resolveSshAgents, sshService, type SshSpec } from './ssh.js';
+export { loadDockerConfig, lookupAuth, type DockerConfig } from './docker-config.js';
+
+/**
+ * Everything a build client serves on its session, from what the user shared. Health is always
+ * served (the daemon's keepalive); the rest only when there is something to serve, so the method
+ * list the daemon sees says exactly what this client offers.
+ */
+export function clientSessionServices(opts: {
+  locals?: Record<string, string>;
+  exportTarget?: ExportTarget;
+  auth?: AuthServiceOptions | false;
+  secrets?: Map<string, SecretSource>;
+  ssh?: Awaited<ReturnType<typeof resolveSshAgents>>;
+}): SessionServices {
+  return {
+    ...healthService(),
+    ...(opts.locals && Object.keys(opts.locals).length > 0 ? fileSyncService(opts.locals) : {}),
+    ...(opts.exportTarget ? fileSendService(opts.exportTarget) : {}),
+    ...(opts.auth === false ? {} : authService(opts.auth ?? {})),
+    ...(opts.secrets && opts.secrets.size > 0 ? secretsService(opts.secrets) : {}),
+    ...(opts.ssh && opts.ssh.size > 0 ? sshService(opts.ssh) : {}),
+  };
+}

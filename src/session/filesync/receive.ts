@@ -1,0 +1,365 @@
+import { execFile } from 'node:child_process';
+import type { BigIntStats } from 'node:fs';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { clone } from '@bufbuild/protobuf';
+import { StatSchema, type Stat } from '../../gen/fsutil/stat_pb.js';
+import { Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
+import { CancelledError, errorMessage, LoomError } from '../../util/errors.js';
+import { log } from '../../util/log.js';
+import { FileSyncError, protocolError } from './errors.js';
+import { GoMode, goModeFromPosix, isDirMode, isSymlinkMode, posixPermFromGo } from './mode.js';
+import { bestEffort, errPacket, finPacket, packetSize, packetTypeName, reqPacket, SerialSender, type PacketStream } from './packets.js';
+import { HardlinkValidator, OrderValidator } from './validate.js';
+import { systemXattrs, type XattrIO } from './xattr.js';
+
+const run = promisify(execFile);
+const logger = () => log.child({ sub: 'filesync' });
+
+export type ChangeKind = 'add' | 'modify' | 'delete';
+
+export interface ReceiveDirOptions {
+  /** Directory the tree is written into (created if missing). */
+  dest: string;
+  signal?: AbortSignal;
+  /** Cumulative encoded bytes received; `done` on the last call. */
+  onProgress?: (bytes: number, done: boolean) => void;
+  /**
+   * false (default, the daemon's local source): `dest` ends up equal to the sent tree: entries the
+   * sender does not list are removed and entries already identical (type, mode, owner, size,
+   * mtime, link target) are not transferred again. true (the client's local export): every entry
+   * is written, nothing else in `dest` is touched.
+   */
+  merge?: boolean;
+  /** Set owners from the stats (default: when running as root). */
+  chown?: boolean;
+  /** May rewrite a stat (owner mapping) or return false to leave the entry out. */
+  mapStat?: (path: string, stat: Stat) => boolean;
+  /** Where xattrs are written; default: the system's tools when installed; false: never. */
+  xattrs?: XattrIO | false;
+  /** Called once per entry fully written (a file: all of its data), or removed. */
+  onChange?: (change: { kind: ChangeKind; path: string; stat?: Stat }) => void;
+}
+
+export interface ReceiveSummary {
+  /** Entries listed by the sender. */
+  entries: number;
+  /** Regular files whose contents were transferred. */
+  files: number;
+  /** Content bytes written. */
+  bytes: number;
+  /** Entries already up to date in `dest`. */
+  unchanged: number;
+  /** Entries removed from `dest` (not merging). */
+  deleted: number;
+}
+
+interface PendingFile {
+  rel: string;
+  abs: string;
+  stat: Stat;
+  fh?: FileHandle;
+  bytes: number;
+  kind: ChangeKind;
+}
+
+/**
+ * The fsutil receiver: reads the sender's listing, writes each entry under `dest` in order, asks
+ * (REQ) for the contents of regular files, writes their DATA, and when everything is on disk
+ * sends FIN, then returns on the sender's FIN. Paths are checked before anything is written: no
+ * absolute or unclean path, nothing outside `dest`, no entry whose parent was not listed as a
+ * directory first (so nothing is ever written through a symlink), hard links only to files
+ * already received.
+ *
+ * On failure an ERR packet tells the sender why, the stream is closed with the error and a
+ * FileSyncError naming the path is thrown; `dest` is then partly written.
+ */
+export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions): Promise<ReceiveSummary> {
+  const out = new SerialSender({ stream });
+  const summary: ReceiveSummary = { entries: 0, files: 0, bytes: 0, unchanged: 0, deleted: 0 };
+  const merge = opts.merge ?? false;
+  const doChown = opts.chown ?? process.getuid?.() === 0;
+  const xattrs = opts.xattrs === false ? undefined : (opts.xattrs ?? (await systemXattrs()));
+  let warnedXattrs = false;
+
+  await mkdir(opts.dest, { recursive: true, mode: 0o700 });
+  const root = await realpath(opts.dest);
+
+  const order = new OrderValidator();
+  const hardlinks = new HardlinkValidator();
+  const pending = new Map<number, PendingFile>();
+  // Directories written or checked in this transfer: the only places entries may be created in.
+  const dirs = new Map<string, Stat | undefined>([['', undefined]]);
+  // Every path listed (kept or left out by mapStat): what a non-merging receive keeps.
+  const listed = new Set<string>();
+  let index = 0;
+  let listingDone = false;
+  let finSent = false;
+  let progress = 0;
+  let current: string | undefined;
+
+  const onAbort = (): void => stream.close(new CancelledError('context canceled', { cause: opts.signal?.reason }));
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+
+  // Directories get their mode and times at the end (see maybeFinish): a read-only directory
+  // would stop its own entries from being written by a non-root receiver.
+  const applyMeta = async (abs: string, rel: string, stat: Stat, kind: 'file' | 'dir' | 'symlink'): Promise<void> => {
+    if (doChown) await lchown(abs, stat.uid, stat.gid);
+    if (kind === 'file') await chmod(abs, posixPermFromGo(stat.mode));
+    const names = Object.keys(stat.xattrs);
+    if (names.length > 0) {
+      if (!xattrs) {
+        if (!warnedXattrs) logger().warn({ path: rel }, 'extended attributes received but no xattr tools installed: dropped');
+        warnedXattrs = true;
+      } else {
+        for (const n of names) {
+          // Upstream ignores xattrs it cannot set (file system support, security.* without privilege).
+          await xattrs.set(abs, n, stat.xattrs[n]!).catch((err: unknown) => logger().debug({ path: rel, xattr: n, err: errorMessage(err) }, 'cannot set xattr'));
+        }
+      }
+    }
+    if (kind !== 'dir') await setTimes(abs, stat.modTime);
+  };
+
+  const finishFile = async (f: PendingFile): Promise<void> => {
+    if (f.fh) {
+      await f.fh.close();
+      f.fh = undefined;
+    }
+    // Owner and mode go on after the data: writing would drop setuid bits, a read-only mode would
+    // stop the writes.
+    await applyMeta(f.abs, f.rel, f.stat, 'file');
+    summary.files++;
+    opts.onChange?.({ kind: f.kind, path: f.rel, stat: f.stat });
+  };
+
+  const handleStat = async (raw: Stat, id: number): Promise<void> => {
+    const rel = raw.path;
+    current = rel;
+    const isDir = isDirMode(raw.mode);
+    const isSymlink = isSymlinkMode(raw.mode);
+    order.check(rel, isDir);
+    hardlinks.check(rel, { isDir, isSymlink, linkname: raw.linkname });
+    if ((raw.mode & (GoMode.socket | GoMode.irregular)) !== 0) {
+      throw protocolError(`unsupported file type for ${JSON.stringify(rel)} (mode ${raw.mode >>> 0})`, rel);
+    }
+    listed.add(rel);
+    summary.entries++;
+
+    const stat = clone(StatSchema, raw);
+    if (opts.mapStat && !opts.mapStat(rel, stat)) return;
+
+    const slash = rel.lastIndexOf('/');
+    const parent = slash >= 0 ? rel.slice(0, slash) : '';
+    if (!dirs.has(parent)) {
+      throw protocolError(`cannot write ${JSON.stringify(rel)}: its parent directory was not written in this transfer`, rel);
+    }
+    const abs = join(root, rel);
+    let old: BigIntStats | undefined;
+    try {
+      old = await lstat(abs, { bigint: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    const hardlink = !isDir && !isSymlink && stat.linkname !== '';
+
+    if (old && !merge && !hardlink && (await sameEntry(old, abs, stat, doChown))) {
+      summary.unchanged++;
+      if (isDir) dirs.set(rel, stat);
+      return;
+    }
+    if (old && old.isDirectory() && isDir) {
+      await applyMeta(abs, rel, stat, 'dir');
+      dirs.set(rel, stat);
+      opts.onChange?.({ kind: 'modify', path: rel, stat });
+      return;
+    }
+
+    // Something else is in the way: build the new entry beside it and rename it over.
+    const target = old ? join(root, parent, `.tmp.loom-${randomBytes(6).toString('hex')}`) : abs;
+    const kind: ChangeKind = old ? 'modify' : 'add';
+    const mode = stat.mode >>> 0;
+    let regular = false;
+    if (isDir) {
+      await mkdir(target, { mode: 0o700 });
+    } else if (mode & (GoMode.device | GoMode.namedPipe)) {
+      const type = mode & GoMode.device ? (mode & GoMode.charDevice ? 'c' : 'b') : 'p';
+      const args = type === 'p' ? [target, 'p'] : [target, type, String(stat.devmajor), String(stat.devminor)];
+      await run('mknod', ['--', ...args]).catch((err: unknown) => {
+        throw new FileSyncError('PERMISSION_DENIED', `failed to create device ${rel}: ${errorMessage(err).trim()}`, { path: rel, cause: err });
+      });
+    } else if (isSymlink) {
+      await symlink(stat.linkname, target);
+    } else if (hardlink) {
+      await link(join(root, stat.linkname), target);
+    } else {
+      regular = true;
+      const fh = await open(target, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+      await fh.close();
+    }
+    if (!regular) await applyMeta(target, rel, stat, isDir ? 'dir' : isSymlink ? 'symlink' : 'file');
+    if (old) {
+      if (old.isDirectory() !== isDir) await rm(abs, { recursive: true, force: true });
+      await rename(target, abs);
+    }
+    if (isDir) dirs.set(rel, stat);
+    if (regular) {
+      pending.set(id, { rel, abs, stat, bytes: 0, kind });
+      await out.send(reqPacket(id));
+    } else {
+      opts.onChange?.({ kind, path: rel, stat });
+    }
+  };
+
+  const handleData = async (p: Packet): Promise<void> => {
+    const f = pending.get(p.ID);
+    if (!f) throw protocolError(`invalid file request ${p.ID}: DATA for a file that was not requested or is complete`);
+    current = f.rel;
+    if (p.data.length === 0) {
+      pending.delete(p.ID);
+      await finishFile(f);
+      return;
+    }
+    f.fh ??= await open(f.abs, fsc.O_WRONLY | fsc.O_NOFOLLOW);
+    await f.fh.write(p.data, 0, p.data.length, f.bytes);
+    f.bytes += p.data.length;
+    summary.bytes += p.data.length;
+  };
+
+  // Once the listing is complete and every file is written: tidy up, then tell the sender.
+  const maybeFinish = async (): Promise<void> => {
+    if (!listingDone || pending.size > 0 || finSent) return;
+    current = undefined;
+    if (!merge) summary.deleted += await removeUnlisted(root, '', listed, opts.onChange);
+    // Directory modes and times last: creating entries inside changed the times.
+    for (const [rel, stat] of dirs) {
+      if (rel === '' || !stat) continue;
+      await chmod(join(root, rel), posixPermFromGo(stat.mode));
+      await setTimes(join(root, rel), stat.modTime);
+    }
+    finSent = true;
+    await out.send(finPacket());
+  };
+
+  try {
+    for await (const p of stream.recv()) {
+      if (opts.signal?.aborted) throw new CancelledError();
+      progress += packetSize(p);
+      opts.onProgress?.(progress, false);
+      switch (p.type) {
+        case Packet_PacketType.PACKET_STAT:
+          if (listingDone) throw protocolError('STAT after the end of the listing', p.stat?.path);
+          if (!p.stat) {
+            listingDone = true;
+            await maybeFinish();
+          } else {
+            await handleStat(p.stat, index++);
+          }
+          break;
+        case Packet_PacketType.PACKET_DATA:
+          await handleData(p);
+          await maybeFinish();
+          break;
+        case Packet_PacketType.PACKET_FIN:
+          if (!finSent) throw protocolError('sender finished before the transfer was complete', current);
+          stream.end();
+          opts.onProgress?.(progress, true);
+          return summary;
+        case Packet_PacketType.PACKET_ERR:
+          throw new FileSyncError('INTERNAL', `error from sender: ${new TextDecoder().decode(p.data)}`, { path: current });
+        default:
+          throw protocolError(`unexpected ${packetTypeName(p.type)} packet from the sender`, current);
+      }
+    }
+    if (opts.signal?.aborted) throw new CancelledError();
+    throw new FileSyncError('UNAVAILABLE', `sender ended the stream before the transfer finished${current ? ` (at ${JSON.stringify(current)})` : ''}`, { path: current });
+  } catch (err) {
+    const e = describe(err, current, pending);
+    for (const f of pending.values()) await f.fh?.close().catch(() => undefined);
+    if (!(e instanceof CancelledError) && !e.message.startsWith('error from sender:')) await bestEffort(out.send(errPacket(e.message)));
+    stream.close(e);
+    throw e;
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** The error to report: loom's own as they are, system errors with the path they hit. */
+function describe(err: unknown, current: string | undefined, pending: Map<number, PendingFile>): Error {
+  const inFlight = [...pending.values()].map((f) => f.rel);
+  if (err instanceof CancelledError) {
+    const what = inFlight.length > 0 ? ` while receiving ${inFlight.map((p) => JSON.stringify(p)).join(', ')}` : '';
+    return new CancelledError(`transfer canceled${what}`, { cause: err });
+  }
+  if (err instanceof LoomError) return err;
+  if (err instanceof Error && (err.name === 'AbortError' || (err as NodeJS.ErrnoException).code === 'ABORT_ERR')) {
+    return new CancelledError(`transfer canceled${inFlight.length ? ` while receiving ${inFlight.join(', ')}` : ''}`, { cause: err });
+  }
+  const where = current ?? inFlight[0];
+  return new FileSyncError('INTERNAL', `failed to write ${where !== undefined ? JSON.stringify(where) : 'transfer'}: ${errorMessage(err)}`, {
+    path: where,
+    cause: err,
+  });
+}
+
+/**
+ * Whether the existing entry already is what the stat describes, by upstream's metadata rules
+ * (DiffMetadata). Times compare to the microsecond: that is all Node can set.
+ */
+async function sameEntry(old: BigIntStats, abs: string, stat: Stat, checkOwner: boolean): Promise<boolean> {
+  const oldMode = (goModeFromPosix(Number(old.mode)) & ~GoMode.socket) >>> 0;
+  if (oldMode !== stat.mode >>> 0) return false;
+  if (checkOwner && (Number(old.uid) !== stat.uid || Number(old.gid) !== stat.gid)) return false;
+  if (old.isDirectory()) return true;
+  if (old.size !== stat.size) return false;
+  if (old.mtimeNs / 1000n !== stat.modTime / 1000n) return false;
+  if (old.isSymbolicLink()) return (await readlink(abs)) === stat.linkname;
+  if (old.isBlockDevice() || old.isCharacterDevice()) {
+    const major = (old.rdev >> 8n) & 0xfffn;
+    const minor = (old.rdev & 0xffn) | ((old.rdev >> 12n) & 0xfff00n);
+    return major === stat.devmajor && minor === stat.devminor;
+  }
+  return stat.linkname === '';
+}
+
+/** Removes entries under `root/rel` that the sender did not list; returns how many. */
+async function removeUnlisted(
+  root: string,
+  rel: string,
+  listed: Set<string>,
+  onChange: ReceiveDirOptions['onChange'],
+): Promise<number> {
+  let n = 0;
+  const dir = join(root, rel);
+  for (const name of await readdir(dir)) {
+    const p = rel === '' ? name : `${rel}/${name}`;
+    if (!listed.has(p)) {
+      await rm(join(root, p), { recursive: true, force: true });
+      onChange?.({ kind: 'delete', path: p });
+      n++;
+      continue;
+    }
+    const st = await lstat(join(root, p));
+    if (st.isDirectory()) n += await removeUnlisted(root, p, listed, onChange);
+  }
+  return n;
+}
+
+/**
+ * Sets atime and mtime (upstream sets both to the sent mtime), not following symlinks. Node takes
+ * seconds as a double and keeps microseconds; aiming at the middle of the microsecond makes the
+ * result exact to the microsecond despite rounding.
+ */
+async function setTimes(abs: string, modTimeNs: bigint): Promise<void> {
+  let sec = modTimeNs / 1_000_000_000n;
+  let rem = modTimeNs % 1_000_000_000n;
+  if (rem < 0n) {
+    sec -= 1n;
+    rem += 1_000_000_000n;
+  }
+  const t = Number(sec) + (Number(rem / 1000n) + 0.5) / 1e6;
+  await lutimes(abs, t, t);
+}

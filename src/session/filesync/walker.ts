@@ -1,0 +1,251 @@
+import type { BigIntStats } from 'node:fs';
+import { lstat, readdir, readlink, realpath, stat as fsStat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { create } from '@bufbuild/protobuf';
+import { StatSchema, type Stat } from '../../gen/fsutil/stat_pb.js';
+import { throwIfAborted } from '../../util/errors.js';
+import { cleanPath, containsWildcards, globMatch, PathFilter, type FilterState } from '../../util/patterns.js';
+import { FileSyncError } from './errors.js';
+import { GoMode, goModeFromPosix, S_IFBLK, S_IFCHR } from './mode.js';
+import type { XattrIO } from './xattr.js';
+
+export interface WalkOptions {
+  includePatterns?: readonly string[];
+  excludePatterns?: readonly string[];
+  /** Paths whose symlinks (at any element) are resolved into include patterns before the walk. */
+  followPaths?: readonly string[];
+  signal?: AbortSignal;
+  /** Read extended attributes with this; left out when undefined. */
+  xattrs?: XattrIO;
+}
+
+export interface WalkEntry {
+  /** As it goes on the wire: path relative to the root, Go FileMode, hard links as `linkname`. */
+  stat: Stat;
+  /** Where the entry is on disk now. */
+  absPath: string;
+}
+
+/** Compare names as Go's sort.Strings does: by UTF-8 bytes, not UTF-16 code units. */
+export function compareNames(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+function errCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+function isNotExist(err: unknown): boolean {
+  const c = errCode(err);
+  return c === 'ENOENT' || c === 'ENOTDIR';
+}
+
+interface Visited {
+  rel: string;
+  abs: string;
+  st: BigIntStats;
+  state: FilterState;
+  emitted: boolean;
+}
+
+/**
+ * Walks `root` as fsutil's sender does: lexical order per directory, a directory before its
+ * entries, symlinks not followed, the root itself not listed; include/exclude patterns and
+ * followpaths as upstream; a directory left out by the patterns is still listed (just before its
+ * first kept entry) when something under it is kept. Entries that vanish during the walk are
+ * skipped.
+ */
+export async function* walkDir(root: string, opts: WalkOptions = {}): AsyncGenerator<WalkEntry> {
+  let realRoot: string;
+  try {
+    realRoot = await realpath(root);
+  } catch (err) {
+    throw new FileSyncError('NOT_FOUND', `resolve ${root}: ${(err as Error).message}`, { cause: err });
+  }
+  const rootStat = await fsStat(realRoot);
+  if (!rootStat.isDirectory()) throw new FileSyncError('INVALID_ARGUMENT', `walk ${realRoot}: not a directory`);
+
+  let includes = opts.includePatterns ? [...opts.includePatterns] : undefined;
+  if (opts.followPaths) {
+    const targets = await followLinks(root, opts.followPaths);
+    if (targets) includes = dedupePaths([...(includes ?? []), ...targets]);
+  }
+  const filter = new PathFilter({ includePatterns: includes, excludePatterns: opts.excludePatterns });
+  const seenInodes = new Map<bigint, string>();
+  const xattrs = opts.xattrs;
+
+  const mk = (v: { abs: string; rel: string; st: BigIntStats }): Promise<Stat> => makeStat(v.abs, v.rel, v.st, seenInodes, xattrs);
+
+  async function* walk(absDir: string, relDir: string, names: string[], parents: Visited[]): AsyncGenerator<WalkEntry> {
+    const parentState = parents.length > 0 ? parents[parents.length - 1]!.state : undefined;
+    for (const name of names) {
+      throwIfAborted(opts.signal);
+      const rel = relDir === '' ? name : `${relDir}/${name}`;
+      const abs = join(absDir, name);
+      let st: BigIntStats;
+      try {
+        st = await lstat(abs, { bigint: true });
+      } catch (err) {
+        if (isNotExist(err)) continue;
+        throw new FileSyncError('INTERNAL', `lstat ${abs}: ${(err as Error).message}`, { path: rel, cause: err });
+      }
+      const isDir = st.isDirectory();
+      const { verdict, state } = filter.active ? filter.check(rel, isDir, parentState) : { verdict: 'include' as const, state: {} };
+      if (verdict === 'prune') continue;
+
+      let children: string[] = [];
+      if (isDir) {
+        try {
+          children = (await readdir(abs)).sort(compareNames);
+        } catch (err) {
+          if (isNotExist(err)) continue;
+          if (verdict === 'exclude' && errCode(err) === 'EACCES') continue;
+          throw new FileSyncError('PERMISSION_DENIED', `open ${abs}: ${(err as Error).message}`, { path: rel, cause: err });
+        }
+      }
+      const self: Visited = { rel, abs, st, state, emitted: false };
+      if (verdict === 'include') {
+        let stat: Stat;
+        try {
+          stat = await mk(self);
+        } catch (err) {
+          if (isNotExist(err)) continue;
+          throw err;
+        }
+        // Parents that the patterns left out come first, now that something under them is kept.
+        for (const p of parents) {
+          if (p.emitted) continue;
+          p.emitted = true;
+          yield { stat: await mk(p), absPath: p.abs };
+        }
+        self.emitted = true;
+        yield { stat, absPath: abs };
+      }
+      if (isDir) yield* walk(abs, rel, children, [...parents, self]);
+    }
+  }
+
+  yield* walk(realRoot, '', (await readdir(realRoot)).sort(compareNames), []);
+}
+
+/** Go's major/minor for a Linux dev_t, as fsutil computes them. */
+function devNumbers(rdev: bigint): { major: bigint; minor: bigint } {
+  return { major: (rdev >> 8n) & 0xfffn, minor: (rdev & 0xffn) | ((rdev >> 12n) & 0xfff00n) };
+}
+
+/** The wire stat of one entry, as fsutil's mkstat: hard links refer to the first path seen. */
+async function makeStat(abs: string, rel: string, st: BigIntStats, seen: Map<bigint, string>, xattrs: XattrIO | undefined): Promise<Stat> {
+  const stMode = Number(st.mode);
+  const stat = create(StatSchema, {
+    path: rel,
+    mode: goModeFromPosix(stMode),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    modTime: st.mtimeNs,
+  });
+  if (!st.isDirectory()) {
+    // Upstream tests these bits one by one, so symlinks and sockets carry their (zero) rdev too.
+    if ((stMode & S_IFBLK) !== 0 || (stMode & S_IFCHR) !== 0) {
+      const d = devNumbers(st.rdev);
+      stat.devmajor = d.major;
+      stat.devminor = d.minor;
+    }
+    const first = st.nlink > 1n ? seen.get(st.ino) : undefined;
+    if (first !== undefined) stat.linkname = first;
+    else seen.set(st.ino, rel);
+    stat.size = st.size;
+    if (st.isSymbolicLink()) stat.linkname = await readlink(abs);
+  }
+  if (xattrs) {
+    const attrs = await xattrs.list(abs);
+    if (Object.keys(attrs).length > 0) stat.xattrs = attrs;
+  }
+  // Sockets go as plain files: upstream drops the bit because tar headers cannot carry it.
+  stat.mode = (stat.mode & ~GoMode.socket) >>> 0;
+  return stat;
+}
+
+/**
+ * fsutil's FollowLinks: each path is resolved element by element inside `root`; every symlink met
+ * adds itself and its target (relative to root; absolute targets are taken as relative to root)
+ * to the result. A wildcard in an element matches siblings. Returns sorted, deduplicated paths,
+ * or undefined when one of them is the root itself (then nothing is filtered).
+ */
+export async function followLinks(root: string, paths: readonly string[]): Promise<string[] | undefined> {
+  const resolved = new Set<string>();
+
+  const readSymlink = async (p: string, allowWildcard: boolean): Promise<string[] | undefined> => {
+    const real = join(root, p);
+    const slash = p.lastIndexOf('/');
+    const base = slash >= 0 ? p.slice(slash + 1) : p;
+    if (allowWildcard && containsWildcards(base)) {
+      const dir = slash >= 0 ? p.slice(0, slash) : '.';
+      let names: string[];
+      try {
+        names = await readdir(join(root, dir));
+      } catch (err) {
+        if (errCode(err) === 'ENOENT') return undefined;
+        throw new FileSyncError('INTERNAL', `readdir: ${(err as Error).message}`, { path: dir, cause: err });
+      }
+      const out: string[] = [];
+      for (const n of names) {
+        if (globMatch(base, n)) out.push(...((await readSymlink(cleanPath(`${dir}/${n}`), false)) ?? []));
+      }
+      return out.length > 0 ? out : undefined;
+    }
+    let st;
+    try {
+      st = await lstat(real);
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return undefined;
+      throw new FileSyncError('INTERNAL', `lstat ${real}: ${(err as Error).message}`, { path: p, cause: err });
+    }
+    if (!st.isSymbolicLink()) return undefined;
+    const link = cleanPath(await readlink(real));
+    if (link.startsWith('/')) return [link];
+    const dir = slash >= 0 ? p.slice(0, slash) : '.';
+    return [cleanPath(`/${dir}/${link}`)];
+  };
+
+  const append = async (input: string): Promise<void> => {
+    let p = cleanPath(`./${input}`);
+    let current = '.';
+    for (;;) {
+      const slash = p.indexOf('/');
+      const head = slash >= 0 ? p.slice(0, slash) : p;
+      current = cleanPath(`${current}/${head}`);
+      const targets = await readSymlink(current, true);
+      p = slash >= 0 ? p.slice(slash + 1) : '';
+      if ((p === '' || targets !== undefined) && resolved.has(current)) return;
+      if (targets !== undefined) {
+        resolved.add(current);
+        for (const t of targets) await append(cleanPath(`${t}/${p}`));
+        return;
+      }
+      if (p === '') {
+        resolved.add(current);
+        return;
+      }
+    }
+  };
+
+  for (const p of paths) await append(p);
+  return dedupePaths([...resolved].sort(compareGoStrings));
+}
+
+function compareGoStrings(a: string, b: string): number {
+  return compareNames(a, b);
+}
+
+/** fsutil's dedupePaths: drops paths under an earlier kept one; undefined if `.` is present. */
+export function dedupePaths(input: readonly string[]): string[] | undefined {
+  const out: string[] = [];
+  let last = '';
+  for (const s of input) {
+    if (s === '.') return undefined;
+    if (s.startsWith(last + '/')) continue;
+    out.push(s);
+    last = s;
+  }
+  return out;
+}

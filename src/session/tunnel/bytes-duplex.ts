@@ -1,0 +1,71 @@
+import { create } from '@bufbuild/protobuf';
+import { Duplex } from 'node:stream';
+import { BytesMessageSchema } from '../../gen/buildkit/control_pb.js';
+
+/**
+ * An object stream of BytesMessage, as grpc-js hands out for Control.Session: a
+ * ServerDuplexStream on the daemon, a ClientDuplexStream on the client. Both are object-mode
+ * Duplexes; the client one can also be cancelled.
+ */
+export interface BytesMessageStream extends Duplex {
+  cancel?(): void;
+}
+
+/**
+ * A byte Duplex over a BytesMessage stream: what HTTP/2 runs on in the session tunnel.
+ * Backpressure on reads: the gRPC stream is paused while our readable buffer is full; writes are
+ * bounded by the inner HTTP/2 flow control instead (see write below). Ending our writable half-closes the gRPC stream
+ * (CloseSend on the client, OK status on the server); destroying us cancels it.
+ */
+export function bytesDuplex(stream: BytesMessageStream): Duplex {
+  let sourceEnded = false;
+  const d: Duplex = new Duplex({
+    allowHalfOpen: true,
+    read() {
+      if (stream.isPaused()) stream.resume();
+    },
+    write(chunk: Buffer, _enc, cb) {
+      if (stream.destroyed || stream.writableEnded) {
+        cb(new Error('session stream is closed'));
+        return;
+      }
+      // Copied: the caller (HTTP/2) may reuse its buffer once we call back, and grpc-js serializes
+      // a buffered message only when it gets to it.
+      // Called back at once, not on 'drain': Node's HTTP/2 session stops reading its socket while
+      // a write to it is in progress, so waiting here for the peer to consume could leave both
+      // ends writing and neither reading. What may queue here is bounded by the inner HTTP/2 flow
+      // control windows (see h2-options.ts), which the peer only grants as it consumes.
+      stream.write(create(BytesMessageSchema, { data: Buffer.from(chunk) }));
+      cb();
+    },
+    final(cb) {
+      if (!stream.destroyed && !stream.writableEnded) stream.end();
+      cb();
+    },
+    destroy(err, cb) {
+      if (!sourceEnded || !stream.writableEnded) {
+        if (typeof stream.cancel === 'function') stream.cancel();
+        else if (!stream.destroyed) stream.destroy();
+      }
+      cb(err);
+    },
+  });
+
+  stream.on('data', (m: { data?: Uint8Array }) => {
+    const data = m?.data;
+    if (!data || data.byteLength === 0) return;
+    if (!d.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength))) stream.pause();
+  });
+  stream.on('end', () => {
+    sourceEnded = true;
+    d.push(null);
+  });
+  stream.on('error', (err: Error) => {
+    // A cancelled or failed gRPC call ends the tunnel; the error itself is for the logs of whoever owns it.
+    if (!d.destroyed) d.destroy(err);
+  });
+  stream.on('close', () => {
+    if (!sourceEnded && !d.destroyed) d.destroy();
+  });
+  return d;
+}

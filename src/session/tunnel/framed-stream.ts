@@ -1,0 +1,150 @@
+import type { Http2Stream } from 'node:http2';
+import { CancelledError, LoomError } from '../../util/errors.js';
+import { encodeFrame, FrameDecoder } from '../../util/grpc-frame.js';
+import type { CallMetadata, MessageStream } from '../types.js';
+
+/** How many decoded messages may wait for the reader before the HTTP/2 stream is paused (backpressure). */
+const HIGH_WATER = 16;
+
+export interface FramedStreamOptions<Send, Recv> {
+  h2: Http2Stream;
+  method: string;
+  encode: (msg: Send) => Uint8Array;
+  decode: (payload: Buffer) => Recv;
+  metadata: CallMetadata;
+  maxMessageSize?: number;
+}
+
+/**
+ * gRPC messages over one HTTP/2 stream, the part both ends of the tunnel share: framing, a bounded
+ * receive queue that pauses the stream when the reader lags, and write backpressure.
+ * How the call ends (trailers on the server, status on the client) is the subclass's business:
+ * it calls `finishRecv(err?)` exactly once when no more messages can arrive.
+ */
+export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Recv> {
+  readonly metadata: CallMetadata;
+  protected readonly h2: Http2Stream;
+  protected readonly method: string;
+  readonly #encode: (msg: Send) => Uint8Array;
+  readonly #decode: (payload: Buffer) => Recv;
+  readonly #decoder: FrameDecoder;
+  readonly #queue: Recv[] = [];
+  #recvDone = false;
+  #recvErr: Error | undefined;
+  #wake: (() => void) | undefined;
+  #iterating = false;
+
+  constructor(opts: FramedStreamOptions<Send, Recv>) {
+    this.h2 = opts.h2;
+    this.method = opts.method;
+    this.metadata = opts.metadata;
+    this.#encode = opts.encode;
+    this.#decode = opts.decode;
+    this.#decoder = new FrameDecoder({ maxSize: opts.maxMessageSize ?? 64 * 1024 * 1024 });
+    this.h2.on('data', (chunk: Buffer) => this.#onData(chunk));
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.#recvDone) return;
+    let frames: Buffer[];
+    try {
+      frames = this.#decoder.push(chunk);
+    } catch (err) {
+      this.onProtocolError(new LoomError('INTERNAL', `${this.method}: ${(err as Error).message}`, { cause: err }));
+      return;
+    }
+    for (const f of frames) {
+      let msg: Recv;
+      try {
+        msg = this.#decode(Buffer.from(f));
+      } catch (err) {
+        this.onProtocolError(new LoomError('INTERNAL', `${this.method}: cannot decode message: ${(err as Error).message}`, { cause: err }));
+        return;
+      }
+      this.#queue.push(msg);
+    }
+    if (this.#queue.length >= HIGH_WATER) this.h2.pause();
+    this.#notify();
+  }
+
+  /** A malformed frame or message: the subclass fails the call. */
+  protected abstract onProtocolError(err: Error): void;
+
+  protected finishRecv(err?: Error): void {
+    if (this.#recvDone) return;
+    this.#recvDone = true;
+    this.#recvErr = err;
+    this.#notify();
+  }
+
+  protected get recvFinished(): boolean {
+    return this.#recvDone;
+  }
+
+  #notify(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
+    w?.();
+  }
+
+  async send(msg: Send): Promise<void> {
+    if (this.h2.destroyed || this.h2.writableEnded) {
+      throw this.sendClosedError();
+    }
+    const frame = encodeFrame(this.#encode(msg));
+    await new Promise<void>((resolve, reject) => {
+      const ok = this.h2.write(frame, (err) => {
+        if (err) reject(this.sendClosedError(err));
+      });
+      if (ok) {
+        resolve();
+        return;
+      }
+      // Not flushed yet: wait until HTTP/2 flow control lets the frame out, or the stream dies.
+      const cleanup = (): void => {
+        this.h2.off('drain', onDrain);
+        this.h2.off('close', onClose);
+      };
+      const onDrain = (): void => {
+        cleanup();
+        resolve();
+      };
+      const onClose = (): void => {
+        cleanup();
+        reject(this.sendClosedError());
+      };
+      this.h2.on('drain', onDrain);
+      this.h2.on('close', onClose);
+    });
+  }
+
+  /** The error a send on a finished stream reports: the call's own status when known. */
+  protected sendClosedError(cause?: Error): Error {
+    return this.#recvErr ?? new CancelledError(`${this.method}: stream is closed`, { cause });
+  }
+
+  abstract end(): void;
+  abstract close(err?: Error): void;
+
+  recv(): AsyncIterable<Recv> {
+    if (this.#iterating) throw new LoomError('INTERNAL', `${this.method}: recv() may only be iterated once`);
+    this.#iterating = true;
+    return { [Symbol.asyncIterator]: () => this.#iterate() };
+  }
+
+  async *#iterate(): AsyncGenerator<Recv> {
+    for (;;) {
+      if (this.#queue.length > 0) {
+        const m = this.#queue.shift()!;
+        if (this.#queue.length < HIGH_WATER / 2 && this.h2.isPaused()) this.h2.resume();
+        yield m;
+        continue;
+      }
+      if (this.#recvDone) {
+        if (this.#recvErr) throw this.#recvErr;
+        return;
+      }
+      await new Promise<void>((r) => (this.#wake = r));
+    }
+  }
+}

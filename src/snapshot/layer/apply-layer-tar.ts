@@ -1,0 +1,198 @@
+import { createWriteStream } from 'node:fs';
+import { chmod, lchown, link, lstat, mkdir, readdir, rm, symlink } from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { InvalidArgumentError, throwIfAborted } from '../../util/errors.js';
+import { resolveInRoot } from '../../util/fs-safe.js';
+import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from './change.js';
+import { mknod, setTimes, setXattrs, type TimesWrite, type XattrWrite } from './sys-ops.js';
+import { readTar, type TarEntry } from './tar-reader.js';
+
+/**
+ * Unpacks an (uncompressed) OCI layer tar onto `dir`, as containerd's naive applier does for
+ * BuildKit:
+ * - `.wh.name` removes `name` from the tree below; `.wh..wh..opq` empties its directory of
+ *   everything this layer did not itself bring; neither is written;
+ * - an entry replaces what is at its path unless both are directories (then the directory's
+ *   metadata is updated and its content kept);
+ * - missing parents are created 0755 root-owned;
+ * - hard links point at the entry named by the link target inside `dir`;
+ * - owners, modes (setuid bits included), xattrs and times are set as the tar says; directory
+ *   times last, so later entries do not move them.
+ *
+ * Containment: names are resolved inside `dir` with symlinks followed as if `dir` were `/`, so no
+ * entry (nor hard-link target) reaches outside `dir`, whatever symlinks earlier entries made. A
+ * leading `/` is read as relative (as GNU tar and containerd do). A name that climbs above the root
+ * with `..` is refused with an error naming it.
+ *
+ * Returns the sum of the entries' content sizes.
+ */
+export interface ApplyLayerOptions {
+  signal?: AbortSignal;
+}
+
+export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLayerOptions = {}): Promise<number> {
+  const root = path.resolve(dir);
+  const unpacked = new Set<string>();
+  const dirTimes: TimesWrite[] = [];
+  const fileTimes: TimesWrite[] = [];
+  const xattrs: XattrWrite[] = [];
+  let total = 0;
+
+  for await (const e of readTar(input)) {
+    throwIfAborted(opts.signal);
+    total += e.size;
+    const name = cleanName(e.name);
+    if (name === null) continue; // the root itself
+    const slash = name.lastIndexOf('/');
+    const parentRel = slash === -1 ? '' : name.slice(0, slash);
+    const base = name.slice(slash + 1);
+    const parent = await resolveInRoot(root, '/' + parentRel);
+    const target = path.join(parent, base);
+    if (target === root) continue;
+    if (parent !== root) await mkparent(root, parent);
+
+    if (base === WHITEOUT_OPAQUE) {
+      await clearOpaque(parent, unpacked);
+      continue;
+    }
+    if (base.startsWith(WHITEOUT_PREFIX)) {
+      await rm(path.join(parent, base.slice(WHITEOUT_PREFIX.length)), { recursive: true, force: true });
+      continue;
+    }
+
+    const existing = await lstatOrNull(target);
+    if (existing && !(existing.isDirectory() && e.type === 'dir')) await rm(target, { recursive: true, force: true });
+    await createEntry(root, target, e);
+    unpacked.add(target);
+
+    // Ownership first: chown clears setuid bits and file capabilities.
+    await lchown(target, e.uid, e.gid);
+    for (const [k, v] of e.xattrs) xattrs.push({ path: target, name: k, value: v });
+    if (e.type !== 'symlink') await chmod(target, e.mode & 0o7777);
+    const ns = BigInt(Math.round(e.mtime * 1e6)) * 1000n;
+    (e.type === 'dir' ? dirTimes : fileTimes).push({ path: target, atimeNs: ns, mtimeNs: ns });
+  }
+
+  const errs = await setXattrs(xattrs);
+  errs.forEach((err, i) => {
+    // Upstream ignores only "not supported"; anything else fails the apply.
+    if (err && !/not supported/i.test(err)) {
+      throw new InvalidArgumentError(`failed to set xattr ${xattrs[i]!.name} on ${rel(root, xattrs[i]!.path)}: ${err}`);
+    }
+  });
+  await setTimes(fileTimes);
+  await setTimes(dirTimes);
+  return total;
+}
+
+function rel(root: string, p: string): string {
+  return '/' + path.relative(root, p);
+}
+
+/** The entry's path relative to the root, or null for the root itself; refuses escapes. */
+export function cleanName(raw: string): string | null {
+  const n = path.posix.normalize('/' + raw).replace(/\/+$/, '');
+  if (n === '' || n === '/') return null;
+  // normalize('/'+x) already drops leading `..` at the root; check the raw form for climbing.
+  const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
+  let depth = 0;
+  for (const p of parts) {
+    depth += p === '..' ? -1 : 1;
+    if (depth < 0) throw new InvalidArgumentError(`invalid tar entry ${JSON.stringify(raw)}: path escapes the root`);
+  }
+  return n.slice(1);
+}
+
+async function lstatOrNull(p: string) {
+  try {
+    return await lstat(p);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+}
+
+/** Creates missing parents of an entry 0755; refuses a parent that exists as a non-directory. */
+async function mkparent(root: string, p: string): Promise<void> {
+  const st = await lstatOrNull(p);
+  if (st) {
+    if (st.isDirectory()) return;
+    throw new InvalidArgumentError(`cannot unpack below ${rel(root, p)}: not a directory`);
+  }
+  const up = path.dirname(p);
+  if (up.length > root.length) await mkparent(root, up);
+  try {
+    await mkdir(p);
+    await chmod(p, 0o755);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+}
+
+async function clearOpaque(dir: string, unpacked: Set<string>): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  for (const n of names) {
+    const p = path.join(dir, n);
+    if (!unpacked.has(p)) {
+      await rm(p, { recursive: true, force: true });
+      continue;
+    }
+    const st = await lstat(p);
+    if (st.isDirectory()) await clearOpaque(p, unpacked);
+  }
+}
+
+async function createEntry(root: string, target: string, e: TarEntry): Promise<void> {
+  switch (e.type) {
+    case 'dir': {
+      const st = await lstatOrNull(target);
+      if (!st?.isDirectory()) await mkdir(target, { mode: 0o700 });
+      return;
+    }
+    case 'file':
+      await pipeline(e.stream(), createWriteStream(target, { flags: 'w', mode: 0o600 }));
+      return;
+    case 'symlink':
+      await symlink(e.linkname, target);
+      return;
+    case 'link': {
+      const ln = cleanName(e.linkname);
+      if (ln === null) throw new InvalidArgumentError(`invalid hard link ${JSON.stringify(e.name)} to the root`);
+      const slash = ln.lastIndexOf('/');
+      const lp = await resolveInRoot(root, '/' + (slash === -1 ? '' : ln.slice(0, slash)));
+      const src = path.join(lp, ln.slice(slash + 1));
+      try {
+        await link(src, target);
+      } catch (err) {
+        throw new InvalidArgumentError(
+          `failed to hard link ${JSON.stringify(e.name)} to ${JSON.stringify(e.linkname)}: ${(err as Error).message}`,
+          { cause: err },
+        );
+      }
+      return;
+    }
+    case 'char':
+    case 'block':
+    case 'fifo': {
+      const type = e.type === 'char' ? 0o020000 : e.type === 'block' ? 0o060000 : 0o010000;
+      const rdev = e.type === 'fifo' ? 0 : makedev(e.devmajor, e.devminor);
+      await mknod(target, type | (e.mode & 0o777), rdev);
+      return;
+    }
+  }
+}
+
+export function makedev(major: number, minor: number): number {
+  const ma = BigInt(major);
+  const mi = BigInt(minor);
+  const dev = ((ma & 0xfffn) << 8n) | ((ma & ~0xfffn) << 32n) | (mi & 0xffn) | ((mi & ~0xffn) << 12n);
+  return Number(dev);
+}

@@ -1,0 +1,214 @@
+import { spawn } from 'node:child_process';
+import { chmod, lstat, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  CancelledError,
+  InvalidArgumentError,
+  LoomError,
+  NotFoundError,
+  throwIfAborted,
+} from '../../util/errors.js';
+import { log as rootLog } from '../../util/log.js';
+import type { Change } from '../layer/change.js';
+import { KEY_RE, type SnapshotInfo, type Snapshotter, type SnapshotUsage } from '../snapshotter.js';
+
+const log = rootLog.child({ sub: 'snapshot' });
+
+/**
+ * Snapshots as full copies: `<root>/snapshots/<key>/fs` holds the tree, `info.json` beside it the
+ * metadata. `prepare` copies the parent with `cp -a --reflink=auto` (GNU coreutils): one process
+ * that keeps modes, owners, nanosecond times, symlinks, hard links, xattrs and device nodes, and
+ * shares blocks on filesystems that can (btrfs, xfs). Measured on this project's machines it is
+ * several times faster than a copy driven from Node, which also cannot keep xattrs or create
+ * devices by itself.
+ *
+ * Crash safety: a key is claimed by creating its directory, the tree is built in `fs.tmp` and
+ * renamed, and `info.json` is written last (atomically); a directory without `info.json` is debris
+ * from a crash, removed by `cleanup()` and invisible to everything else.
+ */
+export class NativeSnapshotter implements Snapshotter {
+  readonly name = 'native';
+  readonly #dir: string;
+
+  constructor(opts: { root: string }) {
+    this.#dir = path.join(path.resolve(opts.root), 'snapshots');
+  }
+
+  #keyDir(key: string): string {
+    if (!KEY_RE.test(key)) throw new InvalidArgumentError(`invalid snapshot key ${JSON.stringify(key)}`);
+    return path.join(this.#dir, key);
+  }
+
+  async #readInfo(key: string): Promise<SnapshotInfo> {
+    const file = path.join(this.#keyDir(key), 'info.json');
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFoundError(`snapshot ${key} not found`);
+      throw err;
+    }
+    return JSON.parse(text) as SnapshotInfo;
+  }
+
+  async #writeInfo(info: SnapshotInfo): Promise<void> {
+    const dir = this.#keyDir(info.key);
+    const tmp = path.join(dir, 'info.json.tmp');
+    await writeFile(tmp, JSON.stringify(info));
+    await rename(tmp, path.join(dir, 'info.json'));
+  }
+
+  async prepare(key: string, parent?: string | null, opts: { signal?: AbortSignal } = {}): Promise<string> {
+    const dir = this.#keyDir(key);
+    let parentFs: string | null = null;
+    if (parent) {
+      const pinfo = await this.#readInfo(parent);
+      if (pinfo.kind !== 'committed') {
+        throw new LoomError('FAILED_PRECONDITION', `snapshot ${parent} is not committed: cannot prepare ${key} from it`);
+      }
+      parentFs = path.join(this.#keyDir(parent), 'fs');
+    }
+    await mkdir(this.#dir, { recursive: true });
+    try {
+      await mkdir(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+        throw new LoomError('ALREADY_EXISTS', `snapshot ${key} already exists`);
+      }
+      throw err;
+    }
+    try {
+      const tmp = path.join(dir, 'fs.tmp');
+      if (parentFs) {
+        await copyTree(parentFs, tmp, opts.signal);
+      } else {
+        await mkdir(tmp);
+        await chmod(tmp, 0o755);
+      }
+      await rename(tmp, path.join(dir, 'fs'));
+      await this.#writeInfo({ key, parent: parent ?? null, kind: 'active', createdAt: Date.now(), committedAt: null });
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+    return path.join(dir, 'fs');
+  }
+
+  async commit(key: string): Promise<void> {
+    const info = await this.#readInfo(key);
+    if (info.kind === 'committed') throw new LoomError('FAILED_PRECONDITION', `snapshot ${key} is already committed`);
+    await this.#writeInfo({ ...info, kind: 'committed', committedAt: Date.now() });
+  }
+
+  async dir(key: string): Promise<string> {
+    await this.#readInfo(key);
+    return path.join(this.#keyDir(key), 'fs');
+  }
+
+  stat(key: string): Promise<SnapshotInfo> {
+    return this.#readInfo(key);
+  }
+
+  async remove(key: string): Promise<void> {
+    await this.#readInfo(key);
+    const children = (await this.list()).filter((s) => s.parent === key).map((s) => s.key);
+    if (children.length > 0) {
+      throw new LoomError('FAILED_PRECONDITION', `snapshot ${key} is the parent of ${children.join(', ')}`);
+    }
+    const dir = this.#keyDir(key);
+    // Drop the metadata first: a half-removed tree is then debris, never a snapshot.
+    await rm(path.join(dir, 'info.json'));
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  async usage(key: string): Promise<SnapshotUsage> {
+    const fsDir = await this.dir(key);
+    return treeUsage(fsDir);
+  }
+
+  async list(): Promise<SnapshotInfo[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.#dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const out: SnapshotInfo[] = [];
+    for (const n of names) {
+      if (!KEY_RE.test(n)) continue;
+      try {
+        out.push(await this.#readInfo(n));
+      } catch (err) {
+        if (!(err instanceof NotFoundError)) throw err;
+      }
+    }
+    return out;
+  }
+
+  async changes(_key: string): Promise<Change[] | null> {
+    // Full copies know nothing of their parent: callers diff the two trees.
+    return null;
+  }
+
+  /** Removes debris of prepares or removes that a crash interrupted. Call at start only. */
+  async cleanup(): Promise<void> {
+    let names: string[];
+    try {
+      names = await readdir(this.#dir);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const dir = path.join(this.#dir, n);
+      try {
+        await lstat(path.join(dir, 'info.json'));
+      } catch {
+        log.info({ dir }, 'removing incomplete snapshot');
+        await rm(dir, { recursive: true, force: true });
+      }
+    }
+  }
+}
+
+/** Copies the tree at `src` to the new path `dst` with everything kept (see the class comment). */
+export async function copyTree(src: string, dst: string, signal?: AbortSignal): Promise<void> {
+  throwIfAborted(signal);
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn('cp', ['-a', '--reflink=auto', '--no-target-directory', src, dst], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      signal,
+    });
+    const err: Buffer[] = [];
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.on('error', (e) => {
+      if (signal?.aborted) reject(new CancelledError('context canceled', { cause: signal.reason }));
+      else reject(new LoomError('INTERNAL', `failed to start cp: ${e.message}`, { cause: e }));
+    });
+    child.on('close', (code) => {
+      if (code === 0) resolve();
+      else if (!signal?.aborted) {
+        reject(new LoomError('INTERNAL', `failed to copy snapshot ${src}: ${Buffer.concat(err).toString().trim()}`));
+      }
+    });
+  });
+}
+
+/** Blocks and distinct inodes of a tree, the way du counts them. */
+export async function treeUsage(dir: string): Promise<SnapshotUsage> {
+  const seen = new Set<string>();
+  let size = 0;
+  const visit = async (p: string): Promise<void> => {
+    const st = await lstat(p, { bigint: true });
+    const key = `${st.dev}:${st.ino}`;
+    if (!seen.has(key)) {
+      seen.add(key);
+      size += Number(st.blocks) * 512;
+    }
+    if (st.isDirectory()) {
+      for (const n of await readdir(p)) await visit(path.join(p, n));
+    }
+  };
+  await visit(dir);
+  return { size, inodes: seen.size };
+}

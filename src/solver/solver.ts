@@ -1,0 +1,262 @@
+import { clone, toBinary } from '@bufbuild/protobuf';
+import { OpSchema, PlatformSchema, type Platform } from '../gen/buildkit/ops_pb.js';
+import { create } from '@bufbuild/protobuf';
+import { outputCount, type Edge, type LoadedDefinition, type Vertex } from '../llb/definition.js';
+import { sha256 } from '../util/digest.js';
+import { errorMessage, isAbortError, throwIfAborted, VertexError } from '../util/errors.js';
+import { log as rootLog } from '../util/log.js';
+import type { JobContext, OpContext, OpImpl, OpResolver, Ref } from './types.js';
+
+const log = () => rootLog.child({ sub: 'solver' });
+
+/** Where results are remembered by cache key. The cache/ implementation persists it in SQLite. */
+export interface ResultCache {
+  lookup(key: string): Promise<Ref | undefined>;
+  save(key: string, ref: Ref): void;
+  /** Marks refs as held by a build so prune leaves them alone; returns the release function. */
+  hold(refs: readonly Ref[]): () => void;
+}
+
+export interface SolveStats {
+  cached: number;
+  run: number;
+}
+
+/**
+ * Solves loaded LLB graphs. One Solver serves the daemon; identical steps of concurrent builds are
+ * computed once (in-flight dedupe by cache key) and every build sees the shared result.
+ */
+export class Solver {
+  readonly #resolve: OpResolver;
+  readonly #cache: ResultCache;
+  readonly #defaultPlatform: Platform;
+  readonly #inflight = new Map<string, Promise<Ref[]>>();
+
+  constructor(opts: { resolve: OpResolver; cache: ResultCache; defaultPlatform: Platform }) {
+    this.#resolve = opts.resolve;
+    this.#cache = opts.cache;
+    this.#defaultPlatform = opts.defaultPlatform;
+  }
+
+  /**
+   * Solves `def` within a build. The returned ref stays held until `release()`; callers export
+   * it and then release.
+   */
+  async solve(
+    job: JobContext,
+    def: LoadedDefinition,
+    opts: { noCache?: boolean } = {},
+  ): Promise<{ ref: Ref; release: () => void; stats: SolveStats }> {
+    const run = new JobRun({
+      job,
+      resolve: this.#resolve,
+      cache: this.#cache,
+      inflight: this.#inflight,
+      defaultPlatform: this.#defaultPlatform,
+      noCache: opts.noCache ?? false,
+    });
+    try {
+      const ref = await run.edge(def.result);
+      return { ref, release: () => run.release(), stats: run.stats };
+    } catch (err) {
+      run.release();
+      throw err;
+    }
+  }
+}
+
+interface JobRunOptions {
+  job: JobContext;
+  resolve: OpResolver;
+  cache: ResultCache;
+  inflight: Map<string, Promise<Ref[]>>;
+  defaultPlatform: Platform;
+  noCache: boolean;
+}
+
+/** The state of one build's walk over its graph: memoized keys and results per vertex. */
+class JobRun {
+  readonly stats: SolveStats = { cached: 0, run: 0 };
+  readonly #o: JobRunOptions;
+  readonly #keys = new Map<string, Promise<string>>();
+  readonly #results = new Map<string, Promise<Ref[]>>();
+  readonly #releases: (() => void)[] = [];
+  readonly #reported = new Set<string>();
+  readonly #impls = new Map<string, OpImpl>();
+
+  constructor(o: JobRunOptions) {
+    this.#o = o;
+  }
+
+  release(): void {
+    for (const r of this.#releases.splice(0)) r();
+  }
+
+  async edge(e: Edge): Promise<Ref> {
+    const refs = await this.#result(e.vertex);
+    const ref = refs[e.index];
+    if (!ref) throw new Error(`op ${e.vertex.digest} produced no output ${e.index}`);
+    return ref;
+  }
+
+  /** One implementation object per vertex and build: ops keep what cacheKey() learnt for run(). */
+  #impl(v: Vertex): OpImpl {
+    let impl = this.#impls.get(v.digest);
+    if (!impl) {
+      impl = this.#o.resolve(v);
+      this.#impls.set(v.digest, impl);
+    }
+    return impl;
+  }
+
+  #ctx(v: Vertex): OpContext {
+    const j = this.#o.job;
+    return {
+      id: j.id,
+      signal: j.signal,
+      progress: j.progress,
+      entitlements: j.entitlements,
+      session: () => j.session(),
+      vertex: v,
+      platform: v.op.platform ?? this.#o.defaultPlatform,
+    };
+  }
+
+  /** The vertex's cache key: the op without its inputs' digests, the inputs' keys, and the op's own extra. */
+  #key(v: Vertex): Promise<string> {
+    let p = this.#keys.get(v.digest);
+    if (!p) {
+      p = (async () => {
+        const inputKeys = await Promise.all(v.inputs.map(async (i) => `${await this.#key(i.vertex)}#${i.index}`));
+        const extra = await this.#guard(v, () => this.#impl(v).cacheKey(this.#ctx(v)));
+        return sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
+      })();
+      this.#keys.set(v.digest, p);
+    }
+    return p;
+  }
+
+  #result(v: Vertex): Promise<Ref[]> {
+    let p = this.#results.get(v.digest);
+    if (!p) {
+      p = this.#compute(v);
+      this.#results.set(v.digest, p);
+    }
+    return p;
+  }
+
+  async #compute(v: Vertex): Promise<Ref[]> {
+    const { job } = this.#o;
+    throwIfAborted(job.signal);
+    const key = await this.#key(v);
+    const ignore = this.#o.noCache || v.metadata?.ignoreCache === true;
+    const n = Math.max(1, outputCount(v.op));
+    if (!ignore) {
+      const hit = await this.#lookup(key, n);
+      if (hit) {
+        this.#hold(hit);
+        const now = new Date();
+        this.#report(v, { started: now, completed: now, cached: true });
+        this.stats.cached++;
+        return hit;
+      }
+    }
+    // Identical work of concurrent builds runs once: the first build computes, others wait on it.
+    const flightKey = ignore ? `${key}:nocache:${job.id}` : key;
+    let flight = this.#o.inflight.get(flightKey);
+    if (!flight) {
+      flight = this.#run(v, key, n).finally(() => this.#o.inflight.delete(flightKey));
+      this.#o.inflight.set(flightKey, flight);
+    } else {
+      log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step');
+    }
+    const refs = await flight;
+    this.#hold(refs);
+    return refs;
+  }
+
+  async #run(v: Vertex, key: string, n: number): Promise<Ref[]> {
+    const inputs = await Promise.all(v.inputs.map((i) => this.edge(i)));
+    throwIfAborted(this.#o.job.signal);
+    const started = new Date();
+    this.#report(v, { started });
+    let refs: Ref[];
+    try {
+      refs = await this.#impl(v).run(this.#ctx(v), inputs);
+    } catch (err) {
+      const e = err instanceof VertexError ? err : new VertexError({ digest: v.digest, name: v.name, cause: err });
+      this.#report(v, { started, completed: new Date(), error: isAbortError(err) ? 'context canceled' : errorMessage(err) });
+      throw e;
+    }
+    this.#report(v, { started, completed: new Date() });
+    this.stats.run++;
+    refs.forEach((r, i) => this.#o.cache.save(`${key}#${i}`, r));
+    if (refs.length < n) throw new VertexError({ digest: v.digest, name: v.name, cause: new Error(`expected ${n} outputs, got ${refs.length}`) });
+    return refs;
+  }
+
+  async #lookup(key: string, n: number): Promise<Ref[] | undefined> {
+    const refs: Ref[] = [];
+    for (let i = 0; i < n; i++) {
+      const r = await this.#o.cache.lookup(`${key}#${i}`);
+      if (!r) return undefined;
+      refs.push(r);
+    }
+    return refs;
+  }
+
+  #hold(refs: readonly Ref[]): void {
+    this.#releases.push(this.#o.cache.hold(refs));
+  }
+
+  async #guard<T>(v: Vertex, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof VertexError) throw err;
+      const now = new Date();
+      this.#report(v, { started: now, completed: now, error: errorMessage(err) });
+      throw new VertexError({ digest: v.digest, name: v.name, cause: err });
+    }
+  }
+
+  #report(v: Vertex, s: { started?: Date; completed?: Date; cached?: boolean; error?: string }): void {
+    this.#reported.add(v.digest);
+    const pg = v.metadata?.progressGroup;
+    this.#o.job.progress.vertex({
+      digest: v.digest,
+      inputs: v.inputs.map((i) => i.vertex.digest),
+      name: v.name,
+      ...s,
+      progressGroup: pg ? { id: pg.id, name: pg.name, weak: pg.weak } : undefined,
+    });
+  }
+}
+
+const opKeyMemo = new WeakMap<Vertex, string>();
+
+/** The op's digest with its inputs' digests blanked: inputs enter the key through their own keys. */
+function opDigestWithoutInputs(v: Vertex): string {
+  let d = opKeyMemo.get(v);
+  if (!d) {
+    const op = clone(OpSchema, v.op);
+    for (const i of op.inputs) i.digest = '';
+    op.platform = undefined;
+    if (op.op.case === 'source') {
+      // Which session or client machine sent a local directory does not change its content, which
+      // enters the key through the op's own cacheKey().
+      delete op.op.value.attrs['local.session'];
+      delete op.op.value.attrs['local.unique'];
+    }
+    d = sha256(toBinary(OpSchema, op));
+    opKeyMemo.set(v, d);
+  }
+  return d;
+}
+
+function platformKey(v: Vertex, def: Platform): string {
+  const p = v.op.platform ?? create(PlatformSchema, def);
+  return [p.OS, p.Architecture, p.Variant].join('/');
+}
+
+export { log as solverLog };

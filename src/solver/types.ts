@@ -1,0 +1,53 @@
+import type { Platform } from '../gen/buildkit/ops_pb.js';
+import type { Vertex } from '../llb/definition.js';
+import type { SessionCaller } from '../session/types.js';
+import type { ProgressBus } from '../util/progress.js';
+import type { LayerPair } from '../cache/metadata.js';
+
+/**
+ * An immutable result: a committed snapshot plus the chain of diffs that make it (what an image
+ * export turns into layers). Refs are records of the cache; the solver hands them around by value.
+ */
+export interface Ref {
+  readonly id: string;
+  readonly snapshot: string;
+  readonly chain: readonly LayerPair[];
+  /** The snapshot's tree on disk. Read-only by contract: ops copy before they change anything. */
+  readonly dir: string;
+}
+
+/** What every op sees of the build it runs in. */
+export interface JobContext {
+  /** The build's ref (SolveRequest.Ref). */
+  readonly id: string;
+  readonly signal: AbortSignal;
+  readonly progress: ProgressBus;
+  /** Entitlements both granted by the daemon and requested by the client. */
+  readonly entitlements: ReadonlySet<string>;
+  /** The client's session for this build; rejects when it never comes or is gone. */
+  session(): Promise<SessionCaller>;
+}
+
+export interface OpContext extends JobContext {
+  readonly vertex: Vertex;
+  /** The platform the op runs for: the op's own, else the worker's default. */
+  readonly platform: Platform;
+}
+
+/**
+ * One op kind's implementation. The solver computes a vertex's cache key from the op (minus its
+ * inputs' digests), its inputs' keys, and `cacheKey()`; on a miss it materializes the inputs and
+ * calls `run()`.
+ */
+export interface OpImpl {
+  /**
+   * Identity beyond the op definition: what the op will read that the definition does not pin
+   * (an image tag's manifest digest, a local directory's content). May do I/O. '' when the
+   * definition is enough.
+   */
+  cacheKey(ctx: OpContext): Promise<string>;
+  /** Produces the op's outputs (one per output index) from its inputs (one per Op.inputs entry). */
+  run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]>;
+}
+
+export type OpResolver = (v: Vertex) => OpImpl;

@@ -1,0 +1,157 @@
+import type { Timestamp } from '@bufbuild/protobuf/wkt';
+import { timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { sha256 } from './digest.js';
+
+/**
+ * Progress of one build, in the shape of BuildKit's StatusResponse but free of protobuf so the
+ * solver and ops can write it. control/ converts it for the wire.
+ */
+export interface VertexEvent {
+  digest: string;
+  inputs: string[];
+  name: string;
+  cached?: boolean;
+  started?: Date;
+  completed?: Date;
+  error?: string;
+  progressGroup?: { id: string; name: string; weak: boolean };
+}
+
+export interface StatusEvent {
+  id: string;
+  vertex: string;
+  name: string;
+  current: number;
+  total: number;
+  timestamp: Date;
+  started?: Date;
+  completed?: Date;
+}
+
+export interface LogEvent {
+  vertex: string;
+  stream: 1 | 2;
+  data: Uint8Array;
+  timestamp: Date;
+}
+
+export interface WarningEvent {
+  vertex: string;
+  level: number;
+  short: string;
+  detail: string[];
+  url?: string;
+}
+
+export type ProgressEvent =
+  | { kind: 'vertex'; vertex: VertexEvent }
+  | { kind: 'status'; status: StatusEvent }
+  | { kind: 'log'; log: LogEvent }
+  | { kind: 'warning'; warning: WarningEvent };
+
+type Listener = (batch: ProgressEvent[] | null) => void;
+
+/**
+ * A build's progress stream: writers append events, readers subscribe and get everything already
+ * written (a Status call may come before or after Solve) and then live events until close().
+ * Events are kept for the life of the build so late subscribers see the whole history.
+ */
+export class ProgressBus {
+  readonly #events: ProgressEvent[] = [];
+  readonly #listeners = new Set<Listener>();
+  #closed = false;
+  #pending: ProgressEvent[] = [];
+  #flushScheduled = false;
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  write(ev: ProgressEvent): void {
+    if (this.#closed) return;
+    this.#events.push(ev);
+    this.#pending.push(ev);
+    // Batch events written in the same tick into one StatusResponse, as upstream batches by time.
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      setImmediate(() => this.#flush());
+    }
+  }
+
+  #flush(): void {
+    this.#flushScheduled = false;
+    const batch = this.#pending;
+    this.#pending = [];
+    if (batch.length === 0) return;
+    for (const l of this.#listeners) l(batch);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#flush();
+    this.#closed = true;
+    for (const l of this.#listeners) l(null);
+    this.#listeners.clear();
+  }
+
+  /** Calls `fn` with the history, then with live batches; `null` means the build is over. */
+  subscribe(fn: Listener): () => void {
+    const history = this.#events.slice(0, this.#events.length - this.#pending.length);
+    if (history.length) fn(history);
+    if (this.#closed) {
+      fn(null);
+      return () => {};
+    }
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
+  }
+
+  /** Convenience for one vertex's life. */
+  vertex(v: VertexEvent): void {
+    this.write({ kind: 'vertex', vertex: { ...v } });
+  }
+
+  status(s: StatusEvent): void {
+    this.write({ kind: 'status', status: { ...s } });
+  }
+
+  log(vertex: string, stream: 1 | 2, data: Uint8Array): void {
+    this.write({ kind: 'log', log: { vertex, stream, data, timestamp: new Date() } });
+  }
+
+  warn(w: WarningEvent): void {
+    this.write({ kind: 'warning', warning: w });
+  }
+}
+
+export function ts(d: Date | undefined): Timestamp | undefined {
+  return d ? timestampFromDate(d) : undefined;
+}
+
+/**
+ * Runs `fn` as a vertex of its own (the exporters' "exporting to image" and such), named and
+ * digested as upstream does: the digest is sha256 of `id`.
+ */
+export async function inVertex<T>(bus: ProgressBus, opts: { name: string; id: string }, fn: (vertex: string) => Promise<T>): Promise<T> {
+  const digest = sha256(opts.id);
+  const started = new Date();
+  bus.vertex({ digest, inputs: [], name: opts.name, started });
+  try {
+    const r = await fn(digest);
+    bus.vertex({ digest, inputs: [], name: opts.name, started, completed: new Date() });
+    return r;
+  } catch (err) {
+    bus.vertex({ digest, inputs: [], name: opts.name, started, completed: new Date(), error: err instanceof Error ? err.message : String(err) });
+    throw err;
+  }
+}
+
+/** A status line within a vertex that starts now and ends when the returned function is called. */
+export function oneOff(bus: ProgressBus, vertex: string, name: string): (opts?: { current?: number; total?: number }) => void {
+  const started = new Date();
+  bus.status({ id: name, vertex, name, current: 0, total: 0, timestamp: started, started });
+  return (o = {}) => {
+    const now = new Date();
+    bus.status({ id: name, vertex, name, current: o.current ?? 0, total: o.total ?? 0, timestamp: now, started, completed: now });
+  };
+}

@@ -1,0 +1,117 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { MetadataStore } from '../cache/metadata.js';
+import { LayerStore } from '../cache/layers.js';
+import { RefManager } from '../cache/ref-manager.js';
+import type { RegistryHostConfig } from '../cli/config.js';
+import { ContentStore } from '../content/store.js';
+import type { Exporter } from '../exporter/types.js';
+import { createSnapshotter } from '../snapshot/create.js';
+import type { SessionManager } from '../session/manager.js';
+import { Solver } from '../solver/solver.js';
+import { log as rootLog } from '../util/log.js';
+import { formatPlatform, type Platform } from '../util/platform.js';
+import { createExporters } from './exporters.js';
+import { createOpResolver } from './ops.js';
+import { detectPlatforms, platformList, type EmulatorInfo } from './platforms.js';
+import { toPbPlatform } from './pb-platform.js';
+import { RegistryAccess } from '../ops/source/registry-access.js';
+
+export interface WorkerOptions {
+  root: string;
+  /** Overrides the detected platforms when not empty (--oci-worker-platform). */
+  platforms: Platform[];
+  snapshotter: string;
+  registry: Record<string, RegistryHostConfig>;
+  sessions: SessionManager;
+  labels: Record<string, string>;
+  network: string;
+}
+
+/** Everything one worker owns; `close()` releases it (the daemon calls it once, at stop). */
+export interface Worker {
+  id: string;
+  labels: Record<string, string>;
+  platforms: Platform[];
+  emulators: EmulatorInfo[];
+  metadata: MetadataStore;
+  content: ContentStore;
+  refs: RefManager;
+  layers: LayerStore;
+  solver: Solver;
+  exporters: Map<string, Exporter>;
+  close(): Promise<void>;
+}
+
+export async function createWorker(o: WorkerOptions): Promise<Worker> {
+  const log = rootLog.child({ sub: 'worker' });
+  mkdirSync(o.root, { recursive: true });
+  const id = workerId(o.root);
+  const metadata = new MetadataStore({ root: o.root });
+  const content = new ContentStore({ root: o.root });
+  const snapshotter = await createSnapshotter({ root: o.root, name: o.snapshotter });
+  const refs = new RefManager({ metadata, snapshotter, content });
+  const layers = new LayerStore({ metadata, content, snapshotter });
+  const detected = detectPlatforms();
+  const platforms = o.platforms.length ? o.platforms : platformList(detected.native, detected.emulated);
+  const registries = new RegistryAccess({ store: content, hosts: o.registry });
+  const deps: WorkerDeps = { root: o.root, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native };
+  const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native) });
+  const exporters = createExporters(deps);
+  // Whatever a crashed daemon left half-done (active snapshots, unreferenced data) goes now.
+  const gc = await refs.collectGarbage();
+  if (gc.snapshots || gc.blobs) log.info(gc, 'removed data left by an earlier run');
+  const labels = {
+    'org.mobyproject.buildkit.worker.executor': 'oci',
+    'org.mobyproject.buildkit.worker.hostname': hostname(),
+    // No sandbox network provider yet (issue 3): steps share the host's network, as upstream without CNI.
+    'org.mobyproject.buildkit.worker.network': 'host',
+    'org.mobyproject.buildkit.worker.oci.process-mode': 'sandbox',
+    'org.mobyproject.buildkit.worker.selinux.enabled': 'false',
+    'org.mobyproject.buildkit.worker.snapshotter': snapshotter.name,
+    ...o.labels,
+  };
+  log.debug({ id, platforms: platforms.map(formatPlatform) }, 'worker ready');
+  return {
+    id,
+    labels,
+    platforms,
+    emulators: detected.emulated,
+    metadata,
+    content,
+    refs,
+    layers,
+    solver,
+    exporters,
+    async close() {
+      metadata.close();
+    },
+  };
+}
+
+export type WorkerDeps = {
+  root: string;
+  metadata: MetadataStore;
+  content: ContentStore;
+  refs: RefManager;
+  layers: LayerStore;
+  snapshotter: import('../snapshot/snapshotter.js').Snapshotter;
+  registries: RegistryAccess;
+  sessions: SessionManager;
+  emulators: EmulatorInfo[];
+  native: Platform;
+};
+
+/** The worker's id, made once and kept in the root (upstream's `workerid` file). */
+function workerId(root: string): string {
+  const f = join(root, 'workerid');
+  if (existsSync(f)) {
+    const id = readFileSync(f, 'utf8').trim();
+    if (id) return id;
+  }
+  const id = randomBytes(13).toString('hex').slice(0, 25);
+  writeFileSync(f, id);
+  return id;
+}

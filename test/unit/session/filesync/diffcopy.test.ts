@@ -1,0 +1,445 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, link, lstat, mkdir, readFile, readdir, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { create, type MessageInitShape } from '@bufbuild/protobuf';
+import { afterEach, describe, expect, test } from 'vitest';
+import { StatSchema, type Stat } from '../../../../src/gen/fsutil/stat_pb.js';
+import { PacketSchema, Packet_PacketType, type Packet } from '../../../../src/gen/fsutil/wire_pb.js';
+import { GoMode } from '../../../../src/session/filesync/mode.js';
+import { receiveDir, type ReceiveDirOptions } from '../../../../src/session/filesync/receive.js';
+import { sendDir, type SendDirOptions } from '../../../../src/session/filesync/send.js';
+import { streamPair } from '../../../helpers/stream-pair.js';
+import { removeDirs, snapshotTree, tempDir } from './tree-helpers.js';
+
+const isRoot = process.getuid?.() === 0;
+const dirs: string[] = [];
+afterEach(() => removeDirs(dirs));
+
+async function tmp(): Promise<string> {
+  const d = await tempDir();
+  dirs.push(d);
+  return d;
+}
+
+async function transfer(
+  src: string,
+  dest: string,
+  send?: Partial<SendDirOptions>,
+  recv?: Partial<ReceiveDirOptions>,
+  highWater = 4,
+) {
+  const { a, b } = streamPair<Packet, Packet>({ highWater });
+  const [s, r] = await Promise.all([sendDir(a, { root: src, ...send }), receiveDir(b, { dest, xattrs: false, ...recv })]);
+  return { s, r };
+}
+
+describe('sendDir -> receiveDir', () => {
+  test('reproduces a tree: nested and empty dirs, symlinks, hard links, modes, times, unicode', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    await mkdir(join(src, 'a/b/c'), { recursive: true });
+    await mkdir(join(src, 'empty'));
+    await writeFile(join(src, 'a/b/c/deep.txt'), 'deep\n');
+    await writeFile(join(src, 'a.txt'), 'sibling sorts after the a dir\n');
+    await writeFile(join(src, 'zero'), '');
+    await writeFile(join(src, 'héllo wörld ☃ 🎉.txt'), 'unicode\n');
+    await writeFile(join(src, 'exec.sh'), '#!/bin/sh\n');
+    await chmod(join(src, 'exec.sh'), 0o755);
+    await writeFile(join(src, 'suid'), 'x');
+    await chmod(join(src, 'suid'), 0o4755);
+    await writeFile(join(src, 'sgid'), 'x');
+    await chmod(join(src, 'sgid'), 0o2711);
+    await mkdir(join(src, 'sticky'));
+    await chmod(join(src, 'sticky'), 0o1777);
+    await mkdir(join(src, 'readonly-dir'));
+    await writeFile(join(src, 'readonly-dir/inside'), 'in a read-only dir\n');
+    await chmod(join(src, 'readonly-dir'), 0o555);
+    await writeFile(join(src, 'readonly-file'), 'ro');
+    await chmod(join(src, 'readonly-file'), 0o400);
+    await symlink('a/b/c/deep.txt', join(src, 'rel-link'));
+    await symlink('/etc/passwd', join(src, 'abs-link'));
+    await symlink('does/not/exist', join(src, 'dangling'));
+    await symlink('a', join(src, 'dir-link'));
+    await writeFile(join(src, 'a/orig'), 'shared inode\n');
+    await link(join(src, 'a/orig'), join(src, 'hard1'));
+    await link(join(src, 'a/orig'), join(src, 'a/b/hard2'));
+    await utimes(join(src, 'a.txt'), new Date('2001-02-03T04:05:06.789Z'), new Date('2001-02-03T04:05:06.789Z'));
+    if (isRoot) {
+      await chown(join(src, 'a.txt'), 1234, 5678);
+      await chown(join(src, 'a/b'), 42, 43);
+      execFileSync('mkfifo', [join(src, 'fifo')]);
+      execFileSync('mknod', [join(src, 'nulldev'), 'c', '1', '3']);
+    }
+
+    const { s, r } = await transfer(src, dest);
+    const want = await snapshotTree(src, { dirTimes: true });
+    const got = await snapshotTree(dest, { dirTimes: true });
+    expect(got).toEqual(want);
+    expect(want.find((e) => e.path === 'suid')?.perm).toBe('4755');
+    expect(want.find((e) => e.path === 'sticky')?.perm).toBe('1777');
+    expect(got.find((e) => e.path === 'hard1')?.links).toEqual(['a/b/hard2', 'a/orig', 'hard1']);
+    if (isRoot) {
+      expect(got.find((e) => e.path === 'a.txt')).toMatchObject({ uid: 1234, gid: 5678 });
+      expect(got.find((e) => e.path === 'fifo')?.type).toBe('fifo');
+      expect(got.find((e) => e.path === 'nulldev')).toMatchObject({ type: 'char', rdev: want.find((e) => e.path === 'nulldev')!.rdev });
+    }
+    expect(r.entries).toBe(want.length);
+    expect(s.entries).toBe(want.length);
+    // Regular files not hard-linked to an earlier one: their contents went over the wire.
+    expect(r.files).toBe(s.files);
+    expect(r.bytes).toBe(s.bytes);
+  });
+
+  test('big files go as many 32 KiB DATA packets and arrive intact', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    const big = randomBytes(5 * 1024 * 1024 + 123);
+    await writeFile(join(src, 'big.bin'), big);
+    await writeFile(join(src, 'big2.bin'), randomBytes(3 * 1024 * 1024));
+    const { a, b } = streamPair<Packet, Packet>({ highWater: 2 });
+    const seen: Packet[] = [];
+    const tap = {
+      ...b,
+      recv: async function* () {
+        for await (const p of b.recv()) {
+          if (p.type === Packet_PacketType.PACKET_DATA) seen.push(p);
+          yield p;
+        }
+      },
+    };
+    let progress = 0;
+    let done = false;
+    const [, r] = await Promise.all([
+      sendDir(a, { root: src }),
+      receiveDir(tap, { dest, xattrs: false, onProgress: (n, d) => ((progress = n), (done = d)) }),
+    ]);
+    expect(Buffer.compare(await readFile(join(dest, 'big.bin')), big)).toBe(0);
+    expect(r.bytes).toBe(big.length + 3 * 1024 * 1024);
+    expect(Math.max(...seen.map((p) => p.data.length))).toBe(32 * 1024);
+    // Two files: each ends with one empty DATA.
+    expect(seen.filter((p) => p.data.length === 0)).toHaveLength(2);
+    expect(progress).toBeGreaterThan(r.bytes);
+    expect(done).toBe(true);
+  });
+
+  test('include and exclude patterns select what is sent, parents of included paths included', async () => {
+    const src = await tmp();
+    await mkdir(join(src, 'src/lib'), { recursive: true });
+    await mkdir(join(src, 'node_modules/x'), { recursive: true });
+    await mkdir(join(src, 'docs'), { recursive: true });
+    await writeFile(join(src, 'src/main.go'), 'x');
+    await writeFile(join(src, 'src/lib/a.go'), 'x');
+    await writeFile(join(src, 'src/lib/a_test.go'), 'x');
+    await writeFile(join(src, 'src/README.md'), 'x');
+    await writeFile(join(src, 'node_modules/x/index.js'), 'x');
+    await writeFile(join(src, 'docs/keep.md'), 'x');
+    await writeFile(join(src, 'docs/drop.md'), 'x');
+    await writeFile(join(src, 'Dockerfile'), 'x');
+
+    const listed = async (send: Partial<SendDirOptions>): Promise<string[]> => {
+      const dest = await tmp();
+      await transfer(src, dest, send);
+      return (await snapshotTree(dest)).map((e) => e.path);
+    };
+    expect(await listed({ excludePatterns: ['node_modules', '**/*_test.go', 'docs', '!docs/keep.md'] })).toEqual([
+      'Dockerfile',
+      'docs',
+      'docs/keep.md',
+      'src',
+      'src/README.md',
+      'src/lib',
+      'src/lib/a.go',
+      'src/main.go',
+    ]);
+    expect(await listed({ includePatterns: ['src/**/*.go'] })).toEqual(['src', 'src/lib', 'src/lib/a.go', 'src/lib/a_test.go', 'src/main.go']);
+    expect(await listed({ includePatterns: ['src/lib'], excludePatterns: ['*/*/a_test.go'] })).toEqual(['src', 'src/lib', 'src/lib/a.go']);
+    expect(await listed({ includePatterns: ['Dockerfile', 'docs/keep.md'] })).toEqual(['Dockerfile', 'docs', 'docs/keep.md']);
+  });
+
+  test('followPaths brings in symlink targets', async () => {
+    const src = await tmp();
+    await mkdir(join(src, 'real'), { recursive: true });
+    await writeFile(join(src, 'real/Dockerfile'), 'FROM x');
+    await writeFile(join(src, 'other'), 'x');
+    await symlink('real/Dockerfile', join(src, 'Dockerfile'));
+    const dest = await tmp();
+    await transfer(src, dest, { followPaths: ['Dockerfile'] });
+    expect((await snapshotTree(dest)).map((e) => `${e.path}:${e.type}`)).toEqual(['Dockerfile:symlink', 'real:dir', 'real/Dockerfile:file']);
+  });
+
+  test('a second transfer into the same dest sends only what changed and removes what is gone', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    await mkdir(join(src, 'd/e'), { recursive: true });
+    await writeFile(join(src, 'same.txt'), 'unchanged');
+    await writeFile(join(src, 'changed.txt'), 'v1');
+    await writeFile(join(src, 'gone.txt'), 'bye');
+    await writeFile(join(src, 'd/e/gone-too'), 'bye');
+    await writeFile(join(src, 'type-change'), 'file first');
+    await transfer(src, dest);
+
+    await writeFile(join(src, 'changed.txt'), 'version 2');
+    await execFileSync('rm', ['-r', join(src, 'gone.txt'), join(src, 'd/e')]);
+    await execFileSync('rm', [join(src, 'type-change')]);
+    await mkdir(join(src, 'type-change'));
+    await writeFile(join(src, 'type-change/inner'), 'now a dir');
+    const changes: string[] = [];
+    const { r } = await transfer(src, dest, {}, { onChange: (c) => changes.push(`${c.kind} ${c.path}`) });
+    expect(await snapshotTree(dest, { dirTimes: true })).toEqual(await snapshotTree(src, { dirTimes: true }));
+    expect(r.files).toBe(2); // changed.txt and type-change/inner
+    expect(r.unchanged).toBeGreaterThanOrEqual(2); // same.txt, d
+    expect(changes).toContain('delete gone.txt');
+    expect(changes).toContain('delete d/e');
+    expect(changes).toContain('modify changed.txt');
+    expect(changes).toContain('modify type-change');
+    expect(changes).not.toContain('modify same.txt');
+  });
+
+  test('merge keeps what is already in dest', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    await writeFile(join(src, 'new'), 'n');
+    await writeFile(join(dest, 'old'), 'o');
+    await transfer(src, dest, {}, { merge: true });
+    expect((await readdir(dest)).sort()).toEqual(['new', 'old']);
+  });
+
+  test('an existing symlink in dest is replaced, never written through', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    const outside = await tmp();
+    await mkdir(join(src, 'sub'));
+    await writeFile(join(src, 'sub/file'), 'inside');
+    await writeFile(join(src, 'f'), 'plain');
+    await symlink(outside, join(dest, 'sub'));
+    await symlink(join(outside, 'f'), join(dest, 'f'));
+    await transfer(src, dest, {}, { merge: true });
+    expect((await lstat(join(dest, 'sub'))).isDirectory()).toBe(true);
+    expect(await readFile(join(dest, 'sub/file'), 'utf8')).toBe('inside');
+    expect((await lstat(join(dest, 'f'))).isFile()).toBe(true);
+    expect(await readdir(outside)).toEqual([]);
+  });
+
+  test('mapStat rewrites owners and can leave entries out; chown can be turned off', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    await writeFile(join(src, 'keep'), 'k');
+    await writeFile(join(src, 'skip'), 's');
+    await transfer(src, dest, {}, {
+      mapStat: (p, st) => {
+        st.uid = 4321;
+        return p !== 'skip';
+      },
+      chown: isRoot,
+    });
+    expect(await readdir(dest)).toEqual(['keep']);
+    if (isRoot) expect((await stat(join(dest, 'keep'))).uid).toBe(4321);
+  });
+
+  test('a missing root fails on both ends with the path in the message', async () => {
+    const dest = await tmp();
+    const { a, b } = streamPair<Packet, Packet>();
+    const [s, r] = await Promise.allSettled([sendDir(a, { root: join(dest, 'nope') }), receiveDir(b, { dest, xattrs: false })]);
+    expect(s.status).toBe('rejected');
+    expect(String((s as PromiseRejectedResult).reason)).toMatch(/nope/);
+    expect(r.status).toBe('rejected');
+    expect(String((r as PromiseRejectedResult).reason)).toMatch(/error from sender: .*nope/);
+  });
+
+  test('abort during a transfer names the file in flight', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    await writeFile(join(src, 'huge.bin'), randomBytes(8 * 1024 * 1024));
+    const { a, b } = streamPair<Packet, Packet>({ highWater: 1 });
+    const ctl = new AbortController();
+    const [s, r] = await Promise.allSettled([
+      sendDir(a, { root: src }),
+      receiveDir(b, {
+        dest,
+        xattrs: false,
+        signal: ctl.signal,
+        onProgress: (n) => {
+          if (n > 1024 * 1024) ctl.abort();
+        },
+      }),
+    ]);
+    expect(r.status).toBe('rejected');
+    const err = (r as PromiseRejectedResult).reason as Error & { code: string };
+    expect(err.code).toBe('CANCELLED');
+    expect(err.message).toMatch(/huge\.bin/);
+    expect(s.status).toBe('rejected');
+  });
+});
+
+// A scripted peer: the test plays the other end packet by packet.
+function pkt(init: MessageInitShape<typeof PacketSchema> & { type: Packet_PacketType }): Packet {
+  return create(PacketSchema, init);
+}
+function st(path: string, mode: number, extra?: MessageInitShape<typeof StatSchema>): Stat {
+  return create(StatSchema, { path, mode, modTime: 1_600_000_000_000_000_000n, ...extra });
+}
+const DIR = (GoMode.dir | 0o755) >>> 0;
+const FILE = 0o644;
+const LINK = (GoMode.symlink | 0o777) >>> 0;
+
+async function hostileSend(packets: Packet[], recv?: Partial<ReceiveDirOptions>) {
+  const dest = await tmp();
+  const { a, b } = streamPair<Packet, Packet>({ highWater: 100 });
+  const fromReceiver: Packet[] = [];
+  const result = receiveDir(b, { dest, xattrs: false, ...recv }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code: string; path?: string },
+  );
+  const reader = (async () => {
+    try {
+      for await (const p of a.recv()) fromReceiver.push(p);
+    } catch {
+      // closed by the receiver's failure
+    }
+  })();
+  for (const p of packets) await a.send(p).catch(() => undefined);
+  a.end();
+  const err = await result;
+  await reader;
+  return { err, dest, fromReceiver };
+}
+
+describe('receiveDir refuses hostile senders', () => {
+  test('a path escaping with ..', async () => {
+    const { err, dest, fromReceiver } = await hostileSend([pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('../x', FILE) })]);
+    expect(err?.message).toMatch(/"\.\.\/x" escapes the destination/);
+    expect(err?.code).toBe('INVALID_ARGUMENT');
+    expect(err?.path).toBe('../x');
+    await expect(stat(join(dest, '../x'))).rejects.toThrow();
+    // The sender is told why.
+    expect(fromReceiver.some((p) => p.type === Packet_PacketType.PACKET_ERR && /escapes/.test(new TextDecoder().decode(p.data)))).toBe(true);
+  });
+
+  test('an unclean path', async () => {
+    const { err } = await hostileSend([
+      pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('a', DIR) }),
+      pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('a/../../x', FILE) }),
+    ]);
+    expect(err?.message).toMatch(/unclean path "a\/\.\.\/\.\.\/x"/);
+  });
+
+  test('an absolute path', async () => {
+    const { err } = await hostileSend([pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('/etc/x', FILE) })]);
+    expect(err?.message).toMatch(/absolute path "\/etc\/x"/);
+  });
+
+  test('a file under a symlink sent earlier', async () => {
+    const outside = await tmp();
+    const { err, dest } = await hostileSend([
+      pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('l', LINK, { linkname: outside }) }),
+      pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('l/x', FILE) }),
+    ]);
+    expect(err?.message).toMatch(/"l\/x" is not inside a directory listed before it/);
+    expect(await readdir(outside)).toEqual([]);
+    expect((await lstat(join(dest, 'l'))).isSymbolicLink()).toBe(true);
+  });
+
+  test('a file whose parent was never listed', async () => {
+    const { err } = await hostileSend([pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('nodir/x', FILE) })]);
+    expect(err?.message).toMatch(/"nodir\/x" is not inside a directory listed before it/);
+  });
+
+  test('entries out of order', async () => {
+    const { err } = await hostileSend([
+      pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('b', FILE) }),
+      pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('a', FILE) }),
+    ]);
+    expect(err?.message).toMatch(/changes out of order: "a" after "b"/);
+  });
+
+  test('a hard link to a path not sent', async () => {
+    const { err } = await hostileSend([pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('h', FILE, { linkname: '../../etc/passwd' }) })]);
+    expect(err?.message).toMatch(/invalid link "h" to unknown path "..\/..\/etc\/passwd"/);
+  });
+
+  test('DATA for an id that was not requested', async () => {
+    const { err } = await hostileSend([pkt({ type: Packet_PacketType.PACKET_DATA, ID: 7, data: new Uint8Array([1]) })]);
+    expect(err?.message).toMatch(/invalid file request 7/);
+  });
+
+  test('an unknown packet type', async () => {
+    const { err } = await hostileSend([pkt({ type: 9 as Packet_PacketType })]);
+    expect(err?.message).toMatch(/unexpected unknown\(9\) packet from the sender/);
+  });
+
+  test('the sender ends before sending a requested file', async () => {
+    const { err, fromReceiver } = await hostileSend([
+      pkt({ type: Packet_PacketType.PACKET_STAT, stat: st('f', FILE, { size: 10n }) }),
+      pkt({ type: Packet_PacketType.PACKET_STAT }),
+    ]);
+    expect(fromReceiver.filter((p) => p.type === Packet_PacketType.PACKET_REQ).map((p) => p.ID)).toEqual([0]);
+    expect(err?.message).toMatch(/sender ended the stream before the transfer finished/);
+  });
+
+  test('an ERR from the sender is reported as such', async () => {
+    const { err } = await hostileSend([pkt({ type: Packet_PacketType.PACKET_ERR, data: new TextEncoder().encode('disk on fire') })]);
+    expect(err?.message).toBe('error from sender: disk on fire');
+  });
+});
+
+describe('sendDir refuses hostile receivers', () => {
+  async function hostileReceive(script: (stats: Packet[]) => Packet[], onData?: (p: Packet) => Packet[]) {
+    const src = await tmp();
+    await mkdir(join(src, 'd'));
+    await writeFile(join(src, 'd/f'), 'data');
+    const { a, b } = streamPair<Packet, Packet>({ highWater: 100 });
+    const result = sendDir(a, { root: src }).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    const stats: Packet[] = [];
+    const got: Packet[] = [];
+    try {
+      for await (const p of b.recv()) {
+        got.push(p);
+        if (p.type === Packet_PacketType.PACKET_STAT) {
+          stats.push(p);
+          if (!p.stat) for (const q of script(stats)) await b.send(q);
+        }
+        if (p.type === Packet_PacketType.PACKET_DATA && onData) for (const q of onData(p)) await b.send(q);
+      }
+    } catch {
+      // closed by the sender's failure
+    }
+    return { err: await result, got };
+  }
+
+  test('a REQ for an unknown id', async () => {
+    const { err, got } = await hostileReceive(() => [pkt({ type: Packet_PacketType.PACKET_REQ, ID: 999 })]);
+    expect(err?.message).toMatch(/invalid file id 999/);
+    expect(got.some((p) => p.type === Packet_PacketType.PACKET_ERR)).toBe(true);
+  });
+
+  test('a REQ for a directory', async () => {
+    const { err } = await hostileReceive(() => [pkt({ type: Packet_PacketType.PACKET_REQ, ID: 0 })]);
+    expect(err?.message).toMatch(/invalid file id 0/);
+  });
+
+  test('an unknown packet type', async () => {
+    const { err } = await hostileReceive(() => [pkt({ type: 42 as Packet_PacketType })]);
+    expect(err?.message).toMatch(/unexpected unknown\(42\) packet from the receiver/);
+  });
+
+  test('ids are positions in the listing, and a file is served once', async () => {
+    const { err, got } = await hostileReceive(
+      (stats) => {
+        expect(stats.map((p) => p.stat?.path)).toEqual(['d', 'd/f', undefined]);
+        return [pkt({ type: Packet_PacketType.PACKET_REQ, ID: 1 })];
+      },
+      (p) => (p.data.length === 0 ? [pkt({ type: Packet_PacketType.PACKET_FIN })] : []),
+    );
+    expect(err).toBeUndefined();
+    const data = got.filter((p) => p.type === Packet_PacketType.PACKET_DATA);
+    expect(data.map((p) => [p.ID, new TextDecoder().decode(p.data)])).toEqual([
+      [1, 'data'],
+      [1, ''],
+    ]);
+    expect(got[got.length - 1]!.type).toBe(Packet_PacketType.PACKET_FIN);
+  });
+});

@@ -1,0 +1,77 @@
+import { execFileSync } from 'node:child_process';
+import { createReadStream, existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createGunzip } from 'node:zlib';
+import { applyLayerTar } from '../../../src/snapshot/layer/apply-layer-tar.js';
+import type { Snapshotter } from '../../../src/snapshot/snapshotter.js';
+import type { DiffPair, LayerRef } from '../../../src/ops/merge-diff/chain.js';
+
+/** Shared test data: the busybox OCI layout of the upstream vectors, and root checks. */
+
+export const VECTORS = process.env.LOOM_VECTORS ?? path.resolve(import.meta.dirname, '../../../../shared/vectors');
+export const HAVE_VECTORS = existsSync(path.join(VECTORS, 'oci/busybox-multiarch-oci.tar'));
+export const IS_ROOT = process.getuid?.() === 0;
+
+let layoutDir: string | null = null;
+
+/** The OCI layout, unpacked once per process. */
+export function busyboxLayout(): string {
+  if (layoutDir) return layoutDir;
+  const d = mkdtempSync(path.join(os.tmpdir(), 'loom-busybox-'));
+  execFileSync('tar', ['-xf', path.join(VECTORS, 'oci/busybox-multiarch-oci.tar'), '-C', d]);
+  layoutDir = d;
+  return d;
+}
+
+function blob(digest: string): string {
+  return path.join(busyboxLayout(), 'blobs', ...digest.split(':'));
+}
+
+/** The amd64 layer blobs (gzip) in order. */
+export function busyboxLayers(arch = 'amd64'): string[] {
+  const index = JSON.parse(readFileSync(path.join(busyboxLayout(), 'index.json'), 'utf8'));
+  let desc = index.manifests[0];
+  let doc = JSON.parse(readFileSync(blob(desc.digest), 'utf8'));
+  while (doc.manifests) {
+    desc = doc.manifests.find((m: { platform?: { architecture: string } }) => !m.platform || m.platform.architecture === arch);
+    doc = JSON.parse(readFileSync(blob(desc.digest), 'utf8'));
+  }
+  return doc.layers.map((l: { digest: string }) => blob(l.digest));
+}
+
+/** Unpacks the image into one committed snapshot per layer, as the image source will. */
+export async function busyboxRef(sn: Snapshotter, prefix: string): Promise<LayerRef> {
+  const chain: DiffPair[] = [];
+  let parent: string | null = null;
+  for (const [i, layer] of busyboxLayers().entries()) {
+    const key = `${prefix}-layer${i}`;
+    const dir = await sn.prepare(key, parent);
+    await applyLayerTar(createReadStream(layer).pipe(createGunzip()), dir);
+    await sn.commit(key);
+    chain.push({ lower: parent, upper: key });
+    parent = key;
+  }
+  return { snapshot: parent!, chain };
+}
+
+/**
+ * `tar -tvf --numeric-owner` of a tar, in the vectors README's listing format: `mode owner/group
+ * size path [-> target]`, sorted by path, busybox applet links under bin/, sbin/, usr/bin/,
+ * usr/sbin/ left out.
+ */
+export function tarListing(tarFile: string): string {
+  const out = execFileSync('tar', ['-tvf', tarFile, '--numeric-owner'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const rows: { path: string; line: string }[] = [];
+  for (const raw of out.split('\n')) {
+    if (raw.trim() === '') continue;
+    const m = /^(\S+)\s+(\S+)\s+(\d+(?:,\s*\d+)?)\s+\S+\s+\S+\s+(.*)$/.exec(raw);
+    if (!m) throw new Error(`unexpected tar listing line ${JSON.stringify(raw)}`);
+    const [, mode, owner, size, rest] = m;
+    const [p, target] = rest!.split(' -> ');
+    if (target === '/bin/busybox' && /^(bin|sbin|usr\/bin|usr\/sbin)\/[^/]+$/.test(p!)) continue;
+    rows.push({ path: p!, line: `${mode} ${owner} ${size!.replace(/\s+/g, '')} ${rest}`.trimEnd() });
+  }
+  rows.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return rows.map((r) => r.line).join('\n') + '\n';
+}
