@@ -2,6 +2,9 @@ import { toPbPlatform } from '../worker/pb-platform.js';
 import { BuildManager } from '../control/build.js';
 import type { ControlBackend } from '../control/controller.js';
 import { ControlServer } from '../control/server.js';
+import { workerRecord } from '../control/controller.js';
+import { GatewayForwarder, gatewayHandlers, type GatewayDeps } from '../control/gateway.js';
+import { fromPbPlatform } from '../worker/pb-platform.js';
 import type { GCPolicyConfig } from './config.js';
 import { diskUsage, prune } from '../cache/prune.js';
 import { SessionManager } from '../session/manager.js';
@@ -38,15 +41,27 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       labels: s.labels,
       network: s.network,
     });
+    const gcPolicy = s.gcPolicy ?? defaultGCPolicy(s.gcKeepStorage);
+    const w = worker;
+    const version = versionInfo();
+    const forwarder = new GatewayForwarder();
+    const gatewayDeps: GatewayDeps = {
+      solver: w.solver,
+      workers: () => backend.workers().map((x) => workerRecord(x, version)),
+      resolveImageConfig: async (job, ref, platform, mode) => {
+        const img = await w.registries.forJob(job).resolve(ref, { platform: platform ? fromPbPlatform(platform) : w.platforms[0], signal: job.signal });
+        void mode;
+        return { digest: img.digest, config: img.configBytes };
+      },
+    };
     const builds = new BuildManager({
       solver: worker.solver,
       sessions,
       exporters: worker.exporters,
       allowedEntitlements: s.entitlements,
+      forwarder,
+      gateway: gatewayDeps,
     });
-    const gcPolicy = s.gcPolicy ?? defaultGCPolicy(s.gcKeepStorage);
-    const w = worker;
-    const version = versionInfo();
     const backend: ControlBackend = {
       version,
       sessions,
@@ -65,7 +80,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
         for (const u of await prune(w.refs, opts, builds.runningCount === 0)) onRecord(u);
       },
     };
-    server = new ControlServer({ backend });
+    server = new ControlServer({ backend, gateway: gatewayHandlers(forwarder, gatewayDeps) });
     const addresses: string[] = [];
     for (const a of s.addrs) addresses.push(await server.listen(a, { tls: s.tls, gid: s.gid }));
     log.info({ addresses, root: s.root, platforms: w.platforms.map(formatPlatform), version: version.version }, 'running server');

@@ -5,7 +5,7 @@
  */
 import { InvalidArgumentError } from '../util/errors.js';
 import { isDigest, type Digest } from '../util/digest.js';
-import { isIndexType, isManifestType, isSchema1Type, MediaType } from '../util/media-types.js';
+import { isIndexType, isManifestType, MediaType } from '../util/media-types.js';
 import type { Platform } from '../util/platform.js';
 import { sortedMap } from './go-json.js';
 
@@ -209,11 +209,6 @@ export function parseImageConfig(bytes: Uint8Array, where: string): ImageConfig 
     fail(where, 'config must be an object');
   }
   return { ...o, rootfs: { type: String(rootfs?.type ?? 'layers'), diff_ids: diffIds as Digest[] } } as ImageConfig;
-}
-
-/** True when a parsed manifest document is a Docker schema1 one, which loom refuses. */
-export function isSchema1(mediaType: string): boolean {
-  return isSchema1Type(mediaType);
 }
 
 /** A platform in Go's field order (architecture, os, os.version, os.features, variant). */

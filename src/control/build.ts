@@ -7,6 +7,10 @@ import type { JobContext } from '../solver/types.js';
 import { CancelledError, InvalidArgumentError, LoomError, PermissionDeniedError, UnimplementedError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { inVertex, ProgressBus } from '../util/progress.js';
+import { GatewayBuild, resultRefs, type GatewayDeps, type GatewayForwarder } from './gateway.js';
+import { parsePlatform } from '../util/platform.js';
+import { toPbPlatform } from '../worker/pb-platform.js';
+import type { ErrorCode } from '../util/errors.js';
 
 const log = () => rootLog.child({ sub: 'build' });
 
@@ -19,6 +23,8 @@ export interface BuildManagerOptions {
   exporters: Map<string, Exporter>;
   /** Entitlements the daemon allows (--allow-insecure-entitlement, insecure-entitlements). */
   allowedEntitlements: ReadonlySet<string>;
+  forwarder: GatewayForwarder;
+  gateway: GatewayDeps;
   /** How long a build waits for the client's session to appear. */
   sessionTimeoutMs?: number;
 }
@@ -104,25 +110,50 @@ export class BuildManager {
     if (req.Frontend) {
       throw new InvalidArgumentError(`invalid frontend: ${req.Frontend}`);
     }
+    const noCache = 'no-cache' in req.FrontendAttrs;
     if (!req.Definition || req.Definition.def.length === 0) {
-      if (exporters.length > 0) throw new InvalidArgumentError('nothing to export: the request has no definition and no frontend');
-      return {};
+      // No definition and no frontend: the client runs the build function itself and drives this
+      // build through the gateway API (buildctl build, buildx build), ending with Return.
+      return this.#gatewayBuild(ref, req, job, exporters, noCache);
     }
     const def = loadDefinition(req.Definition);
-    const noCache = 'no-cache' in req.FrontendAttrs;
     const solved = await this.#o.solver.solve(job, def, { noCache });
     try {
-      const src: ExportSource = { ref: solved.ref, metadata: {} };
-      const resp: Record<string, string> = {};
-      for (const ex of exporters) {
-        const out = await inVertex(bus, { name: ex.vertexName, id: `${sessionId}-export` }, (vertex) => ex.export({ job, vertex }, src));
-        Object.assign(resp, out);
-      }
+      const resp = await this.#export(job, exporters, { ref: solved.ref, metadata: {} }, sessionId);
       log().debug({ ref, cached: solved.stats.cached, run: solved.stats.run }, 'build finished');
       return resp;
     } finally {
       solved.release();
     }
+  }
+
+  async #gatewayBuild(ref: string, req: SolveRequest, job: JobContext, exporters: ExporterInstance[], noCache: boolean): Promise<Record<string, string>> {
+    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, noCache });
+    const unregister = this.#o.forwarder.register(ref, b);
+    try {
+      const ret = await b.waitReturn();
+      if (ret.error && ret.error.code !== 0) {
+        throw new LoomError(grpcToLoom(ret.error.code), ret.error.message || `build function failed with code ${ret.error.code}`);
+      }
+      const result = ret.result;
+      const metadata: Record<string, Uint8Array> = { ...(result?.metadata ?? {}) };
+      const refs = result ? await resultRefs(b, result) : {};
+      const src: ExportSource = { ref: refs.ref, metadata };
+      if (refs.refs) src.refs = withPlatforms(refs.refs, metadata);
+      return await this.#export(job, exporters, src, req.Session);
+    } finally {
+      unregister();
+      b.release();
+    }
+  }
+
+  async #export(job: JobContext, exporters: ExporterInstance[], src: ExportSource, sessionId: string): Promise<Record<string, string>> {
+    const resp: Record<string, string> = {};
+    for (const ex of exporters) {
+      const out = await inVertex(job.progress, { name: ex.vertexName, id: `${sessionId}-export` }, (vertex) => ex.export({ job, vertex }, src));
+      Object.assign(resp, out);
+    }
+    return resp;
   }
 
   #entitlements(requested: string[]): Set<string> {
@@ -150,4 +181,48 @@ export class BuildManager {
   cancelAll(reason = 'daemon is shutting down'): void {
     for (const ac of this.#running.values()) ac.abort(new CancelledError(reason));
   }
+}
+
+const GRPC_TO_LOOM: Record<number, ErrorCode> = {
+  1: 'CANCELLED',
+  3: 'INVALID_ARGUMENT',
+  4: 'DEADLINE_EXCEEDED',
+  5: 'NOT_FOUND',
+  6: 'ALREADY_EXISTS',
+  7: 'PERMISSION_DENIED',
+  9: 'FAILED_PRECONDITION',
+  12: 'UNIMPLEMENTED',
+  14: 'UNAVAILABLE',
+  16: 'UNAUTHENTICATED',
+};
+
+function grpcToLoom(code: number): ErrorCode {
+  return GRPC_TO_LOOM[code] ?? 'INTERNAL';
+}
+
+/**
+ * Pairs a multi-platform result's refs with their platforms from the `refs.platforms` metadata
+ * (`{"Platforms":[{"ID":"linux/arm64","Platform":{...}}]}`), in that order; ids not listed there
+ * are parsed as platform strings.
+ */
+function withPlatforms(refs: { id: string; ref: import('../solver/types.js').Ref }[], md: Record<string, Uint8Array>): NonNullable<ExportSource['refs']> {
+  const raw = md['refs.platforms'];
+  let listed: { ID: string; Platform: { os: string; architecture: string; variant?: string } }[] = [];
+  if (raw) {
+    try {
+      listed = (JSON.parse(Buffer.from(raw).toString()) as { Platforms?: typeof listed }).Platforms ?? [];
+    } catch (err) {
+      throw new InvalidArgumentError(`invalid refs.platforms metadata: ${(err as Error).message}`);
+    }
+  }
+  const byId = new Map(refs.map((r) => [r.id, r.ref]));
+  const out: NonNullable<ExportSource['refs']> = [];
+  for (const p of listed) {
+    const ref = byId.get(p.ID);
+    if (!ref) throw new InvalidArgumentError(`refs.platforms names ${p.ID}, which the result does not have`);
+    out.push({ id: p.ID, platform: toPbPlatform(p.Platform), ref });
+    byId.delete(p.ID);
+  }
+  for (const [id, ref] of byId) out.push({ id, platform: toPbPlatform(parsePlatform(id)), ref });
+  return out;
 }

@@ -90,8 +90,12 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
       let id: ReturnType<typeof parseSessionMetadata>;
       try {
         id = parseSessionMetadata(call.metadata.getMap() as Record<string, string>);
-        // getMap keeps only one value per key; the method list needs all of them.
-        id.methods = call.metadata.get('x-docker-expose-session-grpc-method').map(String);
+        // One header per method; HTTP/2 may hand repeated headers over joined with ", ".
+        id.methods = call.metadata
+          .get('x-docker-expose-session-grpc-method')
+          .flatMap((v) => String(v).split(','))
+          .map((m) => m.trim())
+          .filter(Boolean);
       } catch (err) {
         call.destroy(err as Error);
         return;
@@ -160,7 +164,7 @@ function abortOnCancel(call: { on(ev: 'cancelled', fn: () => void): unknown }): 
   return ac;
 }
 
-function workerRecord(w: WorkerInfo, version: VersionInfo) {
+export function workerRecord(w: WorkerInfo, version: VersionInfo) {
   return create(WorkerRecordSchema, {
     ID: w.id,
     Labels: w.labels,

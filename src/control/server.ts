@@ -1,4 +1,5 @@
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { LLBBridge } from '../gen/buildkit/gateway_pb.js';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Control as ControlService } from '../gen/buildkit/control_pb.js';
@@ -26,7 +27,7 @@ export class ControlServer {
   readonly #server: Server;
   readonly #sockets: string[] = [];
 
-  constructor(opts: { backend: ControlBackend }) {
+  constructor(opts: { backend: ControlBackend; gateway: UntypedServiceImplementation }) {
     this.#server = new Server({
       'grpc.max_receive_message_length': MAX_MSG,
       'grpc.max_send_message_length': MAX_MSG,
@@ -35,6 +36,7 @@ export class ControlServer {
     });
     this.#server.addService(grpcServiceDef(ControlService), controlHandlers(opts.backend));
     this.#server.addService(grpcServiceDef(Health), healthHandlers());
+    this.#server.addService(grpcServiceDef(LLBBridge), opts.gateway);
   }
 
   async listen(addr: string, opts: { tls?: TlsFiles; gid?: number } = {}): Promise<string> {

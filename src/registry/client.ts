@@ -483,19 +483,41 @@ export class RegistryClient {
       (ep) => !(ep.tryNextOnConnectError && this.#plainHttp.has(ep.host)),
     );
     let lastErr: unknown;
+    /** The HTTPS transport failure of a loopback host whose HTTP twin is being tried. */
+    let httpsErr: { host: string; err: LoomError } | undefined;
     for (let i = 0; i < eps.length; i++) {
       const ep = eps[i]!;
       throwIfAborted(signal);
       try {
-        return await fn(ep);
-      } catch (err) {
-        if (signal?.aborted || isAbortError(err) || i === eps.length - 1) throw err;
-        if (ep.tryNextOnConnectError) {
-          if (!(err instanceof RegistryTransportError)) throw err;
-          this.#plainHttp.add(ep.host);
+        const out = await fn(ep);
+        // Only once plain HTTP worked is the host remembered as HTTP-only.
+        if (httpsErr && httpsErr.host === ep.host && ep.scheme === 'http') this.#plainHttp.add(ep.host);
+        return out;
+      } catch (caught) {
+        if (signal?.aborted || isAbortError(caught)) throw caught;
+        let err = caught;
+        if (httpsErr && httpsErr.host === ep.host && ep.scheme === 'http' && err instanceof LoomError) {
+          const speaksHttp = !(err instanceof RegistryTransportError) && !/HTTP request to an HTTPS server/i.test(err.message);
+          if (speaksHttp) {
+            // An HTTP answer (even 404 or 500) settles the scheme for this host.
+            this.#plainHttp.add(ep.host);
+          } else {
+            // Neither worked: the HTTPS reason (an untrusted certificate, say) is likely the real one.
+            err = new LoomError(err.code, `${err.message} (over https: ${httpsErr.err.message})`, { cause: err });
+          }
         }
-        this.#log.debug({ host: ep.host, scheme: ep.scheme, err: (err as Error).message }, 'endpoint failed, trying the next');
+        httpsErr = undefined;
         lastErr = err;
+        if (ep.tryNextOnConnectError) {
+          if (err instanceof RegistryTransportError) {
+            httpsErr = { host: ep.host, err };
+          } else {
+            // The host speaks HTTPS: its plain-HTTP twin, next in the list, is skipped.
+            i++;
+          }
+        }
+        if (i >= eps.length - 1) throw err;
+        this.#log.debug({ host: ep.host, scheme: ep.scheme, err: (err as Error).message }, 'endpoint failed, trying the next');
       }
     }
     throw lastErr;

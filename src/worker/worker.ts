@@ -42,6 +42,7 @@ export interface Worker {
   layers: LayerStore;
   solver: Solver;
   exporters: Map<string, Exporter>;
+  registries: RegistryAccess;
   close(): Promise<void>;
 }
 
@@ -85,6 +86,7 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
     layers,
     solver,
     exporters,
+    registries,
     async close() {
       metadata.close();
     },

@@ -8,7 +8,9 @@
  * Otherwise fixtures/make-base-image.sh builds an equivalent one (same files, modes and owners).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { get as httpGet } from 'node:http';
+import { get as httpsGet } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -29,6 +31,8 @@ export interface TestRegistry {
   /** Where the registry keeps its data. */
   storage: string;
   auth?: { username: string; password: string };
+  /** With `tls`: the self-signed certificate, to trust as a CA. */
+  caFile?: string;
   stop(): Promise<void>;
 }
 
@@ -39,11 +43,13 @@ export interface StartRegistryOptions {
   port?: number;
   /** Push the test image as busybox:latest. Default true. */
   pushBaseImage?: boolean;
+  /** Serve HTTPS with a fresh self-signed certificate for 127.0.0.1 (its PEM path is returned as `caFile`). */
+  tls?: boolean;
 }
 
 /** The shared test vectors directory, if this checkout has one (CI: ../shared/vectors). */
 export function vectorsDir(): string | undefined {
-  const candidates = [process.env.LOOM_VECTORS, join(REPO_ROOT, '../shared/vectors'), '/work/shared/vectors'];
+  const candidates = [process.env.LOOM_VECTORS, join(REPO_ROOT, '../shared/vectors')];
   return candidates.find((d): d is string => !!d && existsSync(join(d, 'README.md')));
 }
 
@@ -95,14 +101,20 @@ async function htpasswdLine(username: string, password: string): Promise<string>
   return `${username}:${stdout}\n`;
 }
 
-async function waitUntilUp(url: string, proc: ChildProcess, logs: () => string): Promise<void> {
+async function waitUntilUp(url: string, proc: ChildProcess, logs: () => string, caFile?: string): Promise<void> {
   const deadline = Date.now() + 15_000;
+  const ca = caFile ? readFileSync(caFile, 'utf8') : undefined;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`docker-registry exited with ${proc.exitCode}: ${logs()}`);
     try {
-      const res = await fetch(`${url}/v2/`);
-      await res.arrayBuffer();
-      if (res.status === 200 || res.status === 401) return;
+      const status = await new Promise<number>((ok, fail) => {
+        const req = (url.startsWith('https:') ? httpsGet : httpGet)(`${url}/v2/`, { ca }, (res) => {
+          res.resume();
+          ok(res.statusCode ?? 0);
+        });
+        req.on('error', fail);
+      });
+      if (status === 200 || status === 401) return;
     } catch {
       // not listening yet
     }
@@ -161,6 +173,16 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
     'http:',
     `  addr: 127.0.0.1:${port}`,
   ];
+  let caFile: string | undefined;
+  if (opts.tls) {
+    caFile = join(dir, 'cert.pem');
+    await run('openssl', [
+      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+      '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
+      '-keyout', join(dir, 'key.pem'), '-out', caFile,
+    ]);
+    lines.push('  tls:', `    certificate: ${caFile}`, `    key: ${join(dir, 'key.pem')}`);
+  }
   if (opts.htpasswd) {
     writeFileSync(join(dir, 'htpasswd'), await htpasswdLine(opts.htpasswd.username, opts.htpasswd.password));
     lines.push('auth:', '  htpasswd:', '    realm: loom-test', `    path: ${join(dir, 'htpasswd')}`);
@@ -174,7 +196,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
   const exited = new Promise<void>((ok) => proc.once('exit', () => ok()));
 
   const host = `127.0.0.1:${port}`;
-  const url = `http://${host}`;
+  const url = `${opts.tls ? 'https' : 'http'}://${host}`;
   const stop = async (): Promise<void> => {
     if (proc.exitCode === null && proc.signalCode === null) {
       proc.kill('SIGTERM');
@@ -185,7 +207,7 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    await waitUntilUp(url, proc, () => output);
+    await waitUntilUp(url, proc, () => output, caFile);
     if (opts.pushBaseImage !== false) {
       await skopeoPush(await baseImageArchive(), `${host}/busybox:latest`, { creds: opts.htpasswd });
     }
@@ -193,5 +215,5 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
     await stop();
     throw err;
   }
-  return { host, url, port, storage, ...(opts.htpasswd ? { auth: opts.htpasswd } : {}), stop };
+  return { host, url, port, storage, ...(opts.htpasswd ? { auth: opts.htpasswd } : {}), ...(caFile ? { caFile } : {}), stop };
 }

@@ -1,5 +1,6 @@
 import type { StatusResponse } from '../../gen/buildkit/control_pb.js';
 import type { Timestamp } from '@bufbuild/protobuf/wkt';
+import { fixed } from './format.js';
 
 /**
  * The state of a build's progress as the display sees it, built from the daemon's StatusResponse
@@ -240,7 +241,7 @@ export class Trace {
         const ival = v.mostRecent();
         const ts = ival ? ((tsMs(l.timestamp) ?? ival.start) - ival.start) / 1000 : 0;
         const prec = ts < 10 ? 3 : ts < 100 ? 2 : 1;
-        const formatted = `#${v.index} ${fixed3(ts, prec)} ${line}`;
+        const formatted = `#${v.index} ${fixed(ts, prec)} ${line}`;
         v.logs.push(formatted);
         v.allLogs.push(formatted);
       });
@@ -277,8 +278,4 @@ export class Trace {
       this.updates.add(v.digest);
     }
   }
-}
-
-function fixed3(v: number, prec: number): string {
-  return v.toFixed(prec);
 }

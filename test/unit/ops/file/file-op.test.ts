@@ -172,8 +172,8 @@ describe('file op: copy', () => {
       w(path.join(d, 'etc/group'), 'root:x:0:\nstaff:x:2222:bob\n');
     });
     const owner = {
-      user: { user: { case: 'byName', value: { name: 'bob', input: 2n } } },
-      group: { user: { case: 'byName', value: { name: 'staff', input: 2n } } },
+      user: { user: { case: 'byName' as const, value: { name: 'bob', input: 2n } } },
+      group: { user: { case: 'byName' as const, value: { name: 'staff', input: 2n } } },
     };
     const res = await runFileOp({
       op: create(FileOpSchema, {
