@@ -9,7 +9,7 @@ import { LoomError } from '../util/errors.js';
 import { oneOff } from '../util/progress.js';
 import type { Platform } from '../util/platform.js';
 import { commitImage, imageResponse, parseBool, parseImageCommitOptions, type ImageCommitOptions } from './commit.js';
-import { normalizeImageNames, writeDockerArchive, writeOciArchive } from './image/archive-writer.js';
+import { ANNOTATION_CREATED, normalizeImageNames, writeDockerArchive, writeOciArchive } from './image/archive-writer.js';
 import type { ExportContext, Exporter, ExporterInstance, ExportSource, LayerProvider } from './types.js';
 
 export interface ArchiveExporterDeps {
@@ -80,7 +80,10 @@ class ArchiveExporterInstance implements ExporterInstance {
       if (this.names.length) resp['image.name'] = this.names.join(',');
       const done = oneOff(ctx.job.progress, ctx.vertex, 'sending tarball');
       const write = this.variant === 'oci' ? writeOciArchive : writeDockerArchive;
-      await sendToClient(ctx.job, resp, (out) => write(out, { store: this.d.content, root: img.root, names: this.names, signal: ctx.job.signal }));
+      // As upstream's oci exporter: index.json records when the image was made.
+      const created = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+      const root = { ...img.root, annotations: { ...(img.root.annotations ?? {}), [ANNOTATION_CREATED]: created } };
+      await sendToClient(ctx.job, resp, (out) => write(out, { store: this.d.content, root, names: this.names, signal: ctx.job.signal }));
       done();
       return resp;
     } finally {

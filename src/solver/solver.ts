@@ -81,7 +81,6 @@ class JobRun {
   readonly #keys = new Map<string, Promise<string>>();
   readonly #results = new Map<string, Promise<Ref[]>>();
   readonly #releases: (() => void)[] = [];
-  readonly #reported = new Set<string>();
   readonly #impls = new Map<string, OpImpl>();
 
   constructor(o: JobRunOptions) {
@@ -128,7 +127,13 @@ class JobRun {
     if (!p) {
       p = (async () => {
         const inputKeys = await Promise.all(v.inputs.map(async (i) => `${await this.#key(i.vertex)}#${i.index}`));
+        // Sources do real work to find their key (resolve a tag, sync a directory): they show as a
+        // vertex even when everything after them is cached, as upstream's do.
+        const isSource = v.op.op.case === 'source';
+        const started = new Date();
+        if (isSource) this.#report(v, { started });
         const extra = await this.#guard(v, () => this.#impl(v).cacheKey(this.#ctx(v)));
+        if (isSource) this.#report(v, { started, completed: new Date() });
         return sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
       })();
       this.#keys.set(v.digest, p);
@@ -221,7 +226,6 @@ class JobRun {
   }
 
   #report(v: Vertex, s: { started?: Date; completed?: Date; cached?: boolean; error?: string }): void {
-    this.#reported.add(v.digest);
     const pg = v.metadata?.progressGroup;
     this.#o.job.progress.vertex({
       digest: v.digest,

@@ -1,4 +1,4 @@
-import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { create, fromBinary } from '@bufbuild/protobuf';
 import { createHash, randomBytes } from 'node:crypto';
 import { rename, writeFile } from 'node:fs/promises';
 import { dirname, join, basename } from 'node:path';
@@ -176,4 +176,3 @@ async function atomicWrite(path: string, data: string): Promise<void> {
   }
 }
 
-export { toBinary };

@@ -33,18 +33,31 @@ export function sessionMetadata(s: SessionIdentity): CallMetadata {
   };
 }
 
+type MetadataValue = string | Buffer;
+/** grpc-js's Metadata (its `get` keeps every value of a repeated key) or a plain record. */
+export type MetadataSource =
+  | { get(key: string): MetadataValue[] }
+  | Record<string, MetadataValue | MetadataValue[] | undefined>;
+
 /**
  * Reads the session's identity from Control.Session's request metadata (keys in any case).
+ * Pass grpc-js's `call.metadata` itself: its getMap() joins repeated keys into one
+ * `", "`-separated string, which this also undoes for the method list (paths hold no ", ").
  * A session without an id cannot be found by Solve, so that is refused here.
  */
-export function parseSessionMetadata(md: Record<string, string | string[] | Buffer | (string | Buffer)[] | undefined>): SessionIdentity {
+export function parseSessionMetadata(md: MetadataSource): SessionIdentity {
   const get = (k: string): string[] => {
-    for (const [key, v] of Object.entries(md)) {
-      if (key.toLowerCase() !== k || v === undefined) continue;
-      const arr = Array.isArray(v) ? v : [v];
-      return arr.map((x) => (Buffer.isBuffer(x) ? x.toString('utf8') : String(x)));
+    let arr: MetadataValue[] = [];
+    if (typeof (md as { get?: unknown }).get === 'function' && !(k in md)) {
+      arr = (md as { get(key: string): MetadataValue[] }).get(k);
+    } else {
+      for (const [key, v] of Object.entries(md as Record<string, MetadataValue | MetadataValue[] | undefined>)) {
+        if (key.toLowerCase() !== k || v === undefined) continue;
+        arr = Array.isArray(v) ? v : [v];
+        break;
+      }
     }
-    return [];
+    return arr.map((x) => (Buffer.isBuffer(x) ? x.toString('utf8') : String(x)));
   };
   const id = get(SESSION_HEADER.id)[0] ?? '';
   if (!id) throw new InvalidArgumentError(`session metadata has no ${SESSION_HEADER.id} header`);
@@ -52,7 +65,7 @@ export function parseSessionMetadata(md: Record<string, string | string[] | Buff
     id,
     name: get(SESSION_HEADER.name)[0] ?? '',
     sharedKey: get(SESSION_HEADER.sharedKey)[0] ?? '',
-    methods: get(SESSION_HEADER.method),
+    methods: get(SESSION_HEADER.method).flatMap((v) => v.split(', ')).filter((v) => v !== ''),
   };
 }
 

@@ -1,0 +1,151 @@
+/**
+ * Issue 2 end to end, as root with a real docker-registry: loom's daemon driven by loom's buildctl
+ * over a real unix socket. The LLB vectors were made by upstream's client; their expected listings
+ * are what upstream's daemon produced.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildctl, removeDir, run, startDaemon, tarListing, type TestDaemon } from '../../helpers/daemon.js';
+import { startRegistry, vectorsDir, type TestRegistry } from '../../helpers/registry.js';
+
+const vectors = vectorsDir();
+const isRoot = process.getuid?.() === 0;
+const d = describe.runIf(isRoot && vectors !== undefined);
+
+let reg: TestRegistry;
+let daemon: TestDaemon;
+let work: string;
+
+/** The vectors name `localhost:5000/busybox`; the daemon reaches the test registry through a mirror. */
+function registryConfig(r: TestRegistry): string {
+  return [
+    `[registry."localhost:5000"]`,
+    `  mirrors = ["${r.host}"]`,
+    `[registry."${r.host}"]`,
+    `  http = true`,
+    '',
+  ].join('\n');
+}
+
+function vector(name: string): Buffer {
+  return readFileSync(join(vectors!, 'llb', `${name}.llb`));
+}
+
+function expected(name: string): string {
+  return readFileSync(join(vectors!, 'llb', 'expected', `${name}.tar-listing.txt`), 'utf8');
+}
+
+d('loom daemon with loom buildctl', () => {
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'loom-e2e-'));
+    reg = await startRegistry();
+    daemon = await startDaemon({ config: registryConfig(reg) });
+  }, 120_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+    await reg?.stop();
+    if (work) removeDir(work);
+    if (daemon) removeDir(daemon.dir);
+  });
+
+  it('lists its worker with platforms and labels', async () => {
+    const r = await buildctl(daemon.addr, ['debug', 'workers', '-v']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/Platforms:\s+linux\/amd64/);
+    expect(r.stdout).toContain('org.mobyproject.buildkit.worker.executor:');
+    expect(r.stdout).toContain('org.mobyproject.buildkit.worker.snapshotter:');
+    expect(r.stdout).toMatch(/GC Policy rule#0:/);
+  });
+
+  for (const name of ['file-ops', 'merge-diff']) {
+    it(`builds the ${name} vector to exactly upstream's tar listing`, async () => {
+      const out = join(work, `${name}.tar`);
+      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=tar,dest=${out}`], { stdin: vector(name) });
+      expect(r.stderr).not.toMatch(/^error:/m);
+      expect(r.code).toBe(0);
+      expect(await tarListing(out)).toBe(expected(name));
+    });
+  }
+
+  it('builds the local-source vector with its include, exclude and follow patterns', async () => {
+    const ctx = join(work, 'ctx');
+    mkdirSync(join(ctx, 'src', 'sub'), { recursive: true });
+    writeFileSync(join(ctx, 'package.json'), '{}\n');
+    writeFileSync(join(ctx, 'src', 'a.txt'), 'a\n');
+    writeFileSync(join(ctx, 'src', 'skip.tmp'), 'no\n');
+    writeFileSync(join(ctx, 'src', 'sub', 'b.txt'), 'bb\n');
+    writeFileSync(join(ctx, 'README'), 'not included\n');
+    const out = join(work, 'local');
+    const r = await buildctl(daemon.addr, ['build', '--local', `context=${ctx}`, '--output', `type=local,dest=${out}`], { stdin: vector('local-source') });
+    expect(r.code, r.stderr).toBe(0);
+    expect(readdirSync(join(out, 'app', 'src')).sort()).toEqual(['a.txt', 'sub']);
+    expect(readFileSync(join(out, 'app', 'src', 'sub', 'b.txt'), 'utf8')).toBe('bb\n');
+    // The image's own files come along: the copy went onto the busybox image.
+    expect(existsSync(join(out, 'bin', 'busybox'))).toBe(true);
+  });
+
+  it('says CACHED for steps it has done before, also after a restart', async () => {
+    const out = join(work, 'again.tar');
+    const first = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=tar,dest=${out}`], { stdin: vector('file-ops') });
+    expect(first.code).toBe(0);
+    expect(first.stderr).toMatch(/#\d+ mkdir \/a\/b.*\n#\d+ CACHED/);
+    await daemon.stop();
+    daemon = await startDaemon({ config: registryConfig(reg), root: daemon.root, dir: daemon.dir });
+    const second = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=tar,dest=${out}`], { stdin: vector('file-ops') });
+    expect(second.code, second.stderr).toBe(0);
+    expect(second.stderr).toMatch(/#\d+ mkdir \/a\/b.*\n#\d+ CACHED/);
+    expect(await tarListing(out)).toBe(expected('file-ops'));
+  });
+
+  it('pushes an image to the registry', async () => {
+    const name = `${reg.host}/loom/merge-diff:e2e`;
+    const r = await buildctl(daemon.addr, ['build', '--output', `type=image,name=${name},push=true,registry.insecure=true`], { stdin: vector('merge-diff') });
+    expect(r.code, r.stderr).toBe(0);
+    const inspect = await run('skopeo', ['inspect', '--tls-verify=false', `docker://${name}`]);
+    expect(inspect.code, inspect.stderr).toBe(0);
+    const info = JSON.parse(inspect.stdout) as { Layers: string[]; Architecture: string };
+    // busybox's four layers reused as they are, plus the two diffs of the merge.
+    expect(info.Layers).toHaveLength(6);
+    expect(info.Architecture).toBe('amd64');
+  });
+
+  for (const type of ['oci', 'docker'] as const) {
+    it(`writes a valid ${type} archive`, async () => {
+      const out = join(work, `img-${type}.tar`);
+      const r = await buildctl(daemon.addr, ['build', '--output', `type=${type},name=example.com/app:v1,dest=${out}`], { stdin: vector('file-ops') });
+      expect(r.code, r.stderr).toBe(0);
+      const transport = type === 'oci' ? 'oci-archive' : 'docker-archive';
+      const inspect = await run('skopeo', ['inspect', `${transport}:${out}`]);
+      expect(inspect.code, inspect.stderr).toBe(0);
+      expect((JSON.parse(inspect.stdout) as { Layers: string[] }).Layers).toHaveLength(1);
+      const names = (await run('tar', ['-tf', out])).stdout.split('\n');
+      expect(names).toContain('index.json');
+      if (type === 'docker') expect(names).toContain('manifest.json');
+    });
+  }
+
+  it('answers du and prunes everything with prune --all', async () => {
+    const du = await buildctl(daemon.addr, ['du']);
+    expect(du.code).toBe(0);
+    expect(du.stdout).toMatch(/Total:\s+[1-9]/);
+    const pr = await buildctl(daemon.addr, ['prune', '--all']);
+    expect(pr.code, pr.stderr).toBe(0);
+    const after = await buildctl(daemon.addr, ['du']);
+    expect(after.stdout).toMatch(/Total:\s+0B/);
+    const blobs = join(daemon.root, 'content', 'blobs', 'sha256');
+    expect(existsSync(blobs) ? readdirSync(blobs) : []).toEqual([]);
+    expect(readdirSync(join(daemon.root, 'snapshots')).filter((n) => !n.startsWith('.'))).toEqual([]);
+  });
+
+  it('refuses a second daemon on the same root', async () => {
+    const r = await run(process.execPath, ['bin/buildkitd.js', '--root', daemon.root, '--addr', `unix://${join(daemon.dir, 'second.sock')}`], { timeoutMs: 20_000 });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/another buildkitd is running with root/);
+    const w = await buildctl(daemon.addr, ['debug', 'workers']);
+    expect(w.code).toBe(0);
+  });
+});
