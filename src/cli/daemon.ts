@@ -77,7 +77,10 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       solve: (req, signal) => builds.solve(req, signal),
       diskUsage: async (filters) => diskUsage(w.refs, filters),
       prune: async (opts, onRecord) => {
-        for (const u of await prune(w.refs, opts, builds.runningCount === 0)) onRecord(u);
+        const removed = await prune(w.refs, opts, builds.runningCount === 0);
+        // Local sources are mirrored outside the records; they go with their records.
+        if (opts.all || removed.some((u) => u.recordType === 'source.local')) await w.pruneLocalMirrors();
+        for (const u of removed) onRecord(u);
       },
     };
     server = new ControlServer({ backend, gateway: gatewayHandlers(forwarder, gatewayDeps) });

@@ -18,6 +18,7 @@ export class RootLock {
     const file = join(root, 'buildkitd.lock');
     const db = new Database(file, { timeout: 0 });
     try {
+      db.pragma('journal_mode = MEMORY');
       db.pragma('locking_mode = EXCLUSIVE');
       db.exec('CREATE TABLE IF NOT EXISTS owner (pid INTEGER)');
       db.exec('BEGIN EXCLUSIVE');

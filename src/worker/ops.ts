@@ -1,5 +1,6 @@
 import type { Vertex } from '../llb/definition.js';
 import { DiffOpImpl, MergeOpImpl } from '../ops/merge-diff-op.js';
+import { ExecOp, execSupport } from '../ops/exec-op.js';
 import { FileOpImpl } from '../ops/file-op.js';
 import { ImageSourceOp } from '../ops/source/docker-image.js';
 import { GitSourceOp } from '../ops/source/git.js';
@@ -12,6 +13,7 @@ import type { WorkerDeps } from './worker.js';
 /** Maps each vertex to the implementation of its op kind (sources by identifier scheme). */
 export function createOpResolver(d: WorkerDeps): OpResolver {
   const registries = d.registries;
+  const mirrors = d.localMirrors;
   return (v: Vertex): OpImpl => {
     const op = v.op.op;
     switch (op.case) {
@@ -22,7 +24,7 @@ export function createOpResolver(d: WorkerDeps): OpResolver {
           case 'docker-image':
             return new ImageSourceOp({ registries, refs: d.refs, layers: d.layers, content: d.content, metadata: d.metadata }, identifier, attrs);
           case 'local':
-            return new LocalSourceOp({ refs: d.refs, metadata: d.metadata, sessions: d.sessions }, identifier, attrs);
+            return new LocalSourceOp({ root: d.root, refs: d.refs, metadata: d.metadata, sessions: d.sessions, mirrors }, identifier, attrs);
           case 'http':
           case 'https':
             return new HttpSourceOp({ refs: d.refs }, identifier, attrs);
@@ -41,12 +43,7 @@ export function createOpResolver(d: WorkerDeps): OpResolver {
       case 'diff':
         return new DiffOpImpl({ refs: d.refs }, op.value);
       case 'exec':
-        return {
-          cacheKey: async () => '',
-          run: async () => {
-            throw new UnimplementedError('exec ops (RUN steps) need the runc executor, which loom does not have yet');
-          },
-        };
+        return new ExecOp(execSupport(d), op.value);
       default:
         throw new InvalidArgumentError(`unsupported op ${op.case ?? 'unknown'}`);
     }

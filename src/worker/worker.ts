@@ -2,6 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { readdir, rm } from 'node:fs/promises';
+import { KeyedMutex } from '../util/keyed-mutex.js';
 import { MetadataStore } from '../cache/metadata.js';
 import { LayerStore } from '../cache/layers.js';
 import { RefManager } from '../cache/ref-manager.js';
@@ -43,6 +45,8 @@ export interface Worker {
   solver: Solver;
   exporters: Map<string, Exporter>;
   registries: RegistryAccess;
+  /** Removes the mirrors of clients' local directories (prune of source.local records). */
+  pruneLocalMirrors(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -50,15 +54,21 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   const log = rootLog.child({ sub: 'worker' });
   mkdirSync(o.root, { recursive: true });
   const id = workerId(o.root);
-  const metadata = new MetadataStore({ root: o.root });
-  const content = new ContentStore({ root: o.root });
-  const snapshotter = await createSnapshotter({ root: o.root, name: o.snapshotter });
+  // Each snapshotter keeps its own state (index, blobs, snapshots) in `runc-<name>`, as upstream's
+  // OCI worker does: switching snapshotters never mixes their snapshots.
+  const wanted = o.snapshotter === 'overlay' ? 'overlayfs' : o.snapshotter;
+  let snapshotter = await createSnapshotter({ root: join(o.root, `runc-${wanted === 'auto' ? 'overlayfs' : wanted}`), name: o.snapshotter });
+  if (wanted === 'auto' && snapshotter.name !== 'overlayfs') snapshotter = await createSnapshotter({ root: join(o.root, `runc-${snapshotter.name}`), name: snapshotter.name });
+  const state = join(o.root, `runc-${snapshotter.name}`);
+  const metadata = new MetadataStore({ root: state });
+  const content = new ContentStore({ root: state });
   const refs = new RefManager({ metadata, snapshotter, content });
   const layers = new LayerStore({ metadata, content, snapshotter });
   const detected = detectPlatforms();
   const platforms = o.platforms.length ? o.platforms : platformList(detected.native, detected.emulated);
   const registries = new RegistryAccess({ store: content, hosts: o.registry });
-  const deps: WorkerDeps = { root: o.root, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native };
+  const localMirrors = new KeyedMutex();
+  const deps: WorkerDeps = { localMirrors, root: state, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native, network: o.network };
   const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native) });
   const exporters = createExporters(deps);
   // Whatever a crashed daemon left half-done (active snapshots, unreferenced data) goes now.
@@ -87,6 +97,16 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
     solver,
     exporters,
     registries,
+    async pruneLocalMirrors() {
+      const dir = join(state, 'local-mirrors');
+      const names = await readdir(dir).catch(() => [] as string[]);
+      for (const n of names) {
+        await localMirrors.run(join(dir, n), async () => {
+          metadata.kvDelete('local-mirror', join(dir, n));
+          await rm(join(dir, n), { recursive: true, force: true });
+        });
+      }
+    },
     async close() {
       metadata.close();
     },
@@ -102,8 +122,12 @@ export type WorkerDeps = {
   snapshotter: import('../snapshot/snapshotter.js').Snapshotter;
   registries: RegistryAccess;
   sessions: SessionManager;
+  /** Serializes transfers into each local-source mirror directory (and their removal). */
+  localMirrors: KeyedMutex;
   emulators: EmulatorInfo[];
   native: Platform;
+  /** --oci-worker-net: the default network of sandboxed exec steps. */
+  network?: string;
 };
 
 /** The worker's id, made once and kept in the root (upstream's `workerid` file). */

@@ -8,14 +8,22 @@ import { receiveDir } from '../../session/filesync/receive.js';
 import type { SessionCaller } from '../../session/types.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, LoomError } from '../../util/errors.js';
+import { join } from 'node:path';
+import { sha256 } from '../../util/digest.js';
+import { copyTree } from '../../snapshot/native/native-snapshotter.js';
+import type { KeyedMutex } from '../../util/keyed-mutex.js';
 
 export interface LocalSourceDeps {
+  root: string;
   refs: RefManager;
   metadata: MetadataStore;
   sessions: SessionManager;
+  /** One transfer at a time into each mirror directory. */
+  mirrors: KeyedMutex;
 }
 
 const NS_LOCAL = 'local-content';
+const NS_MIRROR = 'local-mirror';
 
 /**
  * `local://name`: the client's directory, sent through its session's FileSync service with the
@@ -63,8 +71,11 @@ export class LocalSourceOp implements OpImpl {
       if (!session.supports(FileSync.method.diffCopy)) {
         throw new LoomError('FAILED_PRECONDITION', `local source ${this.#name}: the client's session does not serve FileSync (was --local ${this.#name}=DIR given?)`);
       }
-      const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
-      try {
+      // The client's directory is mirrored in a directory kept across builds (one per client
+      // identity, name and filters), so a second transfer sends only what changed.
+      const identity = this.#attrs['local.sharedkeyhint'] || session.sharedKey || session.id;
+      const mirror = join(this.#d.root, 'local-mirrors', sha256(JSON.stringify([identity, this.#name, include, exclude, follow])).slice(7, 39));
+      return this.#d.mirrors.run(mirror, async () => {
         const id = `transferring ${this.#name}:`;
         const started = new Date();
         const vertex = ctx.vertex.digest;
@@ -75,9 +86,16 @@ export class LocalSourceOp implements OpImpl {
         });
         let last = 0;
         let bytes = 0;
+        let changed = false;
+        // A transfer that fails half way leaves the mirror unknown: its digest is forgotten first.
+        const before = this.#d.metadata.kvGet(NS_MIRROR, mirror);
+        this.#d.metadata.kvDelete(NS_MIRROR, mirror);
         await receiveDir(stream, {
-          dest: w.dir,
+          dest: mirror,
           signal: ctx.signal,
+          onChange: () => {
+            changed = true;
+          },
           onProgress: (n: number) => {
             bytes = n;
             const now = Date.now();
@@ -88,19 +106,22 @@ export class LocalSourceOp implements OpImpl {
         });
         const done = new Date();
         ctx.progress.status({ id, vertex, name: id, current: bytes, total: 0, timestamp: done, started, completed: done });
-        const digest = await treeDigest(w.dir, { signal: ctx.signal });
+        // Nothing changed in a mirror whose digest was known: no need to read it all again.
+        const digest = !changed && before ? before : await treeDigest(mirror, { signal: ctx.signal });
+        this.#d.metadata.kvPut(NS_MIRROR, mirror, digest);
         const existing = this.#d.metadata.kvGet(NS_LOCAL, digest);
-        if (existing && this.#d.metadata.getRef(existing)) {
+        if (existing && this.#d.metadata.getRef(existing)) return { ref: await this.#d.refs.get(existing), digest };
+        const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
+        try {
+          await copyTree(mirror, w.dir, ctx.signal);
+          const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local' });
+          this.#d.metadata.kvPut(NS_LOCAL, digest, ref.id);
+          return { ref, digest };
+        } catch (err) {
           await w.discard();
-          return { ref: await this.#d.refs.get(existing), digest };
+          throw err;
         }
-        const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local' });
-        this.#d.metadata.kvPut(NS_LOCAL, digest, ref.id);
-        return { ref, digest };
-      } catch (err) {
-        await w.discard();
-        throw err;
-      }
+      });
     })();
     return this.#synced;
   }

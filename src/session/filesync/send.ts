@@ -61,7 +61,13 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
   const onAbort = (): void => inner.abort(new CancelledError('context canceled', { cause: opts.signal?.reason }));
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   if (opts.signal?.aborted) onAbort();
-  let wake: () => void = () => undefined;
+  // Idle workers park here; wake() releases them all and empties the list (each waits once).
+  let parked: (() => void)[] = [];
+  const wake = (): void => {
+    const list = parked;
+    parked = [];
+    for (const r of list) r();
+  };
   let noMoreRequests = false;
   let fromPeer = false;
 
@@ -124,13 +130,7 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
         continue;
       }
       if (noMoreRequests || inner.signal.aborted) return;
-      await new Promise<void>((resolve) => {
-        const prev = wake;
-        wake = () => {
-          prev();
-          resolve();
-        };
-      });
+      await new Promise<void>((resolve) => parked.push(resolve));
     }
   };
 

@@ -2,6 +2,9 @@ import { create } from '@bufbuild/protobuf';
 import { Duplex } from 'node:stream';
 import { BytesMessageSchema } from '../../gen/buildkit/control_pb.js';
 
+/** Largest BytesMessage the tunnel writes when it gathers HTTP/2 frames. */
+const MAX_MESSAGE = 256 * 1024;
+
 /**
  * An object stream of BytesMessage, as grpc-js hands out for Control.Session: a
  * ServerDuplexStream on the daemon, a ClientDuplexStream on the client. Both are object-mode
@@ -36,6 +39,29 @@ export function bytesDuplex(stream: BytesMessageStream): Duplex {
       // ends writing and neither reading. What may queue here is bounded by the inner HTTP/2 flow
       // control windows (see h2-options.ts), which the peer only grants as it consumes.
       stream.write(create(BytesMessageSchema, { data: Buffer.from(chunk) }));
+      cb();
+    },
+    // HTTP/2 writes each frame header and payload as separate corked chunks: gathered into
+    // messages of up to MAX_MESSAGE (well under gRPC's 4 MiB default limit on the peer).
+    writev(chunks: { chunk: Buffer }[], cb) {
+      if (stream.destroyed || stream.writableEnded) {
+        cb(new Error('session stream is closed'));
+        return;
+      }
+      let batch: Buffer[] = [];
+      let size = 0;
+      const flush = (): void => {
+        if (size === 0) return;
+        stream.write(create(BytesMessageSchema, { data: Buffer.concat(batch, size) }));
+        batch = [];
+        size = 0;
+      };
+      for (const { chunk } of chunks) {
+        if (size > 0 && size + chunk.length > MAX_MESSAGE) flush();
+        batch.push(chunk);
+        size += chunk.length;
+      }
+      flush();
       cb();
     },
     final(cb) {

@@ -1,6 +1,6 @@
 import type { Http2Stream } from 'node:http2';
 import { CancelledError, LoomError } from '../../util/errors.js';
-import { encodeFrame, FrameDecoder } from '../../util/grpc-frame.js';
+import { encodeFrame } from '../../util/grpc-frame.js';
 import type { CallMetadata, MessageStream } from '../types.js';
 
 /** How many decoded messages may wait for the reader before the HTTP/2 stream is paused (backpressure). */
@@ -27,7 +27,7 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
   protected readonly method: string;
   readonly #encode: (msg: Send) => Uint8Array;
   readonly #decode: (payload: Buffer) => Recv;
-  readonly #decoder: FrameDecoder;
+  readonly #decoder: ChunkedFrameDecoder;
   readonly #queue: Recv[] = [];
   #recvDone = false;
   #recvErr: Error | undefined;
@@ -40,7 +40,7 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
     this.metadata = opts.metadata;
     this.#encode = opts.encode;
     this.#decode = opts.decode;
-    this.#decoder = new FrameDecoder({ maxSize: opts.maxMessageSize ?? 64 * 1024 * 1024 });
+    this.#decoder = new ChunkedFrameDecoder(opts.maxMessageSize ?? 64 * 1024 * 1024);
     this.h2.on('data', (chunk: Buffer) => this.#onData(chunk));
   }
 
@@ -56,7 +56,7 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
     for (const f of frames) {
       let msg: Recv;
       try {
-        msg = this.#decode(Buffer.from(f));
+        msg = this.#decode(f);
       } catch (err) {
         this.onProtocolError(new LoomError('INTERNAL', `${this.method}: cannot decode message: ${(err as Error).message}`, { cause: err }));
         return;
@@ -146,5 +146,66 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
       }
       await new Promise<void>((r) => (this.#wake = r));
     }
+  }
+}
+
+/**
+ * gRPC frames out of HTTP/2 DATA chunks. Chunks are kept as a list and joined once per frame:
+ * a message of several MiB arrives in hundreds of 16 KiB chunks, and joining the buffer on every
+ * chunk (as util/grpc-frame's FrameDecoder does) copies it hundreds of times.
+ */
+class ChunkedFrameDecoder {
+  readonly #max: number;
+  #chunks: Buffer[] = [];
+  #len = 0;
+  /** Length of the frame being collected (payload), once its 5-byte header is in. */
+  #need = -1;
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  push(chunk: Buffer): Buffer[] {
+    this.#chunks.push(chunk);
+    this.#len += chunk.length;
+    const out: Buffer[] = [];
+    for (;;) {
+      if (this.#need < 0) {
+        if (this.#len < 5) break;
+        const hdr = this.#take(5);
+        if (hdr[0] !== 0) throw new Error('compressed gRPC frames are not supported');
+        const n = hdr.readUInt32BE(1);
+        if (n > this.#max) throw new Error(`gRPC frame of ${n} bytes exceeds the limit of ${this.#max}`);
+        this.#need = n;
+      }
+      if (this.#len < this.#need) break;
+      out.push(this.#take(this.#need));
+      this.#need = -1;
+    }
+    return out;
+  }
+
+  #take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    const first = this.#chunks[0]!;
+    let res: Buffer;
+    if (first.length >= n) {
+      res = first.subarray(0, n);
+      if (first.length === n) this.#chunks.shift();
+      else this.#chunks[0] = first.subarray(n);
+    } else {
+      res = Buffer.allocUnsafe(n);
+      let off = 0;
+      while (off < n) {
+        const c = this.#chunks[0]!;
+        const k = Math.min(c.length, n - off);
+        c.copy(res, off, 0, k);
+        off += k;
+        if (k === c.length) this.#chunks.shift();
+        else this.#chunks[0] = c.subarray(k);
+      }
+    }
+    this.#len -= n;
+    return res;
   }
 }

@@ -136,9 +136,11 @@ d('loom daemon with loom buildctl', () => {
     expect(pr.code, pr.stderr).toBe(0);
     const after = await buildctl(daemon.addr, ['du']);
     expect(after.stdout).toMatch(/Total:\s+0B/);
-    const blobs = join(daemon.root, 'content', 'blobs', 'sha256');
-    expect(existsSync(blobs) ? readdirSync(blobs) : []).toEqual([]);
-    expect(readdirSync(join(daemon.root, 'snapshots')).filter((n) => !n.startsWith('.'))).toEqual([]);
+    // Nothing left on disk either: no blob, no snapshot, no mirrored local directory.
+    const state = readdirSync(daemon.root).filter((n) => n.startsWith('runc-'));
+    expect(state.length).toBe(1);
+    const leftovers = await run('find', [join(daemon.root, state[0]!), '(', '-path', '*/content/blobs/sha256/*', '-o', '-path', '*/snapshots/*', '-o', '-path', '*/local-mirrors/*', ')', '-print']);
+    expect(leftovers.stdout).toBe('');
   });
 
   it('refuses a second daemon on the same root', async () => {

@@ -6,7 +6,8 @@ import { fromBinary } from '@bufbuild/protobuf';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DefinitionSchema, OpSchema, type Op } from '../../../src/gen/buildkit/ops_pb.js';
 import { sha256 } from '../../../src/util/digest.js';
-import { NativeSnapshotter } from '../../../src/snapshot/native/native-snapshotter.js';
+import type { Snapshotter } from '../../../src/snapshot/snapshotter.js';
+import { SNAPSHOTTERS } from '../snapshot/snapshotters.js';
 import { writeTreeTar } from '../../../src/snapshot/layer/write-tree-tar.js';
 import { runFileOp } from '../../../src/ops/file/file-op.js';
 import { childChain, type LayerRef } from '../../../src/ops/merge-diff/chain.js';
@@ -22,19 +23,22 @@ import { busyboxRef, HAVE_VECTORS, IS_ROOT, tarListing, VECTORS } from '../snaps
 const skip = !IS_ROOT || !HAVE_VECTORS;
 if (skip) console.warn(`skipping llb vector tests: ${!IS_ROOT ? 'not root (chown needed)' : `no vectors at ${VECTORS}`}`);
 
-describe.skipIf(skip)('upstream LLB vectors: file, merge and diff ops', () => {
+describe.skipIf(skip).each(SNAPSHOTTERS)('upstream LLB vectors: file, merge and diff ops on $name snapshots', (impl) => {
   let root: string;
-  let sn: NativeSnapshotter;
+  let sn: Snapshotter;
   let image: LayerRef;
   let n = 0;
   const newKey = () => `k${++n}`;
 
   beforeAll(async () => {
     root = mkdtempSync(path.join(os.tmpdir(), 'loom-vectors-'));
-    sn = new NativeSnapshotter({ root });
+    sn = impl.make(root);
     image = await busyboxRef(sn, 'busybox');
   });
-  afterAll(() => rmSync(root, { recursive: true, force: true }));
+  afterAll(async () => {
+    await impl.close(sn);
+    rmSync(root, { recursive: true, force: true });
+  });
 
   /** A tiny evaluator of the graph: the lead's solver replaces it. */
   async function solve(name: string): Promise<LayerRef | null> {

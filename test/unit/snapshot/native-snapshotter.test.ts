@@ -8,6 +8,9 @@ import { NativeSnapshotter } from '../../../src/snapshot/native/native-snapshott
 import { getXattr, setXattrs } from '../../../src/snapshot/layer/sys-ops.js';
 import { LoomError } from '../../../src/util/errors.js';
 import { IS_ROOT } from './busybox-image.js';
+import type { Snapshotter } from '../../../src/snapshot/snapshotter.js';
+import { changes as doubleWalk } from '../../../src/snapshot/layer/changes.js';
+import { SNAPSHOTTERS } from './snapshotters.js';
 
 let root: string;
 let sn: NativeSnapshotter;
@@ -48,6 +51,71 @@ describe('NativeSnapshotter', () => {
     await sn.remove('base');
     expect(await sn.list()).toEqual([]);
     expect(await code(sn.dir('base'))).toBe('NOT_FOUND');
+  });
+
+  it('cleanup() removes the debris of an interrupted prepare', async () => {
+    mkdirSync(path.join(root, 'snapshots', 'half', 'fs.tmp'), { recursive: true });
+    await sn.prepare('whole');
+    await sn.cleanup();
+    expect((await sn.list()).map((i) => i.key)).toEqual(['whole']);
+    expect(() => lstatSync(path.join(root, 'snapshots', 'half'))).toThrow();
+  });
+});
+
+describe.each(SNAPSHOTTERS)('snapshotter contract: $name', (impl) => {
+  let sn: Snapshotter;
+  beforeEach(() => {
+    sn = impl.make(root);
+  });
+  // Before the file's afterEach deletes root (hooks run innermost first on the way out).
+  afterEach(async () => impl.close(sn));
+
+  it('prepares, commits, lists and removes; a child starts as its parent and never writes it', async () => {
+    const dir = await sn.prepare('base');
+    expect(lstatSync(dir).mode & 0o7777).toBe(0o755);
+    writeFileSync(path.join(dir, 'f'), 'x');
+    mkdirSync(path.join(dir, 'd'));
+    writeFileSync(path.join(dir, 'd/g'), 'g');
+    await sn.commit('base');
+    const child = await sn.prepare('child', 'base');
+    expect(readFileSync(path.join(child, 'f'), 'utf8')).toBe('x');
+    writeFileSync(path.join(child, 'f'), 'changed');
+    rmSync(path.join(child, 'd'), { recursive: true });
+    await sn.commit('child');
+    expect(readFileSync(path.join(await sn.dir('base'), 'f'), 'utf8')).toBe('x');
+    expect(readFileSync(path.join(await sn.dir('base'), 'd/g'), 'utf8')).toBe('g');
+    expect(readFileSync(path.join(await sn.dir('child'), 'f'), 'utf8')).toBe('changed');
+    expect(lstatSync(path.join(await sn.dir('child'), 'd'), { throwIfNoEntry: false })).toBeUndefined();
+
+    const infos = (await sn.list()).sort((a, b) => a.key.localeCompare(b.key));
+    expect(infos.map((i) => [i.key, i.parent, i.kind])).toEqual([
+      ['base', null, 'committed'],
+      ['child', 'base', 'committed'],
+    ]);
+    expect((await sn.stat('child')).committedAt).toBeGreaterThan(0);
+    expect(await code(sn.remove('base'))).toBe('FAILED_PRECONDITION');
+    await sn.remove('child');
+    await sn.remove('base');
+    expect(await sn.list()).toEqual([]);
+    expect(await code(sn.dir('base'))).toBe('NOT_FOUND');
+    expect(await code(sn.stat('base'))).toBe('NOT_FOUND');
+    expect(await code(sn.remove('base'))).toBe('NOT_FOUND');
+  });
+
+  it('changes() is null or the double walk\'s list', async () => {
+    const dir = await sn.prepare('p');
+    writeFileSync(path.join(dir, 'a'), 'a');
+    writeFileSync(path.join(dir, 'b'), 'b');
+    await sn.commit('p');
+    const c = await sn.prepare('c', 'p');
+    writeFileSync(path.join(c, 'a'), 'A');
+    rmSync(path.join(c, 'b'));
+    writeFileSync(path.join(c, 'n'), 'n');
+    await sn.commit('c');
+    const known = await sn.changes('c');
+    const walked = await doubleWalk(await sn.dir('p'), await sn.dir('c'));
+    if (known) expect(known.map((x) => `${x.kind} ${x.path}`)).toEqual(walked.map((x) => `${x.kind} ${x.path}`));
+    expect(walked.map((x) => `${x.kind} ${x.path}`)).toEqual(['modify /a', 'delete /b', 'add /n']);
   });
 
   it('refuses taken keys, active parents, double commits and unsafe keys', async () => {
@@ -97,13 +165,4 @@ describe('NativeSnapshotter', () => {
     expect(lstatSync(path.join(c, 'fifo')).isFIFO()).toBe(true);
     expect(await getXattr([path.join(c, 'suid')], 'user.test')).toEqual([Buffer.from([0, 1, 255])]);
   });
-
-  it('cleanup() removes the debris of an interrupted prepare', async () => {
-    mkdirSync(path.join(root, 'snapshots', 'half', 'fs.tmp'), { recursive: true });
-    await sn.prepare('whole');
-    await sn.cleanup();
-    expect((await sn.list()).map((i) => i.key)).toEqual(['whole']);
-    expect(() => lstatSync(path.join(root, 'snapshots', 'half'))).toThrow();
-  });
 });
-

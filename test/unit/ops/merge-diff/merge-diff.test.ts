@@ -3,7 +3,8 @@ import { rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { NativeSnapshotter } from '../../../../src/snapshot/native/native-snapshotter.js';
+import type { Snapshotter } from '../../../../src/snapshot/snapshotter.js';
+import { SNAPSHOTTERS } from '../../snapshot/snapshotters.js';
 import { childChain, mergeChains, planDiff, type LayerRef } from '../../../../src/ops/merge-diff/chain.js';
 import { runMerge } from '../../../../src/ops/merge-diff/merge-op.js';
 import { runDiff } from '../../../../src/ops/merge-diff/diff-op.js';
@@ -44,16 +45,19 @@ describe('layer chain algebra', () => {
   });
 });
 
-describe('merge and diff on snapshots', () => {
+describe.each(SNAPSHOTTERS)('merge and diff on $name snapshots', (impl) => {
   let tmp: string;
-  let sn: NativeSnapshotter;
+  let sn: Snapshotter;
   let n = 0;
   const newKey = () => `k${++n}`;
   beforeEach(() => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'loom-merge-'));
-    sn = new NativeSnapshotter({ root: tmp });
+    sn = impl.make(tmp);
   });
-  afterEach(() => rmSync(tmp, { recursive: true, force: true }));
+  afterEach(async () => {
+    await impl.close(sn);
+    rmSync(tmp, { recursive: true, force: true });
+  });
 
   /** A ref made by an op on `parent` that runs `change` on its copy. */
   async function step(parent: LayerRef | null, change: (dir: string) => void | Promise<void>): Promise<LayerRef> {

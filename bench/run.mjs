@@ -1,0 +1,161 @@
+#!/usr/bin/env node
+// npm run bench: whole-process timings of builds through loom's real socket.
+// Starts its own daemon (temporary root) and a docker-registry with the test base image, then times
+// each workload as a whole `buildctl build` process, several runs, and prints min/median/max.
+// Needs root and `npm run build` (done by the npm script's pre step), like the integration tests.
+//   npm run bench [-- --runs N] [-- --only NAME]
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+
+const repo = join(dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+const runs = Number(args[args.indexOf('--runs') + 1] || 5) || 5;
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
+
+
+const work = mkdtempSync(join(tmpdir(), 'loom-bench-'));
+const cleanup = [];
+process.on('exit', () => {
+  for (const c of cleanup.reverse()) {
+    try {
+      c();
+    } catch {
+      /* best effort */
+    }
+  }
+  rmSync(work, { recursive: true, force: true });
+});
+process.on('SIGINT', () => process.exit(130));
+
+function sh(cmd, argv, opts = {}) {
+  const r = spawnSync(cmd, argv, { encoding: 'utf8', ...opts });
+  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed: ${r.stderr || r.stdout}`);
+  return r.stdout;
+}
+
+async function freePort() {
+  const net = await import('node:net');
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// A registry with the base image (the vectors' upstream-made busybox when present, else the fixture).
+const regPort = await freePort();
+const regDir = join(work, 'registry');
+mkdirSync(regDir);
+writeFileSync(
+  join(regDir, 'config.yml'),
+  `version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${regDir}/data\nhttp:\n  addr: 127.0.0.1:${regPort}\n`,
+);
+const reg = spawn('docker-registry', ['serve', join(regDir, 'config.yml')], { stdio: 'ignore' });
+cleanup.push(() => reg.kill());
+for (let i = 0; i < 100; i++) {
+  const ok = spawnSync('curl', ['-sf', `http://127.0.0.1:${regPort}/v2/`]).status === 0;
+  if (ok) break;
+  await new Promise((r) => setTimeout(r, 100));
+}
+const vectorImage = join(repo, '..', 'shared', 'vectors', 'oci', 'busybox-multiarch-oci.tar');
+let image = vectorImage;
+try {
+  readFileSync(vectorImage, { flag: 'r' }).length;
+} catch {
+  sh(join(repo, 'fixtures', 'make-base-image.sh'), []);
+  image = join(process.env.LOOM_FIXTURE_CACHE ?? join(process.env.HOME ?? '/root', '.cache', 'loom-fixtures'), 'busybox-multiarch-oci.tar');
+}
+sh('skopeo', ['copy', '--quiet', '--all', '--dest-tls-verify=false', `oci-archive:${image}`, `docker://127.0.0.1:${regPort}/busybox:latest`]);
+
+// The daemon.
+const root = join(work, 'root');
+const sock = join(work, 'buildkitd.sock');
+const addr = `unix://${sock}`;
+const cfg = join(work, 'buildkitd.toml');
+writeFileSync(cfg, `[registry."localhost:5000"]\n  mirrors = ["127.0.0.1:${regPort}"]\n[registry."127.0.0.1:${regPort}"]\n  http = true\n`);
+const daemon = spawn(process.execPath, [join(repo, 'bin', 'buildkitd.js'), '--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' });
+cleanup.push(() => daemon.kill('SIGTERM'));
+for (let i = 0; i < 200; i++) {
+  if (spawnSync(process.execPath, [join(repo, 'bin', 'buildctl.js'), '--addr', addr, 'debug', 'workers']).status === 0) break;
+  await new Promise((r) => setTimeout(r, 100));
+}
+
+function buildctl(argv, stdin) {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(process.execPath, [join(repo, 'bin', 'buildctl.js'), '--addr', addr, ...argv], { input: stdin, encoding: 'utf8', maxBuffer: 64 << 20 });
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  if (r.status !== 0) throw new Error(`buildctl ${argv.join(' ')} failed:\n${r.stderr}`);
+  return ms;
+}
+
+// Workload definitions, made with loom's LLB builder.
+const llb = await import(join(repo, 'dist', 'llb', 'builder.js'));
+const { toBinary } = await import('@bufbuild/protobuf');
+const { DefinitionSchema } = await import(join(repo, 'dist', 'gen', 'buildkit', 'ops_pb.js'));
+const def = (state) => Buffer.from(toBinary(DefinitionSchema, llb.marshal(state)));
+
+// A context of 2,000 small files and one 16 MiB file, copied into the busybox image.
+const ctx = join(work, 'ctx');
+for (let d = 0; d < 20; d++) {
+  mkdirSync(join(ctx, 'src', `pkg${d}`), { recursive: true });
+  for (let f = 0; f < 100; f++) writeFileSync(join(ctx, 'src', `pkg${d}`, `file${f}.js`), `export const v${f} = ${d * 100 + f};\n`);
+}
+writeFileSync(join(ctx, 'blob.bin'), randomBytes(16 << 20));
+const base = llb.image('localhost:5000/busybox:latest');
+const context = llb.local('context', { sharedKeyHint: 'bench' });
+const ctxBuild = def(base.file(llb.copy(context, '/', '/app/', { copyDirContentsOnly: true, createDestPath: true })));
+const vectorsDir = join(repo, '..', 'shared', 'vectors', 'llb');
+let mergeDiff;
+try {
+  mergeDiff = readFileSync(join(vectorsDir, 'merge-diff.llb'));
+} catch {
+  mergeDiff = def(llb.merge([base, llb.diff(base, base.file(llb.mkfile('/a.txt', 0o644, 'a')))]));
+}
+
+const out = join(work, 'out.tar');
+const workloads = [
+  {
+    name: 'cold: merge-diff vector (pull, unpack, 2 file ops, diff, merge), tar export',
+    before: () => buildctl(['prune', '--all']),
+    run: () => buildctl(['build', '--output', `type=tar,dest=${out}`], mergeDiff),
+  },
+  {
+    name: 'warm: merge-diff vector fully cached, tar export',
+    before: () => {},
+    run: () => buildctl(['build', '--output', `type=tar,dest=${out}`], mergeDiff),
+  },
+  {
+    name: 'context: 2,000 files + 16 MiB copied onto busybox, cold cache, no export',
+    before: () => buildctl(['prune', '--all']),
+    run: () => buildctl(['build', '--local', `context=${ctx}`], ctxBuild),
+  },
+  {
+    name: 'context: same, fully cached',
+    before: () => {},
+    run: () => buildctl(['build', '--local', `context=${ctx}`], ctxBuild),
+  },
+];
+
+const stats = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return { min: s[0], median: s[Math.floor(s.length / 2)], max: s[s.length - 1] };
+};
+console.log(`loom bench: ${runs} runs each (after one warm-up), wall time of a whole buildctl process`);
+for (const w of workloads) {
+  if (only && !w.name.startsWith(only)) continue;
+  w.before();
+  w.run();
+  const times = [];
+  for (let i = 0; i < runs; i++) {
+    w.before();
+    times.push(w.run());
+  }
+  const s = stats(times);
+  console.log(`${w.name}\n  median ${s.median.toFixed(0)} ms  (min ${s.min.toFixed(0)}, max ${s.max.toFixed(0)})`);
+}
+process.exit(0);

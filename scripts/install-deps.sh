@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what loom needs on Debian 12: the Debian packages its daemon and tests use, then the npm
+# packages (native ones are built; their install scripts are allowed in package.json), then builds
+# dist/. Safe to run again. Must run as root (apt-get).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+packages=(
+  runc                 # the OCI runtime exec steps run in
+  qemu-user-static     # foreign-platform steps (linux/arm64 on amd64)
+  busybox-static       # the test base image
+  docker-registry      # a real OCI registry for tests and the bench
+  skopeo               # inspecting images and archives in tests
+  git                  # git:// sources
+  iproute2 iptables    # network namespaces for step networking
+  python3              # file metadata calls Node lacks (xattrs, ns times, mknod)
+  attr                 # getfattr/setfattr for xattrs through filesync
+  openssh-client       # ssh-agent for the ssh forwarding tests
+  gcc make libc6-dev   # building runc-shim
+  tar gzip ca-certificates
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+npm run build

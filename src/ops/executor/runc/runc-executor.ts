@@ -1,0 +1,264 @@
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chown, lstat, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { CancelledError, InvalidArgumentError, LoomError } from '../../../util/errors.js';
+import { resolveInRoot } from '../../../util/fs-safe.js';
+import { log as rootLog } from '../../../util/log.js';
+import { ExitError, type ExecMount, type Executor, type RunRequest } from '../executor.js';
+import { HostsFiles } from '../hosts.js';
+import { mountStubs } from '../mount-stubs.js';
+import type { NetworkProviders } from '../network.js';
+import { ResolvConf } from '../resolv-conf.js';
+import { resolveUser } from '../user.js';
+import { ensureShim } from './shim-binary.js';
+import { capsFromBitmap, generateSpec, type SpecMount } from './spec.js';
+import { cleanupStale, CONTAINER_ID_RE, executorPaths } from './stale.js';
+
+const log = () => rootLog.child({ sub: 'executor' });
+
+/** First fd number the shim gives to pinned mount sources (`/proc/<shim>/fd/<n>`). */
+const FD_BASE = 100;
+
+export interface RuncExecutorOptions {
+  /** The daemon's state root: the executor keeps its files in `<root>/executor`. */
+  stateRoot: string;
+  network: NetworkProviders;
+  /** The runc binary (default `runc` on PATH). */
+  runc?: string;
+  /** The host's OCI architecture (seccomp architectures). */
+  hostArch: string;
+}
+
+/** A fresh container id: loom's own randomness only, never anything from the build. */
+export function newContainerId(): string {
+  const id = 'loom-' + randomBytes(12).toString('hex');
+  if (!CONTAINER_ID_RE.test(id)) throw new Error('container id shape');
+  return id;
+}
+
+/**
+ * Runs steps with runc through loom-runc-shim (see runc-shim/README.md), one container per run.
+ * The shim owns the container's life; this class prepares the bundle (config.json from
+ * spec.ts), the resolv.conf and hosts files, and maps the shim's outcome to errors.
+ */
+export class RuncExecutor implements Executor {
+  readonly #o: RuncExecutorOptions;
+  readonly #paths: ReturnType<typeof executorPaths>;
+  readonly #resolv: ResolvConf;
+  readonly #hosts: HostsFiles;
+  #ready: Promise<{ shim: string; effectiveCaps: string[] }> | null = null;
+
+  constructor(opts: RuncExecutorOptions) {
+    this.#o = opts;
+    this.#paths = executorPaths(opts.stateRoot);
+    this.#resolv = new ResolvConf({ stateDir: this.#paths.base });
+    this.#hosts = new HostsFiles({ stateDir: this.#paths.base });
+  }
+
+  get paths(): ReturnType<typeof executorPaths> {
+    return this.#paths;
+  }
+
+  /** Cleans up after a crashed daemon and builds or finds the shim. Idempotent; run() awaits it. */
+  init(): Promise<{ shim: string; effectiveCaps: string[] }> {
+    this.#ready ??= (async () => {
+      await cleanupStale({ stateRoot: this.#o.stateRoot, runc: this.#o.runc });
+      await mkdir(this.#paths.runcRoot, { recursive: true, mode: 0o711 });
+      await mkdir(this.#paths.bundles, { recursive: true, mode: 0o711 });
+      // Stale hosts files of an earlier run (upstream removes them at start too).
+      await rm(path.join(this.#paths.base, 'hosts'), { force: true });
+      await rm(path.join(this.#paths.base, 'resolv.conf'), { force: true });
+      const shim = await ensureShim(this.#o.stateRoot);
+      const status = await readFile('/proc/self/status', 'utf8').catch(() => '');
+      const effectiveCaps = capsFromBitmap(/^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1] ?? '0');
+      return { shim, effectiveCaps };
+    })();
+    this.#ready.catch(() => (this.#ready = null));
+    return this.#ready;
+  }
+
+  async run(req: RunRequest): Promise<void> {
+    const { shim, effectiveCaps } = await this.init();
+    const p = req.process;
+    if (req.signal.aborted) throw new CancelledError('context canceled', { cause: req.signal.reason });
+    if (!p.args.length) throw new InvalidArgumentError('no process args: the step has nothing to run');
+    if (!path.posix.isAbsolute(p.cwd)) throw new InvalidArgumentError(`working directory ${JSON.stringify(p.cwd)} is not absolute`);
+    const cwd = path.posix.normalize(p.cwd);
+    // procfs is mounted over /proc: a working directory there names the runtime's own files
+    // (/proc/self/fd/N was a container breakout in runc). Nothing a build needs lives there.
+    if (cwd === '/proc' || cwd.startsWith('/proc/')) {
+      throw new InvalidArgumentError(`working directory ${cwd} is inside /proc, which is not allowed`);
+    }
+
+    const id = newContainerId();
+    const bundle = path.join(this.#paths.bundles, id);
+    const releases: (() => Promise<void>)[] = [];
+    await mkdir(bundle, { mode: 0o711 });
+    try {
+      const resolvConf = await this.#resolv.get();
+      const hosts = await this.#hosts.get(p.hostname, p.extraHosts);
+      releases.push(hosts.release);
+
+      const stubs = await mountStubs(req.rootfs, req.mounts.map((m) => m.dest), p.removeMountStubsRecursive);
+      const user = await resolveUser(req.rootfs, p.user);
+      await ensureCwd(req.rootfs, cwd, user.uid, user.gid);
+
+      const fdArgs: string[] = [];
+      const mounts = req.mounts.map((m) => toSpecMount(m, fdArgs));
+      const spec = generateSpec({
+        id,
+        rootfs: req.rootfs,
+        process: { ...p, cwd },
+        user,
+        resolvConf,
+        hosts: hosts.path,
+        mounts,
+        newNetns: this.#o.network.newNamespace(p.netMode),
+        hostArch: this.#o.hostArch,
+        effectiveCaps,
+      });
+      const templated = fdArgs.length > 0;
+      await writeFile(path.join(bundle, templated ? 'config.json.in' : 'config.json'), JSON.stringify(spec));
+
+      const statusFile = path.join(bundle, 'status');
+      const args = ['--root', this.#paths.runcRoot, '--id', id, '--bundle', bundle, '--status', statusFile];
+      if (this.#o.runc) args.push('--runc', this.#o.runc);
+      if (templated) args.push('--template', ...fdArgs);
+      if (p.tty) args.push('--tty');
+      if (stubs.length) {
+        args.push('--stub-root', req.rootfs);
+        for (const s of stubs) args.push('--stub', s);
+      }
+      log().debug({ id, args: p.args }, 'starting container');
+      const shimExit = p.tty ? await runPty(shim, args, req) : await runPiped(shim, args, req);
+      const status = await readFile(statusFile, 'utf8').catch(() => '');
+      if (req.signal.aborted) throw new CancelledError('context canceled', { cause: req.signal.reason });
+      const m = /^(exit|error) (.*)\n?$/s.exec(status);
+      if (!m) throw new LoomError('INTERNAL', `runc shim for ${id} ended (${shimExit}) without reporting the process's status`);
+      if (m[1] === 'error') throw new LoomError('INTERNAL', m[2]!.trim());
+      const code = Number(m[2]);
+      if (code !== 0) throw new ExitError(code);
+    } finally {
+      for (const r of releases) await r().catch(() => {});
+      await rm(bundle, { recursive: true, force: true });
+    }
+  }
+}
+
+/**
+ * The spec mount of one executor mount. A bind with a selector is resolved by the shim inside
+ * its source directory (openat2 RESOLVE_IN_ROOT) and named by fd: the directory may belong to
+ * other running steps (a shared cache), which could otherwise swap a component for a symlink
+ * between our resolution and runc's mount.
+ */
+function toSpecMount(m: ExecMount, fdArgs: string[]): SpecMount {
+  const s = m.source;
+  switch (s.kind) {
+    case 'tmpfs': {
+      const options = ['nosuid'];
+      if (s.readonly) options.push('ro');
+      if (s.size && s.size > 0) options.push(`size=${s.size}`);
+      return { destination: m.dest, type: 'tmpfs', source: 'tmpfs', options };
+    }
+    case 'file':
+      return { destination: m.dest, type: 'bind', source: s.path, options: s.readonly ? ['ro', 'rbind', 'nodev', 'nosuid', 'noexec'] : ['rbind'] };
+    case 'bind': {
+      const options = s.readonly ? ['rbind', 'ro'] : ['rbind'];
+      const sel = path.posix.normalize('/' + (s.selector ?? ''));
+      if (sel === '/') return { destination: m.dest, type: 'bind', source: s.path, options };
+      if (s.path.includes(':')) throw new InvalidArgumentError(`mount source ${s.path} holds ':'`);
+      const fd = FD_BASE + fdArgs.length / 2;
+      fdArgs.push('--fd', `${fd}=${s.path}:${sel}`);
+      return { destination: m.dest, type: 'bind', source: `/proc/@LOOM_SHIM_PID@/fd/${fd}`, options };
+    }
+  }
+}
+
+/**
+ * Creates the working directory if missing, owned by the process's user (upstream's
+ * MkdirAllAndChown). The rootfs is this step's own and nothing runs in it yet, so resolving in
+ * the root and then creating is race-free.
+ */
+async function ensureCwd(rootfs: string, cwd: string, uid: number, gid: number): Promise<void> {
+  const host = await resolveInRoot(rootfs, cwd);
+  try {
+    await lstat(host);
+    return;
+  } catch {
+    /* create below */
+  }
+  const missing: string[] = [];
+  for (let d = host; d !== rootfs && d.startsWith(rootfs + '/'); d = path.dirname(d)) {
+    try {
+      await lstat(d);
+      break;
+    } catch {
+      missing.unshift(d);
+    }
+  }
+  for (const d of missing) {
+    try {
+      await mkdir(d, { mode: 0o755 });
+    } catch (err) {
+      throw new LoomError('INTERNAL', `failed to create working directory ${cwd}: ${(err as Error).message}`, { cause: err });
+    }
+    await chown(d, uid, gid);
+  }
+}
+
+function abortWith(signal: AbortSignal, kill: () => void): () => void {
+  const onAbort = () => kill();
+  if (signal.aborted) onAbort();
+  else signal.addEventListener('abort', onAbort, { once: true });
+  return () => signal.removeEventListener('abort', onAbort);
+}
+
+function runPiped(shim: string, args: string[], req: RunRequest): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(shim, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // SIGTERM is the shim's cancel: it kills the container and still reports and cleans up.
+    const off = abortWith(req.signal, () => child.kill('SIGTERM'));
+    child.stdout.on('data', (b: Buffer) => req.stdout?.(b));
+    child.stderr.on('data', (b: Buffer) => req.stderr?.(b));
+    child.on('error', (err) => {
+      off();
+      reject(new LoomError('INTERNAL', `failed to start the runc shim ${shim}: ${err.message}`, { cause: err }));
+    });
+    child.on('close', (code, sig) => {
+      off();
+      resolve(sig ? `signal ${sig}` : `code ${code}`);
+    });
+  });
+}
+
+async function runPty(shim: string, args: string[], req: RunRequest): Promise<string> {
+  const pty = await import('node-pty');
+  const size = req.process.size ?? { cols: 80, rows: 24 };
+  const term = pty.spawn(shim, args, {
+    name: 'xterm',
+    cols: size.cols,
+    rows: size.rows,
+    env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
+    encoding: null,
+  });
+  req.onResize?.((s) => term.resize(s.cols, s.rows));
+  let feeding = true;
+  // Typing ends with the process; a stdin that never ends must not keep the run alive.
+  void (async () => {
+    if (!req.stdin) return;
+    for await (const chunk of req.stdin) {
+      if (!feeding) break;
+      term.write(chunk);
+    }
+  })().catch(() => {});
+  return new Promise((resolve) => {
+    const off = abortWith(req.signal, () => term.kill('SIGTERM'));
+    term.onData((d: string | Buffer) => req.stdout?.(Buffer.isBuffer(d) ? d : Buffer.from(d)));
+    term.onExit(({ exitCode, signal }) => {
+      off();
+      feeding = false;
+      resolve(signal ? `signal ${signal}` : `code ${exitCode}`);
+    });
+  });
+}

@@ -1,0 +1,77 @@
+import { execFile } from 'node:child_process';
+import { readFile, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { log as rootLog } from '../../../util/log.js';
+
+const run = promisify(execFile);
+const log = () => rootLog.child({ sub: 'executor' });
+
+/** The executor's directories under the daemon's state root. */
+export function executorPaths(stateRoot: string) {
+  const base = path.join(path.resolve(stateRoot), 'executor');
+  return {
+    base,
+    runcRoot: path.join(base, 'runc'),
+    bundles: path.join(base, 'bundles'),
+    secrets: path.join(base, 'secrets'),
+    ssh: path.join(base, 'ssh'),
+    emulators: path.join(base, 'qemu'),
+  };
+}
+
+/** Container ids loom makes: never anything a build chose. */
+export const CONTAINER_ID_RE = /^loom-[0-9a-f]{24}$/;
+
+/**
+ * Cleans what a crashed daemon left: containers in loom's runc root (killed and deleted), bundle
+ * directories, ssh sockets, emulator copies, and the secrets tmpfs. Shims kill their container when
+ * the daemon dies, so normally there is nothing; this is the backstop. Call once at worker start,
+ * before any step runs.
+ */
+export async function cleanupStale(opts: { stateRoot: string; runc?: string }): Promise<{ containers: string[] }> {
+  const p = executorPaths(opts.stateRoot);
+  const runc = opts.runc ?? 'runc';
+  const removed: string[] = [];
+  let list: { id: string }[] = [];
+  try {
+    const { stdout } = await run(runc, ['--root', p.runcRoot, 'list', '--format', 'json']);
+    list = (JSON.parse(stdout || 'null') as { id: string }[] | null) ?? [];
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log().debug({ err: (err as Error).message }, 'runc list failed');
+  }
+  for (const c of list) {
+    if (!CONTAINER_ID_RE.test(c.id)) continue;
+    await run(runc, ['--root', p.runcRoot, 'kill', c.id, 'KILL']).catch(() => {});
+    await run(runc, ['--root', p.runcRoot, 'delete', '--force', c.id]).catch((err: Error) =>
+      log().warn({ id: c.id, err: err.message }, 'failed to delete a stale container'),
+    );
+    removed.push(c.id);
+  }
+  if (removed.length) log().info({ containers: removed }, 'removed containers left by an earlier run');
+  await unmountUnder(p.base);
+  for (const d of [p.bundles, p.ssh, p.emulators, p.secrets]) await rm(d, { recursive: true, force: true });
+  return { containers: removed };
+}
+
+/** Unmounts everything mounted at or below `dir` (deepest first): secret tmpfs left by a crash. */
+export async function unmountUnder(dir: string): Promise<void> {
+  let info: string;
+  try {
+    info = await readFile('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return;
+  }
+  const points = info
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => !!m)
+    .map((m) => m.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+    .filter((m) => m === dir || m.startsWith(dir + '/'))
+    .sort((a, b) => b.length - a.length);
+  for (const m of points) await run('umount', ['-l', m]).catch((err: Error) => log().warn({ mount: m, err: err.message }, 'umount failed'));
+}
+
+export async function listBundles(stateRoot: string): Promise<string[]> {
+  return readdir(executorPaths(stateRoot).bundles).catch(() => []);
+}
