@@ -11,6 +11,7 @@ import type { RegistryHostConfig } from '../cli/config.js';
 import { ContentStore } from '../content/store.js';
 import type { Exporter } from '../exporter/types.js';
 import { createSnapshotter } from '../snapshot/create.js';
+import type { Snapshotter } from '../snapshot/snapshotter.js';
 import type { SessionManager } from '../session/manager.js';
 import { Solver } from '../solver/solver.js';
 import { log as rootLog } from '../util/log.js';
@@ -108,6 +109,8 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
       }
     },
     async close() {
+      // Snapshotters that mount (overlayfs) unmount their views and end their helpers here.
+      await (snapshotter as Snapshotter & { close?: () => Promise<void> }).close?.();
       metadata.close();
     },
   };

@@ -3,8 +3,8 @@
  * socket, and drives it with loom's buildctl (bin/buildctl.js), as a user would. Both need
  * `npm run build` first (the test command does it).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from './registry.js';
@@ -74,7 +74,14 @@ export async function startDaemon(opts: StartDaemonOptions = {}): Promise<TestDa
   };
 }
 
+/** Removes a test's directory, first unmounting anything a daemon left mounted under it. */
 export function removeDir(dir: string): void {
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => !!m && (m === dir || m.startsWith(dir + '/')))
+    .sort((a, b) => b.length - a.length);
+  for (const m of mounts) spawnSync('umount', ['-l', m]);
   rmSync(dir, { recursive: true, force: true });
 }
 

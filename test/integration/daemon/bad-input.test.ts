@@ -1,0 +1,130 @@
+/**
+ * Bad input through the real socket (root, a real docker-registry): each gets a clear error naming
+ * the offender, and the daemon keeps answering afterwards.
+ */
+import { create, toBinary } from '@bufbuild/protobuf';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  DefinitionSchema,
+  ExecOpSchema,
+  FileActionMkDirSchema,
+  FileActionSchema,
+  FileOpSchema,
+  InputSchema,
+  MetaSchema,
+  MountSchema,
+  OpSchema,
+  SourceOpSchema,
+  type Op,
+} from '../../../src/gen/buildkit/ops_pb.js';
+import { image, marshal } from '../../../src/llb/builder.js';
+import { sha256 } from '../../../src/util/digest.js';
+import { buildctl, removeDir, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import { startRegistry, type TestRegistry } from '../../helpers/registry.js';
+
+const d = describe.runIf(process.getuid?.() === 0);
+
+let daemon: TestDaemon;
+let reg: TestRegistry;
+let work: string;
+
+function defOf(ops: Op[], result?: Uint8Array): Buffer {
+  const bytes = ops.map((o) => toBinary(OpSchema, o));
+  const last = result ?? bytes[bytes.length - 1]!;
+  const terminal = create(OpSchema, { inputs: [create(InputSchema, { digest: sha256(last), index: 0n })] });
+  return Buffer.from(toBinary(DefinitionSchema, create(DefinitionSchema, { def: [...bytes, toBinary(OpSchema, terminal)] })));
+}
+
+const source = (id: string) => create(OpSchema, { op: { case: 'source', value: create(SourceOpSchema, { identifier: id }) } });
+const mkdir = (inputs: { digest: string; index: bigint }[]) =>
+  create(OpSchema, {
+    inputs: inputs.map((i) => create(InputSchema, i)),
+    op: {
+      case: 'file',
+      value: create(FileOpSchema, {
+        actions: [create(FileActionSchema, { input: 0n, secondaryInput: -1n, output: 0n, action: { case: 'mkdir', value: create(FileActionMkDirSchema, { path: '/x', mode: 0o755 }) } })],
+      }),
+    },
+  });
+
+async function expectFailure(args: string[], stdin: Buffer | undefined, pattern: RegExp): Promise<void> {
+  const r = await buildctl(daemon.addr, args, { stdin });
+  expect(r.code, r.stdout + r.stderr).not.toBe(0);
+  expect(r.stderr).toMatch(pattern);
+  // The daemon still answers.
+  const w = await buildctl(daemon.addr, ['debug', 'workers']);
+  expect(w.code).toBe(0);
+  expect(w.stdout).toMatch(/linux\/amd64/);
+}
+
+d('bad input', () => {
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'loom-bad-'));
+    reg = await startRegistry();
+    daemon = await startDaemon({ config: `[registry."${reg.host}"]\n  http = true\n` });
+  }, 120_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+    await reg?.stop();
+    if (daemon) removeDir(daemon.dir);
+    if (work) removeDir(work);
+  });
+
+  it('names a digest that points nowhere', async () => {
+    const missing = `sha256:${'ab'.repeat(32)}`;
+    await expectFailure(['build'], defOf([mkdir([{ digest: missing, index: 0n }])]), new RegExp(`InvalidArgument.*invalid missing input digest ${missing}`));
+  });
+
+  it('names an op of an unknown kind', async () => {
+    // Field 9 of Op is not an op BuildKit (or loom) knows: the oneof stays empty.
+    const unknown = Buffer.from([0x4a, 0x02, 0x08, 0x01]);
+    const term = create(OpSchema, { inputs: [create(InputSchema, { digest: sha256(unknown), index: 0n })] });
+    const def = Buffer.from(toBinary(DefinitionSchema, create(DefinitionSchema, { def: [unknown, toBinary(OpSchema, term)] })));
+    await expectFailure(['build'], def, new RegExp(`InvalidArgument.*invalid op ${sha256(unknown)}: unknown or empty operation`));
+  });
+
+  it('names an input index out of range', async () => {
+    const src = source('docker-image://busybox:latest');
+    const srcDigest = sha256(toBinary(OpSchema, src));
+    await expectFailure(['build'], defOf([src, mkdir([{ digest: srcDigest, index: 3n }])]), /InvalidArgument.*invalid input index 3 .*has 1 output/);
+  });
+
+  it('names an unknown enum value', async () => {
+    const exec = create(OpSchema, {
+      op: {
+        case: 'exec',
+        value: create(ExecOpSchema, {
+          meta: create(MetaSchema, { args: ['/bin/true'], cwd: '/' }),
+          mounts: [create(MountSchema, { input: -1n, dest: '/', output: 0n })],
+          network: 7,
+        }),
+      },
+    });
+    await expectFailure(['build'], defOf([exec]), new RegExp(`InvalidArgument.*invalid op ${sha256(toBinary(OpSchema, exec))}: unknown network mode 7`));
+  });
+
+  it('refuses an unknown frontend and an unknown exporter', async () => {
+    await expectFailure(['build', '--frontend', 'nosuch.v0'], undefined, /invalid frontend: nosuch\.v0/);
+    const def = Buffer.from(toBinary(DefinitionSchema, marshal(image(`${reg.host}/busybox:latest`))));
+    await expectFailure(['build', '--output', 'type=nosuch'], def, /exporter "nosuch" could not be found/);
+  });
+
+  it('reports a registry 404 with the reference', async () => {
+    const def = Buffer.from(toBinary(DefinitionSchema, marshal(image(`${reg.host}/nothere:latest`))));
+    await expectFailure(['build'], def, new RegExp(`${reg.host.replace(/\./g, '\\.')}/nothere:latest: not found`));
+  });
+
+  it('reports an unreachable registry', async () => {
+    const def = Buffer.from(toBinary(DefinitionSchema, marshal(image('127.0.0.1:1/busybox:latest'))));
+    await expectFailure(['build'], def, /127\.0\.0\.1:1/);
+  });
+
+  it('refuses an entitlement the daemon does not allow', async () => {
+    const def = Buffer.from(toBinary(DefinitionSchema, marshal(image(`${reg.host}/busybox:latest`))));
+    await expectFailure(['build', '--allow', 'network.host'], def, /granting entitlement network\.host is not allowed by build daemon configuration/);
+  });
+});

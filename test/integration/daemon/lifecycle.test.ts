@@ -1,0 +1,119 @@
+/**
+ * The daemon's life as users see it (root; real sockets): --version, TLS with client
+ * certificates over TCP, a session that never comes, credentials asked of the client, and SIGTERM.
+ */
+import { create, toBinary } from '@bufbuild/protobuf';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ControlClient } from '../../../src/client/control-client.js';
+import { DefinitionSchema } from '../../../src/gen/buildkit/ops_pb.js';
+import { image, local, marshal } from '../../../src/llb/builder.js';
+import { BUILDKITD, buildctl, removeDir, run, startDaemon } from '../../helpers/daemon.js';
+import { freePort, startRegistry, type TestRegistry } from '../../helpers/registry.js';
+
+const d = describe.runIf(process.getuid?.() === 0);
+
+let work: string;
+
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), 'loom-life-'));
+});
+afterAll(() => {
+  if (work) removeDir(work);
+});
+
+describe('buildkitd --version', () => {
+  it('prints exactly four fields', async () => {
+    const r = await run(process.execPath, [BUILDKITD, '--version']);
+    expect(r.code).toBe(0);
+    const fields = r.stdout.trim().split(' ');
+    expect(fields).toHaveLength(4);
+    expect(fields[0]).toBe('buildkitd');
+    expect(fields[2]).toMatch(/^v\d+\.\d+\.\d+/);
+  });
+});
+
+d('daemon lifecycle', () => {
+  it('serves TCP with mutual TLS and refuses clients without a certificate', async () => {
+    const tls = join(work, 'tls');
+    mkdirSync(tls);
+    const ssl = (args: string[]) => run('openssl', args, { cwd: tls });
+    await ssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=loom test CA']);
+    for (const who of ['server', 'client']) {
+      await ssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${who}.key`, '-out', `${who}.csr`, '-subj', `/CN=${who}`]);
+      writeFileSync(join(tls, `${who}.ext`), who === 'server' ? 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' : 'extendedKeyUsage=clientAuth\n');
+      const r = await ssl(['x509', '-req', '-in', `${who}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${who}.pem`, '-days', '1', '-extfile', `${who}.ext`]);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const port = await freePort();
+    const daemon = await startDaemon({
+      args: ['--addr', `tcp://127.0.0.1:${port}`, '--tlscert', join(tls, 'server.pem'), '--tlskey', join(tls, 'server.key'), '--tlscacert', join(tls, 'ca.pem')],
+    });
+    try {
+      const addr = `tcp://127.0.0.1:${port}`;
+      const ok = await buildctl(addr, ['--tlscacert', join(tls, 'ca.pem'), '--tlscert', join(tls, 'client.pem'), '--tlskey', join(tls, 'client.key'), 'debug', 'workers']);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(ok.stdout).toMatch(/linux\/amd64/);
+      const noCert = await buildctl(addr, ['--tlscacert', join(tls, 'ca.pem'), 'debug', 'workers'], { timeoutMs: 30_000 });
+      expect(noCert.code).not.toBe(0);
+    } finally {
+      await daemon.stop();
+      removeDir(daemon.dir);
+    }
+  });
+
+  it('fails a build whose session never comes, naming the session', async () => {
+    const daemon = await startDaemon();
+    const client = new ControlClient({ address: daemon.addr });
+    try {
+      const def = marshal(local('context'));
+      await expect(client.solve({ Ref: 'nosession-build', Definition: def, Session: 'no-such-session' })).rejects.toThrow(/no active session for no-such-session/);
+      const w = await client.listWorkers();
+      expect(w.record.length).toBe(1);
+    } finally {
+      client.close();
+      await daemon.stop();
+      removeDir(daemon.dir);
+    }
+  });
+
+  it('asks the client for registry credentials (htpasswd registry: 401 without, success with)', async () => {
+    const auth = { username: 'loom', password: 's3cret-pw' };
+    const reg: TestRegistry = await startRegistry({ htpasswd: auth });
+    const daemon = await startDaemon({ config: `[registry."${reg.host}"]\n  http = true\n` });
+    try {
+      const def = Buffer.from(toBinary(DefinitionSchema, marshal(image(`${reg.host}/busybox:latest`))));
+      const home = join(work, 'home');
+      mkdirSync(join(home, '.docker'), { recursive: true });
+      const anon = await buildctl(daemon.addr, ['build'], { stdin: def, env: { ...process.env, HOME: home, DOCKER_CONFIG: join(home, '.docker') } });
+      expect(anon.code).not.toBe(0);
+      expect(anon.stderr).toMatch(/401|unauthorized|authoriz/i);
+      writeFileSync(
+        join(home, '.docker', 'config.json'),
+        JSON.stringify({ auths: { [reg.host]: { auth: Buffer.from(`${auth.username}:${auth.password}`).toString('base64') } } }),
+      );
+      const withCreds = await buildctl(daemon.addr, ['build'], { stdin: def, env: { ...process.env, HOME: home, DOCKER_CONFIG: join(home, '.docker') } });
+      expect(withCreds.code, withCreds.stderr).toBe(0);
+      // The secret never reaches the daemon's log.
+      expect(daemon.logs()).not.toContain(auth.password);
+    } finally {
+      await daemon.stop();
+      await reg.stop();
+      removeDir(daemon.dir);
+    }
+  });
+
+  it('drains on SIGTERM: exits 0 and removes its socket', async () => {
+    const daemon = await startDaemon();
+    const sock = daemon.addr.slice('unix://'.length);
+    expect(existsSync(sock)).toBe(true);
+    const code = await daemon.stop();
+    expect(code).toBe(0);
+    expect(existsSync(sock)).toBe(false);
+    removeDir(daemon.dir);
+  });
+});
+
+void create;
