@@ -1,4 +1,3 @@
-import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { NativeSnapshotter } from './native/native-snapshotter.js';
 import { OverlaySnapshotter } from './overlay/overlay-snapshotter.js';
@@ -14,20 +13,15 @@ const log = rootLog.child({ sub: 'snapshot' });
  * `auto` picks overlayfs when a test mount in the state directory works (root, a kernel with
  * overlay, a filesystem it accepts as upper: not overlayfs itself, as when loom runs in a
  * container), else native (full copies, works anywhere), and logs which and why, as upstream does.
- * Asking for `overlayfs` where it does not work is an error, not a silent fallback. A state
- * directory that already holds native snapshots (and no overlay ones) stays native under `auto`:
- * its cache index names them.
+ * Asking for `overlayfs` where it does not work is an error, not a silent fallback. Each
+ * snapshotter needs its own `root` (the worker uses `runc-<name>`, as upstream): a cache index
+ * names the snapshots of one snapshotter only.
  */
 export async function createSnapshotter(opts: { root: string; name: string }): Promise<Snapshotter> {
   switch (opts.name) {
     case 'auto':
     case 'overlayfs':
     case 'overlay': {
-      if (opts.name === 'auto' && (await hasSnapshots(path.join(opts.root, 'snapshots'))) && !(await hasSnapshots(path.join(opts.root, 'overlayfs', 'snapshots')))) {
-        // The cache index of this state dir names native snapshots: switching would orphan them.
-        log.info('keeping the native snapshotter this state directory already holds (prune all and pass --oci-worker-snapshotter overlayfs to switch)');
-        return native(opts.root);
-      }
       const probe = await probeOverlay({ dir: path.join(path.resolve(opts.root), 'overlayfs') });
       if (probe.ok) {
         const s = new OverlaySnapshotter({ root: opts.root, features: probe.features });
@@ -46,14 +40,6 @@ export async function createSnapshotter(opts: { root: string; name: string }): P
       return native(opts.root);
     default:
       throw new InvalidArgumentError(`unknown snapshotter ${JSON.stringify(opts.name)}: expected auto, overlayfs or native`);
-  }
-}
-
-async function hasSnapshots(dir: string): Promise<boolean> {
-  try {
-    return (await readdir(dir)).length > 0;
-  } catch {
-    return false;
   }
 }
 

@@ -11,6 +11,7 @@ import type { RegistryHostConfig } from '../cli/config.js';
 import { ContentStore } from '../content/store.js';
 import type { Exporter } from '../exporter/types.js';
 import { createSnapshotter } from '../snapshot/create.js';
+import { probeOverlay } from '../snapshot/overlay/probe.js';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
 import type { SessionManager } from '../session/manager.js';
 import { Solver } from '../solver/solver.js';
@@ -57,9 +58,13 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   const id = workerId(o.root);
   // Each snapshotter keeps its own state (index, blobs, snapshots) in `runc-<name>`, as upstream's
   // OCI worker does: switching snapshotters never mixes their snapshots.
-  const wanted = o.snapshotter === 'overlay' ? 'overlayfs' : o.snapshotter;
-  let snapshotter = await createSnapshotter({ root: join(o.root, `runc-${wanted === 'auto' ? 'overlayfs' : wanted}`), name: o.snapshotter });
-  if (wanted === 'auto' && snapshotter.name !== 'overlayfs') snapshotter = await createSnapshotter({ root: join(o.root, `runc-${snapshotter.name}`), name: snapshotter.name });
+  let wanted = o.snapshotter === 'overlay' ? 'overlayfs' : o.snapshotter;
+  if (wanted === 'auto') {
+    const probe = await probeOverlay({ dir: join(o.root, '.probe') });
+    wanted = probe.ok ? 'overlayfs' : 'native';
+    if (!probe.ok) log.info({ reason: probe.reason }, 'overlayfs is not usable here; using the native snapshotter');
+  }
+  const snapshotter = await createSnapshotter({ root: join(o.root, `runc-${wanted}`), name: wanted });
   const state = join(o.root, `runc-${snapshotter.name}`);
   const metadata = new MetadataStore({ root: state });
   const content = new ContentStore({ root: state });

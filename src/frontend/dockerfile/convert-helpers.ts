@@ -7,6 +7,7 @@
 import { formatDuration, goQuoteRune, goQuoteSlice, goQuote } from './go-compat.js';
 import { parseGitProtocol } from './llb-state.js';
 import type { HealthConfig } from './instructions.js';
+import { parsePlatform, type Platform } from '../../util/platform.js';
 
 function parsePortNumber(s: string): number {
   if (!/^\d+$/.test(s)) throw new Error(`strconv.ParseUint: parsing ${goQuote(s)}: invalid syntax`);
@@ -153,4 +154,27 @@ export function healthcheckHistory(h: HealthConfig): string {
   return `HEALTHCHECK &{${goQuoteSlice(h.test)} ${goQuote(formatDuration(h.interval))} ${goQuote(formatDuration(h.timeout))} ${goQuote(
     formatDuration(h.startPeriod),
   )} ${goQuoteRune(h.retries)}}`;
+}
+
+const PLATFORM_COMPONENT = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * containerd's platforms.Parse with its error messages (`"x" is an invalid component of ...`);
+ * the result is not normalized.
+ */
+export function parsePlatformSpec(spec: string): Platform {
+  const bad = (m: string) => new Error(`${m}: invalid argument`);
+  if (spec.includes('*')) throw bad(`${goQuote(spec)}: wildcards not yet supported`);
+  const parts = spec.split('/');
+  for (const part of parts) {
+    if (!PLATFORM_COMPONENT.test(part)) {
+      throw bad(`${goQuote(part)} is an invalid component of ${goQuote(spec)}: platform specifier component must match "^[A-Za-z0-9_-]+$"`);
+    }
+  }
+  if (parts.length > 3) throw bad(`${goQuote(spec)}: cannot parse platform specifier`);
+  try {
+    return parsePlatform(spec);
+  } catch {
+    throw bad(`${goQuote(spec)}: unknown operating system or architecture`);
+  }
 }

@@ -10,11 +10,11 @@
  */
 import type { Definition } from '../../gen/buildkit/ops_pb.js';
 import { CacheSharingOpt, NetMode, SecurityMode } from '../../gen/buildkit/ops_pb.js';
-import { codeOf, errorMessage } from '../../util/errors.js';
+import { codeOf, errorMessage, LoomError } from '../../util/errors.js';
 import { defaultPlatform, formatPlatform, normalizePlatform, parsePlatform, type Platform } from '../../util/platform.js';
 import { formatReference, parseNormalizedNamed, withDefaultTag, type ImageReference } from '../../registry/reference.js';
 import { isDigest, type Digest } from '../../util/digest.js';
-import { checkSignal, healthcheckHistory, isHTTPSource, parseGitRef, parsePortSpecs } from './convert-helpers.js';
+import { checkSignal, healthcheckHistory, isHTTPSource, parseGitRef, parsePlatformSpec, parsePortSpecs } from './convert-helpers.js';
 import { DockerfileError, LocatedError, withLocation, type Range } from './errors.js';
 import { goQuoteSlice, goSlice, suggest, atoi } from './go-compat.js';
 import {
@@ -447,6 +447,16 @@ function commonImageNames(): string[] {
 
 /** Converts a Dockerfile for one target platform. Errors are LoomErrors; Dockerfile errors carry lines. */
 export async function dockerfileToLLB(opt: ConvertOptions): Promise<ConvertResult> {
+  try {
+    return await convert(opt);
+  } catch (err) {
+    if (err instanceof LoomError) throw err;
+    // Anything else is a Dockerfile problem found outside an instruction (upstream reports it bare).
+    throw new DockerfileError(errorMessage(err), { cause: err });
+  }
+}
+
+async function convert(opt: ConvertOptions): Promise<ConvertResult> {
   const dt = typeof opt.dockerfile === 'string' ? Buffer.from(opt.dockerfile) : opt.dockerfile;
   if (dt.length === 0) throw new DockerfileError('the Dockerfile cannot be empty');
   const contextLocalName = opt.contextLocalName || DEFAULT_CONTEXT_LOCAL_NAME;
@@ -514,7 +524,7 @@ export async function dockerfileToLLB(opt: ConvertOptions): Promise<ConvertResul
         throw new DockerfileError(`failed to process arguments for platform ${st.platform}: ${errorMessage(err)}`, { location: st.location, cause: err });
       }
       try {
-        ds.platform = normalizePlatform(parsePlatform(v));
+        ds.platform = parsePlatformSpec(v);
       } catch (err) {
         throw new DockerfileError(`failed to parse platform ${v}: ${errorMessage(err)}`, { location: st.location, cause: err });
       }

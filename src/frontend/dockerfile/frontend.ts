@@ -16,7 +16,7 @@ import { familiarString, parseNormalizedNamed, withDefaultTag, formatReference }
 import { CancelledError, InvalidArgumentError, LoomError, UnimplementedError, codeOf, errorMessage } from '../../util/errors.js';
 import { parseDockerignore } from '../../util/patterns.js';
 import { defaultPlatform, formatPlatform, normalizePlatform, parsePlatform, type Platform } from '../../util/platform.js';
-import { parseGitRef } from './convert-helpers.js';
+import { parseGitRef, parsePlatformSpec } from './convert-helpers.js';
 import { dockerfileToLLB, type NamedContext, type ResolveImageConfigOptions, type ResolveMode, type ResolvedImageConfig } from './convert.js';
 import { DockerfileError, type Range } from './errors.js';
 import { parseGoBool, parseGoInt, readCSVRecord } from './go-compat.js';
@@ -104,7 +104,7 @@ function filter(opts: Record<string, string>, prefix: string): Record<string, st
 export function parsePlatforms(v: string): Platform[] {
   return v.split(',').map((s) => {
     try {
-      return normalizePlatform(parsePlatform(s));
+      return normalizePlatform(parsePlatformSpec(s));
     } catch (err) {
       throw new InvalidArgumentError(`failed to parse target platform ${s}: ${errorMessage(err)}`, { cause: err });
     }

@@ -359,7 +359,8 @@ export class LLBBuilder {
 
   source(identifier: string, attrs: Record<string, string>, o: OpOptions, caps: string[]): LLBState {
     const platformSpecific = identifier.startsWith('docker-image://') || identifier.startsWith('oci-layout://');
-    const platform = o.platform ? normalizePlatform(o.platform) : undefined;
+    // The op carries the platform as given; the state's copy is normalized (client/llb ensurePlatform).
+    const platform = o.platform;
     const op = create(OpSchema, {
       op: { case: 'source', value: create(SourceOpSchema, { identifier, attrs: sortedRecord(attrs) }) },
       platform: platformSpecific ? pbPlatform(platform ?? this.defaultPlatform) : undefined,
@@ -552,12 +553,11 @@ export class LLBBuilder {
       }
       pbMounts.push(pm);
     }
-    // Secret and SSH mounts read no input and produce no output.
+    // Secret and SSH mounts read no input and produce no output; like upstream's client they leave
+    // `input` and `output` at their zero values, which the daemon ignores for these mount types.
     for (const s of spec.secrets ?? []) {
       pbMounts.push(
         create(MountSchema, {
-          input: -1n,
-          output: -1n,
           dest: s.target,
           mountType: MountType.SECRET,
           secretOpt: create(SecretOptSchema, { ID: s.id, uid: s.uid ?? 0, gid: s.gid ?? 0, mode: s.mode ?? 0o400, optional: s.optional ?? false }),
@@ -568,8 +568,6 @@ export class LLBBuilder {
     for (const s of ssh) {
       pbMounts.push(
         create(MountSchema, {
-          input: -1n,
-          output: -1n,
           dest: s.target,
           mountType: MountType.SSH,
           SSHOpt: create(SSHOptSchema, { ID: s.id, uid: s.uid ?? 0, gid: s.gid ?? 0, mode: s.mode ?? 0o600, optional: s.optional ?? false }),

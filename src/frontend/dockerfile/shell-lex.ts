@@ -223,36 +223,52 @@ class ShellWord {
     if (p === EOF) throw new Error("syntax error: missing '}'");
     if (p === '{' || p === '}' || p === ':') throw new Error('syntax error: bad substitution');
     const name = this.processName();
-    let ch = this.sc.next();
-    let chs = ch;
-    let nullIsUnset = false;
+    const ch = this.sc.next();
     if (ch === '}') {
       const [value, found] = this.getEnv(name);
       if (!found && this.o.skipUnsetEnv) return `\${${name}}`;
       return value;
     }
     if (ch === ':') {
-      nullIsUnset = true;
-      ch = this.sc.next();
-      chs += ch;
+      // ${a:-b}, ${a:+b}, ${a:?b}: an empty variable counts as unset. The word is read before
+      // the modifier is checked, so an unterminated form reports the missing brace first.
+      const modifier = this.sc.next();
+      const word = this.wordUntil('}', false, "syntax error: missing '}'");
+      const [value, set] = this.getEnv(name);
+      switch (modifier) {
+        case '+':
+          if (!set && this.o.skipUnsetEnv) return `\${${name}:+${word}}`;
+          return value !== '' ? word : value;
+        case '-':
+          if (!set && this.o.skipUnsetEnv) return `\${${name}:-${word}}`;
+          return value === '' ? word : value;
+        case '?':
+          if (!set) {
+            if (this.o.skipUnsetEnv) return `\${${name}:?${word}}`;
+            throw new Error(`${name}: ${word || 'is not allowed to be unset'}`);
+          }
+          if (value === '') throw new Error(`${name}: ${word || 'is not allowed to be empty'}`);
+          return value;
+        default:
+          throw new Error(`unsupported modifier (${modifier === EOF ? '\ufffd' : modifier}) in substitution`);
+      }
     }
     if (ch === '+' || ch === '-' || ch === '?' || ch === '#' || ch === '%') {
+      // ${a-b}, ${a+b} (only an unset variable counts as unset), ${a?msg}, and the pattern
+      // removals ${a#p}, ${a##p}, ${a%p}, ${a%%p} of newer Dockerfile frontends.
       const rawEscapes = ch === '#' || ch === '%';
-      if (nullIsUnset && rawEscapes) throw new Error(`unsupported modifier (${chs}) in substitution`);
       let word = this.wordUntil('}', rawEscapes, "syntax error: missing '}'");
       const [value, set] = this.getEnv(name);
-      if (this.o.skipUnsetEnv && !set) return `\${${name}${chs}${word}}`;
+      if (this.o.skipUnsetEnv && !set) return `\${${name}${ch}${word}}`;
       switch (ch) {
         case '-':
-          return !set || (nullIsUnset && value === '') ? word : value;
+          return set ? value : word;
         case '+':
-          return !set || (nullIsUnset && value === '') ? '' : word;
+          return set ? word : '';
         case '?':
           if (!set) throw new Error(`${name}: ${word || 'is not allowed to be unset'}`);
-          if (nullIsUnset && value === '') throw new Error(`${name}: ${word || 'is not allowed to be empty'}`);
           return value;
         default: {
-          // # and % remove the shortest matching prefix or suffix, ## and %% the longest.
           let greedy = false;
           if (word.length > 0 && word[0] === ch) {
             greedy = true;
@@ -262,7 +278,8 @@ class ShellWord {
         }
       }
     }
-    if (ch === '/' && !nullIsUnset) {
+    if (ch === '/') {
+      // ${a/p/r} replaces the first match of a shell pattern, ${a//p/r} every match.
       const replaceAll = this.sc.peek() === '/';
       if (replaceAll) this.sc.next();
       const pattern = this.wordUntil('/', true, "syntax error: missing '/' in ${}");
@@ -275,7 +292,7 @@ class ShellWord {
       if (!m) return value;
       return value.slice(0, m.index) + replacement + value.slice(m.index + m[0].length);
     }
-    throw new Error(`unsupported modifier (${chs === EOF ? '' : chs}) in substitution`);
+    throw new Error("missing ':' in substitution");
   }
 
   /** The word of a `${name<op>word}` form up to `stop`, escapes kept when `rawEscapes`. */

@@ -22,7 +22,14 @@ export function parseGitIdentifier(identifier: string, attrs: Record<string, str
   const hash = rest.indexOf('#');
   const fragment = hash >= 0 ? rest.slice(hash + 1) : '';
   let remote = attrs['git.fullurl'] || (hash >= 0 ? rest.slice(0, hash) : rest);
-  if (!/^(https?|git|ssh|file):\/\//.test(remote) && !/^[\w.-]+@[\w.-]+:/.test(remote)) remote = `https://${remote}`;
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(remote)) {
+    // Only network transports: a file:// (or ext::) remote would read the daemon's own host.
+    if (!/^(https?|git|ssh):\/\//i.test(remote)) {
+      throw new InvalidArgumentError(`invalid git remote ${JSON.stringify(remote)}: only http, https, git and ssh remotes are allowed`);
+    }
+  } else if (!/^[\w.-]+@[\w.-]+:/.test(remote)) {
+    remote = `https://${remote}`;
+  }
   const colon = fragment.indexOf(':');
   const ref = colon >= 0 ? fragment.slice(0, colon) : fragment;
   let subdir = colon >= 0 ? fragment.slice(colon + 1) : '';

@@ -4,7 +4,7 @@ import { chown, utimes } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import { request } from 'undici';
+import { Agent, interceptors, request, type Dispatcher } from 'undici';
 import type { RefManager } from '../../cache/ref-manager.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, NotFoundError, UnavailableError } from '../../util/errors.js';
@@ -54,7 +54,7 @@ export class HttpSourceOp implements OpImpl {
       const perm = this.#int('http.perm', 0o600) || 0o600;
       const uid = this.#int('http.uid', 0);
       const gid = this.#int('http.gid', 0);
-      const res = await request(this.#url, { method: 'GET', maxRedirections: 10, signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 } as Parameters<typeof request>[1]).catch((err: Error) => {
+      const res = await request(this.#url, { method: 'GET', dispatcher: redirecting(), signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 }).catch((err: Error) => {
         throw new UnavailableError(`failed to fetch ${this.#url}: ${err.message}`, { cause: err });
       });
       if (res.statusCode === 404) {
@@ -110,6 +110,14 @@ export class HttpSourceOp implements OpImpl {
   async run(ctx: OpContext): Promise<Ref[]> {
     return [(await this.#fetch(ctx)).ref];
   }
+}
+
+let agent: Dispatcher | undefined;
+
+/** One shared connection pool that follows redirects (undici 7 does so only through an interceptor). */
+function redirecting(): Dispatcher {
+  agent ??= new Agent().compose(interceptors.redirect({ maxRedirections: 10 }));
+  return agent;
 }
 
 function header(v: string | string[] | undefined): string | undefined {

@@ -187,9 +187,10 @@ export class Mounter {
       }
       end = re.lastIndex;
     }
-    // Whatever the commands print on stdout is not ours to keep.
-    this.#out = this.#out.slice(end);
-    if (!this.#out.includes(MARK)) this.#out = '';
+    // Whatever the commands print on stdout is not ours to keep; a partial last line may be the
+    // start of a marker whose end is still in the pipe.
+    const rest = this.#out.slice(end);
+    this.#out = rest.slice(rest.lastIndexOf('\n') + 1);
   }
 
   #parseErr(): void {

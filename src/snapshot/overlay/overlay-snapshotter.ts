@@ -270,10 +270,10 @@ export class OverlaySnapshotter implements Snapshotter {
       await this.#unmount(m.mountPoint, true);
     }
     this.#mounted.clear();
-    const live = new Set([...this.#index.values()].map((r) => r.id));
+    const live = new Map([...this.#index.values()].map((r) => [r.id, r] as const));
     for (const id of await readdir(this.#snapDir)) {
-      if (live.has(id)) {
-        const rec = [...this.#index.values()].find((r) => r.id === id)!;
+      const rec = live.get(id);
+      if (rec) {
         if (rec.kind === 'committed') await rmdir(this.#path(id, 'merged')).catch(() => undefined);
         continue;
       }

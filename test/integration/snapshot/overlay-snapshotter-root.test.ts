@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createSnapshotter } from '../../../src/snapshot/create.js';
 import { applyLayerTar } from '../../../src/snapshot/layer/apply-layer-tar.js';
 import { NativeSnapshotter } from '../../../src/snapshot/native/native-snapshotter.js';
-import { readMountInfo } from '../../../src/snapshot/overlay/mounter.js';
+import { Mounter, readMountInfo } from '../../../src/snapshot/overlay/mounter.js';
 import { OverlaySnapshotter } from '../../../src/snapshot/overlay/overlay-snapshotter.js';
 import { probeOverlay } from '../../../src/snapshot/overlay/probe.js';
 import type { Snapshotter } from '../../../src/snapshot/snapshotter.js';
@@ -190,18 +190,39 @@ describe.skipIf(!probe.ok)('OverlaySnapshotter (root, overlay mounts)', () => {
   });
 });
 
+describe.skipIf(!probe.ok)('Mounter (root, overlay mounts)', () => {
+  it('runs concurrent requests through one shell; errors name the mount point and carry mount(8)\'s words', async () => {
+    const tmp = mkdtempSync(path.join(os.tmpdir(), "loom-mounter-it's "));
+    const m = new Mounter({ cwd: tmp });
+    try {
+      const targets = Array.from({ length: 12 }, (_, i) => {
+        for (const d of ['l', 'u', 'w', 'm']) mkdirSync(path.join(tmp, `${i}`, d), { recursive: true });
+        writeFileSync(path.join(tmp, `${i}`, 'l', 'f'), String(i));
+        return path.join(tmp, `${i}`, 'm');
+      });
+      await Promise.all(targets.map((t, i) => m.mountOverlay({ target: t, lower: [`${i}/l`], upper: `${i}/u`, work: `${i}/w` })));
+      targets.forEach((t, i) => expect(readFileSync(path.join(t, 'f'), 'utf8')).toBe(String(i)));
+      expect(await Promise.all(targets.map((t) => m.unmount(t)))).toEqual(targets.map(() => true));
+      expect(await m.unmount(targets[0]!)).toBe(false);
+      const err = await m.mountOverlay({ target: targets[0]!, lower: ['missing/l'], upper: '0/u', work: '0/w' }).catch((e: unknown) => e as LoomError);
+      expect((err as LoomError).message).toContain(`failed to mount overlay at ${targets[0]}: mount: `);
+      const long = await m.mountOverlay({ target: targets[0]!, lower: Array.from({ length: 400 }, () => 'a-rather-long-layer-name/fs'), upper: '0/u', work: '0/w' }).catch((e: unknown) => e as LoomError);
+      expect((long as LoomError).code).toBe('FAILED_PRECONDITION');
+    } finally {
+      m.close();
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+});
+
 describe.skipIf(!probe.ok)('createSnapshotter auto (root, overlay mounts)', () => {
-  it('picks overlayfs where a test mount works, native on a state dir that is itself overlayfs or holds native snapshots', async () => {
+  it('picks overlayfs where a test mount works, native on a state dir that is itself overlayfs', async () => {
     const tmp = mkdtempSync(path.join(os.tmpdir(), 'loom-auto-'));
     const made: Snapshotter[] = [];
     try {
       const a = await createSnapshotter({ root: path.join(tmp, 'plain'), name: 'auto' });
       made.push(a);
       expect(a.name).toBe('overlayfs');
-      // A state dir whose cache names native snapshots stays native.
-      const old = new NativeSnapshotter({ root: path.join(tmp, 'old') });
-      await old.prepare('kept');
-      expect((await createSnapshotter({ root: path.join(tmp, 'old'), name: 'auto' })).name).toBe('native');
       for (const d of ['l', 'u', 'w', 'm']) mkdirSync(path.join(tmp, d));
       execFileSync('mount', ['-t', 'overlay', '-o', `lowerdir=${tmp}/l,upperdir=${tmp}/u,workdir=${tmp}/w`, 'overlay', path.join(tmp, 'm')]);
       try {

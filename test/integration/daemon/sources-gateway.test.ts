@@ -1,0 +1,167 @@
+/**
+ * Sources the vectors cannot exercise here (https://, git://) against loopback servers, and a
+ * build driven through the gateway API (as upstream buildctl and buildx do) returning a
+ * multi-platform result that exports as an index. Root, real sockets.
+ */
+import { create, toBinary } from '@bufbuild/protobuf';
+import * as grpc from '@grpc/grpc-js';
+import { createHash } from 'node:crypto';
+import { createWriteStream, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ControlClient } from '../../../src/client/control-client.js';
+import { openSession } from '../../../src/client/session.js';
+import { LLBBridge, ReturnRequestSchema, ResultSchema, RefMapSchema, RefSchema, SolveRequestSchema as GwSolveRequestSchema } from '../../../src/gen/buildkit/gateway_pb.js';
+import { DefinitionSchema } from '../../../src/gen/buildkit/ops_pb.js';
+import { mkfile, marshal, scratch, source } from '../../../src/llb/builder.js';
+import { clientSessionServices } from '../../../src/session/client/index.js';
+import { grpcServiceDef } from '../../../src/util/grpc-def.js';
+import { buildctl, removeDir, run, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import { freePort } from '../../helpers/registry.js';
+import { spawn } from 'node:child_process';
+
+const d = describe.runIf(process.getuid?.() === 0);
+
+let daemon: TestDaemon;
+let work: string;
+let http: Server;
+let httpPort: number;
+let stopGitDaemon = () => {};
+const payload = Buffer.from('hello from a loopback web server\n');
+
+function def(state: ReturnType<typeof scratch>): Buffer {
+  return Buffer.from(toBinary(DefinitionSchema, marshal(state)));
+}
+
+d('sources and gateway', () => {
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'loom-src-'));
+    daemon = await startDaemon();
+    http = createServer((req, res) => {
+      if (req.url === '/files/data.txt') {
+        res.writeHead(200, { 'content-type': 'text/plain', 'last-modified': 'Wed, 21 Oct 2015 07:28:00 GMT' });
+        res.end(payload);
+      } else {
+        res.writeHead(404);
+        res.end();
+      }
+    });
+    await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+    httpPort = (http.address() as { port: number }).port;
+  }, 120_000);
+
+  afterAll(async () => {
+    stopGitDaemon();
+    await daemon?.stop();
+    http?.close();
+    if (daemon) removeDir(daemon.dir);
+    if (work) removeDir(work);
+  });
+
+  it('fetches an https?:// source with checksum, filename, mode and owner', async () => {
+    const sum = `sha256:${createHash('sha256').update(payload).digest('hex')}`;
+    const url = `http://127.0.0.1:${httpPort}/files/data.txt`;
+    const st = source(url, { attrs: { 'http.checksum': sum, 'http.filename': 'renamed.txt', 'http.perm': '0640', 'http.uid': '1000', 'http.gid': '1001' } });
+    const out = join(work, 'http');
+    const r = await buildctl(daemon.addr, ['build', '--output', `type=local,dest=${out}`], { stdin: def(st) });
+    expect(r.code, r.stderr).toBe(0);
+    expect(readFileSync(join(out, 'renamed.txt'))).toEqual(payload);
+    const s = statSync(join(out, 'renamed.txt'));
+    expect(s.mode & 0o777).toBe(0o640);
+    expect(s.mtime.toISOString()).toBe('2015-10-21T07:28:00.000Z');
+    const tar = join(work, 'http.tar');
+    await buildctl(daemon.addr, ['build', '--output', `type=tar,dest=${tar}`], { stdin: def(st) });
+    expect((await run('tar', ['-tvf', tar, '--numeric-owner'])).stdout).toMatch(/-rw-r----- 1000\/1001 +33 .*renamed\.txt/);
+  });
+
+  it('fails an https?:// source whose content does not match its checksum', async () => {
+    const st = source(`http://127.0.0.1:${httpPort}/files/data.txt`, { attrs: { 'http.checksum': `sha256:${'0'.repeat(64)}` } });
+    const r = await buildctl(daemon.addr, ['build'], { stdin: def(st) });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/digest mismatch sha256:[0-9a-f]{64}: sha256:0{64}/);
+  });
+
+  it('checks out a git source at a ref, keeping .git only when asked', async () => {
+    const repo = join(work, 'repo');
+    mkdirSync(repo);
+    const git = (...a: string[]) => run('git', ['-c', 'user.name=t', '-c', 'user.email=t@t', '-c', 'init.defaultBranch=main', ...a], { cwd: repo });
+    await git('init', '-q');
+    writeFileSync(join(repo, 'a.txt'), 'v1\n');
+    await git('add', '.');
+    await git('commit', '-qm', 'one');
+    await git('tag', 'v1');
+    writeFileSync(join(repo, 'a.txt'), 'v2\n');
+    await git('commit', '-qam', 'two');
+    // A real git transport on loopback: git daemon serving the work dir.
+    const port = await freePort();
+    const gd = spawn('git', ['daemon', `--base-path=${work}`, '--export-all', '--reuseaddr', '--listen=127.0.0.1', `--port=${port}`, work], { stdio: 'ignore' });
+    stopGitDaemon = () => gd.kill();
+    for (let i = 0; i < 50 && (await run('git', ['ls-remote', `git://127.0.0.1:${port}/repo`])).code !== 0; i++) await new Promise((r) => setTimeout(r, 100));
+    const gitSrc = (ref: string, keep: boolean) =>
+      source(`git://127.0.0.1:${port}/repo#${ref}`, { attrs: { 'git.fullurl': `git://127.0.0.1:${port}/repo`, ...(keep ? { 'git.keepgitdir': 'true' } : {}) } });
+    const out1 = join(work, 'git1');
+    const r1 = await buildctl(daemon.addr, ['build', '--output', `type=local,dest=${out1}`], { stdin: def(gitSrc('v1', false)) });
+    expect(r1.code, r1.stderr).toBe(0);
+    expect(readFileSync(join(out1, 'a.txt'), 'utf8')).toBe('v1\n');
+    expect(() => statSync(join(out1, '.git'))).toThrow();
+    const out2 = join(work, 'git2');
+    const r2 = await buildctl(daemon.addr, ['build', '--output', `type=local,dest=${out2}`], { stdin: def(gitSrc('main', true)) });
+    expect(r2.code, r2.stderr).toBe(0);
+    expect(readFileSync(join(out2, 'a.txt'), 'utf8')).toBe('v2\n');
+    expect(statSync(join(out2, '.git')).isDirectory()).toBe(true);
+    const bad = await buildctl(daemon.addr, ['build'], { stdin: def(gitSrc('--upload-pack=touch /tmp/pwned', false)) });
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/must not start with '-'/);
+    // A remote on the daemon's own disk is refused: builds must not read the host.
+    const local = await buildctl(daemon.addr, ['build'], { stdin: def(source('git://x/repo#main', { attrs: { 'git.fullurl': `file://${repo}` } })) });
+    expect(local.code).not.toBe(0);
+    expect(local.stderr).toMatch(/only http, https, git and ssh remotes are allowed/);
+  });
+
+  it('exports a multi-platform result returned through the gateway as an OCI index', async () => {
+    const control = new ControlClient({ address: daemon.addr });
+    const out = join(work, 'multi.tar');
+    const sink = createWriteStream(out);
+    const session = openSession({ control, services: clientSessionServices({ exportTarget: { kind: 'file', open: () => sink } }) });
+    const ref = `gw-${Date.now()}`;
+    const Bridge = grpc.makeGenericClientConstructor(grpcServiceDef(LLBBridge), 'LLBBridge');
+    const bridge = new Bridge(`unix://${daemon.addr.slice('unix://'.length)}`, grpc.credentials.createInsecure()) as unknown as Record<string, Function>;
+    const md = new grpc.Metadata();
+    md.set('buildkit-controlapi-buildid', ref);
+    const call = <T>(m: string, req: unknown) => new Promise<T>((resolve, reject) => bridge[m]!.call(bridge, req, md, (err: Error | null, res: T) => (err ? reject(err) : resolve(res))));
+    try {
+      const solving = control.solve({ Ref: ref, Session: session.id, Exporter: 'oci', ExporterAttrs: { name: 'example.com/multi:1' } });
+      const ids: Record<string, string> = {};
+      for (const [p, text] of [['linux/amd64', 'amd64\n'], ['linux/arm64', 'arm64\n']] as const) {
+        const res = await call<{ ref: string }>('solve', create(GwSolveRequestSchema, { Definition: marshal(scratch().file(mkfile('/platform', 0o644, text))), allowResultReturn: true }));
+        ids[p] = res.ref;
+      }
+      const platforms = JSON.stringify({
+        Platforms: [
+          { ID: 'linux/amd64', Platform: { architecture: 'amd64', os: 'linux' } },
+          { ID: 'linux/arm64', Platform: { architecture: 'arm64', os: 'linux' } },
+        ],
+      });
+      await call('return', create(ReturnRequestSchema, {
+        result: create(ResultSchema, {
+          result: { case: 'refs', value: create(RefMapSchema, { refs: Object.fromEntries(Object.entries(ids).map(([p, id]) => [p, create(RefSchema, { id })])) }) },
+          metadata: { 'refs.platforms': Buffer.from(platforms) },
+        }),
+      }));
+      const resp = await solving;
+      expect(resp.ExporterResponse['containerimage.digest']).toMatch(/^sha256:/);
+      if (!sink.closed) await new Promise((r) => sink.on('close', r));
+      const inspect = await run('skopeo', ['inspect', '--raw', `oci-archive:${out}`]);
+      expect(inspect.code, inspect.stderr).toBe(0);
+      const index = JSON.parse(inspect.stdout) as { mediaType: string; manifests: { platform: { architecture: string } }[] };
+      expect(index.mediaType).toBe('application/vnd.oci.image.index.v1+json');
+      expect(index.manifests.map((m) => m.platform.architecture)).toEqual(['amd64', 'arm64']);
+    } finally {
+      session.close();
+      control.close();
+      (bridge as unknown as grpc.Client).close();
+    }
+  });
+});
