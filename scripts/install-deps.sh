@@ -29,5 +29,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+# `npm install` rather than `npm ci`: with this machine's npm settings the lock file carries no entries
+# for other platforms' optional binaries, which `npm ci` refuses; install still follows the lock.
+npm install --no-audit --no-fund
 npm run build

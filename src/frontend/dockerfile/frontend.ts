@@ -68,8 +68,8 @@ export interface FrontendRef {
   platformId: string;
   platform: Platform;
   definition: Definition;
-  /** The solved result (from FrontendContext.solve). */
-  ref: string;
+  /** The solved result (from FrontendContext.solve); undefined when the result is empty (scratch). */
+  ref: string | undefined;
 }
 
 export interface FrontendResult {
@@ -435,7 +435,8 @@ export class DockerfileFrontend {
           contextByName: (n, mode, p) => this.#contextByName(ctx, b, n, mode, p),
         });
         check();
-        const ref = await ctx.solve(conv.definition);
+        // An empty definition (the target is scratch) has nothing to solve: its result is empty.
+        const ref = conv.definition.def.length > 0 ? await ctx.solve(conv.definition) : undefined;
         const p = normalizePlatform(tp ?? defaultPlatform());
         return { conv, ref, p };
       }),

@@ -1,0 +1,213 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { fromBinary } from '@bufbuild/protobuf';
+import { OpSchema, type Definition } from '../../../src/gen/buildkit/ops_pb.js';
+import { DockerfileFrontend, isOfficialDockerfileFrontend, type FrontendContext, type FrontendWarning } from '../../../src/frontend/dockerfile/frontend.js';
+import { LoomError, NotFoundError, UnimplementedError } from '../../../src/util/errors.js';
+import { sha256 } from '../../../src/util/digest.js';
+import { cannedResolver } from './base-image.js';
+import { materialize, type CorpusCase } from './corpus.js';
+
+const roots: string[] = [];
+afterAll(() => {
+  for (const r of roots) rmSync(r, { recursive: true, force: true });
+});
+
+/**
+ * A daemon stand-in: solving a definition whose result is a `local://<name>` source yields a ref
+ * reading that local directory (as the client's filesync would send it); any other definition is
+ * recorded and gets an opaque ref.
+ */
+function fakeDaemon(locals: Record<string, string>, attrs: Record<string, string>) {
+  const refs = new Map<string, string | undefined>();
+  const solved: Definition[] = [];
+  const warnings: FrontendWarning[] = [];
+  const resolved: string[] = [];
+  const resolve = cannedResolver();
+  const ctx: FrontendContext = {
+    attrs,
+    sessionId: 'sess',
+    workerPlatforms: [{ os: 'linux', architecture: 'amd64' }],
+    async solve(def) {
+      const term = fromBinary(OpSchema, def.def[def.def.length - 1]!);
+      const head = term.inputs[0]!.digest;
+      const bytes = def.def.find((b) => sha256(b) === head)!;
+      const op = fromBinary(OpSchema, bytes);
+      const id = `ref${refs.size}`;
+      if (op.op.case === 'source' && op.op.value.identifier.startsWith('local://')) {
+        const name = op.op.value.identifier.slice('local://'.length);
+        if (!(name in locals)) throw new NotFoundError(`no local source ${name}`);
+        refs.set(id, locals[name]);
+      } else {
+        solved.push(def);
+        refs.set(id, undefined);
+      }
+      return id;
+    },
+    async readFile(ref, path) {
+      const dir = refs.get(ref);
+      if (!dir) throw new NotFoundError(`${ref} has no files`);
+      try {
+        return readFileSync(join(dir, path));
+      } catch {
+        throw new NotFoundError(`open ${path}: no such file or directory`);
+      }
+    },
+    async resolveImageConfig(ref, opts) {
+      resolved.push(`${ref} ${opts.logName}`);
+      return resolve(ref, opts);
+    },
+    warn: (w) => warnings.push(w),
+  };
+  return { ctx, solved, warnings, resolved };
+}
+
+function caseDir(c: CorpusCase): string {
+  const dir = mkdtempSync(join(tmpdir(), 'loom-df-'));
+  roots.push(dir);
+  materialize(c, dir);
+  return dir;
+}
+
+function contextSource(def: Definition) {
+  for (const b of def.def) {
+    const op = fromBinary(OpSchema, b);
+    if (op.op.case === 'source' && op.op.value.identifier === 'local://context') return op.op.value;
+  }
+  return undefined;
+}
+
+describe('DockerfileFrontend', () => {
+  it('loads the Dockerfile and its own .dockerignore, and returns the image config', async () => {
+    const dir = caseDir({
+      name: 'x',
+      dockerfile: '',
+      files: {
+        'build/app.Dockerfile': 'FROM localhost:5000/busybox\nCOPY . /src\nLABEL x=$X\n',
+        'build/app.Dockerfile.dockerignore': 'secret.txt\n',
+        '.dockerignore': 'other\n',
+      },
+    });
+    const d = fakeDaemon({ context: dir, dockerfile: dir }, { filename: 'build/app.Dockerfile', 'label:org.a': 'b' });
+    const res = await new DockerfileFrontend().solve(d.ctx);
+    expect(res.multiPlatform).toBe(false);
+    expect(res.refs).toHaveLength(1);
+    expect(res.refs[0]!.platformId).toBe(`linux/${res.refs[0]!.platform.architecture}`);
+    const cfg = JSON.parse(Buffer.from(res.metadata['containerimage.config']!).toString());
+    expect(cfg.config.Labels).toEqual({ 'org.a': 'b', x: '' });
+    expect(JSON.parse(Buffer.from(res.metadata['refs.platforms']!).toString())).toEqual({
+      Platforms: [{ ID: res.refs[0]!.platformId, Platform: { architecture: res.refs[0]!.platform.architecture, os: 'linux' } }],
+    });
+    const ctxSrc = contextSource(res.refs[0]!.definition)!;
+    expect(ctxSrc.attrs['local.excludepatterns']).toBe('["secret.txt"]');
+    expect(d.resolved).toEqual(['localhost:5000/busybox:latest [internal] load metadata for localhost:5000/busybox:latest']);
+    expect(d.solved).toHaveLength(1);
+  });
+
+  it('falls back to a lower-case dockerfile and uses the context .dockerignore', async () => {
+    const dir = caseDir({ name: 'x', dockerfile: '', files: { dockerfile: 'FROM scratch\nCOPY a /\n', '.dockerignore': '# comment\n*.tmp\n!keep.tmp\n' } });
+    rmSync(join(dir, 'Dockerfile'));
+    const d = fakeDaemon({ context: dir, dockerfile: dir }, {});
+    const res = await new DockerfileFrontend().solve(d.ctx);
+    const src = contextSource(res.refs[0]!.definition)!;
+    expect(src.attrs['local.excludepatterns']).toBe('["*.tmp","!keep.tmp"]');
+    expect(src.attrs['local.followpaths']).toBe('["a"]');
+  });
+
+  it('reports a missing Dockerfile', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'loom-df-'));
+    roots.push(dir);
+    const d = fakeDaemon({ context: dir, dockerfile: dir }, {});
+    await expect(new DockerfileFrontend().solve(d.ctx)).rejects.toThrow(/^failed to read dockerfile: open Dockerfile: no such file or directory$/);
+  });
+
+  it('builds one image per platform with platform-keyed metadata', async () => {
+    const dir = caseDir({ name: 'x', dockerfile: 'FROM localhost:5000/busybox\nARG TARGETARCH\nRUN echo $TARGETARCH\n' });
+    const d = fakeDaemon({ context: dir, dockerfile: dir }, { platform: 'linux/amd64,linux/arm64/v8' });
+    const res = await new DockerfileFrontend().solve(d.ctx);
+    expect(res.multiPlatform).toBe(true);
+    expect(res.refs.map((r) => r.platformId)).toEqual(['linux/amd64', 'linux/arm64']);
+    expect(Object.keys(res.metadata).sort()).toEqual(['containerimage.config/linux/amd64', 'containerimage.config/linux/arm64', 'refs.platforms']);
+    const arm = JSON.parse(Buffer.from(res.metadata['containerimage.config/linux/arm64']!).toString());
+    expect([arm.architecture, arm.history.at(-1).created_by]).toEqual(['arm64', 'RUN |1 TARGETARCH=arm64 /bin/sh -c echo $TARGETARCH # buildkit']);
+    expect(d.resolved.sort()).toEqual([
+      'localhost:5000/busybox:latest [linux/amd64 internal] load metadata for localhost:5000/busybox:latest',
+      'localhost:5000/busybox:latest [linux/arm64 internal] load metadata for localhost:5000/busybox:latest',
+    ]);
+    expect(Buffer.from(res.metadata['refs.platforms']!).toString()).toBe(
+      '{"Platforms":[{"ID":"linux/amd64","Platform":{"architecture":"amd64","os":"linux"}},{"ID":"linux/arm64","Platform":{"architecture":"arm64","os":"linux"}}]}',
+    );
+  });
+
+  it('serves the official syntax with a warning and refuses other frontends', async () => {
+    const ok = caseDir({ name: 'x', dockerfile: '# syntax=docker/dockerfile:1.4\nFROM scratch\n' });
+    const d1 = fakeDaemon({ context: ok, dockerfile: ok }, {});
+    await new DockerfileFrontend().solve(d1.ctx);
+    expect(d1.warnings.map((w) => w.short)).toEqual([
+      "syntax docker/dockerfile:1.4 is served by loom's built-in Dockerfile frontend (compatible with docker/dockerfile:1 as of BuildKit v0.11)",
+    ]);
+    expect(d1.warnings[0]!.location?.[0]!.start.line).toBe(1);
+
+    const bad = caseDir({ name: 'x', dockerfile: '# syntax=example.com/my/frontend:2\nFROM scratch\n' });
+    const d2 = fakeDaemon({ context: bad, dockerfile: bad }, {});
+    const err = await new DockerfileFrontend().solve(d2.ctx).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnimplementedError);
+    expect((err as Error).message).toContain('frontend image example.com/my/frontend:2');
+    expect(d2.solved).toHaveLength(0);
+  });
+
+  it('recognises the official frontend names', () => {
+    for (const r of ['docker/dockerfile:1', 'docker/dockerfile:1.4', 'docker/dockerfile:labs', 'docker.io/docker/dockerfile:1-labs', 'docker/dockerfile', 'docker/dockerfile-upstream:master']) {
+      expect(isOfficialDockerfileFrontend(r), r).toBe(true);
+    }
+    for (const r of ['tonistiigi/dockerfile:1', 'example.com/docker/dockerfile:1', 'docker/dockerfiles:1', 'not a ref']) {
+      expect(isOfficialDockerfileFrontend(r), r).toBe(false);
+    }
+  });
+
+  it('warns about options it does not support', async () => {
+    const dir = caseDir({ name: 'x', dockerfile: 'FROM scratch\n' });
+    const d = fakeDaemon({ context: dir, dockerfile: dir }, { 'attest:sbom': '', 'cache-from': 'x', 'some-new-option': '1' });
+    await new DockerfileFrontend().solve(d.ctx);
+    expect(d.warnings.map((w) => w.short)).toEqual([
+      'attestations (sbom) are not supported by loom yet; the image is built without them',
+      'cache imports are not supported by loom yet; building without them',
+      'frontend option "some-new-option" is not supported by loom\'s Dockerfile frontend and was ignored',
+    ]);
+  });
+
+  it('uses docker-image and local named contexts', async () => {
+    const dir = caseDir({ name: 'x', dockerfile: 'FROM alpine\nCOPY --from=assets / /assets\n' });
+    const assets = caseDir({ name: 'y', dockerfile: 'unused', files: { '.dockerignore': 'Dockerfile\n' } });
+    const d = fakeDaemon({ context: dir, dockerfile: dir, assetsdir: assets }, {
+      'context:alpine': 'docker-image://localhost:5000/busybox',
+      'context:assets': 'local:assetsdir',
+    });
+    const res = await new DockerfileFrontend().solve(d.ctx);
+    const def = res.refs[0]!.definition;
+    const sources = def.def.map((b) => fromBinary(OpSchema, b)).flatMap((o) => (o.op.case === 'source' ? [o.op.value] : []));
+    expect(sources.map((s) => s.identifier).sort()).toEqual(['docker-image://localhost:5000/busybox:latest', 'local://assetsdir']);
+    expect(sources.find((s) => s.identifier === 'local://assetsdir')!.attrs['local.excludepatterns']).toBe('["Dockerfile"]');
+    expect(d.resolved).toEqual(['localhost:5000/busybox:latest [context alpine] load metadata for localhost:5000/busybox']);
+  });
+
+  it('rejects bad frontend options with upstream messages', async () => {
+    const dir = caseDir({ name: 'x', dockerfile: 'FROM scratch\n' });
+    const cases: [Record<string, string>, string][] = [
+      [{ 'image-resolve-mode': 'sometimes' }, 'invalid image-resolve-mode: sometimes'],
+      [{ platform: 'linux/x/y/z' }, 'failed to parse target platform linux/x/y/z: "linux/x/y/z": cannot parse platform specifier: invalid argument'],
+      [{ 'add-hosts': 'db=not-an-ip' }, 'failed to parse additional hosts: failed to parse IP not-an-ip'],
+      [{ 'force-network-mode': 'bridge' }, 'invalid netmode bridge'],
+      [{ 'multi-platform': 'false', platform: 'linux/amd64,linux/arm64' }, 'returning multiple target platforms is not allowed'],
+      [{ target: 'missing' }, 'target stage missing could not be found'],
+    ];
+    for (const [attrs, msg] of cases) {
+      const d = fakeDaemon({ context: dir, dockerfile: dir }, attrs);
+      const err = await new DockerfileFrontend().solve(d.ctx).catch((e: unknown) => e);
+      expect(err, msg).toBeInstanceOf(LoomError);
+      expect((err as Error).message).toBe(msg);
+    }
+  });
+});
