@@ -13,6 +13,7 @@ import { GetSecretRequestSchema, Secrets } from '../gen/session/secrets_pb.js';
 import type { SessionCaller } from '../session/types.js';
 import type { OpContext, OpImpl, Ref } from '../solver/types.js';
 import { codeOf, errorMessage, InvalidArgumentError, LoomError, PermissionDeniedError } from '../util/errors.js';
+import { log as rootLog } from '../util/log.js';
 import type { Platform as HostPlatform } from '../util/platform.js';
 import type { EmulatorInfo } from '../worker/platforms.js';
 import { ExitError, goQuote, type ExecMount, type Executor, type NetMode as ExecNetMode } from './executor/executor.js';
@@ -26,6 +27,7 @@ import { RuncExecutor } from './executor/runc/runc-executor.js';
 import { executorPaths } from './executor/runc/stale.js';
 import { isEmptyRef } from './file-op.js';
 
+const log = () => rootLog.child({ sub: 'exec' });
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /** What ExecOp needs from the worker; one set per worker (see execSupport). */
@@ -160,6 +162,7 @@ export class ExecOp implements OpImpl {
   async run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]> {
     const op = this.#op;
     checkEntitlements(op, ctx.entitlements);
+    const t0 = performance.now();
     await this.#s.init();
     const meta = op.meta;
     if (!meta) throw new InvalidArgumentError('exec op has no meta');
@@ -306,6 +309,7 @@ export class ExecOp implements OpImpl {
       }
 
       const digest = ctx.vertex.digest;
+      const t1 = performance.now();
       try {
         await this.#s.executor.run({
           rootfs,
@@ -339,10 +343,12 @@ export class ExecOp implements OpImpl {
         throw new LoomError('INTERNAL', `process ${goQuote(args.join(' '))} did not complete successfully: exit code: 0`);
       }
 
+      const t2 = performance.now();
       const results: Ref[] = [];
       for (const o of outputs) {
         results.push(o.writable ? await o.writable.commit({ description: `mount ${o.dest} from exec ${args.join(' ')}` }) : o.ref!);
       }
+      log().debug({ vertex: digest, prepareMs: t1 - t0, runMs: t2 - t1, commitMs: performance.now() - t2 }, 'exec step timings');
       return results;
     } finally {
       for (const w of writables) await w.discard();

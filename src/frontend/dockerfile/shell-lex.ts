@@ -286,11 +286,7 @@ class ShellWord {
       const replacement = this.wordUntil('}', true, "syntax error: missing '}'");
       const [value, set] = this.getEnv(name);
       if (this.o.skipUnsetEnv && !set) return `\${${name}/${pattern}/${replacement}}`;
-      const re = shellPatternToRegex(pattern, true, false, replaceAll);
-      if (replaceAll) return value.replace(re, () => replacement);
-      const m = re.exec(value);
-      if (!m) return value;
-      return value.slice(0, m.index) + replacement + value.slice(m.index + m[0].length);
+      return replacePattern(pattern, value, replacement, replaceAll);
     }
     throw new Error("missing ':' in substitution");
   }
@@ -334,68 +330,103 @@ class ShellWord {
   }
 }
 
+type PatternToken = { kind: 'star' } | { kind: 'any' } | { kind: 'lit'; ch: string };
+
 /**
- * A shell pattern (`*`, `?`, `\\x`) as a regular expression, for the `#`, `%` and `/` forms.
- * `}` and `/` may be escaped inside `${}` without the escape becoming part of the pattern.
+ * A shell pattern (`*`, `?`, `\\x`) of the `#`, `%` and `/` forms as tokens. `}` and `/` may be
+ * escaped inside `${}` without the escape becoming part of the pattern.
  */
-function shellPatternToRegex(pattern: string, greedy: boolean, anchored: boolean, global = false): RegExp {
+function compilePattern(pattern: string): PatternToken[] {
   const chars = Array.from(pattern);
-  let out = anchored ? '^' : '';
-  const star = greedy ? '[^\n]*' : '[^\n]*?';
+  const out: PatternToken[] = [];
   for (let i = 0; i < chars.length; i++) {
     const tok = chars[i]!;
-    if (tok === '*') {
-      out += star;
-      continue;
-    }
-    if (tok === '?') {
-      out += '[^\n]';
-      continue;
-    }
-    if (tok === '\\') {
+    if (tok === '*') out.push({ kind: 'star' });
+    else if (tok === '?') out.push({ kind: 'any' });
+    else if (tok === '\\') {
       const n = chars[i + 1];
       if (n === '}' || n === '/') continue;
       i++;
       if (n !== '*' && n !== '?' && n !== '\\') {
         throw new Error(`invalid pattern (${pattern}) in substitution: invalid escape '\\${n ?? ''}'`);
       }
-      out += '\\' + n;
-      continue;
-    }
-    out += /[[\]{}.+()|^$]/.test(tok) ? '\\' + tok : tok;
+      out.push({ kind: 'lit', ch: n });
+    } else out.push({ kind: 'lit', ch: tok });
   }
-  return new RegExp(out, global ? 'gu' : 'u');
+  return out;
+}
+
+/**
+ * Whether `s` (code points) matches the whole pattern: a dynamic program in O(len(s) x len(p)),
+ * so no pattern can make matching slow. `*` and `?` do not match a newline (Go's `.`).
+ */
+function globMatch(p: PatternToken[], s: string[]): boolean {
+  let prev: boolean[] = new Array<boolean>(s.length + 1).fill(false);
+  prev[0] = true;
+  for (const t of p) {
+    const cur: boolean[] = new Array<boolean>(s.length + 1).fill(false);
+    if (t.kind === 'star') {
+      cur[0] = prev[0]!;
+      for (let j = 1; j <= s.length; j++) cur[j] = prev[j]! || (cur[j - 1]! && s[j - 1] !== '\n');
+    } else {
+      for (let j = 1; j <= s.length; j++) {
+        const c = s[j - 1]!;
+        cur[j] = prev[j - 1]! && (t.kind === 'any' ? c !== '\n' : c === t.ch);
+      }
+    }
+    prev = cur;
+  }
+  return prev[s.length]!;
+}
+
+/** The length of the shortest (or longest, `greedy`) prefix of `s` matching `p`, or -1. */
+function prefixMatch(p: PatternToken[], s: string[], greedy: boolean): number {
+  if (greedy) {
+    for (let n = s.length; n >= 0; n--) if (globMatch(p, s.slice(0, n))) return n;
+  } else {
+    for (let n = 0; n <= s.length; n++) if (globMatch(p, s.slice(0, n))) return n;
+  }
+  return -1;
 }
 
 function trimPrefix(pattern: string, value: string, greedy: boolean): string {
-  const m = shellPatternToRegex(pattern, greedy, true).exec(value);
-  return m ? value.slice(m[0].length) : value;
-}
-
-/** Reverses a pattern keeping each escape before the character it escapes. */
-function reversePattern(pattern: string): string {
-  const r = Array.from(pattern);
-  const out: string[] = new Array(r.length);
-  const last = r.length - 1;
-  for (let i = 0; i <= last; ) {
-    const tok = r[i]!;
-    const o = last - i;
-    if (tok === '\\' && i !== last) {
-      out[o - 1] = tok;
-      out[o] = r[i + 1]!;
-      i += 2;
-    } else {
-      out[o] = tok;
-      i++;
-    }
-  }
-  return out.join('');
+  const s = Array.from(value);
+  const n = prefixMatch(compilePattern(pattern), s, greedy);
+  return n < 0 ? value : s.slice(n).join('');
 }
 
 function trimSuffix(pattern: string, value: string, greedy: boolean): string {
-  // Shortest rightmost match, found as a leftmost match on both strings reversed.
-  const rev = (s: string) => Array.from(s).reverse().join('');
-  return rev(trimPrefix(reversePattern(pattern), rev(value), greedy));
+  // The shortest (longest) suffix matching: a prefix match of the reversed pattern on the reversed value.
+  const p = compilePattern(pattern).reverse();
+  const s = Array.from(value).reverse();
+  const n = prefixMatch(p, s, greedy);
+  return n < 0 ? value : s.slice(n).reverse().join('');
+}
+
+/** `${a/p/r}` and `${a//p/r}`: leftmost, longest matches of the pattern replaced. */
+function replacePattern(pattern: string, value: string, replacement: string, all: boolean): string {
+  const p = compilePattern(pattern);
+  const s = Array.from(value);
+  let out = '';
+  let i = 0;
+  let replaced = false;
+  while (i <= s.length) {
+    if (replaced && !all) break;
+    const n = prefixMatch(p, s.slice(i), true);
+    if (n >= 0) {
+      out += replacement;
+      replaced = true;
+      if (n === 0) {
+        if (i < s.length) out += s[i];
+        i++;
+      } else i += n;
+      continue;
+    }
+    if (i < s.length) out += s[i];
+    i++;
+  }
+  if (i < s.length) out += s.slice(i).join('');
+  return out;
 }
 
 /** The lexer; one instance per escape token and option set, reusable and stateless between calls. */

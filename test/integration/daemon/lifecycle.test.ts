@@ -2,15 +2,20 @@
  * The daemon's life as users see it (root; real sockets): --version, TLS with client
  * certificates over TCP, a session that never comes, credentials asked of the client, and SIGTERM.
  */
-import { create, toBinary } from '@bufbuild/protobuf';
+import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { spawn } from 'node:child_process';
+import http2 from 'node:http2';
+import { Duplex } from 'node:stream';
+import { ListWorkersRequestSchema, ListWorkersResponseSchema } from '../../../src/gen/buildkit/control_pb.js';
+import { encodeFrame } from '../../../src/util/grpc-frame.js';
 import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../../src/client/control-client.js';
 import { DefinitionSchema } from '../../../src/gen/buildkit/ops_pb.js';
-import { image, local, marshal } from '../../../src/llb/builder.js';
-import { BUILDKITD, buildctl, removeDir, run, startDaemon } from '../../helpers/daemon.js';
+import { image, local, marshal, mkfile, scratch } from '../../../src/llb/builder.js';
+import { BUILDCTL, BUILDKITD, buildctl, removeDir, run, startDaemon } from '../../helpers/daemon.js';
 import { freePort, startRegistry, type TestRegistry } from '../../helpers/registry.js';
 
 const d = describe.runIf(process.getuid?.() === 0);
@@ -116,4 +121,63 @@ d('daemon lifecycle', () => {
   });
 });
 
-void create;
+
+d('configuration and transports', () => {
+  it('reads platforms, GC policy and entitlements from buildkitd.toml and logs JSON when asked', async () => {
+    const daemon = await startDaemon({
+      args: ['--log-format', 'json', '--debug'],
+      config: [
+        'insecure-entitlements = ["network.host"]',
+        '[worker.oci]',
+        '  platforms = ["linux/amd64", "linux/arm64"]',
+        '  [[worker.oci.gcpolicy]]',
+        '    keepBytes = 123000000',
+        '    keepDuration = 3600',
+        '    filters = ["type==source.local"]',
+        '',
+      ].join('\n'),
+    });
+    try {
+      const r = await buildctl(daemon.addr, ['debug', 'workers', '-v']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/Platforms:\s+linux\/amd64,linux\/arm64\n/);
+      expect(r.stdout).toMatch(/Filters:\s+type==source\.local/);
+      expect(r.stdout).toMatch(/Keep Duration:\s+1h0m0s/);
+      expect(r.stdout).toMatch(/Keep Bytes:\s+123MB/);
+      // network.host is allowed by the config, so asking for it is fine.
+      const def = Buffer.from(toBinary(DefinitionSchema, marshal(scratch().file(mkfile('/x', 0o644, 'x')))));
+      const ok = await buildctl(daemon.addr, ['build', '--allow', 'network.host'], { stdin: def });
+      expect(ok.code, ok.stderr).toBe(0);
+      const line = daemon.logs().split('\n').find((l) => l.includes('running server'));
+      expect(() => JSON.parse(line!)).not.toThrow();
+    } finally {
+      await daemon.stop();
+      removeDir(daemon.dir);
+    }
+  });
+
+  it('carries raw gRPC over buildctl dial-stdio (the docker-container driver connection)', async () => {
+    const daemon = await startDaemon();
+    const child = spawn(process.execPath, [BUILDCTL, '--addr', daemon.addr, 'dial-stdio'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      const conn = Duplex.from({ readable: child.stdout!, writable: child.stdin! });
+      const session = http2.connect('http://localhost', { createConnection: () => conn as never });
+      const req = session.request({ ':method': 'POST', ':path': '/moby.buildkit.v1.Control/ListWorkers', 'content-type': 'application/grpc', te: 'trailers' });
+      req.end(encodeFrame(toBinary(ListWorkersRequestSchema, create(ListWorkersRequestSchema, {}))));
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      const trailersP = new Promise<http2.IncomingHttpHeaders>((resolve) => req.on('trailers', resolve));
+      const ended = new Promise((r) => req.on('end', r));
+      const [trailers] = await Promise.all([trailersP, ended]);
+      expect(trailers['grpc-status']).toBe('0');
+      const body = Buffer.concat(chunks);
+      const resp = fromBinary(ListWorkersResponseSchema, body.subarray(5, 5 + body.readUInt32BE(1)));
+      expect(resp.record[0]!.platforms.map((p) => p.Architecture)).toContain('amd64');
+      session.close();
+    } finally {
+      child.kill();
+      await daemon.stop();
+      removeDir(daemon.dir);
+    }
+  });
+});

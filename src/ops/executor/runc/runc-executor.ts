@@ -91,6 +91,7 @@ export class RuncExecutor implements Executor {
       throw new InvalidArgumentError(`working directory ${cwd} is inside /proc, which is not allowed`);
     }
 
+    const t0 = performance.now();
     const id = newContainerId();
     const bundle = path.join(this.#paths.bundles, id);
     const releases: (() => Promise<void>)[] = [];
@@ -130,9 +131,10 @@ export class RuncExecutor implements Executor {
         args.push('--stub-root', req.rootfs);
         for (const s of stubs) args.push('--stub', s);
       }
-      log().debug({ id, args: p.args }, 'starting container');
+      const t1 = performance.now();
       const shimExit = p.tty ? await runPty(shim, args, req) : await runPiped(shim, args, req);
       const status = await readFile(statusFile, 'utf8').catch(() => '');
+      log().debug({ id, args: p.args, setupMs: t1 - t0, containerMs: performance.now() - t1 }, 'container ended');
       if (req.signal.aborted) throw new CancelledError('context canceled', { cause: req.signal.reason });
       const m = /^(exit|error) (.*)\n?$/s.exec(status);
       if (!m) throw new LoomError('INTERNAL', `runc shim for ${id} ended (${shimExit}) without reporting the process's status`);
