@@ -10,7 +10,7 @@ import { inVertex, ProgressBus } from '../util/progress.js';
 import { GatewayBuild, resultRefs, type GatewayDeps, type GatewayForwarder } from './gateway.js';
 import { parsePlatform } from '../util/platform.js';
 import { toPbPlatform } from '../worker/pb-platform.js';
-import type { ErrorCode } from '../util/errors.js';
+import { loomCodeOfGrpc } from '../session/tunnel/grpc-status.js';
 
 const log = () => rootLog.child({ sub: 'build' });
 
@@ -133,7 +133,7 @@ export class BuildManager {
     try {
       const ret = await b.waitReturn();
       if (ret.error && ret.error.code !== 0) {
-        throw new LoomError(grpcToLoom(ret.error.code), ret.error.message || `build function failed with code ${ret.error.code}`);
+        throw new LoomError(loomCodeOfGrpc(ret.error.code), ret.error.message || `build function failed with code ${ret.error.code}`);
       }
       const result = ret.result;
       const metadata: Record<string, Uint8Array> = { ...(result?.metadata ?? {}) };
@@ -181,23 +181,6 @@ export class BuildManager {
   cancelAll(reason = 'daemon is shutting down'): void {
     for (const ac of this.#running.values()) ac.abort(new CancelledError(reason));
   }
-}
-
-const GRPC_TO_LOOM: Record<number, ErrorCode> = {
-  1: 'CANCELLED',
-  3: 'INVALID_ARGUMENT',
-  4: 'DEADLINE_EXCEEDED',
-  5: 'NOT_FOUND',
-  6: 'ALREADY_EXISTS',
-  7: 'PERMISSION_DENIED',
-  9: 'FAILED_PRECONDITION',
-  12: 'UNIMPLEMENTED',
-  14: 'UNAVAILABLE',
-  16: 'UNAUTHENTICATED',
-};
-
-function grpcToLoom(code: number): ErrorCode {
-  return GRPC_TO_LOOM[code] ?? 'INTERNAL';
 }
 
 /**

@@ -555,7 +555,11 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
   }
 
   let target: DispatchState;
-  if (!opt.target) target = all.states[all.states.length - 1]!;
+  if (!opt.target) {
+    // Upstream v0.11 panics on a Dockerfile of ARGs only; loom says what is wrong.
+    if (all.states.length === 0) throw new DockerfileError('dockerfile contains no stages to build');
+    target = all.states[all.states.length - 1]!;
+  }
   else {
     const t = all.findByName(opt.target);
     if (!t) throw new DockerfileError(`target stage ${opt.target} could not be found`);

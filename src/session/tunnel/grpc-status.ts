@@ -40,6 +40,11 @@ const toLoom: Record<number, ErrorCode> = {
   16: 'UNAUTHENTICATED',
 };
 
+/** loom's error code for a gRPC status code (INTERNAL for those loom has no code of its own for). */
+export function loomCodeOfGrpc(code: number): ErrorCode {
+  return toLoom[code] ?? 'INTERNAL';
+}
+
 /**
  * A failed call through the session: the peer's gRPC status as a LoomError. `grpcCode` keeps the
  * exact wire code, since several (UNKNOWN, ABORTED, DATA_LOSS...) have no loom code of their own.

@@ -139,7 +139,8 @@ async function sameEntry(l: BigIntStats, u: BigIntStats, lp: string, up: string)
   return lns === uns ? 'same' : 'differ';
 }
 
-async function sameContent(a: string, b: string): Promise<boolean> {
+/** Byte-for-byte equality of two files (shared with the overlay differ). */
+export async function sameContent(a: string, b: string): Promise<boolean> {
   const [fa, fb] = await Promise.all([open(a, 'r'), open(b, 'r')]);
   try {
     const ba = Buffer.alloc(64 * 1024);

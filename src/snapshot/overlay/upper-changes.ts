@@ -1,9 +1,9 @@
 import type { BigIntStats } from 'node:fs';
-import { lstat, open, readdir, readlink } from 'node:fs/promises';
+import { lstat, readdir, readlink } from 'node:fs/promises';
 import path from 'node:path';
 import { throwIfAborted } from '../../util/errors.js';
 import type { Change } from '../layer/change.js';
-import { changes as doubleWalk, compareNames } from '../layer/changes.js';
+import { changes as doubleWalk, compareNames, sameContent } from '../layer/changes.js';
 import { listXattrs } from '../layer/sys-ops.js';
 
 /**
@@ -191,18 +191,3 @@ async function sameEntry(l: BigIntStats, u: BigIntStats, lp: string, up: string)
   return lns === uns;
 }
 
-async function sameContent(a: string, b: string): Promise<boolean> {
-  const [fa, fb] = await Promise.all([open(a, 'r'), open(b, 'r')]);
-  try {
-    const ba = Buffer.alloc(64 * 1024);
-    const bb = Buffer.alloc(64 * 1024);
-    for (;;) {
-      const [ra, rb] = await Promise.all([fa.read(ba, 0, ba.length, null), fb.read(bb, 0, bb.length, null)]);
-      if (ra.bytesRead !== rb.bytesRead) return false;
-      if (ra.bytesRead === 0) return true;
-      if (!ba.subarray(0, ra.bytesRead).equals(bb.subarray(0, rb.bytesRead))) return false;
-    }
-  } finally {
-    await Promise.all([fa.close(), fb.close()]);
-  }
-}

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { chown, lstat, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { CancelledError, InvalidArgumentError, LoomError } from '../../../util/errors.js';
-import { resolveInRoot } from '../../../util/fs-safe.js';
+import { pathInRoot, resolveInRoot } from '../../../util/fs-safe.js';
 import { log as rootLog } from '../../../util/log.js';
 import { ExitError, type ExecMount, type Executor, type RunRequest } from '../executor.js';
 import { HostsFiles } from '../hosts.js';
@@ -184,6 +184,11 @@ function toSpecMount(m: ExecMount, fdArgs: string[]): SpecMount {
  */
 async function ensureCwd(rootfs: string, cwd: string, uid: number, gid: number): Promise<void> {
   const host = await resolveInRoot(rootfs, cwd);
+  // The same check on the path symlinks in the rootfs lead to (runc checks the final directory too).
+  const inRoot = pathInRoot(rootfs, host);
+  if (inRoot === '/proc' || inRoot.startsWith('/proc/')) {
+    throw new InvalidArgumentError(`working directory ${cwd} leads to ${inRoot}, inside /proc, which is not allowed`);
+  }
   try {
     await lstat(host);
     return;
