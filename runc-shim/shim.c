@@ -1,21 +1,21 @@
 /*
  * loom-runc-shim: owns one build step's container from start to end.
  *
- * The daemon prepares a bundle (config.json, or config.json.in with @LOOM_SHIM_PID@ placeholders)
- * and starts this program; it then
- *   - opens mount sources that live inside directories a container may write (cache mounts,
- *     selectors) with openat2(RESOLVE_IN_ROOT) and keeps them as fds, so the bind mounts runc
- *     makes name exactly the inodes resolved here (a symlink swapped in later cannot redirect
- *     them to the host): the config names them as /proc/<shim pid>/fd/<n>;
- *   - runs `runc run` in the foreground with its own stdio (stdout and stderr stay apart), or,
- *     with --tty, receives the container's pty master through a console socket and relays it to
- *     its own stdio (a terminal node-pty made), resizes included;
+ * The daemon prepares a bundle (config.json) and starts this program; it then
+ *   - resolves mount sources that live inside directories a container may write (cache mounts,
+ *     selectors) with openat2(RESOLVE_IN_ROOT), and bind-mounts the resolved inode (through its
+ *     fd) on a staging path in the bundle that the config names: a symlink swapped in later
+ *     cannot redirect the mount to the host. (runc cannot bind /proc/<pid>/fd/<n> itself: it
+ *     mounts from a new mount namespace, and the kernel refuses sources from another one.)
+ *   - runs `runc run` in the foreground with its own stdio: stdout and stderr stay apart, or,
+ *     when the config asks for a terminal and our stdio is one (node-pty), runc relays it;
  *   - forwards INT, HUP, QUIT, USR1, USR2 to runc (which forwards them to the process);
  *   - on SIGTERM (the daemon cancelling) or when the daemon dies (PDEATHSIG), kills the container
  *     with `runc kill <id> KILL`, retried until runc returns;
  *   - reaps every child (it is a child subreaper), runs `runc delete --force` if runc left state,
  *   - removes the mount stubs runc created (empty files and directories) without following any
  *     symlink, so a step that swapped a stub's parent for a symlink cannot make it touch the host;
+ *   - unmounts the staging mounts;
  *   - writes the outcome to the --status file: `exit N` or `error MESSAGE`.
  */
 #define _GNU_SOURCE
@@ -29,15 +29,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 #include <sys/wait.h>
-#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,10 +42,11 @@
 #define KILL_RETRY_MS 50
 #define KILL_FORCE_MS 5000
 
-struct fdmount {
-	int fd;
+struct srcmount {
+	const char *target; /* staging path the config names */
 	const char *root;
 	const char *sub;
+	int mounted;
 };
 
 static const char *runc_bin = "runc";
@@ -57,10 +55,8 @@ static const char *id;
 static const char *bundle;
 static const char *status_file;
 static const char *stub_root;
-static int use_template;
-static int use_tty;
-static struct fdmount fdmounts[MAX_ITEMS];
-static int n_fdmounts;
+static struct srcmount srcmounts[MAX_ITEMS];
+static int n_srcmounts;
 static const char *stubs[MAX_ITEMS];
 static int n_stubs;
 
@@ -85,6 +81,8 @@ static void write_status(const char *fmt, ...)
 	close(fd);
 }
 
+static void unstage_mounts(void);
+
 static void fail(const char *fmt, ...)
 {
 	char buf[3800];
@@ -94,6 +92,7 @@ static void fail(const char *fmt, ...)
 	va_end(ap);
 	write_status("error %s\n", buf);
 	fprintf(stderr, "loom-runc-shim: %s\n", buf);
+	unstage_mounts();
 	exit(125);
 }
 
@@ -158,66 +157,6 @@ static int open_in_root(const char *root, const char *sub)
 		fail("mount source %s in %s: %s", sub, root, strerror(errno));
 	close(rfd);
 	return (int)fd;
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		fail("open %s: %s", path, strerror(errno));
-	struct stat st;
-	if (fstat(fd, &st) < 0)
-		fail("stat %s: %s", path, strerror(errno));
-	size_t cap = (size_t)st.st_size + 1, n = 0;
-	char *buf = malloc(cap);
-	if (!buf)
-		fail("out of memory");
-	for (;;) {
-		if (n == cap) {
-			cap *= 2;
-			buf = realloc(buf, cap);
-			if (!buf)
-				fail("out of memory");
-		}
-		ssize_t r = read(fd, buf + n, cap - n);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			fail("read %s: %s", path, strerror(errno));
-		}
-		if (r == 0)
-			break;
-		n += (size_t)r;
-	}
-	close(fd);
-	*len = n;
-	return buf;
-}
-
-/* config.json.in -> config.json with every @LOOM_SHIM_PID@ replaced by our pid. */
-static void write_config_from_template(void)
-{
-	static const char token[] = "@LOOM_SHIM_PID@";
-	size_t tl = sizeof(token) - 1, len;
-	char *in = read_file("config.json.in", &len);
-	char pid[32];
-	int pl = snprintf(pid, sizeof(pid), "%d", (int)getpid());
-	FILE *out = fopen("config.json", "we");
-	if (!out)
-		fail("create config.json: %s", strerror(errno));
-	size_t i = 0;
-	while (i < len) {
-		if (len - i >= tl && memcmp(in + i, token, tl) == 0) {
-			fwrite(pid, 1, (size_t)pl, out);
-			i += tl;
-		} else {
-			fputc(in[i], out);
-			i++;
-		}
-	}
-	if (fclose(out) != 0)
-		fail("write config.json: %s", strerror(errno));
-	free(in);
 }
 
 /*
@@ -308,63 +247,50 @@ static void remove_stubs(void)
 	close(rootfd);
 }
 
-static int recv_fd(int sock)
+/*
+ * Binds SUB (resolved inside ROOT, never leaving it) on the staging path TARGET, which the shim
+ * creates as a directory or an empty file to match. The bind is made through the resolved fd, so
+ * what is mounted is exactly what was resolved.
+ */
+static void stage_mount(struct srcmount *m)
 {
-	char data[256];
-	struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct msghdr msg;
-	memset(&msg, 0, sizeof(msg));
-	msg.msg_iov = &iov;
-	msg.msg_iovlen = 1;
-	msg.msg_control = u.buf;
-	msg.msg_controllen = sizeof(u.buf);
-	if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) < 0)
-		return -1;
-	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-	if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-		return -1;
-	int fd;
-	memcpy(&fd, CMSG_DATA(c), sizeof(int));
-	return fd;
-}
-
-static void copy_winsize(int master)
-{
-	struct winsize ws;
-	if (master >= 0 && ioctl(0, TIOCGWINSZ, &ws) == 0)
-		ioctl(master, TIOCSWINSZ, &ws);
-}
-
-/* Writes all of buf, waiting for the fd to drain (our stdio may be non-blocking). */
-static int write_all(int fd, const char *buf, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, buf, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN) {
-				struct pollfd p = {.fd = fd, .events = POLLOUT};
-				poll(&p, 1, 1000);
-				continue;
-			}
-			return -1;
-		}
-		buf += w;
-		n -= (size_t)w;
+	int fd = open_in_root(m->root, m->sub);
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		fail("mount source %s in %s: %s", m->sub, m->root, strerror(errno));
+	if (S_ISDIR(st.st_mode)) {
+		if (mkdir(m->target, 0700) < 0 && errno != EEXIST)
+			fail("staging %s: %s", m->target, strerror(errno));
+	} else {
+		int t = open(m->target, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (t < 0)
+			fail("staging %s: %s", m->target, strerror(errno));
+		close(t);
 	}
-	return 0;
+	char src[64];
+	snprintf(src, sizeof(src), "/proc/self/fd/%d", fd);
+	if (mount(src, m->target, NULL, MS_BIND | MS_REC, NULL) < 0)
+		fail("mount source %s in %s: bind: %s", m->sub, m->root, strerror(errno));
+	/* Private: nothing mounted later below the source shows up in the container, nor leaks back. */
+	mount(NULL, m->target, NULL, MS_PRIVATE | MS_REC, NULL);
+	m->mounted = 1;
+	close(fd);
+}
+
+static void unstage_mounts(void)
+{
+	for (int i = n_srcmounts - 1; i >= 0; i--) {
+		if (srcmounts[i].mounted)
+			umount2(srcmounts[i].target, MNT_DETACH);
+		srcmounts[i].mounted = 0;
+	}
 }
 
 static void usage(void)
 {
 	fprintf(stderr,
 		"usage: loom-runc-shim --root DIR --id ID --bundle DIR --status FILE [--runc PATH]\n"
-		"         [--template] [--fd N=ROOT:SUBPATH]... [--tty] [--stub-root DIR --stub REL...]\n");
+		"         [--src STAGING=ROOT:SUBPATH]... [--stub-root DIR --stub REL...]\n");
 	exit(125);
 }
 
@@ -373,11 +299,7 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (strcmp(a, "--template") == 0) {
-			use_template = 1;
-		} else if (strcmp(a, "--tty") == 0) {
-			use_tty = 1;
-		} else if (!v) {
+		if (!v) {
 			usage();
 		} else if (strcmp(a, "--runc") == 0) {
 			runc_bin = v, i++;
@@ -395,22 +317,20 @@ int main(int argc, char **argv)
 			if (n_stubs >= MAX_ITEMS)
 				usage();
 			stubs[n_stubs++] = v, i++;
-		} else if (strcmp(a, "--fd") == 0) {
-			/* N=ROOT:SUB; ROOT is absolute and holds no ':' (loom's own state paths). */
-			char *spec = strdup(v), *eq = strchr(spec, '='), *colon;
-			if (!eq || n_fdmounts >= MAX_ITEMS)
+		} else if (strcmp(a, "--src") == 0) {
+			/* STAGING=ROOT:SUB; STAGING and ROOT are loom's own absolute paths, without '=' or ':'. */
+			char *spec = strdup(v), *eq = spec ? strchr(spec, '=') : NULL, *colon;
+			if (!eq || n_srcmounts >= MAX_ITEMS)
 				usage();
 			*eq = 0;
 			colon = strchr(eq + 1, ':');
 			if (!colon)
 				usage();
 			*colon = 0;
-			fdmounts[n_fdmounts].fd = atoi(spec);
-			fdmounts[n_fdmounts].root = eq + 1;
-			fdmounts[n_fdmounts].sub = colon + 1;
-			if (fdmounts[n_fdmounts].fd < 3)
-				usage();
-			n_fdmounts++;
+			srcmounts[n_srcmounts].target = spec;
+			srcmounts[n_srcmounts].root = eq + 1;
+			srcmounts[n_srcmounts].sub = colon + 1;
+			n_srcmounts++;
 			i++;
 		} else {
 			usage();
@@ -438,76 +358,23 @@ int main(int argc, char **argv)
 	if (sfd < 0)
 		fail("signalfd: %s", strerror(errno));
 
-	if (chdir(bundle) < 0)
-		fail("bundle %s: %s", bundle, strerror(errno));
+	for (int i = 0; i < n_srcmounts; i++)
+		stage_mount(&srcmounts[i]);
 
-	for (int i = 0; i < n_fdmounts; i++) {
-		int fd = open_in_root(fdmounts[i].root, fdmounts[i].sub);
-		if (fd != fdmounts[i].fd) {
-			if (dup3(fd, fdmounts[i].fd, O_CLOEXEC) < 0)
-				fail("dup3: %s", strerror(errno));
-			close(fd);
-		}
-	}
-	if (use_template)
-		write_config_from_template();
-
-	int csock = -1;
-	if (use_tty) {
-		csock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-		struct sockaddr_un sa;
-		memset(&sa, 0, sizeof(sa));
-		sa.sun_family = AF_UNIX;
-		strcpy(sa.sun_path, "console.sock"); /* relative: we run in the bundle */
-		unlink("console.sock");
-		if (csock < 0 || bind(csock, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(csock, 1) < 0)
-			fail("console socket: %s", strerror(errno));
-	}
-
-	const char *run_args[] = {"run", "--bundle", bundle, NULL, NULL, id, NULL};
-	if (use_tty) {
-		run_args[3] = "--console-socket";
-		run_args[4] = "console.sock";
-	} else {
-		run_args[3] = id;
-		run_args[4] = NULL;
-	}
+	/* With a terminal in the config, runc in the foreground relays it to our stdio (node-pty's). */
+	const char *run_args[] = {"run", "--bundle", bundle, id, NULL};
 	pid_t runc = spawn_runc(run_args, 0, &origmask);
 
-	int runc_done = 0, runc_status = 0, killing = 0, master = -1, stdin_open = use_tty;
+	int runc_done = 0, runc_status = 0, killing = 0;
 	long long kill_started = 0, last_kill = 0;
 	pid_t killer = 0;
-	char buf[32768];
 
-	while (!runc_done || master >= 0) {
-		struct pollfd pfd[4];
-		int np = 0;
-		pfd[np++] = (struct pollfd){.fd = sfd, .events = POLLIN};
-		int ci = -1, mi = -1, ii = -1;
-		if (csock >= 0 && master < 0 && !runc_done) {
-			ci = np;
-			pfd[np++] = (struct pollfd){.fd = csock, .events = POLLIN};
-		}
-		if (master >= 0) {
-			mi = np;
-			pfd[np++] = (struct pollfd){.fd = master, .events = POLLIN};
-			if (stdin_open) {
-				ii = np;
-				pfd[np++] = (struct pollfd){.fd = 0, .events = POLLIN};
-			}
-		}
-		int timeout = killing ? KILL_RETRY_MS : -1;
-		if (runc_done && master >= 0)
-			timeout = 100; /* drain what the process wrote last, then stop */
-		int r = poll(pfd, (nfds_t)np, timeout);
+	while (!runc_done) {
+		struct pollfd pfd = {.fd = sfd, .events = POLLIN};
+		int r = poll(&pfd, 1, killing ? KILL_RETRY_MS : -1);
 		if (r < 0 && errno != EINTR)
 			fail("poll: %s", strerror(errno));
-		if (r == 0 && runc_done && master >= 0) {
-			close(master);
-			master = -1;
-			continue;
-		}
-		if (r > 0 && (pfd[0].revents & POLLIN)) {
+		if (r > 0) {
 			struct signalfd_siginfo si;
 			while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
 				int sig = (int)si.ssi_signo;
@@ -527,41 +394,11 @@ int main(int argc, char **argv)
 						killing = 1;
 						kill_started = now_ms();
 					}
-				} else if (sig == SIGWINCH) {
-					copy_winsize(master);
 				} else if (!runc_done) {
+					/* runc forwards these to the process (SIGWINCH: it resizes the terminal). */
 					kill(runc, sig);
 				}
 			}
-		}
-		if (ci >= 0 && r > 0 && (pfd[ci].revents & POLLIN)) {
-			int conn = accept4(csock, NULL, NULL, SOCK_CLOEXEC);
-			if (conn >= 0) {
-				master = recv_fd(conn);
-				close(conn);
-				if (master >= 0) {
-					copy_winsize(master);
-					close(csock);
-					csock = -1;
-				}
-			}
-		}
-		if (mi >= 0 && r > 0 && (pfd[mi].revents & (POLLIN | POLLHUP | POLLERR))) {
-			ssize_t n = read(master, buf, sizeof(buf));
-			if (n > 0) {
-				write_all(1, buf, (size_t)n);
-			} else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-				/* EIO: every holder of the pty's other side is gone. */
-				close(master);
-				master = -1;
-			}
-		}
-		if (ii >= 0 && master >= 0 && r > 0 && (pfd[ii].revents & (POLLIN | POLLHUP | POLLERR))) {
-			ssize_t n = read(0, buf, sizeof(buf));
-			if (n > 0)
-				write_all(master, buf, (size_t)n);
-			else if (n == 0 || (errno != EINTR && errno != EAGAIN))
-				stdin_open = 0;
 		}
 		if (killing && !runc_done) {
 			long long t = now_ms();
@@ -587,9 +424,8 @@ int main(int argc, char **argv)
 		while (waitpid(d, &dst, 0) < 0 && errno == EINTR)
 			;
 	}
+	unstage_mounts();
 	remove_stubs();
-	if (use_tty)
-		unlink("console.sock");
 	while (waitpid(-1, NULL, WNOHANG) > 0)
 		;
 

@@ -47,6 +47,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
     const forwarder = new GatewayForwarder();
     const gatewayDeps: GatewayDeps = {
       solver: w.solver,
+      platforms: w.platforms,
       workers: () => backend.workers().map((x) => workerRecord(x, version)),
       resolveImageConfig: async (job, ref, platform, mode) => {
         const img = await w.registries.forJob(job).resolve(ref, { platform: platform ? fromPbPlatform(platform) : w.platforms[0], signal: job.signal });
@@ -61,6 +62,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       allowedEntitlements: s.entitlements,
       forwarder,
       gateway: gatewayDeps,
+      platforms: w.platforms,
     });
     const backend: ControlBackend = {
       version,

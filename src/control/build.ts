@@ -8,7 +8,8 @@ import { CancelledError, InvalidArgumentError, LoomError, PermissionDeniedError,
 import { log as rootLog } from '../util/log.js';
 import { inVertex, ProgressBus } from '../util/progress.js';
 import { GatewayBuild, resultRefs, type GatewayDeps, type GatewayForwarder } from './gateway.js';
-import { parsePlatform } from '../util/platform.js';
+import { parsePlatform, type Platform } from '../util/platform.js';
+import { FRONTENDS, runFrontend } from './frontends.js';
 import { toPbPlatform } from '../worker/pb-platform.js';
 import { loomCodeOfGrpc } from '../session/tunnel/grpc-status.js';
 
@@ -25,6 +26,8 @@ export interface BuildManagerOptions {
   allowedEntitlements: ReadonlySet<string>;
   forwarder: GatewayForwarder;
   gateway: GatewayDeps;
+  /** The worker's platforms, native first (frontends' build platform and default target). */
+  platforms: Platform[];
   /** How long a build waits for the client's session to appear. */
   sessionTimeoutMs?: number;
 }
@@ -108,7 +111,8 @@ export class BuildManager {
       }
     }
     if (req.Frontend) {
-      throw new InvalidArgumentError(`invalid frontend: ${req.Frontend}`);
+      if (!FRONTENDS.has(req.Frontend)) throw new InvalidArgumentError(`invalid frontend: ${req.Frontend}`);
+      return this.#frontendBuild(req, job, exporters);
     }
     const noCache = 'no-cache' in req.FrontendAttrs;
     if (!req.Definition || req.Definition.def.length === 0) {
@@ -128,7 +132,7 @@ export class BuildManager {
   }
 
   async #gatewayBuild(ref: string, req: SolveRequest, job: JobContext, exporters: ExporterInstance[], noCache: boolean): Promise<Record<string, string>> {
-    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, noCache });
+    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, noCache, sessionId: req.Session });
     const unregister = this.#o.forwarder.register(ref, b);
     try {
       const ret = await b.waitReturn();
@@ -143,6 +147,28 @@ export class BuildManager {
       return await this.#export(job, exporters, src, req.Session);
     } finally {
       unregister();
+      b.release();
+    }
+  }
+
+  /** A frontend named in the request (dockerfile.v0) turns its attributes and the client's files into the result. */
+  async #frontendBuild(req: SolveRequest, job: JobContext, exporters: ExporterInstance[]): Promise<Record<string, string>> {
+    // The frontend marks the ops of `no-cache` stages itself: no global no-cache here.
+    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, noCache: false, sessionId: req.Session });
+    try {
+      const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendAttrs, sessionId: req.Session, deps: this.#o.gateway, platforms: this.#o.platforms });
+      const src: ExportSource = { metadata: out.metadata };
+      if (out.multiPlatform) {
+        src.refs = [];
+        for (const r of out.refs) {
+          if (!r.id) throw new InvalidArgumentError(`platform ${r.platformId} has an empty result, which cannot be exported as an image`);
+          src.refs.push({ id: r.platformId, platform: toPbPlatform(r.platform), ref: await b.ref(r.id) });
+        }
+      } else if (out.refs[0]?.id) {
+        src.ref = await b.ref(out.refs[0].id);
+      }
+      return await this.#export(job, exporters, src, req.Session);
+    } finally {
       b.release();
     }
   }

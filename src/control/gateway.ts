@@ -10,6 +10,7 @@ import {
   PongResponseSchema,
   ReadDirResponseSchema,
   ReadFileResponseSchema,
+  RefMapSchema,
   RefSchema,
   ResolveImageConfigResponseSchema,
   ResultSchema,
@@ -37,6 +38,7 @@ import { resolveInRoot } from '../util/fs-safe.js';
 import { PathFilter } from '../util/patterns.js';
 import { inVertex } from '../util/progress.js';
 import { toServiceError } from './grpc-status.js';
+import { runFrontend } from './frontends.js';
 
 /** The header naming the build a gateway call belongs to (set by BuildKit clients). */
 export const BUILD_ID_HEADER = 'buildkit-controlapi-buildid';
@@ -46,6 +48,8 @@ export interface GatewayDeps {
   solver: Solver;
   resolveImageConfig(job: JobContext, ref: string, platform: ResolveImageConfigRequest['Platform'], mode: string): Promise<{ digest: string; config: Uint8Array }>;
   workers(): import('../gen/buildkit/worker_pb.js').WorkerRecord[];
+  /** The worker's platforms, native first. */
+  platforms: import('../util/platform.js').Platform[];
 }
 
 /**
@@ -63,8 +67,12 @@ export class GatewayBuild {
   #resolveReturn!: (r: ReturnRequest) => void;
   #counter = 0;
 
-  constructor(opts: { job: JobContext; inputs: Record<string, Definition>; deps: GatewayDeps; noCache: boolean }) {
+  /** The client session the build's local sources come from. */
+  readonly sessionId: string;
+
+  constructor(opts: { job: JobContext; inputs: Record<string, Definition>; deps: GatewayDeps; noCache: boolean; sessionId?: string }) {
     this.job = opts.job;
+    this.sessionId = opts.sessionId ?? '';
     this.inputs = opts.inputs;
     this.#deps = opts.deps;
     this.#noCache = opts.noCache;
@@ -197,7 +205,16 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
       create(PongResponseSchema, { FrontendAPICaps: caps(FRONTEND_CAPS, DISABLED_FRONTEND_CAPS), LLBCaps: caps(LLB_CAPS), Workers: deps.workers() }),
     ),
     solve: unary(async (b, req: GatewaySolveRequest) => {
-      if (req.Frontend) throw new InvalidArgumentError(`invalid frontend: ${req.Frontend}`);
+      if (req.Frontend) {
+        // A client build function asking for a frontend (buildx build): run it here and hand back
+        // its result for the client to Return.
+        const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendOpt, sessionId: b.sessionId, deps, platforms: deps.platforms });
+        const refOf = (id: string | undefined) => create(RefSchema, { id: id ?? '' });
+        const result = out.multiPlatform
+          ? create(ResultSchema, { result: { case: 'refs', value: create(RefMapSchema, { refs: Object.fromEntries(out.refs.map((r) => [r.platformId, refOf(r.id)])) }) }, metadata: out.metadata })
+          : create(ResultSchema, { result: { case: 'ref', value: refOf(out.refs[0]?.id) }, metadata: out.metadata });
+        return create(SolveResponseSchema, { ref: out.refs[0]?.id ?? '', result });
+      }
       if (req.CacheImports.length) {
         b.job.progress.warn({ vertex: '', level: 1, short: 'cache imports are not supported by loom yet; building without them', detail: [] });
       }

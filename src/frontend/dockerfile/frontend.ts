@@ -15,7 +15,7 @@ import { goJSON } from '../../content/go-json.js';
 import { familiarString, parseNormalizedNamed, withDefaultTag, formatReference } from '../../registry/reference.js';
 import { CancelledError, InvalidArgumentError, LoomError, UnimplementedError, codeOf, errorMessage } from '../../util/errors.js';
 import { parseDockerignore } from '../../util/patterns.js';
-import { defaultPlatform, formatPlatform, normalizePlatform, parsePlatform, type Platform } from '../../util/platform.js';
+import { defaultPlatform, formatPlatform, normalizePlatform, type Platform } from '../../util/platform.js';
 import { parseGitRef, parsePlatformSpec } from './convert-helpers.js';
 import { dockerfileToLLB, type NamedContext, type ResolveImageConfigOptions, type ResolveMode, type ResolvedImageConfig } from './convert.js';
 import { DockerfileError, type Range } from './errors.js';
@@ -79,6 +79,11 @@ export interface FrontendResult {
   multiPlatform: boolean;
   /** Export metadata: `containerimage.config[/<id>]`, `refs.platforms`. */
   metadata: Record<string, Uint8Array>;
+  /**
+   * The base images resolved, as upstream's build info lists them (`moby.buildkit.buildinfo.v1`
+   * sources of type docker-image): the tagged reference and the digest it resolved to.
+   */
+  imageSources: { ref: string; pin: string }[];
 }
 
 const DEFAULT_LOCAL_CONTEXT = 'context';
@@ -401,6 +406,7 @@ export class DockerfileFrontend {
 
     const refs: FrontendRef[] = [];
     const metadata: Record<string, Uint8Array> = {};
+    const imageSources = new Map<string, { ref: string; pin: string }>();
     const results = await Promise.all(
       targetPlatforms.map(async (tp, i) => {
         const conv = await dockerfileToLLB({
@@ -431,8 +437,16 @@ export class DockerfileFrontend {
               ? (w: Warning) =>
                   ctx.warn({ vertex: defVertex, level: 1, short: w.short, detail: w.detail, url: w.url, location: w.location ? [w.location] : undefined, source: sourceMap })
               : undefined,
-          resolveImageConfig: (ref, o) => ctx.resolveImageConfig(ref, o),
+          resolveImageConfig: async (ref, o) => {
+            const r = await ctx.resolveImageConfig(ref, o);
+            if (r.digest) imageSources.set(`${ref}@${r.digest}`, { ref, pin: r.digest });
+            return r;
+          },
           contextByName: (n, mode, p) => this.#contextByName(ctx, b, n, mode, p),
+        }).catch((err: unknown) => {
+          // Errors naming Dockerfile lines carry the source too, for the client's snippet.
+          if (err && typeof err === 'object' && Array.isArray((err as { location?: unknown }).location)) Object.assign(err, { source: sourceMap });
+          throw err;
         });
         check();
         // An empty definition (the target is scratch) has nothing to solve: its result is empty.
@@ -449,7 +463,7 @@ export class DockerfileFrontend {
       platforms.push({ ID: id, Platform: ociPlatformJSON(p) });
     }
     metadata['refs.platforms'] = Buffer.from(goJSON({ Platforms: platforms }));
-    return { refs, multiPlatform: exportMap, metadata };
+    return { refs, multiPlatform: exportMap, metadata, imageSources: [...imageSources.values()] };
   }
 
   #warnUnsupported(ctx: FrontendContext, opts: Record<string, string>): void {

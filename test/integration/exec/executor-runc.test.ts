@@ -140,7 +140,7 @@ describe.skipIf(!canRunContainers())('runc executor (integration, root, real run
       for (let i = 0; i < 400 && runcList(st).length === 0; i++) await new Promise((r) => setTimeout(r, 25));
       expect(runcList(st)).toHaveLength(1);
       // Kill the shim first (SIGKILL: no cleanup at all), then the "daemon".
-      const shims = execFileSync('pgrep', ['-f', `--root ${executorPaths(st).runcRoot} --id`]).toString().trim().split('\n');
+      const shims = execFileSync('pgrep', ['-f', '--', `--root ${executorPaths(st).runcRoot} --id`]).toString().trim().split('\n');
       for (const pid of shims) process.kill(Number(pid), 'SIGKILL');
       child.kill('SIGKILL');
       await new Promise((r) => setTimeout(r, 100));
@@ -196,15 +196,17 @@ describe.skipIf(!canRunContainers())('executor safety (integration, root, real r
     writeFileSync(join(hostSecret, 'HOST-MARKER'), 'host');
     const stop = new AbortController();
     // Step A swaps cache/sub between a directory and a symlink to the host directory, endlessly.
+    // B's mount fails when it resolves the symlink (it names nothing inside the cache) or when the
+    // directory it pinned is deleted before runc binds it; it must never show the host directory.
     const swapper = runCollect(ex, {
       rootfs: rootfs(),
       mounts: [{ dest: '/cache', source: { kind: 'bind', path: cache, readonly: false } }],
-      process: proc(['sh', '-c', `while true; do rm -rf /cache/sub; ln -s ${hostSecret} /cache/sub; rm -f /cache/sub; mkdir /cache/sub; done`]),
+      process: proc(['sh', '-c', `while true; do rm -rf /cache/sub; ln -s ${hostSecret} /cache/sub; usleep 30000; rm -f /cache/sub; mkdir /cache/sub; usleep 500000; done`]),
       signal: stop.signal,
     });
     try {
       let sawDir = 0;
-      for (let i = 0; i < 12; i++) {
+      for (let i = 0; i < 16; i++) {
         // Step B mounts the cache's `sub` (the selector) and lists it.
         const b = await runCollect(ex, {
           rootfs: rootfs(),

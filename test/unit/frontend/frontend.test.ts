@@ -7,7 +7,7 @@ import { OpSchema, type Definition } from '../../../src/gen/buildkit/ops_pb.js';
 import { DockerfileFrontend, isOfficialDockerfileFrontend, type FrontendContext, type FrontendWarning } from '../../../src/frontend/dockerfile/frontend.js';
 import { LoomError, NotFoundError, UnimplementedError } from '../../../src/util/errors.js';
 import { sha256 } from '../../../src/util/digest.js';
-import { cannedResolver } from './base-image.js';
+import { BASE_INDEX_DIGEST, cannedResolver } from './base-image.js';
 import { materialize, type CorpusCase } from './corpus.js';
 
 const roots: string[] = [];
@@ -104,6 +104,7 @@ describe('DockerfileFrontend', () => {
     expect(ctxSrc.attrs['local.excludepatterns']).toBe('["secret.txt"]');
     expect(d.resolved).toEqual(['localhost:5000/busybox:latest [internal] load metadata for localhost:5000/busybox:latest']);
     expect(d.solved).toHaveLength(1);
+    expect(res.imageSources).toEqual([{ ref: 'localhost:5000/busybox:latest', pin: BASE_INDEX_DIGEST }]);
   });
 
   it('falls back to a lower-case dockerfile and uses the context .dockerignore', async () => {
@@ -203,6 +204,10 @@ describe('DockerfileFrontend', () => {
       [{ 'multi-platform': 'false', platform: 'linux/amd64,linux/arm64' }, 'returning multiple target platforms is not allowed'],
       [{ target: 'missing' }, 'target stage missing could not be found'],
     ];
+    const bad = caseDir({ name: 'x', dockerfile: 'FROM scratch\nRUN --mount=type=bogus true\n' });
+    const err = await new DockerfileFrontend().solve(fakeDaemon({ context: bad, dockerfile: bad }, {}).ctx).catch((e: unknown) => e);
+    expect((err as Error).message).toBe('unsupported mount type "bogus"');
+    expect(err).toMatchObject({ location: [{ start: { line: 2 } }], source: { filename: 'Dockerfile' } });
     for (const [attrs, msg] of cases) {
       const d = fakeDaemon({ context: dir, dockerfile: dir }, attrs);
       const err = await new DockerfileFrontend().solve(d.ctx).catch((e: unknown) => e);

@@ -13,12 +13,9 @@ import { ResolvConf } from '../resolv-conf.js';
 import { resolveUser } from '../user.js';
 import { ensureShim } from './shim-binary.js';
 import { capsFromBitmap, generateSpec, type SpecMount } from './spec.js';
-import { cleanupStale, CONTAINER_ID_RE, executorPaths } from './stale.js';
+import { cleanupStale, CONTAINER_ID_RE, executorPaths, removeBundle } from './stale.js';
 
 const log = () => rootLog.child({ sub: 'executor' });
-
-/** First fd number the shim gives to pinned mount sources (`/proc/<shim>/fd/<n>`). */
-const FD_BASE = 100;
 
 export interface RuncExecutorOptions {
   /** The daemon's state root: the executor keeps its files in `<root>/executor`. */
@@ -105,8 +102,10 @@ export class RuncExecutor implements Executor {
       const user = await resolveUser(req.rootfs, p.user);
       await ensureCwd(req.rootfs, cwd, user.uid, user.gid);
 
-      const fdArgs: string[] = [];
-      const mounts = req.mounts.map((m) => toSpecMount(m, fdArgs));
+      const srcArgs: string[] = [];
+      const staging = path.join(bundle, 'mnt');
+      const mounts = req.mounts.map((m) => toSpecMount(m, staging, srcArgs));
+      if (srcArgs.length) await mkdir(staging, { mode: 0o700 });
       const spec = generateSpec({
         id,
         rootfs: req.rootfs,
@@ -119,14 +118,12 @@ export class RuncExecutor implements Executor {
         hostArch: this.#o.hostArch,
         effectiveCaps,
       });
-      const templated = fdArgs.length > 0;
-      await writeFile(path.join(bundle, templated ? 'config.json.in' : 'config.json'), JSON.stringify(spec));
+      await writeFile(path.join(bundle, 'config.json'), JSON.stringify(spec));
 
       const statusFile = path.join(bundle, 'status');
       const args = ['--root', this.#paths.runcRoot, '--id', id, '--bundle', bundle, '--status', statusFile];
       if (this.#o.runc) args.push('--runc', this.#o.runc);
-      if (templated) args.push('--template', ...fdArgs);
-      if (p.tty) args.push('--tty');
+      args.push(...srcArgs);
       if (stubs.length) {
         args.push('--stub-root', req.rootfs);
         for (const s of stubs) args.push('--stub', s);
@@ -143,18 +140,18 @@ export class RuncExecutor implements Executor {
       if (code !== 0) throw new ExitError(code);
     } finally {
       for (const r of releases) await r().catch(() => {});
-      await rm(bundle, { recursive: true, force: true });
+      await removeBundle(bundle);
     }
   }
 }
 
 /**
  * The spec mount of one executor mount. A bind with a selector is resolved by the shim inside
- * its source directory (openat2 RESOLVE_IN_ROOT) and named by fd: the directory may belong to
- * other running steps (a shared cache), which could otherwise swap a component for a symlink
- * between our resolution and runc's mount.
+ * its source directory (openat2 RESOLVE_IN_ROOT) and bound on a staging path in the bundle that
+ * the spec names: the directory may belong to other running steps (a shared cache), which could
+ * otherwise swap a component for a symlink between a resolution here and runc's mount.
  */
-function toSpecMount(m: ExecMount, fdArgs: string[]): SpecMount {
+function toSpecMount(m: ExecMount, staging: string, srcArgs: string[]): SpecMount {
   const s = m.source;
   switch (s.kind) {
     case 'tmpfs': {
@@ -169,10 +166,10 @@ function toSpecMount(m: ExecMount, fdArgs: string[]): SpecMount {
       const options = s.readonly ? ['rbind', 'ro'] : ['rbind'];
       const sel = path.posix.normalize('/' + (s.selector ?? ''));
       if (sel === '/') return { destination: m.dest, type: 'bind', source: s.path, options };
-      if (s.path.includes(':')) throw new InvalidArgumentError(`mount source ${s.path} holds ':'`);
-      const fd = FD_BASE + fdArgs.length / 2;
-      fdArgs.push('--fd', `${fd}=${s.path}:${sel}`);
-      return { destination: m.dest, type: 'bind', source: `/proc/@LOOM_SHIM_PID@/fd/${fd}`, options };
+      if (/[:=]/.test(s.path)) throw new InvalidArgumentError(`mount source ${s.path} holds ':' or '='`);
+      const target = path.join(staging, String(srcArgs.length / 2));
+      srcArgs.push('--src', `${target}=${s.path}:${sel}`);
+      return { destination: m.dest, type: 'bind', source: target, options };
     }
   }
 }

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readFile, readdir, rm } from 'node:fs/promises';
+import { readFile, readdir, rm, rmdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { log as rootLog } from '../../../util/log.js';
@@ -50,7 +50,9 @@ export async function cleanupStale(opts: { stateRoot: string; runc?: string }): 
   }
   if (removed.length) log().info({ containers: removed }, 'removed containers left by an earlier run');
   await unmountUnder(p.base);
-  for (const d of [p.bundles, p.ssh, p.emulators, p.secrets]) await rm(d, { recursive: true, force: true });
+  for (const b of await readdir(p.bundles).catch(() => [] as string[])) await removeBundle(path.join(p.bundles, b));
+  for (const d of [p.ssh, p.emulators]) await rm(d, { recursive: true, force: true });
+  await rmdir(p.secrets).catch(() => {});
   return { containers: removed };
 }
 
@@ -74,4 +76,35 @@ export async function unmountUnder(dir: string): Promise<void> {
 
 export async function listBundles(stateRoot: string): Promise<string[]> {
   return readdir(executorPaths(stateRoot).bundles).catch(() => []);
+}
+
+/**
+ * Removes a bundle directory without ever recursing into a mount: staging entries (mount points
+ * of sources the shim bound) are removed one level deep with rmdir/unlink, after a lazy unmount
+ * if one is still there. A recursive rm could otherwise delete a cache's or snapshot's content.
+ */
+export async function removeBundle(bundle: string): Promise<void> {
+  const staging = path.join(bundle, 'mnt');
+  for (const n of await readdir(staging).catch(() => [] as string[])) {
+    const e = path.join(staging, n);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await rmdir(e).catch(async (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOTDIR') await unlink(e);
+          else throw err;
+        });
+        break;
+      } catch (err) {
+        if (attempt === 0) await run('umount', ['-l', e]).catch(() => {});
+        else log().warn({ path: e, err: (err as Error).message }, 'left a staging mount point in place');
+      }
+    }
+  }
+  await rmdir(staging).catch(() => {});
+  for (const f of await readdir(bundle).catch(() => [] as string[])) {
+    if (f !== 'mnt') await unlink(path.join(bundle, f)).catch(() => {});
+  }
+  await rmdir(bundle).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') log().warn({ bundle, err: err.message }, 'failed to remove a bundle');
+  });
 }

@@ -1,0 +1,66 @@
+import { open } from 'node:fs/promises';
+import { DockerfileFrontend } from '../frontend/dockerfile/frontend.js';
+import { InvalidArgumentError, NotFoundError } from '../util/errors.js';
+import { resolveInRoot } from '../util/fs-safe.js';
+import { inVertex } from '../util/progress.js';
+import type { Platform } from '../util/platform.js';
+import { toPbPlatform } from '../worker/pb-platform.js';
+import type { GatewayBuild, GatewayDeps } from './gateway.js';
+
+/** What a frontend produced: result ids of the build (one per platform) and export metadata. */
+export interface FrontendOutcome {
+  refs: { platformId: string; platform: Platform; id: string | undefined }[];
+  multiPlatform: boolean;
+  metadata: Record<string, Uint8Array>;
+}
+
+/** Frontends built into loom, by the names clients ask for. */
+export const FRONTENDS = new Set(['dockerfile.v0']);
+
+/**
+ * Runs a built-in frontend inside a build: it solves definitions through the build (so results
+ * are held and released with it), reads files from them, and resolves base image configs with
+ * the build's credentials.
+ */
+export async function runFrontend(
+  name: string,
+  b: GatewayBuild,
+  opts: { attrs: Record<string, string>; sessionId: string; deps: GatewayDeps; platforms: Platform[] },
+): Promise<FrontendOutcome> {
+  if (!FRONTENDS.has(name)) throw new InvalidArgumentError(`invalid frontend: ${name}`);
+  const res = await new DockerfileFrontend().solve({
+    attrs: opts.attrs,
+    sessionId: opts.sessionId,
+    inputs: b.inputs,
+    workerPlatforms: opts.platforms,
+    signal: b.job.signal,
+    solve: (def) => b.solve(def),
+    readFile: async (id, path, range) => {
+      const ref = await b.ref(id);
+      const p = await resolveInRoot(ref.dir, path);
+      const fh = await open(p, 'r').catch((err: NodeJS.ErrnoException) => {
+        throw new NotFoundError(`${path}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`);
+      });
+      try {
+        const st = await fh.stat();
+        const off = range?.offset ?? 0;
+        const len = Math.max(0, Math.min(range && range.length > 0 ? range.length : st.size, st.size - off));
+        const buf = Buffer.alloc(len);
+        await fh.read(buf, 0, len, off);
+        return buf;
+      } finally {
+        await fh.close();
+      }
+    },
+    resolveImageConfig: (ref, o) =>
+      inVertex(b.job.progress, { name: o.logName, id: `${b.job.id}-${o.logName}` }, () =>
+        opts.deps.resolveImageConfig(b.job, ref, toPbPlatform(o.platform), o.resolveMode),
+      ),
+    warn: (w) => b.job.progress.warn({ vertex: w.vertex, level: w.level, short: w.short, detail: w.detail, url: w.url }),
+  });
+  return {
+    refs: res.refs.map((r) => ({ platformId: r.platformId, platform: r.platform, id: r.ref })),
+    multiPlatform: res.multiPlatform,
+    metadata: res.metadata,
+  };
+}
