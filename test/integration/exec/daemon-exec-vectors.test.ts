@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { image } from '../../../src/llb/builder.js';
-import { run, startDaemon, tarListing, type TestDaemon } from '../../helpers/daemon.js';
+import { removeDir, run, startDaemon, tarListing, type TestDaemon } from '../../helpers/daemon.js';
 import { startRegistry, vectorsDir, type TestRegistry } from '../../helpers/registry.js';
 import { canRunContainers } from './helpers.js';
 import { definitionBytes, exec } from './llb-exec.js';
@@ -52,6 +52,8 @@ describe.skipIf(!ok)('exec vectors through loom with upstream buildctl (integrat
   afterAll(async () => {
     await plain?.stop();
     await allowing?.stop();
+    if (plain) removeDir(plain.dir);
+    if (allowing) removeDir(allowing.dir);
     await registry?.stop();
     rmSync(dir, { recursive: true, force: true });
   });

@@ -1,0 +1,108 @@
+/**
+ * The built-in Dockerfile frontend end to end (root, real registry): context and Dockerfile sent
+ * over the session as two local sources, the result exported as an OCI archive. Steps here need
+ * no RUN (exec is tested with its own issue's tests).
+ */
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildctl, removeDir, run, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import { startRegistry, type TestRegistry } from '../../helpers/registry.js';
+
+const d = describe.runIf(process.getuid?.() === 0);
+
+let daemon: TestDaemon;
+let reg: TestRegistry;
+let work: string;
+
+function readJson(dir: string, digest: string): any {
+  return JSON.parse(readFileSync(join(dir, 'blobs', 'sha256', digest.slice('sha256:'.length)), 'utf8'));
+}
+
+d('dockerfile.v0', () => {
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'loom-df-'));
+    reg = await startRegistry();
+    daemon = await startDaemon({ config: `[registry."${reg.host}"]\n  http = true\n` });
+  }, 120_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+    await reg?.stop();
+    if (daemon) removeDir(daemon.dir);
+    if (work) removeDir(work);
+  });
+
+  it('builds a multi-stage Dockerfile with COPY --from, --chown, ARG, ENV, LABEL, WORKDIR, CMD and .dockerignore', async () => {
+    const ctx = join(work, 'ctx');
+    mkdirSync(join(ctx, 'src'), { recursive: true });
+    writeFileSync(join(ctx, 'src', 'app.txt'), 'app\n');
+    writeFileSync(join(ctx, 'src', 'secret.key'), 'never copy me\n');
+    writeFileSync(join(ctx, '.dockerignore'), '**/*.key\n');
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      [
+        'ARG BASE=busybox',
+        `FROM ${reg.host}/\${BASE}:latest AS base`,
+        'WORKDIR /app',
+        'COPY src/ ./',
+        'ENV GREETING=hello',
+        'FROM scratch',
+        'ARG VERSION=1',
+        'LABEL org.example.version=$VERSION',
+        'COPY --from=base /app /app',
+        'COPY --chown=1000:1000 src/app.txt /owned.txt',
+        'WORKDIR /app',
+        'CMD ["/app/app.txt"]',
+        '',
+      ].join('\n'),
+    );
+    const out = join(work, 'img.tar');
+    const r = await buildctl(daemon.addr, [
+      'build', '--progress', 'plain', '--frontend', 'dockerfile.v0',
+      '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`,
+      '--opt', 'build-arg:VERSION=2',
+      '--output', `type=oci,dest=${out}`,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain('[internal] load build definition from Dockerfile');
+    expect(r.stderr).toMatch(/\[stage-1 1\/3\] COPY --from=base \/app \/app/);
+    const dir = join(work, 'img');
+    mkdirSync(dir);
+    await run('tar', ['-xf', out, '-C', dir]);
+    const index = JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8'));
+    const manifest = readJson(dir, index.manifests[0].digest);
+    const config = readJson(dir, manifest.config.digest);
+    expect(config.config.Labels).toMatchObject({ 'org.example.version': '2' });
+    expect(config.config.WorkingDir).toBe('/app');
+    expect(config.config.Cmd).toEqual(['/app/app.txt']);
+    expect(config.architecture).toBe('amd64');
+    // As upstream v0.11 writes it (checked against its daemon): the ARG is a history entry too.
+    expect(config.history.map((h: { created_by: string }) => h.created_by)).toEqual([
+      'ARG VERSION=1',
+      'LABEL org.example.version=2',
+      'COPY /app /app # buildkit',
+      'COPY src/app.txt /owned.txt # buildkit',
+      'WORKDIR /app',
+      'CMD ["/app/app.txt"]',
+    ]);
+    // The files, with the owner asked for and without what .dockerignore excludes.
+    const layers = await Promise.all(
+      manifest.layers.map((l: { digest: string }) => run('tar', ['-tvzf', join(dir, 'blobs', 'sha256', l.digest.slice(7)), '--numeric-owner'])),
+    );
+    const listing = layers.map((l) => l.stdout).join('');
+    expect(listing).toMatch(/app\/app\.txt/);
+    expect(listing).not.toMatch(/secret\.key/);
+    expect(listing).toMatch(/1000\/1000 .* owned\.txt/);
+  });
+
+  it('names the Dockerfile line of an unknown instruction', async () => {
+    const ctx = join(work, 'bad');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nFROBNICATE now\n');
+    const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/dockerfile parse error on line 2: unknown instruction: FROBNICATE/i);
+  });
+});
