@@ -52,7 +52,8 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       resolveImageConfig: async (job, ref, platform, mode) => {
         const img = await w.registries.forJob(job).resolve(ref, { platform: platform ? fromPbPlatform(platform) : w.platforms[0], signal: job.signal });
         void mode;
-        return { digest: img.digest, config: img.configBytes };
+        // As upstream: the digest of what the reference names (the index for a multi-platform image).
+        return { digest: img.rootDescriptor.digest, config: img.configBytes };
       },
     };
     const builds = new BuildManager({

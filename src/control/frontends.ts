@@ -58,9 +58,14 @@ export async function runFrontend(
       ),
     warn: (w) => b.job.progress.warn({ vertex: w.vertex, level: w.level, short: w.short, detail: w.detail, url: w.url }),
   });
+  // Build info, as upstream's image exporter records it in the config: the frontend and the base
+  // images with the digests they resolved to.
+  const metadata = { ...res.metadata };
+  const info = { frontend: name, sources: res.imageSources.map((s) => ({ type: 'docker-image', ref: s.ref, pin: s.pin })) };
+  metadata['containerimage.buildinfo'] = Buffer.from(JSON.stringify(info));
   return {
     refs: res.refs.map((r) => ({ platformId: r.platformId, platform: r.platform, id: r.ref })),
     multiPlatform: res.multiPlatform,
-    metadata: res.metadata,
+    metadata,
   };
 }

@@ -13,6 +13,8 @@ export interface ImageCommitOptions {
   name: string;
   compression: Compression;
   ociMediaTypes: boolean;
+  /** Record the frontend's build info in the config (`buildinfo`, default true in v0.11). */
+  buildInfo: boolean;
   /** Attributes the exporter did not recognize: kept as metadata, as upstream does. */
   rest: Record<string, string>;
 }
@@ -25,7 +27,7 @@ export function parseBool(v: string, key: string, def = true): boolean {
 }
 
 export function parseImageCommitOptions(attrs: Record<string, string>, defaults: { ociMediaTypes: boolean }): ImageCommitOptions {
-  const o: ImageCommitOptions = { name: '', compression: 'gzip', ociMediaTypes: defaults.ociMediaTypes, rest: {} };
+  const o: ImageCommitOptions = { name: '', compression: 'gzip', ociMediaTypes: defaults.ociMediaTypes, buildInfo: true, rest: {} };
   for (const [k, v] of Object.entries(attrs)) {
     switch (k) {
       case 'name':
@@ -48,6 +50,8 @@ export function parseImageCommitOptions(attrs: Record<string, string>, defaults:
         o.ociMediaTypes = parseBool(v, k);
         break;
       case 'buildinfo':
+        o.buildInfo = parseBool(v, k);
+        break;
       case 'buildinfo-attrs':
       case 'attestation-inline':
         parseBool(v, k);
@@ -85,10 +89,12 @@ export async function commitImage(
     const layersDone = oneOff(bus, ctx.vertex, 'exporting layers');
     const layers = ref ? await deps.layers.layers(ref, { compression: opts.compression, ociMediaTypes: opts.ociMediaTypes, signal: ctx.job.signal }) : [];
     layersDone();
+    const buildInfoKey = configKey.replace('containerimage.config', 'containerimage.buildinfo');
     const configBytes = buildImageConfig({
       config: src.metadata[configKey],
       platform,
       layers: layers.map((l) => ({ diffId: l.diffId as Digest })),
+      buildInfo: opts.buildInfo ? (src.metadata[buildInfoKey] ?? src.metadata['containerimage.buildinfo']) : undefined,
     });
     const layerDescs: Descriptor[] = layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest as Digest, size: l.size }));
     const built = await writeManifest(deps.content, { config: configBytes, layers: layerDescs, oci: opts.ociMediaTypes, platform });

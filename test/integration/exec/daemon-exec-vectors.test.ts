@@ -92,6 +92,9 @@ describe.skipIf(!ok)('exec vectors through loom with upstream buildctl (integrat
       const grep = spawnSync('grep', ['-rl', '--binary-files=text', 'tok-value-123', plain.root], { encoding: 'utf8' });
       expect(grep.stdout).toBe('');
       expect(grep.status).toBe(1); // nothing matched
+      // The secrets tmpfs is gone once no step holds a secret.
+      const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(plain.root) && l.includes('/executor/secrets'));
+      expect(mounts).toEqual([]);
     } finally {
       agent.kill();
     }

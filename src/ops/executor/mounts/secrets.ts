@@ -9,51 +9,82 @@ const run = promisify(execFile);
 const TMPFS_MAGIC = 0x01021994;
 
 /**
- * Secret files for secret mounts. They live only in memory: in a tmpfs loom mounts at
- * `<dir>` (nodev, nosuid, noexec, mode 0700) the first time a secret is needed. Each file exists
- * for one step and is removed when the step ends; nothing about a secret's content reaches a
- * snapshot, a cache record or a log (the caller binds the file read-only).
+ * Secret files for secret mounts. They live only in memory: in a tmpfs loom mounts at `<dir>`
+ * (nodev, nosuid, noexec) while at least one step holds a secret, and unmounts when the last one
+ * is released, so no mount outlives its use (a crash leaves one for cleanupStale). Each file
+ * exists for one step; nothing about a secret's content reaches a snapshot, a cache record or a
+ * log (the caller binds the file read-only).
  */
 export class SecretFiles {
   readonly #dir: string;
-  #ready: Promise<void> | null = null;
+  #users = 0;
+  /** Mounts and unmounts, one at a time. */
+  #chain: Promise<void> = Promise.resolve();
+  #mounted = false;
 
   constructor(opts: { dir: string }) {
     this.#dir = opts.dir;
   }
 
-  #init(): Promise<void> {
-    this.#ready ??= (async () => {
-      await mkdir(this.#dir, { recursive: true, mode: 0o700 });
-      if ((await statfs(this.#dir)).type === TMPFS_MAGIC) return;
+  #serial(fn: () => Promise<void>): Promise<void> {
+    const p = this.#chain.then(fn);
+    this.#chain = p.catch(() => {});
+    return p;
+  }
+
+  async #mount(): Promise<void> {
+    if (this.#mounted) return;
+    await mkdir(this.#dir, { recursive: true, mode: 0o700 });
+    if ((await statfs(this.#dir)).type !== TMPFS_MAGIC) {
       try {
         await run('mount', ['-t', 'tmpfs', '-o', 'mode=0711,nodev,nosuid,noexec,size=64m', 'loom-secrets', this.#dir]);
       } catch (err) {
         throw new LoomError('FAILED_PRECONDITION', `unable to setup secret mount: cannot mount a tmpfs at ${this.#dir}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
       }
       if ((await statfs(this.#dir)).type !== TMPFS_MAGIC) throw new LoomError('FAILED_PRECONDITION', `${this.#dir} is not a tmpfs after mounting one`);
-    })();
-    this.#ready.catch(() => (this.#ready = null));
-    return this.#ready;
+    }
+    this.#mounted = true;
+  }
+
+  async #unmount(): Promise<void> {
+    if (!this.#mounted || this.#users > 0) return;
+    await run('umount', [this.#dir]).catch(() => run('umount', ['-l', this.#dir]).catch(() => {}));
+    this.#mounted = false;
+  }
+
+  #release(): Promise<void> {
+    this.#users--;
+    return this.#users === 0 ? this.#serial(() => this.#unmount()) : Promise.resolve();
   }
 
   /** Writes one secret with the mount's owner and mode; `release` removes it. */
   async write(data: Uint8Array, o: { uid: number; gid: number; mode: number }): Promise<{ path: string; release: () => Promise<void> }> {
-    await this.#init();
+    this.#users++;
     const p = path.join(this.#dir, randomBytes(16).toString('hex'));
-    const fh = await open(p, 'wx', 0o600);
     try {
-      await fh.writeFile(data);
-    } finally {
-      await fh.close();
-    }
-    try {
+      await this.#serial(() => this.#mount());
+      const fh = await open(p, 'wx', 0o600);
+      try {
+        await fh.writeFile(data);
+      } finally {
+        await fh.close();
+      }
       await chown(p, o.uid, o.gid);
       await chmod(p, o.mode & 0o777);
     } catch (err) {
       await rm(p, { force: true });
+      await this.#release();
       throw err;
     }
-    return { path: p, release: () => rm(p, { force: true }) };
+    let released = false;
+    return {
+      path: p,
+      release: async () => {
+        if (released) return;
+        released = true;
+        await rm(p, { force: true });
+        await this.#release();
+      },
+    };
   }
 }
