@@ -11,7 +11,7 @@ import { GatewayBuild, resultRefs, type GatewayDeps, type GatewayForwarder } fro
 import { parsePlatform, type Platform } from '../util/platform.js';
 import { FRONTENDS, runFrontend } from './frontends.js';
 import { toPbPlatform } from '../worker/pb-platform.js';
-import { loomCodeOfGrpc } from '../session/tunnel/grpc-status.js';
+import { GRPC_CODE_NAMES, loomCodeOfGrpc } from '../session/tunnel/grpc-status.js';
 
 const log = () => rootLog.child({ sub: 'build' });
 
@@ -137,7 +137,12 @@ export class BuildManager {
     try {
       const ret = await b.waitReturn();
       if (ret.error && ret.error.code !== 0) {
-        throw new LoomError(loomCodeOfGrpc(ret.error.code), ret.error.message || `build function failed with code ${ret.error.code}`);
+        // The client formats a non-Unknown status as "Code: message" before returning it: keep the
+        // message once, or clients print the code twice.
+        const code = loomCodeOfGrpc(ret.error.code);
+        const name = GRPC_CODE_NAMES[ret.error.code];
+        const msg = name && ret.error.message.startsWith(`${name}: `) ? ret.error.message.slice(name.length + 2) : ret.error.message;
+        throw new LoomError(code, msg || `build function failed with code ${ret.error.code}`);
       }
       const result = ret.result;
       const metadata: Record<string, Uint8Array> = { ...(result?.metadata ?? {}) };

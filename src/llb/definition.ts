@@ -102,8 +102,9 @@ export function loadDefinition(def: Definition): LoadedDefinition {
 export function outputCount(op: Op): number {
   switch (op.op.case) {
     case 'exec':
-      // Only bind mounts produce outputs: clients leave output 0 on secret and ssh mounts.
-      return op.op.value.mounts.filter((m) => m.mountType === MountType.BIND && m.output >= 0n).length;
+      // Only bind and cache mounts produce outputs, as upstream: clients leave output 0 on secret
+      // and ssh mounts.
+      return op.op.value.mounts.filter((m) => (m.mountType === MountType.BIND || m.mountType === MountType.CACHE) && m.output >= 0n).length;
     case 'file': {
       let n = 0;
       for (const a of op.op.value.actions) if (a.output >= 0n) n = Math.max(n, Number(a.output) + 1);

@@ -26,6 +26,7 @@ import { emulatedArgs, emulatorFor, QEMU_MOUNT_PATH } from './executor/qemu.js';
 import { RuncExecutor } from './executor/runc/runc-executor.js';
 import { executorPaths } from './executor/runc/stale.js';
 import { isEmptyRef } from './file-op.js';
+import { checkExecEntitlements } from '../llb/entitlements.js';
 
 const log = () => rootLog.child({ sub: 'exec' });
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -77,12 +78,6 @@ export function execSupport(d: {
     supports.set(d, s);
   }
   return s;
-}
-
-/** Checks a step's network and security modes against the build's entitlements. */
-export function checkEntitlements(op: PbExecOp, entitlements: ReadonlySet<string>): void {
-  if (op.network === NetMode.HOST && !entitlements.has('network.host')) throw new PermissionDeniedError('network.host is not allowed');
-  if (op.security === SecurityMode.INSECURE && !entitlements.has('security.insecure')) throw new PermissionDeniedError('security.insecure is not allowed');
 }
 
 function netMode(op: PbExecOp): ExecNetMode {
@@ -153,7 +148,7 @@ export class ExecOp implements OpImpl {
 
   async cacheKey(ctx: OpContext): Promise<string> {
     // Refused before anything runs, as upstream refuses at load time.
-    checkEntitlements(this.#op, ctx.entitlements);
+    checkExecEntitlements(this.#op, ctx.entitlements);
     netMode(this.#op);
     securityMode(this.#op);
     return '';
@@ -161,7 +156,7 @@ export class ExecOp implements OpImpl {
 
   async run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]> {
     const op = this.#op;
-    checkEntitlements(op, ctx.entitlements);
+    checkExecEntitlements(op, ctx.entitlements);
     const t0 = performance.now();
     await this.#s.init();
     const meta = op.meta;

@@ -2,6 +2,7 @@ import { clone, toBinary } from '@bufbuild/protobuf';
 import { OpSchema, PlatformSchema, type Platform } from '../gen/buildkit/ops_pb.js';
 import { create } from '@bufbuild/protobuf';
 import { outputCount, type Edge, type LoadedDefinition, type Vertex } from '../llb/definition.js';
+import { checkEntitlements } from '../llb/entitlements.js';
 import { sha256 } from '../util/digest.js';
 import { errorMessage, isAbortError, throwIfAborted, VertexError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
@@ -47,6 +48,7 @@ export class Solver {
     def: LoadedDefinition,
     opts: { noCache?: boolean } = {},
   ): Promise<{ ref: Ref; release: () => void; stats: SolveStats }> {
+    checkEntitlements(def, job.entitlements);
     const run = new JobRun({
       job,
       resolve: this.#resolve,

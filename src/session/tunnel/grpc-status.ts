@@ -40,6 +40,26 @@ const toLoom: Record<number, ErrorCode> = {
   16: 'UNAUTHENTICATED',
 };
 
+/** Go's names of the gRPC codes (codes.Code.String()), as clients print them. */
+export const GRPC_CODE_NAMES: Record<number, string> = {
+  1: 'Canceled',
+  2: 'Unknown',
+  3: 'InvalidArgument',
+  4: 'DeadlineExceeded',
+  5: 'NotFound',
+  6: 'AlreadyExists',
+  7: 'PermissionDenied',
+  8: 'ResourceExhausted',
+  9: 'FailedPrecondition',
+  10: 'Aborted',
+  11: 'OutOfRange',
+  12: 'Unimplemented',
+  13: 'Internal',
+  14: 'Unavailable',
+  15: 'DataLoss',
+  16: 'Unauthenticated',
+};
+
 /** loom's error code for a gRPC status code (INTERNAL for those loom has no code of its own for). */
 export function loomCodeOfGrpc(code: number): ErrorCode {
   return toLoom[code] ?? 'INTERNAL';
