@@ -33,3 +33,5 @@ fi
 # for other platforms' optional binaries, which `npm ci` refuses; install still follows the lock.
 npm install --no-audit --no-fund
 npm run build
+# The C shim between the daemon and runc (the daemon would also compile it on first use).
+make -s -C runc-shim

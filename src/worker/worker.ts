@@ -11,6 +11,7 @@ import type { RegistryHostConfig } from '../cli/config.js';
 import { ContentStore } from '../content/store.js';
 import type { Exporter } from '../exporter/types.js';
 import { createSnapshotter } from '../snapshot/create.js';
+import { cleanupStale } from '../ops/executor/runc/stale.js';
 import { probeOverlay } from '../snapshot/overlay/probe.js';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
 import type { SessionManager } from '../session/manager.js';
@@ -77,13 +78,16 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   const deps: WorkerDeps = { localMirrors, root: state, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native, network: o.network };
   const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native) });
   const exporters = createExporters(deps);
-  // Whatever a crashed daemon left half-done (active snapshots, unreferenced data) goes now.
+  // Whatever a crashed daemon left half-done (containers, their mounts, active snapshots,
+  // unreferenced data) goes now.
+  const stale = await cleanupStale({ stateRoot: state });
+  if (stale.containers.length) log.info({ containers: stale.containers }, 'removed containers left by an earlier run');
   const gc = await refs.collectGarbage();
   if (gc.snapshots || gc.blobs) log.info(gc, 'removed data left by an earlier run');
   const labels = {
     'org.mobyproject.buildkit.worker.executor': 'oci',
     'org.mobyproject.buildkit.worker.hostname': hostname(),
-    // No sandbox network provider yet (issue 3): steps share the host's network, as upstream without CNI.
+    // No bridge provider yet: sandboxed steps share the host's network, as upstream without CNI.
     'org.mobyproject.buildkit.worker.network': 'host',
     'org.mobyproject.buildkit.worker.oci.process-mode': 'sandbox',
     'org.mobyproject.buildkit.worker.selinux.enabled': 'false',
