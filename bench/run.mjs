@@ -117,6 +117,45 @@ try {
   mergeDiff = def(llb.merge([base, llb.diff(base, base.file(llb.mkfile('/a.txt', 0o644, 'a')))]));
 }
 
+// Dockerfile workloads, through the built-in frontend as buildx and buildctl users run them.
+function dockerfileDir(name, dockerfile, files = {}) {
+  const dir = join(work, name);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'Dockerfile'), dockerfile);
+  for (const [f, data] of Object.entries(files)) {
+    mkdirSync(dirname(join(dir, f)), { recursive: true });
+    writeFileSync(join(dir, f), data);
+  }
+  return dir;
+}
+const dfBuild = (dir, extra = []) => buildctl(['build', '--frontend', 'dockerfile.v0', '--local', `context=${dir}`, '--local', `dockerfile=${dir}`, ...extra]);
+const tenSteps = dockerfileDir('ten', ['FROM localhost:5000/busybox:latest', ...Array.from({ length: 10 }, (_, i) => `RUN echo ${i} > /step${i}`), ''].join('\n'));
+const trivial = dockerfileDir('trivial', 'FROM localhost:5000/busybox:latest\nRUN true\n');
+const trivialBase = dockerfileDir('trivial-base', 'FROM localhost:5000/busybox:latest\nRUN echo base > /base\n');
+const big = dockerfileDir('big', 'FROM localhost:5000/busybox:latest\nRUN head -c 33554432 /dev/urandom > /big.bin\n');
+// The service-shaped workload: 2,000 small files and one 16 MiB file, a few RUN steps, COPY --from.
+const svcFiles = {};
+for (let d = 0; d < 20; d++) for (let f = 0; f < 100; f++) svcFiles[`src/pkg${d}/file${f}.js`] = `export const v${f} = ${d * 100 + f};\n`;
+svcFiles['assets/blob.bin'] = randomBytes(16 << 20);
+const service = dockerfileDir(
+  'service',
+  [
+    'FROM localhost:5000/busybox:latest AS build',
+    'WORKDIR /src',
+    'COPY src/ ./src/',
+    'RUN find src -type f | wc -l > /count && cat src/pkg0/file0.js > /first',
+    'COPY assets/ ./assets/',
+    'RUN ls -l assets > /assets.txt',
+    'FROM localhost:5000/busybox:latest',
+    'COPY --from=build /count /first /assets.txt /out/',
+    'COPY --from=build /src/src /app/src',
+    'RUN echo ready > /app/ready',
+    'CMD ["sh"]',
+    '',
+  ].join('\n'),
+  svcFiles,
+);
+
 const out = join(work, 'out.tar');
 const workloads = [
   {
@@ -139,6 +178,46 @@ const workloads = [
     before: () => {},
     run: () => buildctl(['build', '--local', `context=${ctx}`], ctxBuild),
   },
+  {
+    name: 'exec: 10 RUN steps on busybox, none cached',
+    before: () => {},
+    run: () => dfBuild(tenSteps, ['--no-cache']),
+  },
+  {
+    name: 'exec: one trivial step (RUN true) on a cached parent, whole build',
+    before: () => {},
+    run: () => dfBuild(trivial, ['--no-cache']),
+  },
+  {
+    name: 'exec: a comparable build fully cached (subtract from the line above for the step overhead)',
+    before: () => {},
+    run: () => dfBuild(trivialBase),
+  },
+  {
+    name: 'exec: one step writing 32 MiB, exported as an OCI archive (layer size below)',
+    before: () => {},
+    run: () => dfBuild(big, ['--no-cache', '--output', `type=oci,dest=${out}`]),
+    after: () => {
+      const listing = sh('tar', ['-tvf', out]);
+      const sizes = listing.split('\n').filter((l) => l.includes('blobs/sha256/')).map((l) => Number(l.split(/\s+/)[2]));
+      return `largest blob ${(Math.max(...sizes) / 1048576).toFixed(1)} MiB`;
+    },
+  },
+  {
+    name: 'dockerfile service: cold (2,000 files + 16 MiB context, RUN steps, COPY --from), cache pruned',
+    before: () => buildctl(['prune', '--all']),
+    run: () => dfBuild(service),
+  },
+  {
+    name: 'dockerfile service: fully cached rebuild',
+    before: () => {},
+    run: () => dfBuild(service),
+  },
+  {
+    name: 'dockerfile service: rebuild after changing one context file',
+    before: () => writeFileSync(join(service, 'src', 'pkg7', 'file7.js'), `export const changed = ${Date.now()};\n`),
+    run: () => dfBuild(service),
+  },
 ];
 
 const stats = (xs) => {
@@ -156,6 +235,7 @@ for (const w of workloads) {
     times.push(w.run());
   }
   const s = stats(times);
-  console.log(`${w.name}\n  median ${s.median.toFixed(0)} ms  (min ${s.min.toFixed(0)}, max ${s.max.toFixed(0)})`);
+  const extra = w.after ? `  ${w.after()}` : '';
+  console.log(`${w.name}\n  median ${s.median.toFixed(0)} ms  (min ${s.min.toFixed(0)}, max ${s.max.toFixed(0)})${extra}`);
 }
 process.exit(0);

@@ -57,6 +57,9 @@ export interface ReceiveSummary {
   deleted: number;
 }
 
+/** Files being closed and stamped at once, at most (each is a few system calls on the thread pool). */
+const MAX_FINISHING = 32;
+
 interface PendingFile {
   rel: string;
   abs: string;
@@ -64,6 +67,8 @@ interface PendingFile {
   fh?: FileHandle;
   bytes: number;
   kind: ChangeKind;
+  /** The file exists on disk (created at its STAT because it replaced an entry, or by DATA). */
+  created: boolean;
 }
 
 /**
@@ -91,7 +96,10 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
   const order = new OrderValidator();
   const hardlinks = new HardlinkValidator();
   const pending = new Map<number, PendingFile>();
+  const pendingByRel = new Map<string, PendingFile>();
   // Directories written or checked in this transfer: the only places entries may be created in.
+  const finishing = new Set<Promise<void>>();
+  let finishError: Error | undefined;
   const dirs = new Map<string, Stat | undefined>([['', undefined]]);
   // Every path listed (kept or left out by mapStat): what a non-merging receive keeps.
   const listed = new Set<string>();
@@ -125,6 +133,10 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
   };
 
   const finishFile = async (f: PendingFile): Promise<void> => {
+    if (!f.created) {
+      f.fh = await open(f.abs, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+      f.created = true;
+    }
     if (f.fh) {
       await f.fh.close();
       f.fh = undefined;
@@ -194,11 +206,22 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     } else if (isSymlink) {
       await symlink(stat.linkname, target);
     } else if (hardlink) {
+      // The link's target may be a file still waiting for its data: it must exist to be linked.
+      const t = pendingByRel.get(stat.linkname);
+      if (t && !t.created) {
+        const fh = await open(t.abs, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+        await fh.close();
+        t.created = true;
+      }
       await link(join(root, stat.linkname), target);
     } else {
       regular = true;
-      const fh = await open(target, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
-      await fh.close();
+      // A new file is created by its first DATA (or when it ends empty); one replacing an existing
+      // entry is created now, beside it, and renamed over it below.
+      if (old) {
+        const fh = await open(target, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+        await fh.close();
+      }
     }
     if (!regular) await applyMeta(target, rel, stat, isDir ? 'dir' : isSymlink ? 'symlink' : 'file');
     if (old) {
@@ -207,7 +230,9 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     }
     if (isDir) dirs.set(rel, stat);
     if (regular) {
-      pending.set(id, { rel, abs, stat, bytes: 0, kind });
+      const f: PendingFile = { rel, abs, stat, bytes: 0, kind, created: !!old };
+      pending.set(id, f);
+      pendingByRel.set(rel, f);
       await out.send(reqPacket(id));
     } else {
       opts.onChange?.({ kind, path: rel, stat });
@@ -219,11 +244,23 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     if (!f) throw protocolError(`invalid file request ${p.ID}: DATA for a file that was not requested or is complete`);
     current = f.rel;
     if (p.data.length === 0) {
-      pending.delete(p.ID);
-      await finishFile(f);
+      // Closing and stamping the file (owner, mode, times) runs beside the next files' transfer;
+      // everything finishes before FIN. A bounded number run at once.
+      const job: Promise<void> = finishFile(f).finally(() => {
+        finishing.delete(job);
+        pending.delete(p.ID);
+        pendingByRel.delete(f.rel);
+      });
+      job.catch((err: unknown) => (finishError ??= err as Error));
+      finishing.add(job);
+      if (finishing.size >= MAX_FINISHING) await Promise.race(finishing).catch(() => undefined);
+      if (finishError) throw finishError;
       return;
     }
-    f.fh ??= await open(f.abs, fsc.O_WRONLY | fsc.O_NOFOLLOW);
+    if (!f.fh) {
+      f.fh = await open(f.abs, fsc.O_WRONLY | fsc.O_NOFOLLOW | (f.created ? 0 : fsc.O_CREAT | fsc.O_EXCL), 0o600);
+      f.created = true;
+    }
     await f.fh.write(p.data, 0, p.data.length, f.bytes);
     f.bytes += p.data.length;
     summary.bytes += p.data.length;
@@ -231,6 +268,10 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
 
   // Once the listing is complete and every file is written: tidy up, then tell the sender.
   const maybeFinish = async (): Promise<void> => {
+    if (!listingDone || finSent) return;
+    if (pending.size > finishing.size) return;
+    await Promise.all(finishing);
+    if (finishError) throw finishError;
     if (!listingDone || pending.size > 0 || finSent) return;
     current = undefined;
     if (!merge) summary.deleted += await removeUnlisted(root, '', listed, opts.onChange);
