@@ -15,7 +15,7 @@ import { applyLayerTar } from '../../snapshot/layer/apply-layer-tar.js';
 import { readTar } from '../../snapshot/layer/tar-reader.js';
 import { copyPath, sourcePath, type CopyInfo } from './copy.js';
 import { applyChown, applyUtime, chownerFor, fsError, mkdirAll, timestampNs, type User } from './fs-util.js';
-import { PatternMatcher } from './patterns.js';
+import { PatternMatcher } from '../../util/patterns.js';
 import { resolveWildcards } from './wildcard.js';
 
 /**
@@ -132,8 +132,8 @@ export async function copyAction(src: string, dest: string, a: FileActionCopy, u
       mode: a.mode === -1 ? null : a.mode,
       copyDirContents: a.dirCopyContents,
       followLinks: a.followSymlink,
-      include: a.includePatterns.length > 0 ? new PatternMatcher({ patterns: a.includePatterns }) : null,
-      exclude: a.excludePatterns.length > 0 ? new PatternMatcher({ patterns: a.excludePatterns }) : null,
+      include: a.includePatterns.length > 0 ? new PatternMatcher(a.includePatterns) : null,
+      exclude: a.excludePatterns.length > 0 ? new PatternMatcher(a.excludePatterns) : null,
       signal,
     };
     if (!a.allowWildcard) {

@@ -5,7 +5,10 @@ import { LoomError, throwIfAborted } from '../../util/errors.js';
 import { resolveInRoot, resolveParentInRoot } from '../../util/fs-safe.js';
 import { copyXattrs, mknod, setTimes, type TimesWrite } from '../../snapshot/layer/sys-ops.js';
 import { applyChown, mkdirAll, type Chowner } from './fs-util.js';
-import type { MatchInfo, PatternMatcher } from './patterns.js';
+import type { MatchInfo as PatternMatchInfo, PatternMatcher } from '../../util/patterns.js';
+
+/** A directory's pattern state handed to its children; null at the top of the copy. */
+type MatchInfo = PatternMatchInfo | null;
 
 /**
  * One copy from a source tree into a destination tree with the semantics of fsutil's copy.Copy,
@@ -107,12 +110,12 @@ class Copier {
     let excInfo: MatchInfo = null;
     if (comps !== '') {
       if (this.#ci.include) {
-        const r = this.#ci.include.matches(comps, incParent);
+        const r = this.#ci.include.matchesUsingParentResults(comps, incParent ?? undefined);
         include = r.matched;
         incInfo = r.info;
       }
       if (this.#ci.exclude) {
-        const r = this.#ci.exclude.matches(comps, excParent);
+        const r = this.#ci.exclude.matchesUsingParentResults(comps, excParent ?? undefined);
         if (r.matched) include = false;
         excInfo = r.info;
       }

@@ -2,6 +2,9 @@ import { lstat, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { InvalidArgumentError } from '../../util/errors.js';
 import { resolveInRoot, resolveParentInRoot } from '../../util/fs-safe.js';
+import { containsWildcards } from '../../util/patterns.js';
+
+export { containsWildcards };
 
 /**
  * Wildcards of file actions, with Go's path/filepath.Match syntax: `*` any run of non-`/`
@@ -75,14 +78,6 @@ export function globMatch(pattern: string, name: string): boolean {
   return compileGlob(pattern).test(name);
 }
 
-export function containsWildcards(name: string): boolean {
-  for (let i = 0; i < name.length; i++) {
-    const ch = name[i];
-    if (ch === '\\') i++;
-    else if (ch === '*' || ch === '?' || ch === '[') return true;
-  }
-  return false;
-}
 
 /** Splits a clean path at its first component with a wildcard: (fixed prefix, pattern rest). */
 export function splitWildcards(p: string): [string, string] {

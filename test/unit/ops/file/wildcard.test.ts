@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { globMatch, splitWildcards } from '../../../../src/ops/file/wildcard.js';
-import { PatternMatcher } from '../../../../src/ops/file/patterns.js';
+import { PatternMatcher } from '../../../../src/util/patterns.js';
 import { cleanPath } from '../../../../src/ops/file/actions.js';
 
 describe('Go filepath.Match semantics', () => {
@@ -34,8 +34,9 @@ describe('Go filepath.Match semantics', () => {
 
 describe('patternmatcher semantics', () => {
   it('matches ** across directories, parents, and ! exclusions in order', () => {
-    const m = new PatternMatcher({ patterns: ['src/**', '!src/**/*.tmp', '*.json'] });
-    const t = (f: string) => m.matches(f, null).matched;
+    // Copies use the same matcher as local sources and .dockerignore (util/patterns).
+    const m = new PatternMatcher(['src/**', '!src/**/*.tmp', '*.json']);
+    const t = (f: string) => m.matchesUsingParentResults(f).matched;
     expect(t('src/a/b.ts')).toBe(true);
     expect(t('src/a/b.tmp')).toBe(false);
     expect(t('package.json')).toBe(true);
@@ -44,9 +45,9 @@ describe('patternmatcher semantics', () => {
     // `src/**` does not match `src` itself (as upstream's prefix match); a matched directory's
     // result flows to its children.
     expect(t('src')).toBe(false);
-    const dir = m.matches('src/a', null);
+    const dir = m.matchesUsingParentResults('src/a');
     expect(dir.matched).toBe(true);
-    expect(m.matches('src/a/deep', dir.info).matched).toBe(true);
+    expect(m.matchesUsingParentResults('src/a/deep', dir.info).matched).toBe(true);
   });
 });
 
