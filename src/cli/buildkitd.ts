@@ -1,6 +1,6 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, InvalidArgumentError } from '../util/errors.js';
 import { configureLogger } from '../util/log.js';
 import { DAEMON_USAGE, parseDaemonFlags, type DaemonFlags } from './buildkitd-flags.js';
 import { emptyConfig, loadConfigFile, type DaemonConfig } from './config.js';
@@ -24,7 +24,7 @@ export function effectiveSettings(flags: DaemonFlags, cfg: DaemonConfig) {
       key: flags.tlskey ?? cfg.grpc.tls.key,
       ca: flags.tlscacert ?? cfg.grpc.tls.ca,
     },
-    gid: flags.group !== undefined ? Number(flags.group) : cfg.grpc.gid,
+    gid: flags.group !== undefined ? groupId(flags.group) : cfg.grpc.gid,
     entitlements: new Set([...(cfg.insecureEntitlements ?? []), ...flags.allowInsecureEntitlement]),
     platforms: flags.ociWorkerPlatform.length ? flags.ociWorkerPlatform : (cfg.worker.oci.platforms ?? []),
     snapshotter: flags.ociWorkerSnapshotter ?? cfg.worker.oci.snapshotter ?? 'auto',
@@ -41,6 +41,22 @@ export function effectiveSettings(flags: DaemonFlags, cfg: DaemonConfig) {
 }
 
 export type DaemonSettings = ReturnType<typeof effectiveSettings>;
+
+/** `--group` takes a gid or a group name (looked up in /etc/group), as upstream's. */
+function groupId(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  let text = '';
+  try {
+    text = readFileSync('/etc/group', 'utf8');
+  } catch {
+    /* no group database: the name cannot be found */
+  }
+  for (const line of text.split('\n')) {
+    const [name, , gid] = line.split(':');
+    if (name === group && gid && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw new InvalidArgumentError(`--group: unknown group ${JSON.stringify(group)}`);
+}
 
 async function main(argv: string[]): Promise<number> {
   let flags: DaemonFlags;
