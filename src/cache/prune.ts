@@ -47,12 +47,23 @@ export function usageFields(u: UsageInfo): FieldGetter {
   };
 }
 
-export function diskUsage(refs: RefManager, filters: readonly string[]): UsageInfo[] {
+/**
+ * Records kept outside the ref index (cache mounts' directories): listed by du, removed by prune
+ * with the same rules. `remove` answers false when the record is in use by then.
+ */
+export interface ExtraRecord {
+  info: UsageInfo;
+  remove(): Promise<boolean>;
+}
+
+export interface ExtraRecords {
+  list(): Promise<ExtraRecord[]>;
+}
+
+export async function diskUsage(refs: RefManager, filters: readonly string[], extra?: ExtraRecords): Promise<UsageInfo[]> {
   const match = parseFilters(filters);
-  return refs
-    .usage()
-    .map(usageInfo)
-    .filter((u) => match(usageFields(u)));
+  const all = [...refs.usage().map(usageInfo), ...(extra ? (await extra.list()).map((x) => x.info) : [])];
+  return all.filter((u) => match(usageFields(u)));
 }
 
 /**
@@ -60,14 +71,16 @@ export function diskUsage(refs: RefManager, filters: readonly string[]): UsageIn
  * frontend and shared records stay; `keepDurationMs` spares records used more recently than that;
  * `keepBytes` deletes least recently used records only until the total is at most that.
  */
-/** `idle`: no build is running, so GC may take even blobs written a moment ago. */
-export async function prune(refs: RefManager, opts: PruneOptions, idle = false): Promise<UsageInfo[]> {
+export async function prune(refs: RefManager, opts: PruneOptions, idle = false, extra?: ExtraRecords): Promise<UsageInfo[]> {
   const match = parseFilters(opts.filters);
+  const extras = extra ? (await extra.list()).filter((x) => !x.info.inUse) : [];
+  type Candidate = { u: UsageInfo; entry?: UsageEntry; extra?: ExtraRecord };
+  let chosenExtras: ExtraRecord[] = [];
   const removed = await refs.prune((entries) => {
-    const infos = entries.map((e) => ({ e, u: usageInfo(e) }));
+    const infos: Candidate[] = [...entries.map((e) => ({ entry: e, u: usageInfo(e) })), ...extras.map((x) => ({ extra: x, u: x.info }))];
     let total = 0;
     if (opts.keepBytes > 0) {
-      for (const { e, u } of infos) if (!e.shared) total += u.size;
+      for (const { u } of infos) if (!u.shared) total += u.size;
       if (total <= opts.keepBytes) return [];
     }
     const cutoff = Date.now() - opts.keepDurationMs;
@@ -78,7 +91,7 @@ export async function prune(refs: RefManager, opts: PruneOptions, idle = false):
     });
     if (opts.keepBytes > 0) {
       candidates.sort((a, b) => (a.u.lastUsedAt?.getTime() ?? 0) - (b.u.lastUsedAt?.getTime() ?? 0));
-      const chosen: typeof candidates = [];
+      const chosen: Candidate[] = [];
       for (const c of candidates) {
         if (total <= opts.keepBytes) break;
         chosen.push(c);
@@ -86,7 +99,10 @@ export async function prune(refs: RefManager, opts: PruneOptions, idle = false):
       }
       candidates = chosen;
     }
-    return candidates.map((c) => c.e);
+    chosenExtras = candidates.flatMap((c) => (c.extra ? [c.extra] : []));
+    return candidates.flatMap((c) => (c.entry ? [c.entry] : []));
   }, { minBlobAgeMs: idle ? 0 : 60_000 });
-  return removed.map(usageInfo);
+  const out = removed.map(usageInfo);
+  for (const x of chosenExtras) if (await x.remove()) out.push(x.info);
+  return out;
 }

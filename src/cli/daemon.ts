@@ -78,9 +78,9 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       ],
       progress: (ref) => builds.progress(ref),
       solve: (req, signal) => builds.solve(req, signal),
-      diskUsage: async (filters) => diskUsage(w.refs, filters),
+      diskUsage: (filters) => diskUsage(w.refs, filters, w.extraRecords),
       prune: async (opts, onRecord) => {
-        const removed = await prune(w.refs, opts, builds.runningCount === 0);
+        const removed = await prune(w.refs, opts, builds.runningCount === 0, w.extraRecords);
         // Local sources are mirrored outside the records; they go with their records.
         if (opts.all || removed.some((u) => u.recordType === 'source.local')) await w.pruneLocalMirrors();
         for (const u of removed) onRecord(u);

@@ -4,6 +4,9 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { readdir, rm } from 'node:fs/promises';
 import { KeyedMutex } from '../util/keyed-mutex.js';
+import { execSupport } from '../ops/exec-op.js';
+import type { ExtraRecords } from '../cache/prune.js';
+import type { CacheMounts } from '../ops/executor/mounts/cache-mounts.js';
 import { MetadataStore } from '../cache/metadata.js';
 import { LayerStore } from '../cache/layers.js';
 import { RefManager } from '../cache/ref-manager.js';
@@ -11,6 +14,7 @@ import type { RegistryHostConfig } from '../cli/config.js';
 import { ContentStore } from '../content/store.js';
 import type { Exporter } from '../exporter/types.js';
 import { createSnapshotter } from '../snapshot/create.js';
+import { treeUsage } from '../snapshot/native/native-snapshotter.js';
 import { cleanupStale } from '../ops/executor/runc/stale.js';
 import { probeOverlay } from '../snapshot/overlay/probe.js';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
@@ -48,6 +52,8 @@ export interface Worker {
   solver: Solver;
   exporters: Map<string, Exporter>;
   registries: RegistryAccess;
+  /** Records kept outside the ref index (cache mounts), for du and prune. */
+  extraRecords: ExtraRecords;
   /** Removes the mirrors of clients' local directories (prune of source.local records). */
   pruneLocalMirrors(): Promise<void>;
   close(): Promise<void>;
@@ -107,6 +113,7 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
     solver,
     exporters,
     registries,
+    extraRecords: cacheMountRecords(execSupport(deps).cacheMounts),
     async pruneLocalMirrors() {
       const dir = join(state, 'local-mirrors');
       const names = await readdir(dir).catch(() => [] as string[]);
@@ -152,4 +159,31 @@ function workerId(root: string): string {
   const id = randomBytes(13).toString('hex').slice(0, 25);
   writeFileSync(f, id);
   return id;
+}
+
+/** Cache mounts' directories as `exec.cachemount` records (mutable, as upstream lists them). */
+function cacheMountRecords(cm: CacheMounts): ExtraRecords {
+  return {
+    async list() {
+      const recs = await cm.list();
+      return Promise.all(
+        recs.map(async (r) => ({
+          info: {
+            id: r.id,
+            mutable: true,
+            inUse: r.inUse,
+            size: (await treeUsage(r.dir).catch(() => ({ size: 0 }))).size,
+            parents: [],
+            createdAt: new Date(r.createdAt),
+            lastUsedAt: new Date(r.lastUsedAt),
+            usageCount: 0,
+            description: `cached mount with id ${r.key.split(':')[0]}`,
+            recordType: 'exec.cachemount',
+            shared: false,
+          },
+          remove: () => cm.remove(r),
+        })),
+      );
+    },
+  };
 }

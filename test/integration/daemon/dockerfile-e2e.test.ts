@@ -105,4 +105,18 @@ d('dockerfile.v0', () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/dockerfile parse error on line 2: unknown instruction: FROBNICATE/i);
   });
+
+  it('lists cache mounts in du as exec.cachemount records and prunes them', async () => {
+    const ctx = join(work, 'cachemount');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nRUN --mount=type=cache,id=loomcache,target=/c echo kept > /c/f && cat /c/f\n`);
+    const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`]);
+    expect(r.code, r.stderr).toBe(0);
+    const du = await buildctl(daemon.addr, ["du", "-v"]);
+    expect(du.stdout).toMatch(/Mutable:\s+true[\s\S]*Description:\s+cached mount with id \/?loomcache\n[\s\S]*?Type:\s+exec\.cachemount/);
+    const pr = await buildctl(daemon.addr, ['prune', '--all']);
+    expect(pr.code, pr.stderr).toBe(0);
+    const after = await buildctl(daemon.addr, ['du', '-v']);
+    expect(after.stdout).not.toContain('exec.cachemount');
+  });
 });

@@ -1,10 +1,21 @@
 import { createHash } from 'node:crypto';
-import { chmod, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { copyTree } from '../../../snapshot/native/native-snapshotter.js';
 import { CancelledError, InvalidArgumentError } from '../../../util/errors.js';
 
 export type CacheSharing = 'shared' | 'private' | 'locked';
+
+/** One cache directory as a cache record. */
+export interface CacheMountRecord {
+  id: string;
+  /** The mount's id (and its `from` ref's, after a colon). */
+  key: string;
+  dir: string;
+  inUse: boolean;
+  createdAt: number;
+  lastUsedAt: number;
+}
 
 interface Instance {
   dir: string;
@@ -88,6 +99,9 @@ export class CacheMounts {
           if (released) return;
           released = true;
           held.holders--;
+          // The directory's mtime records its last use, for du and prune's keep-duration.
+          const now = new Date();
+          void utimes(held.dir, now, now).catch(() => undefined);
           if (held.holders === 0) {
             held.shared = false;
             for (const w of entry.waiters.splice(0)) w();
@@ -95,6 +109,44 @@ export class CacheMounts {
         },
       };
     }
+  }
+
+  /**
+   * Every cache directory, as `du` shows them (`exec.cachemount` records): its id is the key's
+   * digest and the instance number. A directory a step holds now is in use.
+   */
+  async list(): Promise<CacheMountRecord[]> {
+    const out: CacheMountRecord[] = [];
+    for (const hash of await readdir(this.#dir).catch(() => [] as string[])) {
+      const base = path.join(this.#dir, hash);
+      const key = await readFile(path.join(base, 'key'), 'utf8').catch(() => undefined);
+      if (key === undefined) continue;
+      const held = this.#entries.get(key);
+      for (const inst of await this.#load(base)) {
+        const st = await stat(inst.dir).catch(() => undefined);
+        if (!st) continue;
+        const n = path.basename(inst.dir);
+        out.push({
+          id: `${hash.slice(0, 20)}-${n}`,
+          key,
+          dir: inst.dir,
+          inUse: (held?.instances.find((i) => i.dir === inst.dir)?.holders ?? 0) > 0,
+          createdAt: st.birthtimeMs || st.ctimeMs,
+          lastUsedAt: st.mtimeMs,
+        });
+      }
+    }
+    return out;
+  }
+
+  /** Removes a cache directory nobody holds; false when it is in use (or gone). */
+  async remove(rec: CacheMountRecord): Promise<boolean> {
+    const entry = this.#entries.get(rec.key);
+    const inst = entry?.instances.find((i) => i.dir === rec.dir);
+    if (inst && inst.holders > 0) return false;
+    if (entry && inst) entry.instances = entry.instances.filter((i) => i !== inst);
+    await rm(rec.dir, { recursive: true, force: true });
+    return true;
   }
 
   async #load(base: string): Promise<Instance[]> {
