@@ -137,6 +137,11 @@ export class RefManager implements ResultCache {
     this.#md.putCacheKey(key, ref.id);
   }
 
+  readonly stepHistory = {
+    get: (identity: string) => this.#md.kvGet('step-history', identity),
+    put: (identity: string, value: string) => this.#md.kvPut('step-history', identity, value),
+  };
+
   hold(refs: readonly Ref[]): () => void {
     for (const r of refs) this.#holds.set(r.id, (this.#holds.get(r.id) ?? 0) + 1);
     let done = false;

@@ -16,6 +16,18 @@ export interface ResultCache {
   save(key: string, ref: Ref): void;
   /** Marks refs as held by a build so prune leaves them alone; returns the release function. */
   hold(refs: readonly Ref[]): () => void;
+  /**
+   * What each step was made from last time (by step identity: the op without its inputs), so a
+   * miss can say which part changed. Values are the solver's own JSON.
+   */
+  stepHistory?: { get(identity: string): string | undefined; put(identity: string, value: string): void };
+}
+
+/** What a step's cache key is made of, remembered to explain a later miss. */
+interface KeyParts {
+  key: string;
+  inputs: { name: string; key: string }[];
+  extra: string;
 }
 
 export interface SolveStats {
@@ -84,6 +96,7 @@ class JobRun {
   readonly #results = new Map<string, Promise<Ref[]>>();
   readonly #releases: (() => void)[] = [];
   readonly #impls = new Map<string, OpImpl>();
+  readonly #parts = new Map<string, KeyParts>();
 
   constructor(o: JobRunOptions) {
     this.#o = o;
@@ -136,7 +149,9 @@ class JobRun {
         if (isSource) this.#report(v, { started });
         const extra = await this.#guard(v, () => this.#impl(v).cacheKey(this.#ctx(v)));
         if (isSource) this.#report(v, { started, completed: new Date() });
-        return sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
+        const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
+        this.#parts.set(v.digest, { key, inputs: v.inputs.map((i, n) => ({ name: i.vertex.name, key: inputKeys[n]! })), extra });
+        return key;
       })();
       this.#keys.set(v.digest, p);
     }
@@ -187,6 +202,7 @@ class JobRun {
     throwIfAborted(this.#o.job.signal);
     const started = new Date();
     this.#report(v, { started });
+    this.#explainMiss(v, this.#o.noCache || v.metadata?.ignoreCache === true);
     let refs: Ref[];
     try {
       refs = await this.#impl(v).run(this.#ctx(v), inputs);
@@ -198,6 +214,8 @@ class JobRun {
     this.#report(v, { started, completed: new Date() });
     this.stats.run++;
     refs.forEach((r, i) => this.#o.cache.save(`${key}#${i}`, r));
+    const parts = this.#parts.get(v.digest);
+    if (parts) this.#o.cache.stepHistory?.put(stepIdentity(v, this.#o.defaultPlatform), JSON.stringify(parts));
     if (refs.length < n) throw new VertexError({ digest: v.digest, name: v.name, cause: new Error(`expected ${n} outputs, got ${refs.length}`) });
     return refs;
   }
@@ -210,6 +228,39 @@ class JobRun {
       refs.push(r);
     }
     return refs;
+  }
+
+  /**
+   * Says in the step's progress why it runs instead of coming from the cache: a --no-cache, the first
+   * build of this step, which input changed (by the input step's name), what a source found changed,
+   * or that the earlier result is gone (pruned).
+   */
+  #explainMiss(v: Vertex, ignored: boolean): void {
+    let why: string;
+    if (ignored) {
+      why = this.#o.noCache ? 'cache disabled for this build (--no-cache)' : 'cache disabled for this step (ignore-cache)';
+    } else {
+      const now = this.#parts.get(v.digest);
+      const prevText = this.#o.cache.stepHistory?.get(stepIdentity(v, this.#o.defaultPlatform));
+      if (!now || !prevText) {
+        why = 'no earlier build of this step (new or changed definition)';
+      } else {
+        const prev = JSON.parse(prevText) as KeyParts;
+        const changed: string[] = [];
+        if (prev.extra !== now.extra) {
+          changed.push(v.op.op.case === 'source' ? `source content changed (${short(prev.extra)} -> ${short(now.extra)})` : 'the step\'s own inputs changed');
+        }
+        now.inputs.forEach((inp, i) => {
+          if (prev.inputs[i]?.key !== inp.key) changed.push(`input ${i} changed: ${inp.name}`);
+        });
+        why = changed.length ? changed.join('; ') : 'the earlier result is no longer in the cache (pruned)';
+      }
+    }
+    // A status line of the step rather than a log: clients number a log by the step's place in
+    // their output, which a log sent with the step's start does not have yet (they print "#0").
+    const text = `cache miss: ${why}`;
+    const now = new Date();
+    this.#o.job.progress.status({ id: text, vertex: v.digest, name: text, current: 0, total: 0, timestamp: now, started: now });
   }
 
   #hold(refs: readonly Ref[]): void {
@@ -266,3 +317,14 @@ function platformKey(v: Vertex, def: Platform): string {
 }
 
 export { log as solverLog };
+
+/** A step's identity across builds: its op without its inputs, and its platform. */
+function stepIdentity(v: Vertex, def: Platform): string {
+  return sha256(`${opDigestWithoutInputs(v)}|${platformKey(v, def)}`);
+}
+
+function short(s: string): string {
+  const m = /sha256:([0-9a-f]{12})/.exec(s);
+  if (m) return m[1]!;
+  return s.length > 24 ? `${s.slice(0, 21)}...` : s || '(none)';
+}

@@ -119,4 +119,23 @@ d('dockerfile.v0', () => {
     const after = await buildctl(daemon.addr, ['du', '-v']);
     expect(after.stdout).not.toContain('exec.cachemount');
   });
+
+  it('says why each step missed the cache: the changed source, the changed input, --no-cache', async () => {
+    const ctx = join(work, 'explain');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'a.txt'), 'one\n');
+    writeFileSync(join(ctx, 'b.txt'), 'unrelated\n');
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY a.txt /a.txt\nCOPY b.txt /b.txt\n');
+    const build = (extra: string[] = []) =>
+      buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, ...extra]);
+    expect((await build()).code).toBe(0);
+    writeFileSync(join(ctx, 'a.txt'), 'two\n');
+    const r = await build();
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/#(\d+) \[internal\] load build context\n(?:#\1 .*\n)*#\1 cache miss: source content changed \([0-9a-f]{12} -> [0-9a-f]{12}\)/);
+    expect(r.stderr).toMatch(/#(\d+) \[2\/2\] COPY b\.txt \/b\.txt\n(?:#\1 .*\n)*#\1 cache miss: input 0 changed: \[1\/2\] COPY a\.txt \/a\.txt/);
+    const nc = await build(['--no-cache']);
+    expect(nc.code, nc.stderr).toBe(0);
+    expect(nc.stderr).toMatch(/cache miss: cache disabled for this (build|step)/);
+  });
 });
