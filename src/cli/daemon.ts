@@ -12,6 +12,9 @@ import { log as rootLog } from '../util/log.js';
 import type { DaemonSettings } from './buildkitd.js';
 import { RootLock } from './root-lock.js';
 import { versionInfo } from './version.js';
+import { daemonMetrics, type DaemonMetrics } from '../util/metrics.js';
+import { createServer } from 'node:http';
+import { InvalidArgumentError } from '../util/errors.js';
 import { createWorker, type Worker } from '../worker/worker.js';
 import { formatPlatform, parsePlatform } from '../util/platform.js';
 
@@ -30,9 +33,12 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
   const lock = RootLock.acquire(s.root);
   let worker: Worker | undefined;
   let server: ControlServer | undefined;
+  let debug: { address: string; close(): void } | undefined;
   try {
     const sessions = new SessionManager();
+    const metrics = daemonMetrics();
     worker = await createWorker({
+      observe: { step: (o) => (o === 'cached' ? metrics.stepsCached() : metrics.stepsRun()) },
       root: s.root,
       platforms: s.platforms.map((p) => parsePlatform(p)),
       snapshotter: s.snapshotter,
@@ -64,6 +70,10 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       forwarder,
       gateway: gatewayDeps,
       platforms: w.platforms,
+      onBuildEnd: (failed) => {
+        metrics.builds();
+        if (failed) metrics.buildsFailed();
+      },
     });
     const backend: ControlBackend = {
       version,
@@ -81,6 +91,8 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       diskUsage: (filters) => diskUsage(w.refs, filters, w.extraRecords),
       prune: async (opts, onRecord) => {
         const removed = await prune(w.refs, opts, builds.runningCount === 0, w.extraRecords);
+        metrics.pruneRuns();
+        metrics.pruneBytes(removed.reduce((n, u) => n + u.size, 0));
         // Local sources are mirrored outside the records; they go with their records.
         if (opts.all || removed.some((u) => u.recordType === 'source.local')) await w.pruneLocalMirrors();
         for (const u of removed) onRecord(u);
@@ -89,12 +101,17 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
     server = new ControlServer({ backend, gateway: gatewayHandlers(forwarder, gatewayDeps) });
     const addresses: string[] = [];
     for (const a of s.addrs) addresses.push(await server.listen(a, { tls: s.tls, gid: s.gid }));
-    log.info({ addresses, root: s.root, platforms: w.platforms.map(formatPlatform), version: version.version }, 'running server');
+    metrics.registry.gauge('loom_cache_bytes', 'Bytes held by cache records (du total).', async () => (await diskUsage(w.refs, [], w.extraRecords)).reduce((n, u) => n + u.size, 0));
+    metrics.registry.gauge('loom_cache_records', 'Cache records (du entries).', async () => (await diskUsage(w.refs, [], w.extraRecords)).length);
+    metrics.registry.gauge('loom_builds_running', 'Builds running now.', () => builds.runningCount);
+    debug = s.debugAddr ? await startDebugServer(s.debugAddr, metrics) : undefined;
+    log.info({ addresses, root: s.root, platforms: w.platforms.map(formatPlatform), version: version.version, debugAddr: debug?.address }, 'running server');
     const srv = server;
     return {
       addresses,
       worker: w,
       async stop() {
+        debug?.close();
         builds.cancelAll();
         await srv.close(5000);
         await w.close();
@@ -103,6 +120,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       },
     };
   } catch (err) {
+    debug?.close();
     server?.forceClose();
     await worker?.close();
     lock.release();
@@ -121,3 +139,36 @@ export function defaultGCPolicy(keep: number): GCPolicyConfig[] {
   ];
 }
 
+
+/**
+ * `--debugaddr host:port`: an HTTP server with Prometheus text at /metrics. Bind it to loopback
+ * unless you mean to expose it.
+ */
+async function startDebugServer(addr: string, metrics: DaemonMetrics): Promise<{ address: string; close(): void }> {
+  const m = /^(?:tcp:\/\/)?(\[[^\]]+\]|[^:]*):(\d+)$/.exec(addr);
+  if (!m) throw new InvalidArgumentError(`invalid --debugaddr ${JSON.stringify(addr)}: expected host:port`);
+  const host = m[1]!.replace(/^\[|\]$/g, '') || '127.0.0.1';
+  const server = createServer((req, res) => {
+    if (req.url === '/metrics' || req.url?.startsWith('/metrics?')) {
+      metrics.registry.render().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+          res.end(text);
+        },
+        (err: Error) => {
+          res.writeHead(500);
+          res.end(err.message);
+        },
+      );
+      return;
+    }
+    res.writeHead(404);
+    res.end('not found\n');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(Number(m[2]), host, () => resolve());
+  });
+  const a = server.address() as { address: string; port: number };
+  return { address: `${a.address}:${a.port}`, close: () => server.close() };
+}

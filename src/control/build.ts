@@ -28,6 +28,8 @@ export interface BuildManagerOptions {
   gateway: GatewayDeps;
   /** The worker's platforms, native first (frontends' build platform and default target). */
   platforms: Platform[];
+  /** Told when a build ends, and whether it failed (metrics). */
+  onBuildEnd?: (failed: boolean) => void;
   /** How long a build waits for the client's session to appear. */
   sessionTimeoutMs?: number;
 }
@@ -74,9 +76,13 @@ export class BuildManager {
     signal.addEventListener('abort', onAbort, { once: true });
     this.#running.set(ref, ac);
     const bus = this.progress(ref);
+    let failed = true;
     try {
-      return await this.#solve(ref, req, ac.signal, bus);
+      const resp = await this.#solve(ref, req, ac.signal, bus);
+      failed = false;
+      return resp;
     } finally {
+      this.#o.onBuildEnd?.(failed);
       signal.removeEventListener('abort', onAbort);
       this.#running.delete(ref);
       bus.close();

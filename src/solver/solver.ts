@@ -30,6 +30,11 @@ interface KeyParts {
   extra: string;
 }
 
+/** Told of each step's outcome (metrics). */
+export interface SolveObserver {
+  step(outcome: 'cached' | 'run'): void;
+}
+
 export interface SolveStats {
   cached: number;
   run: number;
@@ -45,7 +50,10 @@ export class Solver {
   readonly #defaultPlatform: Platform;
   readonly #inflight = new Map<string, Promise<Ref[]>>();
 
-  constructor(opts: { resolve: OpResolver; cache: ResultCache; defaultPlatform: Platform }) {
+  readonly #observe: SolveObserver | undefined;
+
+  constructor(opts: { resolve: OpResolver; cache: ResultCache; defaultPlatform: Platform; observe?: SolveObserver }) {
+    this.#observe = opts.observe;
     this.#resolve = opts.resolve;
     this.#cache = opts.cache;
     this.#defaultPlatform = opts.defaultPlatform;
@@ -68,6 +76,7 @@ export class Solver {
       inflight: this.#inflight,
       defaultPlatform: this.#defaultPlatform,
       noCache: opts.noCache ?? false,
+      observe: this.#observe,
     });
     try {
       const ref = await run.edge(def.result);
@@ -86,6 +95,7 @@ interface JobRunOptions {
   inflight: Map<string, Promise<Ref[]>>;
   defaultPlatform: Platform;
   noCache: boolean;
+  observe: SolveObserver | undefined;
 }
 
 /** The state of one build's walk over its graph: memoized keys and results per vertex. */
@@ -180,6 +190,7 @@ class JobRun {
         const now = new Date();
         this.#report(v, { started: now, completed: now, cached: true });
         this.stats.cached++;
+        this.#o.observe?.step('cached');
         return hit;
       }
     }
@@ -213,6 +224,7 @@ class JobRun {
     }
     this.#report(v, { started, completed: new Date() });
     this.stats.run++;
+    this.#o.observe?.step('run');
     refs.forEach((r, i) => this.#o.cache.save(`${key}#${i}`, r));
     const parts = this.#parts.get(v.digest);
     if (parts) this.#o.cache.stepHistory?.put(stepIdentity(v, this.#o.defaultPlatform), JSON.stringify(parts));

@@ -16,10 +16,11 @@ import type { Exporter } from '../exporter/types.js';
 import { createSnapshotter } from '../snapshot/create.js';
 import { treeUsage } from '../snapshot/native/native-snapshotter.js';
 import { cleanupStale } from '../ops/executor/runc/stale.js';
+import { openNetworkProviders, type NetworkProviders } from '../ops/executor/network.js';
 import { probeOverlay } from '../snapshot/overlay/probe.js';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
 import type { SessionManager } from '../session/manager.js';
-import { Solver } from '../solver/solver.js';
+import { Solver, type SolveObserver } from '../solver/solver.js';
 import { log as rootLog } from '../util/log.js';
 import { formatPlatform, type Platform } from '../util/platform.js';
 import { createExporters } from './exporters.js';
@@ -37,6 +38,8 @@ export interface WorkerOptions {
   sessions: SessionManager;
   labels: Record<string, string>;
   network: string;
+  /** Told of each step's outcome (metrics). */
+  observe?: SolveObserver;
 }
 
 /** Everything one worker owns; `close()` releases it (the daemon calls it once, at stop). */
@@ -81,8 +84,11 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   const platforms = o.platforms.length ? o.platforms : platformList(detected.native, detected.emulated);
   const registries = new RegistryAccess({ store: content, hosts: o.registry });
   const localMirrors = new KeyedMutex();
-  const deps: WorkerDeps = { localMirrors, root: state, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native, network: o.network };
-  const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native) });
+  // The sandbox network (bridge, or host where it cannot be set up); removes this daemon's
+  // network namespaces a crashed run left.
+  const networkProviders = await openNetworkProviders({ workerNet: o.network, stateRoot: state });
+  const deps: WorkerDeps = { localMirrors, root: state, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native, network: o.network, networkProviders };
+  const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native), observe: o.observe });
   const exporters = createExporters(deps);
   // Whatever a crashed daemon left half-done (containers, their mounts, active snapshots,
   // unreferenced data) goes now.
@@ -93,8 +99,8 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   const labels = {
     'org.mobyproject.buildkit.worker.executor': 'oci',
     'org.mobyproject.buildkit.worker.hostname': hostname(),
-    // No bridge provider yet: sandboxed steps share the host's network, as upstream without CNI.
-    'org.mobyproject.buildkit.worker.network': 'host',
+    // `bridge` when steps get loom's bridge network (upstream says `cni` for its CNI bridge), else `host`.
+    'org.mobyproject.buildkit.worker.network': networkProviders.sandboxKind,
     'org.mobyproject.buildkit.worker.oci.process-mode': 'sandbox',
     'org.mobyproject.buildkit.worker.selinux.enabled': 'false',
     'org.mobyproject.buildkit.worker.snapshotter': snapshotter.name,
@@ -127,6 +133,7 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
     async close() {
       // Snapshotters that mount (overlayfs) unmount their views and end their helpers here.
       await (snapshotter as Snapshotter & { close?: () => Promise<void> }).close?.();
+      await networkProviders.close();
       metadata.close();
     },
   };
@@ -147,6 +154,8 @@ export type WorkerDeps = {
   native: Platform;
   /** --oci-worker-net: the default network of sandboxed exec steps. */
   network?: string;
+  /** The providers opened for `network` at start. */
+  networkProviders?: NetworkProviders;
 };
 
 /** The worker's id, made once and kept in the root (upstream's `workerid` file). */

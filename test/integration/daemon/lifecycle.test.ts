@@ -180,4 +180,33 @@ d('configuration and transports', () => {
       removeDir(daemon.dir);
     }
   });
+
+  it('serves Prometheus metrics at --debugaddr: builds, steps cached and run, cache bytes, prunes', async () => {
+    const port = await freePort();
+    const daemon = await startDaemon({ args: ['--debugaddr', `127.0.0.1:${port}`] });
+    try {
+      const def = Buffer.from(toBinary(DefinitionSchema, marshal(scratch().file(mkfile('/m', 0o644, 'metrics')))));
+      expect((await buildctl(daemon.addr, ['build'], { stdin: def })).code).toBe(0);
+      expect((await buildctl(daemon.addr, ['build'], { stdin: def })).code).toBe(0);
+      const scrape = async () => {
+        const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+        expect(res.status).toBe(200);
+        const text = await res.text();
+        return (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+      };
+      let m = await scrape();
+      expect(m('loom_builds_total')).toBe(2);
+      expect(m('loom_steps_run_total')).toBe(1);
+      expect(m('loom_steps_cached_total')).toBe(1);
+      expect(m('loom_cache_bytes')).toBeGreaterThan(0);
+      expect((await buildctl(daemon.addr, ['prune', '--all'])).code).toBe(0);
+      m = await scrape();
+      expect(m('loom_prune_runs_total')).toBe(1);
+      expect(m('loom_prune_freed_bytes_total')).toBeGreaterThan(0);
+      expect(m('loom_cache_bytes')).toBe(0);
+    } finally {
+      await daemon.stop();
+      removeDir(daemon.dir);
+    }
+  });
 });
