@@ -43,6 +43,8 @@ export async function startDaemon(opts: StartDaemonOptions = {}): Promise<TestDa
     writeFileSync(cfg, opts.config);
     args.push('--config', cfg);
   }
+  // A socket left by a killed daemon must not pass for the new one being up.
+  rmSync(sock, { force: true });
   const proc = spawn(process.execPath, [BUILDKITD, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LOOM_LOG_LEVEL: 'debug' } });
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
