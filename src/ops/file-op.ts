@@ -21,6 +21,40 @@ export class FileOpImpl implements OpImpl {
     return '';
   }
 
+  /**
+   * An op input used only as the source of copies (never as the tree an action changes) is read
+   * only at those paths. Wildcards and include/exclude patterns make the set of paths depend on
+   * the tree, so those inputs are keyed whole.
+   */
+  inputSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+    const n = Math.max(0, ...this.#op.actions.flatMap((a) => [Number(a.input), Number(a.secondaryInput)]).map((i) => i + 1));
+    const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = new Array(n).fill(undefined);
+    const whole = (i: number) => {
+      if (i >= 0 && i < sel.length) sel[i] = null;
+    };
+    for (const a of this.#op.actions) {
+      whole(Number(a.input));
+      if (a.action.case !== 'copy') continue;
+      const i = Number(a.secondaryInput);
+      if (i < 0 || i >= sel.length || sel[i] === null) continue;
+      const c = a.action.value;
+      // allowWildcard alone changes nothing for a source without glob characters (Dockerfile COPY
+      // always sets it).
+      if (c.includePatterns.length || c.excludePatterns.length || (c.allowWildcard && /[*?[\\]/.test(c.src))) {
+        sel[i] = null;
+        continue;
+      }
+      const cur = sel[i] ?? { paths: [], followSymlinks: c.followSymlink };
+      if (cur.followSymlinks !== c.followSymlink) {
+        sel[i] = null;
+        continue;
+      }
+      cur.paths.push(c.src);
+      sel[i] = cur;
+    }
+    return sel.map((x) => x ?? null);
+  }
+
   async run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]> {
     const created: string[] = [];
     const protect: (() => void)[] = [];

@@ -30,6 +30,9 @@ interface KeyParts {
   extra: string;
 }
 
+/** The digest of some paths of a ref's tree (cache/selector-digest.ts). */
+export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean) => Promise<string>;
+
 /** Told of each step's outcome (metrics). */
 export interface SolveObserver {
   step(outcome: 'cached' | 'run'): void;
@@ -51,9 +54,11 @@ export class Solver {
   readonly #inflight = new Map<string, Promise<Ref[]>>();
 
   readonly #observe: SolveObserver | undefined;
+  readonly #selectorDigest: SelectorDigest | undefined;
 
-  constructor(opts: { resolve: OpResolver; cache: ResultCache; defaultPlatform: Platform; observe?: SolveObserver }) {
+  constructor(opts: { resolve: OpResolver; cache: ResultCache; defaultPlatform: Platform; observe?: SolveObserver; selectorDigest?: SelectorDigest }) {
     this.#observe = opts.observe;
+    this.#selectorDigest = opts.selectorDigest;
     this.#resolve = opts.resolve;
     this.#cache = opts.cache;
     this.#defaultPlatform = opts.defaultPlatform;
@@ -77,6 +82,7 @@ export class Solver {
       defaultPlatform: this.#defaultPlatform,
       noCache: opts.noCache ?? false,
       observe: this.#observe,
+      selectorDigest: this.#selectorDigest,
     });
     try {
       const ref = await run.edge(def.result);
@@ -96,6 +102,7 @@ interface JobRunOptions {
   defaultPlatform: Platform;
   noCache: boolean;
   observe: SolveObserver | undefined;
+  selectorDigest: SelectorDigest | undefined;
 }
 
 /** The state of one build's walk over its graph: memoized keys and results per vertex. */
@@ -107,6 +114,8 @@ class JobRun {
   readonly #releases: (() => void)[] = [];
   readonly #impls = new Map<string, OpImpl>();
   readonly #parts = new Map<string, KeyParts>();
+  /** Vertices already shown as cached (hit, or an input of a hit). */
+  readonly #reported = new Set<string>();
 
   constructor(o: JobRunOptions) {
     this.#o = o;
@@ -151,7 +160,19 @@ class JobRun {
     let p = this.#keys.get(v.digest);
     if (!p) {
       p = (async () => {
-        const inputKeys = await Promise.all(v.inputs.map(async (i) => `${await this.#key(i.vertex)}#${i.index}`));
+        const selectors = this.#impl(v).inputSelectors?.() ?? [];
+        const inputKeys = await Promise.all(
+          v.inputs.map(async (i, n) => {
+            const key = `${await this.#key(i.vertex)}#${i.index}`;
+            // A local directory read only at a few paths keys the step by those paths' content:
+            // editing an unrelated file of the context keeps the step cached (upstream's
+            // content-based cache keys). Other inputs are keyed whole.
+            const sel = selectors[n];
+            if (!sel || !this.#o.selectorDigest || !isLocalSource(i.vertex)) return key;
+            const ref = await this.edge(i);
+            return `sel:${await this.#o.selectorDigest(ref, sel.paths, sel.followSymlinks)}`;
+          }),
+        );
         // Sources do real work to find their key (resolve a tag, sync a directory): they show as a
         // vertex even when everything after them is cached, as upstream's do.
         const isSource = v.op.op.case === 'source';
@@ -189,7 +210,9 @@ class JobRun {
         this.#hold(hit);
         const now = new Date();
         this.#report(v, { started: now, completed: now, cached: true });
+        this.#reported.add(v.digest);
         this.stats.cached++;
+        await this.#reportCachedInputs(v);
         this.#o.observe?.step('cached');
         return hit;
       }
@@ -240,6 +263,23 @@ class JobRun {
       refs.push(r);
     }
     return refs;
+  }
+
+  /**
+   * A cache hit never needs its inputs' results, but they are cached too: show them as such, as
+   * upstream does for a fully cached build (sources already showed their resolve).
+   */
+  async #reportCachedInputs(v: Vertex): Promise<void> {
+    for (const i of v.inputs) {
+      const u = i.vertex;
+      if (this.#reported.has(u.digest) || u.op.op.case === 'source' || this.#results.has(u.digest)) continue;
+      this.#reported.add(u.digest);
+      const key = await this.#keys.get(u.digest);
+      if (!key || !(await this.#o.cache.lookup(`${key}#${i.index}`))) continue;
+      const now = new Date();
+      this.#report(u, { started: now, completed: now, cached: true });
+      await this.#reportCachedInputs(u);
+    }
   }
 
   /**
@@ -339,4 +379,8 @@ function short(s: string): string {
   const m = /sha256:([0-9a-f]{12})/.exec(s);
   if (m) return m[1]!;
   return s.length > 24 ? `${s.slice(0, 21)}...` : s || '(none)';
+}
+
+function isLocalSource(v: Vertex): boolean {
+  return v.op.op.case === 'source' && v.op.op.value.identifier.startsWith('local://');
 }

@@ -46,6 +46,12 @@ export interface OpImpl {
    * definition is enough.
    */
   cacheKey(ctx: OpContext): Promise<string>;
+  /**
+   * For each op input, the paths the op reads from it, when it reads nothing else (a copy's
+   * sources); null where the whole input matters. The solver keys such inputs by those paths'
+   * content, so changes elsewhere in them keep the step cached.
+   */
+  inputSelectors?(): ({ paths: string[]; followSymlinks: boolean } | null)[];
   /** Produces the op's outputs (one per output index) from its inputs (one per Op.inputs entry). */
   run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]>;
 }

@@ -21,6 +21,7 @@ import { probeOverlay } from '../snapshot/overlay/probe.js';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
 import type { SessionManager } from '../session/manager.js';
 import { Solver, type SolveObserver } from '../solver/solver.js';
+import { selectorDigest } from '../cache/selector-digest.js';
 import { log as rootLog } from '../util/log.js';
 import { formatPlatform, type Platform } from '../util/platform.js';
 import { createExporters } from './exporters.js';
@@ -88,7 +89,7 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   // network namespaces a crashed run left.
   const networkProviders = await openNetworkProviders({ workerNet: o.network, stateRoot: state });
   const deps: WorkerDeps = { localMirrors, root: state, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native, network: o.network, networkProviders };
-  const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native), observe: o.observe });
+  const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native), observe: o.observe, selectorDigest: (ref, paths, follow) => selectorDigest(ref.dir, paths, follow) });
   const exporters = createExporters(deps);
   // Whatever a crashed daemon left half-done (containers, their mounts, active snapshots,
   // unreferenced data) goes now.

@@ -3,7 +3,7 @@
  * over the session as two local sources, the result exported as an OCI archive. Steps here need
  * no RUN (exec is tested with its own issue's tests).
  */
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -137,5 +137,30 @@ d('dockerfile.v0', () => {
     const nc = await build(['--no-cache']);
     expect(nc.code, nc.stderr).toBe(0);
     expect(nc.stderr).toMatch(/cache miss: cache disabled for this (build|step)/);
+  });
+
+  it('keeps a COPY cached when only other files of the context change, or a file is touched', async () => {
+    const ctx = join(work, 'selectors');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'a.txt'), 'a\n');
+    writeFileSync(join(ctx, 'b.txt'), 'b\n');
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY a.txt /a.txt\nCOPY . /all/\n');
+    const build = () => buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`]);
+    expect((await build()).code).toBe(0);
+    writeFileSync(join(ctx, 'b.txt'), 'b changed\n');
+    const r = await build();
+    expect(r.code, r.stderr).toBe(0);
+    // The copy of a.txt reads only a.txt: cached. The copy of everything reads b.txt: runs.
+    expect(r.stderr).toMatch(/#(\d+) \[1\/2\] COPY a\.txt \/a\.txt\n#\1 CACHED/);
+    expect(r.stderr).not.toMatch(/\[2\/2\] COPY \. \/all\/\n#\d+ CACHED/);
+    expect(r.stderr).toMatch(/cache miss: input 1 changed: \[internal\] load build context/);
+    // Touching a file without changing it changes nothing.
+    const now = new Date();
+    utimesSync(join(ctx, 'a.txt'), now, now);
+    utimesSync(join(ctx, 'b.txt'), now, now);
+    const t = await build();
+    expect(t.code, t.stderr).toBe(0);
+    expect(t.stderr).toMatch(/\[1\/2\] COPY a\.txt \/a\.txt\n#\d+ CACHED/);
+    expect(t.stderr).toMatch(/\[2\/2\] COPY \. \/all\/\n#\d+ CACHED/);
   });
 });
