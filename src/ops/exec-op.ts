@@ -21,7 +21,7 @@ import { parseExtraHosts } from './executor/hosts.js';
 import { CacheMounts, type CacheSharing } from './executor/mounts/cache-mounts.js';
 import { SecretFiles } from './executor/mounts/secrets.js';
 import { checkSshAgent, forwardSshAgent } from './executor/mounts/ssh-forward.js';
-import { createNetworkProviders } from './executor/network.js';
+import { createNetworkProviders, type NetworkProviders } from './executor/network.js';
 import { emulatedArgs, emulatorFor, QEMU_MOUNT_PATH } from './executor/qemu.js';
 import { RuncExecutor } from './executor/runc/runc-executor.js';
 import { executorPaths } from './executor/runc/stale.js';
@@ -58,11 +58,13 @@ export function execSupport(d: {
   emulators: EmulatorInfo[];
   native: HostPlatform;
   network?: string;
+  /** The worker's providers (opened at start); without them, `network` gives host networking. */
+  networkProviders?: NetworkProviders;
 }): ExecSupport {
   let s = supports.get(d);
   if (!s) {
     const p = executorPaths(d.root);
-    const executor = new RuncExecutor({ stateRoot: d.root, network: createNetworkProviders({ workerNet: d.network }), hostArch: d.native.architecture });
+    const executor = new RuncExecutor({ stateRoot: d.root, network: d.networkProviders ?? createNetworkProviders({ workerNet: d.network }), hostArch: d.native.architecture });
     s = {
       refs: d.refs,
       executor,

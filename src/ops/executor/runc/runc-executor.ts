@@ -97,6 +97,9 @@ export class RuncExecutor implements Executor {
       const resolvConf = await this.#resolv.get();
       const hosts = await this.#hosts.get(p.hostname, p.extraHosts);
       releases.push(hosts.release);
+      // Insecure steps hold CAP_NET_ADMIN and could reconfigure a namespace: never reused.
+      const net = await this.#o.network.acquire(p.netMode, { reusable: p.security !== 'insecure' });
+      if (net.kind === 'netns') releases.push(net.release);
 
       const stubs = await mountStubs(req.rootfs, req.mounts.map((m) => m.dest), p.removeMountStubsRecursive);
       const user = await resolveUser(req.rootfs, p.user);
@@ -114,7 +117,8 @@ export class RuncExecutor implements Executor {
         resolvConf,
         hosts: hosts.path,
         mounts,
-        newNetns: this.#o.network.newNamespace(p.netMode),
+        newNetns: net.kind !== 'host',
+        netnsPath: net.kind === 'netns' ? net.path : undefined,
         hostArch: this.#o.hostArch,
         effectiveCaps,
       });

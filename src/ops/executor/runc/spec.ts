@@ -28,6 +28,8 @@ export interface SpecInput {
   mounts: SpecMount[];
   /** Whether the process gets a network namespace of its own (false: the host's). */
   newNetns: boolean;
+  /** With newNetns: join this existing namespace (the bridge network's) instead of a new empty one. */
+  netnsPath?: string;
   hostArch: string;
   /** The daemon's own effective capabilities: what an insecure step gets (upstream's cap.Current). */
   effectiveCaps: readonly string[];
@@ -112,8 +114,8 @@ export function generateSpec(i: SpecInput): Record<string, unknown> {
   const p = i.process;
   const insecure = p.security === 'insecure';
   const caps = insecure ? [...new Set([...DEFAULT_CAPS, ...i.effectiveCaps])] : DEFAULT_CAPS;
-  const namespaces: { type: string }[] = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
-  if (i.newNetns) namespaces.push({ type: 'network' });
+  const namespaces: { type: string; path?: string }[] = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
+  if (i.newNetns) namespaces.push(i.netnsPath ? { type: 'network', path: i.netnsPath } : { type: 'network' });
 
   const mounts: SpecMount[] = [
     ...baseMounts(insecure),
