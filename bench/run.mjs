@@ -4,8 +4,10 @@
 // each workload as a whole `buildctl build` process, several runs, and prints min/median/max.
 // Needs root and `npm run build` (done by the npm script's pre step), like the integration tests.
 //   npm run bench [-- --runs N] [-- --only NAME]
+//   LOOM_BENCH_PROGRESS=/tmp/progress.txt npm run bench  (keep every build's progress output)
+//   LOOM_BENCH_DAEMON_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' npm run bench  (profile the daemon)
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -78,7 +80,10 @@ const sock = join(work, 'buildkitd.sock');
 const addr = `unix://${sock}`;
 const cfg = join(work, 'buildkitd.toml');
 writeFileSync(cfg, `[registry."localhost:5000"]\n  mirrors = ["127.0.0.1:${regPort}"]\n[registry."127.0.0.1:${regPort}"]\n  http = true\n`);
-const daemon = spawn(process.execPath, [join(repo, 'bin', 'buildkitd.js'), '--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' });
+// LOOM_BENCH_DAEMON_NODE_ARGS adds node flags to the daemon (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`
+// to see where a workload's time goes; the profile is written when the daemon stops).
+const daemonNodeArgs = (process.env.LOOM_BENCH_DAEMON_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+const daemon = spawn(process.execPath, [...daemonNodeArgs, join(repo, 'bin', 'buildkitd.js'), '--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' });
 cleanup.push(() => daemon.kill('SIGTERM'));
 for (let i = 0; i < 200; i++) {
   if (spawnSync(process.execPath, [join(repo, 'bin', 'buildctl.js'), '--addr', addr, 'debug', 'workers']).status === 0) break;
@@ -90,6 +95,8 @@ function buildctl(argv, stdin) {
   const r = spawnSync(process.execPath, [join(repo, 'bin', 'buildctl.js'), '--addr', addr, ...argv], { input: stdin, encoding: 'utf8', maxBuffer: 64 << 20 });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   if (r.status !== 0) throw new Error(`buildctl ${argv.join(' ')} failed:\n${r.stderr}`);
+  // LOOM_BENCH_PROGRESS=FILE appends each build's progress output (per-step times) to FILE.
+  if (process.env.LOOM_BENCH_PROGRESS) appendFileSync(process.env.LOOM_BENCH_PROGRESS, `== buildctl ${argv.join(' ')}: ${ms.toFixed(0)} ms\n${r.stderr}\n`);
   return ms;
 }
 

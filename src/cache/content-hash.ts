@@ -1,30 +1,131 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { lstat, readdir, readlink } from 'node:fs/promises';
+import { createReadStream, type BigIntStats } from 'node:fs';
+import { lstat, readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { LRUCache } from 'lru-cache';
 import { throwIfAborted } from '../util/errors.js';
 import type { Digest } from '../util/digest.js';
+
+/**
+ * Digests of file contents remembered by path, each valid while the file still has the same inode,
+ * size and modification time (nanoseconds). Meant for a tree whose writer never changes a file in
+ * place (the local-source mirror: the receiver puts every changed file in a new inode and renames
+ * it over), so a second digest of the tree only reads the files that changed; the writer also calls
+ * `forget` for each path it touches. The ctime is left out on purpose: hard-linking a file into a
+ * snapshot changes it without changing the content.
+ */
+export class FileDigestCache {
+  readonly #entries: LRUCache<string, { ino: bigint; size: bigint; mtimeNs: bigint; digest: string }>;
+
+  constructor(opts: { maxEntries?: number } = {}) {
+    this.#entries = new LRUCache({ max: opts.maxEntries ?? 200_000 });
+  }
+
+  get(path: string, st: BigIntStats): string | undefined {
+    const e = this.#entries.get(path);
+    if (!e || e.ino !== st.ino || e.size !== st.size || e.mtimeNs !== st.mtimeNs) return undefined;
+    return e.digest;
+  }
+
+  set(path: string, st: BigIntStats, digest: string): void {
+    this.#entries.set(path, { ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, digest });
+  }
+
+  /** Drops `path` and everything below it. */
+  forget(path: string): void {
+    this.#entries.delete(path);
+    const prefix = path.endsWith('/') ? path : `${path}/`;
+    for (const k of this.#entries.keys()) if (k.startsWith(prefix)) this.#entries.delete(k);
+  }
+
+  clear(): void {
+    this.#entries.clear();
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+}
+
+/**
+ * Content digests by inode state, for every tree (git's index trick): an entry is keyed by device,
+ * inode, size, mtime and ctime, and the kernel sets the ctime to the current time on any change
+ * to a file (write, chmod, chown, utimes, link), which no caller can set back. An entry is only
+ * kept when the ctime was at least RACY_MS old when reading began: a change within the same tick
+ * of the (coarse) kernel clock could otherwise leave the ctime as it was. A file changed while it
+ * is read gets a new ctime, so its entry is never found again. This is what makes a rebuild that
+ * digests the same committed snapshot again (cache keys by content of a step's sources) cheap.
+ */
+const byInode = new LRUCache<string, string>({ max: 200_000 });
+const RACY_MS = 1000;
+/** Files up to this size are read in one call (a stream costs more than the reading). */
+const SMALL_FILE = 1n << 20n;
+const counts = { reads: 0, hits: 0 };
+
+/** Files read for a digest and digests found by inode so far, process-wide (tests, debugging). */
+export function contentDigestCounts(): { reads: number; hits: number } {
+  return { ...counts };
+}
+
+function inodeKey(st: BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+/** The hex sha256 of a regular file's bytes; `st` is its stat taken before. */
+async function contentDigest(path: string, st: BigIntStats): Promise<string> {
+  const key = inodeKey(st);
+  const known = byInode.get(key);
+  if (known) {
+    counts.hits++;
+    return known;
+  }
+  counts.reads++;
+  const started = Date.now();
+  const digest = st.size <= SMALL_FILE ? createHash('sha256').update(await readFile(path)).digest('hex') : await readDigest(path);
+  if (Number(st.ctimeNs / 1_000_000n) < started - RACY_MS) byInode.set(key, digest);
+  return digest;
+}
+
+/** Entries of one directory looked at in parallel (a sequential walk waits on one call at a time). */
+const BATCH = 64;
 
 /**
  * A digest of a tree's content: for each entry in sorted path order its path, type, permission
  * bits, owner, link target and (for files) a digest of the bytes. Modification times are left out
  * on purpose: touching a file without changing it must not change the digest (as upstream's
- * contenthash), so a rebuild after `touch` stays cached.
+ * contenthash), so a rebuild after `touch` stays cached. Files whose inode is unchanged since an
+ * earlier digest are not read again (see byInode); with `cache`, not even when only their ctime
+ * changed (see FileDigestCache).
  */
-export async function treeDigest(root: string, opts: { signal?: AbortSignal } = {}): Promise<Digest> {
+export async function treeDigest(root: string, opts: { signal?: AbortSignal; cache?: FileDigestCache } = {}): Promise<Digest> {
   const h = createHash('sha256');
+  const entry = async (p: string): Promise<{ st: BigIntStats; body: string }> => {
+    const full = join(root, p);
+    const st = await lstat(full, { bigint: true });
+    let body = '';
+    if (st.isFile()) {
+      body = opts.cache?.get(full, st) ?? '';
+      if (!body) {
+        body = await contentDigest(full, st);
+        opts.cache?.set(full, st, body);
+      }
+    } else if (st.isSymbolicLink()) body = await readlink(full);
+    else if (st.isCharacterDevice() || st.isBlockDevice()) body = st.rdev.toString();
+    return { st, body };
+  };
   const walk = async (rel: string): Promise<void> => {
     throwIfAborted(opts.signal);
     const names = (await readdir(join(root, rel))).sort();
-    for (const name of names) {
-      const p = rel ? `${rel}/${name}` : name;
-      const full = join(root, p);
-      const st = await lstat(full);
-      let body = '';
-      if (st.isFile()) body = await fileDigest(full);
-      else if (st.isSymbolicLink()) body = await readlink(full);
-      else if (st.isCharacterDevice() || st.isBlockDevice()) body = String(st.rdev);
-      h.update(`${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid} ${body}\n`);
+    const paths = names.map((name) => (rel ? `${rel}/${name}` : name));
+    const entries: { st: BigIntStats; body: string }[] = [];
+    for (let i = 0; i < paths.length; i += BATCH) {
+      throwIfAborted(opts.signal);
+      entries.push(...(await Promise.all(paths.slice(i, i + BATCH).map(entry))));
+    }
+    // Hashed in the same order as a depth-first walk: each directory's subtree right after its line.
+    for (const [i, p] of paths.entries()) {
+      const { st, body } = entries[i]!;
+      h.update(`${JSON.stringify(p)} ${(Number(st.mode) >>> 0).toString(8)} ${st.uid}:${st.gid} ${body}\n`);
       if (st.isDirectory()) await walk(p);
     }
   };
@@ -32,10 +133,41 @@ export async function treeDigest(root: string, opts: { signal?: AbortSignal } = 
   return `sha256:${h.digest('hex')}`;
 }
 
-export function fileDigest(path: string): Promise<string> {
+/**
+ * Makes the digests `cache` holds for the files under `root` known by inode state as well, as the
+ * inodes are now (the racy guard of byInode skipped): for a tree whose files were just hard-linked
+ * elsewhere (which changed their ctime but not their content), so that digesting the other tree
+ * does not read them. Only for trees nobody writes in place, the writer of which keeps `cache`
+ * right (the local-source mirror).
+ */
+export async function shareDigests(root: string, cache: FileDigestCache, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  const walk = async (dir: string): Promise<void> => {
+    throwIfAborted(opts.signal);
+    const names = await readdir(dir);
+    for (let i = 0; i < names.length; i += BATCH) {
+      await Promise.all(
+        names.slice(i, i + BATCH).map(async (name) => {
+          const full = join(dir, name);
+          const st = await lstat(full, { bigint: true });
+          if (st.isDirectory()) return walk(full);
+          const d = st.isFile() ? cache.get(full, st) : undefined;
+          if (d) byInode.set(inodeKey(st), d);
+        }),
+      );
+    }
+  };
+  await walk(root);
+}
+
+/** The hex sha256 of a file's bytes (symlinks followed). */
+export async function fileDigest(path: string): Promise<string> {
+  return contentDigest(path, await stat(path, { bigint: true }));
+}
+
+function readDigest(path: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const h = createHash('sha256');
-    createReadStream(path)
+    createReadStream(path, { highWaterMark: 1 << 20 })
       .on('data', (c) => h.update(c))
       .on('error', reject)
       .on('end', () => resolve(h.digest('hex')));

@@ -134,6 +134,7 @@ export async function copyAction(src: string, dest: string, a: FileActionCopy, u
       followLinks: a.followSymlink,
       include: a.includePatterns.length > 0 ? new PatternMatcher(a.includePatterns) : null,
       exclude: a.excludePatterns.length > 0 ? new PatternMatcher(a.excludePatterns) : null,
+      keepOwners: user === null,
       signal,
     };
     if (!a.allowWildcard) {

@@ -1,7 +1,8 @@
 import { constants, type Stats } from 'node:fs';
 import { chmod, copyFile, link, lstat, mkdir, readdir, readlink, rm, stat, symlink } from 'node:fs/promises';
 import path from 'node:path';
-import { LoomError, throwIfAborted } from '../../util/errors.js';
+import { spawn } from 'node:child_process';
+import { CancelledError, LoomError, throwIfAborted } from '../../util/errors.js';
 import { resolveInRoot, resolveParentInRoot } from '../../util/fs-safe.js';
 import { copyXattrs, mknod, setTimes, type TimesWrite } from '../../snapshot/layer/sys-ops.js';
 import { applyChown, mkdirAll, type Chowner } from './fs-util.js';
@@ -35,6 +36,11 @@ export interface CopyInfo {
   followLinks: boolean;
   include: PatternMatcher | null;
   exclude: PatternMatcher | null;
+  /**
+   * The chowner keeps every source owner (no user given). With no utime, mode or patterns either,
+   * a directory copied to a fresh place is copied by `cp -a` in one process (see fastCopyDir).
+   */
+  keepOwners?: boolean;
   signal?: AbortSignal;
 }
 
@@ -57,8 +63,84 @@ export async function copyPath(srcRoot: string, src: string, dstRoot: string, ds
   const c = new Copier(ci);
   const srcHost = await sourcePath(srcRoot, src, ci.followLinks);
   const target = await c.prepareTargetDir(dstRoot, srcHost, src, dstHost);
+  if (await fastCopyDir(srcHost, target, ci)) return;
   await c.copy(srcHost, '', target, false, null, null);
   await c.flush();
+}
+
+/**
+ * The common copy, a directory to a place where nothing of it exists yet, with nothing to change on
+ * the way (owners, modes, times kept; no patterns), done by `cp -a --reflink=auto` (GNU coreutils)
+ * in one process instead of a handful of calls per entry: about twice as fast on a tree of small
+ * files. What it does there is what the Copier does: every entry new, with its type, content,
+ * mode (setuid bits too), owner, nanosecond times and xattrs (unsettable xattrs skipped), hard
+ * links among the copied files kept, devices and FIFOs recreated, symlinks not followed. A target
+ * that exists as an empty directory keeps its mode and owner and gets the source's times, as the
+ * Copier treats the top of a copy. Sockets (which the Copier turns into empty files) and any other
+ * case go the per-entry way. Returns false when it did not copy.
+ */
+export async function fastCopyDir(srcHost: string, target: string, ci: CopyInfo): Promise<boolean> {
+  if (!ci.keepOwners || ci.utime !== null || ci.mode !== null || ci.include || ci.exclude) return false;
+  const src = await lstat(srcHost, { bigint: true });
+  if (!src.isDirectory()) return false;
+  let existing: Stats | null = null;
+  try {
+    existing = await lstat(target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  if (existing && (!existing.isDirectory() || (await readdir(target)).length > 0)) return false;
+  const names = await listWithoutSockets(srcHost, ci.signal);
+  if (names === null) return false;
+  throwIfAborted(ci.signal);
+  if (!existing) {
+    await runCp(['-a', '--reflink=auto', '--no-target-directory', '--', srcHost, target], srcHost, ci.signal);
+    return true;
+  }
+  for (let i = 0; i < names.length; i += CP_ARGS) {
+    const batch = names.slice(i, i + CP_ARGS).map((n) => path.join(srcHost, n));
+    await runCp(['-a', '--reflink=auto', '--target-directory', target, '--', ...batch], srcHost, ci.signal);
+  }
+  await setTimes([{ path: target, atimeNs: src.atimeNs, mtimeNs: src.mtimeNs }]);
+  return true;
+}
+
+/** Source paths given to one cp process at most (the argument list is bounded). */
+const CP_ARGS = 500;
+
+/** The names in `dir`, or null when a socket is anywhere below it (by directory entry types). */
+async function listWithoutSockets(dir: string, signal?: AbortSignal): Promise<string[] | null> {
+  const top = await readdir(dir, { withFileTypes: true });
+  const pending = top.filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name));
+  if (top.some((e) => e.isSocket())) return null;
+  while (pending.length > 0) {
+    throwIfAborted(signal);
+    const batch = pending.splice(0, 32);
+    const lists = await Promise.all(batch.map((d) => readdir(d, { withFileTypes: true })));
+    for (const [i, list] of lists.entries()) {
+      for (const e of list) {
+        if (e.isSocket()) return null;
+        if (e.isDirectory()) pending.push(path.join(batch[i]!, e.name));
+      }
+    }
+  }
+  return top.map((e) => e.name);
+}
+
+function runCp(args: string[], src: string, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const child = spawn('cp', args, { stdio: ['ignore', 'ignore', 'pipe'], signal });
+    const err: Buffer[] = [];
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.on('error', (e) => {
+      if (signal?.aborted) reject(new CancelledError('context canceled', { cause: signal.reason }));
+      else reject(new LoomError('INTERNAL', `failed to start cp to copy ${src}: ${e.message}`, { cause: e }));
+    });
+    child.on('close', (code) => {
+      if (code === 0) resolve();
+      else if (!signal?.aborted) reject(new LoomError('INTERNAL', `failed to copy ${src}: ${Buffer.concat(err).toString().trim()}`));
+    });
+  });
 }
 
 interface ParentDir {

@@ -1,7 +1,7 @@
 import { FileSync } from '../../gen/session/filesync_pb.js';
 import type { MetadataStore } from '../../cache/metadata.js';
 import type { RefManager } from '../../cache/ref-manager.js';
-import { treeDigest } from '../../cache/content-hash.js';
+import { FileDigestCache, shareDigests, treeDigest } from '../../cache/content-hash.js';
 import type { SessionManager } from '../../session/manager.js';
 import { diffCopyMetadata } from '../../session/filesync/metadata.js';
 import { receiveDir } from '../../session/filesync/receive.js';
@@ -10,7 +10,9 @@ import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, LoomError } from '../../util/errors.js';
 import { join } from 'node:path';
 import { sha256 } from '../../util/digest.js';
-import { copyTree } from '../../snapshot/native/native-snapshotter.js';
+import { LRUCache } from 'lru-cache';
+import { copyTree, linkTree } from '../../snapshot/native/native-snapshotter.js';
+import { log as rootLog } from '../../util/log.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 
 export interface LocalSourceDeps {
@@ -23,6 +25,14 @@ export interface LocalSourceDeps {
 }
 
 const NS_LOCAL = 'local-content';
+const log = rootLog.child({ sub: 'local-source' });
+
+/**
+ * Per mirror directory, the content digests of its files from the last digest of it (in memory: a
+ * restarted daemon reads each mirror once more). The receiver reports every path it changes, and
+ * those are forgotten before the next digest.
+ */
+const digestCaches = new LRUCache<string, FileDigestCache>({ max: 32 });
 const NS_MIRROR = 'local-mirror';
 
 /**
@@ -87,43 +97,75 @@ export class LocalSourceOp implements OpImpl {
         let last = 0;
         let bytes = 0;
         let changed = false;
+        let cache = digestCaches.get(mirror);
+        if (!cache) {
+          cache = new FileDigestCache();
+          digestCaches.set(mirror, cache);
+        }
+        const files = cache;
         // A transfer that fails half way leaves the mirror unknown: its digest is forgotten first.
         const before = this.#d.metadata.kvGet(NS_MIRROR, mirror);
         this.#d.metadata.kvDelete(NS_MIRROR, mirror);
-        await receiveDir(stream, {
-          dest: mirror,
-          signal: ctx.signal,
-          onChange: () => {
-            changed = true;
-          },
-          onProgress: (n: number) => {
-            bytes = n;
-            const now = Date.now();
-            if (now - last < 100) return;
-            last = now;
-            ctx.progress.status({ id, vertex, name: id, current: n, total: 0, timestamp: new Date(), started });
-          },
-        });
+        try {
+          await receiveDir(stream, {
+            dest: mirror,
+            signal: ctx.signal,
+            onChange: (c) => {
+              changed = true;
+              files.forget(join(mirror, c.path));
+            },
+            onProgress: (n: number) => {
+              bytes = n;
+              const now = Date.now();
+              if (now - last < 100) return;
+              last = now;
+              ctx.progress.status({ id, vertex, name: id, current: n, total: 0, timestamp: new Date(), started });
+            },
+          });
+        } catch (err) {
+          files.clear();
+          throw err;
+        }
         const done = new Date();
         ctx.progress.status({ id, vertex, name: id, current: bytes, total: 0, timestamp: done, started, completed: done });
-        // Nothing changed in a mirror whose digest was known: no need to read it all again.
-        const digest = !changed && before ? before : await treeDigest(mirror, { signal: ctx.signal });
+        // Nothing changed in a mirror whose digest was known: no need to look at it again.
+        const digest = !changed && before ? before : await treeDigest(mirror, { signal: ctx.signal, cache: files });
         this.#d.metadata.kvPut(NS_MIRROR, mirror, digest);
         const existing = this.#d.metadata.kvGet(NS_LOCAL, digest);
         if (existing && this.#d.metadata.getRef(existing)) return { ref: await this.#d.refs.get(existing), digest };
-        const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
-        try {
-          await copyTree(mirror, w.dir, ctx.signal);
-          const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local' });
-          this.#d.metadata.kvPut(NS_LOCAL, digest, ref.id);
-          return { ref, digest };
-        } catch (err) {
-          await w.discard();
-          throw err;
-        }
+        const made = await this.#snapshot(mirror, digest, ctx);
+        // Steps keyed by the content of some of its paths digest the new snapshot next: its files
+        // are the mirror's inodes, whose digests are known (linking changed only their ctime).
+        await shareDigests(mirror, files, { signal: ctx.signal });
+        return made;
       });
     })();
     return this.#synced;
+  }
+
+  /**
+   * The mirror's content as a new committed snapshot. Its files are hard links to the mirror's:
+   * the receiver never writes a mirror file in place (a changed file is a new inode renamed over
+   * the old one, see receiveDir), and nobody writes a committed snapshot, so the shared inodes never
+   * change. Where links cannot be made (mirror and snapshots on different filesystems, a
+   * snapshotter whose fresh snapshot is a mount) the tree is copied.
+   */
+  async #snapshot(mirror: string, digest: string, ctx: OpContext): Promise<{ ref: Ref; digest: string }> {
+    for (const mode of ['link', 'copy'] as const) {
+      const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
+      try {
+        if (mode === 'link') await linkTree(mirror, w.dir, ctx.signal);
+        else await copyTree(mirror, w.dir, ctx.signal);
+        const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local' });
+        this.#d.metadata.kvPut(NS_LOCAL, digest, ref.id);
+        return { ref, digest };
+      } catch (err) {
+        await w.discard();
+        if (mode === 'copy' || ctx.signal.aborted) throw err;
+        log.debug({ mirror, err: (err as Error).message }, 'cannot link the mirror into a snapshot; copying it');
+      }
+    }
+    throw new LoomError('INTERNAL', 'unreachable');
   }
 
   async cacheKey(ctx: OpContext): Promise<string> {

@@ -92,6 +92,11 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
 
   await mkdir(opts.dest, { recursive: true, mode: 0o700 });
   const root = await realpath(opts.dest);
+  // What `dest` holds before the transfer, looked at all at once (in parallel) instead of one
+  // lstat per listed entry in turn: a resend of an unchanged tree is mostly these lookups. Each
+  // path is listed once and changes only when its own entry is handled, so the answer stays right
+  // for every entry that still asks; entries below a replaced directory are never listed.
+  const existing = merge ? undefined : await statTree(root);
 
   const order = new OrderValidator();
   const hardlinks = new HardlinkValidator();
@@ -171,10 +176,15 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     }
     const abs = join(root, rel);
     let old: BigIntStats | undefined;
-    try {
-      old = await lstat(abs, { bigint: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    if (existing) {
+      old = existing.get(rel);
+      existing.delete(rel);
+    } else {
+      try {
+        old = await lstat(abs, { bigint: true });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
     }
     const hardlink = !isDir && !isSymlink && stat.linkname !== '';
 
@@ -190,7 +200,9 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
       return;
     }
 
-    // Something else is in the way: build the new entry beside it and rename it over.
+    // Something else is in the way: build the new entry beside it and rename it over. An existing
+    // file is never written in place (only directories are changed where they are): the local
+    // source hard-links the mirror's files into committed snapshots and relies on this.
     const target = old ? join(root, parent, `.tmp.loom-${randomBytes(6).toString('hex')}`) : abs;
     const kind: ChangeKind = old ? 'modify' : 'add';
     const mode = stat.mode >>> 0;
@@ -375,18 +387,56 @@ async function removeUnlisted(
 ): Promise<number> {
   let n = 0;
   const dir = join(root, rel);
-  for (const name of await readdir(dir)) {
-    const p = rel === '' ? name : `${rel}/${name}`;
+  for (const ent of await readdir(dir, { withFileTypes: true })) {
+    const p = rel === '' ? ent.name : `${rel}/${ent.name}`;
     if (!listed.has(p)) {
       await rm(join(root, p), { recursive: true, force: true });
       onChange?.({ kind: 'delete', path: p });
       n++;
       continue;
     }
-    const st = await lstat(join(root, p));
-    if (st.isDirectory()) n += await removeUnlisted(root, p, listed, onChange);
+    // The type from the directory entry is lstat's (a symlink is not followed).
+    if (ent.isDirectory()) n += await removeUnlisted(root, p, listed, onChange);
   }
   return n;
+}
+
+/** Entries of one directory looked at in parallel by statTree. */
+const STAT_BATCH = 64;
+
+/**
+ * lstat of every entry below `root`, by path relative to it; symlinks are not followed, entries
+ * that vanish during the walk are left out.
+ */
+async function statTree(root: string): Promise<Map<string, BigIntStats>> {
+  const out = new Map<string, BigIntStats>();
+  const visit = async (rel: string): Promise<void> => {
+    let names: string[];
+    try {
+      names = await readdir(rel === '' ? root : join(root, rel));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return;
+      throw err;
+    }
+    for (let i = 0; i < names.length; i += STAT_BATCH) {
+      await Promise.all(
+        names.slice(i, i + STAT_BATCH).map(async (name) => {
+          const p = rel === '' ? name : `${rel}/${name}`;
+          let st: BigIntStats;
+          try {
+            st = await lstat(join(root, p), { bigint: true });
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+            throw err;
+          }
+          out.set(p, st);
+          if (st.isDirectory()) await visit(p);
+        }),
+      );
+    }
+  };
+  await visit('');
+  return out;
 }
 
 /**

@@ -196,6 +196,36 @@ describe('sendDir -> receiveDir', () => {
     expect(changes).not.toContain('modify same.txt');
   });
 
+  test('a resend never writes an existing inode in place: links made to dest files keep their content and metadata', async () => {
+    // The local source hard-links the mirror into snapshots, which must never change.
+    const src = await tmp();
+    const dest = await tmp();
+    const outside = await tmp();
+    await mkdir(join(src, 'd'));
+    await writeFile(join(src, 'd/content.txt'), 'old!');
+    await writeFile(join(src, 'mode.txt'), 'same bytes');
+    await chmod(join(src, 'mode.txt'), 0o644);
+    await writeFile(join(src, 'kept.txt'), 'kept');
+    await transfer(src, dest);
+    for (const f of ['d/content.txt', 'mode.txt', 'kept.txt']) await link(join(dest, f), join(outside, f.replace('/', '_')));
+    const before = await snapshotTree(outside);
+
+    // Same size, new bytes; a mode-only change; and an unchanged file.
+    await writeFile(join(src, 'd/content.txt'), 'new!');
+    await utimes(join(src, 'd/content.txt'), new Date('2020-01-01T00:00:00Z'), new Date('2020-01-01T00:00:00Z'));
+    await chmod(join(src, 'mode.txt'), 0o600);
+    const { r } = await transfer(src, dest);
+    expect(r.unchanged).toBeGreaterThanOrEqual(1);
+    // (kept.txt has a second link, outside: leave link lists out of this comparison)
+    const noLinks = (t: Awaited<ReturnType<typeof snapshotTree>>) => t.map(({ links: _, ...e }) => e);
+    expect(noLinks(await snapshotTree(dest, { dirTimes: true }))).toEqual(noLinks(await snapshotTree(src, { dirTimes: true })));
+    expect(noLinks(await snapshotTree(outside))).toEqual(noLinks(before));
+    expect(await readFile(join(outside, 'd_content.txt'), 'utf8')).toBe('old!');
+    expect((await stat(join(outside, 'mode.txt'))).mode & 0o777).toBe(0o644);
+    // The unchanged file is still the same inode (nothing was rewritten).
+    expect((await stat(join(outside, 'kept.txt'))).ino).toBe((await stat(join(dest, 'kept.txt'))).ino);
+  });
+
   test('merge keeps what is already in dest', async () => {
     const src = await tmp();
     const dest = await tmp();

@@ -1,0 +1,135 @@
+import { chmod, lstat, mkdir, mkdtemp, open, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { afterEach, describe, expect, test, vi } from 'vitest';
+import { setTimes } from '../../../src/snapshot/layer/sys-ops.js';
+import { contentDigestCounts, FileDigestCache, fileDigest, shareDigests, treeDigest } from '../../../src/cache/content-hash.js';
+
+const dirs: string[] = [];
+afterEach(async () => {
+  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
+});
+
+async function tree(): Promise<string> {
+  const d = await mkdtemp(join(tmpdir(), 'loom-hash-'));
+  dirs.push(d);
+  await mkdir(join(d, 'a/b'), { recursive: true });
+  for (let i = 0; i < 150; i++) await writeFile(join(d, 'a', `f${i}`), `file ${i}\n`);
+  await writeFile(join(d, 'a/b/deep'), 'deep');
+  await writeFile(join(d, 'a.txt'), 'sorts after the a dir');
+  await symlink('a/b/deep', join(d, 'link'));
+  return d;
+}
+
+describe('treeDigest', () => {
+  test('is the same with and without a cache, and for an identical copy of the tree', async () => {
+    const t1 = await tree();
+    const t2 = await tree();
+    const cache = new FileDigestCache();
+    const plain = await treeDigest(t1);
+    expect(plain).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(await treeDigest(t1, { cache })).toBe(plain);
+    expect(await treeDigest(t1, { cache })).toBe(plain);
+    expect(await treeDigest(t2)).toBe(plain);
+    expect(cache.size).toBe(152);
+  });
+
+  test('content, mode and link targets count; times do not', async () => {
+    const t = await tree();
+    const d0 = await treeDigest(t);
+    await utimes(join(t, 'a/f1'), new Date(0), new Date(0));
+    expect(await treeDigest(t)).toBe(d0);
+    await chmod(join(t, 'a/f1'), 0o600);
+    const d1 = await treeDigest(t);
+    expect(d1).not.toBe(d0);
+    await rm(join(t, 'link'));
+    await symlink('a/f1', join(t, 'link'));
+    expect(await treeDigest(t)).not.toBe(d1);
+  });
+
+  test('with a cache, a file replaced by a new inode is read again, even with the same size and mtime', async () => {
+    const t = await tree();
+    const cache = new FileDigestCache();
+    const d0 = await treeDigest(t, { cache });
+    // The receiver's way: the new content is written beside the old and renamed over it.
+    const f = join(t, 'a/f7');
+    const tmp = `${t}.tmp`;
+    dirs.push(tmp);
+    await writeFile(tmp, 'FILE 7\n');
+    const when = new Date('2021-05-06T07:08:09Z');
+    await utimes(tmp, when, when);
+    await utimes(f, when, when);
+    const d1 = await treeDigest(t, { cache });
+    expect(d1).toBe(d0);
+    await rename(tmp, f);
+    const d2 = await treeDigest(t, { cache });
+    expect(d2).not.toBe(d0);
+    expect(d2).toBe(await treeDigest(t));
+  });
+
+  test('a forgotten path is read again; cached files are not', async () => {
+    const t = await tree();
+    const cache = new FileDigestCache();
+    await treeDigest(t, { cache });
+    const st = { ino: 0n, size: 0n, mtimeNs: 0n };
+    expect(cache.get(join(t, 'a/f3'), st as never)).toBeUndefined();
+    cache.forget(join(t, 'a'));
+    expect(cache.size).toBe(1); // a.txt: a sibling, not below a/
+    await treeDigest(t, { cache });
+    expect(cache.size).toBe(152);
+    const spy = vi.spyOn(cache, 'set');
+    await treeDigest(t, { cache });
+    expect(spy).not.toHaveBeenCalled();
+    cache.forget(join(t, 'a/b/deep'));
+    await treeDigest(t, { cache });
+    expect(spy).toHaveBeenCalledTimes(1);
+    expect(spy.mock.calls[0]![0]).toBe(join(t, 'a/b/deep'));
+  });
+
+  test('files unchanged since an earlier digest are not read again; a change in place is seen', async () => {
+    const t = await tree();
+    const d0 = await treeDigest(t);
+    // Entries are only kept for files whose ctime is older than a second (racy-git guard).
+    await new Promise((r) => setTimeout(r, 1100));
+    await treeDigest(t);
+    const before = contentDigestCounts();
+    expect(await treeDigest(t)).toBe(d0);
+    const after = contentDigestCounts();
+    expect(after.reads).toBe(before.reads);
+    expect(after.hits - before.hits).toBe(152);
+    // Same size, same mtime, same inode, new bytes: only the ctime tells.
+    const f = join(t, 'a/f9');
+    const { atimeNs, mtimeNs, size } = await lstat(f, { bigint: true });
+    const fh = await open(f, 'r+');
+    await fh.write('F');
+    await fh.close();
+    await setTimes([{ path: f, atimeNs, mtimeNs }]);
+    expect((await lstat(f, { bigint: true })).mtimeNs).toBe(mtimeNs);
+    expect((await lstat(f, { bigint: true })).size).toBe(size);
+    const d1 = await treeDigest(t);
+    expect(d1).not.toBe(d0);
+    expect(contentDigestCounts().reads - after.reads).toBe(1);
+    expect(await fileDigest(f)).toBe(await fileDigest(f));
+  });
+
+  test('shareDigests: a hard-linked copy of a digested tree is digested without reading its files', async () => {
+    const t = await tree();
+    const cache = new FileDigestCache();
+    const d0 = await treeDigest(t, { cache });
+    const copy = `${t}.links`;
+    dirs.push(copy);
+    execFileSync('cp', ['-a', '--link', '--no-target-directory', t, copy]);
+    await shareDigests(t, cache);
+    const before = contentDigestCounts();
+    expect(await treeDigest(copy)).toBe(d0);
+    expect(contentDigestCounts().reads).toBe(before.reads);
+  });
+
+  test('an abort stops the walk', async () => {
+    const t = await tree();
+    const ac = new AbortController();
+    ac.abort();
+    await expect(treeDigest(t, { signal: ac.signal })).rejects.toThrow();
+  });
+});
