@@ -1,10 +1,9 @@
-import { toPbPlatform } from '../worker/pb-platform.js';
+import { fromPbPlatform, toPbPlatform } from '../util/pb-platform.js';
 import { BuildManager } from '../control/build.js';
 import type { ControlBackend } from '../control/controller.js';
 import { ControlServer } from '../control/server.js';
 import { workerRecord } from '../control/controller.js';
 import { GatewayForwarder, gatewayHandlers, type GatewayDeps } from '../control/gateway.js';
-import { fromPbPlatform } from '../worker/pb-platform.js';
 import type { GCPolicyConfig } from './config.js';
 import { diskUsage, prune } from '../cache/prune.js';
 import { SessionManager } from '../session/manager.js';

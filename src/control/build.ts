@@ -10,7 +10,7 @@ import { inVertex, ProgressBus } from '../util/progress.js';
 import { GatewayBuild, resultRefs, type GatewayDeps, type GatewayForwarder } from './gateway.js';
 import { parsePlatform, type Platform } from '../util/platform.js';
 import { FRONTENDS, runFrontend } from './frontends.js';
-import { toPbPlatform } from '../worker/pb-platform.js';
+import { toPbPlatform } from '../util/pb-platform.js';
 import { GRPC_CODE_NAMES, loomCodeOfGrpc } from '../session/tunnel/grpc-status.js';
 
 const log = () => rootLog.child({ sub: 'build' });

@@ -4,7 +4,7 @@ import { InvalidArgumentError, NotFoundError } from '../util/errors.js';
 import { resolveInRoot } from '../util/fs-safe.js';
 import { inVertex } from '../util/progress.js';
 import type { Platform } from '../util/platform.js';
-import { toPbPlatform } from '../worker/pb-platform.js';
+import { toPbPlatform } from '../util/pb-platform.js';
 import type { GatewayBuild, GatewayDeps } from './gateway.js';
 
 /** What a frontend produced: result ids of the build (one per platform) and export metadata. */

@@ -27,7 +27,7 @@ import { formatPlatform, type Platform } from '../util/platform.js';
 import { createExporters } from './exporters.js';
 import { createOpResolver } from './ops.js';
 import { detectPlatforms, platformList, type EmulatorInfo } from './platforms.js';
-import { toPbPlatform } from './pb-platform.js';
+import { toPbPlatform } from '../util/pb-platform.js';
 import { RegistryAccess } from '../ops/source/registry-access.js';
 
 export interface WorkerOptions {

@@ -35,7 +35,6 @@ import {
   NetMode,
   OpMetadataSchema,
   OpSchema,
-  PlatformSchema,
   PositionSchema,
   ProgressGroupSchema,
   ProxyEnvSchema,
@@ -61,6 +60,7 @@ import {
 import { sha256, type Digest } from '../../util/digest.js';
 import { normalizePlatform, type Platform } from '../../util/platform.js';
 import type { Range } from './errors.js';
+import { toPbPlatform } from '../../util/pb-platform.js';
 
 /** Where an op came from in the Dockerfile, for error source snippets. */
 export interface SourceMapRef {
@@ -319,15 +319,6 @@ export function scratch(): LLBState {
   return new LLBState(undefined);
 }
 
-function pbPlatform(p: Platform) {
-  return create(PlatformSchema, {
-    OS: p.os,
-    Architecture: p.architecture,
-    Variant: p.variant ?? '',
-    OSVersion: p['os.version'] ?? '',
-    OSFeatures: p['os.features'] ?? [],
-  });
-}
 
 function sortedRecord<V>(rec: Record<string, V>): Record<string, V> {
   return Object.fromEntries(Object.entries(rec).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
@@ -363,7 +354,7 @@ export class LLBBuilder {
     const platform = o.platform;
     const op = create(OpSchema, {
       op: { case: 'source', value: create(SourceOpSchema, { identifier, attrs: sortedRecord(attrs) }) },
-      platform: platformSpecific ? pbPlatform(platform ?? this.defaultPlatform) : undefined,
+      platform: platformSpecific ? toPbPlatform(platform ?? this.defaultPlatform) : undefined,
     });
     const v = this.#vertex(op, [], o, caps);
     // NewState: working dir `/`, and the platform when the source was given one.
@@ -600,7 +591,7 @@ export class LLBBuilder {
     const op = create(OpSchema, {
       inputs: inputs.map((i) => create(InputSchema, i)),
       op: { case: 'exec', value: create(ExecOpSchema, { meta, mounts: pbMounts, network, security }) },
-      platform: pbPlatform(platform),
+      platform: toPbPlatform(platform),
     });
     const v = this.#vertex(op, deps, o, caps);
     const root = base.withOutput({ vertex: v, index: outputOf.get('/')! });
@@ -653,7 +644,7 @@ export class LLBBuilder {
     const op = create(OpSchema, {
       inputs: inputs.map((i) => create(InputSchema, i)),
       op: { case: 'file', value: create(FileOpSchema, { actions: pbActions }) },
-      platform: pbPlatform(platform),
+      platform: toPbPlatform(platform),
     });
     const v = this.#vertex(op, deps, o, caps);
     return base.withOutput({ vertex: v, index: 0 });

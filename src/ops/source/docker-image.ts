@@ -14,7 +14,7 @@ import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { sha256 } from '../../util/digest.js';
 import { InvalidArgumentError, UnimplementedError } from '../../util/errors.js';
 import { layerCompression } from '../../util/media-types.js';
-import { fromPbPlatform } from '../../worker/pb-platform.js';
+import { fromPbPlatform } from '../../util/pb-platform.js';
 import type { RegistryAccess } from './registry-access.js';
 
 export interface ImageSourceDeps {

@@ -1,6 +1,6 @@
 import { create } from '@bufbuild/protobuf';
 import { PlatformSchema, type Platform as PbPlatform } from '../gen/buildkit/ops_pb.js';
-import type { Platform } from '../util/platform.js';
+import type { Platform } from './platform.js';
 
 /** OCI's platform object (lower-case JSON names) to LLB's pb.Platform and back. */
 export function toPbPlatform(p: Platform): PbPlatform {
