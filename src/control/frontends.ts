@@ -1,11 +1,9 @@
-import { open } from 'node:fs/promises';
 import { DockerfileFrontend } from '../frontend/dockerfile/frontend.js';
-import { InvalidArgumentError, NotFoundError } from '../util/errors.js';
-import { resolveInRoot } from '../util/fs-safe.js';
+import { InvalidArgumentError } from '../util/errors.js';
 import { inVertex } from '../util/progress.js';
 import type { Platform } from '../util/platform.js';
 import { toPbPlatform } from '../util/pb-platform.js';
-import type { GatewayBuild, GatewayDeps } from './gateway.js';
+import { readRefFile, type GatewayBuild, type GatewayDeps } from './gateway.js';
 
 /** What a frontend produced: result ids of the build (one per platform) and export metadata. */
 export interface FrontendOutcome {
@@ -35,23 +33,7 @@ export async function runFrontend(
     workerPlatforms: opts.platforms,
     signal: b.job.signal,
     solve: (def) => b.solve(def),
-    readFile: async (id, path, range) => {
-      const ref = await b.ref(id);
-      const p = await resolveInRoot(ref.dir, path);
-      const fh = await open(p, 'r').catch((err: NodeJS.ErrnoException) => {
-        throw new NotFoundError(`${path}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`);
-      });
-      try {
-        const st = await fh.stat();
-        const off = range?.offset ?? 0;
-        const len = Math.max(0, Math.min(range && range.length > 0 ? range.length : st.size, st.size - off));
-        const buf = Buffer.alloc(len);
-        await fh.read(buf, 0, len, off);
-        return buf;
-      } finally {
-        await fh.close();
-      }
-    },
+    readFile: async (id, path, range) => readRefFile((await b.ref(id)).dir, path, range),
     resolveImageConfig: (ref, o) =>
       inVertex(b.job.progress, { name: o.logName, id: `${b.job.id}-${o.logName}` }, () =>
         opts.deps.resolveImageConfig(b.job, ref, toPbPlatform(o.platform), o.resolveMode),

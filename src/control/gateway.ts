@@ -242,22 +242,8 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
     }),
     readFile: unary(async (b, req: ReadFileRequest) => {
       const ref = await b.ref(req.Ref);
-      const p = await resolveInRoot(ref.dir, req.FilePath);
-      const fh = await open(p, 'r').catch((err: NodeJS.ErrnoException) => {
-        throw new NotFoundError(`failed to read ${req.FilePath}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`);
-      });
-      try {
-        const st = await fh.stat();
-        if (!st.isFile()) throw new InvalidArgumentError(`failed to read ${req.FilePath}: not a regular file`);
-        const off = Number(req.Range?.Offset ?? 0n);
-        const len = req.Range && req.Range.Length > 0n ? Number(req.Range.Length) : st.size - off;
-        if (len > 16 << 20) throw new InvalidArgumentError(`failed to read ${req.FilePath}: ${len} bytes exceed the 16 MiB message limit`);
-        const buf = Buffer.alloc(Math.max(0, Math.min(len, st.size - off)));
-        await fh.read(buf, 0, buf.length, off);
-        return create(ReadFileResponseSchema, { Data: buf });
-      } finally {
-        await fh.close();
-      }
+      const range = req.Range ? { offset: Number(req.Range.Offset), length: Number(req.Range.Length) } : undefined;
+      return create(ReadFileResponseSchema, { Data: await readRefFile(ref.dir, req.FilePath, range, { maxBytes: 16 << 20 }) });
     }),
     readDir: unary(async (b, req: ReadDirRequest) => {
       const ref = await b.ref(req.Ref);
@@ -295,6 +281,31 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
       call.destroy(Object.assign(new Error(), toServiceError(new UnimplementedError('interactive containers (ExecProcess) are not supported by loom yet'))));
     },
   };
+}
+
+/**
+ * A file of a solved result, resolved inside it (symlinks followed within the tree), optionally a
+ * byte range (length 0: to the end). `maxBytes` bounds what one reply may carry.
+ */
+export async function readRefFile(dir: string, path: string, range?: { offset: number; length: number }, opts: { maxBytes?: number } = {}): Promise<Buffer> {
+  const p = await resolveInRoot(dir, path);
+  const fh = await open(p, 'r').catch((err: NodeJS.ErrnoException) => {
+    throw new NotFoundError(`failed to read ${path}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`);
+  });
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new InvalidArgumentError(`failed to read ${path}: not a regular file`);
+    const off = range?.offset ?? 0;
+    const len = range && range.length > 0 ? range.length : st.size - off;
+    if (opts.maxBytes !== undefined && len > opts.maxBytes) {
+      throw new InvalidArgumentError(`failed to read ${path}: ${len} bytes exceed the ${opts.maxBytes >> 20} MiB message limit`);
+    }
+    const buf = Buffer.alloc(Math.max(0, Math.min(len, st.size - off)));
+    await fh.read(buf, 0, buf.length, off);
+    return buf;
+  } finally {
+    await fh.close();
+  }
 }
 
 async function statOf(p: string, name: string): Promise<Stat> {
