@@ -14,6 +14,7 @@ import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { sha256 } from '../../util/digest.js';
 import { InvalidArgumentError, UnimplementedError } from '../../util/errors.js';
 import { layerCompression } from '../../util/media-types.js';
+import { oneOff } from '../../util/progress.js';
 import { fromPbPlatform } from '../../util/pb-platform.js';
 import type { RegistryAccess } from './registry-access.js';
 
@@ -60,12 +61,9 @@ export class ImageSourceOp implements OpImpl {
     this.#resolved ??= (async () => {
       const ref = this.#ref();
       const name = formatReference(ref);
-      const started = new Date();
-      const id = `resolve ${name}`;
-      ctx.progress.status({ id, vertex: ctx.vertex.digest, name: id, current: 0, total: 0, timestamp: started, started });
+      const done = oneOff(ctx.progress, ctx.vertex.digest, `resolve ${name}`);
       const img = await this.#d.registries.forJob(ctx).resolve(ref, { platform: fromPbPlatform(ctx.platform), signal: ctx.signal });
-      const done = new Date();
-      ctx.progress.status({ id, vertex: ctx.vertex.digest, name: id, current: 0, total: 0, timestamp: done, started, completed: done });
+      done();
       return img;
     })();
     return this.#resolved;
@@ -154,8 +152,7 @@ export class ImageSourceOp implements OpImpl {
     });
     const fetched = new Date();
     ctx.progress.status({ id, vertex, name: id, current: layer.size, total: layer.size, timestamp: fetched, started, completed: fetched });
-    const exId = `extracting ${layer.digest}`;
-    ctx.progress.status({ id: exId, vertex, name: exId, current: 0, total: 0, timestamp: fetched, started: fetched });
+    const extracted = oneOff(ctx.progress, vertex, `extracting ${layer.digest}`);
     const w = await this.#d.refs.prepare(null, { parentSnapshot: parent, signal: ctx.signal });
     let key: string;
     try {
@@ -166,8 +163,7 @@ export class ImageSourceOp implements OpImpl {
       await w.discard();
       throw err;
     }
-    const done = new Date();
-    ctx.progress.status({ id: exId, vertex, name: exId, current: 0, total: 0, timestamp: done, started: fetched, completed: done });
+    extracted();
     return key;
   }
 }
