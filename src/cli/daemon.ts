@@ -69,6 +69,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       forwarder,
       gateway: gatewayDeps,
       platforms: w.platforms,
+      remoteCache: { refs: w.refs, layers: w.layers, content: w.content, metadata: w.metadata, registries: w.registries, defaultPlatform: w.platforms[0]! },
       onBuildEnd: (failed) => {
         metrics.builds();
         if (failed) metrics.buildsFailed();

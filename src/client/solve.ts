@@ -1,5 +1,8 @@
 import { fromBinary } from '@bufbuild/protobuf';
+import { mkdir } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
+import { readOciIndexTag, updateOciIndex, type OciIndexDescriptor } from '../session/client/oci-index.js';
+import { localCacheStoreId } from '../session/content/store-id.js';
 import type { StatusResponse } from '../gen/buildkit/control_pb.js';
 import { OpSchema, type Definition } from '../gen/buildkit/ops_pb.js';
 import { clientSessionServices, checkLocalDirs, type AuthServiceOptions, type ExportTarget, type SecretSource } from '../session/client/index.js';
@@ -45,6 +48,8 @@ export interface SolveOptions {
   onStatus?: (s: StatusResponse) => void;
   ref?: string;
   sharedKey?: string;
+  /** Told of client-side warnings (a local cache to import that is not there). */
+  onWarning?: (message: string) => void;
   sessionName?: string;
 }
 
@@ -76,11 +81,11 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
   const ex: ExportEntry = exports[0] ?? { type: '', attrs: {} };
   const exportTarget = resolveExportTarget(ex);
 
-  const { imports, exportsCache, frontendAttrs: cacheAttrs } = cacheOptions(opts);
+  const { imports, exportsCache, frontendAttrs: cacheAttrs, contentStores, storesToUpdate } = await cacheOptions(opts);
   const frontendAttrs = { ...(opts.frontendAttrs ?? {}), ...cacheAttrs };
 
   const ref = opts.ref ?? newId();
-  const services = clientSessionServices({ locals, exportTarget, auth: opts.auth, secrets: opts.secrets, ssh: opts.ssh });
+  const services = clientSessionServices({ locals, exportTarget, auth: opts.auth, secrets: opts.secrets, ssh: opts.ssh, contentStores });
   const session = openSession({ control, services, name: opts.sessionName, sharedKey: opts.sharedKey });
 
   // Status outlives Solve a little (its last messages), but never the caller's cancel.
@@ -116,6 +121,12 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
         },
         solveAc.signal,
       );
+      // A local cache export wrote its blobs into our directory: tag its manifest in index.json.
+      const manifest = res.ExporterResponse['cache.manifest'];
+      if (manifest) {
+        const desc = JSON.parse(manifest) as OciIndexDescriptor;
+        for (const [dir, tag] of storesToUpdate) await updateOciIndex(dir, tag, desc);
+      }
       return { ref, exporterResponse: { ...res.ExporterResponse } };
     } finally {
       session.close();
@@ -216,28 +227,52 @@ export function resolveExportTarget(ex: ExportEntry): ExportTarget | undefined {
   return undefined;
 }
 
-function cacheOptions(opts: SolveOptions): {
+async function cacheOptions(opts: SolveOptions): Promise<{
   imports: { Type: string; Attrs: Record<string, string> }[];
   exportsCache: { Type: string; Attrs: Record<string, string> }[];
   frontendAttrs: Record<string, string>;
-} {
+  /** Store id (`local:<dir>`) to directory, served to the daemon over the session. */
+  contentStores: Map<string, string>;
+  /** Directory to the tag its exported cache manifest gets in index.json. */
+  storesToUpdate: Map<string, string>;
+}> {
+  const contentStores = new Map<string, string>();
+  const storesToUpdate = new Map<string, string>();
   const exportsCache = [];
   for (const e of opts.cacheExports ?? []) {
     if (e.type === 'local') {
-      if (!e.attrs.dest) throw new InvalidArgumentError('local cache exporter requires dest');
-      throw new InvalidArgumentError('type=local cache export (a content store on the client) is not supported by this client');
+      const dest = e.attrs.dest;
+      if (!dest) throw new InvalidArgumentError('local cache exporter requires dest');
+      await mkdir(dest, { recursive: true });
+      contentStores.set(localCacheStoreId(dest), dest);
+      storesToUpdate.set(dest, e.attrs.tag || 'latest');
     }
     if (e.type === 'registry' && !e.attrs.ref) throw new InvalidArgumentError('registry cache exporter requires ref');
     exportsCache.push({ Type: e.type, Attrs: { ...e.attrs } });
   }
   const imports = [];
   for (const e of opts.cacheImports ?? []) {
+    const attrs = { ...e.attrs };
     if (e.type === 'local') {
-      if (!e.attrs.src) throw new InvalidArgumentError('local cache importer requires src');
-      throw new InvalidArgumentError('type=local cache import (a content store on the client) is not supported by this client');
+      const src = attrs.src;
+      if (!src) throw new InvalidArgumentError('local cache importer requires src');
+      if (!attrs.digest) {
+        // As upstream's client: the tag's manifest in the directory's index.json; a directory
+        // without one is skipped with a warning.
+        let desc;
+        try {
+          desc = await readOciIndexTag(src, attrs.tag || 'latest');
+        } catch (err) {
+          opts.onWarning?.(`local cache import at ${src} not found due to err: ${(err as Error).message}`);
+          continue;
+        }
+        if (desc) attrs.digest = desc.digest;
+      }
+      if (!attrs.digest) throw new InvalidArgumentError('local cache importer requires either explicit digest, "latest" tag or custom tag on index.json');
+      contentStores.set(localCacheStoreId(src), src);
     }
-    if (e.type === 'registry' && !e.attrs.ref) throw new InvalidArgumentError('registry cache importer requires ref');
-    imports.push({ Type: e.type, Attrs: { ...e.attrs } });
+    if (e.type === 'registry' && !attrs.ref) throw new InvalidArgumentError('registry cache importer requires ref');
+    imports.push({ Type: e.type, Attrs: attrs });
   }
   const frontendAttrs: Record<string, string> = {};
   if (opts.frontend && imports.length > 0) {
@@ -246,7 +281,7 @@ function cacheOptions(opts: SolveOptions): {
       imports.map((i) => ({ Type: i.Type, Attrs: Object.fromEntries(Object.entries(i.Attrs).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) })),
     );
   }
-  return { imports, exportsCache, frontendAttrs };
+  return { imports, exportsCache, frontendAttrs, contentStores, storesToUpdate };
 }
 
 export { fromGrpcError };

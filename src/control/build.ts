@@ -3,7 +3,8 @@ import type { Exporter, ExporterInstance, ExportSource } from '../exporter/types
 import { loadDefinition } from '../llb/definition.js';
 import type { SessionManager } from '../session/manager.js';
 import type { Solver } from '../solver/solver.js';
-import type { JobContext } from '../solver/types.js';
+import type { JobContext, Ref } from '../solver/types.js';
+import { BuildCache, type CacheEntry, type RemoteCacheDeps } from '../cache/remote/build-cache.js';
 import { CancelledError, InvalidArgumentError, LoomError, PermissionDeniedError, UnimplementedError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { inVertex, ProgressBus } from '../util/progress.js';
@@ -30,6 +31,8 @@ export interface BuildManagerOptions {
   platforms: Platform[];
   /** Told when a build ends, and whether it failed (metrics). */
   onBuildEnd?: (failed: boolean) => void;
+  /** What cache imports and exports need (absent: a request asking for them is refused). */
+  remoteCache?: RemoteCacheDeps;
   /** How long a build waits for the client's session to appear. */
   sessionTimeoutMs?: number;
 }
@@ -96,10 +99,9 @@ export class BuildManager {
   async #solve(ref: string, req: SolveRequest, signal: AbortSignal, bus: ProgressBus): Promise<Record<string, string>> {
     const entitlements = this.#entitlements(req.Entitlements);
     const exporters = this.#exporters(req);
-    if (req.Cache?.Exports.length || req.Cache?.ExportRefDeprecated) {
-      const types = req.Cache.Exports.map((e) => e.Type).join(', ') || 'registry';
-      throw new UnimplementedError(`cache export (${types}) is not supported by loom yet`);
-    }
+    const entries = cacheEntries(req);
+    if (!this.#o.remoteCache && (entries.imports.length || entries.exports.length)) throw new UnimplementedError('this daemon has no cache import or export');
+    const cache = this.#o.remoteCache ? BuildCache.fromRequest(this.#o.remoteCache, entries) : undefined;
     const sessionId = req.Session;
     const job: JobContext = {
       id: ref,
@@ -110,12 +112,9 @@ export class BuildManager {
         if (!sessionId) return Promise.reject(new InvalidArgumentError('this build needs a client session but the request named none'));
         return this.#o.sessions.get(sessionId, { signal, timeoutMs: this.#o.sessionTimeoutMs });
       },
+      cache,
     };
-    if (req.Cache?.Imports.length) {
-      for (const imp of req.Cache.Imports) {
-        bus.warn({ vertex: '', level: 1, short: `cache import (${imp.Type}) is not supported by loom yet; building without it`, detail: [] });
-      }
-    }
+    cache?.start(job);
     if (req.Frontend) {
       if (!FRONTENDS.has(req.Frontend)) throw new InvalidArgumentError(`invalid frontend: ${req.Frontend}`);
       return this.#frontendBuild(req, job, exporters);
@@ -186,9 +185,15 @@ export class BuildManager {
 
   async #export(job: JobContext, exporters: ExporterInstance[], src: ExportSource, sessionId: string): Promise<Record<string, string>> {
     const resp: Record<string, string> = {};
+    const cache = job.cache instanceof BuildCache ? job.cache : undefined;
+    if (cache?.hasInline) src.inlineCache = (ref, layers) => cache.inlineConfig(ref, layers);
     for (const ex of exporters) {
       const out = await inVertex(job.progress, { name: ex.vertexName, id: `${sessionId}-export` }, (vertex) => ex.export({ job, vertex }, src));
       Object.assign(resp, out);
+    }
+    if (cache) {
+      const finals = [src.ref, ...(src.refs ?? []).map((r) => r.ref)].filter((r): r is Ref => r !== undefined);
+      Object.assign(resp, await cache.export(job, finals));
     }
     return resp;
   }
@@ -245,4 +250,15 @@ function withPlatforms(refs: { id: string; ref: import('../solver/types.js').Ref
   }
   for (const [id, ref] of byId) out.push({ id, platform: toPbPlatform(parsePlatform(id)), ref });
   return out;
+}
+
+/** The request's cache imports and exports, the deprecated single-ref fields included. */
+function cacheEntries(req: SolveRequest): { imports: CacheEntry[]; exports: CacheEntry[] } {
+  const c = req.Cache;
+  if (!c) return { imports: [], exports: [] };
+  const exports: CacheEntry[] = c.Exports.map((e) => ({ Type: e.Type, Attrs: { ...e.Attrs } }));
+  if (c.ExportRefDeprecated) exports.push({ Type: 'registry', Attrs: { ...c.ExportAttrsDeprecated, ref: c.ExportRefDeprecated } });
+  const imports: CacheEntry[] = c.Imports.map((e) => ({ Type: e.Type, Attrs: { ...e.Attrs } }));
+  for (const ref of c.ImportRefsDeprecated) imports.push({ Type: 'registry', Attrs: { ref } });
+  return { imports, exports };
 }

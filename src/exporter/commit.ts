@@ -95,6 +95,7 @@ export async function commitImage(
       platform,
       layers: layers.map((l) => ({ diffId: l.diffId as Digest })),
       buildInfo: opts.buildInfo ? (src.metadata[buildInfoKey] ?? src.metadata['containerimage.buildinfo']) : undefined,
+      inlineCache: ref ? src.inlineCache?.(ref, layers) : undefined,
     });
     const layerDescs: Descriptor[] = layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest as Digest, size: l.size }));
     const built = await writeManifest(deps.content, { config: configBytes, layers: layerDescs, oci: opts.ociMediaTypes, platform });

@@ -11,6 +11,11 @@ export interface ExportSource {
   /** Multi-platform results, keyed by platform id (`linux/arm64`), in the client's order. */
   refs?: { id: string; platform: Platform; ref: Ref }[];
   metadata: Record<string, Uint8Array>;
+  /**
+   * The inline cache config for an image of `ref` made of `layers` (an inline cache export was
+   * asked for); undefined when there is none.
+   */
+  inlineCache?: (ref: Ref, layers: readonly LayerDescriptor[]) => Buffer | undefined;
 }
 
 /** One compressed layer of a ref's chain, its blob already in the content store. */

@@ -148,6 +148,27 @@ export class ExecOp implements OpImpl {
     this.#op = op;
   }
 
+  /**
+   * A mount's selector (a sub-path of its input) enters the key through the solver's input key
+   * rather than the op: as upstream, where selectors are blanked from the op and the selected
+   * paths' content keys the input. An input mounted whole anywhere is keyed whole.
+   */
+  inputSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+    const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = [];
+    for (const m of this.#op.mounts) {
+      const i = Number(m.input);
+      if (i < 0) continue;
+      if (!m.selector || sel[i] === null) {
+        sel[i] = null;
+        continue;
+      }
+      const cur = sel[i] ?? { paths: [], followSymlinks: true };
+      if (!cur.paths.includes(m.selector)) cur.paths.push(m.selector);
+      sel[i] = cur;
+    }
+    return Array.from(sel, (s) => s ?? null);
+  }
+
   async cacheKey(ctx: OpContext): Promise<string> {
     // Refused before anything runs, as upstream refuses at load time.
     checkExecEntitlements(this.#op, ctx.entitlements);

@@ -168,7 +168,10 @@ class JobRun {
             // editing an unrelated file of the context keeps the step cached (upstream's
             // content-based cache keys). Other inputs are keyed whole.
             const sel = selectors[n];
-            if (!sel || !this.#o.selectorDigest || !isLocalSource(i.vertex)) return key;
+            if (!sel) return key;
+            // Ops may leave selected paths out of their own key (exec mounts do, as upstream):
+            // they always enter here.
+            if (!this.#o.selectorDigest || !isLocalSource(i.vertex)) return `${key}|paths:${JSON.stringify(sel.paths)}`;
             const ref = await this.edge(i);
             return `sel:${await this.#o.selectorDigest(ref, sel.paths, sel.followSymlinks)}`;
           }),
@@ -205,7 +208,7 @@ class JobRun {
     const ignore = this.#o.noCache || v.metadata?.ignoreCache === true;
     const n = Math.max(1, outputCount(v.op));
     if (!ignore) {
-      const hit = await this.#lookup(key, n);
+      const hit = (await this.#lookup(key, n)) ?? (await this.#imported(v, key, n));
       if (hit) {
         this.#hold(hit);
         const now = new Date();
@@ -214,6 +217,7 @@ class JobRun {
         this.stats.cached++;
         await this.#reportCachedInputs(v);
         this.#o.observe?.step('cached');
+        if (v.op.op.case !== 'source') hit.forEach((r, i) => job.cache?.record(`${key}#${i}`, r));
         return hit;
       }
     }
@@ -248,7 +252,10 @@ class JobRun {
     this.#report(v, { started, completed: new Date() });
     this.stats.run++;
     this.#o.observe?.step('run');
-    refs.forEach((r, i) => this.#o.cache.save(`${key}#${i}`, r));
+    refs.forEach((r, i) => {
+      this.#o.cache.save(`${key}#${i}`, r);
+      if (v.op.op.case !== 'source') this.#o.job.cache?.record(`${key}#${i}`, r);
+    });
     const parts = this.#parts.get(v.digest);
     if (parts) this.#o.cache.stepHistory?.put(stepIdentity(v, this.#o.defaultPlatform), JSON.stringify(parts));
     if (refs.length < n) throw new VertexError({ digest: v.digest, name: v.name, cause: new Error(`expected ${n} outputs, got ${refs.length}`) });
@@ -262,6 +269,32 @@ class JobRun {
       if (!r) return undefined;
       refs.push(r);
     }
+    return refs;
+  }
+
+  /**
+   * A step output from the build's imported caches: materialized (layers fetched and unpacked)
+   * and saved in the local cache, so the next build hits locally.
+   */
+  async #imported(v: Vertex, key: string, n: number): Promise<Ref[] | undefined> {
+    const hooks = this.#o.job.cache;
+    // Sources fetch their own content (they already did, to know their key): never from a cache.
+    if (!hooks || v.op.op.case === 'source') return undefined;
+    const refs: Ref[] = [];
+    for (let i = 0; i < n; i++) {
+      let r: Ref | undefined;
+      try {
+        r = await hooks.imported(`${key}#${i}`, this.#ctx(v));
+      } catch (err) {
+        if (isAbortError(err)) throw err;
+        // A cache that cannot be read is no reason to fail the build: the step runs instead.
+        this.#o.job.progress.warn({ vertex: v.digest, level: 1, short: `cache import failed, running the step: ${errorMessage(err)}`, detail: [] });
+        return undefined;
+      }
+      if (!r) return undefined;
+      refs.push(r);
+    }
+    refs.forEach((r, i) => this.#o.cache.save(`${key}#${i}`, r));
     return refs;
   }
 
@@ -356,6 +389,16 @@ function opDigestWithoutInputs(v: Vertex): string {
       // enters the key through the op's own cacheKey().
       delete op.op.value.attrs['local.session'];
       delete op.op.value.attrs['local.unique'];
+    }
+    if (op.op.case === 'exec') {
+      // As upstream's exec cache map: proxy settings and the addresses of extra hosts do not change
+      // what a step makes, and mount selectors are keyed through the inputs (inputSelectors).
+      const e = op.op.value;
+      if (e.meta) {
+        e.meta.proxyEnv = undefined;
+        for (const h of e.meta.extraHosts) h.IP = '';
+      }
+      for (const m of e.mounts) m.selector = '';
     }
     d = sha256(toBinary(OpSchema, op));
     opKeyMemo.set(v, d);

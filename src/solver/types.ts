@@ -26,6 +26,16 @@ export interface JobContext {
   readonly entitlements: ReadonlySet<string>;
   /** The client's session for this build; rejects when it never comes or is gone. */
   session(): Promise<SessionCaller>;
+  /** The build's cache imports and exports, when it asked for any. */
+  readonly cache?: BuildCacheHooks;
+}
+
+/** How the solver reaches a build's imported caches and tells its cache exporters what it used. */
+export interface BuildCacheHooks {
+  /** A step output (`<key>#<index>`) the local cache lacks, materialized from an imported cache. */
+  imported(key: string, ctx: OpContext): Promise<Ref | undefined>;
+  /** A step output this build produced or took from the cache, for cache export. */
+  record(key: string, ref: Ref): void;
 }
 
 export interface OpContext extends JobContext {

@@ -97,6 +97,7 @@ export async function build(ctx: CommandContext, args: string[], stdin: NodeJS.R
         entitlements,
         signal: ctx.signal,
         onStatus: (s) => display.update(s),
+        onWarning: warn,
         ref,
       });
     } finally {

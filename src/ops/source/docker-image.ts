@@ -1,19 +1,13 @@
-import { createReadStream } from 'node:fs';
-import { pipeline, type Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
-import type { LayerPair } from '../../cache/metadata.js';
 import type { MetadataStore } from '../../cache/metadata.js';
 import type { LayerStore } from '../../cache/layers.js';
 import type { RefManager } from '../../cache/ref-manager.js';
+import { unpackChain } from '../../cache/unpack-chain.js';
 import type { ContentStore } from '../../content/store.js';
 import type { Descriptor } from '../../content/oci.js';
 import type { ResolvedImage } from '../../registry/client.js';
 import { parseNormalizedNamed, formatReference } from '../../registry/reference.js';
-import { applyLayerTar } from '../../snapshot/layer/apply-layer-tar.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
-import { sha256 } from '../../util/digest.js';
-import { InvalidArgumentError, UnimplementedError } from '../../util/errors.js';
-import { layerCompression } from '../../util/media-types.js';
+import { InvalidArgumentError } from '../../util/errors.js';
 import { oneOff } from '../../util/progress.js';
 import { fromPbPlatform } from '../../util/pb-platform.js';
 import type { RegistryAccess } from './registry-access.js';
@@ -26,8 +20,7 @@ export interface ImageSourceDeps {
   metadata: MetadataStore;
 }
 
-/** KV namespaces: a layer chain (OCI chain id) to the snapshot holding it; a manifest to its ref. */
-const NS_CHAIN = 'image-chain';
+/** KV namespace: a manifest (and platform) to the ref of its unpacked chain. */
 const NS_IMAGE = 'image-ref';
 
 /**
@@ -97,45 +90,20 @@ export class ImageSourceOp implements OpImpl {
     if (diffIds.length !== layers.length) {
       throw new InvalidArgumentError(`image ${img.name}: config lists ${diffIds.length} diff ids for ${layers.length} layers`);
     }
-    const chain: LayerPair[] = [];
-    let parent: string | null = null;
-    let chainId = '';
-    // Layer snapshots are unreferenced until the ref below names them: keep GC off them till then.
-    const releases: (() => void)[] = [];
-    try {
-      for (let i = 0; i < layers.length; i++) {
-        const layer = layers[i]!;
-        const diffId = diffIds[i]!;
-        chainId = i === 0 ? diffId : sha256(`${chainId} ${diffId}`);
-        let snap = this.#d.metadata.kvGet(NS_CHAIN, chainId);
-        if (!snap || !this.#d.metadata.hasSnapshot(snap)) {
-          snap = await this.#unpack(ctx, img, layer, parent, client);
-          this.#d.metadata.kvPut(NS_CHAIN, chainId, snap);
-        }
-        releases.push(this.#d.refs.protect([snap]));
-        const pair = { lower: parent, upper: snap };
-        const compression = layerCompression(layer.mediaType) ?? 'gzip';
-        this.#d.layers.record(pair, { digest: layer.digest, size: layer.size, diffId, compression, mediaType: layer.mediaType });
-        chain.push(pair);
-        parent = snap;
-      }
-      if (!parent) {
-        // An image without layers is an empty tree.
-        const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
-        const r = await w.commit({ description: `pulled from ${img.name}@${img.digest}`, chain: [] });
-        this.#d.metadata.kvPut(NS_IMAGE, imageKey(img.digest, ctx), r.id);
-        return [r];
-      }
-      const r = await this.#d.refs.createRef({ snapshot: parent, parent: null, chain, description: `pulled from ${img.name}@${img.digest}` });
-      this.#d.metadata.kvPut(NS_IMAGE, imageKey(img.digest, ctx), r.id);
-      return [r];
-    } finally {
-      for (const release of releases) release();
-    }
+    const vertex = ctx.vertex.digest;
+    const r = await unpackChain(this.#d, layers.map((l, i) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size, diffId: diffIds[i]! })), {
+      description: `pulled from ${img.name}@${img.digest}`,
+      signal: ctx.signal,
+      what: `image ${img.name}`,
+      fetch: (layer) => this.#fetch(ctx, img, layers.find((l) => l.digest === layer.digest)!, client),
+      onExtract: (layer) => oneOff(ctx.progress, vertex, `extracting ${layer.digest}`),
+    });
+    this.#d.metadata.kvPut(NS_IMAGE, imageKey(img.digest, ctx), r.id);
+    return [r];
   }
 
-  /** Fetches one layer (verified by digest) and applies it on top of `parent` in a new snapshot. */
-  async #unpack(ctx: OpContext, img: ResolvedImage, layer: Descriptor, parent: string | null, client: ReturnType<RegistryAccess['forJob']>): Promise<string> {
+  /** Fetches one layer into the content store (verified by digest), with byte progress. */
+  async #fetch(ctx: OpContext, img: ResolvedImage, layer: Descriptor, client: ReturnType<RegistryAccess['forJob']>): Promise<void> {
     const id = layer.digest;
     const started = new Date();
     const vertex = ctx.vertex.digest;
@@ -152,19 +120,6 @@ export class ImageSourceOp implements OpImpl {
     });
     const fetched = new Date();
     ctx.progress.status({ id, vertex, name: id, current: layer.size, total: layer.size, timestamp: fetched, started, completed: fetched });
-    const extracted = oneOff(ctx.progress, vertex, `extracting ${layer.digest}`);
-    const w = await this.#d.refs.prepare(null, { parentSnapshot: parent, signal: ctx.signal });
-    let key: string;
-    try {
-      const input = decompress(createReadStream(this.#d.content.path(layer.digest)), layer.mediaType, img.name);
-      await applyLayerTar(input, w.dir, { signal: ctx.signal });
-      key = await w.commitSnapshot();
-    } catch (err) {
-      await w.discard();
-      throw err;
-    }
-    extracted();
-    return key;
   }
 }
 
@@ -172,16 +127,3 @@ function imageKey(digest: string, ctx: OpContext): string {
   const p = ctx.platform;
   return `${digest}|${p.OS}/${p.Architecture}/${p.Variant}`;
 }
-
-function decompress(src: Readable, mediaType: string, image: string): Readable {
-  const c = layerCompression(mediaType);
-  if (c === 'uncompressed') return src;
-  if (c === 'gzip' || c === undefined) {
-    // pipeline() passes a read error of the blob on to the gunzip stream the extractor reads.
-    const gz = createGunzip();
-    pipeline(src, gz, () => {});
-    return gz;
-  }
-  throw new UnimplementedError(`image ${image}: ${mediaType} layers (zstd) are not supported by loom yet`);
-}
-

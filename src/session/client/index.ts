@@ -1,5 +1,6 @@
 import type { SessionServices } from '../tunnel/server.js';
 import { authService, type AuthServiceOptions } from './auth.js';
+import { contentStoreService } from './content-store.js';
 import { fileSendService, type ExportTarget } from './file-send.js';
 import { fileSyncService } from './file-sync.js';
 import { healthService } from './health.js';
@@ -25,6 +26,8 @@ export function clientSessionServices(opts: {
   auth?: AuthServiceOptions | false;
   secrets?: Map<string, SecretSource>;
   ssh?: Awaited<ReturnType<typeof resolveSshAgents>>;
+  /** Content stores served to the daemon (local cache export/import): store id to directory. */
+  contentStores?: Map<string, string>;
 }): SessionServices {
   return {
     ...healthService(),
@@ -33,5 +36,6 @@ export function clientSessionServices(opts: {
     ...(opts.auth === false ? {} : authService(opts.auth ?? {})),
     ...(opts.secrets && opts.secrets.size > 0 ? secretsService(opts.secrets) : {}),
     ...(opts.ssh && opts.ssh.size > 0 ? sshService(opts.ssh) : {}),
+    ...(opts.contentStores && opts.contentStores.size > 0 ? contentStoreService({ stores: opts.contentStores }) : {}),
   };
 }

@@ -1,0 +1,124 @@
+import { createReadStream } from 'node:fs';
+import { pipeline, type Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import type { ContentStore } from '../content/store.js';
+import { applyLayerTar } from '../snapshot/layer/apply-layer-tar.js';
+import type { Ref } from '../solver/types.js';
+import { sha256 } from '../util/digest.js';
+import { InvalidArgumentError, UnimplementedError } from '../util/errors.js';
+import { layerCompression } from '../util/media-types.js';
+import type { LayerStore } from './layers.js';
+import type { LayerPair, MetadataStore } from './metadata.js';
+import type { RefManager } from './ref-manager.js';
+
+/** KV namespace: a layer chain (OCI chain id) to the snapshot holding it. */
+const NS_CHAIN = 'image-chain';
+
+/** One layer blob of a chain and the digest of its uncompressed tar. */
+export interface ChainLayer {
+  mediaType: string;
+  digest: string;
+  size: number;
+  diffId: string;
+}
+
+export interface UnpackChainDeps {
+  refs: RefManager;
+  layers: LayerStore;
+  content: ContentStore;
+  metadata: MetadataStore;
+}
+
+/**
+ * Turns a chain of layer blobs into a ref: each layer is applied once into a snapshot shared by
+ * every chain with the same prefix (keyed by OCI chain id), whether it came from an image pull
+ * or an imported cache. `fetch` brings a layer's blob into the content store (verified); it is
+ * called only for layers not unpacked yet. The blobs are recorded as the chain's layers, so an
+ * export pushes the very same bytes.
+ */
+export async function unpackChain(
+  deps: UnpackChainDeps,
+  layers: readonly ChainLayer[],
+  opts: {
+    description: string;
+    signal?: AbortSignal;
+    fetch(layer: ChainLayer, index: number): Promise<void>;
+    /** Told before and after a layer is applied (progress). */
+    onExtract?(layer: ChainLayer): () => void;
+    /** Names the source in errors (an image name, a cache ref). */
+    what: string;
+  },
+): Promise<Ref> {
+  const chain: LayerPair[] = [];
+  let parent: string | null = null;
+  let chainId = '';
+  // Layer snapshots are unreferenced until the ref below names them: keep GC off them till then.
+  const releases: (() => void)[] = [];
+  try {
+    for (let i = 0; i < layers.length; i++) {
+      const layer = layers[i]!;
+      chainId = i === 0 ? layer.diffId : sha256(`${chainId} ${layer.diffId}`);
+      let snap = deps.metadata.kvGet(NS_CHAIN, chainId);
+      if (!snap || !deps.metadata.hasSnapshot(snap)) {
+        if (!(await deps.content.has(layer.digest as `sha256:${string}`))) await opts.fetch(layer, i);
+        snap = await applyOne(deps, layer, parent, opts);
+        deps.metadata.kvPut(NS_CHAIN, chainId, snap);
+      }
+      releases.push(deps.refs.protect([snap]));
+      const pair = { lower: parent, upper: snap };
+      const compression = layerCompression(layer.mediaType) ?? 'gzip';
+      deps.layers.record(pair, { digest: layer.digest, size: layer.size, diffId: layer.diffId, compression, mediaType: layer.mediaType });
+      chain.push(pair);
+      parent = snap;
+    }
+    if (!parent) {
+      // No layers: an empty tree.
+      const w = await deps.refs.prepare(null, { signal: opts.signal });
+      return await w.commit({ description: opts.description, chain: [] });
+    }
+    return await deps.refs.createRef({ snapshot: parent, parent: null, chain, description: opts.description });
+  } finally {
+    for (const release of releases) release();
+  }
+}
+
+async function applyOne(
+  deps: UnpackChainDeps,
+  layer: ChainLayer,
+  parent: string | null,
+  opts: { signal?: AbortSignal; onExtract?(layer: ChainLayer): () => void; what: string },
+): Promise<string> {
+  const done = opts.onExtract?.(layer);
+  const w = await deps.refs.prepare(null, { parentSnapshot: parent, signal: opts.signal });
+  let key: string;
+  try {
+    const input = decompress(createReadStream(deps.content.path(layer.digest as `sha256:${string}`)), layer.mediaType, opts.what);
+    await applyLayerTar(input, w.dir, { signal: opts.signal });
+    key = await w.commitSnapshot();
+  } catch (err) {
+    await w.discard();
+    throw err;
+  }
+  done?.();
+  return key;
+}
+
+function decompress(src: Readable, mediaType: string, what: string): Readable {
+  const c = layerCompression(mediaType);
+  if (c === 'uncompressed') return src;
+  if (c === 'gzip' || c === undefined) {
+    // pipeline() passes a read error of the blob on to the gunzip stream the extractor reads.
+    const gz = createGunzip();
+    pipeline(src, gz, () => {});
+    return gz;
+  }
+  throw new UnimplementedError(`${what}: ${mediaType} layers (zstd) are not supported by loom yet`);
+}
+
+/** Checks a chain's shape before any work: every layer needs a digest and a diff id. */
+export function checkChain(layers: readonly ChainLayer[], what: string): void {
+  for (const [i, l] of layers.entries()) {
+    if (!/^sha256:[0-9a-f]{64}$/.test(l.digest)) throw new InvalidArgumentError(`${what}: layer ${i} has an invalid digest ${JSON.stringify(l.digest)}`);
+    if (!/^sha256:[0-9a-f]{64}$/.test(l.diffId)) throw new InvalidArgumentError(`${what}: layer ${l.digest} has an invalid diff id ${JSON.stringify(l.diffId)}`);
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * Cache export and import between daemons (root, runc, real registry, real sockets): a cache
+ * exported by one loom is used by another loom with an empty state — the team-shared cache.
+ * A step that writes a timestamp proves where a result came from: the same timestamp means the
+ * step did not run again.
+ */
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildctl, removeDir, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
+import { skopeoInspect, startRegistry, type TestRegistry } from '../../helpers/registry.js';
+
+const d = describe.runIf(process.getuid?.() === 0);
+
+let reg: TestRegistry;
+let work: string;
+let config: string;
+const daemons: TestDaemon[] = [];
+
+function context(name: string, dockerfile: string, files: Record<string, string> = {}): string {
+  const dir = join(work, name);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'Dockerfile'), dockerfile);
+  for (const [f, text] of Object.entries(files)) writeFileSync(join(dir, f), text);
+  return dir;
+}
+
+async function freshDaemon(): Promise<TestDaemon> {
+  const daemon = await startDaemon({ config });
+  daemons.push(daemon);
+  return daemon;
+}
+
+async function build(daemon: TestDaemon, dir: string, extra: string[], out?: string) {
+  const args = ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${dir}`, '--local', `dockerfile=${dir}`, ...extra];
+  if (out) args.push('--output', `type=local,dest=${out}`);
+  const r = await buildctl(daemon.addr, args, { timeoutMs: 120_000 });
+  expect(r.code, r.stderr).toBe(0);
+  return r.stderr;
+}
+
+d('cache export and import', () => {
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'loom-remote-cache-'));
+    reg = await startRegistry();
+    config = `[registry."${reg.host}"]\n  http = true\n`;
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const dm of daemons) {
+      await dm.stop().catch(() => {});
+      removeDir(dm.dir);
+    }
+    await reg?.stop();
+    if (work) removeDir(work);
+  });
+
+  const df = () => `FROM ${reg.host}/busybox:latest\nRUN date +%s%N > /stamp\nCOPY a.txt /a.txt\nRUN cat /a.txt /stamp > /both\n`;
+
+  it('registry cache (mode=max) exported by one daemon is used by another with an empty state', async () => {
+    const dir = context('reg', df(), { 'a.txt': 'hello\n' });
+    const a = await freshDaemon();
+    await build(a, dir, ['--export-cache', `type=registry,ref=${reg.host}/cache:main,mode=max`], join(work, 'reg-a'));
+    const b = await freshDaemon();
+    const log = await build(b, dir, ['--import-cache', `type=registry,ref=${reg.host}/cache:main`], join(work, 'reg-b'));
+    expect(log).toContain(`importing cache manifest from ${reg.host}/cache:main`);
+    expect(log).toMatch(/RUN cat \/a.txt \/stamp > \/both\n#\d+ CACHED/);
+    expect(readFileSync(join(work, 'reg-b', 'both'), 'utf8')).toBe(readFileSync(join(work, 'reg-a', 'both'), 'utf8'));
+
+    // mode=max kept the intermediate steps: a changed COPY source re-runs only what follows it.
+    writeFileSync(join(dir, 'a.txt'), 'changed\n');
+    const c = await freshDaemon();
+    await build(c, dir, ['--import-cache', `type=registry,ref=${reg.host}/cache:main`], join(work, 'reg-c'));
+    expect(readFileSync(join(work, 'reg-c', 'stamp'), 'utf8')).toBe(readFileSync(join(work, 'reg-a', 'stamp'), 'utf8'));
+    expect(readFileSync(join(work, 'reg-c', 'both'), 'utf8')).toMatch(/^changed\n/);
+  }, 240_000);
+
+  it('local cache (an OCI layout on the client) exported and imported through the session', async () => {
+    const dir = context('local', df(), { 'a.txt': 'local\n' });
+    const dest = join(work, 'local-cache');
+    const a = await freshDaemon();
+    await build(a, dir, ['--export-cache', `type=local,dest=${dest},mode=max`], join(work, 'loc-a'));
+    // The client tagged the cache manifest in its index.json; every blob sits under its digest.
+    const index = JSON.parse(readFileSync(join(dest, 'index.json'), 'utf8')) as { manifests: { digest: string; annotations: Record<string, string> }[] };
+    expect(index.manifests[0]!.annotations['org.opencontainers.image.ref.name']).toBe('latest');
+    const list = JSON.parse(readFileSync(join(dest, 'blobs', 'sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { manifests: { mediaType: string }[] };
+    expect(list.manifests.some((m) => m.mediaType === 'application/vnd.buildkit.cacheconfig.v0')).toBe(true);
+
+    const b = await freshDaemon();
+    const log = await build(b, dir, ['--import-cache', `type=local,src=${dest}`], join(work, 'loc-b'));
+    expect(log).toMatch(/RUN cat \/a.txt \/stamp > \/both\n#\d+ CACHED/);
+    expect(readFileSync(join(work, 'loc-b', 'both'), 'utf8')).toBe(readFileSync(join(work, 'loc-a', 'both'), 'utf8'));
+  }, 240_000);
+
+  it('an export adds to an existing cache instead of dropping what another build put there', async () => {
+    // Dockerfiles of different sizes: the client's directories share one mirror on the daemon
+    // (same name, no shared key), and a file of equal size and mtime is not sent again, as upstream.
+    const one = context('merge-1', `FROM ${reg.host}/busybox:latest\nRUN date +%s%N > /one\n`);
+    const two = context('merge-2', `FROM ${reg.host}/busybox:latest\nRUN date +%s%N > /second\n`);
+    const a = await freshDaemon();
+    await build(a, one, ['--export-cache', `type=registry,ref=${reg.host}/cache:shared`], join(work, 'm1-a'));
+    await build(a, two, ['--export-cache', `type=registry,ref=${reg.host}/cache:shared`], join(work, 'm2-a'));
+    const b = await freshDaemon();
+    const imp = ['--import-cache', `type=registry,ref=${reg.host}/cache:shared`];
+    await build(b, one, imp, join(work, 'm1-b'));
+    await build(b, two, imp, join(work, 'm2-b'));
+    expect(readFileSync(join(work, 'm1-b', 'one'), 'utf8')).toBe(readFileSync(join(work, 'm1-a', 'one'), 'utf8'));
+    expect(readFileSync(join(work, 'm2-b', 'second'), 'utf8')).toBe(readFileSync(join(work, 'm2-a', 'second'), 'utf8'));
+  }, 240_000);
+
+  it('inline cache travels in the pushed image and is imported from it', async () => {
+    const dir = context('inline', df(), { 'a.txt': 'inline\n' });
+    const a = await freshDaemon();
+    await build(a, dir, ['--export-cache', 'type=inline', '--output', `type=image,name=${reg.host}/app:inline,push=true`]);
+    // The image config carries the cache config.
+    const cfg = JSON.parse(await skopeoInspect(`${reg.host}/app:inline`, { raw: true, config: true })) as Record<string, unknown>;
+    expect(typeof cfg['moby.buildkit.cache.v0']).toBe('string');
+    const inline = JSON.parse(Buffer.from(cfg['moby.buildkit.cache.v0'] as string, 'base64').toString()) as { layers: unknown[]; records: unknown[] };
+    expect(inline.records.length).toBeGreaterThan(0);
+
+    await build(a, dir, [], join(work, 'inl-a'));
+    const b = await freshDaemon();
+    const log = await build(b, dir, ['--import-cache', `type=registry,ref=${reg.host}/app:inline`], join(work, 'inl-b'));
+    expect(log).toMatch(/RUN cat \/a.txt \/stamp > \/both\n#\d+ CACHED/);
+    expect(readFileSync(join(work, 'inl-b', 'both'), 'utf8')).toBe(readFileSync(join(work, 'inl-a', 'both'), 'utf8'));
+  }, 240_000);
+
+  it('a missing cache is reported on its vertex and the build goes on; bad options are refused by name', async () => {
+    const dir = context('missing', `FROM ${reg.host}/busybox:latest\nRUN echo ok > /ok\n`);
+    const a = await freshDaemon();
+    const log = await build(a, dir, ['--import-cache', `type=registry,ref=${reg.host}/nothing:here`], join(work, 'missing-out'));
+    expect(log).toMatch(/importing cache manifest from [^\n]*nothing:here\n#\d+ ERROR: [^\n]*not found/);
+    expect(readFileSync(join(work, 'missing-out', 'ok'), 'utf8')).toBe('ok\n');
+
+    const bad = await buildctl(a.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${dir}`, '--local', `dockerfile=${dir}`, '--export-cache', `type=registry,ref=${reg.host}/c:1,mode=maximal`]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain('invalid cache export mode "maximal"');
+    const s3 = await buildctl(a.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${dir}`, '--local', `dockerfile=${dir}`, '--export-cache', 'type=s3,region=x,bucket=y']);
+    expect(s3.code).not.toBe(0);
+    expect(s3.stderr).toContain('cache exporter s3 is not supported by loom');
+  }, 120_000);
+});

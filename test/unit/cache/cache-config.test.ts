@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import { buildCacheConfig, chainFor, mergeCacheConfigs, parseCacheConfig, recordDigest } from '../../../src/cache/remote/cache-config.js';
+import type { ChainLayer } from '../../../src/cache/unpack-chain.js';
+
+const layer = (n: number): ChainLayer => ({
+  mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+  digest: `sha256:${String(n).repeat(64).slice(0, 64)}`,
+  diffId: `sha256:${String(n + 5).repeat(64).slice(0, 64)}`,
+  size: 100 + n,
+});
+const none = () => undefined;
+const at = new Date('2026-01-01T00:00:00Z');
+
+describe('cache config', () => {
+  it('shares the common prefix of chains and gives each record its own chain back', () => {
+    const { config, layers } = buildCacheConfig([
+      { key: 'k1#0', layers: [layer(1), layer(2)], createdAt: at },
+      { key: 'k2#0', layers: [layer(1), layer(3)], createdAt: at },
+      { key: 'k3#0', layers: [layer(1)], createdAt: at },
+    ]);
+    expect(config.layers).toHaveLength(3);
+    expect(layers.map((l) => l.digest)).toEqual([layer(1).digest, layer(2).digest, layer(3).digest]);
+    expect(chainFor(config, 'k1#0', none, 't')).toEqual([layer(1), layer(2)]);
+    expect(chainFor(config, 'k2#0', none, 't')).toEqual([layer(1), layer(3)]);
+    expect(chainFor(config, 'k3#0', none, 't')).toEqual([layer(1)]);
+    expect(chainFor(config, 'other#0', none, 't')).toBeUndefined();
+    // Records are named by loom's own digest of the key, never the key itself.
+    expect(config.records!.map((r) => r.digest)).toContain(recordDigest('k1#0'));
+  });
+
+  it('merging keeps the records of both and lets the newer one win', () => {
+    const a = buildCacheConfig([{ key: 'a#0', layers: [layer(1), layer(2)], createdAt: at }]).config;
+    const b = buildCacheConfig([
+      { key: 'b#0', layers: [layer(1), layer(3)], createdAt: at },
+      { key: 'a#0', layers: [layer(4)], createdAt: at },
+    ]).config;
+    const { config, blobs } = mergeCacheConfigs(a, b, 't');
+    expect(chainFor(config, 'a#0', none, 't')).toEqual([layer(4)]);
+    expect(chainFor(config, 'b#0', none, 't')).toEqual([layer(1), layer(3)]);
+    expect([...blobs].sort()).toEqual([layer(1).digest, layer(3).digest, layer(4).digest].sort());
+  });
+
+  it('takes layer facts from the manifest when the config lacks them (upstream-shaped configs)', () => {
+    const cfg = { layers: [{ blob: layer(1).digest, parent: -1 }], records: [{ digest: recordDigest('x#0'), layers: [{ layer: 0 }] }] };
+    const l = layer(1);
+    expect(chainFor(cfg, 'x#0', () => ({ mediaType: l.mediaType, size: l.size, diffId: l.diffId }), 't')).toEqual([l]);
+    expect(() => chainFor(cfg, 'x#0', none, 'cache T')).toThrow(/cache T: cache layer .* lacks its media type/);
+  });
+
+  it('refuses malformed configs naming the source and the offending part', () => {
+    expect(() => parseCacheConfig(Buffer.from('nope'), 'reg/c:1')).toThrow(/reg\/c:1: cache config is not JSON/);
+    expect(() => parseCacheConfig(Buffer.from('{"layers":[{"blob":"sha256:x","parent":7}]}'), 'reg/c:1')).toThrow(/cache layer 0 has an invalid parent 7/);
+    expect(() => parseCacheConfig(Buffer.from('{"layers":[],"records":[{"digest":"sha256:a","layers":[{"layer":3}]}]}'), 'c')).toThrow(/points at layer 3/);
+    // A parent cycle is caught while walking, not looped on forever.
+    const cyc = { layers: [{ blob: layer(1).digest, parent: 1, annotations: { mediaType: 'm', diffID: layer(1).diffId, size: 1 } }, { blob: layer(2).digest, parent: 0, annotations: { mediaType: 'm', diffID: layer(2).diffId, size: 1 } }], records: [{ digest: recordDigest('c#0'), layers: [{ layer: 1 }] }] };
+    expect(() => chainFor(cyc, 'c#0', none, 'c')).toThrow(/cycle/);
+  });
+});
