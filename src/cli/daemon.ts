@@ -5,7 +5,11 @@ import { ControlServer } from '../control/server.js';
 import { workerRecord } from '../control/controller.js';
 import { GatewayForwarder, gatewayHandlers, type GatewayDeps } from '../control/gateway.js';
 import type { GCPolicyConfig } from './config.js';
-import { diskUsage, prune } from '../cache/prune.js';
+import { diskUsage, prune, type CacheView } from '../cache/prune.js';
+import { GarbageCollector, policyPruneOptions } from '../cache/gc.js';
+import { LinkedUsage } from '../cache/linked-usage.js';
+import type { PruneOptions, UsageInfo } from '../control/types.js';
+import { statfsSync } from 'node:fs';
 import { SessionManager } from '../session/manager.js';
 import { log as rootLog } from '../util/log.js';
 import type { DaemonSettings } from './buildkitd.js';
@@ -33,6 +37,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
   let worker: Worker | undefined;
   let server: ControlServer | undefined;
   let debug: { address: string; close(): void } | undefined;
+  let gc: GarbageCollector | undefined;
   try {
     const sessions = new SessionManager();
     const metrics = daemonMetrics();
@@ -46,8 +51,37 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       labels: s.labels,
       network: s.network,
     });
-    const gcPolicy = s.gcPolicy ?? defaultGCPolicy(s.gcKeepStorage);
+    const gcPolicy = s.gcPolicy?.length ? s.gcPolicy : defaultGCPolicy(s.gcKeepStorage, s.root);
     const w = worker;
+    const cache: CacheView = { refs: w.refs, extra: w.extraRecords, linked: new LinkedUsage({ snapshotter: w.refs.snapshotter }) };
+    // Start times of the builds running now. A record a build created or looked up since it began
+    // may be about to be held by it: prune (client or GC) leaves those until the build ends.
+    const buildStarts = new Map<symbol, number>();
+    const protect = (u: UsageInfo): boolean => {
+      if (buildStarts.size === 0) return false;
+      const oldest = Math.min(...buildStarts.values());
+      return Math.max(u.createdAt.getTime(), u.lastUsedAt?.getTime() ?? 0) >= oldest;
+    };
+    // One code path for the client's Prune and the GC: records, then the local mirrors of removed
+    // local sources (they hold the same files through hard links).
+    const pruneCache = async (opts: PruneOptions, sweepAlways = true): Promise<UsageInfo[]> => {
+      const removed = await prune(cache, opts, { idle: builds.runningCount === 0, protect, sweepAlways });
+      const everything = opts.all && opts.keepBytes === 0 && opts.keepDurationMs === 0 && opts.filters.every((f) => f.trim() === '');
+      if (everything || removed.some((u) => u.recordType === 'source.local')) await w.pruneLocalMirrors();
+      return removed;
+    };
+    const gcRuns = metrics.registry.counter('loom_gc_runs_total', 'Runs of the GC policies (at start and after builds).');
+    gc = new GarbageCollector({
+      policies: s.gc ? gcPolicy.map(policyPruneOptions) : [],
+      prune: (policy) => pruneCache(policy, false),
+      onRun: (r) => {
+        gcRuns();
+        if (r.removed.length === 0) return;
+        metrics.pruneRuns();
+        metrics.pruneBytes(r.bytes);
+      },
+    });
+    const collector = gc;
     const version = versionInfo();
     const forwarder = new GatewayForwarder();
     const gatewayDeps: GatewayDeps = {
@@ -73,6 +107,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       onBuildEnd: (failed) => {
         metrics.builds();
         if (failed) metrics.buildsFailed();
+        collector.trigger();
       },
     });
     const backend: ControlBackend = {
@@ -87,25 +122,33 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
         },
       ],
       progress: (ref) => builds.progress(ref),
-      solve: (req, signal) => builds.solve(req, signal),
-      diskUsage: (filters) => diskUsage(w.refs, filters, w.extraRecords),
+      solve: async (req, signal) => {
+        const token = Symbol('build');
+        buildStarts.set(token, Date.now());
+        try {
+          return await builds.solve(req, signal);
+        } finally {
+          buildStarts.delete(token);
+        }
+      },
+      diskUsage: (filters) => diskUsage(cache, filters),
       prune: async (opts, onRecord) => {
-        const removed = await prune(w.refs, opts, builds.runningCount === 0, w.extraRecords);
+        const removed = await pruneCache(opts);
         metrics.pruneRuns();
         metrics.pruneBytes(removed.reduce((n, u) => n + u.size, 0));
-        // Local sources are mirrored outside the records; they go with their records.
-        if (opts.all || removed.some((u) => u.recordType === 'source.local')) await w.pruneLocalMirrors();
         for (const u of removed) onRecord(u);
       },
     };
     server = new ControlServer({ backend, gateway: gatewayHandlers(forwarder, gatewayDeps) });
     const addresses: string[] = [];
     for (const a of s.addrs) addresses.push(await server.listen(a, { tls: s.tls, gid: s.gid }));
-    metrics.registry.gauge('loom_cache_bytes', 'Bytes held by cache records (du total).', async () => (await diskUsage(w.refs, [], w.extraRecords)).reduce((n, u) => n + u.size, 0));
-    metrics.registry.gauge('loom_cache_records', 'Cache records (du entries).', async () => (await diskUsage(w.refs, [], w.extraRecords)).length);
+    metrics.registry.gauge('loom_cache_bytes', 'Bytes held by cache records (du total).', async () => (await diskUsage(cache, [])).reduce((n, u) => n + u.size, 0));
+    metrics.registry.gauge('loom_cache_records', 'Cache records (du entries).', async () => (await diskUsage(cache, [])).length);
     metrics.registry.gauge('loom_builds_running', 'Builds running now.', () => builds.runningCount);
     debug = s.debugAddr ? await startDebugServer(s.debugAddr, metrics) : undefined;
     log.info({ addresses, root: s.root, platforms: w.platforms.map(formatPlatform), version: version.version, debugAddr: debug?.address }, 'running server');
+    // As upstream: one run shortly after start (a cache left over its budget comes back under).
+    collector.trigger();
     const srv = server;
     return {
       addresses,
@@ -114,6 +157,8 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
         debug?.close();
         builds.cancelAll();
         await srv.close(5000);
+        // No GC run may touch the stores once they are closed.
+        await collector.close();
         await w.close();
         lock.release();
         log.info('stopped');
@@ -122,15 +167,21 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
   } catch (err) {
     debug?.close();
     server?.forceClose();
+    await gc?.close();
     await worker?.close();
     lock.release();
     throw err;
   }
 }
 
-/** Upstream's default GC policy for a cap of `keep` bytes (10% of the disk when 0). */
-export function defaultGCPolicy(keep: number): GCPolicyConfig[] {
-  const cap = keep > 0 ? keep : 2e9;
+/**
+ * Upstream's default GC policy for a cap of `keep` bytes; when 0, a tenth of the size of the disk
+ * holding `root`, rounded up to whole GB (2 GB when that cannot be read), as upstream's
+ * DetectDefaultGCCap. Upstream v0.11's first policy is kept verbatim: its filter ANDs three type
+ * terms, so it matches no record (ListWorkers shows it the same way).
+ */
+export function defaultGCPolicy(keep: number, root?: string): GCPolicyConfig[] {
+  const cap = keep > 0 ? keep : defaultGCCap(root);
   return [
     { filters: ['type==source.local,type==exec.cachemount,type==source.git.checkout'], keepDuration: 48 * 3600, keepBytes: 512e6, all: false },
     { filters: [], keepDuration: 60 * 24 * 3600, keepBytes: cap, all: false },
@@ -139,6 +190,16 @@ export function defaultGCPolicy(keep: number): GCPolicyConfig[] {
   ];
 }
 
+function defaultGCCap(root: string | undefined): number {
+  if (!root) return 2e9;
+  try {
+    const st = statfsSync(root);
+    const tenth = Math.floor((st.bsize * st.blocks) / 10);
+    return (Math.floor(tenth / 2 ** 30) + 1) * 1e9;
+  } catch {
+    return 2e9;
+  }
+}
 
 /**
  * `--debugaddr host:port`: an HTTP server with Prometheus text at /metrics. Bind it to loopback
