@@ -51,8 +51,14 @@ async function debugCommand(ctx: CommandContext, args: string[]): Promise<void> 
     const { debugWorkers } = await import('./buildctl/debug-workers.js');
     return debugWorkers(ctx, rest);
   }
+  if (sub === 'builds' || sub === 'build') {
+    const { debugBuilds } = await import('./buildctl/debug-builds.js');
+    return debugBuilds(ctx, rest, sub === 'build');
+  }
   if (sub === undefined || sub === 'help' || sub === '--help' || sub === '-h') {
-    ctx.stdout.write('NAME:\n   buildctl debug - debug utilities\n\nCOMMANDS:\n   workers  list workers\n');
+    ctx.stdout.write(
+      'NAME:\n   buildctl debug - debug utilities\n\nCOMMANDS:\n   workers  list workers\n   builds   list recent builds with their cached and run steps (loom)\n   build    show one build\'s steps and why each step that ran missed the cache (loom)\n',
+    );
     return;
   }
   throw new UsageError(`No help topic for '${sub}'`, 3);

@@ -1,5 +1,7 @@
 import { fromPbPlatform, toPbPlatform } from '../util/pb-platform.js';
 import { BuildManager } from '../control/build.js';
+import { BuildRecords } from '../control/build-records.js';
+import { inspectHandlers } from '../control/inspect.js';
 import type { ControlBackend } from '../control/controller.js';
 import { ControlServer } from '../control/server.js';
 import { workerRecord } from '../control/controller.js';
@@ -95,6 +97,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
         return { digest: img.rootDescriptor.digest, config: img.configBytes };
       },
     };
+    const records = new BuildRecords({ kv: w.metadata, sizeOf: (id) => w.metadata.getRef(id)?.size ?? 0 });
     const builds = new BuildManager({
       solver: worker.solver,
       sessions,
@@ -103,6 +106,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       forwarder,
       gateway: gatewayDeps,
       platforms: w.platforms,
+      records,
       remoteCache: { refs: w.refs, layers: w.layers, content: w.content, metadata: w.metadata, registries: w.registries, defaultPlatform: w.platforms[0]! },
       onBuildEnd: (failed) => {
         metrics.builds();
@@ -139,7 +143,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
         for (const u of removed) onRecord(u);
       },
     };
-    server = new ControlServer({ backend, gateway: gatewayHandlers(forwarder, gatewayDeps) });
+    server = new ControlServer({ backend, gateway: gatewayHandlers(forwarder, gatewayDeps), inspect: inspectHandlers(records) });
     const addresses: string[] = [];
     for (const a of s.addrs) addresses.push(await server.listen(a, { tls: s.tls, gid: s.gid }));
     metrics.registry.gauge('loom_cache_bytes', 'Bytes held by cache records (du total).', async () => (await diskUsage(cache, [])).reduce((n, u) => n + u.size, 0));

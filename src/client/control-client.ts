@@ -16,6 +16,7 @@ import {
   type UsageRecord,
 } from '../gen/buildkit/control_pb.js';
 import { grpcServiceDef } from '../util/grpc-def.js';
+import { BuildsRequestSchema, Inspect, type BuildsResponse } from '../gen/loom/inspect_pb.js';
 import { defaultAddress, loadTls, parseAddress, type TlsFiles } from './address.js';
 import { fromGrpcError } from './grpc-error.js';
 
@@ -43,6 +44,7 @@ interface RawControl extends grpc.Client {
 }
 
 let ControlCtor: grpc.ServiceClientConstructor | undefined;
+let InspectCtor: grpc.ServiceClientConstructor | undefined;
 
 /**
  * A connection to a BuildKit daemon's Control service (loom's or upstream's). Methods reject with
@@ -74,6 +76,19 @@ export class ControlClient {
     }
     ControlCtor ??= grpc.makeGenericClientConstructor(grpcServiceDef(ControlService), 'Control');
     this.#raw = new ControlCtor(target, creds, options) as unknown as RawControl;
+    this.#target = target;
+    this.#creds = creds;
+  }
+
+  readonly #target: string;
+  readonly #creds: grpc.ChannelCredentials;
+  #inspect: (grpc.Client & { builds: Unary<unknown, BuildsResponse> }) | undefined;
+
+  /** loom's Inspect service (build records), on the same connection. Not a BuildKit API. */
+  builds(req: { ref?: string; limit?: number }, signal?: AbortSignal): Promise<BuildsResponse> {
+    InspectCtor ??= grpc.makeGenericClientConstructor(grpcServiceDef(Inspect), 'Inspect');
+    this.#inspect ??= new InspectCtor(this.#target, this.#creds, { channelOverride: this.#raw.getChannel() }) as unknown as grpc.Client & { builds: Unary<unknown, BuildsResponse> };
+    return this.#unaryOn(this.#inspect, this.#inspect.builds, create(BuildsRequestSchema, req), 'failed to inspect builds', signal);
   }
 
   close(): void {
@@ -81,8 +96,12 @@ export class ControlClient {
   }
 
   #unary<Res>(fn: Unary<unknown, Res>, req: unknown, what: string, signal?: AbortSignal): Promise<Res> {
+    return this.#unaryOn(this.#raw, fn, req, what, signal);
+  }
+
+  #unaryOn<Res>(client: grpc.Client, fn: Unary<unknown, Res>, req: unknown, what: string, signal?: AbortSignal): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
-      const call = fn.call(this.#raw, req, new grpc.Metadata(), {}, (err, res) => {
+      const call = fn.call(client, req, new grpc.Metadata(), {}, (err, res) => {
         signal?.removeEventListener('abort', onAbort);
         if (err) reject(fromGrpcError(err, what));
         else resolve(res!);

@@ -5,7 +5,9 @@ import type { SessionManager } from '../session/manager.js';
 import type { Solver } from '../solver/solver.js';
 import type { JobContext, Ref } from '../solver/types.js';
 import { BuildCache, type CacheEntry, type RemoteCacheDeps } from '../cache/remote/build-cache.js';
-import { CancelledError, InvalidArgumentError, LoomError, PermissionDeniedError, UnimplementedError } from '../util/errors.js';
+import { BuildRecorder, type BuildRecords } from './build-records.js';
+import { bytes } from '../client/progress/format.js';
+import { CancelledError, errorMessage, InvalidArgumentError, LoomError, PermissionDeniedError, UnimplementedError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { inVertex, ProgressBus } from '../util/progress.js';
 import { GatewayBuild, resultRefs, type GatewayDeps, type GatewayForwarder } from './gateway.js';
@@ -31,6 +33,8 @@ export interface BuildManagerOptions {
   platforms: Platform[];
   /** Told when a build ends, and whether it failed (metrics). */
   onBuildEnd?: (failed: boolean) => void;
+  /** Where finished builds are recorded (steps cached or run, and why). */
+  records?: BuildRecords;
   /** What cache imports and exports need (absent: a request asking for them is refused). */
   remoteCache?: RemoteCacheDeps;
   /** How long a build waits for the client's session to appear. */
@@ -79,12 +83,22 @@ export class BuildManager {
     signal.addEventListener('abort', onAbort, { once: true });
     this.#running.set(ref, ac);
     const bus = this.progress(ref);
+    const recorder = this.#o.records?.begin(ref, req.Frontend);
     let failed = true;
+    let error: string | undefined;
     try {
-      const resp = await this.#solve(ref, req, ac.signal, bus);
+      const resp = await this.#solve(ref, req, ac.signal, bus, recorder);
       failed = false;
       return resp;
+    } catch (err) {
+      error = errorMessage(err);
+      throw err;
     } finally {
+      try {
+        recorder?.finish(failed ? (error ?? 'failed') : undefined);
+      } catch (err) {
+        log().warn({ ref, err: errorMessage(err) }, 'could not save the build record');
+      }
       this.#o.onBuildEnd?.(failed);
       signal.removeEventListener('abort', onAbort);
       this.#running.delete(ref);
@@ -96,7 +110,7 @@ export class BuildManager {
     }
   }
 
-  async #solve(ref: string, req: SolveRequest, signal: AbortSignal, bus: ProgressBus): Promise<Record<string, string>> {
+  async #solve(ref: string, req: SolveRequest, signal: AbortSignal, bus: ProgressBus, recorder: BuildRecorder | undefined): Promise<Record<string, string>> {
     const entitlements = this.#entitlements(req.Entitlements);
     const exporters = this.#exporters(req);
     const entries = cacheEntries(req);
@@ -113,6 +127,7 @@ export class BuildManager {
         return this.#o.sessions.get(sessionId, { signal, timeoutMs: this.#o.sessionTimeoutMs });
       },
       cache,
+      steps: recorder,
     };
     cache?.start(job);
     if (req.Frontend) {
@@ -194,6 +209,12 @@ export class BuildManager {
     if (cache) {
       const finals = [src.ref, ...(src.refs ?? []).map((r) => r.ref)].filter((r): r is Ref => r !== undefined);
       Object.assign(resp, await cache.export(job, finals));
+    }
+    if (job.steps instanceof BuildRecorder) {
+      // The per-build cache summary, as a vertex of its own so every client shows it.
+      const s = job.steps.summary();
+      const name = `cache summary: ${s.stepsCached} steps cached, ${s.stepsRun} run, ${bytes(s.bytesReused)} reused`;
+      await inVertex(job.progress, { name, id: `${job.id}-summary` }, async () => {});
     }
     return resp;
   }

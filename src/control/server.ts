@@ -4,6 +4,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, stat
 import { dirname } from 'node:path';
 import { Control as ControlService } from '../gen/buildkit/control_pb.js';
 import { Health } from '../gen/grpc/health_pb.js';
+import { Inspect } from '../gen/loom/inspect_pb.js';
 import { grpcServiceDef } from '../util/grpc-def.js';
 import { InvalidArgumentError, LoomError } from '../util/errors.js';
 import { controlHandlers, healthHandlers, type ControlBackend } from './controller.js';
@@ -27,7 +28,7 @@ export class ControlServer {
   readonly #server: Server;
   readonly #sockets: string[] = [];
 
-  constructor(opts: { backend: ControlBackend; gateway: UntypedServiceImplementation }) {
+  constructor(opts: { backend: ControlBackend; gateway: UntypedServiceImplementation; inspect?: UntypedServiceImplementation }) {
     this.#server = new Server({
       'grpc.max_receive_message_length': MAX_MSG,
       'grpc.max_send_message_length': MAX_MSG,
@@ -37,6 +38,7 @@ export class ControlServer {
     this.#server.addService(grpcServiceDef(ControlService), controlHandlers(opts.backend));
     this.#server.addService(grpcServiceDef(Health), healthHandlers());
     this.#server.addService(grpcServiceDef(LLBBridge), opts.gateway);
+    if (opts.inspect) this.#server.addService(grpcServiceDef(Inspect), opts.inspect);
   }
 
   async listen(addr: string, opts: { tls?: TlsFiles; gid?: number } = {}): Promise<string> {

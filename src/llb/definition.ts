@@ -21,6 +21,8 @@ export interface Vertex {
   readonly metadata: OpMetadata | undefined;
   /** The name clients show in progress (llb.customname, else upstream's default per op kind). */
   readonly name: string;
+  /** Where the frontend made it (`Dockerfile:3`), from the definition's source map. */
+  readonly location?: string;
 }
 
 export interface Edge {
@@ -84,7 +86,7 @@ export function loadDefinition(def: Definition): LoadedDefinition {
       return { vertex, index };
     });
     const metadata = def.metadata[d];
-    const vertex: Vertex = { digest: d, op, inputs, metadata, name: vertexName(op, inputs, metadata) };
+    const vertex: Vertex = { digest: d, op, inputs, metadata, name: vertexName(op, inputs, metadata), location: sourceLocation(def, d) };
     visiting.delete(d);
     vertices.set(d, vertex);
     return vertex;
@@ -228,4 +230,13 @@ function vertexName(op: Op, inputs: readonly Edge[], md: OpMetadata | undefined)
     default:
       return 'unknown';
   }
+}
+
+/** `file:line` of an op's first source-map range, if the definition carries one. */
+function sourceLocation(def: Definition, d: string): string | undefined {
+  const loc = def.Source?.locations[d]?.locations[0];
+  const info = loc ? def.Source?.infos[loc.sourceIndex] : undefined;
+  const line = loc?.ranges[0]?.start?.line;
+  if (!info || line === undefined) return undefined;
+  return `${info.filename}:${line}`;
 }

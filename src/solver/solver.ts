@@ -218,6 +218,7 @@ class JobRun {
         await this.#reportCachedInputs(v);
         this.#o.observe?.step('cached');
         if (v.op.op.case !== 'source') hit.forEach((r, i) => job.cache?.record(`${key}#${i}`, r));
+        job.steps?.step({ digest: v.digest, name: v.name, cached: true, reason: '', durationMs: 0, refs: hit });
         return hit;
       }
     }
@@ -240,7 +241,7 @@ class JobRun {
     throwIfAborted(this.#o.job.signal);
     const started = new Date();
     this.#report(v, { started });
-    this.#explainMiss(v, this.#o.noCache || v.metadata?.ignoreCache === true);
+    const reason = this.#explainMiss(v, this.#o.noCache || v.metadata?.ignoreCache === true);
     let refs: Ref[];
     try {
       refs = await this.#impl(v).run(this.#ctx(v), inputs);
@@ -249,7 +250,9 @@ class JobRun {
       this.#report(v, { started, completed: new Date(), error: isAbortError(err) ? 'context canceled' : errorMessage(err) });
       throw e;
     }
-    this.#report(v, { started, completed: new Date() });
+    const completed = new Date();
+    this.#report(v, { started, completed });
+    this.#o.job.steps?.step({ digest: v.digest, name: v.name, cached: false, reason, durationMs: completed.getTime() - started.getTime(), refs });
     this.stats.run++;
     this.#o.observe?.step('run');
     refs.forEach((r, i) => {
@@ -257,7 +260,12 @@ class JobRun {
       if (v.op.op.case !== 'source') this.#o.job.cache?.record(`${key}#${i}`, r);
     });
     const parts = this.#parts.get(v.digest);
-    if (parts) this.#o.cache.stepHistory?.put(stepIdentity(v, this.#o.defaultPlatform), JSON.stringify(parts));
+    if (parts) {
+      this.#o.cache.stepHistory?.put(stepIdentity(v, this.#o.defaultPlatform), JSON.stringify(parts));
+      // By name too: a step whose definition changed (a build-arg in its env, say) has a new
+      // identity, but usually the same name, and a later miss can say what changed in it.
+      if (v.name || v.location) this.#o.cache.stepHistory?.put(stepNameKey(v, this.#o.defaultPlatform), JSON.stringify(opShape(v)));
+    }
     if (refs.length < n) throw new VertexError({ digest: v.digest, name: v.name, cause: new Error(`expected ${n} outputs, got ${refs.length}`) });
     return refs;
   }
@@ -320,7 +328,7 @@ class JobRun {
    * build of this step, which input changed (by the input step's name), what a source found changed,
    * or that the earlier result is gone (pruned).
    */
-  #explainMiss(v: Vertex, ignored: boolean): void {
+  #explainMiss(v: Vertex, ignored: boolean): string {
     let why: string;
     if (ignored) {
       why = this.#o.noCache ? 'cache disabled for this build (--no-cache)' : 'cache disabled for this step (ignore-cache)';
@@ -328,7 +336,9 @@ class JobRun {
       const now = this.#parts.get(v.digest);
       const prevText = this.#o.cache.stepHistory?.get(stepIdentity(v, this.#o.defaultPlatform));
       if (!now || !prevText) {
-        why = 'no earlier build of this step (new or changed definition)';
+        const byName = v.name || v.location ? this.#o.cache.stepHistory?.get(stepNameKey(v, this.#o.defaultPlatform)) : undefined;
+        const diff = byName ? describeShapeChange(JSON.parse(byName) as Record<string, unknown>, opShape(v)) : [];
+        why = diff.length ? `the step's definition changed: ${diff.join('; ')}` : 'no earlier build of this step (new or changed definition)';
       } else {
         const prev = JSON.parse(prevText) as KeyParts;
         const changed: string[] = [];
@@ -341,11 +351,14 @@ class JobRun {
         why = changed.length ? changed.join('; ') : 'the earlier result is no longer in the cache (pruned)';
       }
     }
-    // A status line of the step rather than a log: clients number a log by the step's place in
-    // their output, which a log sent with the step's start does not have yet (they print "#0").
+    // A status line of the step, complete at once. Not a log: clients number a log by the step's
+    // place in their output, which a log sent with the step's start does not have yet (they
+    // print "#0"). Complete, because clients key open status lines by their text and would
+    // print the same reason of several steps once.
     const text = `cache miss: ${why}`;
     const now = new Date();
-    this.#o.job.progress.status({ id: text, vertex: v.digest, name: text, current: 0, total: 0, timestamp: now, started: now });
+    this.#o.job.progress.status({ id: text, vertex: v.digest, name: text, current: 0, total: 0, timestamp: now, started: now, completed: now });
+    return why;
   }
 
   #hold(refs: readonly Ref[]): void {
@@ -426,4 +439,53 @@ function short(s: string): string {
 
 function isLocalSource(v: Vertex): boolean {
   return v.op.op.case === 'source' && v.op.op.value.identifier.startsWith('local://');
+}
+
+/** History key of a step by its name and platform (see #run). */
+function stepNameKey(v: Vertex, def: Platform): string {
+  // Where the frontend made it is steadier than the name, which shows expanded build args.
+  return sha256(v.location ? `loc|${v.location}|${platformKey(v, def)}` : `name|${v.name}|${platformKey(v, def)}`);
+}
+
+/**
+ * What a step is, in comparable fields: for an exec its command, env (by variable), working dir,
+ * user and mounts; for other ops their definition as JSON fields.
+ */
+function opShape(v: Vertex): Record<string, unknown> {
+  const op = v.op.op;
+  if (op.case === 'exec') {
+    const m = op.value.meta;
+    const env: Record<string, string> = {};
+    for (const e of m?.env ?? []) {
+      const i = e.indexOf('=');
+      env[i < 0 ? e : e.slice(0, i)] = i < 0 ? '' : e.slice(i + 1);
+    }
+    return {
+      command: JSON.stringify(m?.args ?? []),
+      ...Object.fromEntries(Object.entries(env).map(([k, val]) => [`env ${k}`, val])),
+      workdir: m?.cwd ?? '',
+      user: m?.user ?? '',
+      network: String(op.value.network),
+      security: String(op.value.security),
+      mounts: JSON.stringify(op.value.mounts.map((x) => [x.dest, x.mountType, x.selector, x.readonly])),
+    };
+  }
+  return { definition: opDigestWithoutInputs(v) };
+}
+
+/** The fields that differ between two shapes, as `name: old -> new` (at most four). */
+function describeShapeChange(prev: Record<string, unknown>, now: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  const keys = new Set([...Object.keys(prev), ...Object.keys(now)]);
+  const show = (x: unknown) => (x === undefined ? '(unset)' : JSON.stringify(x).length > 42 ? `${JSON.stringify(x).slice(0, 39)}..."` : JSON.stringify(x));
+  for (const k of keys) {
+    if (prev[k] === now[k]) continue;
+    if (k === 'definition') {
+      out.push('its options changed');
+      continue;
+    }
+    out.push(`${k}: ${show(prev[k])} -> ${show(now[k])}`);
+  }
+  if (out.length > 4) return [...out.slice(0, 4), `${out.length - 4} more`];
+  return out;
 }

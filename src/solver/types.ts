@@ -28,6 +28,22 @@ export interface JobContext {
   session(): Promise<SessionCaller>;
   /** The build's cache imports and exports, when it asked for any. */
   readonly cache?: BuildCacheHooks;
+  /** Told of every step the build solved (the build record: cached or run, and why). */
+  readonly steps?: StepObserver;
+}
+
+export interface StepOutcome {
+  digest: string;
+  name: string;
+  cached: boolean;
+  /** Why the step ran instead of coming from the cache; empty for a cached step. */
+  reason: string;
+  durationMs: number;
+  refs: readonly Ref[];
+}
+
+export interface StepObserver {
+  step(outcome: StepOutcome): void;
 }
 
 /** How the solver reaches a build's imported caches and tells its cache exporters what it used. */
