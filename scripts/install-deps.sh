@@ -18,6 +18,7 @@ packages=(
   openssh-client       # ssh-agent for the ssh forwarding tests
   gcc make libc6-dev   # building runc-shim
   tar gzip ca-certificates
+  bzip2 xz-utils zstd   # ADD auto-extracts .tar.bz2, .tar.xz and .tar.zst archives, as upstream
 )
 missing=()
 for p in "${packages[@]}"; do

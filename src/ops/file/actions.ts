@@ -1,7 +1,5 @@
-import { createReadStream } from 'node:fs';
-import { chmod, lstat, mkdir, open, rm, symlink as fsSymlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, rm, symlink as fsSymlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { createGunzip } from 'node:zlib';
 import type {
   FileActionCopy,
   FileActionMkDir,
@@ -14,6 +12,7 @@ import { resolveInRoot, resolveParentInRoot } from '../../util/fs-safe.js';
 import { applyLayerTar } from '../../snapshot/layer/apply-layer-tar.js';
 import { readTar } from '../../snapshot/layer/tar-reader.js';
 import { copyPath, sourcePath, type CopyInfo } from './copy.js';
+import { fileCompression, openDecompressed, type Compression } from './decompress.js';
 import { applyChown, applyUtime, chownerFor, fsError, mkdirAll, timestampNs, type User } from './fs-util.js';
 import { PatternMatcher } from '../../util/patterns.js';
 import { resolveWildcards } from './wildcard.js';
@@ -157,8 +156,8 @@ export async function copyAction(src: string, dest: string, a: FileActionCopy, u
 }
 
 /**
- * ADD's archive extraction: a source that is a regular file and reads as a tar (plain or gzip)
- * is unpacked into dest instead of copied. Other compressions (bzip2, xz) are copied as files.
+ * ADD's archive extraction: a source that is a regular file and reads as a tar, plain or
+ * compressed (gzip, bzip2, xz, zstd: see decompress.ts), is unpacked into dest instead of copied.
  */
 async function unpack(srcRoot: string, src: string, destRoot: string, dest: string, ci: CopyInfo): Promise<boolean> {
   const p = await sourcePath(srcRoot, src, true);
@@ -166,12 +165,19 @@ async function unpack(srcRoot: string, src: string, destRoot: string, dest: stri
   if (kind === null) return false;
   const d = await resolveInRoot(destRoot, dest);
   await mkdirAll(destRoot, d, 0o755, ci.chown, ci.utime);
-  const input = createReadStream(p);
-  await applyLayerTar(kind === 'gzip' ? input.pipe(createGunzip()) : input, d, { signal: ci.signal });
+  const input = openDecompressed(p, kind);
+  try {
+    // An archive is not a layer: `.wh.` names in it are files like any other.
+    await applyLayerTar(input.stream, d, { signal: ci.signal, whiteouts: false });
+    await input.done();
+  } finally {
+    input.close();
+  }
   return true;
 }
 
-async function archiveKind(p: string): Promise<'tar' | 'gzip' | null> {
+/** The compression of a regular file that reads as a tar (its first header parses), else null. */
+async function archiveKind(p: string): Promise<Compression | null> {
   let st;
   try {
     st = await lstat(p);
@@ -179,24 +185,16 @@ async function archiveKind(p: string): Promise<'tar' | 'gzip' | null> {
     return null;
   }
   if (!st.isFile()) return null;
-  const fh = await open(p, 'r');
-  let head: Buffer;
+  const kind = await fileCompression(p);
+  const input = openDecompressed(p, kind);
   try {
-    head = Buffer.alloc(2);
-    await fh.read(head, 0, 2, 0);
-  } finally {
-    await fh.close();
-  }
-  const gz = head[0] === 0x1f && head[1] === 0x8b;
-  const stream = createReadStream(p);
-  try {
-    const it = readTar(gz ? stream.pipe(createGunzip()) : stream);
+    const it = readTar(input.stream);
     const first = await it.next();
     await it.return(undefined);
-    return first.done ? null : gz ? 'gzip' : 'tar';
+    return first.done ? null : kind;
   } catch {
     return null;
   } finally {
-    stream.destroy();
+    input.close();
   }
 }

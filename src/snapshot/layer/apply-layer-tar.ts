@@ -30,6 +30,11 @@ import { readTar, type TarEntry } from './tar-reader.js';
  */
 export interface ApplyLayerOptions {
   signal?: AbortSignal;
+  /**
+   * Read `.wh.` entries as whiteouts (default true, as for layers). False writes them as the plain
+   * files they are, as Docker's Untar does for ADD's archive extraction.
+   */
+  whiteouts?: boolean;
 }
 
 export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLayerOptions = {}): Promise<number> {
@@ -53,11 +58,11 @@ export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLay
     if (target === root) continue;
     if (parent !== root) await mkparent(root, parent);
 
-    if (base === WHITEOUT_OPAQUE) {
+    if (base === WHITEOUT_OPAQUE && opts.whiteouts !== false) {
       await clearOpaque(parent, unpacked);
       continue;
     }
-    if (base.startsWith(WHITEOUT_PREFIX)) {
+    if (base.startsWith(WHITEOUT_PREFIX) && opts.whiteouts !== false) {
       await rm(path.join(parent, base.slice(WHITEOUT_PREFIX.length)), { recursive: true, force: true });
       continue;
     }
