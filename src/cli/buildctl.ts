@@ -1,4 +1,5 @@
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, errorSources } from '../util/errors.js';
+import { formatSource } from '../client/error-source.js';
 import { parseFlags, UsageError } from './buildctl/args.js';
 import { GLOBAL_FLAGS, type CommandContext } from './buildctl/common.js';
 
@@ -103,6 +104,8 @@ export async function main(argv: string[]): Promise<number> {
       return 3;
     }
     if (err instanceof UsageError) process.stderr.write(`Incorrect Usage: ${err.message}\n\n`);
+    // The Dockerfile lines the error is about, before it, as upstream's buildctl prints them.
+    for (const s of errorSources(err)) process.stderr.write(formatSource(s));
     if (debug && err instanceof Error && err.stack) process.stderr.write(`error: ${err.stack}\n`);
     else process.stderr.write(`error: ${errorMessage(err)}\n`);
     return 1;

@@ -1,5 +1,6 @@
 import type { ServiceError } from '@grpc/grpc-js';
-import { LoomError, type ErrorCode } from '../util/errors.js';
+import { LoomError, withSources, type ErrorCode } from '../util/errors.js';
+import { statusSources } from './error-source.js';
 
 /** Go's names for gRPC codes, which upstream's client puts before a status message. */
 const GO_CODE_NAMES = [
@@ -37,7 +38,7 @@ export function fromGrpcError(err: unknown, prefix?: string): Error {
     const code = err.code;
     const msg = err.details || err.message;
     const text = code === 2 || code === 0 ? msg : `${GO_CODE_NAMES[code] ?? `Code(${code})`}: ${msg}`;
-    return new DaemonCallError({ grpcCode: code, message: pre + text, cause: err });
+    return withSources(new DaemonCallError({ grpcCode: code, message: pre + text, cause: err }), statusSources(err));
   }
   if (err instanceof LoomError) {
     if (!prefix) return err;

@@ -71,6 +71,8 @@ export class BuildRecorder implements StepObserver {
   readonly #o: { ref: string; frontend: string; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void };
   readonly #started = Date.now();
   readonly #steps = new Map<string, BuildRecordData['steps'][number]>();
+  /** Sources read by the build and their pins (build info). */
+  readonly sources = new Map<string, string>();
 
   constructor(o: { ref: string; frontend: string; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void }) {
     this.#o = o;
@@ -83,6 +85,10 @@ export class BuildRecorder implements StepObserver {
     let bytes = 0;
     for (const r of o.refs) bytes += this.#o.sizeOf(r.id);
     this.#steps.set(o.digest, { digest: o.digest, name: o.name, cached: o.cached, reason: o.reason, durationMs: o.durationMs, bytes });
+  }
+
+  source(identifier: string, pin: string): void {
+    this.sources.set(identifier, pin);
   }
 
   summary(): { stepsCached: number; stepsRun: number; bytesReused: number } {

@@ -7,7 +7,7 @@ import type { JobContext, Ref } from '../solver/types.js';
 import { BuildCache, type CacheEntry, type RemoteCacheDeps } from '../cache/remote/build-cache.js';
 import { BuildRecorder, type BuildRecords } from './build-records.js';
 import { bytes } from '../client/progress/format.js';
-import { CancelledError, errorMessage, InvalidArgumentError, LoomError, PermissionDeniedError, UnimplementedError } from '../util/errors.js';
+import { CancelledError, errorMessage, withStatusDetails, InvalidArgumentError, LoomError, PermissionDeniedError, UnimplementedError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { inVertex, ProgressBus } from '../util/progress.js';
 import { GatewayBuild, resultRefs, type GatewayDeps, type GatewayForwarder } from './gateway.js';
@@ -162,7 +162,8 @@ export class BuildManager {
         const code = loomCodeOfGrpc(ret.error.code);
         const name = GRPC_CODE_NAMES[ret.error.code];
         const msg = name && ret.error.message.startsWith(`${name}: `) ? ret.error.message.slice(name.length + 2) : ret.error.message;
-        throw new LoomError(code, msg || `build function failed with code ${ret.error.code}`);
+        // Its details (the Dockerfile lines of the error, as errdefs.Source) go back with it.
+        throw withStatusDetails(new LoomError(code, msg || `build function failed with code ${ret.error.code}`), ret.error.details.map((d) => ({ typeUrl: d.typeUrl, value: d.value })));
       }
       const result = ret.result;
       const metadata: Record<string, Uint8Array> = { ...(result?.metadata ?? {}) };

@@ -1,9 +1,10 @@
 import { DockerfileFrontend } from '../frontend/dockerfile/frontend.js';
-import { InvalidArgumentError } from '../util/errors.js';
+import { InvalidArgumentError, LoomError, withSources } from '../util/errors.js';
 import { inVertex } from '../util/progress.js';
 import type { Platform } from '../util/platform.js';
 import { toPbPlatform } from '../util/pb-platform.js';
 import { readRefFile, type GatewayBuild, type GatewayDeps } from './gateway.js';
+import { BuildRecorder } from './build-records.js';
 
 /** What a frontend produced: result ids of the build (one per platform) and export metadata. */
 export interface FrontendOutcome {
@@ -26,7 +27,8 @@ export async function runFrontend(
   opts: { attrs: Record<string, string>; sessionId: string; deps: GatewayDeps; platforms: Platform[] },
 ): Promise<FrontendOutcome> {
   if (!FRONTENDS.has(name)) throw new InvalidArgumentError(`invalid frontend: ${name}`);
-  const res = await new DockerfileFrontend().solve({
+  const res = await new DockerfileFrontend()
+    .solve({
     attrs: opts.attrs,
     sessionId: opts.sessionId,
     inputs: b.inputs,
@@ -39,15 +41,46 @@ export async function runFrontend(
         opts.deps.resolveImageConfig(b.job, ref, toPbPlatform(o.platform), o.resolveMode),
       ),
     warn: (w) => b.job.progress.warn({ vertex: w.vertex, level: w.level, short: w.short, detail: w.detail, url: w.url }),
-  });
+  })
+    .catch((err: unknown) => {
+      // Errors naming Dockerfile lines carry the Dockerfile: clients print those lines.
+      const e = err as { location?: { start: { line: number; character: number }; end: { line: number; character: number } }[]; source?: { filename: string; data: Uint8Array } };
+      if (e && typeof e === 'object' && e.location?.length && e.source) {
+        withSources(err, [{ filename: e.source.filename, data: e.source.data, language: 'Dockerfile', ranges: e.location }]);
+        // Upstream's frontend errors are plain errors (gRPC Unknown): clients print no code.
+        if (err instanceof LoomError && err.code === 'INVALID_ARGUMENT') (err as { code: string }).code = 'UNKNOWN';
+      }
+      throw err;
+    });
   // Build info, as upstream's image exporter records it in the config: the frontend and the base
   // images with the digests they resolved to.
   const metadata = { ...res.metadata };
-  const info = { frontend: name, sources: res.imageSources.map((s) => ({ type: 'docker-image', ref: s.ref, pin: s.pin })) };
+  const sources: { type: string; ref: string; pin: string }[] = res.imageSources.map((s) => ({ type: 'docker-image', ref: s.ref, pin: s.pin }));
+  // Downloads the build made (ADD of a URL), with their content digests, as upstream's build info
+  // lists them from the solved sources.
+  const read = b.job.steps instanceof BuildRecorder ? b.job.steps.sources : new Map<string, string>();
+  for (const [id, pin] of read) {
+    if (/^https?:\/\//.test(id) && !sources.some((x) => x.ref === redactUrl(id))) sources.push({ type: 'http', ref: redactUrl(id), pin });
+  }
+  sources.sort((a, b2) => (a.ref < b2.ref ? -1 : a.ref > b2.ref ? 1 : 0));
+  // Go's omitempty: no sources (FROM scratch) leaves the key out.
+  const info = sources.length ? { frontend: name, sources } : { frontend: name };
   metadata['containerimage.buildinfo'] = Buffer.from(JSON.stringify(info));
   return {
     refs: res.refs.map((r) => ({ platformId: r.platformId, platform: r.platform, id: r.ref })),
     multiPlatform: res.multiPlatform,
     metadata,
   };
+}
+
+/** A URL with its password hidden, as upstream's urlutil.RedactCredentials. */
+function redactUrl(s: string): string {
+  try {
+    const u = new URL(s);
+    if (!u.password) return s;
+    u.password = 'xxxxx';
+    return u.toString();
+  } catch {
+    return s;
+  }
 }

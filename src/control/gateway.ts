@@ -215,9 +215,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
           : create(ResultSchema, { result: { case: 'ref', value: refOf(out.refs[0]?.id) }, metadata: out.metadata });
         return create(SolveResponseSchema, { ref: out.refs[0]?.id ?? '', result });
       }
-      if (req.CacheImports.length) {
-        b.job.progress.warn({ vertex: '', level: 1, short: 'cache imports are not supported by loom yet; building without them', detail: [] });
-      }
+      // CacheImports here repeat the build's own (Control.Solve's), which the build already uses.
       if (!req.Definition || req.Definition.def.length === 0) {
         // An empty definition solves to an empty result.
         return create(SolveResponseSchema, { result: create(ResultSchema, {}) });

@@ -1,7 +1,17 @@
 import { status, type ServiceError } from '@grpc/grpc-js';
 import { Metadata } from '@grpc/grpc-js';
-import { codeOf, errorMessage, type ErrorCode } from '../util/errors.js';
+import { create, toBinary } from '@bufbuild/protobuf';
+import { AnySchema } from '@bufbuild/protobuf/wkt';
+import { StatusSchema } from '../gen/google/rpc/status_pb.js';
+import { codeOf, errorMessage, errorSources, errorStatusDetails, type ErrorCode, type ErrorSource } from '../util/errors.js';
 import { log } from '../util/log.js';
+
+/**
+ * How BuildKit registers errdefs.Source with typeurl (github.com/moby/buildkit + errdefs.Source+json);
+ * the value is the Go struct as encoding/json writes it (zero fields left out), not protobuf.
+ */
+const SOURCE_TYPE_URL = 'github.com/moby/buildkit/errdefs.Source+json';
+const SOURCE_TYPE_SUFFIX = 'errdefs.Source+json';
 
 const CODES: Record<ErrorCode, status> = {
   INVALID_ARGUMENT: status.INVALID_ARGUMENT,
@@ -15,11 +25,38 @@ const CODES: Record<ErrorCode, status> = {
   CANCELLED: status.CANCELLED,
   UNIMPLEMENTED: status.UNIMPLEMENTED,
   INTERNAL: status.UNKNOWN,
+  UNKNOWN: status.UNKNOWN,
 };
 
 /** The one place an error becomes a gRPC status. Unexpected errors are logged with their stack. */
 export function toServiceError(err: unknown): Partial<ServiceError> {
   const code = codeOf(err);
   if (code === 'INTERNAL') log.child({ sub: 'control' }).error({ err }, 'unexpected error');
-  return { code: CODES[code], details: errorMessage(err), metadata: new Metadata() };
+  const metadata = new Metadata();
+  // As upstream's grpcerrors: the status again in the trailer with typed details. errdefs.Source
+  // makes clients print the Dockerfile lines an error is about; details a peer sent (a client's
+  // Return) go back as they came.
+  const raw = errorStatusDetails(err);
+  const details = raw.map((d) => create(AnySchema, { typeUrl: d.typeUrl, value: d.value }));
+  if (!raw.some((d) => d.typeUrl.endsWith(SOURCE_TYPE_SUFFIX))) {
+    for (const src of errorSources(err)) {
+      details.push(create(AnySchema, { typeUrl: SOURCE_TYPE_URL, value: Buffer.from(JSON.stringify(sourceJson(src))) }));
+    }
+  }
+  if (details.length > 0) {
+    const st = create(StatusSchema, { code: CODES[code], message: errorMessage(err), details });
+    metadata.set('grpc-status-details-bin', Buffer.from(toBinary(StatusSchema, st)));
+  }
+  return { code: CODES[code], details: errorMessage(err), metadata };
+}
+
+/** errdefs.Source as Go's encoding/json writes the generated struct. */
+function sourceJson(src: ErrorSource): Record<string, unknown> {
+  const pos = (p: { line: number; character: number }) => ({ ...(p.line ? { line: p.line } : {}), ...(p.character ? { character: p.character } : {}) });
+  const info: Record<string, unknown> = {};
+  if (src.filename) info.filename = src.filename;
+  if (src.data.length) info.data = Buffer.from(src.data).toString('base64');
+  const out: Record<string, unknown> = { info };
+  if (src.ranges.length) out.ranges = src.ranges.map((r) => ({ start: pos(r.start), end: pos(r.end) }));
+  return out;
 }

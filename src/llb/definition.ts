@@ -11,7 +11,7 @@ import {
   type OpMetadata,
 } from '../gen/buildkit/ops_pb.js';
 import { sha256, type Digest } from '../util/digest.js';
-import { InvalidArgumentError } from '../util/errors.js';
+import { InvalidArgumentError, type ErrorSource } from '../util/errors.js';
 
 /** One op of a loaded graph. `inputs` are resolved edges; vertices are shared when digests repeat. */
 export interface Vertex {
@@ -23,6 +23,8 @@ export interface Vertex {
   readonly name: string;
   /** Where the frontend made it (`Dockerfile:3`), from the definition's source map. */
   readonly location?: string;
+  /** The source spans it was made from (errors carry them, so clients print those lines). */
+  readonly sources?: ErrorSource[];
 }
 
 export interface Edge {
@@ -86,7 +88,7 @@ export function loadDefinition(def: Definition): LoadedDefinition {
       return { vertex, index };
     });
     const metadata = def.metadata[d];
-    const vertex: Vertex = { digest: d, op, inputs, metadata, name: vertexName(op, inputs, metadata), location: sourceLocation(def, d) };
+    const vertex: Vertex = { digest: d, op, inputs, metadata, name: vertexName(op, inputs, metadata), location: sourceLocation(def, d), sources: sourceSpans(def, d) };
     visiting.delete(d);
     vertices.set(d, vertex);
     return vertex;
@@ -239,4 +241,22 @@ function sourceLocation(def: Definition, d: string): string | undefined {
   const line = loc?.ranges[0]?.start?.line;
   if (!info || line === undefined) return undefined;
   return `${info.filename}:${line}`;
+}
+
+/** Every source-map span of an op. */
+function sourceSpans(def: Definition, d: string): ErrorSource[] | undefined {
+  const locs = def.Source?.locations[d]?.locations;
+  if (!locs?.length) return undefined;
+  const out: ErrorSource[] = [];
+  for (const l of locs) {
+    const info = def.Source?.infos[l.sourceIndex];
+    if (!info) continue;
+    out.push({
+      filename: info.filename,
+      data: info.data,
+      language: info.language,
+      ranges: l.ranges.map((r) => ({ start: { line: r.start?.line ?? 0, character: r.start?.character ?? 0 }, end: { line: r.end?.line ?? 0, character: r.end?.character ?? 0 } })),
+    });
+  }
+  return out;
 }

@@ -4,7 +4,7 @@ import { create } from '@bufbuild/protobuf';
 import { outputCount, type Edge, type LoadedDefinition, type Vertex } from '../llb/definition.js';
 import { checkEntitlements } from '../llb/entitlements.js';
 import { sha256 } from '../util/digest.js';
-import { errorMessage, isAbortError, throwIfAborted, VertexError } from '../util/errors.js';
+import { errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import type { JobContext, OpContext, OpImpl, OpResolver, Ref } from './types.js';
 
@@ -182,7 +182,10 @@ class JobRun {
         const started = new Date();
         if (isSource) this.#report(v, { started });
         const extra = await this.#guard(v, () => this.#impl(v).cacheKey(this.#ctx(v)));
-        if (isSource) this.#report(v, { started, completed: new Date() });
+        if (isSource) {
+          this.#report(v, { started, completed: new Date() });
+          if (v.op.op.case === 'source') this.#o.job.steps?.source?.(v.op.op.value.identifier, extra);
+        }
         const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
         this.#parts.set(v.digest, { key, inputs: v.inputs.map((i, n) => ({ name: i.vertex.name, key: inputKeys[n]! })), extra });
         return key;
@@ -246,7 +249,7 @@ class JobRun {
     try {
       refs = await this.#impl(v).run(this.#ctx(v), inputs);
     } catch (err) {
-      const e = err instanceof VertexError ? err : new VertexError({ digest: v.digest, name: v.name, cause: err });
+      const e = err instanceof VertexError ? err : withSources(new VertexError({ digest: v.digest, name: v.name, cause: err }), v.sources ?? []);
       this.#report(v, { started, completed: new Date(), error: isAbortError(err) ? 'context canceled' : errorMessage(err) });
       throw e;
     }
@@ -372,7 +375,7 @@ class JobRun {
       if (err instanceof VertexError) throw err;
       const now = new Date();
       this.#report(v, { started: now, completed: now, error: errorMessage(err) });
-      throw new VertexError({ digest: v.digest, name: v.name, cause: err });
+      throw withSources(new VertexError({ digest: v.digest, name: v.name, cause: err }), v.sources ?? []);
     }
   }
 

@@ -44,6 +44,8 @@ export interface StepOutcome {
 
 export interface StepObserver {
   step(outcome: StepOutcome): void;
+  /** A source the build read and what pinned it (an image's digest, a download's content digest). */
+  source?(identifier: string, pin: string): void;
 }
 
 /** How the solver reaches a build's imported caches and tells its cache exporters what it used. */

@@ -14,7 +14,12 @@ export type ErrorCode =
   | 'DEADLINE_EXCEEDED'
   | 'CANCELLED'
   | 'UNIMPLEMENTED'
-  | 'INTERNAL';
+  | 'INTERNAL'
+  /**
+   * The build's own failure (a step that exits non-zero, a Dockerfile that does not parse):
+   * gRPC Unknown, as upstream answers them, and not an unexpected error of the daemon.
+   */
+  | 'UNKNOWN';
 
 export class LoomError extends Error {
   readonly code: ErrorCode;
@@ -105,4 +110,52 @@ export function isAbortError(err: unknown): boolean {
 /** Throws a CancelledError when the signal has fired: the cheap check between units of work. */
 export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new CancelledError('context canceled', { cause: signal.reason });
+}
+
+/** A span of a build's source file (a Dockerfile) that an error is about; clients print its lines. */
+export interface ErrorSource {
+  filename: string;
+  data: Uint8Array;
+  language: string;
+  /** Lines are 1-based, as in LLB source maps. */
+  ranges: { start: { line: number; character: number }; end: { line: number; character: number } }[];
+}
+
+const SOURCES = new WeakMap<object, ErrorSource[]>();
+
+/** Attaches source spans to an error (kept when it is wrapped: see errorSources). */
+export function withSources<T>(err: T, sources: readonly ErrorSource[]): T {
+  if (typeof err === 'object' && err !== null && sources.length > 0 && !SOURCES.has(err)) SOURCES.set(err, [...sources]);
+  return err;
+}
+
+/** The source spans of an error or of the first error in its cause chain that has some. */
+export function errorSources(err: unknown): ErrorSource[] {
+  for (let e: unknown = err, depth = 0; typeof e === 'object' && e !== null && depth < 32; e = (e as { cause?: unknown }).cause, depth++) {
+    const s = SOURCES.get(e);
+    if (s) return s;
+  }
+  return [];
+}
+
+/** google.rpc.Status details (protobuf Any) an error carries as they came from a peer. */
+export interface StatusDetail {
+  typeUrl: string;
+  value: Uint8Array;
+}
+
+const DETAILS = new WeakMap<object, StatusDetail[]>();
+
+/** Keeps a peer's status details on an error, so they reach the client again (the gateway's Return). */
+export function withStatusDetails<T>(err: T, details: readonly StatusDetail[]): T {
+  if (typeof err === 'object' && err !== null && details.length > 0) DETAILS.set(err, [...details]);
+  return err;
+}
+
+export function errorStatusDetails(err: unknown): StatusDetail[] {
+  for (let e: unknown = err, depth = 0; typeof e === 'object' && e !== null && depth < 32; e = (e as { cause?: unknown }).cause, depth++) {
+    const d = DETAILS.get(e);
+    if (d) return d;
+  }
+  return [];
 }

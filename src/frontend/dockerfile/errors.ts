@@ -21,6 +21,9 @@ export class DockerfileError extends InvalidArgumentError {
 
   constructor(message: string, opts: { location?: Range[]; cause?: unknown } = {}) {
     super(message, { cause: opts.cause });
+    // A Dockerfile that does not parse or convert is the build's failure, answered with gRPC
+    // Unknown as upstream's frontend errors are (clients print no code before the message).
+    (this as { code: string }).code = 'UNKNOWN';
     this.name = 'DockerfileError';
     this.location = opts.location ?? [];
   }

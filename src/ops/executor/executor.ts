@@ -78,8 +78,8 @@ export class ExitError extends LoomError {
   readonly exitCode: number;
 
   constructor(exitCode: number, options?: { cause?: unknown }) {
-    // Upstream answers these with gRPC Unknown; loom's nearest code is INTERNAL.
-    super('INTERNAL', `exit code: ${exitCode}`, options);
+    // Upstream answers these with gRPC Unknown.
+    super('UNKNOWN', `exit code: ${exitCode}`, options);
     this.exitCode = exitCode;
     this.name = 'ExitError';
   }

@@ -29,6 +29,7 @@ export const GrpcCode = {
 
 const toLoom: Record<number, ErrorCode> = {
   1: 'CANCELLED',
+  2: 'UNKNOWN',
   3: 'INVALID_ARGUMENT',
   4: 'DEADLINE_EXCEEDED',
   5: 'NOT_FOUND',
