@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, type BigIntStats } from 'node:fs';
-import { lstat, readdir, readFile, readlink, stat } from 'node:fs/promises';
+import { createReadStream, lstatSync, readdirSync, readlinkSync, type BigIntStats } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import { throwIfAborted } from '../util/errors.js';
 import type { Digest } from '../util/digest.js';
+import { TimeSlice } from './time-slice.js';
 
 /**
  * Digests of file contents remembered by path, each valid while the file still has the same inode,
@@ -71,14 +72,18 @@ function inodeKey(st: BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
+/** The digest of a file known by its inode state (see byInode), if any. */
+function digestByInode(st: BigIntStats): string | undefined {
+  const known = byInode.get(inodeKey(st));
+  if (known) counts.hits++;
+  return known;
+}
+
 /** The hex sha256 of a regular file's bytes; `st` is its stat taken before. */
 async function contentDigest(path: string, st: BigIntStats): Promise<string> {
+  const known = digestByInode(st);
+  if (known) return known;
   const key = inodeKey(st);
-  const known = byInode.get(key);
-  if (known) {
-    counts.hits++;
-    return known;
-  }
   counts.reads++;
   const started = Date.now();
   const digest = st.size <= SMALL_FILE ? createHash('sha256').update(await readFile(path)).digest('hex') : await readDigest(path);
@@ -86,8 +91,8 @@ async function contentDigest(path: string, st: BigIntStats): Promise<string> {
   return digest;
 }
 
-/** Entries of one directory looked at in parallel (a sequential walk waits on one call at a time). */
-const BATCH = 64;
+/** Files of one directory read at once for their digests (when not known already). */
+const READS = 16;
 
 /**
  * A digest of a tree's content: for each entry in sorted path order its path, type, permission
@@ -99,33 +104,54 @@ const BATCH = 64;
  */
 export async function treeDigest(root: string, opts: { signal?: AbortSignal; cache?: FileDigestCache } = {}): Promise<Digest> {
   const h = createHash('sha256');
-  const entry = async (p: string): Promise<{ st: BigIntStats; body: string }> => {
-    const full = join(root, p);
-    const st = await lstat(full, { bigint: true });
-    let body = '';
-    if (st.isFile()) {
-      body = opts.cache?.get(full, st) ?? '';
-      if (!body) {
-        body = await contentDigest(full, st);
-        opts.cache?.set(full, st, body);
-      }
-    } else if (st.isSymbolicLink()) body = await readlink(full);
-    else if (st.isCharacterDevice() || st.isBlockDevice()) body = st.rdev.toString();
-    return { st, body };
+  // Metadata by synchronous calls in time slices (see TimeSlice): a rebuild digests trees whose
+  // files are nearly all known, so the walk itself is the cost. Unknown files are read in parallel.
+  const slice = new TimeSlice();
+  const known = (full: string, st: BigIntStats): string | undefined => {
+    let d = opts.cache?.get(full, st);
+    if (d === undefined) {
+      d = digestByInode(st);
+      if (d !== undefined) opts.cache?.set(full, st, d);
+    }
+    return d;
   };
   const walk = async (rel: string): Promise<void> => {
     throwIfAborted(opts.signal);
-    const names = (await readdir(join(root, rel))).sort();
+    const names = readdirSync(join(root, rel)).sort();
     const paths = names.map((name) => (rel ? `${rel}/${name}` : name));
-    const entries: { st: BigIntStats; body: string }[] = [];
-    for (let i = 0; i < paths.length; i += BATCH) {
+    const stats: BigIntStats[] = [];
+    const bodies: string[] = [];
+    const unknown: number[] = [];
+    for (const [i, p] of paths.entries()) {
+      if (slice.due()) {
+        await slice.pause();
+        throwIfAborted(opts.signal);
+      }
+      const full = join(root, p);
+      const st = lstatSync(full, { bigint: true });
+      stats.push(st);
+      let body = '';
+      if (st.isFile()) {
+        body = known(full, st) ?? '';
+        if (!body) unknown.push(i);
+      } else if (st.isSymbolicLink()) body = readlinkSync(full);
+      else if (st.isCharacterDevice() || st.isBlockDevice()) body = st.rdev.toString();
+      bodies.push(body);
+    }
+    for (let k = 0; k < unknown.length; k += READS) {
       throwIfAborted(opts.signal);
-      entries.push(...(await Promise.all(paths.slice(i, i + BATCH).map(entry))));
+      await Promise.all(
+        unknown.slice(k, k + READS).map(async (i) => {
+          const full = join(root, paths[i]!);
+          bodies[i] = await contentDigest(full, stats[i]!);
+          opts.cache?.set(full, stats[i]!, bodies[i]!);
+        }),
+      );
     }
     // Hashed in the same order as a depth-first walk: each directory's subtree right after its line.
     for (const [i, p] of paths.entries()) {
-      const { st, body } = entries[i]!;
-      h.update(`${JSON.stringify(p)} ${(Number(st.mode) >>> 0).toString(8)} ${st.uid}:${st.gid} ${body}\n`);
+      const st = stats[i]!;
+      h.update(`${JSON.stringify(p)} ${(Number(st.mode) >>> 0).toString(8)} ${st.uid}:${st.gid} ${bodies[i]}\n`);
       if (st.isDirectory()) await walk(p);
     }
   };
@@ -141,22 +167,25 @@ export async function treeDigest(root: string, opts: { signal?: AbortSignal; cac
  * right (the local-source mirror).
  */
 export async function shareDigests(root: string, cache: FileDigestCache, opts: { signal?: AbortSignal } = {}): Promise<void> {
-  const walk = async (dir: string): Promise<void> => {
+  const slice = new TimeSlice();
+  const dirs = [root];
+  for (let dir = dirs.pop(); dir !== undefined; dir = dirs.pop()) {
     throwIfAborted(opts.signal);
-    const names = await readdir(dir);
-    for (let i = 0; i < names.length; i += BATCH) {
-      await Promise.all(
-        names.slice(i, i + BATCH).map(async (name) => {
-          const full = join(dir, name);
-          const st = await lstat(full, { bigint: true });
-          if (st.isDirectory()) return walk(full);
-          const d = st.isFile() ? cache.get(full, st) : undefined;
-          if (d) byInode.set(inodeKey(st), d);
-        }),
-      );
+    for (const name of readdirSync(dir)) {
+      if (slice.due()) {
+        await slice.pause();
+        throwIfAborted(opts.signal);
+      }
+      const full = join(dir, name);
+      const st = lstatSync(full, { bigint: true });
+      if (st.isDirectory()) {
+        dirs.push(full);
+        continue;
+      }
+      const d = st.isFile() ? cache.get(full, st) : undefined;
+      if (d) byInode.set(inodeKey(st), d);
     }
-  };
-  await walk(root);
+  }
 }
 
 /** The hex sha256 of a file's bytes (symlinks followed). */

@@ -1,15 +1,44 @@
 import { createHash } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
+import { LRUCache } from 'lru-cache';
 import { resolveInRoot, resolveParentInRoot } from '../util/fs-safe.js';
 import { fileDigest, treeDigest } from './content-hash.js';
+
+/**
+ * Answers already given, by tree, its root directory's identity, and selection. Trees handed to
+ * selectorDigest are committed snapshots (a Ref's dir), which nobody writes again, so the answer
+ * for one stays right as long as the tree exists; a fully cached rebuild asks again for the same
+ * snapshot of its local context and gets it without a walk (upstream likewise keeps content
+ * checksums per cache record). The root's device, inode and ctime are part of the key, so a
+ * directory removed and made again at the same path is not mistaken for the old one.
+ */
+const memo = new LRUCache<string, Promise<string>>({ max: 4096 });
 
 /**
  * A digest of exactly the paths a step reads from a tree (its copy sources): each path's type,
  * permission bits, owner and content (a directory's whole subtree), or "missing". Paths are
  * resolved inside the tree, following symlinks within it as the copy will. Changing anything
  * else in the tree leaves the digest as it is, which is what keeps such a step cached.
+ *
+ * `root` must be a committed snapshot's tree (never written again): answers are remembered (see
+ * memo above).
  */
 export async function selectorDigest(root: string, paths: readonly string[], followSymlinks: boolean): Promise<string> {
+  const rst = lstatSync(root, { bigint: true, throwIfNoEntry: false });
+  if (!rst) return compute(root, paths, followSymlinks);
+  const key = JSON.stringify([root, `${rst.dev}:${rst.ino}:${rst.ctimeNs}`, followSymlinks, [...paths].sort()]);
+  let p = memo.get(key);
+  if (!p) {
+    p = compute(root, paths, followSymlinks);
+    memo.set(key, p);
+    // A failure (a cancelled walk) is not remembered.
+    p.catch(() => memo.delete(key));
+  }
+  return p;
+}
+
+async function compute(root: string, paths: readonly string[], followSymlinks: boolean): Promise<string> {
   const h = createHash('sha256');
   for (const p of [...paths].sort()) {
     let host: string;

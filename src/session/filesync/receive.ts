@@ -1,11 +1,12 @@
 import { execFile } from 'node:child_process';
-import type { BigIntStats } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
+import { lstatSync, readdirSync, type BigIntStats } from 'node:fs';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { clone } from '@bufbuild/protobuf';
+import { TimeSlice } from '../../cache/time-slice.js';
 import { StatSchema, type Stat } from '../../gen/fsutil/stat_pb.js';
 import { Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
 import { CancelledError, errorMessage, LoomError } from '../../util/errors.js';
@@ -166,7 +167,8 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     listed.add(rel);
     summary.entries++;
 
-    const stat = clone(StatSchema, raw);
+    // Copied only for a mapStat that may rewrite it: the packet is ours otherwise.
+    const stat = opts.mapStat ? clone(StatSchema, raw) : raw;
     if (opts.mapStat && !opts.mapStat(rel, stat)) return;
 
     const slash = rel.lastIndexOf('/');
@@ -174,7 +176,7 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     if (!dirs.has(parent)) {
       throw protocolError(`cannot write ${JSON.stringify(rel)}: its parent directory was not written in this transfer`, rel);
     }
-    const abs = join(root, rel);
+    const abs = under(root, rel);
     let old: BigIntStats | undefined;
     if (existing) {
       old = existing.get(rel);
@@ -286,7 +288,8 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     if (finishError) throw finishError;
     if (!listingDone || pending.size > 0 || finSent) return;
     current = undefined;
-    if (!merge) summary.deleted += await removeUnlisted(root, '', listed, opts.onChange);
+    // What statTree saw and no STAT claimed is what the sender no longer has.
+    if (existing) summary.deleted += await removeLeftovers(root, existing, listed, dirs, opts.onChange);
     // Directory modes and times last: creating entries inside changed the times.
     for (const [rel, stat] of dirs) {
       if (rel === '' || !stat) continue;
@@ -378,64 +381,62 @@ async function sameEntry(old: BigIntStats, abs: string, stat: Stat, checkOwner: 
   return stat.linkname === '';
 }
 
-/** Removes entries under `root/rel` that the sender did not list; returns how many. */
-async function removeUnlisted(
+/**
+ * Removes the entries statTree found that the sender did not list (`leftovers`: what is left of
+ * its map once every listed entry took its own out); returns how many. Only entries whose parent
+ * is a directory of this transfer (`dirs`) are removed themselves: the others went with an
+ * unlisted ancestor, or with a directory the listing replaced by something else.
+ */
+async function removeLeftovers(
   root: string,
-  rel: string,
+  leftovers: Map<string, BigIntStats>,
   listed: Set<string>,
+  dirs: Map<string, Stat | undefined>,
   onChange: ReceiveDirOptions['onChange'],
 ): Promise<number> {
   let n = 0;
-  const dir = join(root, rel);
-  for (const ent of await readdir(dir, { withFileTypes: true })) {
-    const p = rel === '' ? ent.name : `${rel}/${ent.name}`;
-    if (!listed.has(p)) {
-      await rm(join(root, p), { recursive: true, force: true });
-      onChange?.({ kind: 'delete', path: p });
-      n++;
-      continue;
-    }
-    // The type from the directory entry is lstat's (a symlink is not followed).
-    if (ent.isDirectory()) n += await removeUnlisted(root, p, listed, onChange);
+  for (const rel of [...leftovers.keys()].sort()) {
+    if (listed.has(rel)) continue;
+    const slash = rel.lastIndexOf('/');
+    if (!dirs.has(slash >= 0 ? rel.slice(0, slash) : '')) continue;
+    await rm(under(root, rel), { recursive: true, force: true });
+    onChange?.({ kind: 'delete', path: rel });
+    n++;
   }
   return n;
 }
 
-/** Entries of one directory looked at in parallel by statTree. */
-const STAT_BATCH = 64;
+/** `root/rel` for a path already checked clean and relative (path.join's normalizing is not needed). */
+function under(root: string, rel: string): string {
+  return root.endsWith('/') ? root + rel : `${root}/${rel}`;
+}
 
 /**
  * lstat of every entry below `root`, by path relative to it; symlinks are not followed, entries
- * that vanish during the walk are left out.
+ * that vanish during the walk are left out. Synchronous calls in time slices (see TimeSlice): for
+ * a resend of an unchanged tree this walk is most of the receiver's own work.
  */
 async function statTree(root: string): Promise<Map<string, BigIntStats>> {
   const out = new Map<string, BigIntStats>();
-  const visit = async (rel: string): Promise<void> => {
+  const slice = new TimeSlice();
+  const dirs = [''];
+  for (let rel = dirs.pop(); rel !== undefined; rel = dirs.pop()) {
     let names: string[];
     try {
-      names = await readdir(rel === '' ? root : join(root, rel));
+      names = readdirSync(rel === '' ? root : under(root, rel));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') continue;
       throw err;
     }
-    for (let i = 0; i < names.length; i += STAT_BATCH) {
-      await Promise.all(
-        names.slice(i, i + STAT_BATCH).map(async (name) => {
-          const p = rel === '' ? name : `${rel}/${name}`;
-          let st: BigIntStats;
-          try {
-            st = await lstat(join(root, p), { bigint: true });
-          } catch (err) {
-            if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-            throw err;
-          }
-          out.set(p, st);
-          if (st.isDirectory()) await visit(p);
-        }),
-      );
+    for (const name of names) {
+      if (slice.due()) await slice.pause();
+      const p = rel === '' ? name : `${rel}/${name}`;
+      const st = lstatSync(under(root, p), { bigint: true, throwIfNoEntry: false });
+      if (!st) continue;
+      out.set(p, st);
+      if (st.isDirectory()) dirs.push(p);
     }
-  };
-  await visit('');
+  }
   return out;
 }
 

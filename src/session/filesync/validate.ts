@@ -1,11 +1,28 @@
 import { cleanPath } from '../../util/patterns.js';
 import { protocolError } from './errors.js';
+import { compareNames } from './walker.js';
 
 /**
  * fsutil's byte order of paths where `/` sorts before every other byte, so a directory's entries
  * come right after it ("a", "a/b", "a.txt").
  */
 export function comparePath(p1: string, p2: string): number {
+  // By UTF-16 code units while both are below the surrogates: there the order of the first
+  // differing code unit is that of the first differing UTF-8 byte (and `/` is one byte either way).
+  // This runs for every entry of a listing: no encoding unless needed.
+  const m = Math.min(p1.length, p2.length);
+  for (let i = 0; i < m; i++) {
+    const x = p1.charCodeAt(i);
+    const y = p2.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800 && y >= 0xd800) return comparePathBytes(p1.slice(i), p2.slice(i));
+    if ((y !== 0x2f && x < y) || x === 0x2f) return -1;
+    return 1;
+  }
+  return p1.length - p2.length;
+}
+
+function comparePathBytes(p1: string, p2: string): number {
   const a = Buffer.from(p1);
   const b = Buffer.from(p2);
   const n = Math.min(a.length, b.length);
@@ -42,7 +59,7 @@ export class OrderValidator {
     if (top.dir !== dir) {
       throw protocolError(`${JSON.stringify(p)} is not inside a directory listed before it (its parent is missing, out of order, or not a directory)`, p);
     }
-    if (top.last !== '' && Buffer.compare(Buffer.from(top.last), Buffer.from(base)) >= 0) {
+    if (top.last !== '' && compareNames(top.last, base) >= 0) {
       throw protocolError(`changes out of order: ${JSON.stringify(p)} after ${JSON.stringify(dir === '' ? top.last : `${dir}/${top.last}`)}`, p);
     }
     top.last = base;

@@ -1,8 +1,9 @@
-import type { BigIntStats } from 'node:fs';
+import { lstatSync, readdirSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { lstat, readdir, readlink, realpath, stat as fsStat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { StatSchema, type Stat } from '../../gen/fsutil/stat_pb.js';
+import { TimeSlice } from '../../cache/time-slice.js';
 import { throwIfAborted } from '../../util/errors.js';
 import { cleanPath, containsWildcards, globMatch, PathFilter, type FilterState } from '../../util/patterns.js';
 import { FileSyncError } from './errors.js';
@@ -26,9 +27,22 @@ export interface WalkEntry {
   absPath: string;
 }
 
-/** Compare names as Go's sort.Strings does: by UTF-8 bytes, not UTF-16 code units. */
+/**
+ * Compare names as Go's sort.Strings does: by UTF-8 bytes, which is code point order. UTF-16 code
+ * units are in that order too except where both sides are at or above the surrogates (a surrogate
+ * pair against U+E000..U+FFFF): only then are the rest of both encoded (sorting a directory
+ * compares names thousands of times).
+ */
 export function compareNames(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800 && y >= 0xd800) return Buffer.compare(Buffer.from(a.slice(i)), Buffer.from(b.slice(i)));
+    return x - y;
+  }
+  return a.length - b.length;
 }
 
 function errCode(err: unknown): string | undefined {
@@ -74,17 +88,28 @@ export async function* walkDir(root: string, opts: WalkOptions = {}): AsyncGener
   const seenInodes = new Map<bigint, string>();
   const xattrs = opts.xattrs;
 
-  const mk = (v: { abs: string; rel: string; st: BigIntStats }): Promise<Stat> => makeStat(v.abs, v.rel, v.st, seenInodes, xattrs);
+  const mk = async (v: { abs: string; rel: string; st: BigIntStats }): Promise<Stat> => {
+    const stat = makeStat(v.abs, v.rel, v.st, seenInodes);
+    if (xattrs) {
+      const attrs = await xattrs.list(v.abs);
+      if (Object.keys(attrs).length > 0) stat.xattrs = attrs;
+    }
+    return stat;
+  };
+  // Synchronous lookups in time slices (see TimeSlice): the walk is the whole cost of sending an
+  // unchanged tree again, and one awaited lstat per entry made it several times slower.
+  const slice = new TimeSlice();
 
   async function* walk(absDir: string, relDir: string, names: string[], parents: Visited[]): AsyncGenerator<WalkEntry> {
     const parentState = parents.length > 0 ? parents[parents.length - 1]!.state : undefined;
     for (const name of names) {
       throwIfAborted(opts.signal);
+      if (slice.due()) await slice.pause();
       const rel = relDir === '' ? name : `${relDir}/${name}`;
       const abs = join(absDir, name);
       let st: BigIntStats;
       try {
-        st = await lstat(abs, { bigint: true });
+        st = lstatSync(abs, { bigint: true });
       } catch (err) {
         if (isNotExist(err)) continue;
         throw new FileSyncError('INTERNAL', `lstat ${abs}: ${(err as Error).message}`, { path: rel, cause: err });
@@ -96,7 +121,7 @@ export async function* walkDir(root: string, opts: WalkOptions = {}): AsyncGener
       let children: string[] = [];
       if (isDir) {
         try {
-          children = (await readdir(abs)).sort(compareNames);
+          children = readdirSync(abs).sort(compareNames);
         } catch (err) {
           if (isNotExist(err)) continue;
           if (verdict === 'exclude' && errCode(err) === 'EACCES') continue;
@@ -133,8 +158,8 @@ function devNumbers(rdev: bigint): { major: bigint; minor: bigint } {
   return { major: (rdev >> 8n) & 0xfffn, minor: (rdev & 0xffn) | ((rdev >> 12n) & 0xfff00n) };
 }
 
-/** The wire stat of one entry, as fsutil's mkstat: hard links refer to the first path seen. */
-async function makeStat(abs: string, rel: string, st: BigIntStats, seen: Map<bigint, string>, xattrs: XattrIO | undefined): Promise<Stat> {
+/** The wire stat of one entry, as fsutil's mkstat: hard links refer to the first path seen. Xattrs are the caller's. */
+function makeStat(abs: string, rel: string, st: BigIntStats, seen: Map<bigint, string>): Stat {
   const stMode = Number(st.mode);
   const stat = create(StatSchema, {
     path: rel,
@@ -154,11 +179,7 @@ async function makeStat(abs: string, rel: string, st: BigIntStats, seen: Map<big
     if (first !== undefined) stat.linkname = first;
     else seen.set(st.ino, rel);
     stat.size = st.size;
-    if (st.isSymbolicLink()) stat.linkname = await readlink(abs);
-  }
-  if (xattrs) {
-    const attrs = await xattrs.list(abs);
-    if (Object.keys(attrs).length > 0) stat.xattrs = attrs;
+    if (st.isSymbolicLink()) stat.linkname = readlinkSync(abs);
   }
   // Sockets go as plain files: upstream drops the bit because tar headers cannot carry it.
   stat.mode = (stat.mode & ~GoMode.socket) >>> 0;

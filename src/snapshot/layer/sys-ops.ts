@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { lutimes } from 'node:fs/promises';
 import { log as rootLog } from '../../util/log.js';
@@ -8,8 +8,14 @@ import { LoomError } from '../../util/errors.js';
  * The few syscalls Node lacks: extended attributes, timestamps with exact nanoseconds (Node's
  * utimes takes a double and rounds the nanoseconds, so a copied file would no longer compare equal
  * to its source in a later diff), and mknod. loom may not add native modules, so they go in
- * batches through one short python3 process per call (python3 is on every machine loom runs on).
- * Batching matters: a tree operation asks once for all its paths.
+ * batches to a python3 helper (python3 is on every machine loom runs on). Batching matters: a tree
+ * operation asks once for all its paths.
+ *
+ * The helper is one long-lived process per loom process, answering one JSON line per request in
+ * order: starting python costs 20-50 ms, which a COPY of one file used to pay three times (list
+ * xattrs, set xattrs, set times). It is started at the first call, and again after it dies
+ * (requests in flight then fail). It never keeps the process alive: its handles are unreferenced
+ * while no request is waiting, and it ends when its stdin closes with the process.
  *
  * When python3 is missing: xattr reads answer "none" and writes are skipped (with one warning, the
  * degradation upstream applies on filesystems without xattrs), times fall back to Node's rounding
@@ -22,52 +28,67 @@ const log = rootLog.child({ sub: 'sys-ops' });
 
 const HELPER = String.raw`
 import os, sys, json, base64
-req = json.load(sys.stdin)
-op = req['op']
-out = []
 def b64(v):
     return base64.b64encode(v).decode('ascii')
-if op == 'get':
-    name = req['name']
-    for p in req['paths']:
-        try:
-            out.append(b64(os.getxattr(p, name, follow_symlinks=False)))
-        except OSError:
-            out.append(None)
-elif op == 'list':
-    for p in req['paths']:
-        d = {}
-        try:
-            for n in os.listxattr(p, follow_symlinks=False):
-                try:
-                    d[n] = b64(os.getxattr(p, n, follow_symlinks=False))
-                except OSError:
-                    pass
-        except OSError:
-            pass
-        out.append(d)
-elif op == 'set':
-    for it in req['items']:
-        try:
-            os.setxattr(it['path'], it['name'], base64.b64decode(it['value']), follow_symlinks=False)
-            out.append(None)
-        except OSError as e:
-            out.append(e.strerror or str(e))
-elif op == 'utimes':
-    for it in req['items']:
-        try:
-            os.utime(it['path'], ns=(int(it['atime']), int(it['mtime'])), follow_symlinks=False)
-            out.append(None)
-        except OSError as e:
-            out.append(e.strerror or str(e))
-elif op == 'mknod':
-    for it in req['items']:
-        try:
-            os.mknod(it['path'], int(it['mode']), int(it['rdev']))
-            out.append(None)
-        except OSError as e:
-            out.append(e.strerror or str(e))
-json.dump(out, sys.stdout)
+def handle(req):
+    op = req['op']
+    out = []
+    if op == 'get':
+        name = req['name']
+        for p in req['paths']:
+            try:
+                out.append(b64(os.getxattr(p, name, follow_symlinks=False)))
+            except OSError:
+                out.append(None)
+    elif op == 'list':
+        for p in req['paths']:
+            d = {}
+            try:
+                for n in os.listxattr(p, follow_symlinks=False):
+                    try:
+                        d[n] = b64(os.getxattr(p, n, follow_symlinks=False))
+                    except OSError:
+                        pass
+            except OSError:
+                pass
+            out.append(d)
+    elif op == 'set':
+        for it in req['items']:
+            try:
+                os.setxattr(it['path'], it['name'], base64.b64decode(it['value']), follow_symlinks=False)
+                out.append(None)
+            except OSError as e:
+                out.append(e.strerror or str(e))
+    elif op == 'utimes':
+        for it in req['items']:
+            try:
+                os.utime(it['path'], ns=(int(it['atime']), int(it['mtime'])), follow_symlinks=False)
+                out.append(None)
+            except OSError as e:
+                out.append(e.strerror or str(e))
+    elif op == 'mknod':
+        for it in req['items']:
+            try:
+                os.mknod(it['path'], int(it['mode']), int(it['rdev']))
+                out.append(None)
+            except OSError as e:
+                out.append(e.strerror or str(e))
+    else:
+        raise ValueError('unknown op ' + repr(op))
+    return out
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    rid = None
+    try:
+        req = json.loads(line)
+        rid = req.get('id')
+        res = {'id': rid, 'out': handle(req)}
+    except Exception as e:
+        res = {'id': rid, 'error': '%s: %s' % (type(e).__name__, e)}
+    sys.stdout.write(json.dumps(res) + '\n')
+    sys.stdout.flush()
 `;
 
 let available: boolean | undefined;
@@ -78,41 +99,121 @@ let available: boolean | undefined;
  */
 const PYTHON = ['/usr/bin/python3', '/usr/local/bin/python3'].find((p) => existsSync(p)) ?? 'python3';
 
-async function runHelper(req: unknown): Promise<unknown[] | null> {
-  if (available === false) return null;
-  const input = JSON.stringify(req);
-  return new Promise((resolve, reject) => {
-    const child = spawn(PYTHON, ['-S', '-E', '-c', HELPER], { stdio: ['pipe', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.on('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') {
-        if (available === undefined) log.warn('python3 not found: xattrs are not kept, times are rounded to microseconds');
-        available = false;
-        resolve(null);
-      } else {
-        reject(new LoomError('INTERNAL', `sys-ops helper failed to start: ${e.message}`, { cause: e }));
-      }
+interface Waiter {
+  resolve: (out: unknown[]) => void;
+  reject: (err: Error) => void;
+}
+
+/** The running helper: requests are answered in order, each by id. */
+class Helper {
+  readonly #child: ChildProcessWithoutNullStreams;
+  readonly #waiting = new Map<number, Waiter>();
+  #nextId = 1;
+  #buf = '';
+  #stderr = '';
+  #dead: Error | undefined;
+  /** Called once when the process is gone, so the next request starts another. */
+  readonly #onExit: (h: Helper) => void;
+
+  constructor(opts: { onExit: (h: Helper) => void; onMissing: () => void }) {
+    this.#onExit = opts.onExit;
+    this.#child = spawn(PYTHON, ['-S', '-E', '-u', '-c', HELPER], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.#child.stdout.setEncoding('utf8');
+    this.#child.stdout.on('data', (chunk: string) => this.#onData(chunk));
+    this.#child.stderr.on('data', (b: Buffer) => {
+      this.#stderr = (this.#stderr + b.toString()).slice(-2000);
     });
-    child.on('close', (code) => {
-      if (available === false) return;
-      if (code !== 0) {
-        reject(new LoomError('INTERNAL', `sys-ops helper exited ${code}: ${Buffer.concat(err).toString().trim()}`));
+    this.#child.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') opts.onMissing();
+      this.#fail(e.code === 'ENOENT' ? new MissingPython() : new LoomError('INTERNAL', `sys-ops helper failed to start: ${e.message}`, { cause: e }));
+    });
+    this.#child.on('close', (code, signal) => {
+      this.#fail(new LoomError('INTERNAL', `sys-ops helper exited (${signal ?? code})${this.#stderr ? `: ${this.#stderr.trim()}` : ''}`));
+    });
+    // A helper that died closes stdin under us; the close handler reports it.
+    this.#child.stdin.on('error', () => {});
+    this.#idle();
+  }
+
+  request(req: Record<string, unknown>): Promise<unknown[]> {
+    if (this.#dead) return Promise.reject(this.#dead);
+    const id = this.#nextId++;
+    return new Promise<unknown[]>((resolve, reject) => {
+      if (this.#waiting.size === 0) this.#busy();
+      this.#waiting.set(id, { resolve, reject });
+      this.#child.stdin.write(`${JSON.stringify({ ...req, id })}\n`);
+    });
+  }
+
+  #onData(chunk: string): void {
+    this.#buf += chunk;
+    for (let nl = this.#buf.indexOf('\n'); nl >= 0; nl = this.#buf.indexOf('\n')) {
+      const line = this.#buf.slice(0, nl);
+      this.#buf = this.#buf.slice(nl + 1);
+      let res: { id?: number; out?: unknown[]; error?: string };
+      try {
+        res = JSON.parse(line) as typeof res;
+      } catch (e) {
+        this.#fail(new LoomError('INTERNAL', 'sys-ops helper gave unreadable output', { cause: e }));
+        this.#child.kill();
         return;
       }
-      available = true;
-      try {
-        resolve(JSON.parse(Buffer.concat(out).toString('utf8')) as unknown[]);
-      } catch (e) {
-        reject(new LoomError('INTERNAL', 'sys-ops helper gave unreadable output', { cause: e }));
-      }
-    });
-    // A child that died early closes stdin under us; the close handler reports it.
-    child.stdin.on('error', () => {});
-    child.stdin.end(input);
+      const w = res.id === undefined ? undefined : this.#waiting.get(res.id);
+      if (!w) continue;
+      this.#waiting.delete(res.id!);
+      if (this.#waiting.size === 0) this.#idle();
+      if (res.error !== undefined || !Array.isArray(res.out)) w.reject(new LoomError('INTERNAL', `sys-ops helper failed: ${res.error ?? 'no answer'}`));
+      else w.resolve(res.out);
+    }
+  }
+
+  #fail(err: Error): void {
+    if (!this.#dead) {
+      this.#dead = err;
+      this.#onExit(this);
+    }
+    for (const w of this.#waiting.values()) w.reject(err);
+    this.#waiting.clear();
+  }
+
+  /** Nothing waits on the helper: it must not keep the process alive. */
+  #idle(): void {
+    this.#child.unref();
+    (this.#child.stdout as unknown as { unref?: () => void }).unref?.();
+    (this.#child.stderr as unknown as { unref?: () => void }).unref?.();
+    (this.#child.stdin as unknown as { unref?: () => void }).unref?.();
+  }
+
+  /** A request waits for its answer: keep the process alive until it comes. */
+  #busy(): void {
+    (this.#child.stdout as unknown as { ref?: () => void }).ref?.();
+  }
+}
+
+/** Spawning python3 failed with ENOENT. */
+class MissingPython extends Error {}
+
+let helper: Helper | undefined;
+
+async function runHelper(req: Record<string, unknown>): Promise<unknown[] | null> {
+  if (available === false) return null;
+  helper ??= new Helper({
+    onExit: (h) => {
+      if (helper === h) helper = undefined;
+    },
+    onMissing: () => {
+      if (available === undefined) log.warn('python3 not found: xattrs are not kept, times are rounded to microseconds');
+      available = false;
+    },
   });
+  try {
+    const out = await helper.request(req);
+    available = true;
+    return out;
+  } catch (err) {
+    if (err instanceof MissingPython) return null;
+    throw err;
+  }
 }
 
 /** The value of xattr `name` of each path (null where absent or unreadable). */

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import type { BigIntStats } from 'node:fs';
+import { lstatSync, readdirSync, type BigIntStats } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
@@ -10,6 +10,7 @@ import {
   throwIfAborted,
 } from '../../util/errors.js';
 import { log as rootLog } from '../../util/log.js';
+import { TimeSlice } from '../../cache/time-slice.js';
 import type { Change } from '../layer/change.js';
 import { KEY_RE, type SnapshotInfo, type Snapshotter, type SnapshotUsage } from '../snapshotter.js';
 
@@ -210,7 +211,10 @@ async function runCp(args: string[], src: string, signal?: AbortSignal): Promise
   });
 }
 
-/** Blocks and distinct inodes of a tree, the way du counts them. */
+/**
+ * Blocks and distinct inodes of a tree, the way du counts them. Runs at every commit: synchronous
+ * lookups in time slices (see TimeSlice), several times faster than a promise per entry.
+ */
 export async function treeUsage(dir: string): Promise<SnapshotUsage> {
   const seen = new Set<string>();
   let size = 0;
@@ -221,25 +225,21 @@ export async function treeUsage(dir: string): Promise<SnapshotUsage> {
       size += Number(st.blocks) * 512;
     }
   };
-  // Each directory's entries are looked at in parallel batches: a sequential walk waits on one
-  // system call at a time, and this runs at every commit.
-  const visit = async (p: string): Promise<void> => {
-    const names = await readdir(p);
-    for (let i = 0; i < names.length; i += USAGE_BATCH) {
-      await Promise.all(
-        names.slice(i, i + USAGE_BATCH).map(async (n) => {
-          const child = path.join(p, n);
-          const st = await lstat(child, { bigint: true });
-          count(st);
-          if (st.isDirectory()) await visit(child);
-        }),
-      );
-    }
-  };
-  const st = await lstat(dir, { bigint: true });
+  const st = lstatSync(dir, { bigint: true });
   count(st);
-  if (st.isDirectory()) await visit(dir);
+  if (!st.isDirectory()) return { size, inodes: seen.size };
+  const slice = new TimeSlice();
+  const dirs = [dir];
+  for (let p = dirs.pop(); p !== undefined; p = dirs.pop()) {
+    for (const n of readdirSync(p)) {
+      if (slice.due()) await slice.pause();
+      const child = path.join(p, n);
+      // Entries removed meanwhile (a tree being cleaned up) are not counted.
+      const cst = lstatSync(child, { bigint: true, throwIfNoEntry: false });
+      if (!cst) continue;
+      count(cst);
+      if (cst.isDirectory()) dirs.push(child);
+    }
+  }
   return { size, inodes: seen.size };
 }
-
-const USAGE_BATCH = 64;

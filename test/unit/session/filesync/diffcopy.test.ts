@@ -196,6 +196,30 @@ describe('sendDir -> receiveDir', () => {
     expect(changes).not.toContain('modify same.txt');
   });
 
+  test('removals on a resend: each gone subtree once, a directory replaced by a file, deep leftovers under kept dirs', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    await mkdir(join(src, 'keep/deep/er'), { recursive: true });
+    await writeFile(join(src, 'keep/deep/er/stays'), 's');
+    await writeFile(join(src, 'keep/deep/er/goes'), 'g');
+    await mkdir(join(src, 'gone/sub/subsub'), { recursive: true });
+    await writeFile(join(src, 'gone/sub/subsub/f'), 'f');
+    await writeFile(join(src, 'gone/g'), 'g');
+    await mkdir(join(src, 'dir-to-file/inner'), { recursive: true });
+    await writeFile(join(src, 'dir-to-file/inner/x'), 'x');
+    await symlink('keep', join(src, 'link-gone'));
+    await transfer(src, dest);
+
+    execFileSync('rm', ['-r', join(src, 'keep/deep/er/goes'), join(src, 'gone'), join(src, 'dir-to-file'), join(src, 'link-gone')]);
+    await writeFile(join(src, 'dir-to-file'), 'now a file');
+    const changes: string[] = [];
+    const { r } = await transfer(src, dest, {}, { onChange: (c) => changes.push(`${c.kind} ${c.path}`) });
+    expect(await snapshotTree(dest, { dirTimes: true })).toEqual(await snapshotTree(src, { dirTimes: true }));
+    expect(changes.filter((c) => c.startsWith('delete')).sort()).toEqual(['delete gone', 'delete keep/deep/er/goes', 'delete link-gone']);
+    expect(r.deleted).toBe(3);
+    expect(changes).toContain('modify dir-to-file');
+  });
+
   test('a resend never writes an existing inode in place: links made to dest files keep their content and metadata', async () => {
     // The local source hard-links the mirror into snapshots, which must never change.
     const src = await tmp();
