@@ -225,7 +225,29 @@ const workloads = [
     before: () => writeFileSync(join(service, 'src', 'pkg7', 'file7.js'), `export const changed = ${Date.now()};\n`),
     run: () => dfBuild(service),
   },
+  // The team-shared cache: the service workload's cache exported to the registry (a new repository
+  // each run, so every blob is uploaded), then imported by a daemon whose cache was pruned.
+  {
+    name: 'cache: service build fully cached + export of its cache to the registry (mode=max)',
+    before: () => {
+      cacheRepo = `127.0.0.1:${regPort}/bench-cache-${++cacheRuns}:svc`;
+    },
+    run: () => dfBuild(service, ['--export-cache', `type=registry,ref=${cacheRepo},mode=max`]),
+    after: () => {
+      const [repo, tag] = cacheRepo.slice(cacheRepo.indexOf('/') + 1).split(':');
+      const list = JSON.parse(sh('curl', ['-sf', '-H', 'Accept: application/vnd.oci.image.index.v1+json', `http://127.0.0.1:${regPort}/v2/${repo}/manifests/${tag}`]));
+      const bytes = list.manifests.reduce((n, m) => n + m.size, 0);
+      return `cache ${(bytes / 1048576).toFixed(1)} MiB in ${list.manifests.length - 1} layers + config`;
+    },
+  },
+  {
+    name: 'cache: the same build on a pruned daemon importing that cache',
+    before: () => buildctl(['prune', '--all']),
+    run: () => dfBuild(service, ['--import-cache', `type=registry,ref=${cacheRepo}`]),
+  },
 ];
+let cacheRuns = 0;
+let cacheRepo = '';
 
 const stats = (xs) => {
   const s = [...xs].sort((a, b) => a - b);

@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
 import { lstatSync } from 'node:fs';
+import path from 'node:path';
+import { NotFoundError } from '../util/errors.js';
 import { LRUCache } from 'lru-cache';
 import { resolveInRoot, resolveParentInRoot } from '../util/fs-safe.js';
 import { fileDigest, treeDigest } from './content-hash.js';
@@ -17,7 +19,8 @@ const memo = new LRUCache<string, Promise<string>>({ max: 4096 });
 
 /**
  * A digest of exactly the paths a step reads from a tree (its copy sources): each path's type,
- * permission bits, owner and content (a directory's whole subtree), or "missing". Paths are
+ * permission bits, owner and content (a directory's whole subtree); a missing path is an error
+ * (NotFoundError naming it, as upstream's). Paths are
  * resolved inside the tree, following symlinks within it as the copy will. Changing anything
  * else in the tree leaves the digest as it is, which is what keeps such a step cached.
  *
@@ -45,13 +48,13 @@ async function compute(root: string, paths: readonly string[], followSymlinks: b
     try {
       host = followSymlinks ? await resolveInRoot(root, p) : await resolveParentInRoot(root, p);
     } catch {
-      h.update(`${JSON.stringify(p)} unresolvable\n`);
-      continue;
+      throw new NotFoundError(`${JSON.stringify(path.posix.join('/', p))}: not found`);
     }
     const st = await lstat(host).catch(() => undefined);
     if (!st) {
-      h.update(`${JSON.stringify(p)} missing\n`);
-      continue;
+      // As upstream's content hash: a path the step reads that is not there fails the key, named
+      // as it resolved inside the tree (a symlink's target, `..` cleaned away).
+      throw new NotFoundError(`${JSON.stringify(path.posix.join('/', path.relative(root, host)))}: not found`);
     }
     const head = `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
     if (st.isDirectory()) h.update(`${head} dir ${await treeDigest(host)}\n`);

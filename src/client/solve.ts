@@ -151,12 +151,15 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
     return res;
   } catch (err) {
     session.close();
-    statusAc.abort();
     // Prefer the Solve's own error: a Status failure is often just its consequence.
     const solveErr = await solveP.then(
       () => undefined,
       (e: unknown) => e,
     );
+    // The failed step's own progress (its error) may still be on the way: Status drains first
+    // (the daemon ends it with the build, or the 3 s timer above does), as upstream's client.
+    if (solveErr !== undefined) await statusP.catch(() => undefined);
+    statusAc.abort();
     throw solveErr ?? err;
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);

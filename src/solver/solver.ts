@@ -173,7 +173,9 @@ class JobRun {
             // they always enter here.
             if (!this.#o.selectorDigest || !isLocalSource(i.vertex)) return `${key}|paths:${JSON.stringify(sel.paths)}`;
             const ref = await this.edge(i);
-            return `sel:${await this.#o.selectorDigest(ref, sel.paths, sel.followSymlinks)}`;
+            const digest = this.#o.selectorDigest;
+            // A path the step reads that is not there fails the step here, as upstream's key does.
+            return `sel:${await this.#guard(v, () => digest(ref, sel.paths, sel.followSymlinks))}`;
           }),
         );
         // Sources do real work to find their key (resolve a tag, sync a directory): they show as a

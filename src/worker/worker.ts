@@ -1,3 +1,4 @@
+import { errorMessage, LoomError } from '../util/errors.js';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
@@ -89,7 +90,11 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   // network namespaces a crashed run left.
   const networkProviders = await openNetworkProviders({ workerNet: o.network, stateRoot: state });
   const deps: WorkerDeps = { localMirrors, root: state, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native, network: o.network, networkProviders };
-  const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native), observe: o.observe, selectorDigest: (ref, paths, follow) => selectorDigest(ref.dir, paths, follow) });
+  const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native), observe: o.observe, selectorDigest: (ref, paths, follow) =>
+      selectorDigest(ref.dir, paths, follow).catch((err: unknown) => {
+        throw new LoomError(err instanceof LoomError && err.code === 'CANCELLED' ? 'CANCELLED' : 'UNKNOWN', `failed to compute cache key: failed to calculate checksum of ref ${ref.id}: ${errorMessage(err)}`, { cause: err });
+      }),
+  });
   const exporters = createExporters(deps);
   // Whatever a crashed daemon left half-done (containers, their mounts, active snapshots,
   // unreferenced data) goes now.

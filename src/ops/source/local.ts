@@ -109,6 +109,7 @@ export class LocalSourceOp implements OpImpl {
         try {
           await receiveDir(stream, {
             dest: mirror,
+            differ: this.#attrs['local.differ'] === 'none' ? 'none' : 'metadata',
             signal: ctx.signal,
             onChange: (c) => {
               changed = true;

@@ -39,6 +39,12 @@ export interface ReceiveDirOptions {
   chown?: boolean;
   /** May rewrite a stat (owner mapping) or return false to leave the entry out. */
   mapStat?: (path: string, stat: Stat) => boolean;
+  /**
+   * How an entry already in `dest` is judged up to date: `metadata` (default) by mode, owner,
+   * size and mtime; `none` never, so every file is sent again (upstream's DiffNone, which the
+   * Dockerfile frontend asks for the Dockerfile itself).
+   */
+  differ?: 'metadata' | 'none';
   /** Where xattrs are written; default: the system's tools when installed; false: never. */
   xattrs?: XattrIO | false;
   /** Called once per entry fully written (a file: all of its data), or removed. */
@@ -190,7 +196,7 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     }
     const hardlink = !isDir && !isSymlink && stat.linkname !== '';
 
-    if (old && !merge && !hardlink && (await sameEntry(old, abs, stat, doChown))) {
+    if (old && !merge && !hardlink && !(opts.differ === 'none' && !isDir) && (await sameEntry(old, abs, stat, doChown))) {
       summary.unchanged++;
       if (isDir) dirs.set(rel, stat);
       return;

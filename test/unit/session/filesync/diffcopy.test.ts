@@ -196,6 +196,24 @@ describe('sendDir -> receiveDir', () => {
     expect(changes).not.toContain('modify same.txt');
   });
 
+  test('differ none (the Dockerfile source) sends every file again, even one of the same size and mtime', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    await writeFile(join(src, 'Dockerfile'), 'FROM a\nRUN one\n');
+    const t = new Date('2020-01-02T03:04:05Z');
+    await utimes(join(src, 'Dockerfile'), t, t);
+    await transfer(src, dest);
+    // Another file in the same place: same size, same mtime, other bytes.
+    await writeFile(join(src, 'Dockerfile'), 'FROM a\nRUN two\n');
+    await utimes(join(src, 'Dockerfile'), t, t);
+    const same = await transfer(src, dest);
+    expect(same.r.files).toBe(0); // metadata says unchanged: not sent (upstream's DiffMetadata too)
+    expect(await readFile(join(dest, 'Dockerfile'), 'utf8')).toBe('FROM a\nRUN one\n');
+    const none = await transfer(src, dest, {}, { differ: 'none' });
+    expect(none.r.files).toBe(1);
+    expect(await readFile(join(dest, 'Dockerfile'), 'utf8')).toBe('FROM a\nRUN two\n');
+  });
+
   test('removals on a resend: each gone subtree once, a directory replaced by a file, deep leftovers under kept dirs', async () => {
     const src = await tmp();
     const dest = await tmp();
