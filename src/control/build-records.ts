@@ -59,8 +59,12 @@ export class BuildRecords {
       .sort((a, b) => b.startedAt - a.startedAt);
   }
 
+  #saves = 0;
+
   #save(r: BuildRecordData): void {
     this.#kv.kvPut(NS, r.ref, JSON.stringify(r));
+    // Trimming reads every record: done now and then, not after each build.
+    if (this.#saves++ % 25 !== 0) return;
     const all = this.#all();
     for (const old of all.slice(this.#keep)) this.#kv.kvDelete(NS, old.ref);
   }

@@ -86,6 +86,7 @@ export class Solver {
     });
     try {
       const ref = await run.edge(def.result);
+      await run.recordKnownSteps();
       return { ref, release: () => run.release(), stats: run.stats };
     } catch (err) {
       run.release();
@@ -110,6 +111,7 @@ class JobRun {
   readonly stats: SolveStats = { cached: 0, run: 0 };
   readonly #o: JobRunOptions;
   readonly #keys = new Map<string, Promise<string>>();
+  readonly #vertexByDigest = new Map<string, Vertex>();
   readonly #results = new Map<string, Promise<Ref[]>>();
   readonly #releases: (() => void)[] = [];
   readonly #impls = new Map<string, OpImpl>();
@@ -123,6 +125,27 @@ class JobRun {
 
   release(): void {
     for (const r of this.#releases.splice(0)) r();
+  }
+
+  /**
+   * For a mode=max cache export: the steps whose keys this build computed but whose results it
+   * never needed (a hit further down the graph) are recorded from the local cache too, so the
+   * exported cache holds every step, as after a build that ran them.
+   */
+  async recordKnownSteps(): Promise<void> {
+    const hooks = this.#o.job.cache;
+    if (!hooks?.wantsAll) return;
+    for (const [digest, p] of this.#keys) {
+      const v = this.#vertexByDigest.get(digest);
+      if (!v || v.op.op.case === 'source' || this.#results.has(digest)) continue;
+      const key = await p.catch(() => undefined);
+      if (!key) continue;
+      const n = Math.max(1, outputCount(v.op));
+      for (let i = 0; i < n; i++) {
+        const r = await this.#o.cache.lookup(`${key}#${i}`);
+        if (r) hooks.record(`${key}#${i}`, r);
+      }
+    }
   }
 
   async edge(e: Edge): Promise<Ref> {
@@ -159,6 +182,7 @@ class JobRun {
   #key(v: Vertex): Promise<string> {
     let p = this.#keys.get(v.digest);
     if (!p) {
+      this.#vertexByDigest.set(v.digest, v);
       p = (async () => {
         const selectors = this.#impl(v).inputSelectors?.() ?? [];
         const inputKeys = await Promise.all(

@@ -54,6 +54,11 @@ export interface BuildCacheHooks {
   imported(key: string, ctx: OpContext): Promise<Ref | undefined>;
   /** A step output this build produced or took from the cache, for cache export. */
   record(key: string, ref: Ref): void;
+  /**
+   * Every step's output is wanted (a mode=max export), also those of steps a cache hit further
+   * down the graph never needed to visit: the solver records them from the local cache.
+   */
+  readonly wantsAll?: boolean;
 }
 
 export interface OpContext extends JobContext {

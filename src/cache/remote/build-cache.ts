@@ -149,6 +149,10 @@ export class BuildCache implements BuildCacheHooks {
     return new BuildCache(deps, opts.imports.map(parseImport), opts.exports.map(parseExport));
   }
 
+  get wantsAll(): boolean {
+    return this.#exports.some((e) => e.mode === 'max' && e.type !== 'inline');
+  }
+
   get hasInline(): boolean {
     return this.#exports.some((e) => e.type === 'inline');
   }

@@ -76,6 +76,19 @@ d('cache export and import', () => {
     expect(readFileSync(join(work, 'reg-c', 'both'), 'utf8')).toMatch(/^changed\n/);
   }, 240_000);
 
+  it('mode=max exported from a fully cached build still holds every step', async () => {
+    const dir = context('max-cached', df(), { 'a.txt': 'cached first\n' });
+    const a = await freshDaemon();
+    await build(a, dir, [], join(work, 'maxc-a'));
+    // Everything comes from the cache now: the final step hits, the steps below it are not visited.
+    await build(a, dir, ['--export-cache', `type=registry,ref=${reg.host}/cache:maxcached,mode=max`]);
+    writeFileSync(join(dir, 'a.txt'), 'changed after export\n');
+    const b = await freshDaemon();
+    await build(b, dir, ['--import-cache', `type=registry,ref=${reg.host}/cache:maxcached`], join(work, 'maxc-b'));
+    // The RUN before the COPY came from the exported cache.
+    expect(readFileSync(join(work, 'maxc-b', 'stamp'), 'utf8')).toBe(readFileSync(join(work, 'maxc-a', 'stamp'), 'utf8'));
+  }, 240_000);
+
   it('local cache (an OCI layout on the client) exported and imported through the session', async () => {
     const dir = context('local', df(), { 'a.txt': 'local\n' });
     const dest = join(work, 'local-cache');
