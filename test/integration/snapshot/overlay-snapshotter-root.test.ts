@@ -237,7 +237,16 @@ describe.skipIf(!probe.ok)('createSnapshotter auto (root, overlay mounts)', () =
       }
     } finally {
       for (const s of made) if (s instanceof OverlaySnapshotter) await s.close();
-      rmSync(tmp, { recursive: true, force: true });
+      // A mount point just unmounted can stay busy for a moment on a loaded machine (EBUSY).
+      for (let i = 0; ; i++) {
+        try {
+          rmSync(tmp, { recursive: true, force: true });
+          break;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i >= 20) throw err;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
     }
   });
 });
