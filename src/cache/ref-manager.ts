@@ -117,6 +117,9 @@ export class RefManager implements ResultCache {
   async get(id: string): Promise<Ref> {
     const rec = this.#md.getRef(id);
     if (!rec) throw new NotFoundError(`cache record ${id} not found`);
+    // A record taken up again (an image or a context already there) is a use: GC, which spares
+    // what running builds used lately, must not pick it before the build holds it.
+    this.#md.touchRef(id);
     return this.#toRef(rec);
   }
 
