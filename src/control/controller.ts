@@ -38,6 +38,7 @@ import { CancelledError, UnimplementedError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import type { ProgressBus, ProgressEvent } from '../util/progress.js';
 import { toServiceError } from './grpc-status.js';
+import { StatusPacer } from './status-pacer.js';
 import type { PruneOptions, UsageInfo, VersionInfo, WorkerInfo } from './types.js';
 
 const log = () => rootLog.child({ sub: 'control' });
@@ -75,15 +76,17 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
 
     status(call: ServerWritableStream<StatusRequest, unknown>) {
       const bus = b.progress(call.request.Ref);
+      const pacer = new StatusPacer({ write: (events) => call.write(statusResponse(events)), end: () => call.end() });
       const unsubscribe = bus.subscribe((batch) => {
-        if (batch === null) {
-          call.end();
-          return;
-        }
-        call.write(statusResponse(batch));
+        if (batch === null) pacer.end();
+        else pacer.push(batch);
       });
-      call.on('cancelled', unsubscribe);
-      call.on('close', unsubscribe);
+      const stop = () => {
+        pacer.close();
+        unsubscribe();
+      };
+      call.on('cancelled', stop);
+      call.on('close', stop);
     },
 
     session(call: ServerDuplexStream<BytesMessage, BytesMessage>) {

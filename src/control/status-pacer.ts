@@ -1,0 +1,103 @@
+import type { ProgressEvent } from '../util/progress.js';
+
+/** How long a step's output waits after the step first showed, at most. */
+const HOLD_MS = 150;
+
+/**
+ * Paces a build's progress for one Status stream: the output of a step that started a moment ago
+ * is held back briefly. Clients number a step when they first print it, and print at most every
+ * 100 ms; output that arrives before (a quick `RUN echo`) is printed as `#0` by upstream's
+ * clients. Upstream's daemon gets this for free from its slower container start. A step's output
+ * keeps its order, and everything is flushed before the stream ends.
+ */
+export class StatusPacer {
+  readonly #write: (events: ProgressEvent[]) => void;
+  readonly #end: () => void;
+  readonly #holdMs: number;
+  readonly #firstSeen = new Map<string, number>();
+  /** Held output, in arrival order, with the time it may go. */
+  #held: { due: number; vertex: string; ev: ProgressEvent }[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  #ended = false;
+
+  constructor(opts: { write: (events: ProgressEvent[]) => void; end: () => void; holdMs?: number }) {
+    this.#write = opts.write;
+    this.#end = opts.end;
+    this.#holdMs = opts.holdMs ?? HOLD_MS;
+  }
+
+  push(batch: ProgressEvent[]): void {
+    if (this.#ended) return;
+    const now = Date.now();
+    const out: ProgressEvent[] = [];
+    const heldVertices = new Set(this.#held.map((h) => h.vertex));
+    for (const ev of batch) {
+      const v = vertexOf(ev);
+      if (ev.kind === 'vertex' && !this.#firstSeen.has(v)) this.#firstSeen.set(v, now);
+      const seen = this.#firstSeen.get(v);
+      // Once a step has held output, everything after it of that step waits too (its end
+      // included), so the client sees them in order. Output of a step shown a while ago, or of
+      // none this stream knows, goes at once.
+      const hold = heldVertices.has(v) || (ev.kind === 'log' && seen !== undefined && now - seen < this.#holdMs);
+      if (!hold) {
+        out.push(ev);
+        continue;
+      }
+      this.#held.push({ due: (seen ?? now) + this.#holdMs, vertex: v, ev });
+      heldVertices.add(v);
+    }
+    if (out.length > 0) this.#write(out);
+    this.#schedule();
+  }
+
+  /** The build's progress is complete: held output goes out, then the stream ends. */
+  end(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    const rest = this.#held.map((h) => h.ev);
+    this.#held = [];
+    if (rest.length > 0) this.#write(rest);
+    this.#end();
+  }
+
+  /** The stream is gone: nothing more is written. */
+  close(): void {
+    this.#ended = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#held = [];
+  }
+
+  #schedule(): void {
+    if (this.#timer || this.#held.length === 0) return;
+    const next = Math.min(...this.#held.map((h) => h.due));
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#release();
+    }, Math.max(0, next - Date.now()));
+  }
+
+  #release(): void {
+    if (this.#ended) return;
+    const now = Date.now();
+    // A step's held output goes together, once its first held event is due.
+    const due = new Set(this.#held.filter((h) => h.due <= now).map((h) => h.vertex));
+    const out = this.#held.filter((h) => due.has(h.vertex)).map((h) => h.ev);
+    this.#held = this.#held.filter((h) => !due.has(h.vertex));
+    if (out.length > 0) this.#write(out);
+    this.#schedule();
+  }
+}
+
+function vertexOf(ev: ProgressEvent): string {
+  switch (ev.kind) {
+    case 'vertex':
+      return ev.vertex.digest;
+    case 'status':
+      return ev.status.vertex;
+    case 'log':
+      return ev.log.vertex;
+    case 'warning':
+      return ev.warning.vertex;
+  }
+}

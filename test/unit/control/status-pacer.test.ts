@@ -1,0 +1,51 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { StatusPacer } from '../../../src/control/status-pacer.js';
+import type { ProgressEvent } from '../../../src/util/progress.js';
+
+const vtx = (digest: string, completed = false): ProgressEvent => ({ kind: 'vertex', vertex: { digest, inputs: [], name: digest, started: new Date(), ...(completed ? { completed: new Date() } : {}) } });
+const log = (vertex: string, text: string): ProgressEvent => ({ kind: 'log', log: { vertex, stream: 1, data: Buffer.from(text), timestamp: new Date() } });
+const show = (ev: ProgressEvent) => (ev.kind === 'vertex' ? `${ev.vertex.digest}${ev.vertex.completed ? ' done' : ''}` : ev.kind === 'log' ? `${ev.log.vertex}: ${Buffer.from(ev.log.data).toString()}` : ev.kind);
+
+describe('StatusPacer', () => {
+  beforeEach(() => vi.useFakeTimers());
+  afterEach(() => vi.useRealTimers());
+
+  function pacer() {
+    const writes: string[][] = [];
+    let ended = false;
+    const p = new StatusPacer({ write: (evs) => writes.push(evs.map(show)), end: () => (ended = true), holdMs: 150 });
+    return { p, writes, ended: () => ended };
+  }
+
+  it('holds the output of a step that just started, and what follows it, until the client can have numbered the step', () => {
+    const { p, writes } = pacer();
+    p.push([vtx('a'), log('a', 'hello'), vtx('a', true), vtx('b')]);
+    // The step's start goes at once; its output and its end wait, in order; other steps are not held up.
+    expect(writes).toEqual([['a', 'b']]);
+    vi.advanceTimersByTime(149);
+    expect(writes).toHaveLength(1);
+    vi.advanceTimersByTime(1);
+    expect(writes[1]).toEqual(['a: hello', 'a done']);
+  });
+
+  it('lets output of a step shown a while ago through at once', () => {
+    const { p, writes } = pacer();
+    p.push([vtx('a')]);
+    vi.advanceTimersByTime(200);
+    p.push([log('a', 'later')]);
+    expect(writes).toEqual([['a'], ['a: later']]);
+  });
+
+  it('flushes what it holds before the stream ends, and writes nothing after close', () => {
+    const { p, writes, ended } = pacer();
+    p.push([vtx('a'), log('a', 'last words')]);
+    p.end();
+    expect(writes).toEqual([['a'], ['a: last words']]);
+    expect(ended()).toBe(true);
+    const q = pacer();
+    q.p.push([vtx('x'), log('x', 'gone')]);
+    q.p.close();
+    vi.advanceTimersByTime(1000);
+    expect(q.writes).toEqual([['x']]);
+  });
+});
