@@ -1,7 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { createWriteStream } from 'node:fs';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import tar from 'tar-stream';
@@ -11,40 +9,28 @@ import { solve } from '../../../src/client/solve.js';
 import { copy, local, marshal, mkfile, scratch } from '../../../src/llb/builder.js';
 import { resolveSecrets } from '../../../src/session/client/secrets.js';
 import type { StatusResponse } from '../../../src/gen/buildkit/control_pb.js';
+import { startUpstreamBuildkitd, upstreamBuildkitdAvailable, type UpstreamBuildkitd } from '../../helpers/upstream-buildkitd.js';
 
 /**
  * loom's client end of the session against upstream's buildkitd: proves the tunnel, FileSync,
  * FileSend and Health speak the real protocol. Needs root and an upstream buildkitd binary
  * ($LOOM_UPSTREAM_BUILDKITD or /opt/upstream/bin/buildkitd, never part of loom); skipped without.
  */
-const BUILDKITD = process.env.LOOM_UPSTREAM_BUILDKITD ?? '/opt/upstream/bin/buildkitd';
-const enabled = existsSync(BUILDKITD) && process.getuid?.() === 0;
+const enabled = upstreamBuildkitdAvailable;
 
 describe.skipIf(!enabled)('client against upstream buildkitd (integration, root)', () => {
   let dir: string;
-  let daemon: ChildProcess;
   let client: ControlClient;
+  let upstream: UpstreamBuildkitd | undefined;
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'loom-bkd-'));
-    const sock = join(dir, 'bk.sock');
-    daemon = spawn(BUILDKITD, ['--root', join(dir, 'root'), '--addr', `unix://${sock}`, '--oci-worker-snapshotter', 'native'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let log = '';
-    daemon.stderr!.on('data', (d) => (log += String(d)));
-    for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 100));
-    if (!existsSync(sock)) throw new Error(`buildkitd did not start:\n${log}`);
-    client = new ControlClient({ address: `unix://${sock}` });
+    upstream = await startUpstreamBuildkitd('loom-bkd-');
+    dir = upstream.dir;
+    client = upstream.client;
   }, 30_000);
 
   afterAll(async () => {
-    client?.close();
-    if (daemon && daemon.exitCode === null) {
-      daemon.kill('SIGTERM');
-      await new Promise((r) => daemon.once('exit', r));
-    }
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await upstream?.stop();
   });
 
   it('exports a FileOp result as a tar file through FileSend', async () => {

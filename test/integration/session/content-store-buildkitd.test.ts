@@ -1,8 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../../src/client/control-client.js';
@@ -12,6 +9,7 @@ import { healthService } from '../../../src/session/client/health.js';
 import { localCacheStoreId } from '../../../src/session/content/store-id.js';
 import type { SessionServices } from '../../../src/session/tunnel/server.js';
 import { marshal, mkfile, scratch } from '../../../src/llb/builder.js';
+import { startUpstreamBuildkitd, upstreamBuildkitdAvailable, type UpstreamBuildkitd } from '../../helpers/upstream-buildkitd.js';
 
 /**
  * loom's client end of the content store against upstream's daemon: upstream buildkitd exports
@@ -19,34 +17,21 @@ import { marshal, mkfile, scratch } from '../../../src/llb/builder.js';
  * server: Info, Write STAT/WRITE/COMMIT, Read). Needs root and an upstream buildkitd binary
  * ($LOOM_UPSTREAM_BUILDKITD or /opt/upstream/bin/buildkitd, never part of loom); skipped without.
  */
-const BUILDKITD = process.env.LOOM_UPSTREAM_BUILDKITD ?? '/opt/upstream/bin/buildkitd';
-const enabled = existsSync(BUILDKITD) && process.getuid?.() === 0;
+const enabled = upstreamBuildkitdAvailable;
 
 describe.skipIf(!enabled)('client content store against upstream buildkitd (integration, root)', () => {
   let dir: string;
-  let daemon: ChildProcess;
   let client: ControlClient;
+  let upstream: UpstreamBuildkitd | undefined;
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'loom-cstore-bkd-'));
-    const sock = join(dir, 'bk.sock');
-    daemon = spawn(BUILDKITD, ['--root', join(dir, 'root'), '--addr', `unix://${sock}`, '--oci-worker-snapshotter', 'native'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let log = '';
-    daemon.stderr!.on('data', (d) => (log += String(d)));
-    for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 100));
-    if (!existsSync(sock)) throw new Error(`buildkitd did not start:\n${log}`);
-    client = new ControlClient({ address: `unix://${sock}` });
+    upstream = await startUpstreamBuildkitd('loom-cstore-bkd-');
+    dir = upstream.dir;
+    client = upstream.client;
   }, 30_000);
 
   afterAll(async () => {
-    client?.close();
-    if (daemon && daemon.exitCode === null) {
-      daemon.kill('SIGTERM');
-      await new Promise((r) => daemon.once('exit', r));
-    }
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await upstream?.stop();
   });
 
   /** The content services, counting the calls the daemon makes per method name. */
