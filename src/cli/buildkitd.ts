@@ -81,9 +81,17 @@ async function main(argv: string[]): Promise<number> {
   const log = configureLogger({ level: s.debug ? 'debug' : 'info', format: s.logFormat });
   mkdirSync(s.root, { recursive: true, mode: 0o700 });
   const { startDaemon } = await import('./daemon.js');
-  const daemon = await startDaemon(s);
+  // Signals are handled from before the start: one that comes while the daemon is still starting
+  // (its socket may already be there) stops it as soon as it is up, instead of killing it.
+  let daemon: Awaited<ReturnType<typeof startDaemon>> | undefined;
+  let pending: string | undefined;
   let stopping = false;
   const stop = (sig: string) => {
+    if (!daemon) {
+      if (pending) process.exit(1);
+      pending = sig;
+      return;
+    }
     if (stopping) {
       log.warn({ signal: sig }, 'second signal: exiting now');
       process.exit(1);
@@ -100,6 +108,8 @@ async function main(argv: string[]): Promise<number> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  daemon = await startDaemon(s);
+  if (pending) stop(pending);
   return -1;
 }
 
