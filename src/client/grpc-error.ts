@@ -1,24 +1,13 @@
 import type { ServiceError } from '@grpc/grpc-js';
-import { LoomError, withSources, type ErrorCode } from '../util/errors.js';
+import { GRPC_CODE_NAMES, loomCodeOfGrpc } from '../session/tunnel/grpc-status.js';
+import { LoomError, withSources } from '../util/errors.js';
 import { statusSources } from './error-source.js';
-
-/** Go's names for gRPC codes, which upstream's client puts before a status message. */
-const GO_CODE_NAMES = [
-  'OK', 'Canceled', 'Unknown', 'InvalidArgument', 'DeadlineExceeded', 'NotFound', 'AlreadyExists',
-  'PermissionDenied', 'ResourceExhausted', 'FailedPrecondition', 'Aborted', 'OutOfRange',
-  'Unimplemented', 'Internal', 'Unavailable', 'DataLoss', 'Unauthenticated',
-];
-
-const LOOM_CODES: Record<number, ErrorCode> = {
-  1: 'CANCELLED', 3: 'INVALID_ARGUMENT', 4: 'DEADLINE_EXCEEDED', 5: 'NOT_FOUND', 6: 'ALREADY_EXISTS',
-  7: 'PERMISSION_DENIED', 9: 'FAILED_PRECONDITION', 12: 'UNIMPLEMENTED', 14: 'UNAVAILABLE', 16: 'UNAUTHENTICATED',
-};
 
 /** A failed call to the daemon, its message formatted as upstream's client does. */
 export class DaemonCallError extends LoomError {
   readonly grpcCode: number;
   constructor(opts: { grpcCode: number; message: string; cause?: unknown }) {
-    super(LOOM_CODES[opts.grpcCode] ?? 'INTERNAL', opts.message, { cause: opts.cause });
+    super(loomCodeOfGrpc(opts.grpcCode), opts.message, { cause: opts.cause });
     this.name = 'DaemonCallError';
     this.grpcCode = opts.grpcCode;
   }
@@ -37,7 +26,7 @@ export function fromGrpcError(err: unknown, prefix?: string): Error {
   if (isServiceError(err)) {
     const code = err.code;
     const msg = err.details || err.message;
-    const text = code === 2 || code === 0 ? msg : `${GO_CODE_NAMES[code] ?? `Code(${code})`}: ${msg}`;
+    const text = code === 2 || code === 0 ? msg : `${GRPC_CODE_NAMES[code] ?? `Code(${code})`}: ${msg}`;
     return withSources(new DaemonCallError({ grpcCode: code, message: pre + text, cause: err }), statusSources(err));
   }
   if (err instanceof LoomError) {

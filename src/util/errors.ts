@@ -131,11 +131,16 @@ export function withSources<T>(err: T, sources: readonly ErrorSource[]): T {
 
 /** The source spans of an error or of the first error in its cause chain that has some. */
 export function errorSources(err: unknown): ErrorSource[] {
+  return inCauseChain(SOURCES, err) ?? [];
+}
+
+/** What `map` holds for an error or the first error of its cause chain it knows. */
+function inCauseChain<V>(map: WeakMap<object, V>, err: unknown): V | undefined {
   for (let e: unknown = err, depth = 0; typeof e === 'object' && e !== null && depth < 32; e = (e as { cause?: unknown }).cause, depth++) {
-    const s = SOURCES.get(e);
-    if (s) return s;
+    const v = map.get(e);
+    if (v) return v;
   }
-  return [];
+  return undefined;
 }
 
 /** google.rpc.Status details (protobuf Any) an error carries as they came from a peer. */
@@ -153,9 +158,5 @@ export function withStatusDetails<T>(err: T, details: readonly StatusDetail[]): 
 }
 
 export function errorStatusDetails(err: unknown): StatusDetail[] {
-  for (let e: unknown = err, depth = 0; typeof e === 'object' && e !== null && depth < 32; e = (e as { cause?: unknown }).cause, depth++) {
-    const d = DETAILS.get(e);
-    if (d) return d;
-  }
-  return [];
+  return inCauseChain(DETAILS, err) ?? [];
 }

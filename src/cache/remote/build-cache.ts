@@ -1,5 +1,6 @@
 import type { ContentStore } from '../../content/store.js';
 import type { Descriptor } from '../../content/oci.js';
+import { parseBool } from '../../exporter/commit.js';
 import type { LayerDescriptor } from '../../exporter/types.js';
 import type { RegistryAccess } from '../../ops/source/registry-access.js';
 import { formatReference, parseNormalizedNamed, withDefaultTag, type ImageReference } from '../../registry/reference.js';
@@ -57,13 +58,6 @@ interface ImportSpec {
 
 const UNSUPPORTED = new Set(['gha', 's3', 'azblob']);
 
-function parseBoolAttr(v: string | undefined, key: string, def: boolean): boolean {
-  if (v === undefined || v === '') return def;
-  if (v === 'true') return true;
-  if (v === 'false') return false;
-  throw new InvalidArgumentError(`invalid value ${JSON.stringify(v)} for cache option ${key}: expected true or false`);
-}
-
 function parseRef(raw: string | undefined, what: string): ImageReference {
   if (!raw) throw new InvalidArgumentError(`${what} requires ref`);
   try {
@@ -86,9 +80,9 @@ function parseExport(e: CacheEntry): ExportSpec {
     type: e.Type as ExportSpec['type'],
     mode,
     // Upstream's registry and local cache exporters default to OCI media types.
-    oci: parseBoolAttr(a['oci-mediatypes'], 'oci-mediatypes', true),
-    insecure: parseBoolAttr(a['registry.insecure'], 'registry.insecure', false),
-    ignoreError: parseBoolAttr(a['ignore-error'], 'ignore-error', false),
+    oci: parseBool(a['oci-mediatypes'] ?? '', 'oci-mediatypes', true),
+    insecure: parseBool(a['registry.insecure'] ?? '', 'registry.insecure', false),
+    ignoreError: parseBool(a['ignore-error'] ?? '', 'ignore-error', false),
     compression,
   };
   if (e.Type === 'registry') spec.ref = parseRef(a['ref'], 'registry cache exporter');
@@ -108,7 +102,7 @@ function parseImport(e: CacheEntry): ImportSpec {
   if (UNSUPPORTED.has(e.Type)) throw new UnimplementedError(`cache importer ${e.Type} is not supported by loom; use registry or local`);
   if (e.Type === 'registry') {
     const ref = parseRef(a['ref'], 'registry cache importer');
-    return { type: 'registry', id: a['ref']!, ref, insecure: parseBoolAttr(a['registry.insecure'], 'registry.insecure', false) };
+    return { type: 'registry', id: a['ref']!, ref, insecure: parseBool(a['registry.insecure'] ?? '', 'registry.insecure', false) };
   }
   if (e.Type === 'local') {
     // The client resolved index.json's tag to a digest (it owns the directory) and serves the blobs.

@@ -48,9 +48,8 @@ export interface ExportEntry {
 
 /** Builds a config from entries, sharing layers between chains with a common prefix. */
 export function buildCacheConfig(entries: readonly ExportEntry[]): { config: CacheConfig; layers: ChainLayer[] } {
-  const layers: CacheLayer[] = [];
+  const table = new LayerTable();
   const blobs: ChainLayer[] = [];
-  const index = new Map<string, number>();
   const records: CacheRecord[] = [];
   const seen = new Set<string>();
   for (const e of entries) {
@@ -61,19 +60,41 @@ export function buildCacheConfig(entries: readonly ExportEntry[]): { config: Cac
     seen.add(digest);
     let parent = -1;
     for (const l of e.layers) {
-      const id = `${parent} ${l.digest}`;
-      let i = index.get(id);
-      if (i === undefined) {
-        i = layers.length;
-        layers.push({ blob: l.digest, parent, annotations: { mediaType: l.mediaType, diffID: l.diffId, size: l.size } });
-        blobs.push(l);
-        index.set(id, i);
-      }
-      parent = i;
+      parent = table.add(parent, { blob: l.digest, annotations: { mediaType: l.mediaType, diffID: l.diffId, size: l.size } });
     }
+    blobs.push(...e.layers);
     records.push({ digest, layers: [{ layer: parent, createdAt: e.createdAt.toISOString() }] });
   }
-  return { config: { layers, records }, layers: dedupeBlobs(blobs) };
+  return { config: { layers: table.layers, records }, layers: dedupeBlobs(blobs) };
+}
+
+/** Layers of a config being built: one entry per (parent, blob), so chains share their prefix. */
+class LayerTable {
+  readonly layers: CacheLayer[] = [];
+  readonly #index = new Map<string, number>();
+
+  /** The index of `layer` on top of the layer at `parent` (-1: none), added if new. */
+  add(parent: number, layer: Omit<CacheLayer, 'parent'>): number {
+    const id = `${parent} ${layer.blob}`;
+    let i = this.#index.get(id);
+    if (i === undefined) {
+      i = this.layers.length;
+      this.layers.push({ ...layer, parent });
+      this.#index.set(id, i);
+    }
+    return i;
+  }
+}
+
+/** The indexes of the chain ending at layer `top`, bottom first; a parent cycle is an error. */
+function chainIndexes(layers: readonly CacheLayer[], top: number, what: string): number[] {
+  const chain: number[] = [];
+  for (let i = top; i >= 0; i = layers[i]!.parent ?? 0) {
+    if (chain.includes(i)) throw new InvalidArgumentError(`${what}: cache layers form a cycle at layer ${i}`);
+    chain.unshift(i);
+    if ((layers[i]!.parent ?? 0) === -1) break;
+  }
+  return chain;
 }
 
 function dedupeBlobs(list: ChainLayer[]): ChainLayer[] {
@@ -127,11 +148,7 @@ export function chainFor(
   const top = rec?.layers?.[0]?.layer;
   if (top === undefined || top < 0) return undefined;
   const layers = config.layers ?? [];
-  const chain: ChainLayer[] = [];
-  const visited = new Set<number>();
-  for (let i = top; i >= 0; i = layers[i]!.parent ?? 0) {
-    if (visited.has(i)) throw new InvalidArgumentError(`${what}: cache layers form a cycle at layer ${i}`);
-    visited.add(i);
+  return chainIndexes(layers, top, what).map((i) => {
     const l = layers[i]!;
     const d = describe(l.blob) ?? {};
     const layer: ChainLayer = {
@@ -141,10 +158,8 @@ export function chainFor(
       size: l.annotations?.size ?? d.size ?? -1,
     };
     if (!layer.mediaType || !layer.diffId || layer.size < 0) throw new InvalidArgumentError(`${what}: cache layer ${l.blob} lacks its media type, diff id or size`);
-    chain.unshift(layer);
-    if ((l.parent ?? 0) === -1) break;
-  }
-  return chain;
+    return layer;
+  });
 }
 
 /**
@@ -155,33 +170,16 @@ export function mergeCacheConfigs(base: CacheConfig, add: CacheConfig, what: str
   const byDigest = new Map<string, { cfg: CacheConfig; rec: CacheRecord }>();
   for (const rec of base.records ?? []) byDigest.set(rec.digest, { cfg: base, rec });
   for (const rec of add.records ?? []) byDigest.set(rec.digest, { cfg: add, rec });
-  const layers: CacheLayer[] = [];
-  const index = new Map<string, number>();
+  const table = new LayerTable();
   const records: CacheRecord[] = [];
   for (const { cfg, rec } of byDigest.values()) {
     const top = rec.layers?.[0]?.layer;
     if (top === undefined || top < 0) continue;
-    // Walk the chain bottom-up and re-index it in the merged list.
+    // The record's chain, re-indexed in the merged list.
     const src = cfg.layers ?? [];
-    const chain: number[] = [];
-    for (let i = top; i >= 0; i = src[i]!.parent ?? 0) {
-      if (chain.includes(i)) throw new InvalidArgumentError(`${what}: cache layers form a cycle at layer ${i}`);
-      chain.unshift(i);
-      if ((src[i]!.parent ?? 0) === -1) break;
-    }
     let parent = -1;
-    for (const i of chain) {
-      const l = src[i]!;
-      const id = `${parent} ${l.blob}`;
-      let j = index.get(id);
-      if (j === undefined) {
-        j = layers.length;
-        layers.push({ ...l, parent });
-        index.set(id, j);
-      }
-      parent = j;
-    }
+    for (const i of chainIndexes(src, top, what)) parent = table.add(parent, src[i]!);
     records.push({ digest: rec.digest, layers: [{ ...rec.layers![0]!, layer: parent }] });
   }
-  return { config: { layers, records }, blobs: new Set(layers.map((l) => l.blob)) };
+  return { config: { layers: table.layers, records }, blobs: new Set(table.layers.map((l) => l.blob)) };
 }

@@ -132,9 +132,3 @@ async function loadInlineCache(
     },
   };
 }
-
-/** Copies a verified blob's bytes into the local store. */
-export async function storeBlob(store: ContentStore, desc: Descriptor, data: Buffer): Promise<void> {
-  if (await store.has(desc.digest)) return;
-  await store.writeBlob(data, { digest: desc.digest, size: desc.size });
-}
