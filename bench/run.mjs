@@ -83,16 +83,23 @@ writeFileSync(cfg, `[registry."localhost:5000"]\n  mirrors = ["127.0.0.1:${regPo
 // LOOM_BENCH_DAEMON_NODE_ARGS adds node flags to the daemon (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`
 // to see where a workload's time goes; the profile is written when the daemon stops).
 const daemonNodeArgs = (process.env.LOOM_BENCH_DAEMON_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
-const daemon = spawn(process.execPath, [...daemonNodeArgs, join(repo, 'bin', 'buildkitd.js'), '--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' });
+// LOOM_BENCH_BUILDKITD=PATH times another daemon taking buildkitd's flags instead of loom's (for a
+// side-by-side figure on the same machine); LOOM_BENCH_BUILDCTL=PATH drives the builds with another
+// client taking buildctl's flags. Neither is needed: by default both are loom's own.
+const otherDaemon = process.env.LOOM_BENCH_BUILDKITD;
+const daemon = otherDaemon
+  ? spawn(otherDaemon, ['--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' })
+  : spawn(process.execPath, [...daemonNodeArgs, join(repo, 'bin', 'buildkitd.js'), '--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' });
 cleanup.push(() => daemon.kill('SIGTERM'));
 for (let i = 0; i < 200; i++) {
   if (spawnSync(process.execPath, [join(repo, 'bin', 'buildctl.js'), '--addr', addr, 'debug', 'workers']).status === 0) break;
   await new Promise((r) => setTimeout(r, 100));
 }
 
+const client = process.env.LOOM_BENCH_BUILDCTL ? [process.env.LOOM_BENCH_BUILDCTL] : [process.execPath, join(repo, 'bin', 'buildctl.js')];
 function buildctl(argv, stdin) {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [join(repo, 'bin', 'buildctl.js'), '--addr', addr, ...argv], { input: stdin, encoding: 'utf8', maxBuffer: 64 << 20 });
+  const r = spawnSync(client[0], [...client.slice(1), '--addr', addr, ...argv], { input: stdin, encoding: 'utf8', maxBuffer: 64 << 20 });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   if (r.status !== 0) throw new Error(`buildctl ${argv.join(' ')} failed:\n${r.stderr}`);
   // LOOM_BENCH_PROGRESS=FILE appends each build's progress output (per-step times) to FILE.
@@ -137,8 +144,12 @@ function dockerfileDir(name, dockerfile, files = {}) {
 }
 const dfBuild = (dir, extra = []) => buildctl(['build', '--frontend', 'dockerfile.v0', '--local', `context=${dir}`, '--local', `dockerfile=${dir}`, ...extra]);
 const tenSteps = dockerfileDir('ten', ['FROM localhost:5000/busybox:latest', ...Array.from({ length: 10 }, (_, i) => `RUN echo ${i} > /step${i}`), ''].join('\n'));
-const trivial = dockerfileDir('trivial', 'FROM localhost:5000/busybox:latest\nRUN true\n');
+// One new step on a cached parent: each run appends `RUN true N` with a new N (a new cache key,
+// nothing else changes), next to the same build without it, fully cached.
 const trivialBase = dockerfileDir('trivial-base', 'FROM localhost:5000/busybox:latest\nRUN echo base > /base\n');
+const trivial = dockerfileDir('trivial', '');
+let trivialRun = 0;
+const newTrivialStep = () => writeFileSync(join(trivial, 'Dockerfile'), `FROM localhost:5000/busybox:latest\nRUN echo base > /base\nRUN true ${Date.now()}-${trivialRun++}\n`);
 const big = dockerfileDir('big', 'FROM localhost:5000/busybox:latest\nRUN head -c 33554432 /dev/urandom > /big.bin\n');
 // The service-shaped workload: 2,000 small files and one 16 MiB file, a few RUN steps, COPY --from.
 const svcFiles = {};
@@ -192,8 +203,8 @@ const workloads = [
   },
   {
     name: 'exec: one trivial step (RUN true) on a cached parent, whole build',
-    before: () => {},
-    run: () => dfBuild(trivial, ['--no-cache']),
+    before: newTrivialStep,
+    run: () => dfBuild(trivial),
   },
   {
     name: 'exec: a comparable build fully cached (subtract from the line above for the step overhead)',
@@ -254,6 +265,7 @@ const stats = (xs) => {
   return { min: s[0], median: s[Math.floor(s.length / 2)], max: s[s.length - 1] };
 };
 console.log(`loom bench: ${runs} runs each (after one warm-up), wall time of a whole buildctl process`);
+console.log(`daemon: ${otherDaemon ?? 'loom'}; client: ${process.env.LOOM_BENCH_BUILDCTL ?? "loom's buildctl"}`);
 for (const w of workloads) {
   if (only && !w.name.startsWith(only)) continue;
   w.before();

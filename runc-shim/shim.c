@@ -294,8 +294,78 @@ static void usage(void)
 	exit(125);
 }
 
+/*
+ * --mount-helper: a long-lived mount(2)/umount2(2) server for the daemon's overlay snapshotter, so
+ * a mount costs a syscall rather than an exec of mount(8). Requests are lines on stdin, fields
+ * separated by tabs (the daemon refuses paths holding a tab or newline):
+ *   M <n> <target> <fstype> <source> <ro 0|1> <data>
+ *   U <n> <target> <detach 0|1>
+ * Each gets one line on stdout: `<n> 0` or `<n> <errno> <message>`. Relative paths in the data
+ * (overlay lowerdir=...) resolve against the helper's working directory, which the daemon sets.
+ * It exits when stdin closes or the daemon dies.
+ */
+static int split_fields(char *line, char **f, int max)
+{
+	int n = 0;
+	f[n++] = line;
+	for (char *p = line; *p && n < max; p++) {
+		if (*p == '\t') {
+			*p = 0;
+			f[n++] = p + 1;
+		}
+	}
+	return n;
+}
+
+static void reply(const char *n, int err)
+{
+	char buf[512];
+	int len = err ? snprintf(buf, sizeof(buf), "%s %d %s\n", n, err, strerror(err)) : snprintf(buf, sizeof(buf), "%s 0\n", n);
+	if (len < 0)
+		return;
+	if ((size_t)len >= sizeof(buf))
+		len = sizeof(buf) - 1;
+	for (int off = 0; off < len;) {
+		ssize_t w = write(STDOUT_FILENO, buf + off, (size_t)(len - off));
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			_exit(1);
+		off += (int)w;
+	}
+}
+
+static int mount_helper(void)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	signal(SIGPIPE, SIG_IGN);
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	while ((len = getline(&line, &cap, stdin)) > 0) {
+		if (line[len - 1] == '\n')
+			line[--len] = 0;
+		char *f[8];
+		int nf = split_fields(line, f, 8);
+		if (nf == 7 && strcmp(f[0], "M") == 0) {
+			unsigned long flags = strcmp(f[5], "1") == 0 ? MS_RDONLY : 0;
+			int rc = mount(f[4], f[2], f[3], flags, f[6][0] ? f[6] : NULL);
+			reply(f[1], rc == 0 ? 0 : errno);
+		} else if (nf == 4 && strcmp(f[0], "U") == 0) {
+			int rc = umount2(f[2], strcmp(f[3], "1") == 0 ? MNT_DETACH : 0);
+			reply(f[1], rc == 0 ? 0 : errno);
+		} else if (nf >= 2) {
+			reply(f[1], EINVAL);
+		}
+	}
+	free(line);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 2 && strcmp(argv[1], "--mount-helper") == 0)
+		return mount_helper();
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;

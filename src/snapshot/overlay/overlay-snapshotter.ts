@@ -63,7 +63,7 @@ export class OverlaySnapshotter implements Snapshotter {
   constructor(opts: OverlaySnapshotterOptions) {
     this.#base = path.join(path.resolve(opts.root), 'overlayfs');
     this.#snapDir = path.join(this.#base, 'snapshots');
-    this.#mounter = new Mounter({ cwd: this.#snapDir });
+    this.#mounter = new Mounter({ cwd: this.#snapDir, stateRoot: path.resolve(opts.root) });
     this.#features = opts.features;
   }
 

@@ -33,7 +33,7 @@ export async function probeOverlay(opts: { dir: string }): Promise<ProbeResult> 
   if (process.getuid?.() !== 0) return { ok: false, reason: 'loom is not running as root' };
   await mkdir(opts.dir, { recursive: true });
   const base = await mkdtemp(path.join(opts.dir, 'probe-'));
-  const mounter = new Mounter({ cwd: base });
+  const mounter = new Mounter({ cwd: base, stateRoot: opts.dir });
   const merged = path.join(base, 'merged');
   let mounted = false;
   try {
