@@ -12,7 +12,8 @@ COPY proto ./proto
 COPY src ./src
 COPY bin ./bin
 COPY runc-shim ./runc-shim
-RUN npx tsc -p tsconfig.json && (test ! -f runc-shim/Makefile || make -C runc-shim) && npm prune --omit=dev
+COPY scripts/bundle-cli.mjs ./scripts/
+RUN npm run build && (test ! -f runc-shim/Makefile || make -C runc-shim) && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
