@@ -1,14 +1,14 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import type { VersionInfo } from '../control/types.js';
+import { packageRoot } from '../util/package-root.js';
 
 export const MODULE = 'github.com/loom-build/loom';
 
 /** loom's version: package.json's, and the git revision of the checkout it runs from when known. */
 export function versionInfo(): VersionInfo {
-  const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+  const root = packageRoot();
   let version = '0.0.0';
   try {
     version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;

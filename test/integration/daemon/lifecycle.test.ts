@@ -8,7 +8,7 @@ import http2 from 'node:http2';
 import { Duplex } from 'node:stream';
 import { ListWorkersRequestSchema, ListWorkersResponseSchema } from '../../../src/gen/buildkit/control_pb.js';
 import { encodeFrame } from '../../../src/util/grpc-frame.js';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,7 +16,7 @@ import { ControlClient } from '../../../src/client/control-client.js';
 import { DefinitionSchema } from '../../../src/gen/buildkit/ops_pb.js';
 import { image, local, marshal, mkfile, scratch } from '../../../src/llb/builder.js';
 import { BUILDCTL, BUILDKITD, buildctl, removeDir, run, startDaemon } from '../../helpers/daemon.js';
-import { freePort, startRegistry, type TestRegistry } from '../../helpers/registry.js';
+import { freePort, REPO_ROOT as REPO, startRegistry, type TestRegistry } from '../../helpers/registry.js';
 
 const d = describe.runIf(process.getuid?.() === 0);
 
@@ -37,6 +37,17 @@ describe('buildkitd --version', () => {
     expect(fields).toHaveLength(4);
     expect(fields[0]).toBe('buildkitd');
     expect(fields[2]).toMatch(/^v\d+\.\d+\.\d+/);
+  });
+
+  it("buildctl --version names the package's version, from the bundled client as from tsc's output", async () => {
+    const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string };
+    // npm run build (the test command's first step) makes the bundle; bin/buildctl.js prefers it.
+    expect(existsSync(join(REPO, 'dist', 'buildctl.mjs'))).toBe(true);
+    for (const entry of [join(REPO, 'bin', 'buildctl.js'), join(REPO, 'dist', 'buildctl.mjs'), join(REPO, 'dist', 'cli', 'buildctl.js')]) {
+      const r = await run(process.execPath, [entry, '--version']);
+      expect(r.code).toBe(0);
+      expect(r.stdout.trim().split(' ').slice(0, 3)).toEqual(['buildctl', 'github.com/loom-build/loom', `v${pkg.version}`]);
+    }
   });
 });
 

@@ -2,14 +2,13 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { access, constants, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { LoomError } from '../../../util/errors.js';
+import { packageRoot } from '../../../util/package-root.js';
 
 const run = promisify(execFile);
 
-/** The repository (or package) root: this file is src/ops/executor/runc/ or dist/ops/executor/runc/. */
-const PKG_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../..');
+const PKG_ROOT = packageRoot();
 export const SHIM_SOURCE = path.join(PKG_ROOT, 'runc-shim', 'shim.c');
 /** Where `make -C runc-shim` puts the binary. */
 export const SHIM_PREBUILT = path.join(PKG_ROOT, 'dist', 'runc-shim', 'loom-runc-shim');
