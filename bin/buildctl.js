@@ -1,15 +1,58 @@
 #!/usr/bin/env node
-// Entry point of loom's buildctl; the code is TypeScript compiled to dist/ by `npm run build`, which
-// also bundles it into dist/buildctl.mjs (one file starts much faster than ~230 modules). The bundle
-// is used only when it is at least as new as tsc's output of the client's entry module.
-import { statSync } from 'node:fs';
+// Entry point of loom's buildctl. `npm run build` compiles the TypeScript to dist/ and bundles the
+// client into one script, dist/buildctl.cjs; this runs the bundle when it is at least as new as
+// tsc's output (else dist/cli/buildctl-bin.js, so a bare `tsc` never leaves a stale client), and
+// keeps V8's compiled code of it in dist/buildctl.cjs.<mtime>-<size>.<command>.v8cache: a client
+// pays its start-up on every command, and compiling the bundle was the largest part of it. A cache
+// is named by the bundle's mtime and size (V8 itself checks little more than the source's length)
+// and by the command (it holds the functions that command's run compiled, so `build` has its own),
+// is written once, atomically, by the first run that finds none or finds it rejected, and a cache
+// that cannot be written (a read-only install) only costs the compile.
+import { readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import vm from 'node:vm';
 
-const mtime = (rel) => {
+const file = (rel) => fileURLToPath(new URL(rel, import.meta.url));
+const stat = (path) => {
   try {
-    return statSync(new URL(rel, import.meta.url)).mtimeMs;
+    return statSync(path);
   } catch {
-    return -1;
+    return null;
   }
 };
-const bundled = mtime('../dist/buildctl.mjs');
-await import(bundled >= 0 && bundled >= mtime('../dist/cli/buildctl.js') ? '../dist/buildctl.mjs' : '../dist/cli/buildctl.js');
+
+const COMMANDS = new Set(['build', 'b', 'du', 'prune', 'debug', 'dial-stdio']);
+const bundlePath = file('../dist/buildctl.cjs');
+const bundle = stat(bundlePath);
+const compiled = stat(file('../dist/cli/buildctl-bin.js'));
+if (!bundle || (compiled && bundle.mtimeMs < compiled.mtimeMs)) {
+  await import('../dist/cli/buildctl-bin.js');
+} else {
+  const command = process.argv.slice(2).find((a) => COMMANDS.has(a)) ?? 'other';
+  const cachePath = `${bundlePath}.${Math.trunc(bundle.mtimeMs)}-${bundle.size}.${command === 'b' ? 'build' : command}.v8cache`;
+  let cachedData;
+  try {
+    cachedData = readFileSync(cachePath);
+  } catch {
+    /* first run of this bundle */
+  }
+  const require = createRequire(bundlePath);
+  const Module = require('node:module');
+  const script = new vm.Script(Module.wrap(readFileSync(bundlePath, 'utf8')), { filename: bundlePath, cachedData });
+  if (!cachedData || script.cachedDataRejected) {
+    process.once('exit', () => {
+      try {
+        const tmp = `${cachePath}.${process.pid}.tmp`;
+        writeFileSync(tmp, script.createCachedData());
+        renameSync(tmp, cachePath);
+      } catch {
+        /* read-only: run uncached */
+      }
+    });
+  }
+  const mod = new Module(bundlePath, null);
+  mod.filename = bundlePath;
+  mod.paths = Module._nodeModulePaths(file('../dist'));
+  script.runInThisContext().call(mod.exports, mod.exports, require, mod, bundlePath, file('../dist'));
+}

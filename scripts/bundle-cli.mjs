@@ -1,25 +1,28 @@
 #!/usr/bin/env node
-// Part of `npm run build`, after tsc: bundles loom's buildctl (dist/cli/buildctl.js and everything
-// it imports, dependencies included) into one file, dist/buildctl.mjs. A client process pays its
-// start-up on every command, and Node resolving, reading and compiling ~230 separate ES modules
-// was most of it (see bench/README.md). bin/buildctl.js runs the bundle when it is at least as new
-// as tsc's output and falls back to dist/cli/buildctl.js otherwise, so a bare `tsc` never leaves a
-// stale client behind. Native addons stay outside the bundle.
+// Part of `npm run build`, after tsc: bundles loom's buildctl (dist/cli/buildctl-bin.js and all it
+// imports, dependencies included) into one CommonJS script, dist/buildctl.cjs. A client pays its
+// start-up on every command: Node resolving, reading and compiling ~230 separate ES modules was
+// most of it, and one script also lets bin/buildctl.js keep V8's compiled code of it between runs
+// (see bin/buildctl.js). Native addons stay outside the bundle.
 import { build } from 'esbuild';
+import { readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const repo = join(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist');
+// Compiled-code caches of an earlier bundle are useless now.
+for (const f of readdirSync(dist)) if (/^buildctl\.cjs\..*\.v8cache$/.test(f) || f === 'buildctl.mjs') rmSync(join(dist, f), { force: true });
 await build({
-  entryPoints: [join(repo, 'dist', 'cli', 'buildctl.js')],
-  outfile: join(repo, 'dist', 'buildctl.mjs'),
+  entryPoints: [join(dist, 'cli', 'buildctl-bin.js')],
+  outfile: join(dist, 'buildctl.cjs'),
   bundle: true,
   platform: 'node',
-  format: 'esm',
+  format: 'cjs',
   target: 'node20',
   external: ['node-pty', 'better-sqlite3'],
-  // The CommonJS dependencies (grpc-js) call require() for Node's own modules.
-  banner: { js: "import { createRequire as __loomRequire } from 'node:module'; const require = __loomRequire(import.meta.url);" },
+  // The ES modules' import.meta.url, for the few that find files next to them (util/package-root.ts).
+  define: { 'import.meta.url': '__loomModuleUrl' },
+  banner: { js: "const __loomModuleUrl = require('node:url').pathToFileURL(__filename).href;" },
   legalComments: 'none',
   logLevel: 'warning',
 });

@@ -115,12 +115,16 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-const code = await main(process.argv.slice(2));
-// Exit now even if a library left a handle open (grpc-js channels close lazily): writes to pipes,
-// files and terminals are synchronous on Linux, so only a stream still holding data is waited for.
-process.exitCode = code;
-const pending = [process.stdout, process.stderr].filter((s) => s.writableLength > 0);
-if (pending.length === 0) process.exit(code);
-let left = pending.length;
-for (const s of pending) s.once('drain', () => --left === 0 && process.exit(code));
-setTimeout(() => process.exit(code), 1000).unref();
+/**
+ * Exits with `code` now, even if a library left a handle open (grpc-js channels close lazily):
+ * writes to pipes, files and terminals are synchronous on Linux, so only a stream still holding
+ * data is waited for.
+ */
+export function exitWhenFlushed(code: number): void {
+  process.exitCode = code;
+  const pending = [process.stdout, process.stderr].filter((s) => s.writableLength > 0);
+  if (pending.length === 0) process.exit(code);
+  let left = pending.length;
+  for (const s of pending) s.once('drain', () => --left === 0 && process.exit(code));
+  setTimeout(() => process.exit(code), 1000).unref();
+}

@@ -7,7 +7,7 @@ let cached: string | undefined;
 /**
  * The directory of loom's package.json: the repository or the installed package. Found by walking
  * up from this module, so it holds whether the code runs from dist/ file by file or from a bundle
- * (dist/buildctl.mjs) one level higher.
+ * (dist/buildctl.cjs) one level higher.
  */
 export function packageRoot(): string {
   if (cached !== undefined) return cached;
