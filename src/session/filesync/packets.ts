@@ -2,6 +2,8 @@ import { create, toBinary } from '@bufbuild/protobuf';
 import { PacketSchema, Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
 import type { Stat } from '../../gen/fsutil/stat_pb.js';
 import type { MessageStream } from '../types.js';
+// Every stream of packets is written and read by the hand-written codec (it registers itself).
+import './codec.js';
 
 export type PacketStream = MessageStream<Packet, Packet>;
 

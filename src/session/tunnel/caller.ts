@@ -1,5 +1,5 @@
 import type { DescMessage, DescMethod } from '@bufbuild/protobuf';
-import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { create } from '@bufbuild/protobuf';
 import http2, { type ClientHttp2Session } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { HealthCheckRequestSchema, Health } from '../../gen/grpc/health_pb.js';
@@ -7,6 +7,7 @@ import { log as rootLog } from '../../util/log.js';
 import { CancelledError, LoomError, UnavailableError } from '../../util/errors.js';
 import type { CallMetadata, MessageStream, SessionCaller } from '../types.js';
 import { ClientCall } from './client-call.js';
+import { decodeMessage, encodeMessage } from './codecs.js';
 import { metadataToHeaders, methodPath } from './metadata.js';
 import { H2_SESSION_OPTIONS, widenConnectionWindow } from './h2-options.js';
 
@@ -103,8 +104,8 @@ export function createSessionCaller(opts: SessionCallerOptions): TunnelSessionCa
     return new ClientCall<Send, Recv>({
       h2: req,
       method: path,
-      encode: (m) => toBinary(input, isMessage(m, input) ? (m as never) : create(input, m as never)),
-      decode: (b) => fromBinary(output, b) as Recv,
+      encode: (m) => encodeMessage(input, m),
+      decode: (b) => decodeMessage(output, b) as Recv,
       signal: o.signal,
     });
   };
@@ -194,8 +195,4 @@ export function createSessionCaller(opts: SessionCallerOptions): TunnelSessionCa
 
 function healthMethod(): DescMethod {
   return Health.method.check;
-}
-
-function isMessage(m: unknown, desc: DescMessage): boolean {
-  return typeof m === 'object' && m !== null && (m as { $typeName?: string }).$typeName === desc.typeName;
 }

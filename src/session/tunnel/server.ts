@@ -1,5 +1,5 @@
 import type { DescMessage, DescMethod, MessageShape } from '@bufbuild/protobuf';
-import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { create } from '@bufbuild/protobuf';
 import http2, { type Http2Session, type ServerHttp2Stream } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { errorMessage, LoomError, UnimplementedError } from '../../util/errors.js';
@@ -7,6 +7,7 @@ import { log as rootLog } from '../../util/log.js';
 import type { CallMetadata, MessageStream } from '../types.js';
 import { H2_SESSION_OPTIONS, widenConnectionWindow } from './h2-options.js';
 import { methodPath, parseGrpcTimeout, rawHeadersToMetadata } from './metadata.js';
+import { decodeMessage, encodeMessage } from './codecs.js';
 import { ServerCall } from './server-call.js';
 
 const log = rootLog.child({ sub: 'session-server' });
@@ -128,10 +129,10 @@ export function typedStream<I extends DescMessage, O extends DescMessage>(
 ): MessageStream<MessageShape<O>, MessageShape<I>> {
   return {
     metadata: raw.metadata,
-    send: (m) => raw.send(toBinary(output, m.$typeName ? m : create(output, m as never))),
+    send: (m) => raw.send(encodeMessage(output, m)),
     end: () => raw.end(),
     close: (err) => raw.close(err),
-    recv: () => mapAsync(raw.recv(), (b) => fromBinary(input, b)),
+    recv: () => mapAsync(raw.recv(), (b) => decodeMessage(input, b)),
   };
 }
 

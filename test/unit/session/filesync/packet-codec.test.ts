@@ -1,0 +1,64 @@
+import { create, equals, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { describe, expect, it } from 'vitest';
+import { StatSchema } from '../../../../src/gen/fsutil/stat_pb.js';
+import { PacketSchema, Packet_PacketType, type Packet } from '../../../../src/gen/fsutil/wire_pb.js';
+import { decodePacket, encodePacket } from '../../../../src/session/filesync/codec.js';
+
+const packets: Packet[] = [
+  create(PacketSchema, {}),
+  create(PacketSchema, { type: Packet_PacketType.PACKET_STAT }),
+  create(PacketSchema, {
+    type: Packet_PacketType.PACKET_STAT,
+    stat: create(StatSchema, { path: 'src/pkg0/file0.js', mode: 0o644, uid: 1000, gid: 1000, size: 27n, modTime: 1_795_471_929_444_123_456n }),
+  }),
+  create(PacketSchema, {
+    type: Packet_PacketType.PACKET_STAT,
+    stat: create(StatSchema, { path: 'dir', mode: (0x80000000 | 0o755) >>> 0, modTime: -1_000_000_000n }),
+  }),
+  create(PacketSchema, {
+    type: Packet_PacketType.PACKET_STAT,
+    stat: create(StatSchema, { path: 'ünïcødé/😀 name', linkname: '../target', mode: 0x8000000 | 0o777, size: (1n << 62n) + 5n }),
+  }),
+  create(PacketSchema, {
+    type: Packet_PacketType.PACKET_STAT,
+    stat: create(StatSchema, { path: 'dev/null', mode: 0x4000000 | 0x200000 | 0o666, devmajor: 1n, devminor: 3n, size: -1n }),
+  }),
+  create(PacketSchema, {
+    type: Packet_PacketType.PACKET_STAT,
+    stat: create(StatSchema, { path: 'caps', mode: 0o755, xattrs: { 'security.capability': new Uint8Array([1, 0, 0, 2]), 'user.empty': new Uint8Array() } }),
+  }),
+  create(PacketSchema, { type: Packet_PacketType.PACKET_REQ, ID: 4_000_000_000 }),
+  create(PacketSchema, { type: Packet_PacketType.PACKET_DATA, ID: 7, data: new Uint8Array(40_000).map((_, i) => i) }),
+  create(PacketSchema, { type: Packet_PacketType.PACKET_DATA, ID: 7 }),
+  create(PacketSchema, { type: Packet_PacketType.PACKET_FIN }),
+  create(PacketSchema, { type: Packet_PacketType.PACKET_ERR, data: new TextEncoder().encode('boom') }),
+];
+
+describe('fsutil packet codec', () => {
+  it('writes the bytes toBinary writes and reads back what fromBinary reads, for every kind of packet', () => {
+    for (const p of packets) {
+      const ours = encodePacket(p);
+      const theirs = toBinary(PacketSchema, p);
+      expect(Buffer.from(ours).toString('hex')).toBe(Buffer.from(theirs).toString('hex'));
+      const back = decodePacket(theirs);
+      expect(equals(PacketSchema, back, fromBinary(PacketSchema, theirs))).toBe(true);
+      expect(equals(PacketSchema, back, p)).toBe(true);
+    }
+  });
+
+  it('leaves unknown fields to fromBinary, which keeps them', () => {
+    const p = create(PacketSchema, { type: Packet_PacketType.PACKET_STAT, stat: create(StatSchema, { path: 'a' }) });
+    const withUnknown = Buffer.concat([toBinary(PacketSchema, p), Buffer.from([(15 << 3) | 0, 42])]);
+    const back = decodePacket(withUnknown);
+    expect(back.stat?.path).toBe('a');
+    expect(back.$unknown?.length).toBe(1);
+    expect(Buffer.from(encodePacket(back)).equals(Buffer.from(toBinary(PacketSchema, back)))).toBe(true);
+  });
+
+  it('fails on truncated input as fromBinary does', () => {
+    const whole = toBinary(PacketSchema, packets[2]!);
+    for (const cut of [1, 3, whole.length - 1]) {
+      expect(() => decodePacket(whole.subarray(0, cut))).toThrow();
+    }
+  });
+});
