@@ -5,6 +5,7 @@ import { PacketSchema } from '../gen/fsutil/wire_pb.js';
 import { FileSend } from '../gen/session/filesync_pb.js';
 import { sendDir } from '../session/filesync/send.js';
 import { LoomError } from '../util/errors.js';
+import type { Ref } from '../solver/types.js';
 import type { ExportContext, Exporter, ExporterInstance, ExportSource } from './types.js';
 
 /**
@@ -18,18 +19,42 @@ export class LocalExporter implements Exporter {
     return {
       vertexName: 'exporting to client directory',
       async export(ctx: ExportContext, src: ExportSource) {
-        if (src.refs?.length) throw new LoomError('UNIMPLEMENTED', 'the local exporter does not support multi-platform results in loom yet');
         const session = await ctx.job.session();
         if (!session.supports(FileSend.method.diffCopy)) {
           throw new LoomError('FAILED_PRECONDITION', 'the client does not accept exported files (its session has no FileSend service)');
         }
-        const stream = await session.stream(FileSend.method.diffCopy, { signal: ctx.job.signal, input: PacketSchema, output: PacketSchema });
-        // An empty result is an empty directory.
-        const empty = src.ref ? undefined : await mkdtemp(join(tmpdir(), 'loom-empty-'));
-        try {
-          await sendDir(stream, { root: src.ref?.dir ?? empty!, signal: ctx.job.signal });
-        } finally {
-          if (empty) await rm(empty, { recursive: true, force: true });
+        // A multi-platform result: each platform in a directory of its own (linux_arm64), as
+        // upstream's; the client's receiver merges, so the streams add to one another.
+        const parts = src.refs?.length
+          ? src.refs.map((r) => ({ ref: r.ref as Ref | undefined, subdir: { name: r.id.replace(/\//g, '_') }, label: `copying files ${r.id}` }))
+          : [{ ref: src.ref, subdir: undefined, label: 'copying files' }];
+        for (const part of parts) {
+          const stream = await session.stream(FileSend.method.diffCopy, { signal: ctx.job.signal, input: PacketSchema, output: PacketSchema });
+          // An empty result is an empty directory.
+          const empty = part.ref ? undefined : await mkdtemp(join(tmpdir(), 'loom-empty-'));
+          try {
+            // Upstream's progress: a "copying files" status counting the bytes sent, at most every 100 ms.
+            const started = new Date();
+            const status = (current: number, completed?: Date) =>
+              ctx.job.progress.status({ id: part.label, vertex: ctx.vertex, name: part.label, current, total: 0, timestamp: completed ?? new Date(), started, completed });
+            let last = 0;
+            let sent = 0;
+            await sendDir(stream, {
+              root: empty ?? part.ref!.dir,
+              signal: ctx.job.signal,
+              subdir: part.subdir,
+              onProgress: (bytes, done) => {
+                sent = bytes;
+                const now = Date.now();
+                if (done || now - last < 100) return;
+                last = now;
+                status(bytes);
+              },
+            });
+            status(sent, new Date());
+          } finally {
+            if (empty) await rm(empty, { recursive: true, force: true });
+          }
         }
         return {};
       },

@@ -1,5 +1,4 @@
 import { writeTreeTar } from '../snapshot/layer/write-tree-tar.js';
-import { LoomError } from '../util/errors.js';
 import { oneOff } from '../util/progress.js';
 import { sendToClient } from './archive.js';
 import type { ExportContext, Exporter, ExporterInstance, ExportSource } from './types.js';
@@ -12,11 +11,13 @@ export class TarExporter implements Exporter {
     return {
       vertexName: 'exporting to client tarball',
       async export(ctx: ExportContext, src: ExportSource) {
-        if (src.refs?.length) throw new LoomError('UNIMPLEMENTED', 'the tar exporter does not support multi-platform results in loom yet');
         const done = oneOff(ctx.job.progress, ctx.vertex, 'sending tarball');
         const ref = src.ref;
+        // A multi-platform result: each platform under a directory of its own (linux_arm64/), as upstream's.
+        const parts = src.refs?.map((r) => ({ name: r.id.replace(/\//g, '_'), dir: r.ref.dir }));
         await sendToClient(ctx.job, {}, async (out) => {
-          if (ref) await writeTreeTar(ref.dir, out, { signal: ctx.job.signal });
+          if (parts?.length) await writeTreeTar(parts, out, { signal: ctx.job.signal });
+          else if (ref) await writeTreeTar(ref.dir, out, { signal: ctx.job.signal });
           else out.write(Buffer.alloc(1024));
         });
         done();

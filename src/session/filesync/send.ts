@@ -1,9 +1,11 @@
+import { create } from '@bufbuild/protobuf';
 import { open } from 'node:fs/promises';
+import { StatSchema } from '../../gen/fsutil/stat_pb.js';
 import { Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
 import { CancelledError, errorMessage, isAbortError, LoomError } from '../../util/errors.js';
 import { log } from '../../util/log.js';
 import { FileSyncError, protocolError } from './errors.js';
-import { fileCanRequestData } from './mode.js';
+import { fileCanRequestData, GoMode } from './mode.js';
 import { bestEffort, dataPacket, errPacket, finPacket, packetSize, packetTypeName, SerialSender, statPacket, type PacketStream } from './packets.js';
 import { walkDir, type WalkOptions } from './walker.js';
 import type { XattrIO } from './xattr.js';
@@ -25,6 +27,12 @@ export interface SendDirOptions {
   onProgress?: (bytes: number, done: boolean) => void;
   /** Read and send extended attributes with this (off by default: one process per entry). */
   xattrs?: XattrIO;
+  /**
+   * List the tree under one directory of this name (mode 0755, owned by root, `modTime` in
+   * nanoseconds, 0 by default) instead of at the top: upstream's SubDirFS, which the local
+   * exporter uses to put each platform of a multi-platform result in its own directory.
+   */
+  subdir?: { name: string; modTime?: bigint };
 }
 
 export interface SendSummary {
@@ -80,7 +88,16 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
       xattrs: opts.xattrs,
     };
     let id = 0;
+    const sub = opts.subdir;
+    if (sub) {
+      const p = statPacket(create(StatSchema, { path: sub.name, mode: (GoMode.dir | 0o755) >>> 0, modTime: sub.modTime ?? 0n }));
+      count(p);
+      summary.entries++;
+      id++;
+      await out.send(p);
+    }
     for await (const { stat, absPath } of walkDir(opts.root, walkOpts)) {
+      if (sub) stat.path = `${sub.name}/${stat.path}`;
       if (fileCanRequestData(stat.mode)) files.set(id, { rel: stat.path, abs: absPath });
       id++;
       const p = statPacket(stat);

@@ -13,11 +13,13 @@ import { headerFor } from './write-layer-tar.js';
  * `dir` in layer order (depth first, names sorted by bytes), the root itself left out; directories
  * end in `/`; numeric owners; a file's second and later names become hard links to the first; all
  * xattrs as pax records; sockets left out. The same tree always gives the same bytes.
+ * `dir` may also be a list of trees, each written under a directory of its own `name` (mode 0755,
+ * root's, time 0: upstream's SubDirFS, for a multi-platform result's `linux_arm64/` and so on).
  * The output is not ended.
  */
-export async function writeTreeTar(dir: string, out: Writable, opts: { signal?: AbortSignal } = {}): Promise<void> {
-  const root = path.resolve(dir);
-  const entries: { rel: string; host: string; st: BigIntStats }[] = [];
+export async function writeTreeTar(dir: string | readonly { name: string; dir: string }[], out: Writable, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  const parts = typeof dir === 'string' ? [{ name: '', dir }] : dir;
+  const entries: { rel: string; host?: string; st?: BigIntStats }[] = [];
   const walk = async (host: string, rel: string): Promise<void> => {
     throwIfAborted(opts.signal);
     for (const name of await sortedNames(host)) {
@@ -29,16 +31,24 @@ export async function writeTreeTar(dir: string, out: Writable, opts: { signal?: 
       if (st.isDirectory()) await walk(h, r);
     }
   };
-  await walk(root, '');
+  for (const p of parts) {
+    if (p.name !== '') entries.push({ rel: p.name });
+    await walk(path.resolve(p.dir), p.name);
+  }
 
-  const xattrs = await listXattrs(entries.map((e) => e.host));
+  const xattrs = await listXattrs(entries.map((e) => e.host).filter((h): h is string => h !== undefined));
   const w = new TarWriter({ out });
   const firstName = new Map<string, string>();
-  for (const [i, e] of entries.entries()) {
+  let hosts = 0;
+  for (const e of entries) {
     throwIfAborted(opts.signal);
+    if (!e.host || !e.st) {
+      await w.add({ name: `${e.rel}/`, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 });
+      continue;
+    }
     const hdr = headerFor(e.rel, e.st);
     if (e.st.isSymbolicLink()) hdr.linkname = await readlink(e.host);
-    const x = xattrs[i];
+    const x = xattrs[hosts++];
     if (x && x.size > 0) hdr.xattrs = x;
     if (!e.st.isDirectory() && e.st.nlink > 1n) {
       const key = `${e.st.dev}:${e.st.ino}`;

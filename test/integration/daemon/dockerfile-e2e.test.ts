@@ -3,7 +3,7 @@
  * over the session as two local sources, the result exported as an OCI archive. Steps here need
  * no RUN (exec is tested with its own issue's tests).
  */
-import { mkdirSync, mkdtempSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -96,6 +96,39 @@ d('dockerfile.v0', () => {
     expect(listing).not.toMatch(/secret\.key/);
     expect(listing).toMatch(/1000\/1000 .* owned\.txt/);
   });
+
+  it('exports a multi-platform result to a directory and a tarball with a directory per platform, as upstream', async () => {
+    const ctx = join(work, 'multi');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'a.txt'), 'a\n');
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY a.txt /a.txt\nRUN uname -m > /arch\n`);
+    const args = ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', 'platform=linux/amd64,linux/arm64', '--progress', 'plain'];
+    const out = join(work, 'multi-out');
+    const r = await buildctl(daemon.addr, [...args, '--output', `type=local,dest=${out}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(readdirSync(out).sort()).toEqual(['linux_amd64', 'linux_arm64']);
+    for (const [dir, arch] of [['linux_amd64', 'x86_64'], ['linux_arm64', 'aarch64']]) {
+      expect(readFileSync(join(out, dir!, 'arch'), 'utf8')).toBe(`${arch}\n`);
+      expect(readFileSync(join(out, dir!, 'a.txt'), 'utf8')).toBe('a\n');
+      const st = statSync(join(out, dir!));
+      expect([st.mode & 0o7777, st.mtimeMs]).toEqual([0o755, 0]);
+    }
+    // Upstream's progress: a "copying files <platform>" status per platform.
+    expect(r.stderr).toMatch(/copying files linux\/amd64 [\d.]+[kM]?B [\d.]+s done/);
+    expect(r.stderr).toMatch(/copying files linux\/arm64 [\d.]+[kM]?B [\d.]+s done/);
+
+    const tarFile = join(work, 'multi.tar');
+    const t = await buildctl(daemon.addr, [...args, '--output', `type=tar,dest=${tarFile}`]);
+    expect(t.code, t.stderr).toBe(0);
+    const listing = (await run('tar', ['-tvf', tarFile])).stdout.split('\n');
+    const names = listing.map((l) => l.split(/\s+/).slice(5).join(' ')).filter(Boolean);
+    expect(names[0]).toBe('linux_amd64/');
+    expect(listing[0]).toMatch(/^drwxr-xr-x 0\/0 +0 1970-01-01 00:00 linux_amd64\/$/);
+    expect(names).toContain('linux_amd64/arch');
+    expect(names).toContain('linux_arm64/');
+    expect(names).toContain('linux_arm64/arch');
+    expect(names.indexOf('linux_arm64/')).toBeGreaterThan(names.indexOf('linux_amd64/arch'));
+  }, 120_000);
 
   it('names the Dockerfile line of an unknown instruction', async () => {
     const ctx = join(work, 'bad');
