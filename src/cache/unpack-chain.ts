@@ -13,6 +13,8 @@ import type { RefManager } from './ref-manager.js';
 
 /** KV namespace: a layer chain (OCI chain id) to the snapshot holding it. */
 const NS_CHAIN = 'image-chain';
+/** KV namespace: a layer chain to its cache record (one per layer, as upstream's du lists them). */
+const NS_CHAIN_REF = 'image-chain-ref';
 
 /** One layer blob of a chain and the digest of its uncompressed tar. */
 export interface ChainLayer {
@@ -34,7 +36,9 @@ export interface UnpackChainDeps {
  * every chain with the same prefix (keyed by OCI chain id), whether it came from an image pull
  * or an imported cache. `fetch` brings a layer's blob into the content store (verified); it is
  * called only for layers not unpacked yet. The blobs are recorded as the chain's layers, so an
- * export pushes the very same bytes.
+ * export pushes the very same bytes. Each layer is a cache record of its own, the one below as its
+ * parent, described by the first source that brought it (upstream: `pulled from <image>`), so du
+ * lists and sizes an image's layers one by one; the last layer's record is returned.
  */
 export async function unpackChain(
   deps: UnpackChainDeps,
@@ -51,6 +55,7 @@ export async function unpackChain(
 ): Promise<Ref> {
   const chain: LayerPair[] = [];
   let parent: string | null = null;
+  let parentRef: Ref | null = null;
   let chainId = '';
   // Layer snapshots are unreferenced until the ref below names them: keep GC off them till then.
   const releases: (() => void)[] = [];
@@ -70,13 +75,21 @@ export async function unpackChain(
       deps.layers.record(pair, { digest: layer.digest, size: layer.size, diffId: layer.diffId, compression, mediaType: layer.mediaType });
       chain.push(pair);
       parent = snap;
+      const known = deps.metadata.kvGet(NS_CHAIN_REF, chainId);
+      const rec = known ? deps.metadata.getRef(known) : undefined;
+      if (rec && rec.snapshot === snap) {
+        parentRef = await deps.refs.get(rec.id);
+      } else {
+        parentRef = await deps.refs.createRef({ snapshot: snap, parent: parentRef, chain: [...chain], description: opts.description });
+        deps.metadata.kvPut(NS_CHAIN_REF, chainId, parentRef.id);
+      }
     }
-    if (!parent) {
+    if (!parentRef) {
       // No layers: an empty tree.
       const w = await deps.refs.prepare(null, { signal: opts.signal });
       return await w.commit({ description: opts.description, chain: [] });
     }
-    return await deps.refs.createRef({ snapshot: parent, parent: null, chain, description: opts.description });
+    return parentRef;
   } finally {
     for (const release of releases) release();
   }

@@ -92,7 +92,7 @@ export class ImageSourceOp implements OpImpl {
     }
     const vertex = ctx.vertex.digest;
     const r = await unpackChain(this.#d, layers.map((l, i) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size, diffId: diffIds[i]! })), {
-      description: `pulled from ${img.name}@${img.digest}`,
+      description: `pulled from ${img.name}`,
       signal: ctx.signal,
       what: `image ${img.name}`,
       fetch: (layer) => this.#fetch(ctx, img, layers.find((l) => l.digest === layer.digest)!, client),

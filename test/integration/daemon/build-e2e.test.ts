@@ -132,6 +132,16 @@ d('loom daemon with loom buildctl', () => {
     const du = await buildctl(daemon.addr, ['du']);
     expect(du.code).toBe(0);
     expect(du.stdout).toMatch(/Total:\s+[1-9]/);
+    // As upstream's: each pulled layer is a record of its own, its parent the layer below,
+    // described by the image it came from.
+    const verbose = await buildctl(daemon.addr, ['du', '-v']);
+    const records = verbose.stdout.split(/\n\n+/).map((block) => Object.fromEntries([...block.matchAll(/^(\w[\w ]*):\s+(.*)$/gm)].map((m) => [m[1]!, m[2]!.trim()])));
+    const pulled = records.filter((r) => r.Description?.startsWith('pulled from ') && r.Description.includes('busybox'));
+    expect(pulled.length).toBe(4);
+    const ids = new Set(pulled.map((r) => r.ID));
+    expect(pulled.filter((r) => !r.Parents)).toHaveLength(1);
+    for (const r of pulled) if (r.Parents) expect(ids.has(r.Parents)).toBe(true);
+    expect(pulled.every((r) => !/@sha256:\w+@/.test(r.Description!))).toBe(true);
     const pr = await buildctl(daemon.addr, ['prune', '--all']);
     expect(pr.code, pr.stderr).toBe(0);
     const after = await buildctl(daemon.addr, ['du']);
