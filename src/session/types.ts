@@ -10,6 +10,8 @@ import type { DescMessage, DescMethod } from '@bufbuild/protobuf';
  */
 export interface MessageStream<Send, Recv> {
   send(msg: Send): Promise<void>;
+  /** Sends several messages in order as one write, where the stream can (fewer, larger frames). */
+  sendMany?(msgs: readonly Send[]): Promise<void>;
   end(): void;
   close(err?: Error): void;
   recv(): AsyncIterable<Recv>;

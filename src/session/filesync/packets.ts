@@ -7,8 +7,12 @@ import './codec.js';
 
 export type PacketStream = MessageStream<Packet, Packet>;
 
+const NO_DATA = new Uint8Array(0);
+
+// STAT and DATA packets are plain objects of the message's shape: a listing makes one per entry,
+// and the reflective create() was a measurable part of it.
 export function statPacket(stat?: Stat): Packet {
-  return create(PacketSchema, { type: Packet_PacketType.PACKET_STAT, stat });
+  return { $typeName: PacketSchema.typeName as Packet['$typeName'], type: Packet_PacketType.PACKET_STAT, stat, ID: 0, data: NO_DATA };
 }
 
 export function reqPacket(id: number): Packet {
@@ -16,7 +20,7 @@ export function reqPacket(id: number): Packet {
 }
 
 export function dataPacket(id: number, data?: Uint8Array): Packet {
-  return create(PacketSchema, { type: Packet_PacketType.PACKET_DATA, ID: id, data });
+  return { $typeName: PacketSchema.typeName as Packet['$typeName'], type: Packet_PacketType.PACKET_DATA, stat: undefined, ID: id, data: data ?? NO_DATA };
 }
 
 export function finPacket(): Packet {
@@ -105,7 +109,20 @@ export class SerialSender {
   }
 
   send(p: Packet): Promise<void> {
-    const next = this.#tail.then(() => this.#stream.send(p));
+    return this.#chain(() => this.#stream.send(p));
+  }
+
+  /** Several packets in order, as one write where the stream can. */
+  sendMany(ps: readonly Packet[]): Promise<void> {
+    const s = this.#stream;
+    return this.#chain(async () => {
+      if (s.sendMany) await s.sendMany(ps);
+      else for (const p of ps) await s.send(p);
+    });
+  }
+
+  #chain(fn: () => Promise<void>): Promise<void> {
+    const next = this.#tail.then(fn);
     // Keep the chain alive after a failure; the caller of this send sees the error.
     this.#tail = next.catch(() => undefined);
     return next;

@@ -7,7 +7,7 @@ import { log } from '../../util/log.js';
 import { FileSyncError, protocolError } from './errors.js';
 import { fileCanRequestData, GoMode } from './mode.js';
 import { bestEffort, dataPacket, errPacket, finPacket, packetSize, packetTypeName, SerialSender, statPacket, type PacketStream } from './packets.js';
-import { walkDir, type WalkOptions } from './walker.js';
+import { walkDirBatches, type WalkOptions } from './walker.js';
 import type { XattrIO } from './xattr.js';
 
 const logger = () => log.child({ sub: 'filesync' });
@@ -96,15 +96,19 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
       id++;
       await out.send(p);
     }
-    for await (const { stat, absPath } of walkDir(opts.root, walkOpts)) {
-      if (sub) stat.path = `${sub.name}/${stat.path}`;
-      if (fileCanRequestData(stat.mode)) files.set(id, { rel: stat.path, abs: absPath });
-      id++;
-      const p = statPacket(stat);
-      count(p);
-      summary.entries++;
-      await out.send(p);
-    }
+    await walkDirBatches(opts.root, walkOpts, async (entries) => {
+      const packets: Packet[] = [];
+      for (const { stat, absPath } of entries) {
+        if (sub) stat.path = `${sub.name}/${stat.path}`;
+        if (fileCanRequestData(stat.mode)) files.set(id, { rel: stat.path, abs: absPath });
+        id++;
+        const p = statPacket(stat);
+        count(p);
+        summary.entries++;
+        packets.push(p);
+      }
+      await out.sendMany(packets);
+    });
     await out.send(statPacket());
   };
 

@@ -87,13 +87,22 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
     w?.();
   }
 
-  async send(msg: Send): Promise<void> {
+  send(msg: Send): Promise<void> {
+    return this.#write(() => encodeFrame(this.#encode(msg)));
+  }
+
+  /** Several messages as one HTTP/2 write: one DATA frame (or a few) instead of one per message. */
+  sendMany(msgs: readonly Send[]): Promise<void> {
+    return this.#write(() => Buffer.concat(msgs.map((m) => encodeFrame(this.#encode(m)))));
+  }
+
+  async #write(frame: () => Buffer): Promise<void> {
     if (this.h2.destroyed || this.h2.writableEnded) {
       throw this.sendClosedError();
     }
-    const frame = encodeFrame(this.#encode(msg));
+    const data = frame();
     await new Promise<void>((resolve, reject) => {
-      const ok = this.h2.write(frame, (err) => {
+      const ok = this.h2.write(data, (err) => {
         if (err) reject(this.sendClosedError(err));
       });
       if (ok) {

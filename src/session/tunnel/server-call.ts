@@ -78,6 +78,12 @@ export class ServerCall<Send, Recv> extends FramedStream<Send, Recv> {
     return super.send(msg);
   }
 
+  override async sendMany(msgs: readonly Send[]): Promise<void> {
+    if (this.#finished) throw new CancelledError(`${this.method}: call already finished`);
+    this.#sendHeaders();
+    return super.sendMany(msgs);
+  }
+
   /** Finishes the call with status OK (idempotent; the first end or close wins). */
   end(): void {
     this.#finish(undefined);

@@ -130,6 +130,7 @@ export function typedStream<I extends DescMessage, O extends DescMessage>(
   return {
     metadata: raw.metadata,
     send: (m) => raw.send(encodeMessage(output, m)),
+    sendMany: raw.sendMany ? (ms) => raw.sendMany!(ms.map((m) => encodeMessage(output, m))) : undefined,
     end: () => raw.end(),
     close: (err) => raw.close(err),
     recv: () => mapAsync(raw.recv(), (b) => decodeMessage(input, b)),

@@ -90,6 +90,37 @@ describe('session tunnel', () => {
     results.forEach((got, i) => expect(got).toEqual(Array.from({ length: 40 }, (_, j) => `${i}:${j}`)));
   });
 
+  it('keeps order when batches (sendMany) and single sends mix, on both ends of a call', async () => {
+    // The handler answers each batch of three as one sendMany, the caller sends batches and singles.
+    const batcher = typedHandler(Upload.method.pull.input, Upload.method.pull.output, async (stream) => {
+      let pending: { data: Uint8Array }[] = [];
+      for await (const m of stream.recv()) {
+        pending.push({ data: m.data });
+        if (pending.length === 3) {
+          await stream.sendMany!(pending.map((p) => create(BytesMessageSchema, p)));
+          pending = [];
+        }
+      }
+      for (const p of pending) await stream.send(create(BytesMessageSchema, p));
+    });
+    const { caller } = setup({ [methodPath(Upload.method.pull)]: batcher });
+    const s = await caller.stream(Upload.method.pull);
+    const got: string[] = [];
+    const reader = (async () => {
+      for await (const m of s.recv()) got.push(Buffer.from(m.data).toString());
+    })();
+    const want = Array.from({ length: 500 }, (_, i) => `m${i}`);
+    for (let i = 0; i < want.length; ) {
+      if (i % 7 === 0) await s.send({ data: Buffer.from(want[i++]!) });
+      const batch = want.slice(i, i + 1 + (i % 50));
+      i += batch.length;
+      await s.sendMany!(batch.map((w) => create(BytesMessageSchema, { data: Buffer.from(w) })));
+    }
+    s.end();
+    await reader;
+    expect(got).toEqual(want);
+  });
+
   it('carries messages of several MiB both ways intact', async () => {
     const { caller } = setup({ [methodPath(Upload.method.pull)]: echo });
     const s = await caller.stream(Upload.method.pull);
