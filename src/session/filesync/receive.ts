@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
-import { lstatSync, readdirSync, type BigIntStats } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, open, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
+import { chmodSync, closeSync, lchownSync, lstatSync, lutimesSync, openSync, readdirSync, writeSync, type BigIntStats } from 'node:fs';
+import { link, lstat, mkdir, open, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -67,11 +67,22 @@ export interface ReceiveSummary {
 /** Files being closed and stamped at once, at most (each is a few system calls on the thread pool). */
 const MAX_FINISHING = 32;
 
+/**
+ * Files up to this size are opened, written and closed with synchronous calls, and every entry's
+ * owner, mode and times are set that way: each is a short metadata call, and a promise per call
+ * (a thread-pool round trip) made creating 2,000 small files 3-4 times slower here (~130 ms
+ * synchronous against ~400-530 ms, open/write/close/chown/chmod/utimes each). Larger files keep
+ * asynchronous writes, so a slow disk cannot hold the daemon up for long.
+ */
+const SMALL_FILE = 256 * 1024;
+
 interface PendingFile {
   rel: string;
   abs: string;
   stat: Stat;
   fh?: FileHandle;
+  /** A small file is written with synchronous calls on this descriptor instead (see SMALL_FILE). */
+  fd?: number;
   bytes: number;
   kind: ChangeKind;
   /** The file exists on disk (created at its STAT because it replaced an entry, or by DATA). */
@@ -127,8 +138,8 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
   // Directories get their mode and times at the end (see maybeFinish): a read-only directory
   // would stop its own entries from being written by a non-root receiver.
   const applyMeta = async (abs: string, rel: string, stat: Stat, kind: 'file' | 'dir' | 'symlink'): Promise<void> => {
-    if (doChown) await lchown(abs, stat.uid, stat.gid);
-    if (kind === 'file') await chmod(abs, posixPermFromGo(stat.mode));
+    if (doChown) lchownSync(abs, stat.uid, stat.gid);
+    if (kind === 'file') chmodSync(abs, posixPermFromGo(stat.mode));
     const names = Object.keys(stat.xattrs);
     if (names.length > 0) {
       if (!xattrs) {
@@ -141,13 +152,17 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
         }
       }
     }
-    if (kind !== 'dir') await setTimes(abs, stat.modTime);
+    if (kind !== 'dir') setTimes(abs, stat.modTime);
   };
 
   const finishFile = async (f: PendingFile): Promise<void> => {
     if (!f.created) {
-      f.fh = await open(f.abs, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+      f.fd = openSync(f.abs, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
       f.created = true;
+    }
+    if (f.fd !== undefined) {
+      closeSync(f.fd);
+      f.fd = undefined;
     }
     if (f.fh) {
       await f.fh.close();
@@ -277,11 +292,17 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
       if (finishError) throw finishError;
       return;
     }
-    if (!f.fh) {
-      f.fh = await open(f.abs, fsc.O_WRONLY | fsc.O_NOFOLLOW | (f.created ? 0 : fsc.O_CREAT | fsc.O_EXCL), 0o600);
+    if (!f.fh && f.fd === undefined) {
+      const flags = fsc.O_WRONLY | fsc.O_NOFOLLOW | (f.created ? 0 : fsc.O_CREAT | fsc.O_EXCL);
+      if (f.stat.size <= BigInt(SMALL_FILE)) f.fd = openSync(f.abs, flags, 0o600);
+      else f.fh = await open(f.abs, flags, 0o600);
       f.created = true;
     }
-    await f.fh.write(p.data, 0, p.data.length, f.bytes);
+    if (f.fd !== undefined) {
+      for (let off = 0; off < p.data.length; ) off += writeSync(f.fd, p.data, off, p.data.length - off, f.bytes + off);
+    } else {
+      await f.fh!.write(p.data, 0, p.data.length, f.bytes);
+    }
     f.bytes += p.data.length;
     summary.bytes += p.data.length;
   };
@@ -299,8 +320,8 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     // Directory modes and times last: creating entries inside changed the times.
     for (const [rel, stat] of dirs) {
       if (rel === '' || !stat) continue;
-      await chmod(join(root, rel), posixPermFromGo(stat.mode));
-      await setTimes(join(root, rel), stat.modTime);
+      chmodSync(join(root, rel), posixPermFromGo(stat.mode));
+      setTimes(join(root, rel), stat.modTime);
     }
     finSent = true;
     await out.send(finPacket());
@@ -340,7 +361,17 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     throw new FileSyncError('UNAVAILABLE', `sender ended the stream before the transfer finished${current ? ` (at ${JSON.stringify(current)})` : ''}`, { path: current });
   } catch (err) {
     const e = describe(err, current, pending);
-    for (const f of pending.values()) await f.fh?.close().catch(() => undefined);
+    for (const f of pending.values()) {
+      await f.fh?.close().catch(() => undefined);
+      if (f.fd !== undefined) {
+        try {
+          closeSync(f.fd);
+        } catch {
+          /* already gone */
+        }
+        f.fd = undefined;
+      }
+    }
     if (!(e instanceof CancelledError) && !e.message.startsWith('error from sender:')) await bestEffort(out.send(errPacket(e.message)));
     stream.close(e);
     throw e;
@@ -451,7 +482,7 @@ async function statTree(root: string): Promise<Map<string, BigIntStats>> {
  * seconds as a double and keeps microseconds; aiming at the middle of the microsecond makes the
  * result exact to the microsecond despite rounding.
  */
-async function setTimes(abs: string, modTimeNs: bigint): Promise<void> {
+function setTimes(abs: string, modTimeNs: bigint): void {
   let sec = modTimeNs / 1_000_000_000n;
   let rem = modTimeNs % 1_000_000_000n;
   if (rem < 0n) {
@@ -459,5 +490,5 @@ async function setTimes(abs: string, modTimeNs: bigint): Promise<void> {
     rem += 1_000_000_000n;
   }
   const t = Number(sec) + (Number(rem / 1000n) + 0.5) / 1e6;
-  await lutimes(abs, t, t);
+  lutimesSync(abs, t, t);
 }
