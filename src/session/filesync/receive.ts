@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { chmodSync, closeSync, lchownSync, lstatSync, lutimesSync, openSync, readdirSync, writeSync, type BigIntStats } from 'node:fs';
+import { chmodSync, lchownSync, lstatSync, lutimesSync, readdirSync, type BigIntStats } from 'node:fs';
 import { link, lstat, mkdir, open, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -67,22 +67,19 @@ export interface ReceiveSummary {
 /** Files being closed and stamped at once, at most (each is a few system calls on the thread pool). */
 const MAX_FINISHING = 32;
 
-/**
- * Files up to this size are opened, written and closed with synchronous calls, and every entry's
- * owner, mode and times are set that way: each is a short metadata call, and a promise per call
- * (a thread-pool round trip) made creating 2,000 small files 3-4 times slower here (~130 ms
- * synchronous against ~400-530 ms, open/write/close/chown/chmod/utimes each). Larger files keep
- * asynchronous writes, so a slow disk cannot hold the daemon up for long.
+/*
+ * Owners, modes and times are set with synchronous calls: each is a short change to an inode
+ * already in memory, and a promise per call (a thread-pool round trip) made stamping 2,000 small
+ * files several times slower. Creating, writing and closing files stay asynchronous: under
+ * writeback a creating open took ~1.7 ms here, and synchronous ones stalled the daemon's event
+ * loop for seconds during a cold context transfer (the thread pool also overlaps them).
  */
-const SMALL_FILE = 256 * 1024;
 
 interface PendingFile {
   rel: string;
   abs: string;
   stat: Stat;
   fh?: FileHandle;
-  /** A small file is written with synchronous calls on this descriptor instead (see SMALL_FILE). */
-  fd?: number;
   bytes: number;
   kind: ChangeKind;
   /** The file exists on disk (created at its STAT because it replaced an entry, or by DATA). */
@@ -157,12 +154,8 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
 
   const finishFile = async (f: PendingFile): Promise<void> => {
     if (!f.created) {
-      f.fd = openSync(f.abs, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+      f.fh = await open(f.abs, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
       f.created = true;
-    }
-    if (f.fd !== undefined) {
-      closeSync(f.fd);
-      f.fd = undefined;
     }
     if (f.fh) {
       await f.fh.close();
@@ -292,17 +285,11 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
       if (finishError) throw finishError;
       return;
     }
-    if (!f.fh && f.fd === undefined) {
-      const flags = fsc.O_WRONLY | fsc.O_NOFOLLOW | (f.created ? 0 : fsc.O_CREAT | fsc.O_EXCL);
-      if (f.stat.size <= BigInt(SMALL_FILE)) f.fd = openSync(f.abs, flags, 0o600);
-      else f.fh = await open(f.abs, flags, 0o600);
+    if (!f.fh) {
+      f.fh = await open(f.abs, fsc.O_WRONLY | fsc.O_NOFOLLOW | (f.created ? 0 : fsc.O_CREAT | fsc.O_EXCL), 0o600);
       f.created = true;
     }
-    if (f.fd !== undefined) {
-      for (let off = 0; off < p.data.length; ) off += writeSync(f.fd, p.data, off, p.data.length - off, f.bytes + off);
-    } else {
-      await f.fh!.write(p.data, 0, p.data.length, f.bytes);
-    }
+    await f.fh.write(p.data, 0, p.data.length, f.bytes);
     f.bytes += p.data.length;
     summary.bytes += p.data.length;
   };
@@ -361,17 +348,7 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     throw new FileSyncError('UNAVAILABLE', `sender ended the stream before the transfer finished${current ? ` (at ${JSON.stringify(current)})` : ''}`, { path: current });
   } catch (err) {
     const e = describe(err, current, pending);
-    for (const f of pending.values()) {
-      await f.fh?.close().catch(() => undefined);
-      if (f.fd !== undefined) {
-        try {
-          closeSync(f.fd);
-        } catch {
-          /* already gone */
-        }
-        f.fd = undefined;
-      }
-    }
+    for (const f of pending.values()) await f.fh?.close().catch(() => undefined);
     if (!(e instanceof CancelledError) && !e.message.startsWith('error from sender:')) await bestEffort(out.send(errPacket(e.message)));
     stream.close(e);
     throw e;
