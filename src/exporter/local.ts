@@ -5,6 +5,7 @@ import { PacketSchema } from '../gen/fsutil/wire_pb.js';
 import { FileSend } from '../gen/session/filesync_pb.js';
 import { sendDir } from '../session/filesync/send.js';
 import { LoomError } from '../util/errors.js';
+import { byteStatus } from '../util/progress.js';
 import type { Ref } from '../solver/types.js';
 import type { ExportContext, Exporter, ExporterInstance, ExportSource } from './types.js';
 
@@ -33,11 +34,8 @@ export class LocalExporter implements Exporter {
           // An empty result is an empty directory.
           const empty = part.ref ? undefined : await mkdtemp(join(tmpdir(), 'loom-empty-'));
           try {
-            // Upstream's progress: a "copying files" status counting the bytes sent, at most every 100 ms.
-            const started = new Date();
-            const status = (current: number, completed?: Date) =>
-              ctx.job.progress.status({ id: part.label, vertex: ctx.vertex, name: part.label, current, total: 0, timestamp: completed ?? new Date(), started, completed });
-            let last = 0;
+            // Upstream's progress: a "copying files" status counting the bytes sent.
+            const status = byteStatus(ctx.job.progress, ctx.vertex, part.label);
             let sent = 0;
             await sendDir(stream, {
               root: empty ?? part.ref!.dir,
@@ -45,13 +43,10 @@ export class LocalExporter implements Exporter {
               subdir: part.subdir,
               onProgress: (bytes, done) => {
                 sent = bytes;
-                const now = Date.now();
-                if (done || now - last < 100) return;
-                last = now;
-                status(bytes);
+                if (!done) status.update(bytes);
               },
             });
-            status(sent, new Date());
+            status.done(sent);
           } finally {
             if (empty) await rm(empty, { recursive: true, force: true });
           }

@@ -155,3 +155,31 @@ export function oneOff(bus: ProgressBus, vertex: string, name: string): (opts?: 
     bus.status({ id: name, vertex, name, current: o.current ?? 0, total: o.total ?? 0, timestamp: now, started, completed: now });
   };
 }
+
+/**
+ * A status line counting bytes (a layer's download, "transferring context:", "copying files"),
+ * started now: `update` reports progress at most every 100 ms (and always once `current` reaches a
+ * known total), `done` completes it with the final count.
+ */
+export function byteStatus(
+  bus: ProgressBus,
+  vertex: string,
+  name: string,
+  total = 0,
+): { update: (current: number, total?: number) => void; done: (current: number) => void } {
+  const started = new Date();
+  let last = 0;
+  bus.status({ id: name, vertex, name, current: 0, total, timestamp: started, started });
+  return {
+    update(current, t = total) {
+      const now = Date.now();
+      if (now - last < 100 && !(t > 0 && current >= t)) return;
+      last = now;
+      bus.status({ id: name, vertex, name, current, total: t, timestamp: new Date(), started });
+    },
+    done(current) {
+      const now = new Date();
+      bus.status({ id: name, vertex, name, current, total, timestamp: now, started, completed: now });
+    },
+  };
+}

@@ -8,7 +8,7 @@ import type { ResolvedImage } from '../../registry/client.js';
 import { parseNormalizedNamed, formatReference } from '../../registry/reference.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError } from '../../util/errors.js';
-import { oneOff } from '../../util/progress.js';
+import { byteStatus, oneOff } from '../../util/progress.js';
 import { fromPbPlatform } from '../../util/pb-platform.js';
 import type { RegistryAccess } from './registry-access.js';
 
@@ -104,22 +104,12 @@ export class ImageSourceOp implements OpImpl {
 
   /** Fetches one layer into the content store (verified by digest), with byte progress. */
   async #fetch(ctx: OpContext, img: ResolvedImage, layer: Descriptor, client: ReturnType<RegistryAccess['forJob']>): Promise<void> {
-    const id = layer.digest;
-    const started = new Date();
-    const vertex = ctx.vertex.digest;
-    ctx.progress.status({ id, vertex, name: id, current: 0, total: layer.size, timestamp: started, started });
-    let last = 0;
+    const status = byteStatus(ctx.progress, ctx.vertex.digest, layer.digest, layer.size);
     await client.fetchBlob(img.ref, layer, {
       signal: ctx.signal,
-      onProgress: (_d, current, total) => {
-        const now = Date.now();
-        if (now - last < 100 && current < total) return;
-        last = now;
-        ctx.progress.status({ id, vertex, name: id, current, total, timestamp: new Date(), started });
-      },
+      onProgress: (_d, current, total) => status.update(current, total),
     });
-    const fetched = new Date();
-    ctx.progress.status({ id, vertex, name: id, current: layer.size, total: layer.size, timestamp: fetched, started, completed: fetched });
+    status.done(layer.size);
   }
 }
 

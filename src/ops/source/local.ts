@@ -13,6 +13,7 @@ import { sha256 } from '../../util/digest.js';
 import { LRUCache } from 'lru-cache';
 import { copyTree, linkTree } from '../../snapshot/native/native-snapshotter.js';
 import { log as rootLog } from '../../util/log.js';
+import { byteStatus } from '../../util/progress.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 
 export interface LocalSourceDeps {
@@ -86,15 +87,11 @@ export class LocalSourceOp implements OpImpl {
       const identity = this.#attrs['local.sharedkeyhint'] || session.sharedKey || session.id;
       const mirror = join(this.#d.root, 'local-mirrors', sha256(JSON.stringify([identity, this.#name, include, exclude, follow])).slice(7, 39));
       return this.#d.mirrors.run(mirror, async () => {
-        const id = `transferring ${this.#name}:`;
-        const started = new Date();
-        const vertex = ctx.vertex.digest;
-        ctx.progress.status({ id, vertex, name: id, current: 0, total: 0, timestamp: started, started });
+        const status = byteStatus(ctx.progress, ctx.vertex.digest, `transferring ${this.#name}:`);
         const stream = await session.stream(FileSync.method.diffCopy, {
           metadata: diffCopyMetadata({ dirName: this.#name, includePatterns: include, excludePatterns: exclude, followPaths: follow }),
           signal: ctx.signal,
         });
-        let last = 0;
         let bytes = 0;
         let changed = false;
         let cache = digestCaches.get(mirror);
@@ -117,18 +114,14 @@ export class LocalSourceOp implements OpImpl {
             },
             onProgress: (n: number) => {
               bytes = n;
-              const now = Date.now();
-              if (now - last < 100) return;
-              last = now;
-              ctx.progress.status({ id, vertex, name: id, current: n, total: 0, timestamp: new Date(), started });
+              status.update(n);
             },
           });
         } catch (err) {
           files.clear();
           throw err;
         }
-        const done = new Date();
-        ctx.progress.status({ id, vertex, name: id, current: bytes, total: 0, timestamp: done, started, completed: done });
+        status.done(bytes);
         // Nothing changed in a mirror whose digest was known: no need to look at it again.
         const digest = !changed && before ? before : await treeDigest(mirror, { signal: ctx.signal, cache: files });
         this.#d.metadata.kvPut(NS_MIRROR, mirror, digest);
