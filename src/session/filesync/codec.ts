@@ -16,7 +16,58 @@ import { registerCodec } from '../tunnel/codecs.js';
 const utf8Decoder = new TextDecoder('utf-8', { fatal: false });
 const TWO_53 = 2n ** 53n;
 
-class Writer {
+/** Where a message's fields go: bytes (Writer) or only their count (Sizer). */
+interface Sink {
+  varint(v: number): void;
+  int64(v: bigint): void;
+  string(s: string): void;
+  bytes(b: Uint8Array): void;
+  /** Opens a length-delimited field; `endLen` with the returned mark closes it. */
+  beginLen(): number;
+  endLen(start: number): void;
+}
+
+function varintLen(v: number): number {
+  let n = 1;
+  for (; v >= 0x80; v = Math.floor(v / 128)) n++;
+  return n;
+}
+
+/** 2^(7k): a varint of a value below VARINT_LIMITS[k] takes k bytes. */
+const VARINT_LIMITS = Array.from({ length: 10 }, (_, k) => 1n << BigInt(7 * k));
+
+/** Bytes of an int64's varint (negative values take ten). Comparisons only: no bigint arithmetic. */
+function int64Len(v: bigint): number {
+  if (v < 0n) return 10;
+  for (let k = 1; k < 10; k++) if (v < VARINT_LIMITS[k]!) return k;
+  return 10;
+}
+
+/** Counts the bytes a Writer would write. */
+class Sizer implements Sink {
+  n = 0;
+  varint(v: number): void {
+    this.n += varintLen(v);
+  }
+  int64(v: bigint): void {
+    this.n += int64Len(v);
+  }
+  string(s: string): void {
+    const len = Buffer.byteLength(s);
+    this.n += varintLen(len) + len;
+  }
+  bytes(b: Uint8Array): void {
+    this.n += varintLen(b.length) + b.length;
+  }
+  beginLen(): number {
+    return this.n;
+  }
+  endLen(start: number): void {
+    this.n += varintLen(this.n - start);
+  }
+}
+
+class Writer implements Sink {
   buf: Buffer;
   pos = 0;
   constructor(size: number) {
@@ -71,8 +122,7 @@ class Writer {
   }
   endLen(start: number): void {
     const len = this.pos - start;
-    let n = 1;
-    for (let v = len; v >= 0x80; v = Math.floor(v / 128)) n++;
+    const n = varintLen(len);
     this.buf.copyWithin(start - 5 + n, start, this.pos);
     this.pos = start - 5;
     this.varint(len);
@@ -80,7 +130,7 @@ class Writer {
   }
 }
 
-function writeStat(w: Writer, s: Stat): void {
+function writeStat(w: Sink, s: Stat): void {
   if (s.path !== '') {
     w.varint((1 << 3) | 2);
     w.string(s.path);
@@ -128,10 +178,7 @@ function writeStat(w: Writer, s: Stat): void {
   }
 }
 
-/** The wire bytes of a packet, as toBinary(PacketSchema, p) writes them. */
-export function encodePacket(p: Packet): Uint8Array {
-  if (p.$unknown?.length || p.stat?.$unknown?.length) return toBinary(PacketSchema, p);
-  const w = new Writer(64 + p.data.length + (p.stat ? p.stat.path.length * 3 + p.stat.linkname.length * 3 : 0));
+function writePacket(w: Sink, p: Packet): void {
   if (p.type !== 0) {
     w.varint(1 << 3);
     w.varint(p.type);
@@ -150,7 +197,24 @@ export function encodePacket(p: Packet): Uint8Array {
     w.varint((4 << 3) | 2);
     w.bytes(p.data);
   }
+}
+
+const hasUnknown = (p: Packet): boolean => !!(p.$unknown?.length || p.stat?.$unknown?.length);
+
+/** The wire bytes of a packet, as toBinary(PacketSchema, p) writes them. */
+export function encodePacket(p: Packet): Uint8Array {
+  if (hasUnknown(p)) return toBinary(PacketSchema, p);
+  const w = new Writer(64 + p.data.length + (p.stat ? p.stat.path.length * 3 + p.stat.linkname.length * 3 : 0));
+  writePacket(w, p);
   return w.buf.subarray(0, w.pos);
+}
+
+/** The length of encodePacket(p), counted without writing anything. */
+export function encodedPacketSize(p: Packet): number {
+  if (hasUnknown(p)) return toBinary(PacketSchema, p).length;
+  const s = new Sizer();
+  writePacket(s, p);
+  return s.n;
 }
 
 /** Thrown inside the reader for input it leaves to fromBinary. */
@@ -196,6 +260,12 @@ class Reader {
   uint32(): number {
     return this.varint() >>> 0;
   }
+  string(): string {
+    const n = this.len();
+    const v = utf8Decoder.decode(this.buf.subarray(this.pos, this.pos + n));
+    this.pos += n;
+    return v;
+  }
   len(): number {
     const n = this.varint();
     if (this.pos + n > this.end) throw new Unexpected();
@@ -220,12 +290,9 @@ function readStat(r: Reader): Stat {
   while (r.pos < r.end) {
     const tag = r.varint();
     switch (tag) {
-      case (1 << 3) | 2: {
-        const n = r.len();
-        s.path = utf8Decoder.decode(r.buf.subarray(r.pos, r.pos + n));
-        r.pos += n;
+      case (1 << 3) | 2:
+        s.path = r.string();
         break;
-      }
       case 2 << 3:
         s.mode = r.uint32();
         break;
@@ -241,12 +308,9 @@ function readStat(r: Reader): Stat {
       case 6 << 3:
         s.modTime = r.int64();
         break;
-      case (7 << 3) | 2: {
-        const n = r.len();
-        s.linkname = utf8Decoder.decode(r.buf.subarray(r.pos, r.pos + n));
-        r.pos += n;
+      case (7 << 3) | 2:
+        s.linkname = r.string();
         break;
-      }
       case 8 << 3:
         s.devmajor = r.int64();
         break;
