@@ -30,6 +30,16 @@ const HELPER = String.raw`
 import os, sys, json, base64
 def b64(v):
     return base64.b64encode(v).decode('ascii')
+def each(items, fn):
+    # One result per item: None, or the error's message.
+    out = []
+    for it in items:
+        try:
+            fn(it)
+            out.append(None)
+        except OSError as e:
+            out.append(e.strerror or str(e))
+    return out
 def handle(req):
     op = req['op']
     out = []
@@ -53,26 +63,11 @@ def handle(req):
                 pass
             out.append(d)
     elif op == 'set':
-        for it in req['items']:
-            try:
-                os.setxattr(it['path'], it['name'], base64.b64decode(it['value']), follow_symlinks=False)
-                out.append(None)
-            except OSError as e:
-                out.append(e.strerror or str(e))
+        out = each(req['items'], lambda it: os.setxattr(it['path'], it['name'], base64.b64decode(it['value']), follow_symlinks=False))
     elif op == 'utimes':
-        for it in req['items']:
-            try:
-                os.utime(it['path'], ns=(int(it['atime']), int(it['mtime'])), follow_symlinks=False)
-                out.append(None)
-            except OSError as e:
-                out.append(e.strerror or str(e))
+        out = each(req['items'], lambda it: os.utime(it['path'], ns=(int(it['atime']), int(it['mtime'])), follow_symlinks=False))
     elif op == 'mknod':
-        for it in req['items']:
-            try:
-                os.mknod(it['path'], int(it['mode']), int(it['rdev']))
-                out.append(None)
-            except OSError as e:
-                out.append(e.strerror or str(e))
+        out = each(req['items'], lambda it: os.mknod(it['path'], int(it['mode']), int(it['rdev'])))
     else:
         raise ValueError('unknown op ' + repr(op))
     return out
