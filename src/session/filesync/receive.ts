@@ -67,14 +67,6 @@ export interface ReceiveSummary {
 /** Files being closed and stamped at once, at most (each is a few system calls on the thread pool). */
 const MAX_FINISHING = 32;
 
-/*
- * Owners, modes and times are set with synchronous calls: each is a short change to an inode
- * already in memory, and a promise per call (a thread-pool round trip) made stamping 2,000 small
- * files several times slower. Creating, writing and closing files stay asynchronous: under
- * writeback a creating open took ~1.7 ms here, and synchronous ones stalled the daemon's event
- * loop for seconds during a cold context transfer (the thread pool also overlaps them).
- */
-
 interface PendingFile {
   rel: string;
   abs: string;
@@ -134,6 +126,11 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
 
   // Directories get their mode and times at the end (see maybeFinish): a read-only directory
   // would stop its own entries from being written by a non-root receiver.
+  // Owners, modes and times are set with synchronous calls: each is a short change to an inode
+  // already in memory, and a promise per call (a thread-pool round trip) made stamping 2,000 small
+  // files several times slower. Creating, writing and closing files stay asynchronous: under
+  // writeback a creating open took ~1.7 ms here, and synchronous ones stalled the daemon's event
+  // loop for seconds during a cold context transfer (the thread pool also overlaps them).
   const applyMeta = async (abs: string, rel: string, stat: Stat, kind: 'file' | 'dir' | 'symlink'): Promise<void> => {
     if (doChown) lchownSync(abs, stat.uid, stat.gid);
     if (kind === 'file') chmodSync(abs, posixPermFromGo(stat.mode));
