@@ -22,7 +22,7 @@ export async function createSnapshotter(opts: { root: string; name: string }): P
     case 'auto':
     case 'overlayfs':
     case 'overlay': {
-      const probe = await probeOverlay({ dir: path.join(path.resolve(opts.root), 'overlayfs') });
+      const probe = await probeOverlay({ dir: path.join(path.resolve(opts.root), 'overlayfs'), helperRoot: opts.root });
       if (probe.ok) {
         const s = new OverlaySnapshotter({ root: opts.root, features: probe.features });
         await s.cleanup();

@@ -72,7 +72,9 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   // OCI worker does: switching snapshotters never mixes their snapshots.
   let wanted = o.snapshotter === 'overlay' ? 'overlayfs' : o.snapshotter;
   if (wanted === 'auto') {
-    const probe = await probeOverlay({ dir: join(o.root, '.probe') });
+    // The mount helper is the runc shim's binary, built (if it must be) where the overlayfs worker's
+    // executor builds it.
+    const probe = await probeOverlay({ dir: join(o.root, '.probe'), helperRoot: join(o.root, 'runc-overlayfs') });
     wanted = probe.ok ? 'overlayfs' : 'native';
     if (!probe.ok) log.info({ reason: probe.reason }, 'overlayfs is not usable here; using the native snapshotter');
   }

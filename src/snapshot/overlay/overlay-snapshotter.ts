@@ -39,6 +39,8 @@ export interface OverlaySnapshotterOptions {
   root: string;
   /** From probeOverlay(); probed at first use when absent. */
   features?: OverlayFeatures;
+  /** Where the mount helper is built if it must be (shim-binary.ts); default `root`, the worker's state, where its executor builds the same binary. */
+  helperRoot?: string;
 }
 
 interface Record extends SnapshotInfo {
@@ -50,6 +52,7 @@ export class OverlaySnapshotter implements Snapshotter {
   readonly #base: string;
   readonly #snapDir: string;
   readonly #mounter: Mounter;
+  readonly #helperRoot: string;
   #features: OverlayFeatures | undefined;
   #ready: Promise<void> | null = null;
   readonly #index = new Map<string, Record>();
@@ -63,7 +66,8 @@ export class OverlaySnapshotter implements Snapshotter {
   constructor(opts: OverlaySnapshotterOptions) {
     this.#base = path.join(path.resolve(opts.root), 'overlayfs');
     this.#snapDir = path.join(this.#base, 'snapshots');
-    this.#mounter = new Mounter({ cwd: this.#snapDir, stateRoot: path.resolve(opts.root) });
+    this.#helperRoot = path.resolve(opts.helperRoot ?? opts.root);
+    this.#mounter = new Mounter({ cwd: this.#snapDir, stateRoot: this.#helperRoot });
     this.#features = opts.features;
   }
 
@@ -72,7 +76,7 @@ export class OverlaySnapshotter implements Snapshotter {
     this.#ready ??= (async () => {
       await mkdir(this.#snapDir, { recursive: true });
       if (!this.#features) {
-        const probe = await probeOverlay({ dir: this.#base });
+        const probe = await probeOverlay({ dir: this.#base, helperRoot: this.#helperRoot });
         if (!probe.ok) throw new LoomError('FAILED_PRECONDITION', `overlayfs does not work on ${this.#base}: ${probe.reason}`);
         this.#features = probe.features;
       }

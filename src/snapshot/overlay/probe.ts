@@ -28,12 +28,15 @@ export type ProbeResult = { ok: true; features: OverlayFeatures } | { ok: false;
 
 const TUNABLES = ['index', 'redirect_dir', 'metacopy'];
 
-/** Tries an overlay mount under `dir` (created if missing) and cleans up after itself. */
-export async function probeOverlay(opts: { dir: string }): Promise<ProbeResult> {
+/**
+ * Tries an overlay mount under `dir` (created if missing) and cleans up after itself. `helperRoot`:
+ * where the mount helper is built if it must be (the worker's state, as its executor; default `dir`).
+ */
+export async function probeOverlay(opts: { dir: string; helperRoot?: string }): Promise<ProbeResult> {
   if (process.getuid?.() !== 0) return { ok: false, reason: 'loom is not running as root' };
   await mkdir(opts.dir, { recursive: true });
   const base = await mkdtemp(path.join(opts.dir, 'probe-'));
-  const mounter = new Mounter({ cwd: base, stateRoot: opts.dir });
+  const mounter = new Mounter({ cwd: base, stateRoot: opts.helperRoot ?? opts.dir });
   const merged = path.join(base, 'merged');
   let mounted = false;
   try {
