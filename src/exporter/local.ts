@@ -7,7 +7,7 @@ import { sendDir } from '../session/filesync/send.js';
 import { LoomError } from '../util/errors.js';
 import { byteStatus } from '../util/progress.js';
 import type { Ref } from '../solver/types.js';
-import type { ExportContext, Exporter, ExporterInstance, ExportSource } from './types.js';
+import { platformDir, type ExportContext, type Exporter, type ExporterInstance, type ExportSource } from './types.js';
 
 /**
  * `type=local`: the result's files written into a directory on the client's side, sent with the
@@ -27,7 +27,7 @@ export class LocalExporter implements Exporter {
         // A multi-platform result: each platform in a directory of its own (linux_arm64), as
         // upstream's; the client's receiver merges, so the streams add to one another.
         const parts = src.refs?.length
-          ? src.refs.map((r) => ({ ref: r.ref as Ref | undefined, subdir: { name: r.id.replace(/\//g, '_') }, label: `copying files ${r.id}` }))
+          ? src.refs.map((r) => ({ ref: r.ref as Ref | undefined, subdir: { name: platformDir(r.id) }, label: `copying files ${r.id}` }))
           : [{ ref: src.ref, subdir: undefined, label: 'copying files' }];
         for (const part of parts) {
           const stream = await session.stream(FileSend.method.diffCopy, { signal: ctx.job.signal, input: PacketSchema, output: PacketSchema });

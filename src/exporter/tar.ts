@@ -1,7 +1,7 @@
 import { writeTreeTar } from '../snapshot/layer/write-tree-tar.js';
 import { oneOff } from '../util/progress.js';
 import { sendToClient } from './archive.js';
-import type { ExportContext, Exporter, ExporterInstance, ExportSource } from './types.js';
+import { platformDir, type ExportContext, type Exporter, type ExporterInstance, type ExportSource } from './types.js';
 
 /** `type=tar`: the result's filesystem as one tar stream to the client. */
 export class TarExporter implements Exporter {
@@ -14,7 +14,7 @@ export class TarExporter implements Exporter {
         const done = oneOff(ctx.job.progress, ctx.vertex, 'sending tarball');
         const ref = src.ref;
         // A multi-platform result: each platform under a directory of its own (linux_arm64/), as upstream's.
-        const parts = src.refs?.map((r) => ({ name: r.id.replace(/\//g, '_'), dir: r.ref.dir }));
+        const parts = src.refs?.map((r) => ({ name: platformDir(r.id), dir: r.ref.dir }));
         await sendToClient(ctx.job, {}, async (out) => {
           if (parts?.length) await writeTreeTar(parts, out, { signal: ctx.job.signal });
           else if (ref) await writeTreeTar(ref.dir, out, { signal: ctx.job.signal });

@@ -18,6 +18,14 @@ export interface ExportSource {
   inlineCache?: (ref: Ref, layers: readonly LayerDescriptor[]) => Buffer | undefined;
 }
 
+/**
+ * The directory a multi-platform result's platform goes to in the local and tar exporters, as
+ * upstream's: the platform id with `/` as `_` (`linux/arm64` -> `linux_arm64`).
+ */
+export function platformDir(id: string): string {
+  return id.replace(/\//g, '_');
+}
+
 /** One compressed layer of a ref's chain, its blob already in the content store. */
 export interface LayerDescriptor {
   mediaType: string;
