@@ -1,6 +1,6 @@
-import { constants, open } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { InvalidArgumentError } from './errors.js';
-import { resolveInRoot } from './fs-safe.js';
+import { resolveInRootSync } from './fs-safe.js';
 
 /**
  * /etc/passwd and /etc/group of a root filesystem, read the way runc's libcontainer/user reads them
@@ -67,25 +67,27 @@ export function parseGroup(text: string): GroupEntry[] {
 /**
  * Reads a file of a root filesystem (resolved inside it), or null when it does not exist (also when
  * a component is not a directory, as upstream treats ENOTDIR). Refuses non-regular files and files
- * over `maxBytes`.
+ * over `maxBytes`. The calls are synchronous: an account file is a few kilobytes (at most
+ * `maxBytes`), read at every step's start, where a thread-pool round trip per call cost more than
+ * the reads.
  */
 export async function readAccountFile(
   root: string,
   file: string,
   maxBytes = ACCOUNT_FILE_MAX_BYTES,
 ): Promise<string | null> {
-  const host = await resolveInRoot(root, file);
-  let fh;
+  const host = resolveInRootSync(root, file);
+  let fd: number;
   try {
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-    fh = await open(host, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    fd = openSync(host, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return null;
     throw new InvalidArgumentError(`failed to open ${file}: ${(err as Error).message}`, { cause: err });
   }
   try {
-    const st = await fh.stat();
+    const st = fstatSync(fd);
     if (!st.isFile()) throw new InvalidArgumentError(`${file} is not a regular file`);
     if (st.size > maxBytes) {
       throw new InvalidArgumentError(`${file} is too large (${st.size} bytes, at most ${maxBytes})`);
@@ -93,15 +95,15 @@ export async function readAccountFile(
     const buf = Buffer.alloc(Math.min(st.size, maxBytes) + 1);
     let n = 0;
     for (;;) {
-      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
-      if (bytesRead === 0) break;
-      n += bytesRead;
+      const got = readSync(fd, buf, n, buf.length - n, n);
+      if (got === 0) break;
+      n += got;
       // More bytes than fstat said: the file grows under us; refuse rather than read without end.
       if (n >= buf.length) throw new InvalidArgumentError(`${file} changed while being read`);
     }
     return buf.subarray(0, n).toString('utf8');
   } finally {
-    await fh.close();
+    closeSync(fd);
   }
 }
 

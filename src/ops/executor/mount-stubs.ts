@@ -1,6 +1,6 @@
-import { lstat } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
 import path from 'node:path';
-import { pathInRoot, resolveInRoot } from '../../util/fs-safe.js';
+import { pathInRoot, resolveInRootSync } from '../../util/fs-safe.js';
 
 /**
  * The mount stubs a run may leave: for /etc/resolv.conf, /etc/hosts and each mount destination
@@ -9,16 +9,16 @@ import { pathInRoot, resolveInRoot } from '../../util/fs-safe.js';
  * rootfs-relative with every symlink already resolved inside the rootfs, so the remover can walk
  * them without following any link (see runc-shim: a symlink found there afterwards stops it).
  */
-export async function mountStubs(rootfs: string, dests: readonly string[], recursive: boolean): Promise<string[]> {
+export function mountStubs(rootfs: string, dests: readonly string[], recursive: boolean): string[] {
   const out: string[] = [];
   for (const d of ['/etc/resolv.conf', '/etc/hosts', ...dests]) {
     const p = path.posix.join('/', d);
     if (p === '/') continue;
-    let host = await resolveInRoot(rootfs, p);
+    let host = resolveInRootSync(rootfs, p);
     for (;;) {
       if (host === rootfs) break;
       try {
-        await lstat(host);
+        lstatSync(host);
         break;
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;

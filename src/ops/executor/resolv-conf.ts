@@ -1,4 +1,4 @@
-import { readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
 
@@ -30,40 +30,46 @@ export function nameservers(content: string): string[] {
 const HOST_RESOLV = '/etc/resolv.conf';
 const SYSTEMD_RESOLV = '/run/systemd/resolve/resolv.conf';
 
-async function hostResolvPath(): Promise<string> {
-  const text = await readFile(HOST_RESOLV, 'utf8').catch(() => '');
+function readOr(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+function hostResolvPath(): string {
+  const text = readOr(HOST_RESOLV);
   const ns = nameservers(text);
   return ns.length === 1 && ns[0] === '127.0.0.53' ? SYSTEMD_RESOLV : HOST_RESOLV;
 }
 
 /**
  * Keeps `<stateDir>/resolv.conf` up to date with the host's (regenerated when the host's file is
- * newer) and returns its path. Concurrent callers share one refresh.
+ * newer) and returns its path.
  */
 export class ResolvConf {
   readonly #file: string;
-  #pending: Promise<string> | null = null;
   #generated = false;
 
   constructor(opts: { stateDir: string }) {
     this.#file = path.join(opts.stateDir, 'resolv.conf');
   }
 
-  get(): Promise<string> {
-    if (!this.#pending) this.#pending = this.#refresh().finally(() => (this.#pending = null));
-    return this.#pending;
-  }
-
-  async #refresh(): Promise<string> {
-    const src = await hostResolvPath();
+  /**
+   * Checked at every step's start: two stats and a small read, made synchronously (cheaper than
+   * thread-pool round trips for files this size).
+   */
+  async get(): Promise<string> {
+    const src = hostResolvPath();
     if (this.#generated) {
-      const [mine, host] = await Promise.all([stat(this.#file).catch(() => null), stat(src).catch(() => null)]);
+      const mine = statSync(this.#file, { throwIfNoEntry: false });
+      const host = statSync(src, { throwIfNoEntry: false });
       if (mine && (!host || host.mtimeMs <= mine.mtimeMs)) return this.#file;
     }
-    const text = await readFile(src, 'utf8').catch(() => '');
     const tmp = this.#file + '.tmp';
-    await writeFile(tmp, filterResolvConf(text), { mode: 0o644 });
-    await rename(tmp, this.#file);
+    writeFileSync(tmp, filterResolvConf(readOr(src)), { mode: 0o644 });
+    renameSync(tmp, this.#file);
     this.#generated = true;
     return this.#file;
   }

@@ -1,4 +1,5 @@
-import { chmod, mkdir, readdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
+import { chmodSync, mkdirSync, renameSync, rmdirSync, writeFileSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { InvalidArgumentError, LoomError, NotFoundError, throwIfAborted } from '../../util/errors.js';
 import { log as rootLog } from '../../util/log.js';
@@ -110,11 +111,12 @@ export class OverlaySnapshotter implements Snapshotter {
     }
   }
 
-  async #writeRecord(rec: Record): Promise<void> {
+  /** Synchronous, as the other metadata calls of prepare and commit (see prepare). */
+  #writeRecord(rec: Record): void {
     const dir = path.join(this.#snapDir, rec.id);
     const tmp = path.join(dir, 'info.json.tmp');
-    await writeFile(tmp, JSON.stringify(rec));
-    await rename(tmp, path.join(dir, 'info.json'));
+    writeFileSync(tmp, JSON.stringify(rec));
+    renameSync(tmp, path.join(dir, 'info.json'));
   }
 
   async #get(key: string): Promise<Record> {
@@ -161,26 +163,28 @@ export class OverlaySnapshotter implements Snapshotter {
     this.#claimed.add(key);
     let id = '';
     try {
+      // A step's snapshot is made before it runs: a few directory and file calls made
+      // synchronously (each awaited through the thread pool cost more than the call itself).
       for (;;) {
         id = (this.#nextId++).toString(36);
         try {
-          await mkdir(this.#path(id));
+          mkdirSync(this.#path(id));
           break;
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         }
       }
-      await mkdir(this.#path(id, 'fs'));
-      await chmod(this.#path(id, 'fs'), 0o755);
-      await mkdir(this.#path(id, 'work'));
+      mkdirSync(this.#path(id, 'fs'));
+      chmodSync(this.#path(id, 'fs'), 0o755);
+      mkdirSync(this.#path(id, 'work'));
       let dir = this.#path(id, 'fs');
       if (lowers.length > 0) {
         dir = this.#path(id, 'merged');
-        await mkdir(dir);
+        mkdirSync(dir);
         await this.#mount({ target: dir, lower: lowers.map((l) => `${l}/fs`), upper: `${id}/fs`, work: `${id}/work` });
       }
       const rec: Record = { key, parent: parent ?? null, kind: 'active', createdAt: Date.now(), committedAt: null, id };
-      await this.#writeRecord(rec);
+      this.#writeRecord(rec);
       this.#index.set(key, rec);
       return dir;
     } catch (err) {
@@ -196,9 +200,13 @@ export class OverlaySnapshotter implements Snapshotter {
     if (rec.kind === 'committed') throw new LoomError('FAILED_PRECONDITION', `snapshot ${key} is already committed`);
     // The writer is done: the layer stops being an upper before anyone mounts it as a lower.
     await this.#unmount(this.#path(rec.id, 'merged'));
-    await rmdir(this.#path(rec.id, 'merged')).catch(() => undefined);
+    try {
+      rmdirSync(this.#path(rec.id, 'merged'));
+    } catch {
+      /* no merged directory: a snapshot without parent */
+    }
     const done: Record = { ...rec, kind: 'committed', committedAt: Date.now() };
-    await this.#writeRecord(done);
+    this.#writeRecord(done);
     this.#index.set(key, done);
   }
 

@@ -1,9 +1,10 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chown, lstat, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chownSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { CancelledError, InvalidArgumentError, LoomError } from '../../../util/errors.js';
-import { pathInRoot, resolveInRoot } from '../../../util/fs-safe.js';
+import { pathInRoot, resolveInRootSync } from '../../../util/fs-safe.js';
 import { log as rootLog } from '../../../util/log.js';
 import { ExitError, type ExecMount, type Executor, type RunRequest } from '../executor.js';
 import { HostsFiles } from '../hosts.js';
@@ -92,7 +93,10 @@ export class RuncExecutor implements Executor {
     const id = newContainerId();
     const bundle = path.join(this.#paths.bundles, id);
     const releases: (() => Promise<void>)[] = [];
-    await mkdir(bundle, { mode: 0o711 });
+    // A step's setup is a few dozen metadata calls on small local files (the bundle, the rootfs's
+    // /etc, the working directory): made synchronously, they cost less than the thread-pool round
+    // trips each would take awaited.
+    mkdirSync(bundle, { mode: 0o711 });
     try {
       const resolvConf = await this.#resolv.get();
       const hosts = await this.#hosts.get(p.hostname, p.extraHosts);
@@ -101,14 +105,14 @@ export class RuncExecutor implements Executor {
       const net = await this.#o.network.acquire(p.netMode, { reusable: p.security !== 'insecure' });
       if (net.kind === 'netns') releases.push(net.release);
 
-      const stubs = await mountStubs(req.rootfs, req.mounts.map((m) => m.dest), p.removeMountStubsRecursive);
+      const stubs = mountStubs(req.rootfs, req.mounts.map((m) => m.dest), p.removeMountStubsRecursive);
       const user = await resolveUser(req.rootfs, p.user);
-      await ensureCwd(req.rootfs, cwd, user.uid, user.gid);
+      ensureCwd(req.rootfs, cwd, user.uid, user.gid);
 
       const srcArgs: string[] = [];
       const staging = path.join(bundle, 'mnt');
       const mounts = req.mounts.map((m) => toSpecMount(m, staging, srcArgs));
-      if (srcArgs.length) await mkdir(staging, { mode: 0o700 });
+      if (srcArgs.length) mkdirSync(staging, { mode: 0o700 });
       const spec = generateSpec({
         id,
         rootfs: req.rootfs,
@@ -122,7 +126,7 @@ export class RuncExecutor implements Executor {
         hostArch: this.#o.hostArch,
         effectiveCaps,
       });
-      await writeFile(path.join(bundle, 'config.json'), JSON.stringify(spec));
+      writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec));
 
       const statusFile = path.join(bundle, 'status');
       const args = ['--root', this.#paths.runcRoot, '--id', id, '--bundle', bundle, '--status', statusFile];
@@ -134,7 +138,7 @@ export class RuncExecutor implements Executor {
       }
       const t1 = performance.now();
       const shimExit = p.tty ? await runPty(shim, args, req) : await runPiped(shim, args, req);
-      const status = await readFile(statusFile, 'utf8').catch(() => '');
+      const status = readStatus(statusFile);
       log().debug({ id, args: p.args, setupMs: t1 - t0, containerMs: performance.now() - t1 }, 'container ended');
       if (req.signal.aborted) throw new CancelledError('context canceled', { cause: req.signal.reason });
       const m = /^(exit|error) (.*)\n?$/s.exec(status);
@@ -183,35 +187,44 @@ function toSpecMount(m: ExecMount, staging: string, srcArgs: string[]): SpecMoun
  * MkdirAllAndChown). The rootfs is this step's own and nothing runs in it yet, so resolving in
  * the root and then creating is race-free.
  */
-async function ensureCwd(rootfs: string, cwd: string, uid: number, gid: number): Promise<void> {
-  const host = await resolveInRoot(rootfs, cwd);
+function ensureCwd(rootfs: string, cwd: string, uid: number, gid: number): void {
+  const host = resolveInRootSync(rootfs, cwd);
   // The same check on the path symlinks in the rootfs lead to (runc checks the final directory too).
   const inRoot = pathInRoot(rootfs, host);
   if (inRoot === '/proc' || inRoot.startsWith('/proc/')) {
     throw new InvalidArgumentError(`working directory ${cwd} leads to ${inRoot}, inside /proc, which is not allowed`);
   }
-  try {
-    await lstat(host);
-    return;
-  } catch {
-    /* create below */
-  }
+  if (exists(host)) return;
   const missing: string[] = [];
   for (let d = host; d !== rootfs && d.startsWith(rootfs + '/'); d = path.dirname(d)) {
-    try {
-      await lstat(d);
-      break;
-    } catch {
-      missing.unshift(d);
-    }
+    if (exists(d)) break;
+    missing.unshift(d);
   }
   for (const d of missing) {
     try {
-      await mkdir(d, { mode: 0o755 });
+      mkdirSync(d, { mode: 0o755 });
     } catch (err) {
       throw new LoomError('INTERNAL', `failed to create working directory ${cwd}: ${(err as Error).message}`, { cause: err });
     }
-    await chown(d, uid, gid);
+    chownSync(d, uid, gid);
+  }
+}
+
+function exists(p: string): boolean {
+  try {
+    lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The shim's report (`exit N` or `error ...`), or '' when it wrote none. */
+function readStatus(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
   }
 }
 

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
-import { readFile, readdir, rm, rmdir, unlink } from 'node:fs/promises';
+import { readFile, readdir, rm, rmdir } from 'node:fs/promises';
+import { readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { log as rootLog } from '../../../util/log.js';
@@ -84,15 +85,18 @@ export async function listBundles(stateRoot: string): Promise<string[]> {
  * if one is still there. A recursive rm could otherwise delete a cache's or snapshot's content.
  */
 export async function removeBundle(bundle: string): Promise<void> {
+  // Synchronous calls: a bundle is a few small files, removed after every step.
   const staging = path.join(bundle, 'mnt');
-  for (const n of await readdir(staging).catch(() => [] as string[])) {
+  for (const n of readdirOr(staging)) {
     const e = path.join(staging, n);
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
-        await rmdir(e).catch(async (err: NodeJS.ErrnoException) => {
-          if (err.code === 'ENOTDIR') await unlink(e);
-          else throw err;
-        });
+        try {
+          rmdirSync(e);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOTDIR') throw err;
+          unlinkSync(e);
+        }
         break;
       } catch (err) {
         if (attempt === 0) await run('umount', ['-l', e]).catch(() => {});
@@ -100,11 +104,30 @@ export async function removeBundle(bundle: string): Promise<void> {
       }
     }
   }
-  await rmdir(staging).catch(() => {});
-  for (const f of await readdir(bundle).catch(() => [] as string[])) {
-    if (f !== 'mnt') await unlink(path.join(bundle, f)).catch(() => {});
+  try {
+    rmdirSync(staging);
+  } catch {
+    /* absent, or a mount point left in place (warned above) */
   }
-  await rmdir(bundle).catch((err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOENT') log().warn({ bundle, err: err.message }, 'failed to remove a bundle');
-  });
+  for (const f of readdirOr(bundle)) {
+    if (f === 'mnt') continue;
+    try {
+      unlinkSync(path.join(bundle, f));
+    } catch {
+      /* reported by the rmdir below */
+    }
+  }
+  try {
+    rmdirSync(bundle);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log().warn({ bundle, err: (err as Error).message }, 'failed to remove a bundle');
+  }
+}
+
+function readdirOr(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
 }
