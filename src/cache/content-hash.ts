@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, lstatSync, readdirSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import { throwIfAborted } from '../util/errors.js';
 import type { Digest } from '../util/digest.js';
@@ -17,6 +17,8 @@ import { TimeSlice } from './time-slice.js';
  */
 export class FileDigestCache {
   readonly #entries: LRUCache<string, { ino: bigint; size: bigint; mtimeNs: bigint; digest: string }>;
+  /** Every directory above a path ever set: only these need forget's walk over all entries. */
+  readonly #dirs = new Set<string>();
 
   constructor(opts: { maxEntries?: number } = {}) {
     this.#entries = new LRUCache({ max: opts.maxEntries ?? 200_000 });
@@ -30,17 +32,28 @@ export class FileDigestCache {
 
   set(path: string, st: BigIntStats, digest: string): void {
     this.#entries.set(path, { ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, digest });
+    for (let d = dirname(path); !this.#dirs.has(d); d = dirname(d)) {
+      this.#dirs.add(d);
+      if (d === dirname(d)) break;
+    }
   }
 
-  /** Drops `path` and everything below it. */
+  /**
+   * Drops `path` and everything below it. Only a path that was ever a directory above an entry
+   * costs a walk over the entries: a transfer forgets every file it writes.
+   */
   forget(path: string): void {
-    this.#entries.delete(path);
-    const prefix = path.endsWith('/') ? path : `${path}/`;
+    const p = path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
+    this.#entries.delete(p);
+    if (!this.#dirs.has(p)) return;
+    const prefix = `${p}/`;
     for (const k of this.#entries.keys()) if (k.startsWith(prefix)) this.#entries.delete(k);
+    for (const d of this.#dirs) if (d === p || d.startsWith(prefix)) this.#dirs.delete(d);
   }
 
   clear(): void {
     this.#entries.clear();
+    this.#dirs.clear();
   }
 
   get size(): number {

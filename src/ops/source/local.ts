@@ -9,6 +9,7 @@ import type { SessionCaller } from '../../session/types.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, LoomError } from '../../util/errors.js';
 import { join } from 'node:path';
+import { lstatSync } from 'node:fs';
 import { sha256 } from '../../util/digest.js';
 import { LRUCache } from 'lru-cache';
 import { copyTree, linkTree } from '../../snapshot/native/native-snapshotter.js';
@@ -111,6 +112,11 @@ export class LocalSourceOp implements OpImpl {
             onChange: (c) => {
               changed = true;
               files.forget(join(mirror, c.path));
+            },
+            // The mirror's new files are digested as they arrive: treeDigest below reads none.
+            onFileDigest: (abs, hex) => {
+              const st = lstatSync(abs, { bigint: true, throwIfNoEntry: false });
+              if (st?.isFile()) files.set(abs, st, hex);
             },
             onProgress: (n: number) => {
               bytes = n;

@@ -1,8 +1,8 @@
 import { execFile } from 'node:child_process';
-import { chmodSync, lchownSync, lstatSync, lutimesSync, readdirSync, type BigIntStats } from 'node:fs';
-import { link, lstat, mkdir, open, readlink, realpath, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
+import { chmodSync, closeSync, lchownSync, lstatSync, lutimesSync, mkdirSync, open as openCb, readdirSync, writeSync, type BigIntStats } from 'node:fs';
+import { link, lstat, mkdir, readlink, realpath, rename, rm, symlink } from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { clone } from '@bufbuild/protobuf';
@@ -49,6 +49,12 @@ export interface ReceiveDirOptions {
   xattrs?: XattrIO | false;
   /** Called once per entry fully written (a file: all of its data), or removed. */
   onChange?: (change: { kind: ChangeKind; path: string; stat?: Stat }) => void;
+  /**
+   * Called for each regular file whose data was written here, once it is complete and stamped
+   * (after its onChange), with the hex sha256 of its bytes: hashed as they arrive, so a digest
+   * of the received tree need not read them back.
+   */
+  onFileDigest?: (absPath: string, sha256Hex: string) => void;
 }
 
 export interface ReceiveSummary {
@@ -67,15 +73,53 @@ export interface ReceiveSummary {
 /** Files being closed and stamped at once, at most (each is a few system calls on the thread pool). */
 const MAX_FINISHING = 32;
 
+/**
+ * New files created ahead of their data, at most: files are created on the thread pool in the
+ * order their data was asked for, from their STAT on, so the creating open (the costly part of
+ * writing a small file: up to a millisecond of kernel time on some file systems) overlaps the
+ * transfer instead of holding up the packet loop when DATA comes. Each holds a descriptor until
+ * its data is written.
+ */
+const MAX_PRECREATED = 64;
+
 interface PendingFile {
   rel: string;
   abs: string;
   stat: Stat;
-  fh?: FileHandle;
+  /** The open descriptor while its data is written. */
+  fd?: number;
+  /** The file's creating open, started at its STAT (see MAX_PRECREATED); its descriptor becomes `fd`. */
+  creating?: Promise<number>;
+  /** Counted in MAX_PRECREATED until its descriptor is closed. */
+  precreated?: boolean;
+  /** The bytes so far, with onFileDigest. */
+  hash?: Hash;
   bytes: number;
   kind: ChangeKind;
-  /** The file exists on disk (created at its STAT because it replaced an entry, or by DATA). */
+  /** The file exists on disk, or its creation is under way (`creating`). */
   created: boolean;
+}
+
+const CREATE_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+
+/** An open on the thread pool, as a plain descriptor (written and closed synchronously, see handleData). */
+function openFd(path: string, flags: number): Promise<number> {
+  return new Promise((resolve, reject) => openCb(path, flags, 0o600, (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+/** The descriptor of a file created ahead (see MAX_PRECREATED), moved to `fd`; a failed create throws here. */
+async function takeCreated(f: PendingFile): Promise<void> {
+  const p = f.creating;
+  if (!p) return;
+  f.creating = undefined;
+  f.fd = await p;
+}
+
+function closeFd(f: PendingFile): void {
+  if (f.fd === undefined) return;
+  const fd = f.fd;
+  f.fd = undefined;
+  closeSync(fd);
 }
 
 /**
@@ -149,20 +193,61 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     if (kind !== 'dir') setTimes(abs, stat.modTime);
   };
 
+  // Files created ahead of their data (see MAX_PRECREATED): those counted, and those waiting for
+  // a place, in the order their data was asked for (the order the sender sends it in).
+  let precreated = 0;
+  const toCreate: PendingFile[] = [];
+  let toCreateHead = 0;
+  const pumpCreates = (): void => {
+    while (precreated < MAX_PRECREATED && toCreateHead < toCreate.length) {
+      const f = toCreate[toCreateHead++]!;
+      // Created meanwhile by its own DATA (or its end) while it waited here.
+      if (f.created) continue;
+      precreated++;
+      f.precreated = true;
+      f.created = true;
+      f.creating = openFd(f.abs, CREATE_FLAGS);
+      // Reported where it is awaited (DATA, the file's end, or a failed transfer's cleanup).
+      f.creating.catch(() => undefined);
+    }
+    if (toCreateHead === toCreate.length) {
+      toCreate.length = 0;
+      toCreateHead = 0;
+    }
+  };
   const finishFile = async (f: PendingFile): Promise<void> => {
+    await takeCreated(f);
     if (!f.created) {
-      f.fh = await open(f.abs, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+      f.fd = await openFd(f.abs, CREATE_FLAGS);
       f.created = true;
     }
-    if (f.fh) {
-      await f.fh.close();
-      f.fh = undefined;
+    closeFd(f);
+    if (f.precreated) {
+      f.precreated = false;
+      precreated--;
+      pumpCreates();
     }
     // Owner and mode go on after the data: writing would drop setuid bits, a read-only mode would
     // stop the writes.
     await applyMeta(f.abs, f.rel, f.stat, 'file');
     summary.files++;
     opts.onChange?.({ kind: f.kind, path: f.rel, stat: f.stat });
+    if (opts.onFileDigest) opts.onFileDigest(f.abs, (f.hash ?? createHash('sha256')).digest('hex'));
+  };
+
+  // REQ packets go out in batches: one write for the requests of every STAT handled in this turn
+  // of the event loop, instead of a write (a message through the session's tunnel) per file.
+  let reqs: Packet[] = [];
+  let reqError: Error | undefined;
+  const requestData = (id: number): void => {
+    if (reqs.length === 0) {
+      setImmediate(() => {
+        const batch = reqs;
+        reqs = [];
+        out.sendMany(batch).catch((err: unknown) => (reqError ??= err as Error));
+      });
+    }
+    reqs.push(reqPacket(id));
   };
 
   const handleStat = async (raw: Stat, id: number): Promise<void> => {
@@ -221,7 +306,9 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     const mode = stat.mode >>> 0;
     let regular = false;
     if (isDir) {
-      await mkdir(target, { mode: 0o700 });
+      // Synchronous: awaited, it would queue on the thread pool behind the files being created
+      // ahead (see MAX_PRECREATED), and every entry below waits for it.
+      mkdirSync(target, { mode: 0o700 });
     } else if (mode & (GoMode.device | GoMode.namedPipe)) {
       const type = mode & GoMode.device ? (mode & GoMode.charDevice ? 'c' : 'b') : 'p';
       const args = type === 'p' ? [target, 'p'] : [target, type, String(stat.devmajor), String(stat.devminor)];
@@ -233,9 +320,10 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     } else if (hardlink) {
       // The link's target may be a file still waiting for its data: it must exist to be linked.
       const t = pendingByRel.get(stat.linkname);
-      if (t && !t.created) {
-        const fh = await open(t.abs, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
-        await fh.close();
+      if (t?.creating) {
+        await t.creating;
+      } else if (t && !t.created) {
+        closeSync(await openFd(t.abs, CREATE_FLAGS));
         t.created = true;
       }
       await link(join(root, stat.linkname), target);
@@ -243,10 +331,7 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
       regular = true;
       // A new file is created by its first DATA (or when it ends empty); one replacing an existing
       // entry is created now, beside it, and renamed over it below.
-      if (old) {
-        const fh = await open(target, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
-        await fh.close();
-      }
+      if (old) closeSync(await openFd(target, CREATE_FLAGS));
     }
     if (!regular) await applyMeta(target, rel, stat, isDir ? 'dir' : isSymlink ? 'symlink' : 'file');
     if (old) {
@@ -256,9 +341,13 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     if (isDir) dirs.set(rel, stat);
     if (regular) {
       const f: PendingFile = { rel, abs, stat, bytes: 0, kind, created: !!old };
+      if (!old) {
+        toCreate.push(f);
+        pumpCreates();
+      }
       pending.set(id, f);
       pendingByRel.set(rel, f);
-      await out.send(reqPacket(id));
+      requestData(id);
     } else {
       opts.onChange?.({ kind, path: rel, stat });
     }
@@ -282,11 +371,15 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
       if (finishError) throw finishError;
       return;
     }
-    if (!f.fh) {
-      f.fh = await open(f.abs, fsc.O_WRONLY | fsc.O_NOFOLLOW | (f.created ? 0 : fsc.O_CREAT | fsc.O_EXCL), 0o600);
+    await takeCreated(f);
+    if (f.fd === undefined) {
+      f.fd = await openFd(f.abs, fsc.O_WRONLY | fsc.O_NOFOLLOW | (f.created ? 0 : fsc.O_CREAT | fsc.O_EXCL));
       f.created = true;
     }
-    await f.fh.write(p.data, 0, p.data.length, f.bytes);
+    // A synchronous write: the data goes to the page cache in microseconds, less than a
+    // thread-pool round trip, and the packet loop would wait for that round trip anyway.
+    for (let off = 0; off < p.data.length; ) off += writeSync(f.fd, p.data, off, p.data.length - off, f.bytes + off);
+    if (opts.onFileDigest) (f.hash ??= createHash('sha256')).update(p.data);
     f.bytes += p.data.length;
     summary.bytes += p.data.length;
   };
@@ -327,6 +420,7 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
           }
           break;
         case Packet_PacketType.PACKET_DATA:
+          if (reqError) throw reqError;
           await handleData(p);
           await maybeFinish();
           break;
@@ -345,7 +439,14 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     throw new FileSyncError('UNAVAILABLE', `sender ended the stream before the transfer finished${current ? ` (at ${JSON.stringify(current)})` : ''}`, { path: current });
   } catch (err) {
     const e = describe(err, current, pending);
-    for (const f of pending.values()) await f.fh?.close().catch(() => undefined);
+    for (const f of pending.values()) {
+      await takeCreated(f).catch(() => undefined);
+      try {
+        closeFd(f);
+      } catch {
+        /* the transfer failed already */
+      }
+    }
     if (!(e instanceof CancelledError) && !e.message.startsWith('error from sender:')) await bestEffort(out.send(errPacket(e.message)));
     stream.close(e);
     throw e;

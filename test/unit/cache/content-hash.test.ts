@@ -133,3 +133,34 @@ describe('treeDigest', () => {
     await expect(treeDigest(t, { signal: ac.signal })).rejects.toThrow();
   });
 });
+
+describe('FileDigestCache.forget', () => {
+  const st = (ino: number) => ({ ino: BigInt(ino), size: 1n, mtimeNs: 1n }) as unknown as import('node:fs').BigIntStats;
+
+  test('a file drops only itself; a directory drops everything below it', () => {
+    const c = new FileDigestCache();
+    c.set('/m/a/f1', st(1), 'd1');
+    c.set('/m/a/f2', st(2), 'd2');
+    c.set('/m/a/b/f3', st(3), 'd3');
+    c.set('/m/ab', st(4), 'd4');
+    c.forget('/m/a/f1');
+    expect(c.get('/m/a/f1', st(1))).toBeUndefined();
+    expect(c.get('/m/a/f2', st(2))).toBe('d2');
+    c.forget('/m/a/');
+    expect(c.get('/m/a/f2', st(2))).toBeUndefined();
+    expect(c.get('/m/a/b/f3', st(3))).toBeUndefined();
+    // A sibling whose name merely starts the same is kept.
+    expect(c.get('/m/ab', st(4))).toBe('d4');
+    expect(c.size).toBe(1);
+  });
+
+  test('a directory forgotten, then filled again, is forgotten again as a whole', () => {
+    const c = new FileDigestCache();
+    c.set('/m/a/f1', st(1), 'd1');
+    c.forget('/m/a');
+    c.set('/m/a/f1', st(5), 'd5');
+    c.set('/m/a/x/y', st(6), 'd6');
+    c.forget('/m/a');
+    expect(c.size).toBe(0);
+  });
+});

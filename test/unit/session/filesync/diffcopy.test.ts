@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmod, chown, link, lstat, mkdir, readFile, readdir, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
@@ -121,6 +121,31 @@ describe('sendDir -> receiveDir', () => {
     expect(seen.filter((p) => p.data.length === 0)).toHaveLength(2);
     expect(progress).toBeGreaterThan(r.bytes);
     expect(done).toBe(true);
+  });
+
+  test('hundreds of files (more than are created ahead of their data) arrive intact, each with the digest of its bytes', async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    const files = new Map<string, Buffer>();
+    for (let d = 0; d < 5; d++) {
+      await mkdir(join(src, `d${d}`));
+      for (let f = 0; f < 60; f++) {
+        // Empty, small and multi-packet (over 32 KiB) files.
+        const data = f % 20 === 0 ? Buffer.alloc(0) : f % 20 === 1 ? randomBytes(70 * 1024) : Buffer.from(`file ${d}/${f}\n`);
+        files.set(`d${d}/f${f}`, data);
+        await writeFile(join(src, `d${d}`, `f${f}`), data);
+      }
+    }
+    await symlink('d0/f1', join(src, 'link'));
+    const digests = new Map<string, string>();
+    const { r } = await transfer(src, dest, {}, { onFileDigest: (abs, hex) => digests.set(abs, hex) }, 2);
+    expect(r.files).toBe(files.size);
+    for (const [rel, data] of files) {
+      expect(Buffer.compare(await readFile(join(dest, rel)), data), rel).toBe(0);
+      expect(digests.get(join(dest, rel)), rel).toBe(createHash('sha256').update(data).digest('hex'));
+    }
+    // Only regular files whose data was written here get a digest.
+    expect(digests.size).toBe(files.size);
   });
 
   test('include and exclude patterns select what is sent, parents of included paths included', async () => {
