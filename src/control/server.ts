@@ -2,12 +2,17 @@ import { Server, ServerCredentials, type UntypedServiceImplementation } from '@g
 import { LLBBridge } from '../gen/buildkit/gateway_pb.js';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
+import type { Http2SecureServer, Http2Server, Http2Session } from 'node:http2';
+import { STREAM_WINDOW, widenConnectionWindow } from '../session/tunnel/h2-options.js';
+import { log as rootLog } from '../util/log.js';
 import { Control as ControlService } from '../gen/buildkit/control_pb.js';
 import { Health } from '../gen/grpc/health_pb.js';
 import { Inspect } from '../gen/loom/inspect_pb.js';
 import { grpcServiceDef } from '../util/grpc-def.js';
 import { InvalidArgumentError, LoomError } from '../util/errors.js';
 import { controlHandlers, healthHandlers, type ControlBackend } from './controller.js';
+
+const log = () => rootLog.child({ sub: 'control' });
 
 export interface TlsFiles {
   cert?: string;
@@ -35,6 +40,7 @@ export class ControlServer {
       'grpc.keepalive_permit_without_calls': 1,
       'grpc-node.max_session_memory': 64,
     });
+    widenFlowControl(this.#server);
     this.#server.addService(grpcServiceDef(ControlService), controlHandlers(opts.backend));
     this.#server.addService(grpcServiceDef(Health), healthHandlers());
     this.#server.addService(grpcServiceDef(LLBBridge), opts.gateway);
@@ -117,4 +123,33 @@ function tlsCredentials(tls: TlsFiles | undefined): ServerCredentials {
   };
   const ca = tls.ca ? read(tls.ca, 'CA certificate') : null;
   return ServerCredentials.createSsl(ca, [{ cert_chain: read(tls.cert, 'certificate'), private_key: read(tls.key, 'key') }], ca !== null);
+}
+
+/**
+ * HTTP/2 flow-control windows of the daemon's connections, as the session tunnel's own (see
+ * session/tunnel/h2-options.ts). With Node's defaults (64 KiB per stream and per connection) a
+ * client sending a build context through Control.Session waits for a WINDOW_UPDATE every 32 KiB:
+ * a 16 MiB file took ~0.9 s here, where upstream's daemon (grpc-go, windows grown by BDP
+ * estimation) takes ~0.1 s. grpc-js takes no option for a server's windows, so the stream
+ * window goes into the settings it creates its HTTP/2 servers with and the connection window is
+ * raised as each session starts. Without those internals (another grpc-js) nothing changes but
+ * the speed.
+ */
+function widenFlowControl(server: Server): void {
+  const internals = server as unknown as {
+    commonServerOptions?: { settings?: Record<string, unknown> };
+    createHttp2Server?: (...args: unknown[]) => Http2Server | Http2SecureServer;
+  };
+  const common = internals.commonServerOptions;
+  const create = internals.createHttp2Server;
+  if (!common || typeof create !== 'function') {
+    log().debug('grpc-js internals not found: the server keeps HTTP/2 default flow-control windows');
+    return;
+  }
+  common.settings = { ...common.settings, initialWindowSize: STREAM_WINDOW };
+  internals.createHttp2Server = function (this: unknown, ...args: unknown[]) {
+    const h2 = create.apply(this, args);
+    h2.on('session', (session: Http2Session) => widenConnectionWindow(session));
+    return h2;
+  };
 }
