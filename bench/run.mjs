@@ -75,7 +75,6 @@ try {
 sh('skopeo', ['copy', '--quiet', '--all', '--dest-tls-verify=false', `oci-archive:${image}`, `docker://127.0.0.1:${regPort}/busybox:latest`]);
 
 // The daemon.
-const root = join(work, 'root');
 const sock = join(work, 'buildkitd.sock');
 const addr = `unix://${sock}`;
 const cfg = join(work, 'buildkitd.toml');
@@ -87,14 +86,44 @@ const daemonNodeArgs = (process.env.LOOM_BENCH_DAEMON_NODE_ARGS ?? '').split(/\s
 // side-by-side figure on the same machine); LOOM_BENCH_BUILDCTL=PATH drives the builds with another
 // client taking buildctl's flags. Neither is needed: by default both are loom's own.
 const otherDaemon = process.env.LOOM_BENCH_BUILDKITD;
-const daemon = otherDaemon
-  ? spawn(otherDaemon, ['--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' })
-  : spawn(process.execPath, [...daemonNodeArgs, join(repo, 'bin', 'buildkitd.js'), '--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' });
-cleanup.push(() => daemon.kill('SIGTERM'));
-for (let i = 0; i < 200; i++) {
-  if (spawnSync(process.execPath, [join(repo, 'bin', 'buildctl.js'), '--addr', addr, 'debug', 'workers']).status === 0) break;
-  await new Promise((r) => setTimeout(r, 100));
+// Cold runs start a daemon on a new, empty root, and the roots are removed only when the bench
+// ends: on a file system that scans recently freed inodes when it allocates new ones (ext4 without
+// a journal, as this VM's root), creating thousands of files right after deleting thousands
+// (`buildctl prune` before the build) costs up to a millisecond of kernel time per file, so a
+// prune-then-build figure measures that scan more than the build. LOOM_BENCH_COLD=prune times
+// the prune-then-build sequence instead.
+const coldByPrune = process.env.LOOM_BENCH_COLD === 'prune';
+let daemon;
+let roots = 0;
+async function startDaemon() {
+  const root = join(work, `root${roots++}`);
+  rmSync(sock, { force: true });
+  daemon = otherDaemon
+    ? spawn(otherDaemon, ['--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' })
+    : spawn(process.execPath, [...daemonNodeArgs, join(repo, 'bin', 'buildkitd.js'), '--root', root, '--addr', addr, '--config', cfg], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => daemon.on('exit', resolve));
+  daemon.stop = () => {
+    daemon.kill('SIGTERM');
+    return exited;
+  };
+  for (let i = 0; i < 200; i++) {
+    if (spawnSync(process.execPath, [join(repo, 'bin', 'buildctl.js'), '--addr', addr, 'debug', 'workers']).status === 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  // Whatever a daemon does right after it starts (filling its network namespace pool) is done
+  // before a timed build.
+  await new Promise((r) => setTimeout(r, 1000));
 }
+async function coldDaemon() {
+  if (coldByPrune) {
+    buildctl(['prune', '--all']);
+    return;
+  }
+  await daemon.stop();
+  await startDaemon();
+}
+await startDaemon();
+cleanup.push(() => daemon.kill('SIGTERM'));
 
 const client = process.env.LOOM_BENCH_BUILDCTL ? [process.env.LOOM_BENCH_BUILDCTL] : [process.execPath, join(repo, 'bin', 'buildctl.js')];
 function buildctl(argv, stdin) {
@@ -178,7 +207,7 @@ const out = join(work, 'out.tar');
 const workloads = [
   {
     name: 'cold: merge-diff vector (pull, unpack, 2 file ops, diff, merge), tar export',
-    before: () => buildctl(['prune', '--all']),
+    before: coldDaemon,
     run: () => buildctl(['build', '--output', `type=tar,dest=${out}`], mergeDiff),
   },
   {
@@ -188,7 +217,7 @@ const workloads = [
   },
   {
     name: 'context: 2,000 files + 16 MiB copied onto busybox, cold cache, no export',
-    before: () => buildctl(['prune', '--all']),
+    before: coldDaemon,
     run: () => buildctl(['build', '--local', `context=${ctx}`], ctxBuild),
   },
   {
@@ -222,8 +251,8 @@ const workloads = [
     },
   },
   {
-    name: 'dockerfile service: cold (2,000 files + 16 MiB context, RUN steps, COPY --from), cache pruned',
-    before: () => buildctl(['prune', '--all']),
+    name: 'dockerfile service: cold (2,000 files + 16 MiB context, RUN steps, COPY --from), empty cache',
+    before: coldDaemon,
     run: () => dfBuild(service),
   },
   {
@@ -237,7 +266,7 @@ const workloads = [
     run: () => dfBuild(service),
   },
   // The team-shared cache: the service workload's cache exported to the registry (a new repository
-  // each run, so every blob is uploaded), then imported by a daemon whose cache was pruned.
+  // each run, so every blob is uploaded), then imported by a daemon with an empty cache.
   {
     name: 'cache: service build fully cached + export of its cache to the registry (mode=max)',
     before: () => {
@@ -252,8 +281,8 @@ const workloads = [
     },
   },
   {
-    name: 'cache: the same build on a pruned daemon importing that cache',
-    before: () => buildctl(['prune', '--all']),
+    name: 'cache: the same build on a daemon with an empty cache, importing that cache',
+    before: coldDaemon,
     run: () => dfBuild(service, ['--import-cache', `type=registry,ref=${cacheRepo}`]),
   },
 ];
@@ -265,14 +294,14 @@ const stats = (xs) => {
   return { min: s[0], median: s[Math.floor(s.length / 2)], max: s[s.length - 1] };
 };
 console.log(`loom bench: ${runs} runs each (after one warm-up), wall time of a whole buildctl process`);
-console.log(`daemon: ${otherDaemon ?? 'loom'}; client: ${process.env.LOOM_BENCH_BUILDCTL ?? "loom's buildctl"}`);
+console.log(`daemon: ${otherDaemon ?? 'loom'}; client: ${process.env.LOOM_BENCH_BUILDCTL ?? "loom's buildctl"}; cold: ${coldByPrune ? 'prune --all' : 'a new daemon root'}`);
 for (const w of workloads) {
   if (only && !w.name.startsWith(only)) continue;
-  w.before();
+  await w.before();
   w.run();
   const times = [];
   for (let i = 0; i < runs; i++) {
-    w.before();
+    await w.before();
     times.push(w.run());
   }
   const s = stats(times);
