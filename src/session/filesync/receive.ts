@@ -82,6 +82,13 @@ const MAX_FINISHING = 32;
  */
 const MAX_PRECREATED = 64;
 
+/**
+ * Of those, being created at once, at most: creates in one directory take its lock in turn, so
+ * more threads on them only contend (on two cores, with the daemon's own thread waiting on the
+ * thread pool's queue).
+ */
+const MAX_CREATING = 2;
+
 interface PendingFile {
   rel: string;
   abs: string;
@@ -196,19 +203,30 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
   // Files created ahead of their data (see MAX_PRECREATED): those counted, and those waiting for
   // a place, in the order their data was asked for (the order the sender sends it in).
   let precreated = 0;
+  let creating = 0;
   const toCreate: PendingFile[] = [];
   let toCreateHead = 0;
+  let receiving = true;
   const pumpCreates = (): void => {
-    while (precreated < MAX_PRECREATED && toCreateHead < toCreate.length) {
+    // Nothing new after the transfer failed: its cleanup closes what was created.
+    if (!receiving) return;
+    while (precreated < MAX_PRECREATED && creating < MAX_CREATING && toCreateHead < toCreate.length) {
       const f = toCreate[toCreateHead++]!;
       // Created meanwhile by its own DATA (or its end) while it waited here.
       if (f.created) continue;
       precreated++;
+      creating++;
       f.precreated = true;
       f.created = true;
       f.creating = openFd(f.abs, CREATE_FLAGS);
-      // Reported where it is awaited (DATA, the file's end, or a failed transfer's cleanup).
-      f.creating.catch(() => undefined);
+      // Failures are reported where the descriptor is awaited (DATA, the file's end, or a failed
+      // transfer's cleanup).
+      f.creating
+        .catch(() => undefined)
+        .finally(() => {
+          creating--;
+          pumpCreates();
+        });
     }
     if (toCreateHead === toCreate.length) {
       toCreate.length = 0;
@@ -218,8 +236,9 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
   const finishFile = async (f: PendingFile): Promise<void> => {
     await takeCreated(f);
     if (!f.created) {
-      f.fd = await openFd(f.abs, CREATE_FLAGS);
+      // Marked before the await: the create queue must not start this file meanwhile.
       f.created = true;
+      f.fd = await openFd(f.abs, CREATE_FLAGS);
     }
     closeFd(f);
     if (f.precreated) {
@@ -323,8 +342,8 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
       if (t?.creating) {
         await t.creating;
       } else if (t && !t.created) {
-        closeSync(await openFd(t.abs, CREATE_FLAGS));
         t.created = true;
+        closeSync(await openFd(t.abs, CREATE_FLAGS));
       }
       await link(join(root, stat.linkname), target);
     } else {
@@ -373,8 +392,10 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     }
     await takeCreated(f);
     if (f.fd === undefined) {
-      f.fd = await openFd(f.abs, fsc.O_WRONLY | fsc.O_NOFOLLOW | (f.created ? 0 : fsc.O_CREAT | fsc.O_EXCL));
+      const flags = fsc.O_WRONLY | fsc.O_NOFOLLOW | (f.created ? 0 : fsc.O_CREAT | fsc.O_EXCL);
+      // Marked before the await: the create queue must not start this file meanwhile.
       f.created = true;
+      f.fd = await openFd(f.abs, flags);
     }
     // A synchronous write: the data goes to the page cache in microseconds, less than a
     // thread-pool round trip, and the packet loop would wait for that round trip anyway.
@@ -438,6 +459,7 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     if (opts.signal?.aborted) throw new CancelledError();
     throw new FileSyncError('UNAVAILABLE', `sender ended the stream before the transfer finished${current ? ` (at ${JSON.stringify(current)})` : ''}`, { path: current });
   } catch (err) {
+    receiving = false;
     const e = describe(err, current, pending);
     for (const f of pending.values()) {
       await takeCreated(f).catch(() => undefined);
