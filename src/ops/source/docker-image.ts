@@ -34,6 +34,7 @@ export class ImageSourceOp implements OpImpl {
   readonly #identifier: string;
   readonly #attrs: Record<string, string>;
   #resolved: Promise<ResolvedImage> | undefined;
+  #unpacking: Promise<Ref> | undefined;
 
   constructor(deps: ImageSourceDeps, identifier: string, attrs: Record<string, string>) {
     this.#d = deps;
@@ -72,6 +73,7 @@ export class ImageSourceOp implements OpImpl {
       if (known && this.#d.metadata.getRef(known)) return ref.digest;
     }
     const img = await this.#resolve(ctx);
+    this.#prefetch(ctx, img);
     return img.digest;
   }
 
@@ -84,6 +86,45 @@ export class ImageSourceOp implements OpImpl {
     const img = await this.#resolve(ctx);
     const known = this.#d.metadata.kvGet(NS_IMAGE, imageKey(img.digest, ctx));
     if (known && this.#d.metadata.getRef(known)) return [await this.#d.refs.get(known)];
+    this.#unpacking ??= this.#unpack(ctx, img);
+    const r = await this.#unpacking;
+    // Its own ref object for this build (the unpacking may be another build's). An unpacking
+    // started at key time was held by nobody until now: if a GC took it meanwhile, again.
+    if (this.#d.metadata.getRef(r.id)) return [await this.#d.refs.get(r.id)];
+    this.#unpacking = this.#unpack(ctx, img);
+    return [await this.#d.refs.get((await this.#unpacking).id)];
+  }
+
+  /**
+   * Starts pulling and unpacking the image as soon as its key is known, when it is not local:
+   * the steps after a FROM usually wait on a slower key (the build context's transfer), and the
+   * image is needed as soon as they run, so the two overlap (upstream's scheduler runs the FROM
+   * and the steps after it while the context is still arriving). If nothing ends up needing the
+   * image (every later step cached) the work is a pulled image in the cache, as `docker pull`
+   * leaves; a failure is reported by run(), which awaits the same unpacking.
+   */
+  #prefetch(ctx: OpContext, img: ResolvedImage): void {
+    if (this.#unpacking || ctx.signal.aborted) return;
+    const known = this.#d.metadata.kvGet(NS_IMAGE, imageKey(img.digest, ctx));
+    if (known && this.#d.metadata.getRef(known)) return;
+    this.#unpacking = this.#unpack(ctx, img);
+    this.#unpacking.catch(() => undefined);
+  }
+
+  /** One unpacking of an image (and platform) at a time in this daemon, shared by the builds that want it. */
+  #unpack(ctx: OpContext, img: ResolvedImage): Promise<Ref> {
+    let running = unpacking.get(this.#d);
+    if (!running) unpacking.set(this.#d, (running = new Map()));
+    const key = imageKey(img.digest, ctx);
+    let p = running.get(key);
+    if (!p) {
+      p = this.#unpackNow(ctx, img).finally(() => running.delete(key));
+      running.set(key, p);
+    }
+    return p;
+  }
+
+  async #unpackNow(ctx: OpContext, img: ResolvedImage): Promise<Ref> {
     const client = this.#d.registries.forJob(ctx);
     const diffIds = img.config.rootfs?.diff_ids ?? [];
     const layers = img.manifest.layers;
@@ -99,7 +140,7 @@ export class ImageSourceOp implements OpImpl {
       onExtract: (layer) => oneOff(ctx.progress, vertex, `extracting ${layer.digest}`),
     });
     this.#d.metadata.kvPut(NS_IMAGE, imageKey(img.digest, ctx), r.id);
-    return [r];
+    return r;
   }
 
   /** Fetches one layer into the content store (verified by digest), with byte progress. */
@@ -112,6 +153,8 @@ export class ImageSourceOp implements OpImpl {
     status.done(layer.size);
   }
 }
+
+const unpacking = new WeakMap<object, Map<string, Promise<Ref>>>();
 
 function imageKey(digest: string, ctx: OpContext): string {
   const p = ctx.platform;
