@@ -8,14 +8,6 @@ import type { Digest } from '../util/digest.js';
 import { TimeSlice } from './time-slice.js';
 
 /**
- * Digests of file contents remembered by path, each valid while the file still has the same inode,
- * size and modification time (nanoseconds). Meant for a tree whose writer never changes a file in
- * place (the local-source mirror: the receiver puts every changed file in a new inode and renames
- * it over), so a second digest of the tree only reads the files that changed; the writer also calls
- * `forget` for each path it touches. The ctime is left out on purpose: hard-linking a file into a
- * snapshot changes it without changing the content.
- */
-/**
  * An LRU of at most `entries` entries that allocates as it fills: lru-cache preallocates its
  * arrays for `max` (40 ms for 200,000 here, paid per mirror by a fresh daemon's first build),
  * but not for a size bound.
@@ -24,6 +16,14 @@ function lruOf<V extends {}>(entries: number): LRUCache<string, V> {
   return new LRUCache<string, V>({ maxSize: entries, sizeCalculation: () => 1 });
 }
 
+/**
+ * Digests of file contents remembered by path, each valid while the file still has the same inode,
+ * size and modification time (nanoseconds). Meant for a tree whose writer never changes a file in
+ * place (the local-source mirror: the receiver puts every changed file in a new inode and renames
+ * it over), so a second digest of the tree only reads the files that changed; the writer also calls
+ * `forget` for each path it touches. The ctime is left out on purpose: hard-linking a file into a
+ * snapshot changes it without changing the content.
+ */
 export class FileDigestCache {
   readonly #entries: LRUCache<string, { ino: bigint; size: bigint; mtimeNs: bigint; digest: string }>;
   /** Every directory above a path ever set: only these need forget's walk over all entries. */

@@ -1,6 +1,7 @@
-import { readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { renameSync, statSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
+import { readTextOrEmpty } from '../../util/read-text.js';
 
 /**
  * The /etc/resolv.conf steps see: the host's, minus localhost nameservers (a step in its own
@@ -30,16 +31,8 @@ export function nameservers(content: string): string[] {
 const HOST_RESOLV = '/etc/resolv.conf';
 const SYSTEMD_RESOLV = '/run/systemd/resolve/resolv.conf';
 
-function readOr(file: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch {
-    return '';
-  }
-}
-
 function hostResolvPath(): string {
-  const text = readOr(HOST_RESOLV);
+  const text = readTextOrEmpty(HOST_RESOLV);
   const ns = nameservers(text);
   return ns.length === 1 && ns[0] === '127.0.0.53' ? SYSTEMD_RESOLV : HOST_RESOLV;
 }
@@ -68,7 +61,7 @@ export class ResolvConf {
       if (mine && (!host || host.mtimeMs <= mine.mtimeMs)) return this.#file;
     }
     const tmp = this.#file + '.tmp';
-    writeFileSync(tmp, filterResolvConf(readOr(src)), { mode: 0o644 });
+    writeFileSync(tmp, filterResolvConf(readTextOrEmpty(src)), { mode: 0o644 });
     renameSync(tmp, this.#file);
     this.#generated = true;
     return this.#file;

@@ -70,7 +70,7 @@ export interface ReceiveSummary {
   deleted: number;
 }
 
-/** Files being closed and stamped at once, at most (each is a few system calls on the thread pool). */
+/** Files being finished at once, at most (one waits only for its create, or for its xattrs). */
 const MAX_FINISHING = 32;
 
 /**
@@ -179,9 +179,9 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
   // would stop its own entries from being written by a non-root receiver.
   // Owners, modes and times are set with synchronous calls: each is a short change to an inode
   // already in memory, and a promise per call (a thread-pool round trip) made stamping 2,000 small
-  // files several times slower. Creating, writing and closing files stay asynchronous: under
-  // writeback a creating open took ~1.7 ms here, and synchronous ones stalled the daemon's event
-  // loop for seconds during a cold context transfer (the thread pool also overlaps them).
+  // files several times slower. Only creating opens go to the thread pool (see MAX_PRECREATED):
+  // a create can cost up to a millisecond of kernel time (ext4 without a journal right after
+  // many deletes), which would stall the daemon's event loop.
   const applyMeta = async (abs: string, rel: string, stat: Stat, kind: 'file' | 'dir' | 'symlink'): Promise<void> => {
     if (doChown) lchownSync(abs, stat.uid, stat.gid);
     if (kind === 'file') chmodSync(abs, posixPermFromGo(stat.mode));

@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chownSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { CancelledError, InvalidArgumentError, LoomError } from '../../../util/errors.js';
 import { pathInRoot, resolveInRootSync } from '../../../util/fs-safe.js';
 import { log as rootLog } from '../../../util/log.js';
+import { readTextOrEmpty } from '../../../util/read-text.js';
 import { ExitError, type ExecMount, type Executor, type RunRequest } from '../executor.js';
 import { HostsFiles } from '../hosts.js';
 import { mountStubs } from '../mount-stubs.js';
@@ -138,7 +139,8 @@ export class RuncExecutor implements Executor {
       }
       const t1 = performance.now();
       const shimExit = p.tty ? await runPty(shim, args, req) : await runPiped(shim, args, req);
-      const status = readStatus(statusFile);
+      // The shim's report (`exit N` or `error ...`), or '' when it wrote none.
+      const status = readTextOrEmpty(statusFile);
       log().debug({ id, args: p.args, setupMs: t1 - t0, containerMs: performance.now() - t1 }, 'container ended');
       if (req.signal.aborted) throw new CancelledError('context canceled', { cause: req.signal.reason });
       const m = /^(exit|error) (.*)\n?$/s.exec(status);
@@ -216,15 +218,6 @@ function exists(p: string): boolean {
     return true;
   } catch {
     return false;
-  }
-}
-
-/** The shim's report (`exit N` or `error ...`), or '' when it wrote none. */
-function readStatus(file: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch {
-    return '';
   }
 }
 
