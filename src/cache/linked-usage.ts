@@ -1,7 +1,8 @@
-import { lstat, readdir } from 'node:fs/promises';
+import { lstatSync, readdirSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
+import { TimeSlice } from './time-slice.js';
 import { log as rootLog } from '../util/log.js';
 import type { UsageEntry } from './ref-manager.js';
 
@@ -90,13 +91,15 @@ function recency(recs: UsageEntry[]): number {
   return Math.max(...recs.map((e) => Math.max(e.record.lastUsedAt ?? 0, e.record.createdAt)));
 }
 
-const BATCH = 64;
-
-/** Blocks of a tree (st_blocks * 512, as du counts), split into single-link and multi-link inodes. */
+/**
+ * Blocks of a tree (st_blocks * 512, as du counts), split into single-link and multi-link inodes.
+ * Synchronous lookups in time slices (see TimeSlice), as the other tree walks. Entries removed
+ * meanwhile are not counted.
+ */
 export async function walkInodes(dir: string): Promise<TreeInodes> {
   const t: TreeInodes = { exclusive: 0, linked: new Map() };
   const seenHere = new Set<string>();
-  const count = (st: import('node:fs').BigIntStats): void => {
+  const count = (st: BigIntStats): void => {
     const bytes = Number(st.blocks) * 512;
     if (st.isDirectory() || st.nlink <= 1n) {
       t.exclusive += bytes;
@@ -107,21 +110,20 @@ export async function walkInodes(dir: string): Promise<TreeInodes> {
     seenHere.add(key);
     t.linked.set(key, bytes);
   };
-  const visit = async (p: string): Promise<void> => {
-    const names = await readdir(p);
-    for (let i = 0; i < names.length; i += BATCH) {
-      await Promise.all(
-        names.slice(i, i + BATCH).map(async (n) => {
-          const child = join(p, n);
-          const st = await lstat(child, { bigint: true });
-          count(st);
-          if (st.isDirectory()) await visit(child);
-        }),
-      );
-    }
-  };
-  const st = await lstat(dir, { bigint: true });
+  const st = lstatSync(dir, { bigint: true });
   count(st);
-  if (st.isDirectory()) await visit(dir);
+  if (!st.isDirectory()) return t;
+  const slice = new TimeSlice();
+  const dirs = [dir];
+  for (let p = dirs.pop(); p !== undefined; p = dirs.pop()) {
+    for (const n of readdirSync(p)) {
+      if (slice.due()) await slice.pause();
+      const child = join(p, n);
+      const cst = lstatSync(child, { bigint: true, throwIfNoEntry: false });
+      if (!cst) continue;
+      count(cst);
+      if (cst.isDirectory()) dirs.push(child);
+    }
+  }
   return t;
 }

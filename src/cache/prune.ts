@@ -205,7 +205,7 @@ export async function prune(view: CacheView, opts: PruneOptions, ctx: PruneConte
   // A malformed filter fails before anything is listed or removed.
   parseFilters(opts.filters);
   const extras = view.extra ? await view.extra.list() : [];
-  const sizes = view.linked ? await view.linked.sizes(view.refs.usage()) : undefined;
+  let sizes: Map<string, number> | undefined;
   type Candidate = PruneRecord & { entry?: UsageEntry; extra?: ExtraRecord };
   let chosenExtras: ExtraRecord[] = [];
   const choose = (): Candidate[] => {
@@ -224,6 +224,11 @@ export async function prune(view: CacheView, opts: PruneOptions, ctx: PruneConte
     ];
     return selectPrune(records, opts, { now: Date.now(), protect: ctx.protect });
   };
+  // Stored sizes are never below the shared-inode ones (LinkedUsage only takes away): when they
+  // choose nothing, neither would the exact sizes, and a GC pass after a build ends here without
+  // walking the local sources' trees.
+  if (ctx.sweepAlways === false && choose().length === 0) return [];
+  sizes = view.linked ? await view.linked.sizes(view.refs.usage()) : undefined;
   if (ctx.sweepAlways === false && choose().length === 0) return [];
   const removed = await view.refs.prune(
     () => {

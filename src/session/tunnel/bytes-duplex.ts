@@ -5,6 +5,9 @@ import { BytesMessageSchema } from '../../gen/buildkit/control_pb.js';
 /** Largest BytesMessage the tunnel writes when it gathers HTTP/2 frames. */
 const MAX_MESSAGE = 256 * 1024;
 
+/** Received messages below this size are gathered before they reach HTTP/2 (see bytesDuplex). */
+const SMALL_MESSAGE = 16 * 1024;
+
 /**
  * An object stream of BytesMessage, as grpc-js hands out for Control.Session: a
  * ServerDuplexStream on the daemon, a ClientDuplexStream on the client. Both are object-mode
@@ -77,12 +80,40 @@ export function bytesDuplex(stream: BytesMessageStream): Duplex {
     },
   });
 
+  // Small messages arriving in one turn of the event loop reach HTTP/2 as one chunk: the peer
+  // writes a message per frame (a filesync listing is thousands of ~50-byte messages), and each
+  // chunk pushed costs a pass through the socket wrapper and the HTTP/2 parser. Large messages
+  // go through as they are, without a copy.
+  let small: Buffer[] = [];
+  let smallBytes = 0;
+  let flushQueued = false;
+  const flushSmall = (): void => {
+    flushQueued = false;
+    if (smallBytes === 0 || d.destroyed) return;
+    const chunk = small.length === 1 ? small[0]! : Buffer.concat(small, smallBytes);
+    small = [];
+    smallBytes = 0;
+    if (!d.push(chunk)) stream.pause();
+  };
   stream.on('data', (m: { data?: Uint8Array }) => {
     const data = m?.data;
     if (!data || data.byteLength === 0) return;
-    if (!d.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength))) stream.pause();
+    const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    if (buf.length >= SMALL_MESSAGE) {
+      flushSmall();
+      if (!d.push(buf)) stream.pause();
+      return;
+    }
+    small.push(buf);
+    smallBytes += buf.length;
+    if (smallBytes >= SMALL_MESSAGE) flushSmall();
+    else if (!flushQueued) {
+      flushQueued = true;
+      setImmediate(flushSmall);
+    }
   });
   stream.on('end', () => {
+    flushSmall();
     sourceEnded = true;
     d.push(null);
   });
