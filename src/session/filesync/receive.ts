@@ -15,6 +15,7 @@ import { FileSyncError, protocolError } from './errors.js';
 import { GoMode, goModeFromPosix, isDirMode, isSymlinkMode, posixPermFromGo } from './mode.js';
 import { bestEffort, errPacket, finPacket, packetSize, packetTypeName, reqPacket, SerialSender, type PacketStream } from './packets.js';
 import { HardlinkValidator, OrderValidator } from './validate.js';
+import { createThread } from './create-thread.js';
 import { systemXattrs, type XattrIO } from './xattr.js';
 
 const run = promisify(execFile);
@@ -74,18 +75,21 @@ export interface ReceiveSummary {
 const MAX_FINISHING = 32;
 
 /**
- * New files created ahead of their data, at most: files are created on the thread pool in the
- * order their data was asked for, from their STAT on, so the creating open (the costly part of
- * writing a small file: up to a millisecond of kernel time on some file systems) overlaps the
- * transfer instead of holding up the packet loop when DATA comes. Each holds a descriptor until
- * its data is written.
+ * New files created ahead of their data, at most: files are created in the order their data was
+ * asked for, from their STAT on, in batches on a thread of their own (see CreateThread), so the
+ * creating open (the costly part of writing a small file: up to a millisecond of kernel time on
+ * some file systems) overlaps the transfer instead of holding up the packet loop when DATA comes.
+ * Each holds a descriptor until its data is written.
  */
-const MAX_PRECREATED = 64;
+const MAX_PRECREATED = 256;
+
+/** Files per batch sent to the creating thread, at most. */
+const CREATE_BATCH = 32;
 
 /**
- * Of those, being created at once, at most: creates in one directory take its lock in turn, so
- * more threads on them only contend (on two cores, with the daemon's own thread waiting on the
- * thread pool's queue).
+ * Batches being created at once, at most: creates in one directory take its lock in turn, so more
+ * threads on them would only contend; two keep the thread busy while the answer to the last
+ * batch travels back.
  */
 const MAX_CREATING = 2;
 
@@ -210,18 +214,37 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
   const pumpCreates = (): void => {
     // Nothing new after the transfer failed: its cleanup closes what was created.
     if (!receiving) return;
-    while (precreated < MAX_PRECREATED && creating < MAX_CREATING && toCreateHead < toCreate.length) {
-      const f = toCreate[toCreateHead++]!;
-      // Created meanwhile by its own DATA (or its end) while it waited here.
-      if (f.created) continue;
-      precreated++;
+    while (creating < MAX_CREATING && precreated < MAX_PRECREATED && toCreateHead < toCreate.length) {
+      // A batch waits for room for a whole one, unless nothing is being created or this is the rest.
+      if (creating > 0 && MAX_PRECREATED - precreated < CREATE_BATCH && toCreate.length - toCreateHead >= CREATE_BATCH) break;
+      const batch: PendingFile[] = [];
+      while (batch.length < CREATE_BATCH && precreated < MAX_PRECREATED && toCreateHead < toCreate.length) {
+        const f = toCreate[toCreateHead++]!;
+        // Created meanwhile by its own DATA (or its end) while it waited here.
+        if (f.created) continue;
+        precreated++;
+        f.precreated = true;
+        f.created = true;
+        batch.push(f);
+      }
+      if (batch.length === 0) continue;
       creating++;
-      f.precreated = true;
-      f.created = true;
-      f.creating = openFd(f.abs, CREATE_FLAGS);
-      // Failures are reported where the descriptor is awaited (DATA, the file's end, or a failed
-      // transfer's cleanup).
-      f.creating
+      const opened = createThread.open(
+        batch.map((f) => f.abs),
+        CREATE_FLAGS,
+        0o600,
+      );
+      batch.forEach((f, i) => {
+        // Failures are reported where the descriptor is awaited (DATA, the file's end, or a failed
+        // transfer's cleanup).
+        f.creating = opened.then((r) => {
+          const x = r[i]!;
+          if (typeof x === 'number') return x;
+          throw x;
+        });
+        f.creating.catch(() => undefined);
+      });
+      opened
         .catch(() => undefined)
         .finally(() => {
           creating--;
