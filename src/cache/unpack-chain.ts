@@ -59,13 +59,14 @@ export async function unpackChain(
   let chainId = '';
   // Layer snapshots are unreferenced until the ref below names them: keep GC off them till then.
   const releases: (() => void)[] = [];
+  const fetched = await fetchMissing(deps, layers, opts);
   try {
     for (let i = 0; i < layers.length; i++) {
       const layer = layers[i]!;
       chainId = i === 0 ? layer.diffId : sha256(`${chainId} ${layer.diffId}`);
       let snap = deps.metadata.kvGet(NS_CHAIN, chainId);
       if (!snap || !deps.metadata.hasSnapshot(snap)) {
-        if (!(await deps.content.has(layer.digest as `sha256:${string}`))) await opts.fetch(layer, i);
+        await (fetched[i] ?? ((await deps.content.has(layer.digest as `sha256:${string}`)) ? undefined : opts.fetch(layer, i)));
         snap = await applyOne(deps, layer, parent, opts);
         deps.metadata.kvPut(NS_CHAIN, chainId, snap);
       }
@@ -93,6 +94,54 @@ export async function unpackChain(
   } finally {
     for (const release of releases) release();
   }
+}
+
+/** Layer blobs fetched at once, at most. */
+const FETCH_CONCURRENCY = 3;
+
+/**
+ * Starts fetching every blob the chain will unpack and the store lacks, a few at a time, so the
+ * layers download together while the first ones are applied (as upstream pulls); index i holds the
+ * fetch of layer i, if any. Failures surface when the loop awaits that layer.
+ */
+async function fetchMissing(
+  deps: UnpackChainDeps,
+  layers: readonly ChainLayer[],
+  opts: { fetch(layer: ChainLayer, index: number): Promise<void> },
+): Promise<(Promise<void> | undefined)[]> {
+  const wanted: number[] = [];
+  let chainId = '';
+  for (let i = 0; i < layers.length; i++) {
+    const layer = layers[i]!;
+    chainId = i === 0 ? layer.diffId : sha256(`${chainId} ${layer.diffId}`);
+    const snap = deps.metadata.kvGet(NS_CHAIN, chainId);
+    if (snap && deps.metadata.hasSnapshot(snap)) continue;
+    if (!(await deps.content.has(layer.digest as `sha256:${string}`))) wanted.push(i);
+  }
+  const out: (Promise<void> | undefined)[] = [];
+  let running = 0;
+  const queue: (() => void)[] = [];
+  const limited = (fn: () => Promise<void>): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      const start = (): void => {
+        running++;
+        fn()
+          .then(resolve, reject)
+          .finally(() => {
+            running--;
+            queue.shift()?.();
+          });
+      };
+      if (running < FETCH_CONCURRENCY) start();
+      else queue.push(start);
+    });
+  for (const i of wanted) {
+    const p = limited(() => opts.fetch(layers[i]!, i));
+    // Failures are reported where the loop awaits the layer.
+    p.catch(() => undefined);
+    out[i] = p;
+  }
+  return out;
 }
 
 async function applyOne(
