@@ -62,7 +62,7 @@ export class CreateThread {
       if (!p) return;
       this.#waiting.delete(id);
       if (this.#waiting.size === 0) w.unref();
-      p.resolve(results.map((r, i) => (typeof r === 'number' ? r : fsError(r, i))));
+      p.resolve(results.map((r) => (typeof r === 'number' ? r : fsError(r))));
     });
     const fail = (err: Error): void => {
       if (this.#worker === w) this.#worker = undefined;
@@ -77,7 +77,8 @@ export class CreateThread {
   }
 }
 
-function fsError(r: { code: string; message: string }, _i: number): Error {
+/** The thread's answer for a failed open as the error fs would have thrown (code and message naming the path). */
+function fsError(r: { code: string; message: string }): Error {
   const e = new Error(r.message) as NodeJS.ErrnoException;
   e.code = r.code;
   return e;

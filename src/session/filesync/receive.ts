@@ -87,9 +87,9 @@ const MAX_PRECREATED = 256;
 const CREATE_BATCH = 32;
 
 /**
- * Batches being created at once, at most: creates in one directory take its lock in turn, so more
- * threads on them would only contend; two keep the thread busy while the answer to the last
- * batch travels back.
+ * Batches sent and not answered yet, at most: the thread works through one at a time (creates in
+ * one directory take its lock in turn, so more threads would only contend); a second one queued
+ * keeps it busy while the answer to the first travels back.
  */
 const MAX_CREATING = 2;
 
