@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { GarbageCollector, policyPruneOptions } from '../../../src/cache/gc.js';
 import { LinkedUsage } from '../../../src/cache/linked-usage.js';
-import { deleteOrder, selectPrune, type PruneRecord } from '../../../src/cache/prune.js';
+import { deleteOrder, prune, selectPrune, type CacheView, type PruneRecord } from '../../../src/cache/prune.js';
+import type { RefManager } from '../../../src/cache/ref-manager.js';
 import type { UsageEntry } from '../../../src/cache/ref-manager.js';
 import type { PruneOptions, UsageInfo } from '../../../src/control/types.js';
 import { NativeSnapshotter, linkTree } from '../../../src/snapshot/native/native-snapshotter.js';
@@ -287,5 +288,51 @@ describe('LinkedUsage', () => {
     expect(sizes.get('old')! + sizes.get('new')!).toBeLessThan(size1 + size2 - 200 * 1024);
     // One record alone keeps its stored size.
     expect((await new LinkedUsage({ snapshotter: snap }).sizes([entries[0]!])).size).toBe(0);
+  });
+});
+
+describe('GC pass sizes', () => {
+  const entry = (id: string, size: number): UsageEntry => ({
+    inUse: false,
+    shared: false,
+    record: { id, snapshot: `s-${id}`, chain: [], description: '', recordType: 'source.local', createdAt: T0, lastUsedAt: T0, usageCount: 1, size, parents: [] },
+  });
+  /** The ref index and the shared-inode sizing, standing in for the real ones: what prune asks of them. */
+  function view(entries: UsageEntry[], linkedSizes: Map<string, number>) {
+    const calls = { sizes: 0, removed: [] as string[] };
+    const refs = {
+      usage: () => entries,
+      prune: async (select: (c: UsageEntry[]) => UsageEntry[]) => {
+        const victims = select(entries);
+        calls.removed.push(...victims.map((v) => v.record.id));
+        return victims;
+      },
+    } as unknown as RefManager;
+    const linked = {
+      sizes: async () => {
+        calls.sizes++;
+        return linkedSizes;
+      },
+    } as unknown as LinkedUsage;
+    return { v: { refs, linked } satisfies CacheView, calls };
+  }
+
+  it('a GC pass that stored sizes keep under its limit does not walk the local sources', async () => {
+    const { v, calls } = view([entry('a', 400), entry('b', 400)], new Map());
+    expect(await prune(v, opts({ keepBytes: 1000 }), { sweepAlways: false })).toEqual([]);
+    expect(calls.sizes).toBe(0);
+  });
+
+  it('over the limit by stored sizes, the shared-inode sizes decide', async () => {
+    // Stored: 1200 > 1000. Counted once, the shared files leave 700: nothing to remove.
+    const under = view([entry('a', 600), entry('b', 600)], new Map([['a', 100], ['b', 600]]));
+    expect(await prune(under.v, opts({ keepBytes: 1000 }), { sweepAlways: false })).toEqual([]);
+    expect(under.calls.sizes).toBe(1);
+    // Still over with them: the least recently used goes, reported with its corrected size.
+    const over = view([entry('a', 600), entry('b', 600)], new Map([['a', 500], ['b', 600]]));
+    const removed = await prune(over.v, opts({ keepBytes: 1000 }), { sweepAlways: false });
+    expect(removed).toHaveLength(1);
+    expect(over.calls.sizes).toBe(1);
+    expect(removed[0]!.size).toBe(removed[0]!.id === 'a' ? 500 : 600);
   });
 });
