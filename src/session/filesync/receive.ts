@@ -281,14 +281,16 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
   // of the event loop, instead of a write (a message through the session's tunnel) per file.
   let reqs: Packet[] = [];
   let reqError: Error | undefined;
+  const flushRequests = (): Promise<void> => {
+    const batch = reqs;
+    reqs = [];
+    if (batch.length === 0) return Promise.resolve();
+    return out.sendMany(batch).catch((err: unknown) => {
+      reqError ??= err as Error;
+    });
+  };
   const requestData = (id: number): void => {
-    if (reqs.length === 0) {
-      setImmediate(() => {
-        const batch = reqs;
-        reqs = [];
-        out.sendMany(batch).catch((err: unknown) => (reqError ??= err as Error));
-      });
-    }
+    if (reqs.length === 0) setImmediate(() => void flushRequests());
     reqs.push(reqPacket(id));
   };
 
@@ -492,7 +494,12 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
         /* the transfer failed already */
       }
     }
-    if (!(e instanceof CancelledError) && !e.message.startsWith('error from sender:')) await bestEffort(out.send(errPacket(e.message)));
+    if (!(e instanceof CancelledError) && !e.message.startsWith('error from sender:')) {
+      // Requests already decided go out before the error, in the order upstream's receiver sends
+      // them (one at a time, as it reads the listing), not lost to the batch's pending turn.
+      await flushRequests();
+      await bestEffort(out.send(errPacket(e.message)));
+    }
     stream.close(e);
     throw e;
   } finally {
