@@ -1,8 +1,7 @@
-import { lstatSync, readdirSync, type BigIntStats } from 'node:fs';
-import { join } from 'node:path';
+import type { BigIntStats } from 'node:fs';
 import { LRUCache } from 'lru-cache';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
-import { TimeSlice } from './time-slice.js';
+import { lstatTree } from './time-slice.js';
 import { log as rootLog } from '../util/log.js';
 import type { UsageEntry } from './ref-manager.js';
 
@@ -93,8 +92,7 @@ function recency(recs: UsageEntry[]): number {
 
 /**
  * Blocks of a tree (st_blocks * 512, as du counts), split into single-link and multi-link inodes.
- * Synchronous lookups in time slices (see TimeSlice), as the other tree walks. Entries removed
- * meanwhile are not counted.
+ * Entries removed meanwhile are not counted (see lstatTree).
  */
 export async function walkInodes(dir: string): Promise<TreeInodes> {
   const t: TreeInodes = { exclusive: 0, linked: new Map() };
@@ -110,20 +108,6 @@ export async function walkInodes(dir: string): Promise<TreeInodes> {
     seenHere.add(key);
     t.linked.set(key, bytes);
   };
-  const st = lstatSync(dir, { bigint: true });
-  count(st);
-  if (!st.isDirectory()) return t;
-  const slice = new TimeSlice();
-  const dirs = [dir];
-  for (let p = dirs.pop(); p !== undefined; p = dirs.pop()) {
-    for (const n of readdirSync(p)) {
-      if (slice.due()) await slice.pause();
-      const child = join(p, n);
-      const cst = lstatSync(child, { bigint: true, throwIfNoEntry: false });
-      if (!cst) continue;
-      count(cst);
-      if (cst.isDirectory()) dirs.push(child);
-    }
-  }
+  await lstatTree(dir, count);
   return t;
 }

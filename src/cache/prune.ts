@@ -228,8 +228,10 @@ export async function prune(view: CacheView, opts: PruneOptions, ctx: PruneConte
   // choose nothing, neither would the exact sizes, and a GC pass after a build ends here without
   // walking the local sources' trees.
   if (ctx.sweepAlways === false && choose().length === 0) return [];
-  sizes = view.linked ? await view.linked.sizes(view.refs.usage()) : undefined;
-  if (ctx.sweepAlways === false && choose().length === 0) return [];
+  if (view.linked) {
+    sizes = await view.linked.sizes(view.refs.usage());
+    if (ctx.sweepAlways === false && choose().length === 0) return [];
+  }
   const removed = await view.refs.prune(
     () => {
       const chosen = choose();

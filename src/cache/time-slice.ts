@@ -1,3 +1,5 @@
+import { lstatSync, readdirSync, type BigIntStats } from 'node:fs';
+import { join } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 
 /** What one stretch of synchronous work may take before the event loop gets a turn. */
@@ -31,5 +33,28 @@ export class TimeSlice {
   async pause(): Promise<void> {
     await nextTurn();
     this.#started = performance.now();
+  }
+}
+
+/**
+ * Calls `fn` with the lstat (bigint) of `dir` and of every entry below it, symlinks not followed,
+ * with synchronous calls in time slices. `dir` must exist; entries removed during the walk are
+ * skipped.
+ */
+export async function lstatTree(dir: string, fn: (st: BigIntStats) => void): Promise<void> {
+  const st = lstatSync(dir, { bigint: true });
+  fn(st);
+  if (!st.isDirectory()) return;
+  const slice = new TimeSlice();
+  const dirs = [dir];
+  for (let p = dirs.pop(); p !== undefined; p = dirs.pop()) {
+    for (const n of readdirSync(p)) {
+      if (slice.due()) await slice.pause();
+      const child = join(p, n);
+      const cst = lstatSync(child, { bigint: true, throwIfNoEntry: false });
+      if (!cst) continue;
+      fn(cst);
+      if (cst.isDirectory()) dirs.push(child);
+    }
   }
 }

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { lstatSync, readdirSync, type BigIntStats } from 'node:fs';
+import type { BigIntStats } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
@@ -10,7 +10,7 @@ import {
   throwIfAborted,
 } from '../../util/errors.js';
 import { log as rootLog } from '../../util/log.js';
-import { TimeSlice } from '../../cache/time-slice.js';
+import { lstatTree } from '../../cache/time-slice.js';
 import type { Change } from '../layer/change.js';
 import { KEY_RE, type SnapshotInfo, type Snapshotter, type SnapshotUsage } from '../snapshotter.js';
 
@@ -213,7 +213,7 @@ async function runCp(args: string[], src: string, signal?: AbortSignal): Promise
 
 /**
  * Blocks and distinct inodes of a tree, the way du counts them. Runs at every commit: synchronous
- * lookups in time slices (see TimeSlice), several times faster than a promise per entry.
+ * lookups in time slices (see lstatTree), several times faster than a promise per entry.
  */
 export async function treeUsage(dir: string): Promise<SnapshotUsage> {
   const seen = new Set<string>();
@@ -225,21 +225,7 @@ export async function treeUsage(dir: string): Promise<SnapshotUsage> {
       size += Number(st.blocks) * 512;
     }
   };
-  const st = lstatSync(dir, { bigint: true });
-  count(st);
-  if (!st.isDirectory()) return { size, inodes: seen.size };
-  const slice = new TimeSlice();
-  const dirs = [dir];
-  for (let p = dirs.pop(); p !== undefined; p = dirs.pop()) {
-    for (const n of readdirSync(p)) {
-      if (slice.due()) await slice.pause();
-      const child = path.join(p, n);
-      // Entries removed meanwhile (a tree being cleaned up) are not counted.
-      const cst = lstatSync(child, { bigint: true, throwIfNoEntry: false });
-      if (!cst) continue;
-      count(cst);
-      if (cst.isDirectory()) dirs.push(child);
-    }
-  }
+  // Entries removed meanwhile (a tree being cleaned up) are not counted.
+  await lstatTree(dir, count);
   return { size, inodes: seen.size };
 }
