@@ -34,6 +34,11 @@ export class TimeSlice {
     await nextTurn();
     this.#started = performance.now();
   }
+
+  /** Starts a new stretch now: the caller has just awaited something, which gave the loop its turn. */
+  restart(): void {
+    this.#started = performance.now();
+  }
 }
 
 /**

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, chown, link, lstat, mkdir, readFile, readdir, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, chown, link, lstat, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import { afterEach, describe, expect, test } from 'vitest';
@@ -521,6 +521,38 @@ describe('sendDir refuses hostile receivers', () => {
   test('an unknown packet type', async () => {
     const { err } = await hostileReceive(() => [pkt({ type: 42 as Packet_PacketType })]);
     expect(err?.message).toMatch(/unexpected unknown\(42\) packet from the receiver/);
+  });
+
+  // The listing says how big a file is; what is sent is what the file holds when it is requested
+  // (upstream copies to EOF), whichever way the sender reads it.
+  test('a file is sent as it is when requested: grown past its listed size, or gone (sent empty)', async () => {
+    const src = await tmp();
+    await writeFile(join(src, 'grows'), 'small');
+    await writeFile(join(src, 'gone'), 'soon gone');
+    await writeFile(join(src, 'kept'), 'kept');
+    const grown = randomBytes(3 * 1024 * 1024 + 123);
+    const { a, b } = streamPair<Packet, Packet>({ highWater: 100 });
+    const result = sendDir(a, { root: src });
+    const data = new Map<number, Buffer[]>();
+    let ended = 0;
+    for await (const p of b.recv()) {
+      if (p.type === Packet_PacketType.PACKET_STAT && !p.stat) {
+        await writeFile(join(src, 'grows'), grown);
+        await rm(join(src, 'gone'));
+        for (const id of [0, 1, 2]) await b.send(pkt({ type: Packet_PacketType.PACKET_REQ, ID: id }));
+      }
+      if (p.type === Packet_PacketType.PACKET_DATA) {
+        if (p.data.length > 0) expect(p.data.length).toBeLessThanOrEqual(32 * 1024);
+        data.set(p.ID, [...(data.get(p.ID) ?? []), Buffer.from(p.data)]);
+        if (p.data.length === 0 && ++ended === 3) await b.send(pkt({ type: Packet_PacketType.PACKET_FIN }));
+      }
+    }
+    const summary = await result;
+    // Listing order: gone, grows, kept.
+    expect(Buffer.concat(data.get(0)!).length).toBe(0);
+    expect(Buffer.concat(data.get(1)!).equals(grown)).toBe(true);
+    expect(Buffer.concat(data.get(2)!).toString()).toBe('kept');
+    expect(summary).toEqual({ entries: 3, files: 3, bytes: grown.length + 4 });
   });
 
   test('ids are positions in the listing, and a file is served once', async () => {
