@@ -22,6 +22,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
 WORKDIR /opt/loom
 COPY --from=build /opt/loom /opt/loom
 RUN ln -s /opt/loom/bin/buildkitd.js /usr/local/bin/buildkitd \
-    && ln -s /opt/loom/bin/buildctl.js /usr/local/bin/buildctl
+    && ln -s /opt/loom/bin/buildctl /usr/local/bin/buildctl
 VOLUME /var/lib/buildkit
 ENTRYPOINT ["buildkitd"]

@@ -107,7 +107,7 @@ async function startDaemon() {
     return exited;
   };
   for (let i = 0; i < 200; i++) {
-    if (spawnSync(process.execPath, [join(repo, 'bin', 'buildctl.js'), '--addr', addr, 'debug', 'workers']).status === 0) break;
+    if (spawnSync(join(repo, 'bin', 'buildctl'), ['--addr', addr, 'debug', 'workers']).status === 0) break;
     await new Promise((r) => setTimeout(r, 100));
   }
   // Whatever a daemon does right after it starts (filling its network namespace pool) is done
@@ -125,7 +125,7 @@ async function coldDaemon() {
 await startDaemon();
 cleanup.push(() => daemon.kill('SIGTERM'));
 
-const client = process.env.LOOM_BENCH_BUILDCTL ? [process.env.LOOM_BENCH_BUILDCTL] : [process.execPath, join(repo, 'bin', 'buildctl.js')];
+const client = process.env.LOOM_BENCH_BUILDCTL ? [process.env.LOOM_BENCH_BUILDCTL] : [join(repo, 'bin', 'buildctl')];
 function buildctl(argv, stdin) {
   const t0 = process.hrtime.bigint();
   const r = spawnSync(client[0], [...client.slice(1), '--addr', addr, ...argv], { input: stdin, encoding: 'utf8', maxBuffer: 64 << 20 });

@@ -13,6 +13,11 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import vm from 'node:vm';
 
+// bin/buildctl (the installed command) moved NODE_EXTRA_CA_CERTS aside so that Node would not
+// load it at start-up; the processes the client starts get it back (client/address.ts reads the
+// file itself when a TLS connection needs the default roots).
+if (process.env.LOOM_EXTRA_CA_CERTS && !process.env.NODE_EXTRA_CA_CERTS) process.env.NODE_EXTRA_CA_CERTS = process.env.LOOM_EXTRA_CA_CERTS;
+
 const file = (rel) => fileURLToPath(new URL(rel, import.meta.url));
 const stat = (path) => {
   try {

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import tls from 'node:tls';
 import { InvalidArgumentError } from '../util/errors.js';
 
 /** Where buildkitd listens unless told otherwise (upstream's appdefaults.Address on Linux). */
@@ -68,5 +69,24 @@ export function loadTls(t: TlsFiles): TlsMaterial | undefined {
       throw new InvalidArgumentError(`could not read ${what} ${p}: ${(err as Error).message}`, { cause: err });
     }
   };
-  return { ca: read('CA certificate', t.caCert), cert: read('certificate', t.cert), key: read('key', t.key), serverName: t.serverName };
+  return { ca: read('CA certificate', t.caCert) ?? deferredRoots(), cert: read('certificate', t.cert), key: read('key', t.key), serverName: t.serverName };
+}
+
+/**
+ * The CA certificates Node would have trusted by default had bin/buildctl not moved
+ * NODE_EXTRA_CA_CERTS to LOOM_EXTRA_CA_CERTS (Node reads that file at start-up, which cost every
+ * command ~80 ms): Node's bundled roots and the file's. Undefined when nothing was moved, and then
+ * Node's own default store applies. An unreadable file is skipped with Node's warning.
+ */
+export function deferredRoots(env: NodeJS.ProcessEnv = process.env): Buffer | undefined {
+  const file = env.LOOM_EXTRA_CA_CERTS;
+  if (!file) return undefined;
+  let extra: string;
+  try {
+    extra = readFileSync(file, 'utf8');
+  } catch (err) {
+    process.emitWarning(`Ignoring extra certs from \`${file}\`, load failed: ${(err as Error).message}`);
+    return undefined;
+  }
+  return Buffer.from(`${tls.rootCertificates.join('\n')}\n${extra}`);
 }

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { REPO_ROOT } from './registry.js';
 
 export const BUILDKITD = join(REPO_ROOT, 'bin', 'buildkitd.js');
-export const BUILDCTL = join(REPO_ROOT, 'bin', 'buildctl.js');
+/** loom's buildctl as installed: bin/buildctl, the shell wrapper that runs bin/buildctl.js. */
+export const BUILDCTL = join(REPO_ROOT, 'bin', 'buildctl');
 
 export interface TestDaemon {
   addr: string;
@@ -95,7 +96,7 @@ export interface CommandResult {
 
 /** Runs loom's buildctl against `addr`, with optional stdin bytes. */
 export function buildctl(addr: string, args: string[], opts: { stdin?: Uint8Array; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CommandResult> {
-  return run(process.execPath, [BUILDCTL, '--addr', addr, ...args], opts);
+  return run(BUILDCTL, ['--addr', addr, ...args], opts);
 }
 
 export function run(cmd: string, args: string[], opts: { stdin?: Uint8Array; timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<CommandResult> {

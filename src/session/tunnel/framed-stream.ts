@@ -93,7 +93,21 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
 
   /** Several messages as one HTTP/2 write: one DATA frame (or a few) instead of one per message. */
   sendMany(msgs: readonly Send[]): Promise<void> {
-    return this.#write(() => Buffer.concat(msgs.map((m) => encodeFrame(this.#encode(m)))));
+    return this.#write(() => {
+      // Framed straight into one buffer (encodeFrame per message and a concat copied each twice).
+      const payloads = msgs.map((m) => this.#encode(m));
+      let total = 0;
+      for (const p of payloads) total += 5 + p.byteLength;
+      const out = Buffer.allocUnsafe(total);
+      let pos = 0;
+      for (const p of payloads) {
+        out[pos] = 0;
+        out.writeUInt32BE(p.byteLength, pos + 1);
+        out.set(p, pos + 5);
+        pos += 5 + p.byteLength;
+      }
+      return out;
+    });
   }
 
   async #write(frame: () => Buffer): Promise<void> {

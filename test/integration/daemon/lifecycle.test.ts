@@ -8,7 +8,7 @@ import http2 from 'node:http2';
 import { Duplex } from 'node:stream';
 import { ListWorkersRequestSchema, ListWorkersResponseSchema } from '../../../src/gen/buildkit/control_pb.js';
 import { encodeFrame } from '../../../src/util/grpc-frame.js';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -45,10 +45,16 @@ describe('buildkitd --version', () => {
     // and the second run through bin/ uses the compiled-code cache the first one left.
     expect(existsSync(join(REPO, 'dist', 'buildctl.cjs'))).toBe(true);
     const bin = join(REPO, 'bin', 'buildctl.js');
-    for (const entry of [bin, bin, join(REPO, 'dist', 'buildctl.cjs'), join(REPO, 'dist', 'cli', 'buildctl-bin.js')]) {
-      const r = await run(process.execPath, [entry, '--version']);
-      expect(r.code).toBe(0);
+    const runs = [bin, bin, join(REPO, 'dist', 'buildctl.cjs'), join(REPO, 'dist', 'cli', 'buildctl-bin.js')].map((entry) => run(process.execPath, [entry, '--version']));
+    // The installed command (the shell wrapper), through a symlink as npm and the image install it.
+    const link = join(work, 'buildctl-link');
+    symlinkSync(BUILDCTL, link);
+    runs.push(run(link, ['--version'], { env: { ...process.env, NODE_EXTRA_CA_CERTS: '/no/such/bundle.pem' } }));
+    for (const r of await Promise.all(runs)) {
+      expect(r.code, r.stderr).toBe(0);
       expect(r.stdout.trim().split(' ').slice(0, 3)).toEqual(['buildctl', 'github.com/loom-build/loom', `v${pkg.version}`]);
+      // Node warns about an unreadable NODE_EXTRA_CA_CERTS at start-up: the wrapper moved it aside.
+      expect(r.stderr).toBe('');
     }
   });
 });
@@ -76,6 +82,15 @@ d('daemon lifecycle', () => {
       expect(ok.stdout).toMatch(/linux\/amd64/);
       const noCert = await buildctl(addr, ['--tlscacert', join(tls, 'ca.pem'), 'debug', 'workers'], { timeoutMs: 30_000 });
       expect(noCert.code).not.toBe(0);
+      // Without --tlscacert the default roots apply, NODE_EXTRA_CA_CERTS's included (bin/buildctl
+      // moves the variable aside at start-up and the client reads the file when it connects).
+      const clientCert = ['--tlscert', join(tls, 'client.pem'), '--tlskey', join(tls, 'client.key'), 'debug', 'workers'];
+      const { NODE_EXTRA_CA_CERTS: _, LOOM_EXTRA_CA_CERTS: __, ...bareEnv } = process.env;
+      const extraCa = await buildctl(addr, clientCert, { env: { ...bareEnv, NODE_EXTRA_CA_CERTS: join(tls, 'ca.pem') }, timeoutMs: 30_000 });
+      expect(extraCa.code, extraCa.stderr).toBe(0);
+      expect(extraCa.stdout).toMatch(/linux\/amd64/);
+      const noCa = await buildctl(addr, clientCert, { env: bareEnv, timeoutMs: 30_000 });
+      expect(noCa.code).not.toBe(0);
     } finally {
       await daemon.stop();
       removeDir(daemon.dir);
@@ -171,7 +186,7 @@ d('configuration and transports', () => {
 
   it('carries raw gRPC over buildctl dial-stdio (the docker-container driver connection)', async () => {
     const daemon = await startDaemon();
-    const child = spawn(process.execPath, [BUILDCTL, '--addr', daemon.addr, 'dial-stdio'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const child = spawn(BUILDCTL, ['--addr', daemon.addr, 'dial-stdio'], { stdio: ['pipe', 'pipe', 'inherit'] });
     try {
       const conn = Duplex.from({ readable: child.stdout!, writable: child.stdin! });
       const session = http2.connect('http://localhost', { createConnection: () => conn as never });

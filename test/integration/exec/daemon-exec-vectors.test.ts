@@ -18,7 +18,7 @@ import { definitionBytes, exec } from './llb-exec.js';
 
 // Upstream's buildctl when this machine has one (built locally, never committed); else loom's own.
 const UPSTREAM = process.env.LOOM_UPSTREAM_BUILDCTL ?? '/opt/upstream/bin/buildctl';
-const CLIENT = existsSync(UPSTREAM) ? { cmd: UPSTREAM, pre: [] as string[], name: 'upstream buildctl' } : { cmd: process.execPath, pre: [LOOM_BUILDCTL], name: "loom's buildctl" };
+const CLIENT = existsSync(UPSTREAM) ? { cmd: UPSTREAM, pre: [] as string[], name: 'upstream buildctl' } : { cmd: LOOM_BUILDCTL, pre: [] as string[], name: "loom's buildctl" };
 const VECTORS = vectorsDir();
 
 function registryUp(): Promise<boolean> {
