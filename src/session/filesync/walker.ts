@@ -6,7 +6,7 @@ import { TimeSlice } from '../../cache/time-slice.js';
 import { throwIfAborted } from '../../util/errors.js';
 import { cleanPath, containsWildcards, globMatch, PathFilter, type FilterState } from '../../util/patterns.js';
 import { FileSyncError } from './errors.js';
-import { GoMode, goModeFromPosix, S_IFBLK, S_IFCHR } from './mode.js';
+import { GoMode, goModeFromPosix, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT } from './mode.js';
 import type { XattrIO } from './xattr.js';
 
 export interface WalkOptions {
@@ -57,8 +57,9 @@ interface Visited {
   rel: string;
   abs: string;
   st: BigIntStats;
+  /** Number(st.mode). */
+  stMode: number;
   state: FilterState;
-  emitted: boolean;
 }
 
 /**
@@ -92,7 +93,11 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
   const xattrs = opts.xattrs;
 
   // Synchronous lookups in time slices (see TimeSlice): the walk is the whole cost of sending an
-  // unchanged tree again, and one awaited lstat per entry made it several times slower.
+  // unchanged tree again, and one awaited lstat per entry made it several times slower. A client
+  // walks once per process, mostly before V8 has optimized any of this, so the loop keeps its
+  // per-entry work plain: no promise per entry (unless xattrs are read), the file type from one
+  // Number of st.mode (BigIntStats' isDirectory() and the like make BigInts on every call), paths
+  // by concatenation, and the parents still to be listed as a count rather than a filtered copy.
   const slice = new TimeSlice();
   let batch: WalkEntry[] = [];
   const flush = async (): Promise<void> => {
@@ -101,25 +106,30 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
     batch = [];
     await onBatch(b);
   };
-  const add = async (v: { abs: string; rel: string; st: BigIntStats }): Promise<void> => {
-    const stat = makeStat(v.abs, v.rel, v.st, seenInodes);
-    if (xattrs) {
-      const attrs = await xattrs.list(v.abs);
-      if (Object.keys(attrs).length > 0) stat.xattrs = attrs;
+  const addXattrs = async (entries: WalkEntry[]): Promise<void> => {
+    for (const e of entries) {
+      const attrs = await xattrs!.list(e.absPath);
+      if (Object.keys(attrs).length > 0) e.stat.xattrs = attrs;
     }
-    batch.push({ stat, absPath: v.abs });
   };
+  const noFilter = { verdict: 'include' as const, state: {} as FilterState };
+  // The directories being walked, outermost first; those from `listed` on were left out by the
+  // patterns and are not listed yet (listed ones are always a prefix).
+  const parents: Visited[] = [];
+  let listed = 0;
 
-  const walk = async (absDir: string, relDir: string, names: string[], parents: Visited[]): Promise<void> => {
+  const walk = async (absDir: string, relDir: string, names: string[]): Promise<void> => {
     const parentState = parents.length > 0 ? parents[parents.length - 1]!.state : undefined;
+    const absPrefix = absDir.endsWith('/') ? absDir : `${absDir}/`;
+    const relPrefix = relDir === '' ? '' : `${relDir}/`;
     for (const name of names) {
       throwIfAborted(opts.signal);
       if (slice.due()) {
         await flush();
         await slice.pause();
       }
-      const rel = relDir === '' ? name : `${relDir}/${name}`;
-      const abs = join(absDir, name);
+      const rel = relPrefix + name;
+      const abs = absPrefix + name;
       let st: BigIntStats;
       try {
         st = lstatSync(abs, { bigint: true });
@@ -127,11 +137,12 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
         if (isNotExist(err)) continue;
         throw new FileSyncError('INTERNAL', `lstat ${abs}: ${(err as Error).message}`, { path: rel, cause: err });
       }
-      const isDir = st.isDirectory();
-      const { verdict, state } = filter.active ? filter.check(rel, isDir, parentState) : { verdict: 'include' as const, state: {} };
+      const stMode = Number(st.mode);
+      const isDir = (stMode & S_IFMT) === S_IFDIR;
+      const { verdict, state } = filter.active ? filter.check(rel, isDir, parentState) : noFilter;
       if (verdict === 'prune') continue;
 
-      let children: string[] = [];
+      let children: string[] | undefined;
       if (isDir) {
         try {
           children = readdirSync(abs).sort(compareNames);
@@ -141,27 +152,37 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
           throw new FileSyncError('PERMISSION_DENIED', `open ${abs}: ${(err as Error).message}`, { path: rel, cause: err });
         }
       }
-      const self: Visited = { rel, abs, st, state, emitted: false };
       if (verdict === 'include') {
         // Parents that the patterns left out come first, now that something under them is kept.
-        const pending = parents.filter((p) => !p.emitted);
-        const before = batch.length;
+        const start = batch.length;
+        for (let i = listed; i < parents.length; i++) {
+          const p = parents[i]!;
+          batch.push({ stat: makeStat(p.abs, p.rel, p.st, p.stMode, seenInodes), absPath: p.abs });
+        }
         try {
-          for (const p of pending) await add(p);
-          await add(self);
+          batch.push({ stat: makeStat(abs, rel, st, stMode, seenInodes), absPath: abs });
+          if (xattrs) await addXattrs(batch.slice(start));
         } catch (err) {
           if (!isNotExist(err)) throw err;
-          batch.length = before; // the entry vanished: neither it nor its parents are listed for it
+          batch.length = start; // the entry vanished: neither it nor its parents are listed for it
           continue;
         }
-        for (const p of pending) p.emitted = true;
-        self.emitted = true;
+        // Listed up to here: this entry too when it is a directory, which is pushed next.
+        listed = children ? parents.length + 1 : parents.length;
       }
-      if (isDir) await walk(abs, rel, children, [...parents, self]);
+      if (children) {
+        parents.push({ rel, abs, st, stMode, state });
+        try {
+          await walk(abs, rel, children);
+        } finally {
+          parents.pop();
+          if (listed > parents.length) listed = parents.length;
+        }
+      }
     }
   };
 
-  await walk(realRoot, '', (await readdir(realRoot)).sort(compareNames), []);
+  await walk(realRoot, '', (await readdir(realRoot)).sort(compareNames));
   await flush();
 }
 
@@ -180,11 +201,10 @@ function devNumbers(rdev: bigint): { major: bigint; minor: bigint } {
 }
 
 /** The wire stat of one entry, as fsutil's mkstat: hard links refer to the first path seen. Xattrs are the caller's. */
-function makeStat(abs: string, rel: string, st: BigIntStats, seen: Map<bigint, string>): Stat {
-  const stMode = Number(st.mode);
+function makeStat(abs: string, rel: string, st: BigIntStats, stMode: number, seen: Map<bigint, string>): Stat {
   // A plain object of the message's shape: create() per entry was a measurable part of a listing.
   const stat: Stat = {
-    $typeName: StatSchema.typeName as Stat['$typeName'],
+    $typeName: STAT_TYPE_NAME,
     path: rel,
     mode: goModeFromPosix(stMode),
     uid: Number(st.uid),
@@ -196,7 +216,8 @@ function makeStat(abs: string, rel: string, st: BigIntStats, seen: Map<bigint, s
     devminor: 0n,
     xattrs: {},
   };
-  if (!st.isDirectory()) {
+  const type = stMode & S_IFMT;
+  if (type !== S_IFDIR) {
     // Upstream tests these bits one by one, so symlinks and sockets carry their (zero) rdev too.
     if ((stMode & S_IFBLK) !== 0 || (stMode & S_IFCHR) !== 0) {
       const d = devNumbers(st.rdev);
@@ -207,12 +228,14 @@ function makeStat(abs: string, rel: string, st: BigIntStats, seen: Map<bigint, s
     if (first !== undefined) stat.linkname = first;
     else seen.set(st.ino, rel);
     stat.size = st.size;
-    if (st.isSymbolicLink()) stat.linkname = readlinkSync(abs);
+    if (type === S_IFLNK) stat.linkname = readlinkSync(abs);
   }
   // Sockets go as plain files: upstream drops the bit because tar headers cannot carry it.
   stat.mode = (stat.mode & ~GoMode.socket) >>> 0;
   return stat;
 }
+
+const STAT_TYPE_NAME = StatSchema.typeName as Stat['$typeName'];
 
 /**
  * fsutil's FollowLinks: each path is resolved element by element inside `root`; every symlink met

@@ -46,6 +46,11 @@ describe('walkDir', () => {
     expect(await paths(root, { includePatterns: ['lib/**'] })).toEqual(['lib', 'lib/x', 'lib/x/y']);
     expect(await paths(root, { excludePatterns: ['lib', '!lib/x/y'] })).toContain('lib/x/y');
     expect(await paths(root, { excludePatterns: ['*', '!a/b'] })).toEqual(['a', 'a/b', 'a/b/f']);
+    // Parents left out are listed once, just before their first kept entry, after kept siblings
+    // (files and directories) and after leaving a directory whose entries were kept.
+    expect(await paths(root, { includePatterns: ['a.txt', 'lib/x/y'] })).toEqual(['a.txt', 'lib', 'lib/x', 'lib/x/y']);
+    expect(await paths(root, { includePatterns: ['a/b', 'a-b/x', 'lib/x/y'] })).toEqual(['a', 'a/b', 'a/b/f', 'a-b', 'a-b/x', 'lib', 'lib/x', 'lib/x/y']);
+    expect(await paths(root, { includePatterns: ['a/b/f', 'a-b', 'lib/x'] })).toEqual(['a', 'a/b', 'a/b/f', 'a-b', 'a-b/x', 'lib', 'lib/x', 'lib/x/y']);
   });
 
   test('followPaths adds the symlink target', async () => {
