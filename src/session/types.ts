@@ -12,6 +12,8 @@ export interface MessageStream<Send, Recv> {
   send(msg: Send): Promise<void>;
   /** Sends several messages in order as one write, where the stream can (fewer, larger frames). */
   sendMany?(msgs: readonly Send[]): Promise<void>;
+  /** Messages already in gRPC frames, in one write (raw streams of the tunnel; see codecs.ts). */
+  sendFrames?(frames: Buffer): Promise<void>;
   end(): void;
   close(err?: Error): void;
   recv(): AsyncIterable<Recv>;

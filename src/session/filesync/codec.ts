@@ -114,6 +114,18 @@ class Writer implements Sink {
     this.buf.set(b, this.pos);
     this.pos += b.length;
   }
+  /** A gRPC frame header (uncompressed, `len` bytes of message to follow). */
+  frameHeader(len: number): void {
+    this.#grow(5);
+    this.buf[this.pos] = 0;
+    this.buf.writeUInt32BE(len, this.pos + 1);
+    this.pos += 5;
+  }
+  raw(b: Uint8Array): void {
+    this.#grow(b.length);
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
+  }
   /** Reserves room for a length prefix of up to 5 bytes; `endLen` writes it and shifts the body. */
   beginLen(): number {
     this.#grow(5);
@@ -206,6 +218,30 @@ export function encodePacket(p: Packet): Uint8Array {
   if (hasUnknown(p)) return toBinary(PacketSchema, p);
   const w = new Writer(64 + p.data.length + (p.stat ? p.stat.path.length * 3 + p.stat.linkname.length * 3 : 0));
   writePacket(w, p);
+  return w.buf.subarray(0, w.pos);
+}
+
+/**
+ * Packets as the gRPC frames of a stream (5-byte header, then encodePacket's bytes each), written
+ * into one buffer: a listing goes out in batches of hundreds of STAT packets, and a buffer per
+ * packet, then a frame per packet, then their concatenation copied each twice.
+ */
+export function encodePacketFrames(ps: readonly Packet[]): Buffer {
+  let estimate = 0;
+  for (const p of ps) estimate += 69 + p.data.length + (p.stat ? p.stat.path.length * 3 + p.stat.linkname.length * 3 : 0);
+  const w = new Writer(estimate);
+  for (const p of ps) {
+    const start = w.pos;
+    if (hasUnknown(p)) {
+      const b = toBinary(PacketSchema, p);
+      w.frameHeader(b.length);
+      w.raw(b);
+      continue;
+    }
+    w.frameHeader(0);
+    writePacket(w, p);
+    w.buf.writeUInt32BE(w.pos - start - 5, start + 1);
+  }
   return w.buf.subarray(0, w.pos);
 }
 
@@ -361,4 +397,4 @@ export function decodePacket(b: Uint8Array): Packet {
   }
 }
 
-registerCodec(PacketSchema, { encode: encodePacket, decode: decodePacket });
+registerCodec(PacketSchema, { encode: encodePacket, decode: decodePacket, encodeFrames: encodePacketFrames });

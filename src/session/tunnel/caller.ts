@@ -7,7 +7,7 @@ import { log as rootLog } from '../../util/log.js';
 import { CancelledError, LoomError, UnavailableError } from '../../util/errors.js';
 import type { CallMetadata, MessageStream, SessionCaller } from '../types.js';
 import { ClientCall } from './client-call.js';
-import { decodeMessage, encodeMessage } from './codecs.js';
+import { decodeMessage, encodeMessage, framesEncoder } from './codecs.js';
 import { metadataToHeaders, methodPath } from './metadata.js';
 import { H2_SESSION_OPTIONS, widenConnectionWindow } from './h2-options.js';
 
@@ -105,6 +105,7 @@ export function createSessionCaller(opts: SessionCallerOptions): TunnelSessionCa
       h2: req,
       method: path,
       encode: (m) => encodeMessage(input, m),
+      encodeFrames: framesEncoder(input),
       decode: (b) => decodeMessage(output, b) as Recv,
       signal: o.signal,
     });

@@ -23,6 +23,7 @@ export class ClientCall<Send, Recv> extends FramedStream<Send, Recv> {
     h2: ClientHttp2Stream;
     method: string;
     encode: (msg: Send) => Uint8Array;
+    encodeFrames?: (msgs: readonly Send[]) => Buffer;
     decode: (payload: Buffer) => Recv;
     signal?: AbortSignal;
   }) {

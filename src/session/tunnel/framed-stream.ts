@@ -11,6 +11,8 @@ export interface FramedStreamOptions<Send, Recv> {
   method: string;
   encode: (msg: Send) => Uint8Array;
   decode: (payload: Buffer) => Recv;
+  /** Several messages as gRPC frames in one buffer, for types whose codec can (see codecs.ts). */
+  encodeFrames?: (msgs: readonly Send[]) => Buffer;
   metadata: CallMetadata;
   maxMessageSize?: number;
 }
@@ -27,6 +29,7 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
   protected readonly method: string;
   readonly #encode: (msg: Send) => Uint8Array;
   readonly #decode: (payload: Buffer) => Recv;
+  readonly #encodeFrames: ((msgs: readonly Send[]) => Buffer) | undefined;
   readonly #decoder: ChunkedFrameDecoder;
   readonly #queue: Recv[] = [];
   #recvDone = false;
@@ -40,6 +43,7 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
     this.metadata = opts.metadata;
     this.#encode = opts.encode;
     this.#decode = opts.decode;
+    this.#encodeFrames = opts.encodeFrames;
     this.#decoder = new ChunkedFrameDecoder(opts.maxMessageSize ?? 64 * 1024 * 1024);
     this.h2.on('data', (chunk: Buffer) => this.#onData(chunk));
   }
@@ -93,6 +97,8 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
 
   /** Several messages as one HTTP/2 write: one DATA frame (or a few) instead of one per message. */
   sendMany(msgs: readonly Send[]): Promise<void> {
+    const encodeFrames = this.#encodeFrames;
+    if (encodeFrames) return this.#write(() => encodeFrames(msgs));
     return this.#write(() => {
       // Framed straight into one buffer (encodeFrame per message and a concat copied each twice).
       const payloads = msgs.map((m) => this.#encode(m));
@@ -108,6 +114,11 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
       }
       return out;
     });
+  }
+
+  /** Messages already in gRPC frames (a typed stream's batch encoder made them). */
+  sendFrames(frames: Buffer): Promise<void> {
+    return this.#write(() => frames);
   }
 
   async #write(frame: () => Buffer): Promise<void> {

@@ -84,6 +84,12 @@ export class ServerCall<Send, Recv> extends FramedStream<Send, Recv> {
     return super.sendMany(msgs);
   }
 
+  override async sendFrames(frames: Buffer): Promise<void> {
+    if (this.#finished) throw new CancelledError(`${this.method}: call already finished`);
+    this.#sendHeaders();
+    return super.sendFrames(frames);
+  }
+
   /** Finishes the call with status OK (idempotent; the first end or close wins). */
   end(): void {
     this.#finish(undefined);

@@ -7,7 +7,7 @@ import { log as rootLog } from '../../util/log.js';
 import type { CallMetadata, MessageStream } from '../types.js';
 import { H2_SESSION_OPTIONS, widenConnectionWindow } from './h2-options.js';
 import { methodPath, parseGrpcTimeout, rawHeadersToMetadata } from './metadata.js';
-import { decodeMessage, encodeMessage } from './codecs.js';
+import { decodeMessage, encodeMessage, framesEncoder } from './codecs.js';
 import { ServerCall } from './server-call.js';
 
 const log = rootLog.child({ sub: 'session-server' });
@@ -127,10 +127,15 @@ export function typedStream<I extends DescMessage, O extends DescMessage>(
   input: I,
   output: O,
 ): MessageStream<MessageShape<O>, MessageShape<I>> {
+  const frames = raw.sendFrames ? framesEncoder(output) : undefined;
   return {
     metadata: raw.metadata,
     send: (m) => raw.send(encodeMessage(output, m)),
-    sendMany: raw.sendMany ? (ms) => raw.sendMany!(ms.map((m) => encodeMessage(output, m))) : undefined,
+    sendMany: frames
+      ? (ms) => raw.sendFrames!(frames(ms))
+      : raw.sendMany
+        ? (ms) => raw.sendMany!(ms.map((m) => encodeMessage(output, m)))
+        : undefined,
     end: () => raw.end(),
     close: (err) => raw.close(err),
     recv: () => mapAsync(raw.recv(), (b) => decodeMessage(input, b)),

@@ -2,7 +2,8 @@ import { create, equals, fromBinary, toBinary } from '@bufbuild/protobuf';
 import { describe, expect, it } from 'vitest';
 import { StatSchema } from '../../../../src/gen/fsutil/stat_pb.js';
 import { PacketSchema, Packet_PacketType, type Packet } from '../../../../src/gen/fsutil/wire_pb.js';
-import { decodePacket, encodePacket } from '../../../../src/session/filesync/codec.js';
+import { decodePacket, encodePacket, encodePacketFrames } from '../../../../src/session/filesync/codec.js';
+import { encodeFrame } from '../../../../src/util/grpc-frame.js';
 
 const packets: Packet[] = [
   create(PacketSchema, {}),
@@ -44,6 +45,16 @@ describe('fsutil packet codec', () => {
       expect(equals(PacketSchema, back, fromBinary(PacketSchema, theirs))).toBe(true);
       expect(equals(PacketSchema, back, p)).toBe(true);
     }
+  });
+
+  it('frames a batch into one buffer exactly as each packet framed on its own (unknown fields too)', () => {
+    const withUnknown = decodePacket(Buffer.concat([toBinary(PacketSchema, packets[2]!), Buffer.from([(15 << 3) | 0, 42])]));
+    // Many small STATs and a large DATA: the writer's first size guess is outgrown.
+    const many = Array.from({ length: 300 }, (_, i) => create(PacketSchema, { stat: create(StatSchema, { path: `d/${'ü'.repeat(i % 40)}${i}`, mode: 0o644, modTime: BigInt(i) << 40n }) }));
+    const batch = [...packets, withUnknown, ...many, create(PacketSchema, { type: Packet_PacketType.PACKET_DATA, ID: 1, data: new Uint8Array(70_000).fill(9) })];
+    const expected = Buffer.concat(batch.map((p) => encodeFrame(toBinary(PacketSchema, p))));
+    expect(encodePacketFrames(batch).equals(expected)).toBe(true);
+    expect(encodePacketFrames([]).length).toBe(0);
   });
 
   it('leaves unknown fields to fromBinary, which keeps them', () => {
