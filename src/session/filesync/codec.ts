@@ -94,19 +94,29 @@ class Writer implements Sink {
     }
     this.buf[this.pos++] = v;
   }
-  /** An int64 as proto3 writes it: negative values as their 64-bit two's complement (ten bytes). */
+  /**
+   * An int64 as proto3 writes it: negative values as their 64-bit two's complement (ten bytes).
+   * Beyond 2^53 (every modTime in nanoseconds) the value is split once into two 32-bit halves and
+   * shifted as numbers: a BigInt shift per 7 bits was most of encoding a STAT packet.
+   */
   int64(v: bigint): void {
     if (v >= 0n && v < TWO_53) {
       this.varint(Number(v));
       return;
     }
-    let u = BigInt.asUintN(64, v);
+    const u = BigInt.asUintN(64, v);
+    let lo = Number(u & 0xffffffffn);
+    let hi = Number(u >> 32n);
     this.#grow(10);
-    while (u >= 0x80n) {
-      this.buf[this.pos++] = Number(u & 0x7fn) | 0x80;
-      u >>= 7n;
+    const buf = this.buf;
+    let pos = this.pos;
+    while (hi !== 0 || lo > 0x7f) {
+      buf[pos++] = (lo & 0x7f) | 0x80;
+      lo = ((lo >>> 7) | (hi << 25)) >>> 0;
+      hi >>>= 7;
     }
-    this.buf[this.pos++] = Number(u);
+    buf[pos++] = lo;
+    this.pos = pos;
   }
   bytes(b: Uint8Array): void {
     this.varint(b.length);
@@ -118,25 +128,41 @@ class Writer implements Sink {
   frameHeader(len: number): void {
     this.#grow(5);
     this.buf[this.pos] = 0;
-    this.buf.writeUInt32BE(len, this.pos + 1);
+    this.frameLength(this.pos, len);
     this.pos += 5;
+  }
+  /** Sets the length of the frame whose header starts at `at`. */
+  frameLength(at: number, len: number): void {
+    const b = this.buf;
+    b[at + 1] = len >>> 24;
+    b[at + 2] = (len >>> 16) & 0xff;
+    b[at + 3] = (len >>> 8) & 0xff;
+    b[at + 4] = len & 0xff;
   }
   raw(b: Uint8Array): void {
     this.#grow(b.length);
     this.buf.set(b, this.pos);
     this.pos += b.length;
   }
-  /** Reserves room for a length prefix of up to 5 bytes; `endLen` writes it and shifts the body. */
+  /**
+   * Reserves one byte for a length prefix; `endLen` writes it, shifting the body only when the
+   * length needs more (128 bytes or more: rare for a STAT, whose body is mostly a path).
+   */
   beginLen(): number {
-    this.#grow(5);
-    this.pos += 5;
+    this.#grow(1);
+    this.pos += 1;
     return this.pos;
   }
   endLen(start: number): void {
     const len = this.pos - start;
-    const n = varintLen(len);
-    this.buf.copyWithin(start - 5 + n, start, this.pos);
-    this.pos = start - 5;
+    if (len < 0x80) {
+      this.buf[start - 1] = len;
+      return;
+    }
+    const extra = varintLen(len) - 1;
+    this.#grow(extra);
+    this.buf.copyWithin(start + extra, start, this.pos);
+    this.pos = start - 1;
     this.varint(len);
     this.pos += len;
   }
@@ -240,7 +266,7 @@ export function encodePacketFrames(ps: readonly Packet[]): Buffer {
     }
     w.frameHeader(0);
     writePacket(w, p);
-    w.buf.writeUInt32BE(w.pos - start - 5, start + 1);
+    w.frameLength(start, w.pos - start - 5);
   }
   return w.buf.subarray(0, w.pos);
 }

@@ -28,6 +28,11 @@ const packets: Packet[] = [
     type: Packet_PacketType.PACKET_STAT,
     stat: create(StatSchema, { path: 'caps', mode: 0o755, xattrs: { 'security.capability': new Uint8Array([1, 0, 0, 2]), 'user.empty': new Uint8Array() } }),
   }),
+  // Bodies of 128 bytes and more: a length prefix of two bytes or three.
+  create(PacketSchema, {
+    type: Packet_PacketType.PACKET_STAT,
+    stat: create(StatSchema, { path: `long/${'p'.repeat(300)}`, mode: 0o644, xattrs: { 'user.big': new Uint8Array(20_000).fill(7), 'user.mid': new Uint8Array(130).fill(1) } }),
+  }),
   create(PacketSchema, { type: Packet_PacketType.PACKET_REQ, ID: 4_000_000_000 }),
   create(PacketSchema, { type: Packet_PacketType.PACKET_DATA, ID: 7, data: new Uint8Array(40_000).map((_, i) => i) }),
   create(PacketSchema, { type: Packet_PacketType.PACKET_DATA, ID: 7 }),
