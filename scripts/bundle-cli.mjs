@@ -2,8 +2,8 @@
 // Part of `npm run build`, after tsc: bundles loom's buildctl (dist/cli/buildctl-bin.js and all it
 // imports, dependencies included) into one CommonJS script, dist/buildctl.cjs. A client pays its
 // start-up on every command: Node resolving, reading and compiling ~230 separate ES modules was
-// most of it, and one script also lets bin/buildctl.js keep V8's compiled code of it between runs
-// (see bin/buildctl.js). Native addons stay outside the bundle.
+// most of it, and one script also lets bin/buildctl.cjs keep V8's compiled code of it between runs
+// (see bin/buildctl.cjs). Native addons stay outside the bundle.
 import { build } from 'esbuild';
 import { readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';

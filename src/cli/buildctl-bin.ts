@@ -1,5 +1,5 @@
 /**
- * loom's buildctl as a program: runs the command line, then exits. bin/buildctl.js loads this
+ * loom's buildctl as a program: runs the command line, then exits. bin/buildctl.cjs loads this
  * module, or the bundle scripts/bundle-cli.mjs makes of it (no top-level await, so the bundle can
  * be a CommonJS script that V8 caches compiled).
  */

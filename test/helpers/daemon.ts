@@ -1,6 +1,6 @@
 /**
  * Starts loom's own daemon (bin/buildkitd.js, the compiled dist/) on a temporary root and unix
- * socket, and drives it with loom's buildctl (bin/buildctl.js), as a user would. Both need
+ * socket, and drives it with loom's buildctl (bin/buildctl), as a user would. Both need
  * `npm run build` first (the test command does it).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { REPO_ROOT } from './registry.js';
 
 export const BUILDKITD = join(REPO_ROOT, 'bin', 'buildkitd.js');
-/** loom's buildctl as installed: bin/buildctl, the shell wrapper that runs bin/buildctl.js. */
+/** loom's buildctl as installed: bin/buildctl, the shell wrapper that runs bin/buildctl.cjs. */
 export const BUILDCTL = join(REPO_ROOT, 'bin', 'buildctl');
 
 export interface TestDaemon {

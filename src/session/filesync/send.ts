@@ -1,5 +1,5 @@
 import { create } from '@bufbuild/protobuf';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { TimeSlice } from '../../cache/time-slice.js';
 import { StatSchema } from '../../gen/fsutil/stat_pb.js';
@@ -196,9 +196,18 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
       if (inner.signal.aborted) throw inner.signal.reason;
       let fd: number | undefined;
       try {
-        fd = openSync(f.abs, 'r');
+        // Non-blocking, and only a regular file is read here: one replaced by a FIFO since the
+        // listing would block the event loop in open or read. The workers send anything else,
+        // as upstream would (blocking a pool thread, not the loop).
+        fd = openSync(f.abs, constants.O_RDONLY | constants.O_NONBLOCK);
       } catch (err) {
         logger().warn({ path: f.rel, err: errorMessage(err) }, 'cannot open listed file, sending it empty');
+      }
+      if (fd !== undefined && !fstatSync(fd).isFile()) {
+        closeSync(fd);
+        queue.push(f);
+        wake();
+        continue;
       }
       if (fd !== undefined) {
         try {

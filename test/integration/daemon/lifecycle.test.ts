@@ -41,7 +41,7 @@ describe('buildkitd --version', () => {
 
   it("buildctl --version names the package's version, from the bundled client as from tsc's output", async () => {
     const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string };
-    // npm run build (the test command's first step) makes the bundle; bin/buildctl.js prefers it,
+    // npm run build (the test command's first step) makes the bundle; bin/buildctl.cjs prefers it,
     // and the second run through bin/ uses the compiled-code cache the first one left.
     expect(existsSync(join(REPO, 'dist', 'buildctl.cjs'))).toBe(true);
     const bin = join(REPO, 'bin', 'buildctl.js');

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmod, chown, link, lstat, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, chown, link, lstat, mkdir, open, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import { afterEach, describe, expect, test } from 'vitest';
@@ -553,6 +553,31 @@ describe('sendDir refuses hostile receivers', () => {
     expect(Buffer.concat(data.get(1)!).equals(grown)).toBe(true);
     expect(Buffer.concat(data.get(2)!).toString()).toBe('kept');
     expect(summary).toEqual({ entries: 3, files: 3, bytes: grown.length + 4 });
+  });
+
+  test('a file replaced by a FIFO before it is requested is read without blocking the event loop', async () => {
+    const src = await tmp();
+    await writeFile(join(src, 'f'), 'listed as a file');
+    const { a, b } = streamPair<Packet, Packet>({ highWater: 100 });
+    const result = sendDir(a, { root: src });
+    const got: Buffer[] = [];
+    for await (const p of b.recv()) {
+      if (p.type === Packet_PacketType.PACKET_STAT && !p.stat) {
+        await rm(join(src, 'f'));
+        execFileSync('mkfifo', [join(src, 'f')]);
+        await b.send(pkt({ type: Packet_PacketType.PACKET_REQ, ID: 0 }));
+        // The writer runs in this process: a sender blocked in open(2) on the loop would never let it.
+        const w = await open(join(src, 'f'), 'w');
+        await w.writeFile('through the fifo');
+        await w.close();
+      }
+      if (p.type === Packet_PacketType.PACKET_DATA) {
+        got.push(Buffer.from(p.data));
+        if (p.data.length === 0) await b.send(pkt({ type: Packet_PacketType.PACKET_FIN }));
+      }
+    }
+    await result;
+    expect(Buffer.concat(got).toString()).toBe('through the fifo');
   });
 
   test('ids are positions in the listing, and a file is served once', async () => {
