@@ -45,7 +45,8 @@ if (!bundle || (compiled && bundle.mtimeMs < compiled.mtimeMs)) {
   } catch {
     /* first run of this bundle */
   }
-  const script = new vm.Script(Module.wrap(readFileSync(bundlePath, 'utf8')), { filename: bundlePath, cachedData });
+  // ASCII (scripts/bundle-cli.mjs checks): read as latin1, without decoding UTF-8.
+  const script = new vm.Script(Module.wrap(readFileSync(bundlePath, 'latin1')), { filename: bundlePath, cachedData });
   if (!cachedData || script.cachedDataRejected) {
     process.once('exit', () => {
       try {

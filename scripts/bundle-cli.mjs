@@ -5,7 +5,7 @@
 // most of it, and one script also lets bin/buildctl.cjs keep V8's compiled code of it between runs
 // (see bin/buildctl.cjs). Native addons stay outside the bundle.
 import { build } from 'esbuild';
-import { readdirSync, rmSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -30,3 +30,12 @@ await build({
   keepNames: true,
   logLevel: 'warning',
 });
+// bin/buildctl.cjs reads the bundle as latin1, which is only right for ASCII (and cheaper than
+// decoding UTF-8 on every command): a non-ASCII character in a source must be written as an escape.
+const bundled = readFileSync(join(dist, 'buildctl.cjs'));
+const at = bundled.findIndex((b) => b > 0x7f);
+if (at >= 0) {
+  const line = bundled.subarray(0, at).toString('latin1').split('\n').length;
+  console.error(`bundle-cli: dist/buildctl.cjs line ${line} has a non-ASCII character; write it as an escape (\\uXXXX) in its source`);
+  process.exit(1);
+}

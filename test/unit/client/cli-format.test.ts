@@ -55,6 +55,8 @@ describe('buildctl output formats', () => {
     expect(formatGoDuration(parseGoDuration('48h'))).toBe('48h0m0s');
     expect(formatGoDuration(parseGoDuration('1m30s'))).toBe('1m30s');
     expect(formatGoDuration(parseGoDuration('1.5s'))).toBe('1.5s');
+    // Both micro signs Go accepts (U+00B5 and U+03BC), as well as "us".
+    for (const u of ['us', '\u00b5s', '\u03bcs']) expect(parseGoDuration(`1500${u}`)).toBe(1_500_000);
     expect(() => parseGoDuration('3 days')).toThrow('invalid value "3 days"');
     expect(goTime({ seconds: 1700000000n, nanos: 120000000 } as never)).toBe('2023-11-14 22:13:20.12 +0000 UTC');
     expect(goTime(undefined)).toBe('0001-01-01 00:00:00 +0000 UTC');
