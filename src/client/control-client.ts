@@ -1,5 +1,6 @@
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
-import * as grpc from '@grpc/grpc-js';
+import type { DescMethod, MessageShape } from '@bufbuild/protobuf';
+import { Duplex } from 'node:stream';
 import {
   Control as ControlService,
   DiskUsageRequestSchema,
@@ -15,36 +16,23 @@ import {
   type StatusResponse,
   type UsageRecord,
 } from '../gen/buildkit/control_pb.js';
-import { grpcServiceDef } from '../util/grpc-def.js';
+import { BytesMessageSchema } from '../gen/buildkit/control_pb.js';
 import { BuildsRequestSchema, Inspect, type BuildsResponse } from '../gen/loom/inspect_pb.js';
+import type { BytesMessageStream } from '../session/tunnel/bytes-duplex.js';
+import type { ClientCall } from '../session/tunnel/client-call.js';
+import { decodeMessage, encodeMessage } from '../session/tunnel/codecs.js';
+import { GrpcCode, SessionCallError } from '../session/tunnel/grpc-status.js';
+import { methodPath } from '../session/tunnel/metadata.js';
+import { decodeBytesOnly, encodeBytesOnly } from '../util/grpc-def.js';
 import { defaultAddress, loadTls, parseAddress, type TlsFiles } from './address.js';
+import { GrpcConnection } from './grpc-conn.js';
 import { fromGrpcError } from './grpc-error.js';
-
-/** What upstream's client allows per message (containerd's defaults.DefaultMaxRecvMsgSize). */
-const MAX_MESSAGE = 16 * 1024 * 1024;
 
 export interface ConnectOptions {
   /** `unix:///path` or `tcp://host:port`; default $BUILDKIT_HOST or unix:///run/buildkit/buildkitd.sock. */
   address?: string;
   tls?: TlsFiles;
 }
-
-type Unary<Req, Res> = (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => grpc.ClientUnaryCall;
-type ServerStream<Req> = (req: Req, md: grpc.Metadata, opts: grpc.CallOptions) => grpc.ClientReadableStream<unknown>;
-type Bidi = (md: grpc.Metadata, opts: grpc.CallOptions) => grpc.ClientDuplexStream<unknown, unknown>;
-
-interface RawControl extends grpc.Client {
-  diskUsage: Unary<unknown, DiskUsageResponse>;
-  prune: ServerStream<unknown>;
-  solve: Unary<unknown, SolveResponse>;
-  status: ServerStream<unknown>;
-  session: Bidi;
-  listWorkers: Unary<unknown, ListWorkersResponse>;
-  info: Unary<unknown, InfoResponse>;
-}
-
-let ControlCtor: grpc.ServiceClientConstructor | undefined;
-let InspectCtor: grpc.ServiceClientConstructor | undefined;
 
 /**
  * A connection to a BuildKit daemon's Control service (loom's or upstream's). Methods reject with
@@ -53,119 +41,130 @@ let InspectCtor: grpc.ServiceClientConstructor | undefined;
  */
 export class ControlClient {
   readonly address: string;
-  readonly #raw: RawControl;
+  readonly #conn: GrpcConnection;
 
   constructor(opts: ConnectOptions = {}) {
     this.address = opts.address || defaultAddress();
     const addr = parseAddress(this.address);
     const tls = opts.tls ? loadTls(opts.tls) : undefined;
     const serverName = tls?.serverName || (addr.kind === 'tcp' ? addr.host : 'localhost');
-    const target = addr.kind === 'unix' ? `unix:${addr.path}` : `${addr.host.includes(':') ? `[${addr.host}]` : addr.host}:${addr.port}`;
-    const creds = tls ? grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure();
-    const options: grpc.ChannelOptions = {
-      'grpc.max_receive_message_length': MAX_MESSAGE,
-      'grpc.max_send_message_length': MAX_MESSAGE,
-      // One connection per client, as grpc-go's: buildctl makes a handful of calls and exits.
-      'grpc.enable_retries': 0,
-    };
-    if (tls) {
-      options['grpc.ssl_target_name_override'] = serverName;
-      options['grpc.default_authority'] = serverName;
-    } else if (addr.kind === 'unix') {
-      options['grpc.default_authority'] = 'localhost';
-    }
-    ControlCtor ??= grpc.makeGenericClientConstructor(grpcServiceDef(ControlService), 'Control');
-    this.#raw = new ControlCtor(target, creds, options) as unknown as RawControl;
-    this.#target = target;
-    this.#creds = creds;
+    this.#conn = new GrpcConnection(addr, tls ? { ...tls, serverName } : undefined);
   }
-
-  readonly #target: string;
-  readonly #creds: grpc.ChannelCredentials;
-  #inspect: (grpc.Client & { builds: Unary<unknown, BuildsResponse> }) | undefined;
 
   /** loom's Inspect service (build records), on the same connection. Not a BuildKit API. */
   builds(req: { ref?: string; limit?: number }, signal?: AbortSignal): Promise<BuildsResponse> {
-    InspectCtor ??= grpc.makeGenericClientConstructor(grpcServiceDef(Inspect), 'Inspect');
-    this.#inspect ??= new InspectCtor(this.#target, this.#creds, { channelOverride: this.#raw.getChannel() }) as unknown as grpc.Client & { builds: Unary<unknown, BuildsResponse> };
-    return this.#unaryOn(this.#inspect, this.#inspect.builds, create(BuildsRequestSchema, req), 'failed to inspect builds', signal);
+    return this.#unary(Inspect.method.builds, create(BuildsRequestSchema, req), 'failed to inspect builds', signal);
   }
 
   close(): void {
-    this.#raw.close();
+    this.#conn.close();
   }
 
-  #unary<Res>(fn: Unary<unknown, Res>, req: unknown, what: string, signal?: AbortSignal): Promise<Res> {
-    return this.#unaryOn(this.#raw, fn, req, what, signal);
+  async #unary<M extends DescMethod>(method: M, req: MessageShape<M['input']>, what: string, signal?: AbortSignal): Promise<MessageShape<M['output']>> {
+    let res: MessageShape<M['output']> | undefined;
+    await this.#stream(method, req, (m) => (res = m), what, signal);
+    if (res === undefined) throw fromGrpcError(new SessionCallError({ grpcCode: GrpcCode.INTERNAL, message: 'server closed the stream without sending a response', method: methodPath(method) }), what);
+    return res;
   }
 
-  #unaryOn<Res>(client: grpc.Client, fn: Unary<unknown, Res>, req: unknown, what: string, signal?: AbortSignal): Promise<Res> {
-    return new Promise<Res>((resolve, reject) => {
-      const call = fn.call(client, req, new grpc.Metadata(), {}, (err, res) => {
-        signal?.removeEventListener('abort', onAbort);
-        if (err) reject(fromGrpcError(err, what));
-        else resolve(res!);
-      });
-      const onAbort = (): void => call.cancel();
-      signal?.addEventListener('abort', onAbort, { once: true });
+  /** One request, then every response to `onMsg` until the call ends; rejects with the call's status. */
+  async #stream<M extends DescMethod>(method: M, req: MessageShape<M['input']>, onMsg: (m: MessageShape<M['output']>) => void, what: string, signal?: AbortSignal): Promise<void> {
+    const call = this.#conn.call<MessageShape<M['input']>, MessageShape<M['output']>>(methodPath(method), {
+      encode: (m) => encodeMessage(method.input, m),
+      decode: (b) => decodeMessage(method.output, b) as MessageShape<M['output']>,
+      signal,
     });
+    try {
+      await call.send(req);
+      call.end();
+      for await (const m of call.recv()) onMsg(m);
+    } catch (err) {
+      call.close();
+      throw fromGrpcError(this.#conn.callError(err), what);
+    }
   }
 
   listWorkers(filter: string[] = [], signal?: AbortSignal): Promise<ListWorkersResponse> {
-    return this.#unary(this.#raw.listWorkers, create(ListWorkersRequestSchema, { filter }), 'failed to list workers', signal);
+    return this.#unary(ControlService.method.listWorkers, create(ListWorkersRequestSchema, { filter }), 'failed to list workers', signal);
   }
 
   diskUsage(filter: string[] = [], signal?: AbortSignal): Promise<DiskUsageResponse> {
-    return this.#unary(this.#raw.diskUsage, create(DiskUsageRequestSchema, { filter }), 'failed to call diskusage', signal);
+    return this.#unary(ControlService.method.diskUsage, create(DiskUsageRequestSchema, { filter }), 'failed to call diskusage', signal);
   }
 
   info(signal?: AbortSignal): Promise<InfoResponse> {
-    return this.#unary(this.#raw.info, create(InfoRequestSchema, {}), 'failed to call info', signal);
+    return this.#unary(ControlService.method.info, create(InfoRequestSchema, {}), 'failed to call info', signal);
   }
 
   solve(req: MessageInitShape<typeof SolveRequestSchema>, signal?: AbortSignal): Promise<SolveResponse> {
-    return this.#unary(this.#raw.solve, create(SolveRequestSchema, req), 'failed to solve', signal);
+    return this.#unary(ControlService.method.solve, create(SolveRequestSchema, req), 'failed to solve', signal);
   }
 
   /** Streams the records the daemon removed; rejects as upstream's `failed to call prune: ...`. */
-  async prune(req: MessageInitShape<typeof PruneRequestSchema>, onRecord: (r: UsageRecord) => void, signal?: AbortSignal): Promise<void> {
-    const call = this.#raw.prune(create(PruneRequestSchema, req), new grpc.Metadata(), {});
-    await drain(call, (m) => onRecord(m as UsageRecord), 'failed to call prune', signal);
+  prune(req: MessageInitShape<typeof PruneRequestSchema>, onRecord: (r: UsageRecord) => void, signal?: AbortSignal): Promise<void> {
+    return this.#stream(ControlService.method.prune, create(PruneRequestSchema, req), onRecord, 'failed to call prune', signal);
   }
 
   /** The build's progress; ends when the build is done. */
-  async status(ref: string, onStatus: (s: StatusResponse) => void, signal?: AbortSignal): Promise<void> {
-    const call = this.#raw.status(create(StatusRequestSchema, { Ref: ref }), new grpc.Metadata(), {});
-    await drain(call, (m) => onStatus(m as StatusResponse), 'failed to receive status', signal);
+  status(ref: string, onStatus: (s: StatusResponse) => void, signal?: AbortSignal): Promise<void> {
+    return this.#stream(ControlService.method.status, create(StatusRequestSchema, { Ref: ref }), onStatus, 'failed to receive status', signal);
   }
 
-  /** Opens Control.Session with the given metadata; the caller owns the returned stream. */
-  session(metadata: Record<string, string[]>): grpc.ClientDuplexStream<unknown, unknown> {
-    const md = new grpc.Metadata();
-    for (const [k, vs] of Object.entries(metadata)) for (const v of vs) md.add(k, v);
-    return this.#raw.session(md, {});
+  /**
+   * Opens Control.Session with the given metadata: an object stream of BytesMessage (`{ data }`)
+   * both ways, as the tunnel's bytesDuplex takes it. The caller owns the returned stream;
+   * destroying it cancels the call.
+   */
+  session(metadata: Record<string, string[]>): BytesMessageStream {
+    const call = this.#conn.call<{ data: Uint8Array }, { data: Uint8Array }>(methodPath(ControlService.method.session), {
+      encode: (m) => encodeBytesOnly(m.data),
+      decode: (b) => ({ data: decodeBytesOnly(b, BytesMessageSchema.typeName) }),
+      metadata,
+    });
+    return callStream(call);
   }
 }
 
-function drain(call: grpc.ClientReadableStream<unknown>, onMsg: (m: unknown) => void, what: string, signal?: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const onAbort = (): void => call.cancel();
-    signal?.addEventListener('abort', onAbort, { once: true });
-    call.on('data', (m) => {
-      try {
-        onMsg(m);
-      } catch (err) {
-        call.cancel();
-        reject(err);
-      }
-    });
-    call.on('error', (err) => {
-      signal?.removeEventListener('abort', onAbort);
-      reject(fromGrpcError(err, what));
-    });
-    call.on('end', () => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    });
+/**
+ * A bidirectional call as an object-mode Duplex: writes are sent in order (the call frames them
+ * and HTTP/2 flow control holds what the peer has not taken), reads follow the call's receive
+ * queue, which pauses the HTTP/2 stream while this side is not read. Ending the writable side
+ * half-closes the call; destroying the stream before the call ended cancels it.
+ */
+function callStream<Send, Recv>(call: ClientCall<Send, Recv>): Duplex & { cancel(): void } {
+  let wantMore: (() => void) | undefined;
+  let finished = false;
+  const d = new Duplex({
+    objectMode: true,
+    allowHalfOpen: true,
+    write(m: Send, _enc, cb) {
+      call.send(m).then(() => cb(), cb);
+    },
+    final(cb) {
+      call.end();
+      cb();
+    },
+    read() {
+      const w = wantMore;
+      wantMore = undefined;
+      w?.();
+    },
+    destroy(err, cb) {
+      if (!finished) call.close(err ?? undefined);
+      cb(err);
+    },
   });
+  void (async () => {
+    try {
+      for await (const m of call.recv()) {
+        if (!d.push(m)) await new Promise<void>((r) => (wantMore = r));
+      }
+      finished = true;
+      d.push(null);
+    } catch (err) {
+      finished = true;
+      d.destroy(err as Error);
+    }
+  })();
+  return Object.assign(d, { cancel: () => d.destroy() });
 }

@@ -10,6 +10,11 @@ import type { ErrorSource } from '../util/errors.js';
 export function statusSources(err: ServiceError): ErrorSource[] {
   const raw = err.metadata?.get('grpc-status-details-bin')[0];
   if (!raw || typeof raw === 'string') return [];
+  return detailsSources(raw);
+}
+
+/** statusSources of a google.rpc.Status in wire form (grpc-status-details-bin, decoded). */
+export function detailsSources(raw: Uint8Array): ErrorSource[] {
   let details;
   try {
     details = fromBinary(StatusSchema, raw).details;

@@ -1,7 +1,7 @@
 import type { ServiceError } from '@grpc/grpc-js';
-import { GRPC_CODE_NAMES, loomCodeOfGrpc } from '../session/tunnel/grpc-status.js';
-import { LoomError, withSources } from '../util/errors.js';
-import { statusSources } from './error-source.js';
+import { GRPC_CODE_NAMES, GrpcCode, loomCodeOfGrpc, SessionCallError } from '../session/tunnel/grpc-status.js';
+import { CancelledError, LoomError, withSources } from '../util/errors.js';
+import { detailsSources, statusSources } from './error-source.js';
 
 /** A failed call to the daemon, its message formatted as upstream's client does. */
 export class DaemonCallError extends LoomError {
@@ -23,12 +23,14 @@ export function isServiceError(err: unknown): err is ServiceError {
  */
 export function fromGrpcError(err: unknown, prefix?: string): Error {
   const pre = prefix ? `${prefix}: ` : '';
-  if (isServiceError(err)) {
-    const code = err.code;
-    const msg = err.details || err.message;
+  const status = (code: number, msg: string, sources: ReturnType<typeof statusSources>): Error => {
     const text = code === 2 || code === 0 ? msg : `${GRPC_CODE_NAMES[code] ?? `Code(${code})`}: ${msg}`;
-    return withSources(new DaemonCallError({ grpcCode: code, message: pre + text, cause: err }), statusSources(err));
-  }
+    return withSources(new DaemonCallError({ grpcCode: code, message: pre + text, cause: err }), sources);
+  };
+  // A call's status (loom's own client), as grpc-go's client reports it.
+  if (err instanceof SessionCallError) return status(err.grpcCode, err.message, err.details ? detailsSources(err.details) : []);
+  if (err instanceof CancelledError) return status(GrpcCode.CANCELLED, 'context canceled', []);
+  if (isServiceError(err)) return status(err.code, err.details || err.message, statusSources(err));
   if (err instanceof LoomError) {
     if (!prefix) return err;
     return new LoomError(err.code, pre + err.message, { cause: err });

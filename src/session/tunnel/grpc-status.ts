@@ -73,12 +73,15 @@ export function loomCodeOfGrpc(code: number): ErrorCode {
 export class SessionCallError extends LoomError {
   readonly grpcCode: number;
   readonly method: string;
+  /** grpc-status-details-bin: a google.rpc.Status with the error's details, when the peer sent one. */
+  readonly details: Uint8Array | undefined;
 
-  constructor(opts: { grpcCode: number; message: string; method: string; cause?: unknown }) {
+  constructor(opts: { grpcCode: number; message: string; method: string; cause?: unknown; details?: Uint8Array }) {
     super(toLoom[opts.grpcCode] ?? 'INTERNAL', opts.message, { cause: opts.cause });
     this.name = 'SessionCallError';
     this.grpcCode = opts.grpcCode;
     this.method = opts.method;
+    this.details = opts.details;
   }
 }
 
@@ -127,15 +130,16 @@ export function statusFromHeaders(
   }
   if (code === 0) return null;
   let message = decodeGrpcMessage(first(h['grpc-message']) ?? '');
-  const details = first(h['grpc-status-details-bin']);
+  const rawDetails = first(h['grpc-status-details-bin']);
+  const details = rawDetails ? Buffer.from(rawDetails, 'base64') : undefined;
   if (!message && details) {
     try {
-      message = fromBinary(StatusSchema, Buffer.from(details, 'base64')).message;
+      message = fromBinary(StatusSchema, details).message;
     } catch {
       // A malformed details header must not hide the status code itself.
     }
   }
-  return new SessionCallError({ grpcCode: code, message: message || `${method} failed with gRPC status ${code}`, method });
+  return new SessionCallError({ grpcCode: code, message: message || `${method} failed with gRPC status ${code}`, method, details });
 }
 
 function first(v: string | string[] | undefined): string | undefined {
