@@ -59,6 +59,19 @@ describe('buildkitd --version', () => {
   });
 });
 
+describe('buildctl without a daemon', () => {
+  it('words a failed dial as grpc-go does, for a unix socket and a tcp port', async () => {
+    const sock = join(work, 'no-daemon.sock');
+    const unix = await buildctl(`unix://${sock}`, ['debug', 'workers']);
+    expect(unix.code).toBe(1);
+    expect(unix.stderr.trim()).toBe(`error: failed to list workers: Unavailable: connection error: desc = "transport: error while dialing: dial unix ${sock}: connect: no such file or directory"`);
+    const port = await freePort();
+    const tcp = await buildctl(`tcp://127.0.0.1:${port}`, ['du']);
+    expect(tcp.code).toBe(1);
+    expect(tcp.stderr).toContain(`failed to call diskusage: Unavailable: connection error: desc = "transport: error while dialing: dial tcp 127.0.0.1:${port}: connect: connection refused"`);
+  });
+});
+
 d('daemon lifecycle', () => {
   it('serves TCP with mutual TLS and refuses clients without a certificate', async () => {
     const tls = join(work, 'tls');
