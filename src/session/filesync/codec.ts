@@ -1,6 +1,6 @@
 import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import type { Stat } from '../../gen/fsutil/stat_pb.js';
-import { PacketSchema, type Packet } from '../../gen/fsutil/wire_pb.js';
+import { PacketSchema, Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
 import { registerCodec } from '../tunnel/codecs.js';
 
 /**
@@ -139,6 +139,98 @@ class Writer implements Sink {
     b[at + 3] = (len >>> 8) & 0xff;
     b[at + 4] = len & 0xff;
   }
+  /**
+   * The gRPC frame of a STAT packet for the common entry (no link name, device numbers or xattrs;
+   * a path, and a whole packet, short enough for one-byte lengths), written in one pass with no
+   * call per field: a listing is thousands of these, encoded mostly before V8 optimizes anything.
+   * Returns false, having written nothing, for any other entry (the general writer takes it).
+   */
+  statFrame(st: Stat): boolean {
+    if (st.linkname !== '' || st.devmajor !== 0n || st.devminor !== 0n || st.size < 0n || st.size >= TWO_53) return false;
+    for (const _ in st.xattrs) return false;
+    const path = st.path;
+    if (path.length > 120) return false;
+    this.#grow(path.length * 3 + 48);
+    const b = this.buf;
+    const start = this.pos;
+    // frame header (5), packet field 2 tag and length (2), stat field 1 tag and length (2)
+    let pos = start + 9;
+    const pathLen = path === '' ? 0 : b.write(path, pos, 'utf8');
+    if (pathLen > 127) return false;
+    pos += pathLen;
+    let v = st.mode >>> 0;
+    if (v !== 0) {
+      b[pos++] = 0x10;
+      while (v >= 0x80) {
+        b[pos++] = (v & 0x7f) | 0x80;
+        v = Math.floor(v / 128);
+      }
+      b[pos++] = v;
+    }
+    v = st.uid >>> 0;
+    if (v !== 0) {
+      b[pos++] = 0x18;
+      while (v >= 0x80) {
+        b[pos++] = (v & 0x7f) | 0x80;
+        v = Math.floor(v / 128);
+      }
+      b[pos++] = v;
+    }
+    v = st.gid >>> 0;
+    if (v !== 0) {
+      b[pos++] = 0x20;
+      while (v >= 0x80) {
+        b[pos++] = (v & 0x7f) | 0x80;
+        v = Math.floor(v / 128);
+      }
+      b[pos++] = v;
+    }
+    if (st.size !== 0n) {
+      v = Number(st.size);
+      b[pos++] = 0x28;
+      while (v >= 0x80) {
+        b[pos++] = (v % 128) | 0x80;
+        v = Math.floor(v / 128);
+      }
+      b[pos++] = v;
+    }
+    const t = st.modTime;
+    if (t !== 0n) {
+      b[pos++] = 0x30;
+      const u = BigInt.asUintN(64, t);
+      let lo = Number(u & 0xffffffffn);
+      let hi = Number(u >> 32n);
+      while (hi !== 0 || lo > 0x7f) {
+        b[pos++] = (lo & 0x7f) | 0x80;
+        lo = ((lo >>> 7) | (hi << 25)) >>> 0;
+        hi >>>= 7;
+      }
+      b[pos++] = lo;
+    }
+    const statLen = pos - (start + 7);
+    if (statLen > 127) return false;
+    // Packet: field 2 (stat); its type (STAT, 0), ID and data are defaults and left out.
+    const packetLen = statLen + 2;
+    b[start] = 0;
+    b[start + 1] = 0;
+    b[start + 2] = 0;
+    b[start + 3] = 0;
+    b[start + 4] = packetLen;
+    b[start + 5] = 0x12;
+    b[start + 6] = statLen;
+    if (path !== '') {
+      b[start + 7] = 0x0a;
+      b[start + 8] = pathLen;
+    } else {
+      // No path field: the fields after it move up two bytes.
+      b.copyWithin(start + 7, start + 9, pos);
+      pos -= 2;
+      b[start + 4] = packetLen - 2;
+      b[start + 6] = statLen - 2;
+    }
+    this.pos = pos;
+    return true;
+  }
   raw(b: Uint8Array): void {
     this.#grow(b.length);
     this.buf.set(b, this.pos);
@@ -264,6 +356,7 @@ export function encodePacketFrames(ps: readonly Packet[]): Buffer {
       w.raw(b);
       continue;
     }
+    if (p.type === Packet_PacketType.PACKET_STAT && p.stat && p.ID === 0 && p.data.length === 0 && w.statFrame(p.stat)) continue;
     w.frameHeader(0);
     writePacket(w, p);
     w.frameLength(start, w.pos - start - 5);

@@ -56,7 +56,18 @@ describe('fsutil packet codec', () => {
     const withUnknown = decodePacket(Buffer.concat([toBinary(PacketSchema, packets[2]!), Buffer.from([(15 << 3) | 0, 42])]));
     // Many small STATs and a large DATA: the writer's first size guess is outgrown.
     const many = Array.from({ length: 300 }, (_, i) => create(PacketSchema, { stat: create(StatSchema, { path: `d/${'ü'.repeat(i % 40)}${i}`, mode: 0o644, modTime: BigInt(i) << 40n }) }));
-    const batch = [...packets, withUnknown, ...many, create(PacketSchema, { type: Packet_PacketType.PACKET_DATA, ID: 1, data: new Uint8Array(70_000).fill(9) })];
+    // Entries at the edges of the one-pass STAT writer: no path, nothing at all, a path at and just
+    // past its length limits, a packet body of 127 and 128 bytes, the largest numbers.
+    const edges = [
+      create(StatSchema, { mode: 0o755, modTime: 5n }),
+      create(StatSchema, {}),
+      create(StatSchema, { path: 'a'.repeat(120), mode: 0o644 }),
+      create(StatSchema, { path: 'a'.repeat(121), mode: 0o644 }),
+      create(StatSchema, { path: 'é'.repeat(64), mode: 0o644 }),
+      ...Array.from({ length: 12 }, (_, i) => create(StatSchema, { path: 'p'.repeat(90 + i), mode: 0xffffffff, uid: 0xffffffff, gid: 65534, size: (1n << 53n) - 1n, modTime: -1n })),
+      create(StatSchema, { path: 'big', size: 1n << 53n }),
+    ].map((stat) => create(PacketSchema, { stat }));
+    const batch = [...packets, withUnknown, ...many, ...edges, create(PacketSchema, { type: Packet_PacketType.PACKET_DATA, ID: 1, data: new Uint8Array(70_000).fill(9) })];
     const expected = Buffer.concat(batch.map((p) => encodeFrame(toBinary(PacketSchema, p))));
     expect(encodePacketFrames(batch).equals(expected)).toBe(true);
     expect(encodePacketFrames([]).length).toBe(0);
