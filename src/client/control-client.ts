@@ -80,7 +80,7 @@ export class ControlClient {
       for await (const m of call.recv()) onMsg(m);
     } catch (err) {
       call.close();
-      throw fromGrpcError(this.#conn.callError(err), what);
+      throw fromGrpcError(this.#conn.callError(err, signal), what);
     }
   }
 

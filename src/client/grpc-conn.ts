@@ -6,6 +6,7 @@ import { ClientCall } from '../session/tunnel/client-call.js';
 import { GrpcCode, SessionCallError } from '../session/tunnel/grpc-status.js';
 import { metadataToHeaders } from '../session/tunnel/metadata.js';
 import type { CallMetadata } from '../session/types.js';
+import { CancelledError } from '../util/errors.js';
 import type { DaemonAddress, TlsMaterial } from './address.js';
 
 /**
@@ -21,6 +22,8 @@ export class GrpcConnection {
   readonly #tls: (TlsMaterial & { serverName: string }) | undefined;
   #session: ClientHttp2Session | undefined;
   #dialError: Error | undefined;
+  /** The connection ended while calls could still use it (the daemon went away). */
+  #lost = false;
 
   constructor(addr: DaemonAddress, tlsMaterial?: TlsMaterial & { serverName: string }) {
     this.#addr = addr;
@@ -31,6 +34,8 @@ export class GrpcConnection {
     const s = this.#session;
     if (s && !s.destroyed && !s.closed) return s;
     this.#dialError = undefined;
+    this.#lost = false;
+    let connected = false;
     const addr = this.#addr;
     const t = this.#tls;
     const dial = (): net.Socket => {
@@ -39,15 +44,21 @@ export class GrpcConnection {
       else if (t) sock = tls.connect({ host: addr.host, port: addr.port, servername: net.isIP(t.serverName) ? undefined : t.serverName, ca: t.ca, cert: t.cert, key: t.key, ALPNProtocols: ['h2'] });
       else sock = net.connect({ host: addr.host, port: addr.port });
       sock.once('error', (err) => {
-        this.#dialError ??= err;
+        if (!connected) this.#dialError ??= err;
       });
       return sock;
     };
     const authority = `${t ? 'https' : 'http'}://${addr.kind === 'unix' ? 'localhost' : (t?.serverName ?? addr.host)}`;
     const session = http2.connect(authority, { ...H2_SESSION_OPTIONS, createConnection: dial });
     widenConnectionWindow(session);
+    session.once('connect', () => {
+      connected = true;
+    });
     session.on('error', (err) => {
-      this.#dialError ??= err;
+      if (!connected) this.#dialError ??= err;
+    });
+    session.once('close', () => {
+      if (connected && this.#session === session) this.#lost = true;
     });
     this.#session = session;
     return session;
@@ -77,9 +88,18 @@ export class GrpcConnection {
    * wording (`connection error: desc = "transport: error while dialing: dial unix /x: connect: no
    * such file or directory"`), else the call's own.
    */
-  callError(err: unknown): unknown {
+  callError(err: unknown, signal?: AbortSignal): unknown {
     const dial = this.#dialError;
-    if (!dial) return err;
+    if (!dial) {
+      // A call ended by the connection going away (HTTP/2 resets its streams with CANCEL), not by
+      // the caller: grpc-go reports that as UNAVAILABLE, `error reading from server: EOF`.
+      const s = this.#session;
+      const gone = this.#lost || (s !== undefined && (s.destroyed || s.closed));
+      if (gone && !signal?.aborted && (err instanceof CancelledError || (err instanceof SessionCallError && err.grpcCode === GrpcCode.UNAVAILABLE))) {
+        return new SessionCallError({ grpcCode: GrpcCode.UNAVAILABLE, message: 'error reading from server: EOF', method: err instanceof SessionCallError ? err.method : '', cause: err });
+      }
+      return err;
+    }
     if (err instanceof SessionCallError && err.grpcCode !== GrpcCode.UNAVAILABLE) return err;
     const a = this.#addr;
     const where = a.kind === 'unix' ? `dial unix ${a.path}` : `dial tcp ${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;

@@ -1,0 +1,88 @@
+/**
+ * loom's client connection (src/client/grpc-conn.ts) against a daemon that misbehaves at the
+ * HTTP/2 level, on a real unix socket: what a user reads when the daemon goes away mid-call, when
+ * the caller cancels, and when the daemon answers with a status. The daemon here is a bare HTTP/2
+ * server so that each case is exact; the real daemon's calls are covered by every build test.
+ */
+import { create, toBinary } from '@bufbuild/protobuf';
+import http2, { type ServerHttp2Stream } from 'node:http2';
+import type { Socket } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ControlClient } from '../../../src/client/control-client.js';
+import { ListWorkersResponseSchema } from '../../../src/gen/buildkit/control_pb.js';
+import { encodeFrame } from '../../../src/util/grpc-frame.js';
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c();
+});
+
+async function fakeDaemon(onStream: (s: ServerHttp2Stream, session: http2.Http2Session, sockets: Set<Socket>) => void): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), 'loom-conn-'));
+  const sock = join(dir, 'd.sock');
+  const server = http2.createServer();
+  const sockets = new Set<Socket>();
+  server.on('connection', (c: Socket) => sockets.add(c));
+  server.on('stream', (s) => onStream(s, s.session!, sockets));
+  await new Promise<void>((resolve) => server.listen(sock, resolve));
+  cleanups.push(() => {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return `unix://${sock}`;
+}
+
+describe('loom client connection', () => {
+  it('reports a daemon that goes away mid-call as grpc-go does (Unavailable, EOF), not as a cancel', async () => {
+    const address = await fakeDaemon((s, _session, sockets) => {
+      s.respond({ ':status': 200, 'content-type': 'application/grpc' });
+      // The daemon's process dies: its end of the connection closes with no GOAWAY.
+      setTimeout(() => {
+        for (const c of sockets) c.destroy();
+      }, 50);
+    });
+    const client = new ControlClient({ address });
+    try {
+      await expect(client.listWorkers()).rejects.toThrow('failed to list workers: Unavailable: error reading from server: EOF');
+    } finally {
+      client.close();
+    }
+  });
+
+  it('reports a call the caller cancels as context canceled', async () => {
+    const address = await fakeDaemon((s) => {
+      s.respond({ ':status': 200, 'content-type': 'application/grpc' });
+    });
+    const client = new ControlClient({ address });
+    try {
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(), 50);
+      await expect(client.listWorkers([], ac.signal)).rejects.toThrow('failed to list workers: Canceled: context canceled');
+    } finally {
+      client.close();
+    }
+  });
+
+  it('reads a response and an error status, with the status message as upstream prints it', async () => {
+    let n = 0;
+    const address = await fakeDaemon((s) => {
+      if (n++ === 0) {
+        s.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+        s.on('wantTrailers', () => s.sendTrailers({ 'grpc-status': '0' }));
+        s.end(encodeFrame(toBinary(ListWorkersResponseSchema, create(ListWorkersResponseSchema, { record: [{ ID: 'w1' }] }))));
+        return;
+      }
+      s.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '5', 'grpc-message': 'no such thing %E2%9C%93' }, { endStream: true });
+    });
+    const client = new ControlClient({ address });
+    try {
+      expect((await client.listWorkers()).record.map((r) => r.ID)).toEqual(['w1']);
+      await expect(client.listWorkers()).rejects.toThrow('failed to list workers: NotFound: no such thing \u2713');
+    } finally {
+      client.close();
+    }
+  });
+});
