@@ -48,7 +48,8 @@ export class GrpcConnection {
       });
       return sock;
     };
-    const authority = `${t ? 'https' : 'http'}://${addr.kind === 'unix' ? 'localhost' : (t?.serverName ?? addr.host)}`;
+    const host = addr.kind === 'unix' ? 'localhost' : (t?.serverName ?? addr.host);
+    const authority = `${t ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}`;
     const session = http2.connect(authority, { ...H2_SESSION_OPTIONS, createConnection: dial });
     widenConnectionWindow(session);
     session.once('connect', () => {

@@ -6,15 +6,16 @@
  */
 import { create, toBinary } from '@bufbuild/protobuf';
 import http2, { type ServerHttp2Stream } from 'node:http2';
-import type { Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../../src/client/control-client.js';
 import { ListWorkersResponseSchema } from '../../../src/gen/buildkit/control_pb.js';
 import { encodeFrame } from '../../../src/util/grpc-frame.js';
 
+const hasIpv6Loopback = Object.values(networkInterfaces()).some((addrs) => addrs?.some((a) => a.address === '::1'));
 const cleanups: (() => void)[] = [];
 afterEach(() => {
   for (const c of cleanups.splice(0)) c();
@@ -61,6 +62,25 @@ describe('loom client connection', () => {
       const ac = new AbortController();
       setTimeout(() => ac.abort(), 50);
       await expect(client.listWorkers([], ac.signal)).rejects.toThrow('failed to list workers: Canceled: context canceled');
+    } finally {
+      client.close();
+    }
+  });
+
+  // Skipped where the loopback interface has no IPv6 address.
+  it.skipIf(!hasIpv6Loopback)('connects to an IPv6 address (tcp://[::1]:port)', async () => {
+    const server = http2.createServer();
+    server.on('stream', (s) => {
+      s.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      s.on('wantTrailers', () => s.sendTrailers({ 'grpc-status': '0' }));
+      s.end(encodeFrame(toBinary(ListWorkersResponseSchema, create(ListWorkersResponseSchema, { record: [{ ID: 'v6' }] }))));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '::1', resolve));
+    cleanups.push(() => server.close());
+    const port = (server.address() as AddressInfo).port;
+    const client = new ControlClient({ address: `tcp://[::1]:${port}` });
+    try {
+      expect((await client.listWorkers()).record.map((r) => r.ID)).toEqual(['v6']);
     } finally {
       client.close();
     }
