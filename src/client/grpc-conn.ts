@@ -1,5 +1,6 @@
 import http2, { type ClientHttp2Session } from 'node:http2';
 import net from 'node:net';
+import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { H2_SESSION_OPTIONS, widenConnectionWindow } from '../session/tunnel/h2-options.js';
 import { ClientCall } from '../session/tunnel/client-call.js';
@@ -36,12 +37,25 @@ export class GrpcConnection {
     this.#dialError = undefined;
     this.#lost = false;
     let connected = false;
+    // Through a proxy, the connection is made when the CONNECT tunnel is up, not when HTTP/2 starts.
+    let tunnelPending = false;
     const addr = this.#addr;
     const t = this.#tls;
-    const dial = (): net.Socket => {
-      let sock: net.Socket;
+    const tlsOptions = (): tls.ConnectionOptions | undefined =>
+      t && { servername: net.isIP(t.serverName) ? undefined : t.serverName, ca: t.ca, cert: t.cert, key: t.key, ALPNProtocols: ['h2'] };
+    const dial = (): Duplex => {
+      let sock: Duplex;
+      const proxy = addr.kind === 'tcp' ? proxyFor(addr.host, addr.port) : undefined;
       if (addr.kind === 'unix') sock = net.connect(addr.path);
-      else if (t) sock = tls.connect({ host: addr.host, port: addr.port, servername: net.isIP(t.serverName) ? undefined : t.serverName, ca: t.ca, cert: t.cert, key: t.key, ALPNProtocols: ['h2'] });
+      else if (proxy) {
+        tunnelPending = true;
+        sock = throughProxy(proxy, addr.host, addr.port, tlsOptions());
+        sock.once('tunnel', () => {
+          tunnelPending = false;
+          connected = true;
+        });
+      }
+      else if (t) sock = tls.connect({ host: addr.host, port: addr.port, ...tlsOptions() });
       else sock = net.connect({ host: addr.host, port: addr.port });
       sock.once('error', (err) => {
         if (!connected) this.#dialError ??= err;
@@ -53,7 +67,7 @@ export class GrpcConnection {
     const session = http2.connect(authority, { ...H2_SESSION_OPTIONS, createConnection: dial });
     widenConnectionWindow(session);
     session.once('connect', () => {
-      connected = true;
+      if (!tunnelPending) connected = true;
     });
     session.on('error', (err) => {
       if (!connected) this.#dialError ??= err;
@@ -128,3 +142,97 @@ const ERRNO_TEXT: Record<string, string> = {
   ENETUNREACH: 'network is unreachable',
   ENOTSOCK: 'socket operation on non-socket',
 };
+
+/**
+ * The HTTP proxy grpc-go would dial a tcp:// daemon through: HTTPS_PROXY (or https_proxy), unless
+ * the host is a loopback name or address or matches NO_PROXY (or no_proxy): `*`, a host, a domain
+ * suffix (`.example.com` or `example.com`), optionally with `:port`, comma separated.
+ */
+export function proxyFor(host: string, port: number, env: NodeJS.ProcessEnv = process.env): URL | undefined {
+  const raw = env.HTTPS_PROXY || env.https_proxy;
+  if (!raw) return undefined;
+  const h = host.toLowerCase();
+  if (h === 'localhost' || h.endsWith('.localhost') || h === '::1' || /^127\./.test(h)) return undefined;
+  for (const entry of (env.NO_PROXY || env.no_proxy || '').split(',')) {
+    let e = entry.trim().toLowerCase();
+    if (!e) continue;
+    if (e === '*') return undefined;
+    const m = /^(.*):(\d+)$/.exec(e);
+    if (m && !e.endsWith(']')) {
+      if (Number(m[2]) !== port) continue;
+      e = m[1]!;
+    }
+    e = e.replace(/^\[(.*)\]$/, '$1');
+    if (h === e || h.endsWith(e.startsWith('.') ? e : `.${e}`)) return undefined;
+  }
+  try {
+    return new URL(raw.includes('://') ? raw : `http://${raw}`);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A connection to host:port through an HTTP proxy's CONNECT (TLS on top when `tlsOptions`), as
+ * one Duplex from the start: HTTP/2 writes its preface into it at once, and those bytes wait until
+ * the tunnel is up. A refused CONNECT fails the stream with the proxy's status line.
+ */
+function throughProxy(proxy: URL, host: string, port: number, tlsOptions: tls.ConnectionOptions | undefined): Duplex {
+  let target: Duplex | undefined;
+  const pending: { chunk: Buffer; cb: (err?: Error | null) => void }[] = [];
+  const d = new Duplex({
+    write(chunk: Buffer, _enc, cb) {
+      if (target) target.write(chunk, cb);
+      else pending.push({ chunk, cb });
+    },
+    read() {
+      target?.resume();
+    },
+    final(cb) {
+      if (target) target.end(cb);
+      else cb();
+    },
+    destroy(err, cb) {
+      raw.destroy();
+      target?.destroy();
+      cb(err);
+    },
+  });
+  const authority = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const raw = net.connect({ host: proxy.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(proxy.port) || (proxy.protocol === 'https:' ? 443 : 80) });
+  raw.once('error', (err) => d.destroy(err));
+  raw.once('connect', () => {
+    const auth = proxy.username ? `Proxy-Authorization: Basic ${Buffer.from(`${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`).toString('base64')}\r\n` : '';
+    raw.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${auth}\r\n`);
+  });
+  let head = Buffer.alloc(0);
+  const onHead = (chunk: Buffer): void => {
+    head = Buffer.concat([head, chunk]);
+    const end = head.indexOf('\r\n\r\n');
+    if (end < 0) {
+      if (head.length > 16 * 1024) d.destroy(new Error(`proxy ${proxy.host}: CONNECT response too long`));
+      return;
+    }
+    raw.off('data', onHead);
+    raw.pause();
+    const status = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
+    if (!/^HTTP\/1\.[01] 200\b/.test(status)) {
+      d.destroy(new Error(`proxy ${proxy.host}: CONNECT ${authority}: ${status}`));
+      return;
+    }
+    const rest = head.subarray(end + 4);
+    if (rest.length > 0) raw.unshift(rest);
+    const sock: Duplex = tlsOptions ? tls.connect({ socket: raw, ...tlsOptions }) : raw;
+    sock.on('error', (err) => d.destroy(err));
+    sock.on('data', (c: Buffer) => {
+      if (!d.push(c)) sock.pause();
+    });
+    sock.on('end', () => d.push(null));
+    target = sock;
+    for (const p of pending.splice(0)) sock.write(p.chunk, p.cb);
+    sock.resume();
+    d.emit('tunnel');
+  };
+  raw.on('data', onHead);
+  return d;
+}

@@ -6,12 +6,14 @@
  */
 import { create, toBinary } from '@bufbuild/protobuf';
 import http2, { type ServerHttp2Stream } from 'node:http2';
-import type { AddressInfo, Socket } from 'node:net';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { createServer as createHttpServer, type IncomingMessage } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../../src/client/control-client.js';
+import { proxyFor } from '../../../src/client/grpc-conn.js';
 import { ListWorkersResponseSchema } from '../../../src/gen/buildkit/control_pb.js';
 import { encodeFrame } from '../../../src/util/grpc-frame.js';
 
@@ -84,6 +86,66 @@ describe('loom client connection', () => {
     } finally {
       client.close();
     }
+  });
+
+  it('reaches a tcp:// daemon through HTTPS_PROXY with CONNECT, as grpc-go does; a refused CONNECT is a dial error', async () => {
+    const daemon = http2.createServer();
+    daemon.on('stream', (s) => {
+      s.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      s.on('wantTrailers', () => s.sendTrailers({ 'grpc-status': '0' }));
+      s.end(encodeFrame(toBinary(ListWorkersResponseSchema, create(ListWorkersResponseSchema, { record: [{ ID: 'proxied' }] }))));
+    });
+    await new Promise<void>((resolve) => daemon.listen(0, '127.0.0.1', resolve));
+    const daemonPort = (daemon.address() as AddressInfo).port;
+    const asked: string[] = [];
+    const proxy = createHttpServer();
+    proxy.on('connect', (req: IncomingMessage, client: Socket) => {
+      asked.push(`${req.url} ${req.headers['proxy-authorization'] ?? ''}`);
+      if (req.url !== `daemon.test:${daemonPort}`) {
+        client.end('HTTP/1.1 403 Forbidden\r\n\r\n');
+        return;
+      }
+      const up = connect(daemonPort, '127.0.0.1', () => {
+        client.write('HTTP/1.1 200 Connection established\r\n\r\n');
+        up.pipe(client);
+        client.pipe(up);
+      });
+      up.on('error', () => client.destroy());
+      client.on('error', () => up.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const proxyPort = (proxy.address() as AddressInfo).port;
+    const saved = { HTTPS_PROXY: process.env.HTTPS_PROXY, NO_PROXY: process.env.NO_PROXY };
+    process.env.HTTPS_PROXY = `http://user:p%40ss@127.0.0.1:${proxyPort}`;
+    delete process.env.NO_PROXY;
+    cleanups.push(() => {
+      for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+      daemon.close();
+      proxy.close();
+    });
+    const client = new ControlClient({ address: `tcp://daemon.test:${daemonPort}` });
+    try {
+      expect((await client.listWorkers()).record.map((r) => r.ID)).toEqual(['proxied']);
+    } finally {
+      client.close();
+    }
+    expect(asked).toEqual([`daemon.test:${daemonPort} Basic ${Buffer.from('user:p@ss').toString('base64')}`]);
+    const refused = new ControlClient({ address: `tcp://other.test:${daemonPort}` });
+    try {
+      await expect(refused.listWorkers()).rejects.toThrow(`failed to list workers: Unavailable: connection error: desc = "transport: error while dialing: dial tcp other.test:${daemonPort}: proxy 127.0.0.1:${proxyPort}: CONNECT other.test:${daemonPort}: HTTP/1.1 403 Forbidden"`);
+    } finally {
+      refused.close();
+    }
+  });
+
+  it('takes the proxy only for hosts that are not loopback and not in NO_PROXY', () => {
+    const env = { HTTPS_PROXY: 'proxy.example:3128', NO_PROXY: 'internal.example, .corp.example,10.0.0.5:1234' };
+    expect(proxyFor('build.example', 1234, env)?.href).toBe('http://proxy.example:3128/');
+    for (const h of ['localhost', '127.0.0.1', '::1', 'internal.example', 'a.internal.example', 'b.corp.example']) expect(proxyFor(h, 1234, env), h).toBeUndefined();
+    expect(proxyFor('10.0.0.5', 1234, env)).toBeUndefined();
+    expect(proxyFor('10.0.0.5', 9999, env)).toBeDefined();
+    expect(proxyFor('build.example', 1234, { ...env, NO_PROXY: '*' })).toBeUndefined();
+    expect(proxyFor('build.example', 1234, {})).toBeUndefined();
   });
 
   it('reads a response and an error status, with the status message as upstream prints it', async () => {
