@@ -1,19 +1,11 @@
 import { fromBinary } from '@bufbuild/protobuf';
-import type { ServiceError } from '@grpc/grpc-js';
 import { StatusSchema } from '../gen/google/rpc/status_pb.js';
 import type { ErrorSource } from '../util/errors.js';
 
 /**
- * The errdefs.Source details of a failed call (google.rpc.Status in `grpc-status-details-bin`,
- * each detail the Go struct as JSON): the Dockerfile lines the error is about.
+ * The errdefs.Source details of a failed call (grpc-status-details-bin, decoded: a
+ * google.rpc.Status, each detail the Go struct as JSON): the Dockerfile lines the error is about.
  */
-export function statusSources(err: ServiceError): ErrorSource[] {
-  const raw = err.metadata?.get('grpc-status-details-bin')[0];
-  if (!raw || typeof raw === 'string') return [];
-  return detailsSources(raw);
-}
-
-/** statusSources of a google.rpc.Status in wire form (grpc-status-details-bin, decoded). */
 export function detailsSources(raw: Uint8Array): ErrorSource[] {
   let details;
   try {

@@ -1,7 +1,6 @@
-import type { ServiceError } from '@grpc/grpc-js';
 import { GRPC_CODE_NAMES, GrpcCode, loomCodeOfGrpc, SessionCallError } from '../session/tunnel/grpc-status.js';
-import { CancelledError, LoomError, withSources } from '../util/errors.js';
-import { detailsSources, statusSources } from './error-source.js';
+import { CancelledError, LoomError, withSources, type ErrorSource } from '../util/errors.js';
+import { detailsSources } from './error-source.js';
 
 /** A failed call to the daemon, its message formatted as upstream's client does. */
 export class DaemonCallError extends LoomError {
@@ -13,24 +12,19 @@ export class DaemonCallError extends LoomError {
   }
 }
 
-export function isServiceError(err: unknown): err is ServiceError {
-  return typeof err === 'object' && err !== null && typeof (err as ServiceError).code === 'number' && 'details' in err;
-}
-
 /**
  * `<prefix>: <Code>: <message>` as upstream's grpcerrors prints a status (no code for UNKNOWN,
  * which is what build failures carry). Non-gRPC errors keep their message.
  */
 export function fromGrpcError(err: unknown, prefix?: string): Error {
   const pre = prefix ? `${prefix}: ` : '';
-  const status = (code: number, msg: string, sources: ReturnType<typeof statusSources>): Error => {
+  const status = (code: number, msg: string, sources: ErrorSource[]): Error => {
     const text = code === 2 || code === 0 ? msg : `${GRPC_CODE_NAMES[code] ?? `Code(${code})`}: ${msg}`;
     return withSources(new DaemonCallError({ grpcCode: code, message: pre + text, cause: err }), sources);
   };
   // A call's status (loom's own client), as grpc-go's client reports it.
   if (err instanceof SessionCallError) return status(err.grpcCode, err.message, err.details ? detailsSources(err.details) : []);
   if (err instanceof CancelledError) return status(GrpcCode.CANCELLED, 'context canceled', []);
-  if (isServiceError(err)) return status(err.code, err.details || err.message, statusSources(err));
   if (err instanceof LoomError) {
     if (!prefix) return err;
     return new LoomError(err.code, pre + err.message, { cause: err });

@@ -1,10 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { formatSource, statusSources } from '../../../src/client/error-source.js';
+import { detailsSources, formatSource } from '../../../src/client/error-source.js';
 import { toServiceError } from '../../../src/control/grpc-status.js';
 import { InvalidArgumentError, withSources, type ErrorSource } from '../../../src/util/errors.js';
-import type { ServiceError } from '@grpc/grpc-js';
 
 const CORPUS = join(import.meta.dirname, '../../../fixtures/dockerfile-corpus');
 
@@ -29,7 +28,7 @@ describe('errdefs.Source in error details', () => {
   it('travels in grpc-status-details-bin as upstream encodes it and comes back whole', () => {
     const src = source('fail-unknown-instruction', 3);
     const e = toServiceError(withSources(new InvalidArgumentError('dockerfile parse error on line 3: unknown instruction: FROBNICATE'), [src]));
-    const back = statusSources(e as ServiceError);
+    const back = detailsSources(e.metadata!.get('grpc-status-details-bin')[0] as Buffer);
     expect(back).toHaveLength(1);
     expect(back[0]!.filename).toBe('Dockerfile');
     expect(Buffer.from(back[0]!.data).equals(Buffer.from(src.data))).toBe(true);
