@@ -1,6 +1,7 @@
 import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import type { Stat } from '../../gen/fsutil/stat_pb.js';
 import { PacketSchema, Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
+import { putFrameHeader } from '../../util/grpc-frame.js';
 import { registerCodec } from '../tunnel/codecs.js';
 
 /**
@@ -41,6 +42,36 @@ function int64Len(v: bigint): number {
   if (v < 0n) return 10;
   for (let k = 1; k < 10; k++) if (v < VARINT_LIMITS[k]!) return k;
   return 10;
+}
+
+/** Writes `v` (a non-negative integer below 2^53) as a varint at `pos`; returns the position after it. */
+function putVarint(b: Buffer, pos: number, v: number): number {
+  while (v >= 0x80) {
+    b[pos++] = (v % 128) | 0x80;
+    v = Math.floor(v / 128);
+  }
+  b[pos++] = v;
+  return pos;
+}
+
+/**
+ * Writes an int64 as proto3 does (negative values as their 64-bit two's complement, ten bytes) at
+ * `pos`; returns the position after it. Beyond 2^53 (every modTime in nanoseconds) the value is
+ * split once into two 32-bit halves and shifted as numbers: a BigInt shift per 7 bits was most of
+ * encoding a STAT packet.
+ */
+function putInt64(b: Buffer, pos: number, v: bigint): number {
+  if (v >= 0n && v < TWO_53) return putVarint(b, pos, Number(v));
+  const u = BigInt.asUintN(64, v);
+  let lo = Number(u & 0xffffffffn);
+  let hi = Number(u >> 32n);
+  while (hi !== 0 || lo > 0x7f) {
+    b[pos++] = (lo & 0x7f) | 0x80;
+    lo = ((lo >>> 7) | (hi << 25)) >>> 0;
+    hi >>>= 7;
+  }
+  b[pos++] = lo;
+  return pos;
 }
 
 /** Counts the bytes a Writer would write. */
@@ -88,35 +119,12 @@ class Writer implements Sink {
   }
   varint(v: number): void {
     this.#grow(10);
-    while (v >= 0x80) {
-      this.buf[this.pos++] = (v % 128) | 0x80;
-      v = Math.floor(v / 128);
-    }
-    this.buf[this.pos++] = v;
+    this.pos = putVarint(this.buf, this.pos, v);
   }
-  /**
-   * An int64 as proto3 writes it: negative values as their 64-bit two's complement (ten bytes).
-   * Beyond 2^53 (every modTime in nanoseconds) the value is split once into two 32-bit halves and
-   * shifted as numbers: a BigInt shift per 7 bits was most of encoding a STAT packet.
-   */
+  /** An int64 as proto3 writes it (see putInt64). */
   int64(v: bigint): void {
-    if (v >= 0n && v < TWO_53) {
-      this.varint(Number(v));
-      return;
-    }
-    const u = BigInt.asUintN(64, v);
-    let lo = Number(u & 0xffffffffn);
-    let hi = Number(u >> 32n);
     this.#grow(10);
-    const buf = this.buf;
-    let pos = this.pos;
-    while (hi !== 0 || lo > 0x7f) {
-      buf[pos++] = (lo & 0x7f) | 0x80;
-      lo = ((lo >>> 7) | (hi << 25)) >>> 0;
-      hi >>>= 7;
-    }
-    buf[pos++] = lo;
-    this.pos = pos;
+    this.pos = putInt64(this.buf, this.pos, v);
   }
   bytes(b: Uint8Array): void {
     this.varint(b.length);
@@ -124,25 +132,18 @@ class Writer implements Sink {
     this.buf.set(b, this.pos);
     this.pos += b.length;
   }
-  /** A gRPC frame header (uncompressed, `len` bytes of message to follow). */
-  frameHeader(len: number): void {
+  /** Room for a gRPC frame header, written by putFrameHeader once the message's length is known. */
+  frameHeader(): number {
     this.#grow(5);
-    this.buf[this.pos] = 0;
-    this.frameLength(this.pos, len);
+    const at = this.pos;
     this.pos += 5;
-  }
-  /** Sets the length of the frame whose header starts at `at`. */
-  frameLength(at: number, len: number): void {
-    const b = this.buf;
-    b[at + 1] = len >>> 24;
-    b[at + 2] = (len >>> 16) & 0xff;
-    b[at + 3] = (len >>> 8) & 0xff;
-    b[at + 4] = len & 0xff;
+    return at;
   }
   /**
    * The gRPC frame of a STAT packet for the common entry (no link name, device numbers or xattrs;
-   * a path, and a whole packet, short enough for one-byte lengths), written in one pass with no
-   * call per field: a listing is thousands of these, encoded mostly before V8 optimizes anything.
+   * a path, and a whole packet, short enough for one-byte lengths), written in one pass without the
+   * Sink's method per field: a listing is thousands of these, encoded mostly before V8 optimizes
+   * anything.
    * Returns false, having written nothing, for any other entry (the general writer takes it).
    */
   statFrame(st: Stat): boolean {
@@ -158,64 +159,31 @@ class Writer implements Sink {
     const pathLen = path === '' ? 0 : b.write(path, pos, 'utf8');
     if (pathLen > 127) return false;
     pos += pathLen;
-    let v = st.mode >>> 0;
-    if (v !== 0) {
+    if (st.mode !== 0) {
       b[pos++] = 0x10;
-      while (v >= 0x80) {
-        b[pos++] = (v & 0x7f) | 0x80;
-        v = Math.floor(v / 128);
-      }
-      b[pos++] = v;
+      pos = putVarint(b, pos, st.mode >>> 0);
     }
-    v = st.uid >>> 0;
-    if (v !== 0) {
+    if (st.uid !== 0) {
       b[pos++] = 0x18;
-      while (v >= 0x80) {
-        b[pos++] = (v & 0x7f) | 0x80;
-        v = Math.floor(v / 128);
-      }
-      b[pos++] = v;
+      pos = putVarint(b, pos, st.uid >>> 0);
     }
-    v = st.gid >>> 0;
-    if (v !== 0) {
+    if (st.gid !== 0) {
       b[pos++] = 0x20;
-      while (v >= 0x80) {
-        b[pos++] = (v & 0x7f) | 0x80;
-        v = Math.floor(v / 128);
-      }
-      b[pos++] = v;
+      pos = putVarint(b, pos, st.gid >>> 0);
     }
     if (st.size !== 0n) {
-      v = Number(st.size);
       b[pos++] = 0x28;
-      while (v >= 0x80) {
-        b[pos++] = (v % 128) | 0x80;
-        v = Math.floor(v / 128);
-      }
-      b[pos++] = v;
+      pos = putVarint(b, pos, Number(st.size));
     }
-    const t = st.modTime;
-    if (t !== 0n) {
+    if (st.modTime !== 0n) {
       b[pos++] = 0x30;
-      const u = BigInt.asUintN(64, t);
-      let lo = Number(u & 0xffffffffn);
-      let hi = Number(u >> 32n);
-      while (hi !== 0 || lo > 0x7f) {
-        b[pos++] = (lo & 0x7f) | 0x80;
-        lo = ((lo >>> 7) | (hi << 25)) >>> 0;
-        hi >>>= 7;
-      }
-      b[pos++] = lo;
+      pos = putInt64(b, pos, st.modTime);
     }
     const statLen = pos - (start + 7);
     if (statLen > 127) return false;
     // Packet: field 2 (stat); its type (STAT, 0), ID and data are defaults and left out.
     const packetLen = statLen + 2;
-    b[start] = 0;
-    b[start + 1] = 0;
-    b[start + 2] = 0;
-    b[start + 3] = 0;
-    b[start + 4] = packetLen;
+    putFrameHeader(b, start, packetLen);
     b[start + 5] = 0x12;
     b[start + 6] = statLen;
     if (path !== '') {
@@ -225,7 +193,7 @@ class Writer implements Sink {
       // No path field: the fields after it move up two bytes.
       b.copyWithin(start + 7, start + 9, pos);
       pos -= 2;
-      b[start + 4] = packetLen - 2;
+      putFrameHeader(b, start, packetLen - 2);
       b[start + 6] = statLen - 2;
     }
     this.pos = pos;
@@ -349,17 +317,12 @@ export function encodePacketFrames(ps: readonly Packet[]): Buffer {
   for (const p of ps) estimate += 69 + p.data.length + (p.stat ? p.stat.path.length * 3 + p.stat.linkname.length * 3 : 0);
   const w = new Writer(estimate);
   for (const p of ps) {
-    const start = w.pos;
-    if (hasUnknown(p)) {
-      const b = toBinary(PacketSchema, p);
-      w.frameHeader(b.length);
-      w.raw(b);
-      continue;
-    }
-    if (p.type === Packet_PacketType.PACKET_STAT && p.stat && p.ID === 0 && p.data.length === 0 && w.statFrame(p.stat)) continue;
-    w.frameHeader(0);
-    writePacket(w, p);
-    w.frameLength(start, w.pos - start - 5);
+    const unknown = hasUnknown(p);
+    if (!unknown && p.type === Packet_PacketType.PACKET_STAT && p.stat && p.ID === 0 && p.data.length === 0 && w.statFrame(p.stat)) continue;
+    const at = w.frameHeader();
+    if (unknown) w.raw(toBinary(PacketSchema, p));
+    else writePacket(w, p);
+    putFrameHeader(w.buf, at, w.pos - at - 5);
   }
   return w.buf.subarray(0, w.pos);
 }

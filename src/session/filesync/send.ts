@@ -138,8 +138,7 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
     try {
       fh = await open(abs, 'r');
     } catch (err) {
-      // Upstream sends an empty file when it cannot open one it listed (vanished, unreadable).
-      logger().warn({ path: rel, err: errorMessage(err) }, 'cannot open listed file, sending it empty');
+      cannotOpen(rel, err);
     }
     if (fh) {
       try {
@@ -157,8 +156,7 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
           summary.bytes += bytesRead;
         }
       } catch (err) {
-        if (err instanceof LoomError || isAbortError(err)) throw err;
-        throw new FileSyncError('INTERNAL', `failed to send ${rel}: ${errorMessage(err)}`, { path: rel, cause: err });
+        throw readFailed(rel, err);
       } finally {
         await fh.close();
       }
@@ -201,7 +199,7 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
         // as upstream would (blocking a pool thread, not the loop).
         fd = openSync(f.abs, constants.O_RDONLY | constants.O_NONBLOCK);
       } catch (err) {
-        logger().warn({ path: f.rel, err: errorMessage(err) }, 'cannot open listed file, sending it empty');
+        cannotOpen(f.rel, err);
       }
       if (fd !== undefined && !fstatSync(fd).isFile()) {
         closeSync(fd);
@@ -220,8 +218,7 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
             if (gathered >= SMALL_BATCH_BYTES) await flush();
           }
         } catch (err) {
-          if (err instanceof LoomError || isAbortError(err)) throw err;
-          throw new FileSyncError('INTERNAL', `failed to send ${f.rel}: ${errorMessage(err)}`, { path: f.rel, cause: err });
+          throw readFailed(f.rel, err);
         } finally {
           closeSync(fd);
         }
@@ -313,6 +310,17 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
   }
+}
+
+/** Upstream sends an empty file when it cannot open one it listed (vanished, unreadable). */
+function cannotOpen(rel: string, err: unknown): void {
+  logger().warn({ path: rel, err: errorMessage(err) }, 'cannot open listed file, sending it empty');
+}
+
+/** A read of a listed file failed: the transfer fails naming the file (cancellations pass through). */
+function readFailed(rel: string, err: unknown): unknown {
+  if (err instanceof LoomError || isAbortError(err)) return err;
+  return new FileSyncError('INTERNAL', `failed to send ${rel}: ${errorMessage(err)}`, { path: rel, cause: err });
 }
 
 function toError(err: unknown): Error {

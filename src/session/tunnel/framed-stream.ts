@@ -1,6 +1,6 @@
 import type { Http2Stream } from 'node:http2';
 import { CancelledError, LoomError } from '../../util/errors.js';
-import { encodeFrame } from '../../util/grpc-frame.js';
+import { encodeFrame, encodeFrames } from '../../util/grpc-frame.js';
 import type { CallMetadata, MessageStream } from '../types.js';
 
 /** How many decoded messages may wait for the reader before the HTTP/2 stream is paused (backpressure). */
@@ -97,23 +97,9 @@ export abstract class FramedStream<Send, Recv> implements MessageStream<Send, Re
 
   /** Several messages as one HTTP/2 write: one DATA frame (or a few) instead of one per message. */
   sendMany(msgs: readonly Send[]): Promise<void> {
-    const encodeFrames = this.#encodeFrames;
-    if (encodeFrames) return this.#write(() => encodeFrames(msgs));
-    return this.#write(() => {
-      // Framed straight into one buffer (encodeFrame per message and a concat copied each twice).
-      const payloads = msgs.map((m) => this.#encode(m));
-      let total = 0;
-      for (const p of payloads) total += 5 + p.byteLength;
-      const out = Buffer.allocUnsafe(total);
-      let pos = 0;
-      for (const p of payloads) {
-        out[pos] = 0;
-        out.writeUInt32BE(p.byteLength, pos + 1);
-        out.set(p, pos + 5);
-        pos += 5 + p.byteLength;
-      }
-      return out;
-    });
+    const batch = this.#encodeFrames;
+    if (batch) return this.#write(() => batch(msgs));
+    return this.#write(() => encodeFrames(msgs.map((m) => this.#encode(m))));
   }
 
   /** Messages already in gRPC frames (a typed stream's batch encoder made them). */

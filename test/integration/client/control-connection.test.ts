@@ -38,6 +38,13 @@ async function fakeDaemon(onStream: (s: ServerHttp2Stream, session: http2.Http2S
   return `unix://${sock}`;
 }
 
+/** Answers a ListWorkers call with one worker and status OK (headers, message, trailers). */
+function answerWorkers(s: ServerHttp2Stream, id: string): void {
+  s.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+  s.on('wantTrailers', () => s.sendTrailers({ 'grpc-status': '0' }));
+  s.end(encodeFrame(toBinary(ListWorkersResponseSchema, create(ListWorkersResponseSchema, { record: [{ ID: id }] }))));
+}
+
 describe('loom client connection', () => {
   it('reports a daemon that goes away mid-call as grpc-go does (Unavailable, EOF), not as a cancel', async () => {
     const address = await fakeDaemon((s, _session, sockets) => {
@@ -72,11 +79,7 @@ describe('loom client connection', () => {
   // Skipped where the loopback interface has no IPv6 address.
   it.skipIf(!hasIpv6Loopback)('connects to an IPv6 address (tcp://[::1]:port)', async () => {
     const server = http2.createServer();
-    server.on('stream', (s) => {
-      s.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-      s.on('wantTrailers', () => s.sendTrailers({ 'grpc-status': '0' }));
-      s.end(encodeFrame(toBinary(ListWorkersResponseSchema, create(ListWorkersResponseSchema, { record: [{ ID: 'v6' }] }))));
-    });
+    server.on('stream', (s) => answerWorkers(s, 'v6'));
     await new Promise<void>((resolve) => server.listen(0, '::1', resolve));
     cleanups.push(() => server.close());
     const port = (server.address() as AddressInfo).port;
@@ -90,11 +93,7 @@ describe('loom client connection', () => {
 
   it('reaches a tcp:// daemon through HTTPS_PROXY with CONNECT, as grpc-go does; a refused CONNECT is a dial error', async () => {
     const daemon = http2.createServer();
-    daemon.on('stream', (s) => {
-      s.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-      s.on('wantTrailers', () => s.sendTrailers({ 'grpc-status': '0' }));
-      s.end(encodeFrame(toBinary(ListWorkersResponseSchema, create(ListWorkersResponseSchema, { record: [{ ID: 'proxied' }] }))));
-    });
+    daemon.on('stream', (s) => answerWorkers(s, 'proxied'));
     await new Promise<void>((resolve) => daemon.listen(0, '127.0.0.1', resolve));
     const daemonPort = (daemon.address() as AddressInfo).port;
     const asked: string[] = [];
@@ -152,9 +151,7 @@ describe('loom client connection', () => {
     let n = 0;
     const address = await fakeDaemon((s) => {
       if (n++ === 0) {
-        s.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-        s.on('wantTrailers', () => s.sendTrailers({ 'grpc-status': '0' }));
-        s.end(encodeFrame(toBinary(ListWorkersResponseSchema, create(ListWorkersResponseSchema, { record: [{ ID: 'w1' }] }))));
+        answerWorkers(s, 'w1');
         return;
       }
       s.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '5', 'grpc-message': 'no such thing %E2%9C%93' }, { endStream: true });
