@@ -17,6 +17,16 @@
  *     symlink, so a step that swapped a stub's parent for a symlink cannot make it touch the host;
  *   - unmounts the staging mounts;
  *   - writes the outcome to the --status file: `exit N` or `error MESSAGE`.
+ *
+ * With --userns PIN (a step for a foreign platform on a host without binfmt_misc handlers), a
+ * child first makes a user namespace that maps every id to itself, mounts a binfmt_misc instance
+ * of its own there (kernels since 6.7 give each user namespace one; nothing reaches the host's
+ * table) and writes the --binfmt registrations into it; PIN (an empty file the config names as the
+ * user namespace) is bound on /proc/<child>/ns/user. The child holds the instance (its detached
+ * mount) until the shim ends, so every exec in the container, children included, goes through
+ * QEMU. A network namespace the host's user namespace owns (the bridge's) cannot be joined from
+ * there: with --netns PATH the config names no network namespace and runc starts in PATH.
+ * `--probe-binfmt` only tries the namespace and exits 0, or 1 with the reason on stderr.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -30,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -59,6 +70,12 @@ static struct srcmount srcmounts[MAX_ITEMS];
 static int n_srcmounts;
 static const char *stubs[MAX_ITEMS];
 static int n_stubs;
+static const char *userns_pin;
+static const char *netns_path;
+static int userns_pinned;
+static const char *binfmts[MAX_ITEMS];
+static int n_binfmts;
+static int holder_fd = -1; /* closing it ends the namespace holder */
 
 static void write_status(const char *fmt, ...)
 {
@@ -82,6 +99,7 @@ static void write_status(const char *fmt, ...)
 }
 
 static void unstage_mounts(void);
+static void unpin_userns(void);
 
 static void fail(const char *fmt, ...)
 {
@@ -93,6 +111,7 @@ static void fail(const char *fmt, ...)
 	write_status("error %s\n", buf);
 	fprintf(stderr, "loom-runc-shim: %s\n", buf);
 	unstage_mounts();
+	unpin_userns();
 	exit(125);
 }
 
@@ -104,7 +123,7 @@ static long long now_ms(void)
 }
 
 /* Runs runc with `args` (NULL-terminated, after the global flags); returns the child's pid. */
-static pid_t spawn_runc(const char *const *args, int quiet, const sigset_t *origmask)
+static pid_t spawn_runc(const char *const *args, int quiet, const sigset_t *origmask, int netns_fd)
 {
 	const char *argv[32];
 	int n = 0;
@@ -122,6 +141,11 @@ static pid_t spawn_runc(const char *const *args, int quiet, const sigset_t *orig
 		signal(SIGPIPE, SIG_DFL);
 		/* runc must not outlive the shim (the daemon may SIGKILL it). */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		/* The container shares this network namespace (the config names none). */
+		if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0) {
+			fprintf(stderr, "loom-runc-shim: join the network namespace: %s\n", strerror(errno));
+			_exit(125);
+		}
 		if (quiet) {
 			int nul = open("/dev/null", O_RDWR);
 			if (nul >= 0) {
@@ -286,11 +310,199 @@ static void unstage_mounts(void)
 	}
 }
 
+/* The new mount API, by number: older C libraries have no wrappers (the numbers are the same on
+ * every architecture). */
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#endif
+#ifndef SYS_fsconfig
+#define SYS_fsconfig 431
+#endif
+#ifndef SYS_fsmount
+#define SYS_fsmount 432
+#endif
+#define LOOM_FSOPEN_CLOEXEC 0x1
+#define LOOM_FSCONFIG_CMD_CREATE 6
+#define LOOM_FSMOUNT_CLOEXEC 0x1
+
+static int write_file(const char *path, const char *data)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = write(fd, data, strlen(data));
+	int e = errno;
+	close(fd);
+	errno = e;
+	return n == (ssize_t)strlen(data) ? 0 : -1;
+}
+
+/* In the holder child: reports `0` or `errno what` on `rep` and exits on failure. */
+static void holder_report(int rep, int err, const char *what)
+{
+	char buf[512];
+	int n = err ? snprintf(buf, sizeof(buf), "%d %s", err, what) : snprintf(buf, sizeof(buf), "0");
+	ssize_t w = write(rep, buf, (size_t)n);
+	(void)w;
+	if (err)
+		_exit(1);
+}
+
+/* Reads one report of the holder: 0, or -1 with `what: strerror` in `why`. */
+static int holder_ok(int fd, char *why, size_t whylen)
+{
+	char buf[512];
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	buf[n > 0 ? n : 0] = 0;
+	if (n > 0 && buf[0] == '0')
+		return 0;
+	char *sp = strchr(buf, ' ');
+	if (n > 0 && sp)
+		snprintf(why, whylen, "%s: %s", sp + 1, strerror(atoi(buf)));
+	else
+		snprintf(why, whylen, "namespace holder died");
+	return -1;
+}
+
+/*
+ * Starts the namespace holder: a child in a new user namespace (every uid and gid mapped to
+ * itself, written by us: only a process privileged outside may write such a map) and a new mount
+ * namespace, holding a binfmt_misc instance with `binfmts` registered. Returns its pid; on failure
+ * returns -1 with the reason in `why`.
+ */
+static pid_t start_holder(char *why, size_t whylen)
+{
+	int up[2], down[2], hold[2];
+	if (pipe2(up, O_CLOEXEC) < 0 || pipe2(down, O_CLOEXEC) < 0 || pipe2(hold, O_CLOEXEC) < 0) {
+		snprintf(why, whylen, "pipe: %s", strerror(errno));
+		return -1;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		snprintf(why, whylen, "fork: %s", strerror(errno));
+		return -1;
+	}
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(up[0]);
+		close(down[1]);
+		close(hold[1]);
+		/* Not the daemon's pipes: they must close when the shim ends. */
+		int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (nul >= 0) {
+			dup2(nul, 0);
+			dup2(nul, 1);
+			dup2(nul, 2);
+		}
+		if (unshare(CLONE_NEWUSER | CLONE_NEWNS) < 0)
+			holder_report(up[1], errno, "unshare a user namespace");
+		holder_report(up[1], 0, "");
+		char c;
+		if (read(down[0], &c, 1) != 1)
+			_exit(1);
+		if (c != 'm')
+			_exit(1);
+		long fs = syscall(SYS_fsopen, "binfmt_misc", LOOM_FSOPEN_CLOEXEC);
+		if (fs < 0)
+			holder_report(up[1], errno, "open a binfmt_misc instance in a user namespace (needs Linux 6.7 or later)");
+		if (syscall(SYS_fsconfig, (int)fs, LOOM_FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+			holder_report(up[1], errno, "create a binfmt_misc instance in a user namespace (needs Linux 6.7 or later)");
+		long mnt = syscall(SYS_fsmount, (int)fs, LOOM_FSMOUNT_CLOEXEC, 0);
+		if (mnt < 0)
+			holder_report(up[1], errno, "mount a binfmt_misc instance in a user namespace");
+		for (int i = 0; i < n_binfmts; i++) {
+			int r = openat((int)mnt, "register", O_WRONLY | O_CLOEXEC);
+			if (r < 0 || write(r, binfmts[i], strlen(binfmts[i])) != (ssize_t)strlen(binfmts[i])) {
+				char what[300];
+				snprintf(what, sizeof(what), "register binfmt_misc handler %.200s", binfmts[i]);
+				holder_report(up[1], errno, what);
+			}
+			close(r);
+		}
+		holder_report(up[1], 0, "");
+		close(up[1]);
+		/* Hold the instance (the mount fd) until the shim closes its end or dies. */
+		while (read(hold[0], &c, 1) < 0 && errno == EINTR)
+			;
+		_exit(0);
+	}
+	close(up[1]);
+	close(down[0]);
+	close(hold[0]);
+	if (holder_ok(up[0], why, whylen) < 0)
+		goto failed;
+	char map[64];
+	snprintf(map, sizeof(map), "/proc/%d/uid_map", (int)pid);
+	if (write_file(map, "0 0 4294967295") < 0) {
+		snprintf(why, whylen, "write %s: %s", map, strerror(errno));
+		goto failed;
+	}
+	snprintf(map, sizeof(map), "/proc/%d/gid_map", (int)pid);
+	if (write_file(map, "0 0 4294967295") < 0) {
+		snprintf(why, whylen, "write %s: %s", map, strerror(errno));
+		goto failed;
+	}
+	if (write(down[1], "m", 1) != 1) {
+		snprintf(why, whylen, "namespace holder died");
+		goto failed;
+	}
+	if (holder_ok(up[0], why, whylen) < 0)
+		goto failed;
+	close(up[0]);
+	close(down[1]);
+	holder_fd = hold[1];
+	return pid;
+failed:
+	close(up[0]);
+	close(down[1]);
+	close(hold[1]);
+	kill(pid, SIGKILL);
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	return -1;
+}
+
+/* Binds the holder's user namespace on the pin file the config names. */
+static void pin_userns(pid_t holder)
+{
+	char src[64];
+	snprintf(src, sizeof(src), "/proc/%d/ns/user", (int)holder);
+	if (mount(src, userns_pin, NULL, MS_BIND, NULL) < 0)
+		fail("bind the step's user namespace on %s: %s", userns_pin, strerror(errno));
+	userns_pinned = 1;
+}
+
+static void unpin_userns(void)
+{
+	if (userns_pinned)
+		umount2(userns_pin, MNT_DETACH);
+	userns_pinned = 0;
+	if (holder_fd >= 0)
+		close(holder_fd);
+	holder_fd = -1;
+}
+
+static int probe_binfmt(void)
+{
+	char why[1024];
+	pid_t h = start_holder(why, sizeof(why));
+	if (h < 0) {
+		fprintf(stderr, "%s\n", why);
+		return 1;
+	}
+	close(holder_fd);
+	while (waitpid(h, NULL, 0) < 0 && errno == EINTR)
+		;
+	return 0;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
 		"usage: loom-runc-shim --root DIR --id ID --bundle DIR --status FILE [--runc PATH]\n"
-		"         [--src STAGING=ROOT:SUBPATH]... [--stub-root DIR --stub REL...]\n");
+		"         [--src STAGING=ROOT:SUBPATH]... [--stub-root DIR --stub REL...]\n"
+		"         [--userns PIN --binfmt REGISTRATION... [--netns PATH]]\n"
+		"       loom-runc-shim --mount-helper | --probe-binfmt\n");
 	exit(125);
 }
 
@@ -366,6 +578,8 @@ int main(int argc, char **argv)
 {
 	if (argc == 2 && strcmp(argv[1], "--mount-helper") == 0)
 		return mount_helper();
+	if (argc == 2 && strcmp(argv[1], "--probe-binfmt") == 0)
+		return probe_binfmt();
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -387,6 +601,14 @@ int main(int argc, char **argv)
 			if (n_stubs >= MAX_ITEMS)
 				usage();
 			stubs[n_stubs++] = v, i++;
+		} else if (strcmp(a, "--userns") == 0) {
+			userns_pin = v, i++;
+		} else if (strcmp(a, "--netns") == 0) {
+			netns_path = v, i++;
+		} else if (strcmp(a, "--binfmt") == 0) {
+			if (n_binfmts >= MAX_ITEMS)
+				usage();
+			binfmts[n_binfmts++] = v, i++;
 		} else if (strcmp(a, "--src") == 0) {
 			/* STAGING=ROOT:SUB; STAGING and ROOT are loom's own absolute paths, without '=' or ':'. */
 			char *spec = strdup(v), *eq = spec ? strchr(spec, '=') : NULL, *colon;
@@ -430,10 +652,21 @@ int main(int argc, char **argv)
 
 	for (int i = 0; i < n_srcmounts; i++)
 		stage_mount(&srcmounts[i]);
+	if (userns_pin) {
+		char why[1024];
+		pid_t h = start_holder(why, sizeof(why));
+		if (h < 0)
+			fail("user namespace for QEMU: %s", why);
+		pin_userns(h);
+	}
+	/* A namespace the host's user namespace owns cannot be joined from the step's: runc starts in it. */
+	int netns_fd = -1;
+	if (netns_path && (netns_fd = open(netns_path, O_RDONLY | O_CLOEXEC)) < 0)
+		fail("network namespace %s: %s", netns_path, strerror(errno));
 
 	/* With a terminal in the config, runc in the foreground relays it to our stdio (node-pty's). */
 	const char *run_args[] = {"run", "--bundle", bundle, id, NULL};
-	pid_t runc = spawn_runc(run_args, 0, &origmask);
+	pid_t runc = spawn_runc(run_args, 0, &origmask, netns_fd);
 
 	int runc_done = 0, runc_status = 0, killing = 0;
 	long long kill_started = 0, last_kill = 0;
@@ -477,7 +710,7 @@ int main(int argc, char **argv)
 				kill(runc, SIGKILL);
 			} else if (!killer && t - last_kill >= KILL_RETRY_MS) {
 				const char *kill_args[] = {"kill", id, "KILL", NULL};
-				killer = spawn_runc(kill_args, 1, &origmask);
+				killer = spawn_runc(kill_args, 1, &origmask, -1);
 				last_kill = t;
 			}
 		}
@@ -489,12 +722,13 @@ int main(int argc, char **argv)
 	snprintf(state, sizeof(state), "%s/%s", runc_root, id);
 	if (stat(state, &st) == 0) {
 		const char *del_args[] = {"delete", "--force", id, NULL};
-		pid_t d = spawn_runc(del_args, 1, &origmask);
+		pid_t d = spawn_runc(del_args, 1, &origmask, -1);
 		int dst;
 		while (waitpid(d, &dst, 0) < 0 && errno == EINTR)
 			;
 	}
 	unstage_mounts();
+	unpin_userns();
 	remove_stubs();
 	while (waitpid(-1, NULL, WNOHANG) > 0)
 		;

@@ -22,7 +22,7 @@ import { CacheMounts, type CacheSharing } from './executor/mounts/cache-mounts.j
 import { SecretFiles } from './executor/mounts/secrets.js';
 import { checkSshAgent, forwardSshAgent } from './executor/mounts/ssh-forward.js';
 import { createNetworkProviders, type NetworkProviders } from './executor/network.js';
-import { emulatedArgs, emulatorFor, QEMU_MOUNT_PATH } from './executor/qemu.js';
+import { binfmtRegistrations, emulatedArgs, emulationHint, emulatorFor, QEMU_MOUNT_PATH } from './executor/qemu.js';
 import { RuncExecutor } from './executor/runc/runc-executor.js';
 import { executorPaths } from './executor/runc/stale.js';
 import { isEmptyRef } from './file-op.js';
@@ -320,8 +320,12 @@ export class ExecOp implements OpImpl {
       }
 
       let procArgs = args;
+      let binfmt: string[] | undefined;
       const emu = emulatorFor(ctx.platform, this.#s.native, this.#s.emulators);
-      if (emu) {
+      if (emu && (await this.#s.executor.ownBinfmt?.())) {
+        // The step's own binfmt_misc: its children of the foreign platform run through QEMU too.
+        binfmt = binfmtRegistrations(this.#s.native, this.#s.emulators);
+      } else if (emu) {
         procArgs = await emulatedArgs(rootfs, args, env);
         mounts.push({ dest: QEMU_MOUNT_PATH, source: { kind: 'bind', path: emu.staticPath, readonly: true } });
       }
@@ -347,11 +351,16 @@ export class ExecOp implements OpImpl {
             cgroupParent: meta.cgroupParent,
           },
           signal: ctx.signal,
+          binfmt,
           stdout: (b) => ctx.progress.log(digest, 1, b),
           stderr: (b) => ctx.progress.log(digest, 2, b),
         });
       } catch (err) {
         const valid = meta.validExitCodes;
+        if (emu && !binfmt && err instanceof ExitError && err.exitCode === 126) {
+          // Most likely a child of the foreign platform the kernel could not run ("Exec format error").
+          ctx.progress.log(digest, 2, Buffer.from(emulationHint(ctx.platform)));
+        }
         if (!(err instanceof ExitError && valid.length > 0 && valid.includes(err.exitCode))) {
           throw new LoomError(codeOf(err), `process ${goQuote(args.join(' '))} did not complete successfully: ${errorMessage(err)}`, { cause: err });
         }

@@ -17,6 +17,11 @@ import { LoomError } from '../../util/errors.js';
  */
 export interface Executor {
   run(req: RunRequest): Promise<void>;
+  /**
+   * Whether a step can get a user namespace with a binfmt_misc instance of its own (RunRequest
+   * `binfmt`); false (or absent) where the kernel or the runtime cannot.
+   */
+  ownBinfmt?(): Promise<boolean>;
 }
 
 export type NetMode = 'sandbox' | 'host' | 'none';
@@ -71,6 +76,12 @@ export interface RunRequest {
   stdin?: AsyncIterable<Buffer | string>;
   /** With `tty`: called with a function that resizes the terminal. */
   onResize?: (resize: (size: { cols: number; rows: number }) => void) => void;
+  /**
+   * binfmt_misc registrations (`:name:M::magic:mask:interpreter:flags`) for a binfmt_misc instance
+   * of the step's own, in a user namespace that maps every id to itself: foreign binaries the step
+   * runs, its children included, go through the emulators they name. Only where `ownBinfmt()`.
+   */
+  binfmt?: string[];
 }
 
 /** The process ran and exited non-zero (or was killed: 128 + signal). */

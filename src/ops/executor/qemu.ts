@@ -9,6 +9,11 @@ import { InvalidArgumentError } from '../../util/errors.js';
 /** Where upstream mounts the static emulator in the container (inside the /dev tmpfs: no stub). */
 export const QEMU_MOUNT_PATH = '/dev/.buildkit_qemu_emulator';
 
+/** The 32-bit companion a CPU runs natively: it needs no emulator. */
+function nativeCompanion(native: string, arch: string): boolean {
+  return (native === 'amd64' && arch === '386') || (native === 'arm64' && arch === 'arm');
+}
+
 /**
  * How a step for `platform` runs on this host: natively (null), through a binfmt_misc handler the
  * kernel applies by itself (null too), or through the static emulator mounted at QEMU_MOUNT_PATH
@@ -18,8 +23,7 @@ export const QEMU_MOUNT_PATH = '/dev/.buildkit_qemu_emulator';
 export function emulatorFor(platform: Platform, native: { architecture: string; variant?: string }, emulators: readonly EmulatorInfo[]): { staticPath: string } | null {
   const p = normalizePlatform({ os: platform.OS || 'linux', architecture: platform.Architecture, variant: platform.Variant || undefined });
   if (p.architecture === native.architecture) return null;
-  // 32-bit companions the CPU runs natively need no emulator.
-  if ((native.architecture === 'amd64' && p.architecture === '386') || (native.architecture === 'arm64' && p.architecture === 'arm')) return null;
+  if (nativeCompanion(native.architecture, p.architecture)) return null;
   const e = emulators.find((x) => x.platform.architecture === p.architecture && (!p.variant || !x.platform.variant || x.platform.variant === p.variant));
   if (!e) {
     const supported = [native.architecture, ...emulators.map((x) => x.platform.architecture + (x.platform.variant ? '/' + x.platform.variant : ''))];
@@ -30,6 +34,60 @@ export function emulatorFor(platform: Platform, native: { architecture: string; 
   if (e.binfmt) return null;
   if (!e.staticPath) return null;
   return { staticPath: e.staticPath };
+}
+
+/**
+ * ELF header patterns of the binaries each emulator runs (e_ident class and byte order, e_type
+ * executable or shared object, e_machine), as binfmt_misc magic and mask strings.
+ */
+const ELF_MAGIC: Record<string, { magic: string; mask: string }> = {
+  x86_64: { magic: '7f454c4602010100000000000000000002003e00', mask: 'fffffffffffefe00fffffffffffffffffeffffff' },
+  i386: { magic: '7f454c4601010100000000000000000002000300', mask: 'fffffffffffefe00fffffffffffffffffeffffff' },
+  aarch64: { magic: '7f454c460201010000000000000000000200b700', mask: 'ffffffffffffff00fffffffffffffffffeffffff' },
+  arm: { magic: '7f454c4601010100000000000000000002002800', mask: 'ffffffffffffff00fffffffffffffffffeffffff' },
+  riscv64: { magic: '7f454c460201010000000000000000000200f300', mask: 'ffffffffffffff00fffffffffffffffffeffffff' },
+  ppc64le: { magic: '7f454c4602010100000000000000000002001500', mask: 'fffffffffffffffcfffffffffffffffffeffff00' },
+  s390x: { magic: '7f454c4602020100000000000000000000020016', mask: 'fffffffffffffffcfffffffffffffffffffeffff' },
+  mips64el: { magic: '7f454c4602010100000000000000000002000800', mask: 'ffffffffffffff00fefffffffffffffffeffffff' },
+  mips64: { magic: '7f454c4602020100000000000000000000020008', mask: 'ffffffffffffff00fefffffffffffffffffeffff' },
+};
+
+const hexEscape = (hex: string) => hex.replace(/../g, (b) => '\\x' + b);
+
+/**
+ * binfmt_misc registrations for every emulator the host has (never the host's own binaries):
+ * written into a step's own binfmt_misc instance, they make the kernel run each foreign binary
+ * the step executes, children included, through QEMU. Flags as the usual installers use: P keeps
+ * argv[0], O and C pass the binary open and honour its set-id bits, F opens the emulator once, at
+ * registration.
+ */
+export function binfmtRegistrations(native: { architecture: string }, emulators: readonly EmulatorInfo[]): string[] {
+  const out = new Map<string, string>();
+  for (const e of emulators) {
+    const a = e.platform.architecture;
+    if (!e.staticPath || a === native.architecture || nativeCompanion(native.architecture, a)) continue;
+    const name = path.basename(e.staticPath).replace(/^qemu-/, '').replace(/-static$/, '');
+    const elf = ELF_MAGIC[name];
+    if (!elf || out.has(name)) continue;
+    out.set(name, `:qemu-${name}:M::${hexEscape(elf.magic)}:${hexEscape(elf.mask)}:${e.staticPath}:POCF`);
+  }
+  return [...out.values()];
+}
+
+/**
+ * What a step for `platform` that exited 126 is told when QEMU ran only its first process: a child
+ * of that platform needs a binfmt_misc handler, which this host lacks and this kernel (before
+ * 6.7) cannot give the step on its own.
+ */
+export function emulationHint(platform: Platform): string {
+  const p = normalizePlatform({ os: platform.OS || 'linux', architecture: platform.Architecture, variant: platform.Variant || undefined });
+  const name = `linux/${p.architecture}${p.variant ? '/' + p.variant : ''}`;
+  return (
+    `loom: exit code 126 in a ${name} step is most likely a child process of that platform the kernel could not execute: ` +
+    `this host has no binfmt_misc handler for it, and its kernel (before Linux 6.7) cannot give the step one of its own. ` +
+    `Register QEMU's handlers on the host (Debian: mount binfmt_misc and run update-binfmts --enable; ` +
+    `or docker run --privileged --rm tonistiigi/binfmt --install all), then build again.\n`
+  );
 }
 
 /**

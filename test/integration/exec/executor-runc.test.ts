@@ -1,11 +1,14 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { arch, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExitError } from '../../../src/ops/executor/executor.js';
 import { cleanupStale, CONTAINER_ID_RE, executorPaths } from '../../../src/ops/executor/runc/stale.js';
 import type { RuncExecutor } from '../../../src/ops/executor/runc/runc-executor.js';
+import { binfmtRegistrations, emulatedArgs, QEMU_MOUNT_PATH } from '../../../src/ops/executor/qemu.js';
+import { detectPlatforms } from '../../../src/worker/platforms.js';
+import { busyboxLayers, HAVE_VECTORS } from '../../unit/snapshot/busybox-image.js';
 import { canRunContainers, makeExecutor, makeRootfs, proc, runCollect } from './helpers.js';
 
 function runcList(stateRoot: string): { id: string; status: string }[] {
@@ -275,4 +278,75 @@ describe.skipIf(!canRunContainers())('executor safety (integration, root, real r
       expect(id).not.toBe('loom-000000000000000000000000');
     }
   }, 30_000);
+});
+
+/** Linux 6.7 gave each user namespace a binfmt_misc instance of its own. */
+function kernelHasOwnBinfmt(): boolean {
+  const [maj = 0, min = 0] = release().split('.').map((x) => parseInt(x, 10));
+  return maj > 6 || (maj === 6 && min >= 7);
+}
+
+describe.skipIf(!canRunContainers() || !HAVE_VECTORS || !existsSync('/usr/bin/qemu-aarch64-static') || arch() !== 'x64')('steps for another platform (integration, root, real runc and QEMU)', () => {
+  let dir: string;
+  let state: string;
+  let ex: RuncExecutor;
+  let armRoot: string;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'loom-exec-qemu-'));
+    state = join(dir, 'state');
+    ex = makeExecutor(state);
+    await ex.init();
+    armRoot = join(dir, 'arm64');
+    mkdirSync(armRoot);
+    for (const layer of busyboxLayers('arm64')) execFileSync('tar', ['-xzf', layer, '-C', armRoot]);
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('the shim can give a step its own binfmt_misc exactly where the kernel has one per user namespace', async () => {
+    expect(await ex.ownBinfmt()).toBe(kernelHasOwnBinfmt());
+  });
+
+  it.runIf(kernelHasOwnBinfmt())('an arm64 step and the arm64 children it starts run through QEMU; the host keeps no trace', async () => {
+    const mountsBefore = readFileSync('/proc/self/mountinfo', 'utf8');
+    const binfmtBefore = existsSync('/proc/sys/fs/binfmt_misc/status') ? readdirSync('/proc/sys/fs/binfmt_misc').sort() : null;
+    const binfmt = binfmtRegistrations({ architecture: 'amd64' }, detectPlatforms().emulated);
+    expect(binfmt.some((r) => r.startsWith(':qemu-aarch64:M::\\x7f\\x45\\x4c\\x46\\x02'))).toBe(true);
+    // No handler for the host's own binaries (nor the 32-bit ones it runs natively).
+    expect(binfmt.filter((r) => /^:qemu-(x86_64|i386):/.test(r))).toEqual([]);
+    // /bin/ls is a new arm64 process started by the arm64 shell: without a handler it fails with
+    // "Exec format error" (exit 126). With the host's network, /sys is the host's, bound.
+    const r = await runCollect(ex, {
+      rootfs: armRoot,
+      mounts: [],
+      process: proc(['/bin/sh', '-c', '/bin/uname -m; /bin/ls -d /bin; env true && echo child-ok; cat /proc/self/uid_map; ls /sys/kernel >/dev/null && echo sys-ok']),
+      binfmt,
+    });
+    expect(r.error, r.err).toBeNull();
+    expect(r.out.split('\n').map((l) => l.trim().replace(/\s+/g, ' '))).toEqual(['aarch64', '/bin', 'child-ok', '0 0 4294967295', 'sys-ok', '']);
+    // Without its own binfmt_misc the same child is refused by the kernel.
+    const bare = await runCollect(ex, {
+      rootfs: armRoot,
+      mounts: [{ dest: QEMU_MOUNT_PATH, source: { kind: 'bind', path: '/usr/bin/qemu-aarch64-static', readonly: true } }],
+      process: proc(await emulatedArgs(armRoot, ['/bin/sh', '-c', '/bin/ls -d /bin'], [])),
+    });
+    expect((bare.error as ExitError).exitCode, bare.out + bare.err).toBe(126);
+    expect(bare.err).toMatch(/Exec format error/);
+    // Nothing left: the namespace pin is unmounted, the bundle gone, the host's table as it was.
+    expect(readdirSync(executorPaths(state).bundles)).toEqual([]);
+    const binfmtMounts = (s: string) => s.split('\n').filter((l) => / (binfmt_misc|nsfs) /.test(l)).length;
+    expect(binfmtMounts(readFileSync('/proc/self/mountinfo', 'utf8'))).toBe(binfmtMounts(mountsBefore));
+    expect(existsSync('/proc/sys/fs/binfmt_misc/status') ? readdirSync('/proc/sys/fs/binfmt_misc').sort() : null).toEqual(binfmtBefore);
+  });
+
+  it.runIf(kernelHasOwnBinfmt())('an arm64 step with network none gets its own network namespace and sysfs', async () => {
+    const r = await runCollect(ex, {
+      rootfs: armRoot,
+      mounts: [],
+      process: proc(['/bin/sh', '-c', '/bin/ls /sys/class/net'], { netMode: 'none' }),
+      binfmt: binfmtRegistrations({ architecture: 'amd64' }, detectPlatforms().emulated),
+    });
+    expect(r.error, r.err).toBeNull();
+    expect(r.out).toBe('lo\n');
+  });
 });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CacheMounts } from '../../../src/ops/executor/mounts/cache-mounts.js';
 import { mountStubs } from '../../../src/ops/executor/mount-stubs.js';
-import { emulatedArgs, emulatorFor, QEMU_MOUNT_PATH } from '../../../src/ops/executor/qemu.js';
+import { binfmtRegistrations, emulatedArgs, emulationHint, emulatorFor, QEMU_MOUNT_PATH } from '../../../src/ops/executor/qemu.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'loom-mounts-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -44,6 +44,37 @@ describe('QEMU for foreign platforms', () => {
     symlinkSync('busybox', join(r, 'bin', 'uname'));
     expect(await emulatedArgs(r, ['uname', '-m'], ['PATH=/usr/bin:/bin'])).toEqual([QEMU_MOUNT_PATH, '-0', 'uname', '/bin/uname', '-m']);
     expect(await emulatedArgs(r, ['/bin/uname'], [])).toEqual([QEMU_MOUNT_PATH, '-0', '/bin/uname', '/bin/uname']);
+  });
+
+  it('registers every foreign emulator with binfmt_misc, never one for binaries the host runs natively', () => {
+    const e = (architecture: string, qemu: string, variant?: string) => ({ platform: { os: 'linux', architecture, variant }, binfmt: false, staticPath: `/usr/bin/qemu-${qemu}-static` });
+    const all = [e('arm64', 'aarch64'), e('386', 'i386'), e('arm', 'arm', 'v7'), e('arm', 'arm', 'v6'), e('riscv64', 'riscv64'), e('amd64', 'x86_64')];
+    const onAmd64 = binfmtRegistrations({ architecture: 'amd64' }, all);
+    expect(onAmd64.map((r) => r.split(':')[1])).toEqual(['qemu-aarch64', 'qemu-arm', 'qemu-riscv64']);
+    expect(onAmd64[0]).toBe(
+      ':qemu-aarch64:M::\\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:' +
+        '\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:/usr/bin/qemu-aarch64-static:POCF',
+    );
+    expect(binfmtRegistrations({ architecture: 'arm64' }, all).map((r) => r.split(':')[1])).toEqual(['qemu-i386', 'qemu-riscv64', 'qemu-x86_64']);
+    // Only emulators loom found a binary for.
+    expect(binfmtRegistrations({ architecture: 'amd64' }, [{ ...all[0]!, staticPath: undefined, binfmt: true }])).toEqual([]);
+  });
+
+  it("agrees with the magic and mask Debian's qemu-user-static registers", () => {
+    const dir = '/usr/share/binfmts';
+    const regs = binfmtRegistrations({ architecture: 'amd64' }, ['aarch64', 'arm', 'riscv64', 'ppc64le', 's390x', 'mips64el', 'mips64'].map((q) => ({ platform: { os: 'linux', architecture: q }, binfmt: false, staticPath: `/usr/bin/qemu-${q}-static` })));
+    const checked = regs.filter((r) => existsSync(join(dir, r.split(':')[1]!)));
+    for (const r of checked) {
+      const f = readFileSync(join(dir, r.split(':')[1]!), 'utf8');
+      const [, , , , magic, mask] = r.split(':');
+      expect(magic, r).toBe(/^magic (.*)$/m.exec(f)![1]);
+      expect(mask, r).toBe(/^mask (.*)$/m.exec(f)![1]);
+    }
+    expect(checked.length).toBe(existsSync(join(dir, 'qemu-aarch64')) ? 7 : 0);
+  });
+
+  it('tells a step that exited 126 under QEMU without binfmt_misc what to do', () => {
+    expect(emulationHint(pb('arm', 'v7'))).toMatch(/^loom: exit code 126 in a linux\/arm\/v7 step .* binfmt_misc .* update-binfmts --enable/);
   });
 });
 

@@ -89,3 +89,30 @@ describe('upstream texts', () => {
     expect(filterResolvConf('nameserver 10.1.1.1\nnameserver 127.0.0.1\n')).toBe('nameserver 10.1.1.1\n');
   });
 });
+
+describe('OCI spec of a step in a user namespace of its own (QEMU with its own binfmt_misc)', () => {
+  const userns = '/state/bundles/loom-x/userns';
+  const sys = (s: any) => s.mounts.find((m: { destination: string }) => m.destination === '/sys');
+  const types = (s: any) => s.linux.namespaces.map((n: { type: string; path?: string }) => n.type + (n.path ? '=' + n.path : ''));
+
+  it('joins the pinned namespace with every id mapped to itself', () => {
+    const s = generateSpec({ ...input({}, true), newNetns: true, userns }) as any;
+    expect(types(s)).toEqual(['pid', 'ipc', 'uts', 'mount', 'network', `user=${userns}`]);
+    expect(s.linux.uidMappings).toEqual([{ containerID: 0, hostID: 0, size: 4294967295 }]);
+    expect(s.linux.gidMappings).toEqual([{ containerID: 0, hostID: 0, size: 4294967295 }]);
+    // A network namespace of its own making: sysfs can be mounted.
+    expect(sys(s).type).toBe('sysfs');
+    expect(generateSpec(input()) as any).not.toHaveProperty('linux.uidMappings');
+  });
+
+  it('names no network namespace it could not join and binds the host\'s /sys where it cannot mount sysfs', () => {
+    const bridge = generateSpec({ ...input(), newNetns: true, netnsPath: '/run/netns/loom-1', userns }) as any;
+    expect(types(bridge)).toEqual(['pid', 'ipc', 'uts', 'mount', `user=${userns}`]);
+    expect(sys(bridge)).toEqual({ destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] });
+    const host = generateSpec({ ...input({ security: 'insecure' }), userns }) as any;
+    expect(types(host)).toEqual(['pid', 'ipc', 'uts', 'mount', `user=${userns}`]);
+    expect(sys(host).options).toEqual(['rbind', 'nosuid', 'noexec', 'nodev']);
+    // Without a user namespace the bridge's namespace is joined by path as before.
+    expect(types(generateSpec({ ...input(), newNetns: true, netnsPath: '/run/netns/loom-1' }))).toEqual(['pid', 'ipc', 'uts', 'mount', 'network=/run/netns/loom-1']);
+  });
+});

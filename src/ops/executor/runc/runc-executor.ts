@@ -1,8 +1,9 @@
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { CancelledError, InvalidArgumentError, LoomError } from '../../../util/errors.js';
 import { pathInRoot, resolveInRootSync } from '../../../util/fs-safe.js';
 import { log as rootLog } from '../../../util/log.js';
@@ -18,6 +19,7 @@ import { capsFromBitmap, generateSpec, type SpecMount } from './spec.js';
 import { cleanupStale, CONTAINER_ID_RE, executorPaths, removeBundle } from './stale.js';
 
 const log = () => rootLog.child({ sub: 'executor' });
+const run = promisify(execFile);
 
 export interface RuncExecutorOptions {
   /** The daemon's state root: the executor keeps its files in `<root>/executor`. */
@@ -47,6 +49,7 @@ export class RuncExecutor implements Executor {
   readonly #resolv: ResolvConf;
   readonly #hosts: HostsFiles;
   #ready: Promise<{ shim: string; effectiveCaps: string[] }> | null = null;
+  #ownBinfmt: Promise<boolean> | null = null;
 
   constructor(opts: RuncExecutorOptions) {
     this.#o = opts;
@@ -75,6 +78,26 @@ export class RuncExecutor implements Executor {
     })();
     this.#ready.catch(() => (this.#ready = null));
     return this.#ready;
+  }
+
+  /**
+   * Whether steps can have a binfmt_misc instance of their own (Linux 6.7 and later, in a user
+   * namespace): asked of the shim once. Where not, foreign binaries run through QEMU only as the
+   * step's first process, and a child of the foreign platform needs a handler on the host.
+   */
+  ownBinfmt(): Promise<boolean> {
+    this.#ownBinfmt ??= (async () => {
+      const { shim } = await this.init();
+      try {
+        await run(shim, ['--probe-binfmt'], { timeout: 10_000 });
+        return true;
+      } catch (err) {
+        const why = ((err as { stderr?: string }).stderr ?? '').trim() || (err as Error).message;
+        log().warn({ reason: why }, 'steps for other platforms run through QEMU without binfmt_misc: their child processes of that platform need a handler on the host');
+        return false;
+      }
+    })();
+    return this.#ownBinfmt;
   }
 
   async run(req: RunRequest): Promise<void> {
@@ -114,6 +137,9 @@ export class RuncExecutor implements Executor {
       const staging = path.join(bundle, 'mnt');
       const mounts = req.mounts.map((m) => toSpecMount(m, staging, srcArgs));
       if (srcArgs.length) mkdirSync(staging, { mode: 0o700 });
+      // The shim binds the step's user namespace on this empty file.
+      const userns = req.binfmt?.length ? path.join(bundle, 'userns') : undefined;
+      if (userns) writeFileSync(userns, '', { mode: 0o600 });
       const spec = generateSpec({
         id,
         rootfs: req.rootfs,
@@ -126,6 +152,7 @@ export class RuncExecutor implements Executor {
         netnsPath: net.kind === 'netns' ? net.path : undefined,
         hostArch: this.#o.hostArch,
         effectiveCaps,
+        userns,
       });
       writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec));
 
@@ -133,6 +160,11 @@ export class RuncExecutor implements Executor {
       const args = ['--root', this.#paths.runcRoot, '--id', id, '--bundle', bundle, '--status', statusFile];
       if (this.#o.runc) args.push('--runc', this.#o.runc);
       args.push(...srcArgs);
+      if (userns) {
+        args.push('--userns', userns);
+        for (const r of req.binfmt!) args.push('--binfmt', r);
+        if (net.kind === 'netns') args.push('--netns', net.path);
+      }
       if (stubs.length) {
         args.push('--stub-root', req.rootfs);
         for (const s of stubs) args.push('--stub', s);

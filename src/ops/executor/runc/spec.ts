@@ -33,6 +33,12 @@ export interface SpecInput {
   hostArch: string;
   /** The daemon's own effective capabilities: what an insecure step gets (upstream's cap.Current). */
   effectiveCaps: readonly string[];
+  /**
+   * Join this user namespace (a pinned nsfs file; every id mapped to itself). sysfs can only be
+   * mounted there with a network namespace of its own making, so with the host's network or the
+   * bridge's namespace the host's /sys is bound instead, read-only unless insecure.
+   */
+  userns?: string;
 }
 
 const DEFAULT_CAPS = [
@@ -50,6 +56,9 @@ const ALL_CAPS = [
   'CAP_MAC_OVERRIDE', 'CAP_MAC_ADMIN', 'CAP_SYSLOG', 'CAP_WAKE_ALARM', 'CAP_BLOCK_SUSPEND', 'CAP_AUDIT_READ',
   'CAP_PERFMON', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE',
 ];
+
+/** Every id to itself (runc wants the map of a user namespace it joins). */
+const IDENTITY_MAP = { containerID: 0, hostID: 0, size: 4294967295 };
 
 const MASKED_PATHS = [
   '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
@@ -115,10 +124,18 @@ export function generateSpec(i: SpecInput): Record<string, unknown> {
   const insecure = p.security === 'insecure';
   const caps = insecure ? [...new Set([...DEFAULT_CAPS, ...i.effectiveCaps])] : DEFAULT_CAPS;
   const namespaces: { type: string; path?: string }[] = [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }];
-  if (i.newNetns) namespaces.push(i.netnsPath ? { type: 'network', path: i.netnsPath } : { type: 'network' });
+  // From a user namespace of its own a step cannot join the bridge's network namespace (the
+  // host's owns it): the shim starts runc in it and the container shares it (--netns).
+  if (i.newNetns && !(i.userns && i.netnsPath)) namespaces.push(i.netnsPath ? { type: 'network', path: i.netnsPath } : { type: 'network' });
+  if (i.userns) namespaces.push({ type: 'user', path: i.userns });
+  const base = baseMounts(insecure);
+  if (i.userns && (!i.newNetns || i.netnsPath)) {
+    const sys = base.findIndex((m) => m.destination === '/sys');
+    base[sys] = { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', ...(insecure ? [] : ['ro'])] };
+  }
 
   const mounts: SpecMount[] = [
-    ...baseMounts(insecure),
+    ...base,
     { destination: '/etc/resolv.conf', type: 'bind', source: i.resolvConf, options: ['nosuid', 'noexec', 'nodev', 'rbind', 'ro'] },
     { destination: '/etc/hosts', type: 'bind', source: i.hosts, options: ['nosuid', 'noexec', 'nodev', 'rbind', 'ro'] },
     { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: insecure ? ['nosuid', 'noexec', 'nodev'] : ['ro', 'nosuid', 'noexec', 'nodev'] },
@@ -155,6 +172,7 @@ export function generateSpec(i: SpecInput): Record<string, unknown> {
         : [{ allow: false, access: 'rwm' }],
     },
     namespaces,
+    ...(i.userns ? { uidMappings: [IDENTITY_MAP], gidMappings: [IDENTITY_MAP] } : {}),
     maskedPaths: insecure ? [] : MASKED_PATHS,
     readonlyPaths: insecure ? [] : READONLY_PATHS,
   };
