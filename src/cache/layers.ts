@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { PassThrough, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { constants as zc, createGzip } from 'node:zlib';
+import { gzipStream } from '../util/zlib.js';
 import type { ContentStore } from '../content/store.js';
 import type { Compression, LayerDescriptor, LayerProvider } from '../exporter/types.js';
 import { changes as diffTrees } from '../snapshot/layer/changes.js';
@@ -82,7 +82,7 @@ export class LayerStore implements LayerProvider {
       },
     });
     const stages: NodeJS.ReadWriteStream[] = [hashTap];
-    if (compression === 'gzip') stages.push(createGzip({ level: zc.Z_DEFAULT_COMPRESSION }));
+    if (compression === 'gzip') stages.push(gzipStream());
     const writer = this.#content.ingest();
     const w = await writer;
     const sink = async function* (src: AsyncIterable<Buffer>) {

@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { pipeline, type Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
+import { gunzipStream } from '../util/zlib.js';
 import type { ContentStore } from '../content/store.js';
 import { applyLayerTar } from '../snapshot/layer/apply-layer-tar.js';
 import type { Ref } from '../solver/types.js';
@@ -170,7 +170,7 @@ function decompress(src: Readable, mediaType: string, what: string): Readable {
   if (c === 'uncompressed') return src;
   if (c === 'gzip' || c === undefined) {
     // pipeline() passes a read error of the blob on to the gunzip stream the extractor reads.
-    const gz = createGunzip();
+    const gz = gunzipStream();
     pipeline(src, gz, () => {});
     return gz;
   }

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
+import { gunzipStream } from '../../util/zlib.js';
 
 /**
  * The compressions ADD recognises on a local archive, as upstream's (Docker's) DecompressStream
@@ -49,7 +49,7 @@ export interface Decompressed {
 export function openDecompressed(p: string, c: Compression): Decompressed {
   const file = createReadStream(p);
   if (c === 'none' || c === 'gzip') {
-    const stream = c === 'gzip' ? file.pipe(createGunzip()) : file;
+    const stream = c === 'gzip' ? file.pipe(gunzipStream()) : file;
     if (stream !== file) file.on('error', (err) => stream.destroy(err));
     return {
       stream,
