@@ -23,8 +23,7 @@ import { readTar, type TarEntry } from './tar-reader.js';
  *
  * Containment: names are resolved inside `dir` with symlinks followed as if `dir` were `/`, so no
  * entry (nor hard-link target) reaches outside `dir`, whatever symlinks earlier entries made. A
- * leading `/` is read as relative (as GNU tar and containerd do). A name that climbs above the root
- * with `..` is refused with an error naming it.
+ * leading `/` is read as relative, and `..` never climbs above `dir` (as containerd resolves them).
  *
  * Returns the sum of the entries' content sizes.
  */
@@ -96,17 +95,14 @@ function rel(root: string, p: string): string {
   return '/' + path.relative(root, p);
 }
 
-/** The entry's path relative to the root, or null for the root itself; refuses escapes. */
+/**
+ * The entry's path relative to the root, or null for the root itself. A name that climbs above the
+ * root is held at it (`../x` and `d/../../x` are `x`), as containerd's applier resolves names
+ * inside the root (and BuildKit's ADD shows).
+ */
 export function cleanName(raw: string): string | null {
   const n = path.posix.normalize('/' + raw).replace(/\/+$/, '');
   if (n === '' || n === '/') return null;
-  // normalize('/'+x) already drops leading `..` at the root; check the raw form for climbing.
-  const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
-  let depth = 0;
-  for (const p of parts) {
-    depth += p === '..' ? -1 : 1;
-    if (depth < 0) throw new InvalidArgumentError(`invalid tar entry ${JSON.stringify(raw)}: path escapes the root`);
-  }
   return n.slice(1);
 }
 
