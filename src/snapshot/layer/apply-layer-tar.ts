@@ -55,6 +55,13 @@ export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLay
     const parent = await resolveInRoot(root, '/' + parentRel);
     const target = path.join(parent, base);
     if (target === root) continue;
+    if (parent !== root && opts.whiteouts === false && !lstatOrNull(parent)) {
+      // ADD's extraction (Docker's Untar) makes missing parents only where nothing stands on the
+      // path: a symlink on it to nothing fails the open (or the mkdir) instead.
+      const dangling = await danglingLink(root, parentRel);
+      if (dangling === 'last') throw new InvalidArgumentError(`open /${name}: no such file or directory`);
+      if (dangling) throw new InvalidArgumentError(`mkdir /${dangling}: file exists`);
+    }
     if (parent !== root) mkparent(root, parent);
 
     if (base === WHITEOUT_OPAQUE && opts.whiteouts !== false) {
@@ -104,6 +111,25 @@ export function cleanName(raw: string): string | null {
   const n = path.posix.normalize('/' + raw).replace(/\/+$/, '');
   if (n === '' || n === '/') return null;
   return n.slice(1);
+}
+
+/**
+ * Where the parent path `rel` (as written, below `root`) passes a symlink whose target, inside the
+ * root, does not exist: 'last' for its last component, else that component's path; null if none
+ * (a missing component first means the rest is simply to be made).
+ */
+async function danglingLink(root: string, rel: string): Promise<string | null> {
+  const comps = rel.split('/');
+  for (let i = 0; i < comps.length; i++) {
+    const lexical = path.join(await resolveInRoot(root, '/' + comps.slice(0, i).join('/')), comps[i]!);
+    const st = lstatOrNull(lexical);
+    if (!st) return null;
+    if (st.isSymbolicLink() && !lstatOrNull(await resolveInRoot(root, '/' + comps.slice(0, i + 1).join('/')))) {
+      return i === comps.length - 1 ? 'last' : comps.slice(0, i + 1).join('/');
+    }
+    if (!st.isSymbolicLink() && !st.isDirectory()) return null;
+  }
+  return null;
 }
 
 /**

@@ -247,6 +247,37 @@ describe('layer tars', () => {
     expect(statSync(path.join(dir, 'hl')).ino).toBe(statSync(path.join(dir, 'etc', 'passwd')).ino);
   });
 
+  it("extracts ADD's archives as Docker's Untar: parents made through symlinks that lead somewhere, not through dangling ones", async () => {
+    const dir = path.join(tmp, 'add-root');
+    mkdirSync(path.join(dir, 'real'), { recursive: true });
+    const apply = async (entries: ((tw: TarWriter) => Promise<void>)[]) => {
+      const pt = new PassThrough();
+      const tw = new TarWriter({ out: pt });
+      const done = applyLayerTar(pt, dir, { whiteouts: false });
+      for (const e of entries) await e(tw);
+      await tw.finish();
+      pt.end();
+      return done;
+    };
+    const link = (name: string, to: string) => (tw: TarWriter) => tw.add({ name, type: 'symlink', linkname: to, mode: 0o777, ...me, mtime: 1 });
+    const file = (name: string) => (tw: TarWriter) => tw.addBuffer({ name, type: 'file', mode: 0o644, ...me, mtime: 1 }, Buffer.from(name));
+    await apply([link('to-real', '/real'), file('to-real/new/f.txt')]);
+    expect(readFileSync(path.join(dir, 'real', 'new', 'f.txt'), 'utf8')).toBe('to-real/new/f.txt');
+    await expect(apply([link('dl', '/nowhere'), file('dl/f.txt')])).rejects.toThrow('open /dl/f.txt: no such file or directory');
+    await expect(apply([link('dm', '/nowhere2'), file('dm/sub/f.txt')])).rejects.toThrow('mkdir /dm: file exists');
+    expect(existsSync(path.join(dir, 'nowhere'))).toBe(false);
+    expect(existsSync(path.join(dir, 'nowhere2'))).toBe(false);
+    // A layer (whiteouts on) makes the missing directory, as containerd's applier does.
+    const pt = new PassThrough();
+    const tw = new TarWriter({ out: pt });
+    const done = applyLayerTar(pt, dir);
+    await file('dl/f.txt')(tw);
+    await tw.finish();
+    pt.end();
+    await done;
+    expect(readFileSync(path.join(dir, 'nowhere', 'f.txt'), 'utf8')).toBe('dl/f.txt');
+  });
+
   it('reads GNU-format tars (long names via ././@LongLink) and pax tars made by GNU tar', async () => {
     const src = path.join(tmp, 'src');
     const long = 'd'.repeat(150) + '/f';
