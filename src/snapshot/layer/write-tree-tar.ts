@@ -14,7 +14,8 @@ import { headerFor } from './write-layer-tar.js';
  * end in `/`; numeric owners; a file's second and later names become hard links to the first; all
  * xattrs as pax records; sockets left out. The same tree always gives the same bytes.
  * `dir` may also be a list of trees, each written under a directory of its own `name` (mode 0755,
- * root's, time 0: upstream's SubDirFS, for a multi-platform result's `linux_arm64/` and so on).
+ * root's, time 0: upstream's SubDirFS, for a multi-platform result's `linux_arm64/` and so on),
+ * where an absolute symlink target gets the directory in front (`/linux_arm64/bin/busybox`).
  * The output is not ended.
  */
 export async function writeTreeTar(dir: string | readonly { name: string; dir: string }[], out: Writable, opts: { signal?: AbortSignal } = {}): Promise<void> {
@@ -31,23 +32,31 @@ export async function writeTreeTar(dir: string | readonly { name: string; dir: s
       if (st.isDirectory()) await walk(h, r);
     }
   };
+  const partOf: string[] = [];
   for (const p of parts) {
     if (p.name !== '') entries.push({ rel: p.name });
+    const from = entries.length;
     await walk(path.resolve(p.dir), p.name);
+    for (let i = from; i < entries.length; i++) partOf[i] = p.name;
   }
 
   const xattrs = await listXattrs(entries.map((e) => e.host).filter((h): h is string => h !== undefined));
   const w = new TarWriter({ out });
   const firstName = new Map<string, string>();
   let hosts = 0;
-  for (const e of entries) {
+  for (const [i, e] of entries.entries()) {
     throwIfAborted(opts.signal);
     if (!e.host || !e.st) {
       await w.add({ name: `${e.rel}/`, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 });
       continue;
     }
     const hdr = headerFor(e.rel, e.st);
-    if (e.st.isSymbolicLink()) hdr.linkname = await readlink(e.host);
+    if (e.st.isSymbolicLink()) {
+      hdr.linkname = await readlink(e.host);
+      // Under a part's directory an absolute target moves with it, as in upstream's SubDirFS.
+      const part = partOf[i];
+      if (part && hdr.linkname.startsWith('/')) hdr.linkname = path.posix.join('/' + part, hdr.linkname);
+    }
     const x = xattrs[hosts++];
     if (x && x.size > 0) hdr.xattrs = x;
     if (!e.st.isDirectory() && e.st.nlink > 1n) {

@@ -3,7 +3,7 @@
  * over the session as two local sources, the result exported as an OCI archive. Steps here need
  * no RUN (exec is tested with its own issue's tests).
  */
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { arch, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -101,7 +101,7 @@ d('dockerfile.v0', () => {
     const ctx = join(work, 'multi');
     mkdirSync(ctx);
     writeFileSync(join(ctx, 'a.txt'), 'a\n');
-    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY a.txt /a.txt\nRUN uname -m > /arch\n`);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY a.txt /a.txt\nRUN uname -m > /arch && ln -s /a.txt /abs-link && ln -s a.txt /rel-link && ln /a.txt /hard.txt\n`);
     const args = ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', 'platform=linux/amd64,linux/arm64', '--progress', 'plain'];
     const out = join(work, 'multi-out');
     const r = await buildctl(daemon.addr, [...args, '--output', `type=local,dest=${out}`]);
@@ -110,6 +110,10 @@ d('dockerfile.v0', () => {
     for (const [dir, arch] of [['linux_amd64', 'x86_64'], ['linux_arm64', 'aarch64']]) {
       expect(readFileSync(join(out, dir!, 'arch'), 'utf8')).toBe(`${arch}\n`);
       expect(readFileSync(join(out, dir!, 'a.txt'), 'utf8')).toBe('a\n');
+      // As upstream's SubDirFS: an absolute symlink target and a hard link move under the platform's directory.
+      expect(readlinkSync(join(out, dir!, 'abs-link'))).toBe(`/${dir}/a.txt`);
+      expect(readlinkSync(join(out, dir!, 'rel-link'))).toBe('a.txt');
+      expect(statSync(join(out, dir!, 'hard.txt')).ino).toBe(statSync(join(out, dir!, 'a.txt')).ino);
       const st = statSync(join(out, dir!));
       expect([st.mode & 0o7777, st.mtimeMs]).toEqual([0o755, 0]);
     }
@@ -127,6 +131,9 @@ d('dockerfile.v0', () => {
     expect(names).toContain('linux_amd64/arch');
     expect(names).toContain('linux_arm64/');
     expect(names).toContain('linux_arm64/arch');
+    expect(listing.find((l) => l.includes('linux_arm64/abs-link'))).toMatch(/linux_arm64\/abs-link -> \/linux_arm64\/a\.txt$/);
+    expect(listing.find((l) => l.includes('linux_amd64/rel-link'))).toMatch(/linux_amd64\/rel-link -> a\.txt$/);
+    expect(listing.find((l) => l.includes('linux_arm64/hard.txt'))).toMatch(/linux_arm64\/hard\.txt link to linux_arm64\/a\.txt$/);
     expect(names.indexOf('linux_arm64/')).toBeGreaterThan(names.indexOf('linux_amd64/arch'));
   }, 120_000);
 
