@@ -431,16 +431,13 @@ static pid_t start_holder(char *why, size_t whylen)
 	close(hold[0]);
 	if (holder_ok(up[0], why, whylen) < 0)
 		goto failed;
-	char map[64];
-	snprintf(map, sizeof(map), "/proc/%d/uid_map", (int)pid);
-	if (write_file(map, "0 0 4294967295") < 0) {
-		snprintf(why, whylen, "write %s: %s", map, strerror(errno));
-		goto failed;
-	}
-	snprintf(map, sizeof(map), "/proc/%d/gid_map", (int)pid);
-	if (write_file(map, "0 0 4294967295") < 0) {
-		snprintf(why, whylen, "write %s: %s", map, strerror(errno));
-		goto failed;
+	for (int i = 0; i < 2; i++) {
+		char map[64];
+		snprintf(map, sizeof(map), "/proc/%d/%s", (int)pid, i == 0 ? "uid_map" : "gid_map");
+		if (write_file(map, "0 0 4294967295") < 0) {
+			snprintf(why, whylen, "write %s: %s", map, strerror(errno));
+			goto failed;
+		}
 	}
 	if (write(down[1], "m", 1) != 1) {
 		snprintf(why, whylen, "namespace holder died");

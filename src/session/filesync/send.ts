@@ -1,12 +1,12 @@
 import { create } from '@bufbuild/protobuf';
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { posix } from 'node:path';
 import { TimeSlice } from '../../cache/time-slice.js';
 import { StatSchema } from '../../gen/fsutil/stat_pb.js';
 import { Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
 import { CancelledError, errorMessage, isAbortError, LoomError } from '../../util/errors.js';
 import { log } from '../../util/log.js';
+import { subdirLinkname } from '../../util/subdir-fs.js';
 import { FileSyncError, protocolError } from './errors.js';
 import { fileCanRequestData, GoMode, isSymlinkMode } from './mode.js';
 import { bestEffort, dataPacket, errPacket, finPacket, packetSize, packetTypeName, SerialSender, statPacket, type PacketStream } from './packets.js';
@@ -121,7 +121,10 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
     await walkDirBatches(opts.root, walkOpts, async (entries) => {
       const packets: Packet[] = [];
       for (const { stat, absPath } of entries) {
-        if (sub) subdirEntry(sub.name, stat);
+        if (sub) {
+          stat.path = `${sub.name}/${stat.path}`;
+          if (stat.linkname !== '') stat.linkname = subdirLinkname(sub.name, stat.linkname, isSymlinkMode(stat.mode));
+        }
         if (fileCanRequestData(stat.mode)) files.set(id, { rel: stat.path, abs: absPath, size: Number(stat.size) });
         id++;
         const p = statPacket(stat);
@@ -329,14 +332,3 @@ function toError(err: unknown): Error {
   return new FileSyncError('INTERNAL', String(err));
 }
 
-/**
- * An entry sent under `sub` (a multi-platform export's `linux_arm64`), as upstream's SubDirFS
- * shows it: the path and a hard link's target below `sub`, and an absolute symlink's target too
- * (`/bin/busybox` becomes `/linux_arm64/bin/busybox`); a relative symlink is left as it is.
- */
-export function subdirEntry(sub: string, stat: { path: string; mode: number; linkname: string }): void {
-  stat.path = `${sub}/${stat.path}`;
-  if (stat.linkname === '') return;
-  if (!isSymlinkMode(stat.mode)) stat.linkname = posix.join(sub, stat.linkname);
-  else if (stat.linkname.startsWith('/')) stat.linkname = posix.join('/' + sub, stat.linkname);
-}

@@ -120,14 +120,14 @@ export function cleanName(raw: string): string | null {
  */
 async function danglingLink(root: string, rel: string): Promise<string | null> {
   const comps = rel.split('/');
+  let dir = root; // the components so far, resolved
   for (let i = 0; i < comps.length; i++) {
-    const lexical = path.join(await resolveInRoot(root, '/' + comps.slice(0, i).join('/')), comps[i]!);
-    const st = lstatOrNull(lexical);
+    const st = lstatOrNull(path.join(dir, comps[i]!));
     if (!st) return null;
-    if (st.isSymbolicLink() && !lstatOrNull(await resolveInRoot(root, '/' + comps.slice(0, i + 1).join('/')))) {
-      return i === comps.length - 1 ? 'last' : comps.slice(0, i + 1).join('/');
-    }
     if (!st.isSymbolicLink() && !st.isDirectory()) return null;
+    const upTo = comps.slice(0, i + 1).join('/');
+    dir = await resolveInRoot(root, '/' + upTo);
+    if (st.isSymbolicLink() && !lstatOrNull(dir)) return i === comps.length - 1 ? 'last' : upTo;
   }
   return null;
 }

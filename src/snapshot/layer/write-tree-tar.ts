@@ -7,6 +7,7 @@ import { sortedNames } from './changes.js';
 import { listXattrs } from './sys-ops.js';
 import { TarWriter } from './tar-writer.js';
 import { headerFor } from './write-layer-tar.js';
+import { subdirLinkname } from '../../util/subdir-fs.js';
 
 /**
  * Writes a whole tree as a tar (the tar exporter's output, as fsutil's WriteTar): every entry below
@@ -20,31 +21,28 @@ import { headerFor } from './write-layer-tar.js';
  */
 export async function writeTreeTar(dir: string | readonly { name: string; dir: string }[], out: Writable, opts: { signal?: AbortSignal } = {}): Promise<void> {
   const parts = typeof dir === 'string' ? [{ name: '', dir }] : dir;
-  const entries: { rel: string; host?: string; st?: BigIntStats }[] = [];
-  const walk = async (host: string, rel: string): Promise<void> => {
+  const entries: { rel: string; host?: string; st?: BigIntStats; part?: string }[] = [];
+  const walk = async (host: string, rel: string, part: string): Promise<void> => {
     throwIfAborted(opts.signal);
     for (const name of await sortedNames(host)) {
       const h = path.join(host, name);
       const r = rel === '' ? name : rel + '/' + name;
       const st = await lstat(h, { bigint: true });
       if (st.isSocket()) continue;
-      entries.push({ rel: r, host: h, st });
-      if (st.isDirectory()) await walk(h, r);
+      entries.push({ rel: r, host: h, st, part });
+      if (st.isDirectory()) await walk(h, r, part);
     }
   };
-  const partOf: string[] = [];
   for (const p of parts) {
     if (p.name !== '') entries.push({ rel: p.name });
-    const from = entries.length;
-    await walk(path.resolve(p.dir), p.name);
-    for (let i = from; i < entries.length; i++) partOf[i] = p.name;
+    await walk(path.resolve(p.dir), p.name, p.name);
   }
 
   const xattrs = await listXattrs(entries.map((e) => e.host).filter((h): h is string => h !== undefined));
   const w = new TarWriter({ out });
   const firstName = new Map<string, string>();
   let hosts = 0;
-  for (const [i, e] of entries.entries()) {
+  for (const e of entries) {
     throwIfAborted(opts.signal);
     if (!e.host || !e.st) {
       await w.add({ name: `${e.rel}/`, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 });
@@ -53,9 +51,7 @@ export async function writeTreeTar(dir: string | readonly { name: string; dir: s
     const hdr = headerFor(e.rel, e.st);
     if (e.st.isSymbolicLink()) {
       hdr.linkname = await readlink(e.host);
-      // Under a part's directory an absolute target moves with it, as in upstream's SubDirFS.
-      const part = partOf[i];
-      if (part && hdr.linkname.startsWith('/')) hdr.linkname = path.posix.join('/' + part, hdr.linkname);
+      if (e.part) hdr.linkname = subdirLinkname(e.part, hdr.linkname, true);
     }
     const x = xattrs[hosts++];
     if (x && x.size > 0) hdr.xattrs = x;

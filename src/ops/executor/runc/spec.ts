@@ -66,14 +66,17 @@ const MASKED_PATHS = [
 ];
 const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
 
-function baseMounts(insecure: boolean): SpecMount[] {
+/** With `hostSys`, the host's /sys is bound where sysfs cannot be mounted (see SpecInput.userns). */
+function baseMounts(insecure: boolean, hostSys: boolean): SpecMount[] {
   return [
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
     { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
     { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: insecure ? ['nosuid', 'noexec', 'nodev'] : ['nosuid', 'noexec', 'nodev', 'ro'] },
+    hostSys
+      ? { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', ...(insecure ? [] : ['ro'])] }
+      : { destination: '/sys', type: 'sysfs', source: 'sysfs', options: insecure ? ['nosuid', 'noexec', 'nodev'] : ['nosuid', 'noexec', 'nodev', 'ro'] },
   ];
 }
 
@@ -128,14 +131,9 @@ export function generateSpec(i: SpecInput): Record<string, unknown> {
   // host's owns it): the shim starts runc in it and the container shares it (--netns).
   if (i.newNetns && !(i.userns && i.netnsPath)) namespaces.push(i.netnsPath ? { type: 'network', path: i.netnsPath } : { type: 'network' });
   if (i.userns) namespaces.push({ type: 'user', path: i.userns });
-  const base = baseMounts(insecure);
-  if (i.userns && (!i.newNetns || i.netnsPath)) {
-    const sys = base.findIndex((m) => m.destination === '/sys');
-    base[sys] = { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', ...(insecure ? [] : ['ro'])] };
-  }
 
   const mounts: SpecMount[] = [
-    ...base,
+    ...baseMounts(insecure, !!i.userns && (!i.newNetns || !!i.netnsPath)),
     { destination: '/etc/resolv.conf', type: 'bind', source: i.resolvConf, options: ['nosuid', 'noexec', 'nodev', 'rbind', 'ro'] },
     { destination: '/etc/hosts', type: 'bind', source: i.hosts, options: ['nosuid', 'noexec', 'nodev', 'rbind', 'ro'] },
     { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: insecure ? ['nosuid', 'noexec', 'nodev'] : ['ro', 'nosuid', 'noexec', 'nodev'] },
