@@ -1,5 +1,7 @@
 import type { SolveRequest } from '../gen/buildkit/control_pb.js';
 import type { Exporter, ExporterInstance, ExportSource } from '../exporter/types.js';
+import { listedPlatforms } from '../exporter/commit.js';
+import { buildInfoAttrs, buildInfoSources, buildInfoValue } from './build-info.js';
 import { loadDefinition } from '../llb/definition.js';
 import type { SessionManager } from '../session/manager.js';
 import type { Solver } from '../solver/solver.js';
@@ -143,7 +145,7 @@ export class BuildManager {
     const def = loadDefinition(req.Definition);
     const solved = await this.#o.solver.solve(job, def, { noCache });
     try {
-      const resp = await this.#export(job, exporters, { ref: solved.ref, metadata: {} }, sessionId);
+      const resp = await this.#export(job, exporters, { ref: solved.ref, metadata: {} }, sessionId, { attrs: req.FrontendAttrs });
       log().debug({ ref, cached: solved.stats.cached, run: solved.stats.run }, 'build finished');
       return resp;
     } finally {
@@ -170,7 +172,8 @@ export class BuildManager {
       const refs = result ? await resultRefs(b, result) : {};
       const src: ExportSource = { ref: refs.ref, metadata };
       if (refs.refs) src.refs = withPlatforms(refs.refs, metadata);
-      return await this.#export(job, exporters, src, req.Session);
+      const fr = b.frontendRequest;
+      return await this.#export(job, exporters, src, req.Session, fr ? { frontend: fr.frontend, attrs: fr.attrs } : {});
     } finally {
       unregister();
       b.release();
@@ -193,13 +196,19 @@ export class BuildManager {
       } else if (out.refs[0]?.id) {
         src.ref = await b.ref(out.refs[0].id);
       }
-      return await this.#export(job, exporters, src, req.Session);
+      return await this.#export(job, exporters, src, req.Session, { frontend: req.Frontend, attrs: req.FrontendAttrs });
     } finally {
       b.release();
     }
   }
 
-  async #export(job: JobContext, exporters: ExporterInstance[], src: ExportSource, sessionId: string): Promise<Record<string, string>> {
+  async #export(
+    job: JobContext,
+    exporters: ExporterInstance[],
+    src: ExportSource,
+    sessionId: string,
+    origin: { frontend?: string; attrs?: Record<string, string> },
+  ): Promise<Record<string, string>> {
     const resp: Record<string, string> = {};
     const cache = job.cache instanceof BuildCache ? job.cache : undefined;
     if (cache?.hasInline) src.inlineCache = (ref, layers) => cache.inlineConfig(ref, layers);
@@ -207,6 +216,14 @@ export class BuildManager {
       const out = await inVertex(job.progress, { name: ex.vertexName, id: `${sessionId}-export` }, (vertex) => ex.export({ job, vertex }, src));
       Object.assign(resp, out);
     }
+    // Build information for each exported result, as upstream's solver adds it to the response.
+    const info = buildInfoValue({
+      frontend: origin.frontend,
+      attrs: origin.attrs && buildInfoAttrs(origin.attrs),
+      sources: buildInfoSources(job.steps instanceof BuildRecorder ? job.steps.sources : new Map()),
+    });
+    if (src.refs?.length) for (const r of src.refs) resp[`containerimage.buildinfo/${r.id}`] = info;
+    else if (src.ref) resp['containerimage.buildinfo'] = info;
     if (cache) {
       const finals = [src.ref, ...(src.refs ?? []).map((r) => r.ref)].filter((r): r is Ref => r !== undefined);
       Object.assign(resp, await cache.export(job, finals));
@@ -253,22 +270,14 @@ export class BuildManager {
  * are parsed as platform strings.
  */
 function withPlatforms(refs: { id: string; ref: import('../solver/types.js').Ref }[], md: Record<string, Uint8Array>): NonNullable<ExportSource['refs']> {
-  const raw = md['refs.platforms'];
-  let listed: { ID: string; Platform: { os: string; architecture: string; variant?: string } }[] = [];
-  if (raw) {
-    try {
-      listed = (JSON.parse(Buffer.from(raw).toString()) as { Platforms?: typeof listed }).Platforms ?? [];
-    } catch (err) {
-      throw new InvalidArgumentError(`invalid refs.platforms metadata: ${(err as Error).message}`);
-    }
-  }
+  const listed = listedPlatforms(md);
   const byId = new Map(refs.map((r) => [r.id, r.ref]));
   const out: NonNullable<ExportSource['refs']> = [];
   for (const p of listed) {
-    const ref = byId.get(p.ID);
-    if (!ref) throw new InvalidArgumentError(`refs.platforms names ${p.ID}, which the result does not have`);
-    out.push({ id: p.ID, platform: toPbPlatform(p.Platform), ref });
-    byId.delete(p.ID);
+    const ref = byId.get(p.id);
+    if (!ref) throw new InvalidArgumentError(`refs.platforms names ${p.id}, which the result does not have`);
+    out.push({ id: p.id, platform: toPbPlatform(p.platform), ref });
+    byId.delete(p.id);
   }
   for (const [id, ref] of byId) out.push({ id, platform: toPbPlatform(parsePlatform(id)), ref });
   return out;

@@ -5,6 +5,7 @@ import type { Platform } from '../util/platform.js';
 import { toPbPlatform } from '../util/pb-platform.js';
 import { readRefFile, type GatewayBuild, type GatewayDeps } from './gateway.js';
 import { BuildRecorder } from './build-records.js';
+import { redactCredentials } from './build-info.js';
 
 /** What a frontend produced: result ids of the build (one per platform) and export metadata. */
 export interface FrontendOutcome {
@@ -60,7 +61,7 @@ export async function runFrontend(
   // lists them from the solved sources.
   const read = b.job.steps instanceof BuildRecorder ? b.job.steps.sources : new Map<string, string>();
   for (const [id, pin] of read) {
-    if (/^https?:\/\//.test(id) && !sources.some((x) => x.ref === redactUrl(id))) sources.push({ type: 'http', ref: redactUrl(id), pin });
+    if (/^https?:\/\//.test(id) && !sources.some((x) => x.ref === redactCredentials(id))) sources.push({ type: 'http', ref: redactCredentials(id), pin });
   }
   sources.sort((a, b2) => (a.ref < b2.ref ? -1 : a.ref > b2.ref ? 1 : 0));
   // Go's omitempty: no sources (FROM scratch) leaves the key out.
@@ -73,14 +74,3 @@ export async function runFrontend(
   };
 }
 
-/** A URL with its password hidden, as upstream's urlutil.RedactCredentials. */
-function redactUrl(s: string): string {
-  try {
-    const u = new URL(s);
-    if (!u.password) return s;
-    u.password = 'xxxxx';
-    return u.toString();
-  } catch {
-    return s;
-  }
-}

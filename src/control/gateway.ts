@@ -69,6 +69,8 @@ export class GatewayBuild {
 
   /** The client session the build's local sources come from. */
   readonly sessionId: string;
+  /** The last frontend the client's build function asked for, and its options (build information). */
+  frontendRequest: { frontend: string; attrs: Record<string, string> } | undefined;
 
   constructor(opts: { job: JobContext; inputs: Record<string, Definition>; deps: GatewayDeps; noCache: boolean; sessionId?: string }) {
     this.job = opts.job;
@@ -209,6 +211,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
         // A client build function asking for a frontend (buildx build): run it here and hand back
         // its result for the client to Return.
         const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendOpt, sessionId: b.sessionId, deps, platforms: deps.platforms });
+        b.frontendRequest = { frontend: req.Frontend, attrs: req.FrontendOpt };
         const refOf = (id: string | undefined) => create(RefSchema, { id: id ?? '' });
         const result = out.multiPlatform
           ? create(ResultSchema, { result: { case: 'refs', value: create(RefMapSchema, { refs: Object.fromEntries(out.refs.map((r) => [r.platformId, refOf(r.id)])) }) }, metadata: out.metadata })

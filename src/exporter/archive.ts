@@ -76,13 +76,14 @@ class ArchiveExporterInstance implements ExporterInstance {
     const img = await commitImage(this.d, ctx, src, this.opts);
     const release = this.d.leaseBlobs(img.blobs.map((b) => b.digest));
     try {
-      const resp = imageResponse(img);
+      // As upstream's oci exporter: index.json (and the descriptor in the response) records when the
+      // image was made.
+      const created = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+      const root = { ...img.root, annotations: { ...(img.root.annotations ?? {}), [ANNOTATION_CREATED]: created } };
+      const resp = imageResponse({ ...img, root });
       if (this.names.length) resp['image.name'] = this.names.join(',');
       const done = oneOff(ctx.job.progress, ctx.vertex, 'sending tarball');
       const write = this.variant === 'oci' ? writeOciArchive : writeDockerArchive;
-      // As upstream's oci exporter: index.json records when the image was made.
-      const created = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
-      const root = { ...img.root, annotations: { ...(img.root.annotations ?? {}), [ANNOTATION_CREATED]: created } };
       await sendToClient(ctx.job, resp, (out) => write(out, { store: this.d.content, root, names: this.names, signal: ctx.job.signal }));
       done();
       return resp;

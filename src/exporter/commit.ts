@@ -1,9 +1,10 @@
 import type { ContentStore } from '../content/store.js';
-import type { Descriptor } from '../content/oci.js';
+import { descriptorJSON, type Descriptor } from '../content/oci.js';
+import { goJSON } from '../content/go-json.js';
 import { InvalidArgumentError } from '../util/errors.js';
 import type { Digest } from '../util/digest.js';
 import { oneOff } from '../util/progress.js';
-import type { Platform } from '../util/platform.js';
+import { formatPlatform, normalizePlatform, type Platform } from '../util/platform.js';
 import { buildImageConfig } from './image/image-config.js';
 import { writeIndex, writeManifest } from './image/manifest.js';
 import type { Compression, ExportContext, ExportSource, LayerProvider } from './types.js';
@@ -119,10 +120,57 @@ export async function commitImage(
     blobs.push(idx.descriptor);
     return { root: idx.descriptor, blobs };
   }
-  const built = await one(src.ref, deps.defaultPlatform, 'containerimage.config');
+  // As upstream's image writer (exptypes.ParsePlatforms): the result's one platform is the one its
+  // frontend listed (the Dockerfile frontend always lists it), else its config's, else the daemon's;
+  // it names the config to use and goes on the image's descriptor (index.json, the exporter's
+  // containerimage.descriptor). A listing of none leaves the descriptor without a platform.
+  const listed = src.metadata['refs.platforms'] ? listedPlatforms(src.metadata) : [singlePlatform(src.metadata['containerimage.config'], deps.defaultPlatform)];
+  const configKey = listed.length === 1 && src.metadata[`containerimage.config/${listed[0]!.id}`] ? `containerimage.config/${listed[0]!.id}` : 'containerimage.config';
+  const built = await one(src.ref, deps.defaultPlatform, configKey);
   const root: Descriptor = { ...built.descriptor };
   delete root.platform;
+  if (listed.length === 1) root.platform = listed[0]!.platform;
   return { root, configDigest: built.config.digest, blobs };
+}
+
+/**
+ * The platforms a result's `refs.platforms` metadata lists
+ * (`{"Platforms":[{"ID":"linux/arm64","Platform":{...}}]}`), in order; none when it is absent.
+ */
+export function listedPlatforms(md: Record<string, Uint8Array>): { id: string; platform: Platform }[] {
+  const raw = md['refs.platforms'];
+  if (!raw) return [];
+  let listed: { ID?: unknown; Platform?: { os?: unknown; architecture?: unknown; variant?: unknown } }[];
+  try {
+    listed = (JSON.parse(Buffer.from(raw).toString()) as { Platforms?: typeof listed }).Platforms ?? [];
+  } catch (err) {
+    throw new InvalidArgumentError(`invalid refs.platforms metadata: ${(err as Error).message}`);
+  }
+  return listed.map((p) => {
+    const pl = p.Platform;
+    if (typeof p.ID !== 'string' || typeof pl?.os !== 'string' || typeof pl.architecture !== 'string') {
+      throw new InvalidArgumentError(`invalid refs.platforms metadata: ${JSON.stringify(p)} needs an ID and a platform with os and architecture`);
+    }
+    return { id: p.ID, platform: { os: pl.os, architecture: pl.architecture, ...(typeof pl.variant === 'string' && pl.variant ? { variant: pl.variant } : {}) } };
+  });
+}
+
+/** The platform of a result no frontend listed: its config's os and architecture, else the daemon's. */
+function singlePlatform(config: Uint8Array | undefined, def: Platform): { id: string; platform: Platform } {
+  let p: Platform = def;
+  if (config?.length) {
+    let c: { os?: unknown; architecture?: unknown; variant?: unknown };
+    try {
+      c = JSON.parse(Buffer.from(config).toString()) as typeof c;
+    } catch (err) {
+      throw new InvalidArgumentError(`invalid containerimage.config metadata: ${(err as Error).message}`);
+    }
+    if (typeof c.os === 'string' && c.os && typeof c.architecture === 'string' && c.architecture) {
+      p = { os: c.os, architecture: c.architecture, ...(typeof c.variant === 'string' && c.variant ? { variant: c.variant } : {}) };
+    }
+  }
+  p = normalizePlatform(p);
+  return { id: formatPlatform(p), platform: p };
 }
 
 /** The exporter response keys upstream's image exporters return. */
@@ -131,6 +179,7 @@ export function imageResponse(img: CommittedImage, name?: string): Record<string
   if (name) resp['image.name'] = name;
   resp['containerimage.digest'] = img.root.digest;
   if (img.configDigest) resp['containerimage.config.digest'] = img.configDigest;
-  resp['containerimage.descriptor'] = Buffer.from(JSON.stringify({ mediaType: img.root.mediaType, digest: img.root.digest, size: img.root.size })).toString('base64');
+  // The descriptor as upstream marshals it: its annotations and platform included.
+  resp['containerimage.descriptor'] = Buffer.from(goJSON(descriptorJSON(img.root))).toString('base64');
   return resp;
 }

@@ -210,7 +210,7 @@ class JobRun {
         const extra = await this.#guard(v, () => this.#impl(v).cacheKey(this.#ctx(v)));
         if (isSource) {
           this.#report(v, { started, completed: new Date() });
-          if (v.op.op.case === 'source') this.#o.job.steps?.source?.(v.op.op.value.identifier, extra);
+          if (v.op.op.case === 'source') this.#o.job.steps?.source?.(v.op.op.value.identifier, this.#impl(v).pin?.() ?? extra);
         }
         const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
         this.#parts.set(v.digest, { key, inputs: v.inputs.map((i, n) => ({ name: i.vertex.name, key: inputKeys[n]! })), extra });

@@ -80,6 +80,11 @@ export interface OpImpl {
    */
   cacheKey(ctx: OpContext): Promise<string>;
   /**
+   * A source's pin for build information, after cacheKey(), when it is not cacheKey()'s value (an
+   * image's is the digest its reference resolved to, an index's for a multi-platform image).
+   */
+  pin?(): string | undefined;
+  /**
    * For each op input, the paths the op reads from it, when it reads nothing else (a copy's
    * sources); null where the whole input matters. The solver keys such inputs by those paths'
    * content, so changes elsewhere in them keep the step cached.

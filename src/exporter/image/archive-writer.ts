@@ -2,7 +2,9 @@
  * Image archives as BuildKit v0.11's oci and docker exporters stream them (both through containerd's
  * images/archive Export):
  *   - `oci`: an OCI image layout: oci-layout, index.json, blobs/sha256/<hex> for every blob of the
- *     image (all platforms);
+ *     image (all platforms); for a single-platform image also a manifest.json without tags
+ *     (containerd writes one per manifest it exports and skips only the names), so `docker load`
+ *     takes the file; an image index gets none;
  *   - `docker`: the same layout plus a manifest.json with Config, RepoTags and Layers for `docker load`.
  * index.json lists the image once per name, each entry annotated with `io.containerd.image.name` (the
  * full name) and `org.opencontainers.image.ref.name` (the tag). Entries are sorted by path and written
@@ -104,9 +106,10 @@ async function collect(opts: ImageArchiveOptions, docker: boolean): Promise<TarR
   ];
   const blobs = await imageBlobs(store, root, { skipMissingNondistributable: true });
   for (const d of blobs) records.push({ name: blobPath(d), mode: 0o444, type: 'file', size: d.size, blob: d });
-  if (docker) {
+  if (isManifestType(root.mediaType)) {
     const m = parseManifest(await store.readAll(root.digest), `manifest ${root.digest}`, root.mediaType);
-    const repoTags = names.map(familiarize);
+    // The oci variant leaves the names out (containerd's WithSkipDockerManifest).
+    const repoTags = docker ? names.map(familiarize) : [];
     records.push(
       jsonRecord('manifest.json', 0o644, [
         {

@@ -35,6 +35,7 @@ export class ImageSourceOp implements OpImpl {
   readonly #attrs: Record<string, string>;
   #resolved: Promise<ResolvedImage> | undefined;
   #unpacking: Promise<Ref> | undefined;
+  #pin: string | undefined;
 
   constructor(deps: ImageSourceDeps, identifier: string, attrs: Record<string, string>) {
     this.#d = deps;
@@ -63,6 +64,11 @@ export class ImageSourceOp implements OpImpl {
     return this.#resolved;
   }
 
+  /** The digest the reference resolved to (the index's for a multi-platform image), as upstream pins image sources. */
+  pin(): string | undefined {
+    return this.#ref().digest ?? this.#pin;
+  }
+
   async cacheKey(ctx: OpContext): Promise<string> {
     const mode = this.#attrs['image.resolvemode'] ?? 'default';
     if (!['default', 'pull', 'local'].includes(mode)) throw new InvalidArgumentError(`invalid image.resolvemode ${JSON.stringify(mode)}`);
@@ -73,6 +79,7 @@ export class ImageSourceOp implements OpImpl {
       if (known && this.#d.metadata.getRef(known)) return ref.digest;
     }
     const img = await this.#resolve(ctx);
+    this.#pin = img.rootDescriptor.digest;
     this.#prefetch(ctx, img);
     return img.digest;
   }

@@ -3,6 +3,7 @@
  * over a real unix socket. The LLB vectors were made by upstream's client; their expected listings
  * are what upstream's daemon produced.
  */
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -114,9 +115,10 @@ d('loom daemon with loom buildctl', () => {
   });
 
   for (const type of ['oci', 'docker'] as const) {
-    it(`writes a valid ${type} archive`, async () => {
+    it(`writes a valid ${type} archive, with the descriptor and build info in the response as upstream's`, async () => {
       const out = join(work, `img-${type}.tar`);
-      const r = await buildctl(daemon.addr, ['build', '--output', `type=${type},name=example.com/app:v1,dest=${out}`], { stdin: vector('file-ops') });
+      const md = join(work, `img-${type}.json`);
+      const r = await buildctl(daemon.addr, ['build', '--metadata-file', md, '--output', `type=${type},name=example.com/app:v1,dest=${out}`], { stdin: vector('file-ops') });
       expect(r.code, r.stderr).toBe(0);
       const transport = type === 'oci' ? 'oci-archive' : 'docker-archive';
       const inspect = await run('skopeo', ['inspect', `${transport}:${out}`]);
@@ -124,7 +126,25 @@ d('loom daemon with loom buildctl', () => {
       expect((JSON.parse(inspect.stdout) as { Layers: string[] }).Layers).toHaveLength(1);
       const names = (await run('tar', ['-tf', out])).stdout.split('\n');
       expect(names).toContain('index.json');
-      if (type === 'docker') expect(names).toContain('manifest.json');
+      // Both variants of a single-platform image carry manifest.json (docker load reads it); only
+      // the docker variant names the image there.
+      expect(names).toContain('manifest.json');
+      const manifestJson = JSON.parse((await run('tar', ['-xOf', out, 'manifest.json'])).stdout) as { RepoTags: string[] | null }[];
+      expect(manifestJson[0]!.RepoTags).toEqual(type === 'docker' ? ['example.com/app:v1'] : null);
+      // The image's platform (the LLB has no config, so the daemon's) is on its index.json entry
+      // and on the descriptor in the response.
+      const platform = { architecture: 'amd64', os: 'linux' };
+      const index = JSON.parse((await run('tar', ['-xOf', out, 'index.json'])).stdout) as { manifests: { platform?: unknown }[] };
+      expect(index.manifests[0]!.platform).toEqual(platform);
+      const meta = JSON.parse(readFileSync(md, 'utf8')) as Record<string, { platform?: unknown; annotations?: Record<string, string> } & Record<string, unknown>>;
+      expect(meta['containerimage.descriptor']!.platform).toEqual(platform);
+      expect(meta['containerimage.descriptor']!.annotations!['org.opencontainers.image.created']).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+      // Build info: the image the LLB names, pinned to the digest its tag resolved to (the
+      // multi-platform index's), no frontend and no options.
+      const raw = (await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/busybox:latest`])).stdout;
+      expect((JSON.parse(raw) as { manifests?: unknown[] }).manifests?.length).toBeGreaterThan(1);
+      const digest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
+      expect(meta['containerimage.buildinfo']).toEqual({ sources: [{ type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: digest }] });
     });
   }
 

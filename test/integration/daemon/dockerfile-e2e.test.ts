@@ -3,6 +3,7 @@
  * over the session as two local sources, the result exported as an OCI archive. Steps here need
  * no RUN (exec is tested with its own issue's tests).
  */
+import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { arch, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -64,9 +65,20 @@ d('dockerfile.v0', () => {
       '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`,
       '--opt', 'build-arg:VERSION=2',
       '--output', `type=oci,dest=${out}`,
+      '--metadata-file', join(work, 'img.json'),
     ]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain('[internal] load build definition from Dockerfile');
+    // The response as upstream's: the image's descriptor with its platform, and build info naming
+    // the frontend, its build-arg and the base image with the digest its tag resolved to.
+    const meta = JSON.parse(readFileSync(join(work, 'img.json'), 'utf8'));
+    expect(meta['containerimage.descriptor'].platform).toEqual({ architecture: 'amd64', os: 'linux' });
+    const raw = (await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/busybox:latest`])).stdout;
+    expect(meta['containerimage.buildinfo']).toEqual({
+      frontend: 'dockerfile.v0',
+      attrs: { 'build-arg:VERSION': '2' },
+      sources: [{ type: 'docker-image', ref: `${reg.host}/busybox:latest`, pin: `sha256:${createHash('sha256').update(raw).digest('hex')}` }],
+    });
     expect(r.stderr).toMatch(/\[stage-1 1\/3\] COPY --from=base \/app \/app/);
     const dir = join(work, 'img');
     mkdirSync(dir);

@@ -1,0 +1,76 @@
+/**
+ * The build information in a build's response (`containerimage.buildinfo`), as upstream v0.11.6's
+ * solver writes it: checked against what upstream's daemon returned for the same builds.
+ */
+import { describe, expect, it } from 'vitest';
+import { buildInfoAttrs, buildInfoSources, buildInfoValue } from '../../../src/control/build-info.js';
+
+const INDEX = `sha256:${'7a'.repeat(32)}`;
+const BLOB = `sha256:${'b1'.repeat(32)}`;
+
+describe('build info', () => {
+  it('records the frontend options that describe the build, not the host', () => {
+    // The options upstream's daemon was given and what its response listed (image-resolve-mode
+    // and platform left out, no-cache kept with its empty value).
+    const attrs = buildInfoAttrs({
+      'add-hosts': 'x=1.2.3.4',
+      'build-arg:FOO': 'bar',
+      'context:foo': 'docker-image://busybox',
+      filename: 'Dockerfile.3',
+      'force-network-mode': 'none',
+      'image-resolve-mode': 'default',
+      'label:a': 'b',
+      'no-cache': '',
+      platform: 'linux/amd64,linux/arm64',
+      'cgroup-parent': 'x',
+      'cache-imports': '[]',
+      'attest:provenance': 'mode=min',
+      'shm-size': '1000',
+      target: 't',
+    });
+    expect(attrs).toEqual({
+      'add-hosts': 'x=1.2.3.4',
+      'build-arg:FOO': 'bar',
+      'context:foo': 'docker-image://busybox',
+      filename: 'Dockerfile.3',
+      'force-network-mode': 'none',
+      'label:a': 'b',
+      'no-cache': '',
+      'shm-size': '1000',
+      target: 't',
+    });
+  });
+
+  it('hides passwords in context URLs', () => {
+    expect(buildInfoAttrs({ context: 'https://u:secret@example.com/x.git', 'context:a': 'https://u:pw@h/y', 'build-arg:U': 'https://u:kept@h/' })).toEqual({
+      context: 'https://u:xxxxx@example.com/x.git',
+      'context:a': 'https://u:xxxxx@h/y',
+      'build-arg:U': 'https://u:kept@h/',
+    });
+  });
+
+  it('lists images by name without the digest a tag was pinned to, and downloads, sorted', () => {
+    const read = new Map([
+      [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
+      ['docker-image://alpine', INDEX],
+      [`docker-image://example.com/only@${INDEX}`, INDEX],
+      ['https://user:pw@files.example.com/a.tgz', BLOB],
+      ['local://context', 'whatever'],
+      ['git://github.com/x/y.git#main', 'abc'],
+    ]);
+    expect(buildInfoSources(read)).toEqual([
+      { type: 'docker-image', ref: 'docker.io/library/alpine:latest', pin: INDEX },
+      { type: 'docker-image', ref: `example.com/only@${INDEX}`, pin: INDEX },
+      { type: 'http', ref: 'https://user:xxxxx@files.example.com/a.tgz', pin: BLOB },
+      { type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: INDEX },
+    ]);
+  });
+
+  it('encodes the JSON in upstream field order and leaves empty fields out', () => {
+    const decode = (v: string) => Buffer.from(v, 'base64').toString();
+    expect(decode(buildInfoValue({ sources: [] }))).toBe('{}');
+    expect(decode(buildInfoValue({ frontend: 'dockerfile.v0', attrs: { b: '2', a: '1' }, sources: [{ type: 'docker-image', ref: 'r', pin: INDEX }] }))).toBe(
+      `{"frontend":"dockerfile.v0","attrs":{"a":"1","b":"2"},"sources":[{"type":"docker-image","ref":"r","pin":"${INDEX}"}]}`,
+    );
+  });
+});
