@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { PassThrough, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { gzipStream } from '../util/zlib.js';
@@ -35,12 +36,28 @@ export class LayerStore implements LayerProvider {
     ref: Ref,
     opts: { compression: Compression; ociMediaTypes: boolean; signal?: AbortSignal; onLayer?: (d: LayerDescriptor) => void },
   ): Promise<LayerDescriptor[]> {
-    const out: LayerDescriptor[] = [];
-    for (const pair of ref.chain) {
-      const d = await this.layer(pair, opts);
-      opts.onLayer?.(d);
-      out.push(d);
+    // Layers are computed side by side, as upstream computes a chain's blobs: compressing is most
+    // of an export of new layers and zlib runs on the thread pool, so each core takes one layer.
+    // The first failure stops the others.
+    const chain = ref.chain;
+    const out: LayerDescriptor[] = new Array(chain.length);
+    const ac = new AbortController();
+    const signal = opts.signal ? AbortSignal.any([opts.signal, ac.signal]) : ac.signal;
+    let next = 0;
+    const worker = async () => {
+      while (next < chain.length) {
+        const i = next++;
+        out[i] = await this.layer(chain[i]!, { ...opts, signal });
+      }
+    };
+    const width = Math.min(chain.length, Math.max(1, availableParallelism()));
+    try {
+      await Promise.all(Array.from({ length: width }, worker));
+    } catch (err) {
+      ac.abort(err);
+      throw err;
     }
+    for (const d of out) opts.onLayer?.(d);
     return out;
   }
 
