@@ -3,7 +3,7 @@ import { Metadata } from '@grpc/grpc-js';
 import { create, toBinary } from '@bufbuild/protobuf';
 import { AnySchema } from '@bufbuild/protobuf/wkt';
 import { StatusSchema } from '../gen/google/rpc/status_pb.js';
-import { codeOf, errorMessage, errorSources, errorStatusDetails, type ErrorCode, type ErrorSource } from '../util/errors.js';
+import { clarifyNameError, codeOf, errorMessage, errorSources, errorStatusDetails, type ErrorCode, type ErrorSource } from '../util/errors.js';
 import { log } from '../util/log.js';
 
 /**
@@ -29,7 +29,8 @@ const CODES: Record<ErrorCode, status> = {
 };
 
 /** The one place an error becomes a gRPC status. Unexpected errors are logged with their stack. */
-export function toServiceError(err: unknown): Partial<ServiceError> {
+export function toServiceError(caught: unknown): Partial<ServiceError> {
+  const err = clarifyNameError(caught);
   const code = codeOf(err);
   if (code === 'INTERNAL') log.child({ sub: 'control' }).error({ err }, 'unexpected error');
   const metadata = new Metadata();

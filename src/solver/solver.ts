@@ -4,7 +4,7 @@ import { create } from '@bufbuild/protobuf';
 import { outputCount, type Edge, type LoadedDefinition, type Vertex } from '../llb/definition.js';
 import { checkEntitlements } from '../llb/entitlements.js';
 import { sha256 } from '../util/digest.js';
-import { errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
+import { clarifyNameError, errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import type { JobContext, OpContext, OpImpl, OpResolver, Ref } from './types.js';
 
@@ -274,7 +274,8 @@ class JobRun {
     let refs: Ref[];
     try {
       refs = await this.#impl(v).run(this.#ctx(v), inputs);
-    } catch (err) {
+    } catch (caught) {
+      const err = clarifyNameError(caught);
       const e = err instanceof VertexError ? err : withSources(new VertexError({ digest: v.digest, name: v.name, cause: err }), v.sources ?? []);
       this.#report(v, { started, completed: new Date(), error: isAbortError(err) ? 'context canceled' : errorMessage(err) });
       throw e;
@@ -397,8 +398,9 @@ class JobRun {
   async #guard<T>(v: Vertex, fn: () => Promise<T>): Promise<T> {
     try {
       return await fn();
-    } catch (err) {
-      if (err instanceof VertexError) throw err;
+    } catch (caught) {
+      if (caught instanceof VertexError) throw caught;
+      const err = clarifyNameError(caught);
       const now = new Date();
       this.#report(v, { started: now, completed: now, error: errorMessage(err) });
       throw withSources(new VertexError({ digest: v.digest, name: v.name, cause: err }), v.sources ?? []);

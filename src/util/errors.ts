@@ -100,6 +100,18 @@ export function errorMessage(err: unknown): string {
   return String(err);
 }
 
+/**
+ * An error of a file system call on a path holding U+FFFD that was not found: Node hands out file
+ * names as UTF-8 strings, so a name whose bytes are not UTF-8 comes back from a directory listing
+ * with U+FFFD in their place and names no file. Such an error says so (loom cannot keep such names
+ * yet) instead of reporting a missing file; any other error is returned as it is.
+ */
+export function clarifyNameError(err: unknown): unknown {
+  const e = err as NodeJS.ErrnoException | undefined;
+  if (!(err instanceof Error) || (e!.code !== 'ENOENT' && e!.code !== 'ENOTDIR') || typeof e!.path !== 'string' || !e!.path.includes('\uFFFD')) return err;
+  return new UnimplementedError(`a file name is not valid UTF-8 (shown with U+FFFD): ${e!.path}: loom cannot store such names yet`, { cause: err });
+}
+
 export function isAbortError(err: unknown): boolean {
   return (
     err instanceof CancelledError ||

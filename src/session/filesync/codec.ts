@@ -3,6 +3,7 @@ import type { Stat } from '../../gen/fsutil/stat_pb.js';
 import { PacketSchema, Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
 import { putFrameHeader } from '../../util/grpc-frame.js';
 import { registerCodec } from '../tunnel/codecs.js';
+import { protocolError, type FileSyncError } from './errors.js';
 
 /**
  * fsutil's Packet (and its Stat) written and read by hand, field by field as proto3 lays them out
@@ -15,6 +16,33 @@ import { registerCodec } from '../tunnel/codecs.js';
  */
 
 const utf8Decoder = new TextDecoder('utf-8', { fatal: false });
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * A file name (or link target) whose bytes are not UTF-8. Go's client sends names as the file
+ * system has them; loom keeps names as JavaScript strings, which would turn such bytes into U+FFFD
+ * and store a different name, so the transfer is refused instead, naming the entry (bytes that are
+ * not UTF-8 shown as \xNN).
+ */
+export function nonUtf8NameError(what: 'path' | 'link target', bytes: Uint8Array, path?: string): FileSyncError {
+  let shown = '';
+  for (let i = 0; i < bytes.length; ) {
+    // The longest valid UTF-8 sequence at i, else one byte shown escaped.
+    let ok = '';
+    for (let n = Math.min(4, bytes.length - i); n >= 1 && !ok; n--) {
+      try {
+        ok = strictUtf8.decode(bytes.subarray(i, i + n));
+      } catch {
+        /* shorter */
+      }
+      if (ok) i += n;
+    }
+    if (!ok) shown += `\\x${bytes[i++]!.toString(16).padStart(2, '0')}`;
+    else shown += ok;
+  }
+  const msg = what === 'path' ? `file name "${shown}" is not valid UTF-8` : `symlink ${JSON.stringify(path ?? '')} has a target that is not valid UTF-8: "${shown}"`;
+  return protocolError(`${msg}; loom cannot store such names yet (rename the file or leave it out with .dockerignore)`, what === 'path' ? shown : path);
+}
 const TWO_53 = 2n ** 53n;
 
 /** Where a message's fields go: bytes (Writer) or only their count (Sizer). */
@@ -384,6 +412,19 @@ class Reader {
     this.pos += n;
     return v;
   }
+  /** A path or link target: refused when it is not UTF-8 (see nonUtf8NameError). */
+  name(what: 'path' | 'link target', path?: string): string {
+    const n = this.len();
+    const bytes = this.buf.subarray(this.pos, this.pos + n);
+    let v: string;
+    try {
+      v = strictUtf8.decode(bytes);
+    } catch {
+      throw nonUtf8NameError(what, bytes, path);
+    }
+    this.pos += n;
+    return v;
+  }
   len(): number {
     const n = this.varint();
     if (this.pos + n > this.end) throw new Unexpected();
@@ -409,7 +450,7 @@ function readStat(r: Reader): Stat {
     const tag = r.varint();
     switch (tag) {
       case (1 << 3) | 2:
-        s.path = r.string();
+        s.path = r.name('path');
         break;
       case 2 << 3:
         s.mode = r.uint32();
@@ -427,7 +468,7 @@ function readStat(r: Reader): Stat {
         s.modTime = r.int64();
         break;
       case (7 << 3) | 2:
-        s.linkname = r.string();
+        s.linkname = r.name('link target', s.path);
         break;
       case 8 << 3:
         s.devmajor = r.int64();
@@ -474,8 +515,15 @@ export function decodePacket(b: Uint8Array): Packet {
     }
     return p;
   } catch (err) {
-    if (err instanceof Unexpected) return fromBinary(PacketSchema, b);
-    throw err;
+    if (!(err instanceof Unexpected)) throw err;
+    // fromBinary reads names leniently (U+FFFD for bytes that are not UTF-8): such a name is
+    // refused as the fast path refuses it.
+    const p = fromBinary(PacketSchema, b);
+    if (p.stat && (p.stat.path.includes('\uFFFD') || p.stat.linkname.includes('\uFFFD'))) {
+      const bad = p.stat.path.includes('\uFFFD') ? 'path' : 'link target';
+      throw nonUtf8NameError(bad, Buffer.from(bad === 'path' ? p.stat.path : p.stat.linkname), p.stat.path);
+    }
+    return p;
   }
 }
 

@@ -6,6 +6,8 @@ import { TimeSlice } from '../../cache/time-slice.js';
 import { throwIfAborted } from '../../util/errors.js';
 import { cleanPath, containsWildcards, globMatch, PathFilter, type FilterState } from '../../util/patterns.js';
 import { FileSyncError } from './errors.js';
+import { nonUtf8NameError } from './codec.js';
+import { isUtf8 } from 'node:buffer';
 import { GoMode, goModeFromPosix, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT } from './mode.js';
 import type { XattrIO } from './xattr.js';
 
@@ -134,6 +136,9 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
       try {
         st = lstatSync(abs, { bigint: true });
       } catch (err) {
+        // A name whose bytes are not UTF-8 came back with U+FFFD and names no file: refused
+        // rather than left out without a word.
+        if (isNotExist(err) && name.includes('\uFFFD')) refuseNonUtf8(absDir, relPrefix, name);
         if (isNotExist(err)) continue;
         throw new FileSyncError('INTERNAL', `lstat ${abs}: ${(err as Error).message}`, { path: rel, cause: err });
       }
@@ -186,6 +191,18 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
   await flush();
 }
 
+/** Throws the transfer's error for `name` when the directory holds it as bytes that are not UTF-8. */
+function refuseNonUtf8(absDir: string, relPrefix: string, name: string): void {
+  let raw: Buffer[];
+  try {
+    raw = readdirSync(absDir, { encoding: 'buffer' });
+  } catch {
+    return;
+  }
+  const bad = raw.find((b) => !isUtf8(b) && b.toString('utf8') === name);
+  if (bad) throw nonUtf8NameError('path', Buffer.concat([Buffer.from(relPrefix), bad]));
+}
+
 /** walkDirBatches one entry at a time (tests and small trees). */
 export async function* walkDir(root: string, opts: WalkOptions = {}): AsyncGenerator<WalkEntry> {
   const all: WalkEntry[] = [];
@@ -228,7 +245,13 @@ function makeStat(abs: string, rel: string, st: BigIntStats, stMode: number, see
     if (first !== undefined) stat.linkname = first;
     else seen.set(st.ino, rel);
     stat.size = st.size;
-    if (type === S_IFLNK) stat.linkname = readlinkSync(abs);
+    if (type === S_IFLNK) {
+      stat.linkname = readlinkSync(abs);
+      if (stat.linkname.includes('\uFFFD')) {
+        const raw = readlinkSync(abs, { encoding: 'buffer' });
+        if (!isUtf8(raw)) throw nonUtf8NameError('link target', raw, rel);
+      }
+    }
   }
   // Sockets go as plain files: upstream drops the bit because tar headers cannot carry it.
   stat.mode = (stat.mode & ~GoMode.socket) >>> 0;

@@ -82,6 +82,20 @@ describe('fsutil packet codec', () => {
     expect(Buffer.from(encodePacket(back)).equals(Buffer.from(toBinary(PacketSchema, back)))).toBe(true);
   });
 
+  it('refuses a path or link target that is not UTF-8, naming it, rather than storing U+FFFD', () => {
+    // A STAT as Go's fsutil sends a latin1 name: field 1 holding the raw bytes.
+    const stat = (fields: Buffer) => Buffer.concat([Buffer.from([(1 << 3) | 0, Packet_PacketType.PACKET_STAT, (2 << 3) | 2, fields.length]), fields]);
+    const field = (n: number, b: Buffer) => Buffer.concat([Buffer.from([(n << 3) | 2, b.length]), b]);
+    const latin1 = Buffer.from('caf\xe9.txt', 'latin1');
+    expect(() => decodePacket(stat(field(1, latin1)))).toThrow('file name "caf\\xe9.txt" is not valid UTF-8');
+    expect(() => decodePacket(stat(Buffer.concat([field(1, Buffer.from('lnk')), field(7, Buffer.from([0x74, 0xff]))])))).toThrow('symlink "lnk" has a target that is not valid UTF-8: "t\\xff"');
+    // With xattrs the packet goes through fromBinary, which reads names leniently: refused too.
+    const xattr = field(10, Buffer.concat([field(1, Buffer.from('user.a')), field(2, Buffer.from('v'))]));
+    expect(() => decodePacket(stat(Buffer.concat([field(1, latin1), xattr])))).toThrow(/is not valid UTF-8/);
+    // Valid UTF-8, U+FFFD itself included, is kept.
+    expect(decodePacket(stat(field(1, Buffer.from('\uFFFD ok')))).stat?.path).toBe('\uFFFD ok');
+  });
+
   it('fails on truncated input as fromBinary does', () => {
     const whole = toBinary(PacketSchema, packets[2]!);
     for (const cut of [1, 3, whole.length - 1]) {

@@ -1,4 +1,5 @@
 import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { dedupePaths, followLinks, walkDir, type WalkOptions } from '../../../../src/session/filesync/walker.js';
@@ -34,6 +35,19 @@ describe('walkDir', () => {
   test('lexical by UTF-8 bytes per directory, a directory right before its entries', async () => {
     // Checked against fsutil.Walk: "a" and its entries come before "a-b" and "a.txt".
     expect(await paths(await tree())).toEqual(['a', 'a/b', 'a/b/f', 'a-b', 'a-b/x', 'a.txt', 'l', 'lib', 'lib/x', 'lib/x/y', '\uffff', '\u{1F600}']);
+  });
+
+  test('refuses a name or link target that is not UTF-8 instead of leaving it out', async () => {
+    const root = await tempDir();
+    dirs.push(root);
+    await writeFile(join(root, 'ok'), '');
+    await mkdir(join(root, 'sub'));
+    writeFileSync(Buffer.concat([Buffer.from(`${root}/sub/caf`), Buffer.from([0xe9])]), 'x');
+    await expect(paths(root)).rejects.toThrow('file name "sub/caf\\xe9" is not valid UTF-8');
+    const root2 = await tempDir();
+    dirs.push(root2);
+    symlinkSync(Buffer.from([0x74, 0xe9]), join(root2, 'lnk'));
+    await expect(paths(root2)).rejects.toThrow('symlink "lnk" has a target that is not valid UTF-8: "t\\xe9"');
   });
 
   test('the listing is in the order the receiver checks', async () => {
