@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { PacketSchema } from '../gen/fsutil/wire_pb.js';
 import { FileSend } from '../gen/session/filesync_pb.js';
 import { sendDir } from '../session/filesync/send.js';
+import { systemXattrs } from '../session/filesync/xattr.js';
 import { LoomError } from '../util/errors.js';
 import { byteStatus } from '../util/progress.js';
 import type { Ref } from '../solver/types.js';
@@ -40,6 +41,8 @@ export class LocalExporter implements Exporter {
             await sendDir(stream, {
               root: empty ?? part.ref!.dir,
               signal: ctx.job.signal,
+              // Extended attributes go along, as upstream's walk reads them.
+              xattrs: await systemXattrs(),
               subdir: part.subdir,
               onProgress: (bytes, done) => {
                 sent = bytes;

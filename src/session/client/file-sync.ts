@@ -6,6 +6,7 @@ import { InvalidArgumentError, NotFoundError } from '../../util/errors.js';
 import { methodPath } from '../tunnel/metadata.js';
 import { typedHandler, type SessionServices } from '../tunnel/server.js';
 import { parseDiffCopyMetadata, sendDir } from './filesync-adapter.js';
+import { systemXattrs } from '../filesync/xattr.js';
 
 /**
  * FileSync.DiffCopy: sends one of the client's `--local name=dir` directories, chosen by the
@@ -26,6 +27,10 @@ export function fileSyncService(dirs: Record<string, string>): SessionServices {
         excludePatterns: req.excludePatterns,
         followPaths: req.followPaths,
         signal: ctx.signal,
+        // Extended attributes go along only when asked for (LOOM_SEND_XATTRS=1): upstream's client
+        // reads them with a system call per file, which Node lacks; the attr tools cost a process
+        // per transfer, ~20-30 ms of every build here, for attributes context files rarely have.
+        xattrs: process.env.LOOM_SEND_XATTRS === '1' ? await systemXattrs() : undefined,
       });
     }),
   };

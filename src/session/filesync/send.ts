@@ -38,7 +38,7 @@ export interface SendDirOptions {
   signal?: AbortSignal;
   /** Cumulative encoded bytes sent; `done` on the last call. */
   onProgress?: (bytes: number, done: boolean) => void;
-  /** Read and send extended attributes with this (off by default: one process per entry). */
+  /** Read and send extended attributes with this (one listing per batch of entries); none when undefined. */
   xattrs?: XattrIO;
   /**
    * List the tree under one directory of this name (mode 0755, owned by root, `modTime` in

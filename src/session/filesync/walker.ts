@@ -97,7 +97,7 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
   // Synchronous lookups in time slices (see TimeSlice): the walk is the whole cost of sending an
   // unchanged tree again, and one awaited lstat per entry made it several times slower. A client
   // walks once per process, mostly before V8 has optimized any of this, so the loop keeps its
-  // per-entry work plain: no promise per entry (unless xattrs are read), the file type from one
+  // per-entry work plain: no promise per entry (xattrs are read per batch), the file type from one
   // Number of st.mode (BigIntStats' isDirectory() and the like make BigInts on every call), paths
   // by concatenation, and the parents still to be listed as a count rather than a filtered copy.
   const slice = new TimeSlice();
@@ -106,13 +106,12 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
     if (batch.length === 0) return;
     const b = batch;
     batch = [];
-    await onBatch(b);
-  };
-  const addXattrs = async (entries: WalkEntry[]): Promise<void> => {
-    for (const e of entries) {
-      const attrs = await xattrs!.list(e.absPath);
-      if (Object.keys(attrs).length > 0) e.stat.xattrs = attrs;
+    if (xattrs) {
+      // One listing for the whole batch (a process, not one per entry).
+      const found = await xattrs.listMany(b.map((e) => e.absPath));
+      if (found.size > 0) for (const e of b) e.stat.xattrs = found.get(e.absPath) ?? {};
     }
+    await onBatch(b);
   };
   const noFilter = { verdict: 'include' as const, state: {} as FilterState };
   // The directories being walked, outermost first; those from `listed` on were left out by the
@@ -127,7 +126,8 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
     for (const name of names) {
       throwIfAborted(opts.signal);
       if (slice.due()) {
-        await flush();
+        // With xattrs, each batch costs a process: batches then hold at least XATTR_BATCH entries.
+        if (!xattrs || batch.length >= XATTR_BATCH) await flush();
         await slice.pause();
       }
       const rel = relPrefix + name;
@@ -166,7 +166,6 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
         }
         try {
           batch.push({ stat: makeStat(abs, rel, st, stMode, seenInodes), absPath: abs });
-          if (xattrs) await addXattrs(batch.slice(start));
         } catch (err) {
           if (!isNotExist(err)) throw err;
           batch.length = start; // the entry vanished: neither it nor its parents are listed for it
@@ -202,6 +201,9 @@ function refuseNonUtf8(absDir: string, relPrefix: string, name: string): void {
   const bad = raw.find((b) => !isUtf8(b) && b.toString('utf8') === name);
   if (bad) throw nonUtf8NameError('path', Buffer.concat([Buffer.from(relPrefix), bad]));
 }
+
+/** Entries per xattr listing (one getfattr process each). */
+const XATTR_BATCH = 1000;
 
 /** walkDirBatches one entry at a time (tests and small trees). */
 export async function* walkDir(root: string, opts: WalkOptions = {}): AsyncGenerator<WalkEntry> {

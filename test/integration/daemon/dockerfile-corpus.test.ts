@@ -26,6 +26,9 @@ import { startRegistry, vectorBaseImage, type TestRegistry } from '../../helpers
 // @ts-expect-error: a plain .mjs module shared with the generator script, no type declarations.
 import * as corpus from '../../../fixtures/dockerfile-corpus/corpus-lib.mjs';
 
+/** Upstream's client sends context files' xattrs (the recordings were made with it); loom's does when asked. */
+const CLIENT_ENV = { ...process.env, LOOM_SEND_XATTRS: '1' };
+
 interface Spec {
   args: string[];
   secrets: Record<string, string>;
@@ -141,12 +144,12 @@ d('Dockerfile corpus, loom against upstream (integration: root, runc, registry)'
     const ctx = await lib.prepareContext(name, work);
     const common = { registry: reg.host, http: http.host, work };
     const tarFile = join(work, `${name}.tar`);
-    const tar = await buildctl(daemon.addr, lib.buildArgs(name, ctx, { ...common, output: `type=tar,dest=${tarFile}` }), { timeoutMs: 150_000 });
+    const tar = await buildctl(daemon.addr, lib.buildArgs(name, ctx, { ...common, output: `type=tar,dest=${tarFile}` }), { timeoutMs: 150_000, env: CLIENT_ENV });
     if (spec.fail || tar.code !== 0) return { tar };
     const listing = await lib.tarListing(tarFile, { baseTimes, since });
     rmSync(tarFile, { force: true });
     const ociFile = join(work, `${name}.oci.tar`);
-    const oci = await buildctl(daemon.addr, lib.buildArgs(name, ctx, { ...common, output: `type=oci,dest=${ociFile}` }), { timeoutMs: 150_000 });
+    const oci = await buildctl(daemon.addr, lib.buildArgs(name, ctx, { ...common, output: `type=oci,dest=${ociFile}` }), { timeoutMs: 150_000, env: CLIENT_ENV });
     if (oci.code !== 0) return { tar, listing, oci };
     const config = await lib.normalizedConfig(ociFile, { ...common, baseDiffIds: diffIds });
     rmSync(ociFile, { force: true });
