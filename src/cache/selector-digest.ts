@@ -41,21 +41,35 @@ export async function selectorDigest(root: string, paths: readonly string[], fol
   return p;
 }
 
+/**
+ * Where selected path `p` is on the host and its lstat; a path that is not there is upstream's
+ * content-hash error, named as it resolved inside the tree (a symlink's target, `..` cleaned away).
+ */
+async function resolveSelected(root: string, p: string, followSymlinks: boolean) {
+  let host: string;
+  try {
+    host = followSymlinks ? await resolveInRoot(root, p) : await resolveParentInRoot(root, p);
+  } catch {
+    throw new NotFoundError(`${JSON.stringify(path.posix.join('/', p))}: not found`);
+  }
+  const st = await lstat(host).catch(() => undefined);
+  if (!st) throw new NotFoundError(`${JSON.stringify(path.posix.join('/', path.relative(root, host)))}: not found`);
+  return { host, st };
+}
+
+/**
+ * Fails as selectorDigest does when a selected path is missing, without digesting anything: for
+ * inputs whose key does not hold their content (a stage's result), so that a step reading a path
+ * that is not there fails with upstream's message rather than its copy's.
+ */
+export async function selectorsExist(root: string, paths: readonly string[], followSymlinks: boolean): Promise<void> {
+  for (const p of [...paths].sort()) await resolveSelected(root, p, followSymlinks);
+}
+
 async function compute(root: string, paths: readonly string[], followSymlinks: boolean): Promise<string> {
   const h = createHash('sha256');
   for (const p of [...paths].sort()) {
-    let host: string;
-    try {
-      host = followSymlinks ? await resolveInRoot(root, p) : await resolveParentInRoot(root, p);
-    } catch {
-      throw new NotFoundError(`${JSON.stringify(path.posix.join('/', p))}: not found`);
-    }
-    const st = await lstat(host).catch(() => undefined);
-    if (!st) {
-      // As upstream's content hash: a path the step reads that is not there fails the key, named
-      // as it resolved inside the tree (a symlink's target, `..` cleaned away).
-      throw new NotFoundError(`${JSON.stringify(path.posix.join('/', path.relative(root, host)))}: not found`);
-    }
+    const { host, st } = await resolveSelected(root, p, followSymlinks);
     const head = `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
     if (st.isDirectory()) h.update(`${head} dir ${await treeDigest(host)}\n`);
     else if (st.isFile()) h.update(`${head} file ${await fileDigest(host)}\n`);

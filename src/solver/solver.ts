@@ -32,6 +32,8 @@ interface KeyParts {
 
 /** The digest of some paths of a ref's tree (cache/selector-digest.ts). */
 export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean) => Promise<string>;
+/** Fails as SelectorDigest does when one of the paths is missing, digesting nothing. */
+export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean) => Promise<void>;
 
 /** Told of each step's outcome (metrics). */
 export interface SolveObserver {
@@ -55,10 +57,12 @@ export class Solver {
 
   readonly #observe: SolveObserver | undefined;
   readonly #selectorDigest: SelectorDigest | undefined;
+  readonly #selectorCheck: SelectorCheck | undefined;
 
-  constructor(opts: { resolve: OpResolver; cache: ResultCache; defaultPlatform: Platform; observe?: SolveObserver; selectorDigest?: SelectorDigest }) {
+  constructor(opts: { resolve: OpResolver; cache: ResultCache; defaultPlatform: Platform; observe?: SolveObserver; selectorDigest?: SelectorDigest; selectorCheck?: SelectorCheck }) {
     this.#observe = opts.observe;
     this.#selectorDigest = opts.selectorDigest;
+    this.#selectorCheck = opts.selectorCheck;
     this.#resolve = opts.resolve;
     this.#cache = opts.cache;
     this.#defaultPlatform = opts.defaultPlatform;
@@ -83,6 +87,7 @@ export class Solver {
       noCache: opts.noCache ?? false,
       observe: this.#observe,
       selectorDigest: this.#selectorDigest,
+      selectorCheck: this.#selectorCheck,
     });
     try {
       const ref = await run.edge(def.result);
@@ -104,6 +109,7 @@ interface JobRunOptions {
   noCache: boolean;
   observe: SolveObserver | undefined;
   selectorDigest: SelectorDigest | undefined;
+  selectorCheck: SelectorCheck | undefined;
 }
 
 /** The state of one build's walk over its graph: memoized keys and results per vertex. */
@@ -273,6 +279,16 @@ class JobRun {
     const reason = this.#explainMiss(v, this.#o.noCache || v.metadata?.ignoreCache === true);
     let refs: Ref[];
     try {
+      // Inputs keyed by the paths read rather than their content (a stage's result): a path that
+      // is not there fails here, in the words of a key that holds content (local sources' keys
+      // already did).
+      const check = this.#o.selectorCheck;
+      const sels = check ? this.#impl(v).inputSelectors?.() : undefined;
+      if (check && sels) {
+        for (const [n, sel] of sels.entries()) {
+          if (sel && inputs[n] && !(this.#o.selectorDigest && isLocalSource(v.inputs[n]!.vertex))) await check(inputs[n]!, sel.paths, sel.followSymlinks);
+        }
+      }
       refs = await this.#impl(v).run(this.#ctx(v), inputs);
     } catch (caught) {
       const err = clarifyNameError(caught);

@@ -22,7 +22,8 @@ import { probeOverlay } from '../snapshot/overlay/probe.js';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
 import type { SessionManager } from '../session/manager.js';
 import { Solver, type SolveObserver } from '../solver/solver.js';
-import { selectorDigest } from '../cache/selector-digest.js';
+import type { Ref } from '../solver/types.js';
+import { selectorDigest, selectorsExist } from '../cache/selector-digest.js';
 import { log as rootLog } from '../util/log.js';
 import { formatPlatform, type Platform } from '../util/platform.js';
 import { createExporters } from './exporters.js';
@@ -92,10 +93,17 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   // network namespaces a crashed run left.
   const networkProviders = await openNetworkProviders({ workerNet: o.network, stateRoot: state });
   const deps: WorkerDeps = { localMirrors, root: state, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native, network: o.network, networkProviders };
-  const solver = new Solver({ resolve: createOpResolver(deps), cache: refs, defaultPlatform: toPbPlatform(platforms[0] ?? detected.native), observe: o.observe, selectorDigest: (ref, paths, follow) =>
-      selectorDigest(ref.dir, paths, follow).catch((err: unknown) => {
-        throw new LoomError(err instanceof LoomError && err.code === 'CANCELLED' ? 'CANCELLED' : 'UNKNOWN', `failed to compute cache key: failed to calculate checksum of ref ${ref.id}: ${errorMessage(err)}`, { cause: err });
-      }),
+  // Upstream's words for a copy source that is not there: its content checksum is part of the key.
+  const keyError = (ref: Ref, err: unknown): never => {
+    throw new LoomError(err instanceof LoomError && err.code === 'CANCELLED' ? 'CANCELLED' : 'UNKNOWN', `failed to compute cache key: failed to calculate checksum of ref ${ref.id}: ${errorMessage(err)}`, { cause: err });
+  };
+  const solver = new Solver({
+    resolve: createOpResolver(deps),
+    cache: refs,
+    defaultPlatform: toPbPlatform(platforms[0] ?? detected.native),
+    observe: o.observe,
+    selectorDigest: (ref, paths, follow) => selectorDigest(ref.dir, paths, follow).catch((err: unknown) => keyError(ref, err)),
+    selectorCheck: (ref, paths, follow) => selectorsExist(ref.dir, paths, follow).catch((err: unknown) => keyError(ref, err)),
   });
   const exporters = createExporters(deps);
   // Whatever a crashed daemon left half-done (containers, their mounts, active snapshots,
