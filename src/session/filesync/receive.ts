@@ -381,6 +381,9 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     if (old) {
       if (old.isDirectory() !== isDir) await rm(abs, { recursive: true, force: true });
       await rename(target, abs);
+      // A hard link renamed over a link to the same file is a no-op that leaves the temporary
+      // name behind (rename(2)): the entry was already right, the extra name goes.
+      if (hardlink) await rm(target, { force: true });
     }
     if (isDir) dirs.set(rel, stat);
     if (regular) {

@@ -91,6 +91,31 @@ describe('sendDir -> receiveDir', () => {
     expect(r.bytes).toBe(s.bytes);
   });
 
+  test('a resend of hard links into the tree they already arrived in leaves no temporary names', async () => {
+    // rename(2) of a name over another link to the same file does nothing and keeps both names:
+    // a second build's sync of a context holding hard links left .tmp.loom-* files in the
+    // mirror, and COPY . took them into the image.
+    const src = await tmp();
+    const dest = await tmp();
+    await mkdir(join(src, 'sub'));
+    await writeFile(join(src, 'a.txt'), 'shared\n');
+    await link(join(src, 'a.txt'), join(src, 'b.txt'));
+    await link(join(src, 'a.txt'), join(src, 'sub/c.txt'));
+    await transfer(src, dest);
+    await transfer(src, dest);
+    const got = await snapshotTree(dest, { dirTimes: true });
+    expect(got.map((e) => e.path).sort()).toEqual(['a.txt', 'b.txt', 'sub', 'sub/c.txt']);
+    expect(got.find((e) => e.path === 'a.txt')?.links).toEqual(['a.txt', 'b.txt', 'sub/c.txt']);
+    // And a link that moves to another file on the resend.
+    await writeFile(join(src, 'other.txt'), 'other\n');
+    await rm(join(src, 'b.txt'));
+    await link(join(src, 'other.txt'), join(src, 'b.txt'));
+    await transfer(src, dest);
+    const again = await snapshotTree(dest, { dirTimes: true });
+    expect(again.map((e) => e.path).sort()).toEqual(['a.txt', 'b.txt', 'other.txt', 'sub', 'sub/c.txt']);
+    expect(await readFile(join(dest, 'b.txt'), 'utf8')).toBe('other\n');
+  });
+
   test('big files go as many 32 KiB DATA packets and arrive intact', async () => {
     const src = await tmp();
     const dest = await tmp();
