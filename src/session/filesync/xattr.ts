@@ -6,11 +6,10 @@ import { promisify } from 'node:util';
 const run = promisify(execFile);
 
 /**
- * Extended attributes of one path, never following a final symlink. Node has no xattr calls, so
+ * Extended attributes of paths, never following a final symlink. Node has no xattr calls, so
  * the default goes through the `attr` package's tools when they are installed.
  */
 export interface XattrIO {
-  list(path: string): Promise<Record<string, Uint8Array>>;
   /** The xattrs of many paths at once (one process for all); paths without any are left out. */
   listMany(paths: readonly string[]): Promise<Map<string, Record<string, Uint8Array>>>;
   set(path: string, name: string, value: Uint8Array): Promise<void>;
@@ -44,22 +43,6 @@ async function which(name: string): Promise<string | undefined> {
 
 function toolXattrs(getfattr: string, setfattr: string): XattrIO {
   return {
-    async list(path) {
-      let out: string;
-      try {
-        ({ stdout: out } = await run(getfattr, ['--absolute-names', '-h', '-d', '-m', '-', '-e', 'hex', '--', path], { maxBuffer: 64 << 20 }));
-      } catch (err) {
-        // Unsupported file systems report an error: such files simply have no attributes.
-        if ((err as { stderr?: string }).stderr?.includes('Operation not supported')) return {};
-        throw err;
-      }
-      const res: Record<string, Uint8Array> = {};
-      for (const line of out.split('\n')) {
-        const m = /^([^#=][^=]*)=(?:0x([0-9a-fA-F]*))?$/.exec(line);
-        if (m) res[m[1]!] = Buffer.from(m[2] ?? '', 'hex');
-      }
-      return res;
-    },
     async listMany(paths) {
       const res = new Map<string, Record<string, Uint8Array>>();
       // Arguments stay well under the kernel's limit: a process per 1,000 paths.
