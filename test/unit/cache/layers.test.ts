@@ -69,7 +69,9 @@ describe('LayerStore.layers', () => {
 
   it('fails when a pair cannot be diffed, naming it, and keeps serving the others', async () => {
     const store = new LayerStore({ metadata, content, snapshotter: snap });
-    const broken = [...chain.slice(0, 2), { lower: 's1', upper: 'missing' }, ...chain.slice(2)];
+    // The bad pair first: it fails at once, while the other layers are still being computed and
+    // are stopped; the next call, which needs them, must not get that cancellation.
+    const broken = [{ lower: null, upper: 'missing' }, ...chain];
     await expect(store.layers(refOf(broken), { compression: 'uncompressed', ociMediaTypes: true })).rejects.toThrow(/missing/);
     const ok = await store.layers(refOf(chain), { compression: 'uncompressed', ociMediaTypes: true });
     expect(ok).toHaveLength(5);
