@@ -9,7 +9,7 @@ import type { JobContext, Ref } from '../solver/types.js';
 import { BuildCache, type CacheEntry, type RemoteCacheDeps } from '../cache/remote/build-cache.js';
 import { BuildRecorder, type BuildRecords } from './build-records.js';
 import { bytes } from '../client/progress/format.js';
-import { CancelledError, errorMessage, withStatusDetails, InvalidArgumentError, LoomError, PermissionDeniedError, UnimplementedError } from '../util/errors.js';
+import { CancelledError, errorMessage, withStatusDetails, InvalidArgumentError, LoomError, UnimplementedError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { inVertex, ProgressBus } from '../util/progress.js';
 import { GatewayBuild, resultRefs, type GatewayDeps, type GatewayForwarder } from './gateway.js';
@@ -242,7 +242,8 @@ export class BuildManager {
     for (const e of requested) {
       if (!KNOWN_ENTITLEMENTS.has(e)) throw new InvalidArgumentError(`unknown entitlement ${e}`);
       if (!this.#o.allowedEntitlements.has(e)) {
-        throw new PermissionDeniedError(`granting entitlement ${e} is not allowed by build daemon configuration`);
+        // A plain error upstream (gRPC Unknown): clients print it with no code.
+        throw new LoomError('UNKNOWN', `granting entitlement ${e} is not allowed by build daemon configuration`);
       }
       out.add(e);
     }

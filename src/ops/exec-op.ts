@@ -12,7 +12,7 @@ import {
 import { GetSecretRequestSchema, Secrets } from '../gen/session/secrets_pb.js';
 import type { SessionCaller } from '../session/types.js';
 import type { OpContext, OpImpl, Ref } from '../solver/types.js';
-import { codeOf, errorMessage, InvalidArgumentError, LoomError, PermissionDeniedError } from '../util/errors.js';
+import { codeOf, errorMessage, InvalidArgumentError, LoomError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import type { Platform as HostPlatform } from '../util/platform.js';
 import type { EmulatorInfo } from '../worker/platforms.js';
