@@ -61,7 +61,9 @@ export async function runFrontend(
   // lists them from the solved sources.
   const read = b.job.steps instanceof BuildRecorder ? b.job.steps.sources : new Map<string, string>();
   for (const [id, pin] of read) {
-    if (/^https?:\/\//.test(id) && !sources.some((x) => x.ref === redactCredentials(id))) sources.push({ type: 'http', ref: redactCredentials(id), pin });
+    if (!/^https?:\/\//.test(id)) continue;
+    const ref = redactCredentials(id);
+    if (!sources.some((x) => x.ref === ref)) sources.push({ type: 'http', ref, pin });
   }
   sources.sort((a, b2) => (a.ref < b2.ref ? -1 : a.ref > b2.ref ? 1 : 0));
   // Go's omitempty: no sources (FROM scratch) leaves the key out.

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { PacketSchema } from '../gen/fsutil/wire_pb.js';
 import { FileSend } from '../gen/session/filesync_pb.js';
 import { sendDir } from '../session/filesync/send.js';
-import { systemXattrs } from '../session/filesync/xattr.js';
+import type { XattrIO } from '../session/filesync/xattr.js';
+import { listXattrs } from '../snapshot/layer/sys-ops.js';
 import { LoomError } from '../util/errors.js';
 import { byteStatus } from '../util/progress.js';
 import type { Ref } from '../solver/types.js';
@@ -14,6 +15,21 @@ import { platformDir, type ExportContext, type Exporter, type ExporterInstance, 
  * `type=local`: the result's files written into a directory on the client's side, sent with the
  * filesync protocol over the client's FileSend service (fsutil packets, as upstream v0.11).
  */
+/**
+ * The daemon reads xattrs through its resident helper (snapshot/layer/sys-ops.ts, as the tar
+ * exporter does): no process started per listing, which would fork the whole daemon.
+ */
+const helperXattrs: Pick<XattrIO, 'listMany'> = {
+  async listMany(paths) {
+    const lists = await listXattrs(paths);
+    const found = new Map<string, Record<string, Uint8Array>>();
+    lists.forEach((m, i) => {
+      if (m.size > 0) found.set(paths[i]!, Object.fromEntries(m));
+    });
+    return found;
+  },
+};
+
 export class LocalExporter implements Exporter {
   readonly name = 'local';
 
@@ -42,7 +58,7 @@ export class LocalExporter implements Exporter {
               root: empty ?? part.ref!.dir,
               signal: ctx.job.signal,
               // Extended attributes go along, as upstream's walk reads them.
-              xattrs: await systemXattrs(),
+              xattrs: helperXattrs,
               subdir: part.subdir,
               onProgress: (bytes, done) => {
                 sent = bytes;

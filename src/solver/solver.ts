@@ -201,9 +201,9 @@ class JobRun {
             if (!sel) return key;
             // Ops may leave selected paths out of their own key (exec mounts do, as upstream):
             // they always enter here.
-            if (!this.#o.selectorDigest || !isLocalSource(i.vertex)) return `${key}|paths:${JSON.stringify(sel.paths)}`;
+            const digest = this.#contentDigest(i.vertex);
+            if (!digest) return `${key}|paths:${JSON.stringify(sel.paths)}`;
             const ref = await this.edge(i);
-            const digest = this.#o.selectorDigest;
             // A path the step reads that is not there fails the step here, as upstream's key does.
             return `sel:${await this.#guard(v, () => digest(ref, sel.paths, sel.followSymlinks))}`;
           }),
@@ -283,10 +283,9 @@ class JobRun {
       // is not there fails here, in the words of a key that holds content (local sources' keys
       // already did).
       const check = this.#o.selectorCheck;
-      const sels = check ? this.#impl(v).inputSelectors?.() : undefined;
-      if (check && sels) {
-        for (const [n, sel] of sels.entries()) {
-          if (sel && inputs[n] && !(this.#o.selectorDigest && isLocalSource(v.inputs[n]!.vertex))) await check(inputs[n]!, sel.paths, sel.followSymlinks);
+      if (check) {
+        for (const [n, sel] of (this.#impl(v).inputSelectors?.() ?? []).entries()) {
+          if (sel && inputs[n] && !this.#contentDigest(v.inputs[n]!.vertex)) await check(inputs[n]!, sel.paths, sel.followSymlinks);
         }
       }
       refs = await this.#impl(v).run(this.#ctx(v), inputs);
@@ -409,6 +408,15 @@ class JobRun {
 
   #hold(refs: readonly Ref[]): void {
     this.#releases.push(this.#o.cache.hold(refs));
+  }
+
+  /**
+   * How a step's key takes the content of the paths it reads from this input: a local source's
+   * are digested at key time; undefined for other inputs, keyed by the paths alone (and checked
+   * when the step runs).
+   */
+  #contentDigest(input: Vertex): SelectorDigest | undefined {
+    return isLocalSource(input) ? this.#o.selectorDigest : undefined;
   }
 
   async #guard<T>(v: Vertex, fn: () => Promise<T>): Promise<T> {

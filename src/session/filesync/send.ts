@@ -39,7 +39,7 @@ export interface SendDirOptions {
   /** Cumulative encoded bytes sent; `done` on the last call. */
   onProgress?: (bytes: number, done: boolean) => void;
   /** Read and send extended attributes with this (one listing per batch of entries); none when undefined. */
-  xattrs?: XattrIO;
+  xattrs?: Pick<XattrIO, 'listMany'>;
   /**
    * List the tree under one directory of this name (mode 0755, owned by root, `modTime` in
    * nanoseconds, 0 by default) instead of at the top: upstream's SubDirFS, which the local

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { lstatSync, readdirSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { lstat, readdir, readlink, realpath, stat as fsStat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -7,7 +8,6 @@ import { throwIfAborted } from '../../util/errors.js';
 import { cleanPath, containsWildcards, globMatch, PathFilter, type FilterState } from '../../util/patterns.js';
 import { FileSyncError } from './errors.js';
 import { nonUtf8NameError } from './codec.js';
-import { isUtf8 } from 'node:buffer';
 import { GoMode, goModeFromPosix, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT } from './mode.js';
 import type { XattrIO } from './xattr.js';
 
@@ -18,7 +18,7 @@ export interface WalkOptions {
   followPaths?: readonly string[];
   signal?: AbortSignal;
   /** Read extended attributes with this; left out when undefined. */
-  xattrs?: XattrIO;
+  xattrs?: Pick<XattrIO, 'listMany'>;
 }
 
 export interface WalkEntry {
@@ -126,7 +126,8 @@ export async function walkDirBatches(root: string, opts: WalkOptions, onBatch: (
     for (const name of names) {
       throwIfAborted(opts.signal);
       if (slice.due()) {
-        // With xattrs, each batch costs a process: batches then hold at least XATTR_BATCH entries.
+        // With xattrs, each batch costs a listing (a process, with the attr tools): batches then
+        // hold at least XATTR_BATCH entries.
         if (!xattrs || batch.length >= XATTR_BATCH) await flush();
         await slice.pause();
       }

@@ -109,6 +109,24 @@ d('dockerfile.v0', () => {
     expect(listing).toMatch(/1000\/1000 .* owned\.txt/);
   });
 
+  it('carries extended attributes from the context (LOOM_SEND_XATTRS=1) to a local export, as upstream', async () => {
+    const ctx = join(work, 'xattr-ctx');
+    mkdirSync(join(ctx, 'd'), { recursive: true });
+    writeFileSync(join(ctx, 'f'), 'f\n');
+    writeFileSync(join(ctx, 'd', 'g'), 'g\n');
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY f /f\nCOPY d /d/\n');
+    const set = await run('setfattr', ['-n', 'user.loom', '-v', 'v1', join(ctx, 'f')]);
+    if (set.code !== 0) return; // no user xattrs on this file system
+    expect((await run('setfattr', ['-n', 'user.bin', '-v', '0x00ff10', join(ctx, 'd', 'g')])).code).toBe(0);
+    const out = join(work, 'xattr-out');
+    const args = ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=local,dest=${out}`];
+    const r = await buildctl(daemon.addr, args, { env: { ...process.env, LOOM_SEND_XATTRS: '1' } });
+    expect(r.code, r.stderr).toBe(0);
+    const dump = (await run('getfattr', ['--absolute-names', '-d', '-e', 'hex', '-m', '-', join(out, 'f'), join(out, 'd', 'g')])).stdout;
+    expect(dump).toContain(`# file: ${join(out, 'f')}\nuser.loom=0x7631`);
+    expect(dump).toContain(`# file: ${join(out, 'd', 'g')}\nuser.bin=0x00ff10`);
+  });
+
   it('exports a multi-platform result to a directory and a tarball with a directory per platform, as upstream', async () => {
     const ctx = join(work, 'multi');
     mkdirSync(ctx);
