@@ -4,7 +4,7 @@ import { PassThrough, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { gzipStream } from '../util/zlib.js';
 import type { ContentStore } from '../content/store.js';
-import type { Compression, LayerDescriptor, LayerProvider } from '../exporter/types.js';
+import type { Compression, LayerDescriptor, LayerOrigin, LayerProvider } from '../exporter/types.js';
 import { changes as diffTrees } from '../snapshot/layer/changes.js';
 import { writeLayerTar } from '../snapshot/layer/write-layer-tar.js';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
@@ -59,6 +59,14 @@ export class LayerStore implements LayerProvider {
     }
     for (const d of out) opts.onLayer?.(d);
     return out;
+  }
+
+  origins(ref: Ref): LayerOrigin[] {
+    return ref.chain.map((pair) => {
+      const o = this.#md.snapshotOrigin(pair.upper);
+      // Upstream's words for a layer whose ref has no description.
+      return { createdAt: o.createdAt !== undefined ? new Date(o.createdAt) : undefined, description: o.description || 'created by buildkit' };
+    });
   }
 
   /** The blob of one diff pair: the recorded one if its compression fits, else computed now. */

@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS cache_keys (
   created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cache_keys_ref ON cache_keys(ref_id);
+CREATE INDEX IF NOT EXISTS refs_snapshot ON refs(snapshot);
 CREATE TABLE IF NOT EXISTS layer_blobs (
   lower TEXT NOT NULL,
   upper TEXT NOT NULL,
@@ -120,6 +121,8 @@ export class MetadataStore {
     return {
       putSnapshot: db.prepare('INSERT OR IGNORE INTO snapshots (key, parent, created_at) VALUES (?, ?, ?)'),
       getSnapshot: db.prepare('SELECT key, parent FROM snapshots WHERE key = ?'),
+      snapshotCreated: db.prepare('SELECT created_at FROM snapshots WHERE key = ?'),
+      firstRefOf: db.prepare('SELECT description, created_at FROM refs WHERE snapshot = ? ORDER BY created_at, rowid LIMIT 1'),
       delSnapshot: db.prepare('DELETE FROM snapshots WHERE key = ?'),
       allSnapshots: db.prepare('SELECT key, parent FROM snapshots'),
       putRef: db.prepare(
@@ -157,6 +160,18 @@ export class MetadataStore {
 
   hasSnapshot(key: string): boolean {
     return this.#stmts.getSnapshot.get(key) !== undefined;
+  }
+
+  /**
+   * Where a snapshot came from, for the image history of the layer it ends: the first ref made
+   * of it (its description and creation time, as upstream's layer refs carry them), else the
+   * snapshot's own creation time.
+   */
+  snapshotOrigin(key: string): { description?: string; createdAt?: number } {
+    const ref = this.#stmts.firstRefOf.get(key) as Row | undefined;
+    if (ref) return { description: String(ref.description), createdAt: Number(ref.created_at) };
+    const snap = this.#stmts.snapshotCreated.get(key) as Row | undefined;
+    return snap ? { createdAt: Number(snap.created_at) } : {};
   }
 
   snapshots(): { key: string; parent: string | null }[] {

@@ -37,7 +37,7 @@ export interface UnpackChainDeps {
  * or an imported cache. `fetch` brings a layer's blob into the content store (verified); it is
  * called only for layers not unpacked yet. The blobs are recorded as the chain's layers, so an
  * export pushes the very same bytes. Each layer is a cache record of its own, the one below as its
- * parent, described by the first source that brought it (upstream: `pulled from <image>`), so du
+ * parent, described by the first source that brought it (upstream: `pulled from <image>@<digest>`), so du
  * lists and sizes an image's layers one by one; the last layer's record is returned.
  */
 export async function unpackChain(

@@ -17,6 +17,7 @@ import { parsePlatform, type Platform } from '../util/platform.js';
 import { FRONTENDS, runFrontend } from './frontends.js';
 import { toPbPlatform } from '../util/pb-platform.js';
 import { GRPC_CODE_NAMES, loomCodeOfGrpc } from '../session/tunnel/grpc-status.js';
+import { withFrontendEpoch } from '../exporter/epoch.js';
 
 const log = () => rootLog.child({ sub: 'build' });
 
@@ -255,7 +256,7 @@ export class BuildManager {
     return list.map((e) => {
       const ex = this.#o.exporters.get(e.type);
       if (!ex) throw new InvalidArgumentError(`exporter ${JSON.stringify(e.type)} could not be found`);
-      return ex.resolve(e.attrs);
+      return ex.resolve(withFrontendEpoch(e.attrs, req.FrontendAttrs));
     });
   }
 

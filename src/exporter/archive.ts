@@ -77,8 +77,8 @@ class ArchiveExporterInstance implements ExporterInstance {
     const release = this.d.leaseBlobs(img.blobs.map((b) => b.digest));
     try {
       // As upstream's oci exporter: index.json (and the descriptor in the response) records when the
-      // image was made.
-      const created = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+      // image was made (SOURCE_DATE_EPOCH when one is set).
+      const created = (this.opts.epoch ?? new Date()).toISOString().replace(/\.\d{3}Z$/, 'Z');
       const root = { ...img.root, annotations: { ...(img.root.annotations ?? {}), [ANNOTATION_CREATED]: created } };
       const resp = imageResponse({ ...img, root });
       if (this.names.length) resp['image.name'] = this.names.join(',');

@@ -5,6 +5,7 @@ import { InvalidArgumentError } from '../util/errors.js';
 import type { Digest } from '../util/digest.js';
 import { oneOff } from '../util/progress.js';
 import { formatPlatform, normalizePlatform, type Platform } from '../util/platform.js';
+import { parseEpochAttr, SOURCE_DATE_EPOCH_ATTR } from './epoch.js';
 import { buildImageConfig } from './image/image-config.js';
 import { writeIndex, writeManifest } from './image/manifest.js';
 import type { Compression, ExportContext, ExportSource, LayerProvider } from './types.js';
@@ -16,6 +17,8 @@ export interface ImageCommitOptions {
   ociMediaTypes: boolean;
   /** Record the frontend's build info in the config (`buildinfo`, default true in v0.11). */
   buildInfo: boolean;
+  /** SOURCE_DATE_EPOCH (`source-date-epoch`): the config's times are clamped to it. */
+  epoch?: Date;
   /** Attributes the exporter did not recognize: kept as metadata, as upstream does. */
   rest: Record<string, string>;
 }
@@ -28,9 +31,11 @@ export function parseBool(v: string, key: string, def = true): boolean {
 }
 
 export function parseImageCommitOptions(attrs: Record<string, string>, defaults: { ociMediaTypes: boolean }): ImageCommitOptions {
-  const o: ImageCommitOptions = { name: '', compression: 'gzip', ociMediaTypes: defaults.ociMediaTypes, buildInfo: true, rest: {} };
+  const o: ImageCommitOptions = { name: '', compression: 'gzip', ociMediaTypes: defaults.ociMediaTypes, buildInfo: true, epoch: parseEpochAttr(attrs), rest: {} };
   for (const [k, v] of Object.entries(attrs)) {
     switch (k) {
+      case SOURCE_DATE_EPOCH_ATTR:
+        break;
       case 'name':
         o.name = v;
         break;
@@ -91,10 +96,14 @@ export async function commitImage(
     const layers = ref ? await deps.layers.layers(ref, { compression: opts.compression, ociMediaTypes: opts.ociMediaTypes, signal: ctx.job.signal }) : [];
     layersDone();
     const buildInfoKey = configKey.replace('containerimage.config', 'containerimage.buildinfo');
+    // Each layer's origin (when and by what step it was made) fills the history, as upstream's
+    // image writer does from its layer refs.
+    const origins = ref ? deps.layers.origins(ref) : [];
     const configBytes = buildImageConfig({
       config: src.metadata[configKey],
       platform,
-      layers: layers.map((l) => ({ diffId: l.diffId as Digest })),
+      layers: layers.map((l, i) => ({ diffId: l.diffId as Digest, createdAt: origins[i]?.createdAt, description: origins[i]?.description })),
+      epoch: opts.epoch,
       buildInfo: opts.buildInfo ? (src.metadata[buildInfoKey] ?? src.metadata['containerimage.buildinfo']) : undefined,
       inlineCache: ref ? src.inlineCache?.(ref, layers) : undefined,
     });

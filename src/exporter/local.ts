@@ -9,6 +9,7 @@ import { listXattrs } from '../snapshot/layer/sys-ops.js';
 import { LoomError } from '../util/errors.js';
 import { byteStatus } from '../util/progress.js';
 import type { Ref } from '../solver/types.js';
+import { epochNanos, parseEpochAttr } from './epoch.js';
 import { platformDir, type ExportContext, type Exporter, type ExporterInstance, type ExportSource } from './types.js';
 
 /**
@@ -33,7 +34,10 @@ const helperXattrs: Pick<XattrIO, 'listMany'> = {
 export class LocalExporter implements Exporter {
   readonly name = 'local';
 
-  resolve(): ExporterInstance {
+  resolve(attrs: Record<string, string> = {}): ExporterInstance {
+    // SOURCE_DATE_EPOCH: every entry sent carries it as its modification time, as upstream's.
+    const epoch = parseEpochAttr(attrs);
+    const modTime = epoch ? epochNanos(epoch) : undefined;
     return {
       vertexName: 'exporting to client directory',
       async export(ctx: ExportContext, src: ExportSource) {
@@ -44,7 +48,7 @@ export class LocalExporter implements Exporter {
         // A multi-platform result: each platform in a directory of its own (linux_arm64), as
         // upstream's; the client's receiver merges, so the streams add to one another.
         const parts = src.refs?.length
-          ? src.refs.map((r) => ({ ref: r.ref as Ref | undefined, subdir: { name: platformDir(r.id) }, label: `copying files ${r.id}` }))
+          ? src.refs.map((r) => ({ ref: r.ref as Ref | undefined, subdir: { name: platformDir(r.id), modTime }, label: `copying files ${r.id}` }))
           : [{ ref: src.ref, subdir: undefined, label: 'copying files' }];
         for (const part of parts) {
           const stream = await session.stream(FileSend.method.diffCopy, { signal: ctx.job.signal, input: PacketSchema, output: PacketSchema });
@@ -60,6 +64,7 @@ export class LocalExporter implements Exporter {
               // Extended attributes go along, as upstream's walk reads them.
               xattrs: helperXattrs,
               subdir: part.subdir,
+              modTime,
               onProgress: (bytes, done) => {
                 sent = bytes;
                 if (!done) status.update(bytes);

@@ -1,13 +1,16 @@
 import { writeTreeTar } from '../snapshot/layer/write-tree-tar.js';
 import { oneOff } from '../util/progress.js';
 import { sendToClient } from './archive.js';
+import { parseEpochAttr } from './epoch.js';
 import { platformDir, type ExportContext, type Exporter, type ExporterInstance, type ExportSource } from './types.js';
 
 /** `type=tar`: the result's filesystem as one tar stream to the client. */
 export class TarExporter implements Exporter {
   readonly name = 'tar';
 
-  resolve(): ExporterInstance {
+  resolve(attrs: Record<string, string> = {}): ExporterInstance {
+    // SOURCE_DATE_EPOCH: every entry's modification time, as upstream's.
+    const epoch = parseEpochAttr(attrs);
     return {
       vertexName: 'exporting to client tarball',
       async export(ctx: ExportContext, src: ExportSource) {
@@ -16,8 +19,8 @@ export class TarExporter implements Exporter {
         // A multi-platform result: each platform under a directory of its own (linux_arm64/), as upstream's.
         const parts = src.refs?.map((r) => ({ name: platformDir(r.id), dir: r.ref.dir }));
         await sendToClient(ctx.job, {}, async (out) => {
-          if (parts?.length) await writeTreeTar(parts, out, { signal: ctx.job.signal });
-          else if (ref) await writeTreeTar(ref.dir, out, { signal: ctx.job.signal });
+          if (parts?.length) await writeTreeTar(parts, out, { signal: ctx.job.signal, epoch });
+          else if (ref) await writeTreeTar(ref.dir, out, { signal: ctx.job.signal, epoch });
           else out.write(Buffer.alloc(1024));
         });
         done();

@@ -43,6 +43,17 @@ export type Compression = 'gzip' | 'uncompressed' | 'zstd';
  */
 export interface LayerProvider {
   layers(ref: Ref, opts: { compression: Compression; ociMediaTypes: boolean; signal?: AbortSignal; onLayer?: (d: LayerDescriptor) => void }): Promise<LayerDescriptor[]>;
+  /**
+   * Where each layer of the ref's chain came from, in chain order: when it was made and the step
+   * that made it (`pulled from <image>@<digest>`, `mount / from exec ...`), as upstream's layer
+   * refs carry them for the image history.
+   */
+  origins(ref: Ref): LayerOrigin[];
+}
+
+export interface LayerOrigin {
+  createdAt?: Date;
+  description: string;
 }
 
 export interface ExportContext {

@@ -140,7 +140,8 @@ export class ImageSourceOp implements OpImpl {
     }
     const vertex = ctx.vertex.digest;
     const r = await unpackChain(this.#d, layers.map((l, i) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size, diffId: diffIds[i]! })), {
-      description: `pulled from ${img.name}`,
+      // Upstream's words: the reference with the digest it resolved to.
+      description: `pulled from ${img.name.includes('@') ? img.name : `${img.name}@${img.rootDescriptor.digest}`}`,
       signal: ctx.signal,
       what: `image ${img.name}`,
       fetch: (layer) => this.#fetch(ctx, img, layers.find((l) => l.digest === layer.digest)!, client),

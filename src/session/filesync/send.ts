@@ -46,6 +46,8 @@ export interface SendDirOptions {
    * exporter uses to put each platform of a multi-platform result in its own directory.
    */
   subdir?: { name: string; modTime?: bigint };
+  /** Every entry's modification time (nanoseconds) instead of its own: upstream's exporters under SOURCE_DATE_EPOCH. */
+  modTime?: bigint;
 }
 
 export interface SendSummary {
@@ -121,6 +123,7 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
     await walkDirBatches(opts.root, walkOpts, async (entries) => {
       const packets: Packet[] = [];
       for (const { stat, absPath } of entries) {
+        if (opts.modTime !== undefined) stat.modTime = opts.modTime;
         if (sub) {
           stat.path = `${sub.name}/${stat.path}`;
           if (stat.linkname !== '') stat.linkname = subdirLinkname(sub.name, stat.linkname, isSymlinkMode(stat.mode));

@@ -19,7 +19,9 @@ import { subdirLinkname } from '../../util/subdir-fs.js';
  * where an absolute symlink target gets the directory in front (`/linux_arm64/bin/busybox`).
  * The output is not ended.
  */
-export async function writeTreeTar(dir: string | readonly { name: string; dir: string }[], out: Writable, opts: { signal?: AbortSignal } = {}): Promise<void> {
+export async function writeTreeTar(dir: string | readonly { name: string; dir: string }[], out: Writable, opts: { signal?: AbortSignal; epoch?: Date } = {}): Promise<void> {
+  // SOURCE_DATE_EPOCH: every entry's time, the platform directories' included (upstream's tar exporter).
+  const epochSec = opts.epoch ? Math.floor(opts.epoch.getTime() / 1000) : undefined;
   const parts = typeof dir === 'string' ? [{ name: '', dir }] : dir;
   const entries: { rel: string; host?: string; st?: BigIntStats; part?: string }[] = [];
   const walk = async (host: string, rel: string, part: string): Promise<void> => {
@@ -45,10 +47,11 @@ export async function writeTreeTar(dir: string | readonly { name: string; dir: s
   for (const e of entries) {
     throwIfAborted(opts.signal);
     if (!e.host || !e.st) {
-      await w.add({ name: `${e.rel}/`, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 });
+      await w.add({ name: `${e.rel}/`, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: epochSec ?? 0 });
       continue;
     }
     const hdr = headerFor(e.rel, e.st);
+    if (epochSec !== undefined) hdr.mtime = epochSec;
     if (e.st.isSymbolicLink()) {
       hdr.linkname = await readlink(e.host);
       if (e.part) hdr.linkname = subdirLinkname(e.part, hdr.linkname, true);

@@ -114,6 +114,28 @@ d('loom daemon with loom buildctl', () => {
     expect(info.Architecture).toBe('amd64');
   });
 
+  it("writes each layer's origin into the history of an image built from LLB, as upstream's image writer", async () => {
+    const started = Date.now();
+    const out = join(work, 'exec-basic-oci.tar');
+    const r = await buildctl(daemon.addr, ['build', '--output', `type=oci,dest=${out}`], { stdin: vector('exec-basic') });
+    expect(r.code, r.stderr).toBe(0);
+    const blob = async (digest: string) => JSON.parse((await run('tar', ['-xOf', out, `blobs/sha256/${digest.slice(7)}`])).stdout);
+    const index = JSON.parse((await run('tar', ['-xOf', out, 'index.json'])).stdout);
+    const config = await blob((await blob(index.manifests[0].digest)).config.digest);
+    // The base image's layers by the image and the digest its tag resolved to, the step's by its command.
+    const raw = (await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/busybox:latest`])).stdout;
+    const pulled = `pulled from localhost:5000/busybox:latest@sha256:${createHash('sha256').update(raw).digest('hex')}`;
+    const history: { created: string; created_by: string; comment: string }[] = config.history;
+    expect(history.map((h) => h.created_by)).toEqual([pulled, pulled, pulled, pulled, 'mount / from exec sh -c echo $GREETING > /srv/app/out.txt']);
+    expect(new Set(history.map((h) => h.comment))).toEqual(new Set(['buildkit.exporter.image.v0']));
+    // When each layer was made: the pulls no later than the step, the step during this build.
+    const ms = history.map((h) => Date.parse(h.created));
+    expect(ms.every((t) => Number.isFinite(t) && t <= ms[4]!)).toBe(true);
+    expect(ms[4]).toBeGreaterThanOrEqual(started - 1000);
+    expect(ms[4]).toBeLessThanOrEqual(Date.now());
+    expect(config.created).toBe(history[4]!.created);
+  });
+
   for (const type of ['oci', 'docker'] as const) {
     it(`writes a valid ${type} archive, with the descriptor and build info in the response as upstream's`, async () => {
       const out = join(work, `img-${type}.tar`);

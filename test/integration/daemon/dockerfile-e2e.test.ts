@@ -4,7 +4,7 @@
  * no RUN (exec is tested with its own issue's tests).
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { arch, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -36,6 +36,7 @@ d('dockerfile.v0', () => {
   });
 
   it('builds a multi-stage Dockerfile with COPY --from, --chown, ARG, ENV, LABEL, WORKDIR, CMD and .dockerignore', async () => {
+    const started = Date.now();
     const ctx = join(work, 'ctx');
     mkdirSync(join(ctx, 'src'), { recursive: true });
     writeFileSync(join(ctx, 'src', 'app.txt'), 'app\n');
@@ -99,6 +100,20 @@ d('dockerfile.v0', () => {
       'WORKDIR /app',
       'CMD ["/app/app.txt"]',
     ]);
+    // Times as upstream's image writer gives them: each layer's entry the time its layer was made,
+    // entries without a layer the time of the layer before them (the first new layer's, for those
+    // at the top), and the image's the last entry's.
+    const history: { created?: string; empty_layer?: boolean }[] = config.history;
+    expect(history.map((h) => h.empty_layer === true)).toEqual([true, true, false, false, false, true]);
+    const times = history.map((h) => h.created!);
+    expect(times.every((t) => typeof t === 'string' && /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/.test(t))).toBe(true);
+    const ms = times.map((t) => Date.parse(t));
+    expect(ms[2]).toBeGreaterThanOrEqual(started - 1000);
+    expect(ms[3]).toBeGreaterThanOrEqual(ms[2]!);
+    expect(ms[4]).toBeGreaterThanOrEqual(ms[3]!);
+    expect(ms[4]).toBeLessThanOrEqual(Date.now());
+    expect([times[0], times[1], times[5]]).toEqual([times[2], times[2], times[4]]);
+    expect(config.created).toBe(times[5]);
     // The files, with the owner asked for and without what .dockerignore excludes.
     const layers = await Promise.all(
       manifest.layers.map((l: { digest: string }) => run('tar', ['-tvzf', join(dir, 'blobs', 'sha256', l.digest.slice(7)), '--numeric-owner'])),
@@ -107,6 +122,52 @@ d('dockerfile.v0', () => {
     expect(listing).toMatch(/app\/app\.txt/);
     expect(listing).not.toMatch(/secret\.key/);
     expect(listing).toMatch(/1000\/1000 .* owned\.txt/);
+  });
+
+  it('applies SOURCE_DATE_EPOCH to the image times and to every file of local and tar exports, as upstream v0.11', async () => {
+    const ctx = join(work, 'ctx-sde');
+    mkdirSync(join(ctx, 'dir'), { recursive: true });
+    writeFileSync(join(ctx, 'dir', 'f.txt'), 'f\n');
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nARG SOURCE_DATE_EPOCH\nCOPY dir /dir\nENV A=1\n`);
+    const epoch = 1600000000;
+    const iso = '2020-09-13T12:26:40Z';
+    const build = (output: string) =>
+      buildctl(daemon.addr, [
+        'build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`,
+        '--opt', `build-arg:SOURCE_DATE_EPOCH=${epoch}`, '--output', output,
+      ]);
+    const local = join(work, 'sde-local');
+    let r = await build(`type=local,dest=${local}`);
+    expect(r.code, r.stderr).toBe(0);
+    const walk = (dir: string): string[] => readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+      const p = join(dir, e.name);
+      return e.isDirectory() ? [p, ...walk(p)] : [p];
+    });
+    const files = walk(local);
+    expect(files.length).toBeGreaterThan(100);
+    // Symlinks included (the receiver sets their own times).
+    const off = files.filter((p) => lstatSync(p).mtimeMs !== epoch * 1000);
+    expect(off).toEqual([]);
+    const tarFile = join(work, 'sde.tar');
+    r = await build(`type=tar,dest=${tarFile}`);
+    expect(r.code, r.stderr).toBe(0);
+    const listing = (await run('tar', ['-tvf', tarFile, '--full-time'], { env: { ...process.env, TZ: 'UTC' } })).stdout.trim().split('\n');
+    expect(listing.length).toBeGreaterThan(100);
+    expect(listing.filter((l) => !l.includes(' 2020-09-13 12:26:40 '))).toEqual([]);
+    const oci = join(work, 'sde-oci.tar');
+    r = await build(`type=oci,dest=${oci}`);
+    expect(r.code, r.stderr).toBe(0);
+    const dir = join(work, 'sde-oci');
+    mkdirSync(dir);
+    await run('tar', ['-xf', oci, '-C', dir]);
+    const index = JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8'));
+    expect(index.manifests[0].annotations['org.opencontainers.image.created']).toBe(iso);
+    const config = readJson(dir, readJson(dir, index.manifests[0].digest).config.digest);
+    expect(config.created).toBe(iso);
+    // busybox's own entries keep their times; the Dockerfile's are the epoch.
+    const mine = config.history.slice(-3);
+    expect(mine.map((h: { created_by: string }) => h.created_by.split(' ')[0])).toEqual(['ARG', 'COPY', 'ENV']);
+    expect(mine.map((h: { created: string }) => h.created)).toEqual([iso, iso, iso]);
   });
 
   it('carries extended attributes from the context (LOOM_SEND_XATTRS=1) to a local export, as upstream', async () => {
