@@ -46,7 +46,7 @@ const lib = corpus as {
   baseImageTimes(archive: string): Promise<Set<number>>;
   baseDiffIds(archive: string): Promise<Set<string>>;
   tarListing(file: string, o: { baseTimes: Set<number>; since: number }): Promise<string>;
-  normalizedConfig(file: string, o: { registry: string; http: string; baseDiffIds: Set<string> }): Promise<string>;
+  normalizedConfig(file: string, o: { registry: string; http: string; baseDiffIds: Set<string>; since: number }): Promise<string>;
   errorText(stderr: string, o: { registry: string; http: string }): string;
 };
 
@@ -153,7 +153,7 @@ d('Dockerfile corpus, loom against upstream (integration: root, runc, registry)'
     const ociFile = join(work, `${name}.oci.tar`);
     const oci = await buildctl(daemon.addr, lib.buildArgs(name, ctx, { ...common, output: `type=oci,dest=${ociFile}` }), { timeoutMs: 150_000, env: CLIENT_ENV });
     if (oci.code !== 0) return { tar, listing, oci };
-    const config = await lib.normalizedConfig(ociFile, { ...common, baseDiffIds: diffIds });
+    const config = await lib.normalizedConfig(ociFile, { ...common, baseDiffIds: diffIds, since });
     const layers = await lib.layersContentListing(ociFile);
     rmSync(ociFile, { force: true });
     return { tar, listing, oci, config, layers };
