@@ -272,7 +272,7 @@ export class ExecOp implements OpImpl {
             const data = await getSecret(await getSession(), so.ID, ctx.signal);
             if (data === null) {
               if (so.optional) continue;
-              throw new LoomError('NOT_FOUND', `secret ${so.ID}: not found`);
+              throw new LoomError('UNKNOWN', `secret ${so.ID}: not found`);
             }
             const f = await this.#s.secrets.write(data, { uid: so.uid, gid: so.gid, mode: so.mode });
             cleanups.push(f.release);
@@ -314,7 +314,7 @@ export class ExecOp implements OpImpl {
         const data = await getSecret(await getSession(), se.ID, ctx.signal);
         if (data === null) {
           if (se.optional) continue;
-          throw new LoomError('NOT_FOUND', `secret ${se.ID}: not found`);
+          throw new LoomError('UNKNOWN', `secret ${se.ID}: not found`);
         }
         env = [...env, `${se.name}=${Buffer.from(data).toString()}`];
       }
@@ -362,12 +362,13 @@ export class ExecOp implements OpImpl {
           ctx.progress.log(digest, 2, Buffer.from(emulationHint(ctx.platform)));
         }
         if (!(err instanceof ExitError && valid.length > 0 && valid.includes(err.exitCode))) {
-          throw new LoomError(codeOf(err), `process ${goQuote(args.join(' '))} did not complete successfully: ${errorMessage(err)}`, { cause: err });
+          // A plain error upstream (gRPC Unknown) whatever failed inside, unless the build was cancelled.
+          throw new LoomError(codeOf(err) === 'CANCELLED' ? 'CANCELLED' : 'UNKNOWN', `process ${goQuote(args.join(' '))} did not complete successfully: ${errorMessage(err)}`, { cause: err });
         }
       }
       // A list of valid exit codes (newer clients) may leave 0 out.
       if (meta.validExitCodes.length > 0 && !meta.validExitCodes.includes(0)) {
-        throw new LoomError('INTERNAL', `process ${goQuote(args.join(' '))} did not complete successfully: exit code: 0`);
+        throw new LoomError('UNKNOWN', `process ${goQuote(args.join(' '))} did not complete successfully: exit code: 0`);
       }
 
       const t2 = performance.now();

@@ -3,6 +3,7 @@ import { newId } from '../cache/ref-manager.js';
 import type { FileOp } from '../gen/buildkit/ops_pb.js';
 import type { OpContext, OpImpl, Ref } from '../solver/types.js';
 import { FileActionError, runFileOp } from './file/file-op.js';
+import { isAbortError, LoomError } from '../util/errors.js';
 
 /**
  * FileOp: mkdir, mkfile, rm, symlink and copy actions (ops/file/ does the work on snapshots).
@@ -85,9 +86,10 @@ export class FileOpImpl implements OpImpl {
       }
       return out;
     } catch (err) {
-      if (err instanceof FileActionError) {
-        const a = this.#op.actions[err.action];
-        throw Object.assign(err, { message: `${a?.action.case ?? 'file action'} failed: ${err.message}` });
+      // As upstream's file backend: the action's own error, a plain one (gRPC Unknown), so
+      // clients print no code in front of it.
+      if (err instanceof FileActionError && err.code !== 'CANCELLED' && !isAbortError(err)) {
+        throw new LoomError('UNKNOWN', err.message, { cause: err });
       }
       throw err;
     } finally {

@@ -7,13 +7,13 @@ import type {
   FileActionRm,
   FileActionSymlink,
 } from '../../gen/buildkit/ops_pb.js';
-import { InvalidArgumentError } from '../../util/errors.js';
+import { InvalidArgumentError, isAbortError, LoomError } from '../../util/errors.js';
 import { resolveInRoot, resolveParentInRoot } from '../../util/fs-safe.js';
 import { applyLayerTar } from '../../snapshot/layer/apply-layer-tar.js';
 import { readTar } from '../../snapshot/layer/tar-reader.js';
 import { copyPath, sourcePath, type CopyInfo } from './copy.js';
 import { fileCompression, openDecompressed, type Compression } from './decompress.js';
-import { applyChown, applyUtime, chownerFor, fsError, mkdirAll, timestampNs, type User } from './fs-util.js';
+import { applyChown, applyUtime, chownerFor, fsError, fsErrorText, mkdirAll, timestampNs, type User } from './fs-util.js';
 import { PatternMatcher } from '../../util/patterns.js';
 import { resolveWildcards } from './wildcard.js';
 
@@ -151,9 +151,13 @@ export async function copyAction(src: string, dest: string, a: FileActionCopy, u
       await copyPath(src, m, dest, destPath, ci);
     }
   } catch (err) {
+    if (err instanceof UnpackError) throw err;
     throw fsError(err, [src, dest], 'failed to copy');
   }
 }
+
+/** An archive ADD could not extract, in upstream's words (Docker's chrootarchive reports it so). */
+class UnpackError extends LoomError {}
 
 /**
  * ADD's archive extraction: a source that is a regular file and reads as a tar, plain or
@@ -170,6 +174,10 @@ async function unpack(srcRoot: string, src: string, destRoot: string, dest: stri
     // An archive is not a layer: `.wh.` names in it are files like any other.
     await applyLayerTar(input.stream, d, { signal: ci.signal, whiteouts: false });
     await input.done();
+  } catch (err) {
+    if (isAbortError(err)) throw err;
+    // Paths as the extraction sees them: below the directory it unpacks into.
+    throw new UnpackError('UNKNOWN', `Error processing tar file(exit status 1): ${fsErrorText(err, [d]).message}`, { cause: err });
   } finally {
     input.close();
   }

@@ -92,9 +92,13 @@ export async function mkdirAll(
  * (`failed to copy`).
  */
 export function fsError(err: unknown, roots: readonly string[], what: string): LoomError {
-  if (err instanceof LoomError) {
-    return new LoomError(err.code, `${what}: ${hidePaths(err.message, roots)}`, { cause: err });
-  }
+  const { code, message } = fsErrorText(err, roots);
+  return new LoomError(code, `${what}: ${message}`, { cause: err });
+}
+
+/** An error's text with paths shown inside the roots (`mkdir /x: not a directory` for a system call's), and its code. */
+export function fsErrorText(err: unknown, roots: readonly string[]): { code: ErrorCode; message: string } {
+  if (err instanceof LoomError) return { code: err.code, message: hidePaths(err.message, roots) };
   const e = err as NodeJS.ErrnoException;
   let msg = e?.message ?? String(err);
   let code: ErrorCode = 'INVALID_ARGUMENT';
@@ -104,7 +108,7 @@ export function fsError(err: unknown, roots: readonly string[], what: string): L
     msg = `${e.syscall ?? 'open'} ${p}: ${desc}`;
     if (e.code === 'ENOENT') code = 'NOT_FOUND';
   }
-  return new LoomError(code, `${what}: ${msg}`, { cause: err });
+  return { code, message: msg };
 }
 
 /** Rewrites host paths below the roots in a message to paths inside the roots. */

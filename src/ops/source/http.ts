@@ -7,7 +7,7 @@ import { Transform } from 'node:stream';
 import { Agent, interceptors, request, type Dispatcher } from 'undici';
 import type { RefManager } from '../../cache/ref-manager.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
-import { InvalidArgumentError, NotFoundError, UnavailableError } from '../../util/errors.js';
+import { InvalidArgumentError, isAbortError, LoomError } from '../../util/errors.js';
 import { isDigest } from '../../util/digest.js';
 
 /**
@@ -54,16 +54,15 @@ export class HttpSourceOp implements OpImpl {
       const perm = this.#int('http.perm', 0o600) || 0o600;
       const uid = this.#int('http.uid', 0);
       const gid = this.#int('http.gid', 0);
+      // Upstream fetches while computing the step's cache key: its failures read `failed to load
+      // cache key: ...` and are plain errors (gRPC Unknown), so clients print no code before them.
       const res = await request(this.#url, { method: 'GET', dispatcher: redirecting(), signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 }).catch((err: Error) => {
-        throw new UnavailableError(`failed to fetch ${this.#url}: ${err.message}`, { cause: err });
+        if (isAbortError(err) || ctx.signal?.aborted) throw err;
+        throw new LoomError('UNKNOWN', `failed to load cache key: failed to fetch ${this.#url}: ${err.message}`, { cause: err });
       });
-      if (res.statusCode === 404) {
-        await res.body.dump();
-        throw new NotFoundError(`invalid response status 404 from ${this.#url}`);
-      }
       if (res.statusCode < 200 || res.statusCode >= 300) {
         await res.body.dump();
-        throw new UnavailableError(`invalid response status ${res.statusCode} from ${this.#url}`);
+        throw new LoomError('UNKNOWN', `failed to load cache key: invalid response status ${res.statusCode} from ${this.#url}`);
       }
       const name = fileName(this.#url, this.#attrs['http.filename'], header(res.headers['content-disposition']));
       const w = await this.#refs.prepare(null, { signal: ctx.signal });

@@ -81,7 +81,8 @@ export class LocalSourceOp implements OpImpl {
       const follow = this.#list('local.followpaths');
       const session = await this.#session(ctx);
       if (!session.supports(FileSync.method.diffCopy)) {
-        throw new LoomError('FAILED_PRECONDITION', `local source ${this.#name}: the client's session does not serve FileSync (was --local ${this.#name}=DIR given?)`);
+        // A plain error upstream (`no local sources enabled`, gRPC Unknown).
+        throw new LoomError('UNKNOWN', `local source ${this.#name}: the client's session does not serve FileSync (was --local ${this.#name}=DIR given?)`);
       }
       // The client's directory is mirrored in a directory kept across builds (one per client
       // identity, name and filters), so a second transfer sends only what changed.

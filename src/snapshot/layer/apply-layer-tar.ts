@@ -62,7 +62,7 @@ export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLay
       if (dangling === 'last') throw new InvalidArgumentError(`open /${name}: no such file or directory`);
       if (dangling) throw new InvalidArgumentError(`mkdir /${dangling}: file exists`);
     }
-    if (parent !== root) mkparent(root, parent);
+    if (parent !== root) mkparent(root, parent, target);
 
     if (base === WHITEOUT_OPAQUE && opts.whiteouts !== false) {
       await clearOpaque(parent, unpacked);
@@ -142,15 +142,18 @@ function lstatOrNull(p: string) {
   return lstatSync(p, { throwIfNoEntry: false }) ?? null;
 }
 
-/** Creates missing parents of an entry 0755; refuses a parent that exists as a non-directory. */
-function mkparent(root: string, p: string): void {
+/**
+ * Creates missing parents of `entry` 0755; refuses a parent that exists as a non-directory, in the
+ * words of the open(2) of the entry that upstream's unpacking fails with.
+ */
+function mkparent(root: string, p: string, entry: string): void {
   const st = lstatOrNull(p);
   if (st) {
     if (st.isDirectory()) return;
-    throw new InvalidArgumentError(`cannot unpack below ${rel(root, p)}: not a directory`);
+    throw new InvalidArgumentError(`open ${rel(root, entry)}: not a directory`);
   }
   const up = path.dirname(p);
-  if (up.length > root.length) mkparent(root, up);
+  if (up.length > root.length) mkparent(root, up, entry);
   try {
     mkdirSync(p);
     chmodSync(p, 0o755);
