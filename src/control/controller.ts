@@ -70,7 +70,7 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
       const ac = abortOnCancel(call);
       b.solve(call.request, ac.signal).then(
         (resp) => cb(null, create(SolveResponseSchema, { ExporterResponse: resp })),
-        (err) => cb(toServiceError(err) as never, null),
+        (err) => cb(toServiceError(err, { build: true }) as never, null),
       );
     },
 

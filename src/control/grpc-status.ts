@@ -28,11 +28,22 @@ const CODES: Record<ErrorCode, status> = {
   UNKNOWN: status.UNKNOWN,
 };
 
-/** The one place an error becomes a gRPC status. Unexpected errors are logged with their stack. */
-export function toServiceError(caught: unknown): Partial<ServiceError> {
+/**
+ * Codes a failed build keeps: upstream's build errors are plain (gRPC Unknown, which clients print
+ * with no code in front: `failed to solve: localhost:5000/nope:latest: not found`) except a
+ * cancelled build's; loom adds Unimplemented for what it does not support.
+ */
+const BUILD_ERROR_CODES: ReadonlySet<ErrorCode> = new Set(['CANCELLED', 'DEADLINE_EXCEEDED', 'UNIMPLEMENTED', 'INTERNAL']);
+
+/**
+ * The one place an error becomes a gRPC status. Unexpected errors are logged with their stack.
+ * `build`: the error ends a build (Solve), and carries only the codes upstream's would.
+ */
+export function toServiceError(caught: unknown, opts: { build?: boolean } = {}): Partial<ServiceError> {
   const err = clarifyNameError(caught);
-  const code = codeOf(err);
+  let code = codeOf(err);
   if (code === 'INTERNAL') log.child({ sub: 'control' }).error({ err }, 'unexpected error');
+  if (opts.build && !BUILD_ERROR_CODES.has(code)) code = 'UNKNOWN';
   const metadata = new Metadata();
   // As upstream's grpcerrors: the status again in the trailer with typed details. errdefs.Source
   // makes clients print the Dockerfile lines an error is about; details a peer sent (a client's

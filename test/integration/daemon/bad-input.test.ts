@@ -76,7 +76,7 @@ d('bad input', () => {
 
   it('names a digest that points nowhere', async () => {
     const missing = `sha256:${'ab'.repeat(32)}`;
-    await expectFailure(['build'], defOf([mkdir([{ digest: missing, index: 0n }])]), new RegExp(`InvalidArgument.*invalid missing input digest ${missing}`));
+    await expectFailure(['build'], defOf([mkdir([{ digest: missing, index: 0n }])]), new RegExp(`error: failed to solve: invalid missing input digest ${missing}`));
   });
 
   it('names an op of an unknown kind', async () => {
@@ -84,13 +84,13 @@ d('bad input', () => {
     const unknown = Buffer.from([0x4a, 0x02, 0x08, 0x01]);
     const term = create(OpSchema, { inputs: [create(InputSchema, { digest: sha256(unknown), index: 0n })] });
     const def = Buffer.from(toBinary(DefinitionSchema, create(DefinitionSchema, { def: [unknown, toBinary(OpSchema, term)] })));
-    await expectFailure(['build'], def, new RegExp(`InvalidArgument.*invalid op ${sha256(unknown)}: unknown or empty operation`));
+    await expectFailure(['build'], def, new RegExp(`error: failed to solve: invalid op ${sha256(unknown)}: unknown or empty operation`));
   });
 
   it('names an input index out of range', async () => {
     const src = source('docker-image://busybox:latest');
     const srcDigest = sha256(toBinary(OpSchema, src));
-    await expectFailure(['build'], defOf([src, mkdir([{ digest: srcDigest, index: 3n }])]), /InvalidArgument.*invalid input index 3 .*has 1 output/);
+    await expectFailure(['build'], defOf([src, mkdir([{ digest: srcDigest, index: 3n }])]), /error: failed to solve: invalid input index 3 .*has 1 output/);
   });
 
   it('names an unknown enum value', async () => {
@@ -104,7 +104,7 @@ d('bad input', () => {
         }),
       },
     });
-    await expectFailure(['build'], defOf([exec]), new RegExp(`InvalidArgument.*invalid op ${sha256(toBinary(OpSchema, exec))}: unknown network mode 7`));
+    await expectFailure(['build'], defOf([exec]), new RegExp(`error: failed to solve: invalid op ${sha256(toBinary(OpSchema, exec))}: unknown network mode 7`));
   });
 
   it('refuses an unknown frontend and an unknown exporter', async () => {
