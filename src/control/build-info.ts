@@ -66,7 +66,11 @@ export function buildInfoSources(read: ReadonlyMap<string, string>): Source[] {
       s = { type: 'http', ref: redactCredentials(id), pin };
     }
     if (!s || seen.has(`${s.type} ${s.ref}`)) continue;
+    // Images read under two names that resolved to one digest are one source: upstream's solver
+    // merges their steps (one cache key), and its build info lists the first.
+    if (s.type === 'docker-image' && seen.has(`pin ${s.pin}`)) continue;
     seen.add(`${s.type} ${s.ref}`);
+    if (s.type === 'docker-image') seen.add(`pin ${s.pin}`);
     out.push(s);
   }
   return out.sort((a, b) => (a.ref < b.ref ? -1 : a.ref > b.ref ? 1 : 0));

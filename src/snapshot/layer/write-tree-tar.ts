@@ -51,7 +51,9 @@ export async function writeTreeTar(dir: string | readonly { name: string; dir: s
       continue;
     }
     const hdr = headerFor(e.rel, e.st);
-    if (epochSec !== undefined) hdr.mtime = epochSec;
+    // Go's tar writer, which upstream's tar exporter leaves to choose the format, rounds times to
+    // the nearest second (layers, written as PAX by containerd, truncate them).
+    hdr.mtime = epochSec ?? roundedSeconds(e.st.mtimeNs);
     if (e.st.isSymbolicLink()) {
       hdr.linkname = await readlink(e.host);
       if (e.part) hdr.linkname = subdirLinkname(e.part, hdr.linkname, true);
@@ -71,4 +73,11 @@ export async function writeTreeTar(dir: string | readonly { name: string; dir: s
     else await w.add(hdr);
   }
   await w.finish();
+}
+
+/** Nanoseconds since 1970 to the nearest second, halves up (Go's Time.Round(time.Second)). */
+export function roundedSeconds(ns: bigint): number {
+  const q = (ns + 500_000_000n) / 1_000_000_000n;
+  // BigInt division truncates toward zero; times before 1970 need the floor.
+  return Number((ns + 500_000_000n) % 1_000_000_000n < 0n ? q - 1n : q);
 }

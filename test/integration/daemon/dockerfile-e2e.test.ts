@@ -170,6 +170,29 @@ d('dockerfile.v0', () => {
     expect(mine.map((h: { created: string }) => h.created)).toEqual([iso, iso, iso]);
   });
 
+  it('writes times in a tar export rounded to the second, as upstream (Go rounds), and keeps nanoseconds in a local export', async () => {
+    const ctx = join(work, 'ctx-round');
+    mkdirSync(ctx, { recursive: true });
+    writeFileSync(join(ctx, 'late.txt'), 'l\n');
+    writeFileSync(join(ctx, 'early.txt'), 'e\n');
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY late.txt early.txt /\n');
+    // utimes takes seconds as a double: .75 and .25 are exact.
+    utimesSync(join(ctx, 'late.txt'), 1000000000.75, 1000000000.75);
+    utimesSync(join(ctx, 'early.txt'), 1000000000.25, 1000000000.25);
+    const build = (output: string) =>
+      buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', output]);
+    const tarFile = join(work, 'round.tar');
+    let r = await build(`type=tar,dest=${tarFile}`);
+    expect(r.code, r.stderr).toBe(0);
+    const listing = (await run('tar', ['-tvf', tarFile, '--full-time'], { env: { ...process.env, TZ: 'UTC' } })).stdout;
+    expect(listing).toMatch(/ 2001-09-09 01:46:41 late\.txt/);
+    expect(listing).toMatch(/ 2001-09-09 01:46:40 early\.txt/);
+    const local = join(work, 'round-local');
+    r = await build(`type=local,dest=${local}`);
+    expect(r.code, r.stderr).toBe(0);
+    expect(statSync(join(local, 'late.txt'), { bigint: true }).mtimeNs).toBe(1000000000750000000n);
+  });
+
   it('carries extended attributes from the context (LOOM_SEND_XATTRS=1) to a local export, as upstream', async () => {
     const ctx = join(work, 'xattr-ctx');
     mkdirSync(join(ctx, 'd'), { recursive: true });

@@ -50,20 +50,30 @@ describe('build info', () => {
   });
 
   it('lists images by name without the digest a tag was pinned to, and downloads, sorted', () => {
+    const [A, B] = [`sha256:${'a'.repeat(64)}`, `sha256:${'b'.repeat(64)}`];
     const read = new Map([
       [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
-      ['docker-image://alpine', INDEX],
-      [`docker-image://example.com/only@${INDEX}`, INDEX],
+      ['docker-image://alpine', A],
+      [`docker-image://example.com/only@${B}`, B],
       ['https://user:pw@files.example.com/a.tgz', BLOB],
       ['local://context', 'whatever'],
       ['git://github.com/x/y.git#main', 'abc'],
     ]);
     expect(buildInfoSources(read)).toEqual([
-      { type: 'docker-image', ref: 'docker.io/library/alpine:latest', pin: INDEX },
-      { type: 'docker-image', ref: `example.com/only@${INDEX}`, pin: INDEX },
+      { type: 'docker-image', ref: 'docker.io/library/alpine:latest', pin: A },
+      { type: 'docker-image', ref: `example.com/only@${B}`, pin: B },
       { type: 'http', ref: 'https://user:xxxxx@files.example.com/a.tgz', pin: BLOB },
       { type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: INDEX },
     ]);
+  });
+
+  it('lists an image read under two names that resolved to one digest once, by the first name (upstream merges the two steps)', () => {
+    // FROM busybox:latest, then COPY --from=busybox: the second is pinned as busybox@<digest>.
+    const read = new Map([
+      [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
+      [`docker-image://localhost:5000/busybox@${INDEX}`, INDEX],
+    ]);
+    expect(buildInfoSources(read)).toEqual([{ type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: INDEX }]);
   });
 
   it('encodes the JSON in upstream field order and leaves empty fields out', () => {
