@@ -104,7 +104,8 @@ export async function commitImage(
       platform,
       layers: layers.map((l, i) => ({ diffId: l.diffId as Digest, createdAt: origins[i]?.createdAt, description: origins[i]?.description })),
       epoch: opts.epoch,
-      buildInfo: opts.buildInfo ? (src.metadata[buildInfoKey] ?? src.metadata['containerimage.buildinfo']) : undefined,
+      // Upstream records build info for a result with a filesystem only (none for FROM scratch with no files).
+      buildInfo: opts.buildInfo && ref ? (src.metadata[buildInfoKey] ?? src.metadata['containerimage.buildinfo']) : undefined,
       inlineCache: ref ? src.inlineCache?.(ref, layers) : undefined,
     });
     const layerDescs: Descriptor[] = layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest as Digest, size: l.size }));

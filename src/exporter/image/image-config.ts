@@ -170,7 +170,8 @@ export function buildImageConfig(opts: ImageConfigOptions): Buffer {
     if (!isDigest(l.diffId)) throw new InvalidArgumentError(`layer ${i}: invalid diff ID ${JSON.stringify(l.diffId)}`);
   });
 
-  m.rootfs = { type: 'layers', diff_ids: opts.layers.map((l) => l.diffId) };
+  // Go marshals the empty list it appends to as null: an image without layers has `diff_ids: null`.
+  m.rootfs = { type: 'layers', diff_ids: opts.layers.length ? opts.layers.map((l) => l.diffId) : null };
 
   const history = normalizeHistory(parseHistory(m.history), opts.layers);
   const epoch = opts.epoch;

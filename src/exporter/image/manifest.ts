@@ -66,7 +66,10 @@ export function buildManifest(opts: ManifestOptions): BuiltManifest {
     layers,
     ...(opts.annotations && Object.keys(opts.annotations).length ? { annotations: { ...opts.annotations } } : {}),
   };
-  const bytes = goJSONBytes(manifestJSON(manifest), '  ');
+  const json = manifestJSON(manifest);
+  // As upstream's image writer (a Go list appended to from nothing): no layers is `"layers": null`.
+  if (layers.length === 0) json.layers = null;
+  const bytes = goJSONBytes(json, '  ');
   return {
     manifest,
     bytes,
