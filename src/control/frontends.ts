@@ -5,7 +5,7 @@ import type { Platform } from '../util/platform.js';
 import { toPbPlatform } from '../util/pb-platform.js';
 import { readRefFile, type GatewayBuild, type GatewayDeps } from './gateway.js';
 import { BuildRecorder } from './build-records.js';
-import { redactCredentials } from './build-info.js';
+import { buildInfoSources } from './build-info.js';
 
 /** What a frontend produced: result ids of the build (one per platform) and export metadata. */
 export interface FrontendOutcome {
@@ -53,19 +53,11 @@ export async function runFrontend(
       }
       throw err;
     });
-  // Build info, as upstream's image exporter records it in the config: the frontend and the base
-  // images with the digests they resolved to.
+  // Build info, as upstream's image exporter records it in the config: the response's (the frontend
+  // and the images and downloads the build read, with what they resolved to) without the options.
   const metadata = { ...res.metadata };
-  const sources: { type: string; ref: string; pin: string }[] = res.imageSources.map((s) => ({ type: 'docker-image', ref: s.ref, pin: s.pin }));
-  // Downloads the build made (ADD of a URL), with their content digests, as upstream's build info
-  // lists them from the solved sources.
   const read = b.job.steps instanceof BuildRecorder ? b.job.steps.sources : new Map<string, string>();
-  for (const [id, pin] of read) {
-    if (!/^https?:\/\//.test(id)) continue;
-    const ref = redactCredentials(id);
-    if (!sources.some((x) => x.ref === ref)) sources.push({ type: 'http', ref, pin });
-  }
-  sources.sort((a, b2) => (a.ref < b2.ref ? -1 : a.ref > b2.ref ? 1 : 0));
+  const sources = buildInfoSources(read);
   // Go's omitempty: no sources (FROM scratch) leaves the key out.
   const info = sources.length ? { frontend: name, sources } : { frontend: name };
   metadata['containerimage.buildinfo'] = Buffer.from(JSON.stringify(info));

@@ -79,11 +79,6 @@ export interface FrontendResult {
   multiPlatform: boolean;
   /** Export metadata: `containerimage.config[/<id>]`, `refs.platforms`. */
   metadata: Record<string, Uint8Array>;
-  /**
-   * The base images resolved, as upstream's build info lists them (`moby.buildkit.buildinfo.v1`
-   * sources of type docker-image): the tagged reference and the digest it resolved to.
-   */
-  imageSources: { ref: string; pin: string }[];
 }
 
 const DEFAULT_LOCAL_CONTEXT = 'context';
@@ -406,7 +401,6 @@ export class DockerfileFrontend {
 
     const refs: FrontendRef[] = [];
     const metadata: Record<string, Uint8Array> = {};
-    const imageSources = new Map<string, { ref: string; pin: string }>();
     const results = await Promise.all(
       targetPlatforms.map(async (tp, i) => {
         const conv = await dockerfileToLLB({
@@ -437,11 +431,7 @@ export class DockerfileFrontend {
               ? (w: Warning) =>
                   ctx.warn({ vertex: defVertex, level: 1, short: w.short, detail: w.detail, url: w.url, location: w.location ? [w.location] : undefined, source: sourceMap })
               : undefined,
-          resolveImageConfig: async (ref, o) => {
-            const r = await ctx.resolveImageConfig(ref, o);
-            if (r.digest) imageSources.set(`${ref}@${r.digest}`, { ref, pin: r.digest });
-            return r;
-          },
+          resolveImageConfig: (ref, o) => ctx.resolveImageConfig(ref, o),
           contextByName: (n, mode, p) => this.#contextByName(ctx, b, n, mode, p),
         }).catch((err: unknown) => {
           // Errors naming Dockerfile lines carry the source too, for the client's snippet.
@@ -463,7 +453,7 @@ export class DockerfileFrontend {
       platforms.push({ ID: id, Platform: ociPlatformJSON(p) });
     }
     metadata['refs.platforms'] = Buffer.from(goJSON({ Platforms: platforms }));
-    return { refs, multiPlatform: exportMap, metadata, imageSources: [...imageSources.values()] };
+    return { refs, multiPlatform: exportMap, metadata };
   }
 
   #warnUnsupported(ctx: FrontendContext, opts: Record<string, string>): void {
