@@ -10,6 +10,7 @@ import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, LoomError } from '../../util/errors.js';
 import { join } from 'node:path';
 import { lstatSync } from 'node:fs';
+import { chmod } from 'node:fs/promises';
 import { sha256 } from '../../util/digest.js';
 import { LRUCache } from 'lru-cache';
 import { copyTree, linkTree } from '../../snapshot/native/native-snapshotter.js';
@@ -26,7 +27,8 @@ export interface LocalSourceDeps {
   mirrors: KeyedMutex;
 }
 
-const NS_LOCAL = 'local-content';
+/** Context snapshots by content digest. `.2`: the ones made before had a 0700 root, never reused. */
+const NS_LOCAL = 'local-content.2';
 const log = rootLog.child({ sub: 'local-source' });
 
 /**
@@ -157,6 +159,9 @@ export class LocalSourceOp implements OpImpl {
       try {
         if (mode === 'link') await linkTree(mirror, w.dir, ctx.signal);
         else await copyTree(mirror, w.dir, ctx.signal);
+        // The mirror's own directory is the daemon's (0700); the context's root is 0755 as
+        // upstream's, or a step mounting it (RUN --mount=type=bind) as another user cannot read it.
+        await chmod(w.dir, 0o755);
         const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local' });
         this.#d.metadata.kvPut(NS_LOCAL, digest, ref.id);
         return { ref, digest };
