@@ -105,6 +105,12 @@ export class BuildManager {
       this.#o.onBuildEnd?.(failed);
       signal.removeEventListener('abort', onAbort);
       this.#running.delete(ref);
+      if (failed) {
+        // As upstream's solver: when one step fails, the steps still running (another stage's)
+        // are cancelled rather than left to finish for nobody, and show as CANCELED.
+        if (!ac.signal.aborted) ac.abort(new CancelledError('context canceled'));
+        bus.cancelOpen();
+      }
       bus.close();
       // Keep the finished stream a moment for a Status call that arrives late.
       setTimeout(() => {

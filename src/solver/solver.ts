@@ -49,11 +49,17 @@ export interface SolveStats {
  * Solves loaded LLB graphs. One Solver serves the daemon; identical steps of concurrent builds are
  * computed once (in-flight dedupe by cache key) and every build sees the shared result.
  */
+/** A step being computed, shared by the builds that need it; `signal` is the computing build's. */
+interface Flight {
+  run: Promise<Ref[]>;
+  signal: AbortSignal;
+}
+
 export class Solver {
   readonly #resolve: OpResolver;
   readonly #cache: ResultCache;
   readonly #defaultPlatform: Platform;
-  readonly #inflight = new Map<string, Promise<Ref[]>>();
+  readonly #inflight = new Map<string, Flight>();
 
   readonly #observe: SolveObserver | undefined;
   readonly #selectorDigest: SelectorDigest | undefined;
@@ -104,7 +110,7 @@ interface JobRunOptions {
   job: JobContext;
   resolve: OpResolver;
   cache: ResultCache;
-  inflight: Map<string, Promise<Ref[]>>;
+  inflight: Map<string, Flight>;
   defaultPlatform: Platform;
   noCache: boolean;
   observe: SolveObserver | undefined;
@@ -259,16 +265,28 @@ class JobRun {
     }
     // Identical work of concurrent builds runs once: the first build computes, others wait on it.
     const flightKey = ignore ? `${key}:nocache:${job.id}` : key;
-    let flight = this.#o.inflight.get(flightKey);
-    if (!flight) {
-      flight = this.#run(v, key, n).finally(() => this.#o.inflight.delete(flightKey));
-      this.#o.inflight.set(flightKey, flight);
-    } else {
-      log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step');
+    for (;;) {
+      let flight = this.#o.inflight.get(flightKey);
+      if (!flight) {
+        const run: Promise<Ref[]> = this.#run(v, key, n).finally(() => {
+          if (this.#o.inflight.get(flightKey)?.run === run) this.#o.inflight.delete(flightKey);
+        });
+        flight = { run, signal: job.signal };
+        this.#o.inflight.set(flightKey, flight);
+      } else {
+        log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step');
+      }
+      try {
+        const refs = await flight.run;
+        this.#hold(refs);
+        return refs;
+      } catch (err) {
+        // The build that was computing it stopped (cancelled, or failed elsewhere) while this one
+        // goes on: this one computes the step itself.
+        if (flight.signal !== job.signal && flight.signal.aborted && !job.signal.aborted) continue;
+        throw err;
+      }
     }
-    const refs = await flight;
-    this.#hold(refs);
-    return refs;
   }
 
   async #run(v: Vertex, key: string, n: number): Promise<Ref[]> {

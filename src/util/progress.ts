@@ -62,6 +62,8 @@ export class ProgressBus {
   #closed = false;
   #pending: ProgressEvent[] = [];
   #flushScheduled = false;
+  /** Vertices started and not completed, by digest (their last event). */
+  readonly #open = new Map<string, VertexEvent>();
 
   get closed(): boolean {
     return this.#closed;
@@ -69,6 +71,10 @@ export class ProgressBus {
 
   write(ev: ProgressEvent): void {
     if (this.#closed) return;
+    if (ev.kind === 'vertex') {
+      if (ev.vertex.completed) this.#open.delete(ev.vertex.digest);
+      else if (ev.vertex.started) this.#open.set(ev.vertex.digest, ev.vertex);
+    }
     this.#events.push(ev);
     this.#pending.push(ev);
     // Batch events written in the same tick into one StatusResponse, as upstream batches by time.
@@ -84,6 +90,16 @@ export class ProgressBus {
     this.#pending = [];
     if (batch.length === 0) return;
     for (const l of this.#listeners) l(batch);
+  }
+
+  /**
+   * Ends every vertex still running with upstream's `context canceled` (clients print `CANCELED`),
+   * as a failed or cancelled build's steps end upstream: called before close() when the build
+   * stopped early, since those steps' own reports come after the stream has ended.
+   */
+  cancelOpen(): void {
+    const now = new Date();
+    for (const v of [...this.#open.values()]) this.vertex({ ...v, completed: now, error: 'context canceled' });
   }
 
   close(): void {

@@ -119,16 +119,28 @@ export class ImageSourceOp implements OpImpl {
   }
 
   /** One unpacking of an image (and platform) at a time in this daemon, shared by the builds that want it. */
-  #unpack(ctx: OpContext, img: ResolvedImage): Promise<Ref> {
+  async #unpack(ctx: OpContext, img: ResolvedImage): Promise<Ref> {
     let running = unpacking.get(this.#d);
     if (!running) unpacking.set(this.#d, (running = new Map()));
     const key = imageKey(img.digest, ctx);
-    let p = running.get(key);
-    if (!p) {
-      p = this.#unpackNow(ctx, img).finally(() => running.delete(key));
-      running.set(key, p);
+    for (;;) {
+      let u = running.get(key);
+      if (!u) {
+        const p: Promise<Ref> = this.#unpackNow(ctx, img).finally(() => {
+          if (running.get(key)?.p === p) running.delete(key);
+        });
+        u = { p, signal: ctx.signal };
+        running.set(key, u);
+      }
+      try {
+        return await u.p;
+      } catch (err) {
+        // The build that was unpacking it stopped (cancelled, or failed elsewhere) while this one
+        // goes on: this one unpacks it.
+        if (u.signal !== ctx.signal && u.signal.aborted && !ctx.signal.aborted) continue;
+        throw err;
+      }
     }
-    return p;
   }
 
   async #unpackNow(ctx: OpContext, img: ResolvedImage): Promise<Ref> {
@@ -162,7 +174,7 @@ export class ImageSourceOp implements OpImpl {
   }
 }
 
-const unpacking = new WeakMap<object, Map<string, Promise<Ref>>>();
+const unpacking = new WeakMap<object, Map<string, { p: Promise<Ref>; signal: AbortSignal }>>();
 
 function imageKey(digest: string, ctx: OpContext): string {
   const p = ctx.platform;

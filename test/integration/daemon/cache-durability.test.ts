@@ -50,6 +50,28 @@ d('cache durability', () => {
     }
   });
 
+  it('cancels the steps still running when a build fails (CANCELED), and a build sharing such a step computes it itself', async () => {
+    const daemon = await startDaemon({ config: `[registry."${reg.host}"]\n  http = true\n` });
+    try {
+      const slow = `FROM ${reg.host}/busybox:latest AS slow\nRUN sleep 2 && echo slow-done > /stamp\n`;
+      const failing = dockerfile('fails', `${slow}FROM ${reg.host}/busybox:latest AS bad\nRUN sleep 1.5 && exit 3\nFROM scratch\nCOPY --from=slow /stamp /a\nCOPY --from=bad /etc/passwd /b\n`);
+      const sharing = dockerfile('shares', `${slow}FROM scratch\nCOPY --from=slow /stamp /a\n`);
+      const a = buildctl(daemon.addr, dfArgs(failing));
+      // The second build joins the first one's run of the slow step, which the first one's failure stops.
+      await new Promise((r) => setTimeout(r, 400));
+      const b = await buildctl(daemon.addr, dfArgs(sharing, join(work, 'out-shares')));
+      const ra = await a;
+      expect(ra.code).not.toBe(0);
+      expect(ra.stderr).toMatch(/#(\d+) \[slow 2\/2\] RUN sleep 2[^\n]*\n(?:#\1 [^\n]*\n)*#\1 CANCELED/);
+      expect(ra.stderr).toMatch(/did not complete successfully: exit code: 3/);
+      expect(b.code, b.stderr).toBe(0);
+      expect(readFileSync(join(work, 'out-shares', 'a'), 'utf8')).toBe('slow-done\n');
+    } finally {
+      await daemon.stop();
+      removeDir(daemon.dir);
+    }
+  });
+
   it('starts cleanly after SIGKILL in the middle of a step, and builds again with the same result', async () => {
     const config = `[registry."${reg.host}"]\n  http = true\n`;
     let daemon = await startDaemon({ config });
