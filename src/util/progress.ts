@@ -64,6 +64,8 @@ export class ProgressBus {
   #flushScheduled = false;
   /** Vertices started and not completed, by digest (their last event). */
   readonly #open = new Map<string, VertexEvent>();
+  /** Statuses started and not completed, by vertex, then by id (their last event). */
+  readonly #openStatuses = new Map<string, Map<string, StatusEvent>>();
 
   get closed(): boolean {
     return this.#closed;
@@ -72,9 +74,29 @@ export class ProgressBus {
   write(ev: ProgressEvent): void {
     if (this.#closed) return;
     if (ev.kind === 'vertex') {
-      if (ev.vertex.completed) this.#open.delete(ev.vertex.digest);
-      else if (ev.vertex.started) this.#open.set(ev.vertex.digest, ev.vertex);
+      if (ev.vertex.completed) {
+        this.#open.delete(ev.vertex.digest);
+        // A step that ends (failing, say, in the middle of a push) ends its statuses first, as
+        // upstream's do: its printer shows the step's ERROR only once they are done.
+        const statuses = this.#openStatuses.get(ev.vertex.digest);
+        if (statuses) {
+          this.#openStatuses.delete(ev.vertex.digest);
+          for (const st of statuses.values()) this.#append({ kind: 'status', status: { ...st, timestamp: ev.vertex.completed, completed: ev.vertex.completed } });
+        }
+      } else if (ev.vertex.started) this.#open.set(ev.vertex.digest, ev.vertex);
+    } else if (ev.kind === 'status') {
+      const st = ev.status;
+      let statuses = this.#openStatuses.get(st.vertex);
+      if (st.completed) statuses?.delete(st.id);
+      else if (st.started) {
+        if (!statuses) this.#openStatuses.set(st.vertex, (statuses = new Map()));
+        statuses.set(st.id, st);
+      }
     }
+    this.#append(ev);
+  }
+
+  #append(ev: ProgressEvent): void {
     this.#events.push(ev);
     this.#pending.push(ev);
     // Batch events written in the same tick into one StatusResponse, as upstream batches by time.

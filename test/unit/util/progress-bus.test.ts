@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { inVertex, oneOff, ProgressBus, type ProgressEvent } from '../../../src/util/progress.js';
+
+/** Every event written, in order, once the bus is closed. */
+function events(bus: ProgressBus): ProgressEvent[] {
+  const out: ProgressEvent[] = [];
+  bus.subscribe((b) => b && out.push(...b));
+  bus.close();
+  return out;
+}
+
+const line = (e: ProgressEvent): string =>
+  e.kind === 'vertex'
+    ? `vertex ${e.vertex.name}${e.vertex.completed ? ` done${e.vertex.error ? `: ${e.vertex.error}` : ''}` : ''}`
+    : e.kind === 'status'
+      ? `status ${e.status.name}${e.status.completed ? ' done' : ''}`
+      : e.kind;
+
+describe('ProgressBus', () => {
+  it('ends a step\'s open statuses before the step, as upstream (its printer shows ERROR only then)', async () => {
+    const bus = new ProgressBus();
+    await expect(
+      inVertex(bus, { name: 'exporting to image', id: 'x' }, async (v) => {
+        oneOff(bus, v, 'exporting layers')();
+        oneOff(bus, v, 'pushing layers');
+        throw new Error('failed to push');
+      }),
+    ).rejects.toThrow('failed to push');
+    expect(events(bus).map(line)).toEqual([
+      'vertex exporting to image',
+      'status exporting layers',
+      'status exporting layers done',
+      'status pushing layers',
+      'status pushing layers done',
+      'vertex exporting to image done: failed to push',
+    ]);
+  });
+
+  it('ends the steps still running as context canceled when told (a failed build), and only those', () => {
+    const bus = new ProgressBus();
+    const started = new Date();
+    bus.vertex({ digest: 'a', inputs: [], name: 'done step', started });
+    bus.vertex({ digest: 'a', inputs: [], name: 'done step', started, completed: new Date() });
+    bus.vertex({ digest: 'b', inputs: [], name: 'failed step', started });
+    bus.vertex({ digest: 'b', inputs: [], name: 'failed step', started, completed: new Date(), error: 'exit code: 3' });
+    bus.vertex({ digest: 'c', inputs: [], name: 'running step', started });
+    bus.vertex({ digest: 'd', inputs: [], name: 'never started' });
+    bus.cancelOpen();
+    const out = events(bus).map(line);
+    expect(out.filter((l) => l.includes('context canceled'))).toEqual(['vertex running step done: context canceled']);
+    expect(out).toContain('vertex failed step done: exit code: 3');
+  });
+});
