@@ -177,7 +177,7 @@ async function unpack(srcRoot: string, src: string, destRoot: string, dest: stri
   } catch (err) {
     if (isAbortError(err)) throw err;
     // Paths as the extraction sees them: below the directory it unpacks into.
-    throw new UnpackError('UNKNOWN', `Error processing tar file(exit status 1): ${fsErrorText(err, [d]).message}`, { cause: err });
+    throw new UnpackError('UNKNOWN', `Error processing tar file(exit status 1): ${fsErrorText(err, [d, srcRoot]).message}`, { cause: err });
   } finally {
     input.close();
   }

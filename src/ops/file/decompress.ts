@@ -3,6 +3,7 @@ import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { gunzipStream } from '../../util/zlib.js';
+import { LoomError } from '../../util/errors.js';
 
 /**
  * The compressions ADD recognises on a local archive, as upstream's (Docker's) DecompressStream
@@ -64,16 +65,22 @@ export function openDecompressed(p: string, c: Compression): Decompressed {
   const child: ChildProcess = spawn(tool, ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   let closedByUs = false;
+  // The reader may stop at the archive's end blocks with the decoder's last bytes (the archive's
+  // zero padding) unread: the decoder then dies of SIGPIPE, which is no failure.
+  let readerStopped = false;
+  let ended = false;
+  child.stdout!.once('end', () => (ended = true));
+  child.stdout!.once('close', () => (readerStopped = !ended));
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
   // A decoder that quits early (bad data, or closed by us) closes its stdin: not an error here.
   child.stdin!.on('error', () => {});
   file.on('error', (err) => child.stdout!.destroy(err));
   file.pipe(child.stdin!);
   const exit = new Promise<void>((ok, fail) => {
-    child.once('error', (err) => fail(new Error(`${tool} for ${p}: ${err.message}`)));
+    child.once('error', (err) => fail(new LoomError('UNKNOWN', `${tool} for ${p}: ${err.message}`)));
     child.once('close', (code, signal) => {
-      if (code === 0 || closedByUs) ok();
-      else fail(new Error(`${tool} -d ${p}: exit ${code ?? signal}: ${stderr.trim()}`));
+      if (code === 0 || closedByUs || (signal === 'SIGPIPE' && readerStopped)) ok();
+      else fail(new LoomError('UNKNOWN', `${tool} -d ${p}: exit ${code ?? signal}: ${stderr.trim()}`));
     });
   });
   // The rejection is read through done(); until then it must not count as unhandled.

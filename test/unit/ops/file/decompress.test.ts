@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { detectCompression, fileCompression, openDecompressed, type Compression } from '../../../../src/ops/file/decompress.js';
+import { readTar } from '../../../../src/snapshot/layer/tar-reader.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'loom-decompress-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -52,6 +53,30 @@ describe('decompress', () => {
     const cut = join(dir, 'cut.xz');
     writeFileSync(cut, full.subarray(0, Math.floor(full.length / 2)));
     await expect(readAll(cut, 'xz')).rejects.toThrow(/xz -d .*cut\.xz: exit 1/);
+  });
+
+  it('is no failure when the reader stops at the end of a tar with the decoder still writing (SIGPIPE)', async () => {
+    // A tar followed by 4 MiB of zeros (as long record padding is): the reader stops at the first
+    // end block and leaves the rest unread, so zstd is killed by SIGPIPE writing it. ADD of such an
+    // archive failed now and then with 'zstd -d ...: exit SIGPIPE'.
+    const tar = execFileSync('tar', ['-C', dir, '-cf', '-', 'plain'], { maxBuffer: 1 << 26 });
+    const padded = Buffer.concat([tar, Buffer.alloc(4 << 20)]);
+    const zst = join(dir, 'padded.tar.zst');
+    writeFileSync(zst, execFileSync('zstd', ['-c', '-q'], { input: padded, maxBuffer: 1 << 26 }));
+    for (let i = 0; i < 5; i++) {
+      const d = openDecompressed(zst, 'zstd');
+      try {
+        const names: string[] = [];
+        for await (const e of readTar(d.stream)) {
+          names.push(e.name);
+          for await (const _ of e.stream()) void _;
+        }
+        expect(names).toEqual(['plain']);
+        await expect(d.done()).resolves.toBeUndefined();
+      } finally {
+        d.close();
+      }
+    }
   });
 
   it('ends the decoder when closed early', async () => {
