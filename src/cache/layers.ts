@@ -11,7 +11,8 @@ import type { Snapshotter } from '../snapshot/snapshotter.js';
 import type { Ref } from '../solver/types.js';
 import { layerMediaType } from '../util/media-types.js';
 import type { Digest } from '../util/digest.js';
-import { isAbortError, UnimplementedError } from '../util/errors.js';
+import { UnimplementedError } from '../util/errors.js';
+import { sharedRun, type SharedRun } from '../util/shared-run.js';
 import type { LayerPair, MetadataStore } from './metadata.js';
 
 /**
@@ -24,7 +25,7 @@ export class LayerStore implements LayerProvider {
   readonly #md: MetadataStore;
   readonly #content: ContentStore;
   readonly #snap: Snapshotter;
-  readonly #inflight = new Map<string, Promise<LayerDescriptor>>();
+  readonly #inflight = new Map<string, SharedRun<LayerDescriptor>>();
 
   constructor(opts: { metadata: MetadataStore; content: ContentStore; snapshotter: Snapshotter }) {
     this.#md = opts.metadata;
@@ -76,26 +77,10 @@ export class LayerStore implements LayerProvider {
       return { mediaType: layerMediaType(opts.compression, opts.ociMediaTypes), digest: rec.digest, size: rec.size, diffId: rec.diffId };
     }
     const key = `${pair.lower ?? ''}>${pair.upper}>${opts.compression}`;
-    for (;;) {
-      let p = this.#inflight.get(key);
-      const ours = !p;
-      if (!p) {
-        const started: Promise<LayerDescriptor> = this.#compute(pair, opts.compression, opts.signal).finally(() => {
-          if (this.#inflight.get(key) === started) this.#inflight.delete(key);
-        });
-        this.#inflight.set(key, started);
-        p = started;
-      }
-      try {
-        const d = await p;
-        return { ...d, mediaType: layerMediaType(opts.compression, opts.ociMediaTypes) };
-      } catch (err) {
-        // A computation shared with another caller that was cancelled (its build, or its export
-        // stopping at another layer's failure) is no answer for this one: compute again.
-        if (ours || !isAbortError(err) || opts.signal?.aborted) throw err;
-        if (this.#inflight.get(key) === p) this.#inflight.delete(key);
-      }
-    }
+    // A computation shared with another caller that stops (its build, or its export stopping at
+    // another layer's failure) is computed again for this one.
+    const d = await sharedRun(this.#inflight, key, opts.signal, () => this.#compute(pair, opts.compression, opts.signal));
+    return { ...d, mediaType: layerMediaType(opts.compression, opts.ociMediaTypes) };
   }
 
   /** Records a blob made elsewhere (a pulled image layer) as the layer of `pair`. */

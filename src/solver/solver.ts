@@ -6,6 +6,7 @@ import { checkEntitlements } from '../llb/entitlements.js';
 import { sha256 } from '../util/digest.js';
 import { clarifyNameError, errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
+import { sharedRun, type SharedRun } from '../util/shared-run.js';
 import type { JobContext, OpContext, OpImpl, OpResolver, Ref } from './types.js';
 
 const log = () => rootLog.child({ sub: 'solver' });
@@ -49,17 +50,11 @@ export interface SolveStats {
  * Solves loaded LLB graphs. One Solver serves the daemon; identical steps of concurrent builds are
  * computed once (in-flight dedupe by cache key) and every build sees the shared result.
  */
-/** A step being computed, shared by the builds that need it; `signal` is the computing build's. */
-interface Flight {
-  run: Promise<Ref[]>;
-  signal: AbortSignal;
-}
-
 export class Solver {
   readonly #resolve: OpResolver;
   readonly #cache: ResultCache;
   readonly #defaultPlatform: Platform;
-  readonly #inflight = new Map<string, Flight>();
+  readonly #inflight = new Map<string, SharedRun<Ref[]>>();
 
   readonly #observe: SolveObserver | undefined;
   readonly #selectorDigest: SelectorDigest | undefined;
@@ -110,7 +105,7 @@ interface JobRunOptions {
   job: JobContext;
   resolve: OpResolver;
   cache: ResultCache;
-  inflight: Map<string, Flight>;
+  inflight: Map<string, SharedRun<Ref[]>>;
   defaultPlatform: Platform;
   noCache: boolean;
   observe: SolveObserver | undefined;
@@ -265,28 +260,11 @@ class JobRun {
     }
     // Identical work of concurrent builds runs once: the first build computes, others wait on it.
     const flightKey = ignore ? `${key}:nocache:${job.id}` : key;
-    for (;;) {
-      let flight = this.#o.inflight.get(flightKey);
-      if (!flight) {
-        const run: Promise<Ref[]> = this.#run(v, key, n).finally(() => {
-          if (this.#o.inflight.get(flightKey)?.run === run) this.#o.inflight.delete(flightKey);
-        });
-        flight = { run, signal: job.signal };
-        this.#o.inflight.set(flightKey, flight);
-      } else {
-        log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step');
-      }
-      try {
-        const refs = await flight.run;
-        this.#hold(refs);
-        return refs;
-      } catch (err) {
-        // The build that was computing it stopped (cancelled, or failed elsewhere) while this one
-        // goes on: this one computes the step itself.
-        if (flight.signal !== job.signal && flight.signal.aborted && !job.signal.aborted) continue;
-        throw err;
-      }
-    }
+    const refs = await sharedRun(this.#o.inflight, flightKey, job.signal, () => this.#run(v, key, n), () =>
+      log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step'),
+    );
+    this.#hold(refs);
+    return refs;
   }
 
   async #run(v: Vertex, key: string, n: number): Promise<Ref[]> {

@@ -11,6 +11,7 @@ import { InvalidArgumentError } from '../../util/errors.js';
 import { byteStatus, oneOff } from '../../util/progress.js';
 import { fromPbPlatform } from '../../util/pb-platform.js';
 import type { RegistryAccess } from './registry-access.js';
+import { sharedRun, type SharedRun } from '../../util/shared-run.js';
 
 export interface ImageSourceDeps {
   registries: RegistryAccess;
@@ -119,28 +120,10 @@ export class ImageSourceOp implements OpImpl {
   }
 
   /** One unpacking of an image (and platform) at a time in this daemon, shared by the builds that want it. */
-  async #unpack(ctx: OpContext, img: ResolvedImage): Promise<Ref> {
+  #unpack(ctx: OpContext, img: ResolvedImage): Promise<Ref> {
     let running = unpacking.get(this.#d);
     if (!running) unpacking.set(this.#d, (running = new Map()));
-    const key = imageKey(img.digest, ctx);
-    for (;;) {
-      let u = running.get(key);
-      if (!u) {
-        const p: Promise<Ref> = this.#unpackNow(ctx, img).finally(() => {
-          if (running.get(key)?.p === p) running.delete(key);
-        });
-        u = { p, signal: ctx.signal };
-        running.set(key, u);
-      }
-      try {
-        return await u.p;
-      } catch (err) {
-        // The build that was unpacking it stopped (cancelled, or failed elsewhere) while this one
-        // goes on: this one unpacks it.
-        if (u.signal !== ctx.signal && u.signal.aborted && !ctx.signal.aborted) continue;
-        throw err;
-      }
-    }
+    return sharedRun(running, imageKey(img.digest, ctx), ctx.signal, () => this.#unpackNow(ctx, img));
   }
 
   async #unpackNow(ctx: OpContext, img: ResolvedImage): Promise<Ref> {
@@ -174,7 +157,7 @@ export class ImageSourceOp implements OpImpl {
   }
 }
 
-const unpacking = new WeakMap<object, Map<string, { p: Promise<Ref>; signal: AbortSignal }>>();
+const unpacking = new WeakMap<object, Map<string, SharedRun<Ref>>>();
 
 function imageKey(digest: string, ctx: OpContext): string {
   const p = ctx.platform;
