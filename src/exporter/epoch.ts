@@ -13,11 +13,10 @@ export const SOURCE_DATE_EPOCH_BUILD_ARG = 'build-arg:SOURCE_DATE_EPOCH';
 export function parseEpochAttr(attrs: Record<string, string>): Date | undefined {
   const v = attrs[SOURCE_DATE_EPOCH_ATTR];
   if (v === undefined || v === '') return undefined;
-  const m = /^[+-]?(\d+)$/.exec(v);
-  if (!m) throw new InvalidArgumentError(`invalid ${SOURCE_DATE_EPOCH_ATTR}: strconv.ParseInt: parsing ${JSON.stringify(v)}: invalid syntax`);
+  if (!/^[+-]?\d+$/.test(v)) throw new InvalidArgumentError(`invalid ${SOURCE_DATE_EPOCH_ATTR}: strconv.ParseInt: parsing ${JSON.stringify(v)}: invalid syntax`);
   const n = BigInt(v);
-  // int64 seconds; beyond what a Date holds (±8.64e12 s) is out of range here as well.
-  if (n >= 1n << 63n || n < -(1n << 63n) || n > 8_640_000_000_000n || n < -8_640_000_000_000n) {
+  // Go reads int64 seconds; a Date holds ±8.64e12 s, well inside that: beyond it is out of range.
+  if (n > 8_640_000_000_000n || n < -8_640_000_000_000n) {
     throw new InvalidArgumentError(`invalid ${SOURCE_DATE_EPOCH_ATTR}: strconv.ParseInt: parsing ${JSON.stringify(v)}: value out of range`);
   }
   return new Date(Number(n) * 1000);
