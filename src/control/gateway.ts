@@ -199,7 +199,10 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
         .then((b) => fn(b, call.request))
         .then(
           (res) => cb(null, res),
-          (err) => cb(toServiceError(err) as never, null),
+          // As the control API's Solve: upstream's gateway answers with the error's own status
+          // only when it carries one (a cancelled build, an unsupported call), otherwise a plain
+          // Unknown, so a frontend or buildx prints `failed to solve: <message>` with no code.
+          (err) => cb(toServiceError(err, { build: true }) as never, null),
         );
     };
   return {

@@ -15,7 +15,7 @@ import { ControlClient } from '../../../src/client/control-client.js';
 import { openSession } from '../../../src/client/session.js';
 import { LLBBridge, ReturnRequestSchema, ResultSchema, RefMapSchema, RefSchema, SolveRequestSchema as GwSolveRequestSchema } from '../../../src/gen/buildkit/gateway_pb.js';
 import { DefinitionSchema } from '../../../src/gen/buildkit/ops_pb.js';
-import { mkfile, marshal, scratch, source } from '../../../src/llb/builder.js';
+import { image, mkfile, marshal, scratch, source } from '../../../src/llb/builder.js';
 import { clientSessionServices } from '../../../src/session/client/index.js';
 import { grpcServiceDef } from '../../../src/util/grpc-def.js';
 import { buildctl, removeDir, run, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
@@ -158,6 +158,34 @@ d('sources and gateway', () => {
       const index = JSON.parse(inspect.stdout) as { mediaType: string; manifests: { platform: { architecture: string } }[] };
       expect(index.mediaType).toBe('application/vnd.oci.image.index.v1+json');
       expect(index.manifests.map((m) => m.platform.architecture)).toEqual(['amd64', 'arm64']);
+    } finally {
+      session.close();
+      control.close();
+      (bridge as unknown as grpc.Client).close();
+    }
+  });
+  it("answers a failed gateway Solve as upstream's gateway does: the message, with no gRPC code of loom's own", async () => {
+    const control = new ControlClient({ address: daemon.addr });
+    const session = openSession({ control, services: clientSessionServices({}) });
+    const ref = `gw-fail-${Date.now()}`;
+    const Bridge = grpc.makeGenericClientConstructor(grpcServiceDef(LLBBridge), 'LLBBridge');
+    const bridge = new Bridge(`unix://${daemon.addr.slice('unix://'.length)}`, grpc.credentials.createInsecure()) as unknown as Record<string, Function>;
+    const md = new grpc.Metadata();
+    md.set('buildkit-controlapi-buildid', ref);
+    const call = <T>(m: string, req: unknown) => new Promise<T>((resolve, reject) => bridge[m]!.call(bridge, req, md, (err: Error | null, res: T) => (err ? reject(err) : resolve(res))));
+    try {
+      const solving = control.solve({ Ref: ref, Session: session.id }).catch((err: Error) => err);
+      // An image from a registry nobody listens on: loom's registry client calls that Unavailable.
+      const err = await call('solve', create(GwSolveRequestSchema, { Definition: marshal(image('127.0.0.1:1/nope:latest')) })).then(
+        () => undefined,
+        (e: grpc.ServiceError) => e,
+      );
+      expect(err, 'the solve should fail').toBeDefined();
+      expect(err!.code).toBe(grpc.status.UNKNOWN);
+      expect(err!.details).toMatch(/127\.0\.0\.1:1/);
+      // The daemon keeps serving the build: the frontend can still return a result.
+      await call('return', create(ReturnRequestSchema, { result: create(ResultSchema, {}) }));
+      expect(await solving).not.toBeInstanceOf(Error);
     } finally {
       session.close();
       control.close();
