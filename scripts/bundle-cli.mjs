@@ -26,7 +26,7 @@ await build({
   legalComments: 'none',
   // Smaller source to read and parse on every command (~10 ms here); names are kept, as error
   // classes and stack traces (--debug) show them.
-  minify: true,
+  minify: process.env.LOOM_NO_MINIFY ? false : true,
   keepNames: true,
   logLevel: 'warning',
 });
