@@ -94,6 +94,8 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
         const img = await w.registries.forJob(job).resolve(ref, { platform: platform ? fromPbPlatform(platform) : w.platforms[0], signal: job.signal });
         void mode;
         // As upstream: the digest of what the reference names (the index for a multi-platform image).
+        // The build info lists the reference as the frontend asked for it (upstream's provenance).
+        job.steps?.resolvedImage?.(ref, img.rootDescriptor.digest);
         return { digest: img.rootDescriptor.digest, config: img.configBytes };
       },
     };

@@ -42,36 +42,48 @@ interface Source {
 }
 
 /**
- * The sources of a build from its source ops' identifiers and pins: images by their full reference
- * and the digest they resolved to, downloads by URL (password hidden) and content digest. Sorted by
+ * The sources of a build, as upstream's provenance capture lists them: first the images the
+ * frontend resolved (ResolveImageConfig, through the gateway or the built-in frontend), by the
+ * reference it asked for (`busybox:latest`, or `busybox:1.36@sha256:...` when the Dockerfile
+ * pinned it), then what the build's source ops read: images by their identifier (an LLB
+ * definition's `name:tag@digest` keeps both), downloads by URL (password hidden) and content
+ * digest. An image op whose digest a resolved reference already lists is not listed again (the
+ * frontend pins the references it resolved: `busybox:latest` becomes an op reading
+ * `busybox:latest@<digest>`, and `COPY --from=busybox` one reading the same digest). Sorted by
  * reference, as upstream's.
  */
-export function buildInfoSources(read: ReadonlyMap<string, string>): Source[] {
+export function buildInfoSources(read: ReadonlyMap<string, string>, resolved: ReadonlyMap<string, string> = new Map()): Source[] {
   const out: Source[] = [];
   const seen = new Set<string>();
-  for (const [id, pin] of read) {
-    let s: Source | undefined;
-    if (id.startsWith('docker-image://')) {
-      let ref: string;
-      try {
-        const r = parseNormalizedNamed(id.slice('docker-image://'.length));
-        // As upstream's image identifier: a bare name gets `latest`; a name with a tag is shown
-        // without the digest it was pinned to (the pin carries it).
-        ref = formatReference(r.tag ? { ...r, digest: undefined } : r.digest ? r : { ...r, tag: 'latest' });
-      } catch {
-        continue;
-      }
-      if (/^sha256:[0-9a-f]{64}$/.test(pin)) s = { type: 'docker-image', ref, pin };
-    } else if (/^https?:\/\//.test(id) && /^sha256:[0-9a-f]{64}$/.test(pin)) {
-      s = { type: 'http', ref: redactCredentials(id), pin };
-    }
-    if (!s || seen.has(`${s.type} ${s.ref}`)) continue;
-    // Images read under two names that resolved to one digest are one source: upstream's solver
-    // merges their steps (one cache key), and its build info lists the first.
-    if (s.type === 'docker-image' && seen.has(`pin ${s.pin}`)) continue;
+  const add = (s: Source): void => {
+    if (seen.has(`${s.type} ${s.ref}`)) return;
     seen.add(`${s.type} ${s.ref}`);
     if (s.type === 'docker-image') seen.add(`pin ${s.pin}`);
     out.push(s);
+  };
+  const imageRef = (name: string): string | undefined => {
+    try {
+      // reference.TagNameOnly: a bare name gets `latest`; a tag and a digest are both kept.
+      const r = parseNormalizedNamed(name);
+      return formatReference(r.tag || r.digest ? r : { ...r, tag: 'latest' });
+    } catch {
+      return undefined;
+    }
+  };
+  const isDigest = (pin: string): boolean => /^sha256:[0-9a-f]{64}$/.test(pin);
+  for (const [name, pin] of resolved) {
+    const ref = imageRef(name);
+    if (ref !== undefined && isDigest(pin)) add({ type: 'docker-image', ref, pin });
+  }
+  for (const [id, pin] of read) {
+    if (id.startsWith('docker-image://')) {
+      const ref = imageRef(id.slice('docker-image://'.length));
+      // Images read under two names that resolved to one digest are one source: upstream's solver
+      // merges their steps (one cache key), and its build info lists the first.
+      if (ref !== undefined && isDigest(pin) && !seen.has(`pin ${pin}`)) add({ type: 'docker-image', ref, pin });
+    } else if (/^https?:\/\//.test(id) && isDigest(pin)) {
+      add({ type: 'http', ref: redactCredentials(id), pin });
+    }
   }
   return out.sort((a, b) => (a.ref < b.ref ? -1 : a.ref > b.ref ? 1 : 0));
 }

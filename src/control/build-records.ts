@@ -77,6 +77,8 @@ export class BuildRecorder implements StepObserver {
   readonly #steps = new Map<string, BuildRecordData['steps'][number]>();
   /** Sources read by the build and their pins (build info). */
   readonly sources = new Map<string, string>();
+  /** Image references the frontend resolved and the digests they named (build info). */
+  readonly resolvedImages = new Map<string, string>();
 
   constructor(o: { ref: string; frontend: string; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void }) {
     this.#o = o;
@@ -93,6 +95,10 @@ export class BuildRecorder implements StepObserver {
 
   source(identifier: string, pin: string): void {
     this.sources.set(identifier, pin);
+  }
+
+  resolvedImage(ref: string, digest: string): void {
+    if (!this.resolvedImages.has(ref)) this.resolvedImages.set(ref, digest);
   }
 
   summary(): { stepsCached: number; stepsRun: number; bytesReused: number } {

@@ -227,7 +227,7 @@ export class BuildManager {
     const info = buildInfoValue({
       frontend: origin.frontend,
       attrs: origin.attrs && buildInfoAttrs(origin.attrs),
-      sources: buildInfoSources(job.steps instanceof BuildRecorder ? job.steps.sources : new Map()),
+      sources: job.steps instanceof BuildRecorder ? buildInfoSources(job.steps.sources, job.steps.resolvedImages) : [],
     });
     if (src.refs?.length) for (const r of src.refs) resp[`containerimage.buildinfo/${r.id}`] = info;
     else if (src.ref) resp['containerimage.buildinfo'] = info;

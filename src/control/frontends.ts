@@ -56,8 +56,8 @@ export async function runFrontend(
   // Build info, as upstream's image exporter records it in the config: the response's (the frontend
   // and the images and downloads the build read, with what they resolved to) without the options.
   const metadata = { ...res.metadata };
-  const read = b.job.steps instanceof BuildRecorder ? b.job.steps.sources : new Map<string, string>();
-  const sources = buildInfoSources(read);
+  const rec = b.job.steps instanceof BuildRecorder ? b.job.steps : undefined;
+  const sources = rec ? buildInfoSources(rec.sources, rec.resolvedImages) : [];
   // Go's omitempty: no sources (FROM scratch) leaves the key out.
   const info = sources.length ? { frontend: name, sources } : { frontend: name };
   metadata['containerimage.buildinfo'] = Buffer.from(JSON.stringify(info));

@@ -161,7 +161,7 @@ export class RegistryClient {
       );
       const chosen = candidates[0];
       if (!chosen || isIndexType(chosen.mediaType)) {
-        throw new NotFoundError(`no match for platform ${formatPlatform(wanted)} in manifest ${root.digest} of ${name}: not found`);
+        throw new NotFoundError(`no match for platform in manifest ${root.digest}: not found`);
       }
       mdesc = chosen;
       const mbytes = await this.#fetchByDigest(ref, chosen, MANIFEST_LIMIT, opts?.signal);
@@ -181,7 +181,7 @@ export class RegistryClient {
     });
     // An index entry without a platform is accepted only if its config matches (containerd does the same).
     if (index && !mdesc.platform && !platformMatcher(wanted).match(platform)) {
-      throw new NotFoundError(`no match for platform ${formatPlatform(wanted)} in manifest ${root.digest} of ${name}: not found`);
+      throw new NotFoundError(`no match for platform in manifest ${root.digest}: not found`);
     }
     return {
       name,

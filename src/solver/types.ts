@@ -46,6 +46,8 @@ export interface StepObserver {
   step(outcome: StepOutcome): void;
   /** A source the build read and what pinned it (an image's digest, a download's content digest). */
   source?(identifier: string, pin: string): void;
+  /** An image reference the build's frontend resolved (ResolveImageConfig) and the digest it named. */
+  resolvedImage?(ref: string, digest: string): void;
 }
 
 /** How the solver reaches a build's imported caches and tells its cache exporters what it used. */

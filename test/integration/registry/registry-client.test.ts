@@ -139,7 +139,7 @@ describe('RegistryClient against docker-registry', () => {
     expect(aarch64.digest).toBe(expected.byArch.arm64!.digest);
     const none = await errorOf(client.resolve(`${reg.host}/busybox:latest`, { platform: { os: 'linux', architecture: 's390x' } }));
     expect(none.code).toBe('NOT_FOUND');
-    expect(none.message).toContain(`no match for platform linux/s390x in manifest ${expected.index.digest}`);
+    expect(none.message).toBe(`no match for platform in manifest ${expected.index.digest}: not found`);
   });
 
   it('resolves a digest reference to a single manifest', async () => {

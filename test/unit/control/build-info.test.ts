@@ -49,7 +49,7 @@ describe('build info', () => {
     });
   });
 
-  it('lists images by name without the digest a tag was pinned to, and downloads, sorted', () => {
+  it('lists images by their identifiers (a tag and a digest both kept, as upstream for an LLB definition), and downloads, sorted', () => {
     const [A, B] = [`sha256:${'a'.repeat(64)}`, `sha256:${'b'.repeat(64)}`];
     const read = new Map([
       [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
@@ -63,17 +63,32 @@ describe('build info', () => {
       { type: 'docker-image', ref: 'docker.io/library/alpine:latest', pin: A },
       { type: 'docker-image', ref: `example.com/only@${B}`, pin: B },
       { type: 'http', ref: 'https://user:xxxxx@files.example.com/a.tgz', pin: BLOB },
-      { type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: INDEX },
+      { type: 'docker-image', ref: `localhost:5000/busybox:latest@${INDEX}`, pin: INDEX },
     ]);
   });
 
-  it('lists an image read under two names that resolved to one digest once, by the first name (upstream merges the two steps)', () => {
-    // FROM busybox:latest, then COPY --from=busybox: the second is pinned as busybox@<digest>.
+  it('lists the images a frontend resolved by the reference it asked for, not the pinned identifiers it then read', () => {
+    // FROM busybox:latest, then COPY --from=busybox: both resolved as busybox:latest and read
+    // pinned to its digest (the second without the tag).
     const read = new Map([
       [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
       [`docker-image://localhost:5000/busybox@${INDEX}`, INDEX],
     ]);
-    expect(buildInfoSources(read)).toEqual([{ type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: INDEX }]);
+    const resolved = new Map([['localhost:5000/busybox:latest', INDEX]]);
+    expect(buildInfoSources(read, resolved)).toEqual([{ type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: INDEX }]);
+    // FROM busybox:1.36@sha256:... written in the Dockerfile: resolved with its digest, listed so.
+    const pinned = new Map([[`localhost:5000/busybox:1.36@${INDEX}`, INDEX]]);
+    expect(buildInfoSources(new Map([[`docker-image://localhost:5000/busybox:1.36@${INDEX}`, INDEX]]), pinned)).toEqual([
+      { type: 'docker-image', ref: `localhost:5000/busybox:1.36@${INDEX}`, pin: INDEX },
+    ]);
+  });
+
+  it('lists an image read under two names that resolved to one digest once, by the first name (upstream merges the two steps)', () => {
+    const read = new Map([
+      [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
+      [`docker-image://localhost:5000/busybox@${INDEX}`, INDEX],
+    ]);
+    expect(buildInfoSources(read)).toEqual([{ type: 'docker-image', ref: `localhost:5000/busybox:latest@${INDEX}`, pin: INDEX }]);
   });
 
   it('encodes the JSON in upstream field order and leaves empty fields out', () => {
