@@ -35,7 +35,7 @@ import { defaultPlatform, formatPlatform, normalizePlatform, orderByPlatform, pl
 import { Authorizer, parseChallenges, repositoryScope, type GetCredentials } from './auth.js';
 import { RegistryTransportError, redactURL, statusError, transportError } from './errors.js';
 import { endpointsFor, endpointURL, type Endpoint, type RegistryHostsConfig } from './hosts.js';
-import { formatReference, parseReference, type ImageReference } from './reference.js';
+import { formatReference, parseNormalizedNamed, withDefaultTag, type ImageReference } from './reference.js';
 
 export type ProgressFn = (desc: Descriptor, current: number, total: number) => void;
 
@@ -618,8 +618,9 @@ export class RegistryClient {
   }
 }
 
+/** A reference given as a string, as containerd's resolver takes it: a tag and a digest both kept (the digest is fetched), `latest` added to a bare name. */
 function toRef(r: string | ImageReference): ImageReference {
-  return typeof r === 'string' ? parseReference(r) : r;
+  return typeof r === 'string' ? withDefaultTag(parseNormalizedNamed(r)) : r;
 }
 
 function isRedirect(status: number): boolean {

@@ -140,6 +140,11 @@ describe('RegistryClient against docker-registry', () => {
     const none = await errorOf(client.resolve(`${reg.host}/busybox:latest`, { platform: { os: 'linux', architecture: 's390x' } }));
     expect(none.code).toBe('NOT_FOUND');
     expect(none.message).toBe(`no match for platform in manifest ${expected.index.digest}: not found`);
+    // A missing digest is reported by the reference as given, tag included (containerd's resolver).
+    const missing = `sha256:${'1'.repeat(64)}`;
+    const gone = await errorOf(client.resolve(`${reg.host}/busybox:latest@${missing}`));
+    expect(gone.code).toBe('NOT_FOUND');
+    expect(gone.message).toBe(`${reg.host}/busybox:latest@${missing}: not found`);
   });
 
   it('resolves a digest reference to a single manifest', async () => {
