@@ -125,7 +125,17 @@ const READS = 16;
  * changed (see FileDigestCache).
  */
 export async function treeDigest(root: string, opts: { signal?: AbortSignal; cache?: FileDigestCache } = {}): Promise<Digest> {
+  return (await treeDigests(root, opts)).content;
+}
+
+/**
+ * treeDigest's `content`, and from the same walk `withTimes`: the content and every entry's
+ * modification time, which tells two trees of one content apart when their times differ (a
+ * snapshot of one is not the other's, though a step keyed by the content is cached for both).
+ */
+export async function treeDigests(root: string, opts: { signal?: AbortSignal; cache?: FileDigestCache } = {}): Promise<{ content: Digest; withTimes: Digest }> {
   const h = createHash('sha256');
+  const times = createHash('sha256');
   // Metadata by synchronous calls in time slices (see TimeSlice): a rebuild digests trees whose
   // files are nearly all known, so the walk itself is the cost. Unknown files are read in parallel.
   const slice = new TimeSlice();
@@ -173,12 +183,14 @@ export async function treeDigest(root: string, opts: { signal?: AbortSignal; cac
     // Hashed in the same order as a depth-first walk: each directory's subtree right after its line.
     for (const [i, p] of paths.entries()) {
       const st = stats[i]!;
-      h.update(`${JSON.stringify(p)} ${(Number(st.mode) >>> 0).toString(8)} ${st.uid}:${st.gid} ${bodies[i]}\n`);
+      const line = `${JSON.stringify(p)} ${(Number(st.mode) >>> 0).toString(8)} ${st.uid}:${st.gid} ${bodies[i]}`;
+      h.update(`${line}\n`);
+      times.update(`${line} ${st.mtimeNs}\n`);
       if (st.isDirectory()) await walk(p);
     }
   };
   await walk('');
-  return `sha256:${h.digest('hex')}`;
+  return { content: `sha256:${h.digest('hex')}`, withTimes: `sha256:${times.digest('hex')}` };
 }
 
 /**

@@ -243,7 +243,13 @@ class JobRun {
     const key = await this.#key(v);
     const ignore = this.#o.noCache || v.metadata?.ignoreCache === true;
     const n = Math.max(1, outputCount(v.op));
-    if (!ignore) {
+    // A local source's result is the snapshot its key's transfer just made of this session's
+    // directory, never an earlier build's of the same content: that one's files may carry other
+    // times (a touched file, another checkout), and a step that is not cached (another COPY
+    // destination) copies what it is given. Upstream keys local sources by session, so they are
+    // never cached either (DONE, not CACHED); steps reading them are keyed by content.
+    const local = isLocalSource(v);
+    if (!ignore && !local) {
       const hit = (await this.#lookup(key, n)) ?? (await this.#imported(v, key, n));
       if (hit) {
         this.#hold(hit);
@@ -259,7 +265,7 @@ class JobRun {
       }
     }
     // Identical work of concurrent builds runs once: the first build computes, others wait on it.
-    const flightKey = ignore ? `${key}:nocache:${job.id}` : key;
+    const flightKey = ignore || local ? `${key}:${local ? 'local' : 'nocache'}:${job.id}` : key;
     const refs = await sharedRun(this.#o.inflight, flightKey, job.signal, () => this.#run(v, key, n), () =>
       log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step'),
     );
@@ -293,9 +299,13 @@ class JobRun {
     }
     const completed = new Date();
     this.#report(v, { started, completed });
-    this.#o.job.steps?.step({ digest: v.digest, name: v.name, cached: false, reason, durationMs: completed.getTime() - started.getTime(), refs });
-    this.stats.run++;
-    this.#o.observe?.step('run');
+    // A local source whose content did not change counts as cached, as it did when it came from
+    // the cache: the build reused what it had (its progress line says DONE, as upstream's).
+    const unchanged = isLocalSource(v) && reason === '';
+    this.#o.job.steps?.step({ digest: v.digest, name: v.name, cached: unchanged, reason, durationMs: unchanged ? 0 : completed.getTime() - started.getTime(), refs });
+    if (unchanged) this.stats.cached++;
+    else this.stats.run++;
+    this.#o.observe?.step(unchanged ? 'cached' : 'run');
     refs.forEach((r, i) => {
       this.#o.cache.save(`${key}#${i}`, r);
       if (v.op.op.case !== 'source') this.#o.job.cache?.record(`${key}#${i}`, r);
@@ -389,6 +399,8 @@ class JobRun {
         now.inputs.forEach((inp, i) => {
           if (prev.inputs[i]?.key !== inp.key) changed.push(`input ${i} changed: ${inp.name}`);
         });
+        // A local source runs every build (see #compute): unchanged, it missed nothing.
+        if (!changed.length && isLocalSource(v)) return '';
         why = changed.length ? changed.join('; ') : 'the earlier result is no longer in the cache (pruned)';
       }
     }

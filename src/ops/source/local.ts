@@ -1,7 +1,7 @@
 import { FileSync } from '../../gen/session/filesync_pb.js';
 import type { MetadataStore } from '../../cache/metadata.js';
 import type { RefManager } from '../../cache/ref-manager.js';
-import { FileDigestCache, shareDigests, treeDigest } from '../../cache/content-hash.js';
+import { FileDigestCache, shareDigests, treeDigests } from '../../cache/content-hash.js';
 import type { SessionManager } from '../../session/manager.js';
 import { diffCopyMetadata } from '../../session/filesync/metadata.js';
 import { receiveDir } from '../../session/filesync/receive.js';
@@ -27,8 +27,13 @@ export interface LocalSourceDeps {
   mirrors: KeyedMutex;
 }
 
-/** Context snapshots by content digest. `.2`: the ones made before had a 0700 root, never reused. */
-const NS_LOCAL = 'local-content.2';
+/**
+ * Context snapshots by the digest of their content and modification times (treeDigests): a tree of
+ * the same content with other times (files touched, another checkout) is a snapshot of its own, as
+ * a step that is not cached (another COPY destination) copies the files with their times as they
+ * are now. `.3`: those before were keyed by content alone; `.2`: those before had a 0700 root.
+ */
+const NS_LOCAL = 'local-content.3';
 const log = rootLog.child({ sub: 'local-source' });
 
 /**
@@ -131,12 +136,13 @@ export class LocalSourceOp implements OpImpl {
           throw err;
         }
         status.done(bytes);
-        // Nothing changed in a mirror whose digest was known: no need to look at it again.
-        const digest = !changed && before ? before : await treeDigest(mirror, { signal: ctx.signal, cache: files });
-        this.#d.metadata.kvPut(NS_MIRROR, mirror, digest);
-        const existing = this.#d.metadata.kvGet(NS_LOCAL, digest);
+        // Nothing changed in a mirror whose digests were known: no need to look at it again.
+        const known = !changed && before ? parseMirrorDigests(before) : undefined;
+        const { content: digest, withTimes } = known ?? (await treeDigests(mirror, { signal: ctx.signal, cache: files }));
+        this.#d.metadata.kvPut(NS_MIRROR, mirror, `${digest} ${withTimes}`);
+        const existing = this.#d.metadata.kvGet(NS_LOCAL, withTimes);
         if (existing && this.#d.metadata.getRef(existing)) return { ref: await this.#d.refs.get(existing), digest };
-        const made = await this.#snapshot(mirror, digest, ctx);
+        const made = await this.#snapshot(mirror, digest, withTimes, ctx);
         // Steps keyed by the content of some of its paths digest the new snapshot next: its files
         // are the mirror's inodes, whose digests are known (linking changed only their ctime).
         await shareDigests(mirror, files, { signal: ctx.signal });
@@ -153,7 +159,7 @@ export class LocalSourceOp implements OpImpl {
    * change. Where links cannot be made (mirror and snapshots on different filesystems, a
    * snapshotter whose fresh snapshot is a mount) the tree is copied.
    */
-  async #snapshot(mirror: string, digest: string, ctx: OpContext): Promise<{ ref: Ref; digest: string }> {
+  async #snapshot(mirror: string, digest: string, withTimes: string, ctx: OpContext): Promise<{ ref: Ref; digest: string }> {
     for (const mode of ['link', 'copy'] as const) {
       const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
       try {
@@ -163,7 +169,7 @@ export class LocalSourceOp implements OpImpl {
         // upstream's, or a step mounting it (RUN --mount=type=bind) as another user cannot read it.
         await chmod(w.dir, 0o755);
         const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local' });
-        this.#d.metadata.kvPut(NS_LOCAL, digest, ref.id);
+        this.#d.metadata.kvPut(NS_LOCAL, withTimes, ref.id);
         return { ref, digest };
       } catch (err) {
         await w.discard();
@@ -181,4 +187,10 @@ export class LocalSourceOp implements OpImpl {
   async run(ctx: OpContext): Promise<Ref[]> {
     return [(await this.#sync(ctx)).ref];
   }
+}
+
+/** A mirror's stored digests (`<content> <withTimes>`); undefined for a record of an older daemon (content only). */
+function parseMirrorDigests(v: string): { content: string; withTimes: string } | undefined {
+  const [content, withTimes, ...rest] = v.split(' ');
+  return content && withTimes && rest.length === 0 ? { content, withTimes } : undefined;
 }

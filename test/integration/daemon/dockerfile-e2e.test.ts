@@ -330,4 +330,30 @@ d('dockerfile.v0', () => {
     expect(t.stderr).toMatch(/\[1\/2\] COPY a\.txt \/a\.txt\n#\d+ CACHED/);
     expect(t.stderr).toMatch(/\[2\/2\] COPY \. \/all\/\n#\d+ CACHED/);
   });
+
+  it('copies a touched file with its new time into a step that is not cached (the context is the one this build sent, not an earlier one of the same content)', async () => {
+    const ctx = join(work, 'touched');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'f.txt'), 'same\n');
+    const build = async (dest: string, out: string) => {
+      writeFileSync(join(ctx, 'Dockerfile'), `FROM scratch\nCOPY f.txt ${dest}\n`);
+      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=local,dest=${out}`]);
+      expect(r.code, r.stderr).toBe(0);
+      return r;
+    };
+    utimesSync(join(ctx, 'f.txt'), 1_000_000_000, 1_000_000_000);
+    await build('/a', join(work, 'touched-1'));
+    expect(statSync(join(work, 'touched-1', 'a')).mtimeMs).toBe(1_000_000_000_000);
+    // Same content, a new time, another destination: the COPY runs, with the file as it is now.
+    utimesSync(join(ctx, 'f.txt'), 1_100_000_000, 1_100_000_000);
+    const second = await build('/b', join(work, 'touched-2'));
+    expect(statSync(join(work, 'touched-2', 'b')).mtimeMs).toBe(1_100_000_000_000);
+    // The context itself is never taken from the cache (upstream keys it by session): DONE, not CACHED.
+    expect(second.stderr).toMatch(/#(\d+) \[internal\] load build context\n(?:#\1 .*\n)*#\1 DONE/);
+    // Touched again, same destination: the COPY is cached (keyed by content), as upstream's.
+    utimesSync(join(ctx, 'f.txt'), 1_200_000_000, 1_200_000_000);
+    const third = await build('/b', join(work, 'touched-3'));
+    expect(third.stderr).toMatch(/COPY f\.txt \/b\n#\d+ CACHED/);
+    expect(statSync(join(work, 'touched-3', 'b')).mtimeMs).toBe(1_100_000_000_000);
+  });
 });
