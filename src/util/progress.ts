@@ -204,10 +204,13 @@ export function byteStatus(
   vertex: string,
   name: string,
   total = 0,
+  opts: { announce?: boolean } = {},
 ): { update: (current: number, total?: number) => void; done: (current: number) => void } {
   const started = new Date();
   let last = 0;
-  bus.status({ id: name, vertex, name, current: 0, total, timestamp: started, started });
+  // Announced at once with 0 bytes (a layer download, as upstream shows it), or only once bytes
+  // move (a context transfer: upstream's first status comes with the first packets).
+  if (opts.announce !== false) bus.status({ id: name, vertex, name, current: 0, total, timestamp: started, started });
   return {
     update(current, t = total) {
       const now = Date.now();

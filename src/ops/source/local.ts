@@ -96,7 +96,7 @@ export class LocalSourceOp implements OpImpl {
       const identity = this.#attrs['local.sharedkeyhint'] || session.sharedKey || session.id;
       const mirror = join(this.#d.root, 'local-mirrors', sha256(JSON.stringify([identity, this.#name, include, exclude, follow])).slice(7, 39));
       return this.#d.mirrors.run(mirror, async () => {
-        const status = byteStatus(ctx.progress, ctx.vertex.digest, `transferring ${this.#name}:`);
+        const status = byteStatus(ctx.progress, ctx.vertex.digest, `transferring ${this.#name}:`, 0, { announce: false });
         const stream = await session.stream(FileSync.method.diffCopy, {
           metadata: diffCopyMetadata({ dirName: this.#name, includePatterns: include, excludePatterns: exclude, followPaths: follow }),
           signal: ctx.signal,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { inVertex, oneOff, ProgressBus, type ProgressEvent } from '../../../src/util/progress.js';
+import { byteStatus, inVertex, oneOff, ProgressBus, type ProgressEvent } from '../../../src/util/progress.js';
 
 /** Every event written, in order, once the bus is closed. */
 function events(bus: ProgressBus): ProgressEvent[] {
@@ -34,6 +34,16 @@ describe('ProgressBus', () => {
       'status pushing layers done',
       'vertex exporting to image done: failed to push',
     ]);
+  });
+
+  it('shows a context transfer once bytes move (no empty line first, as upstream), a download at once with 0 bytes', () => {
+    const bus = new ProgressBus();
+    const download = byteStatus(bus, 'v', 'sha256:abc', 10);
+    const transfer = byteStatus(bus, 'v', 'transferring context:', 0, { announce: false });
+    transfer.done(26);
+    download.done(10);
+    const statuses = events(bus).flatMap((e) => (e.kind === 'status' ? [`${e.status.name} ${e.status.current}${e.status.completed ? ' done' : ''}`] : []));
+    expect(statuses).toEqual(['sha256:abc 0', 'transferring context: 26 done', 'sha256:abc 10 done']);
   });
 
   it('ends the steps still running as context canceled when told (a failed build), and only those', () => {
