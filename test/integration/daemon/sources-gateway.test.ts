@@ -126,11 +126,7 @@ d('sources and gateway', () => {
     const sink = createWriteStream(out);
     const session = openSession({ control, services: clientSessionServices({ exportTarget: { kind: 'file', open: () => sink } }) });
     const ref = `gw-${Date.now()}`;
-    const Bridge = grpc.makeGenericClientConstructor(grpcServiceDef(LLBBridge), 'LLBBridge');
-    const bridge = new Bridge(`unix://${daemon.addr.slice('unix://'.length)}`, grpc.credentials.createInsecure()) as unknown as Record<string, Function>;
-    const md = new grpc.Metadata();
-    md.set('buildkit-controlapi-buildid', ref);
-    const call = <T>(m: string, req: unknown) => new Promise<T>((resolve, reject) => bridge[m]!.call(bridge, req, md, (err: Error | null, res: T) => (err ? reject(err) : resolve(res))));
+    const { call, bridge } = gatewayFor(daemon.addr, ref);
     try {
       const solving = control.solve({ Ref: ref, Session: session.id, Exporter: 'oci', ExporterAttrs: { name: 'example.com/multi:1' } });
       const ids: Record<string, string> = {};
@@ -164,15 +160,12 @@ d('sources and gateway', () => {
       (bridge as unknown as grpc.Client).close();
     }
   });
+
   it("answers a failed gateway Solve as upstream's gateway does: the message, with no gRPC code of loom's own", async () => {
     const control = new ControlClient({ address: daemon.addr });
     const session = openSession({ control, services: clientSessionServices({}) });
     const ref = `gw-fail-${Date.now()}`;
-    const Bridge = grpc.makeGenericClientConstructor(grpcServiceDef(LLBBridge), 'LLBBridge');
-    const bridge = new Bridge(`unix://${daemon.addr.slice('unix://'.length)}`, grpc.credentials.createInsecure()) as unknown as Record<string, Function>;
-    const md = new grpc.Metadata();
-    md.set('buildkit-controlapi-buildid', ref);
-    const call = <T>(m: string, req: unknown) => new Promise<T>((resolve, reject) => bridge[m]!.call(bridge, req, md, (err: Error | null, res: T) => (err ? reject(err) : resolve(res))));
+    const { call, bridge } = gatewayFor(daemon.addr, ref);
     try {
       const solving = control.solve({ Ref: ref, Session: session.id }).catch((err: Error) => err);
       // An image from a registry nobody listens on: loom's registry client calls that Unavailable.
@@ -193,3 +186,13 @@ d('sources and gateway', () => {
     }
   });
 });
+
+/** An LLBBridge client for the build `ref` (the frontend side of the gateway), and its calls. */
+function gatewayFor(addr: string, ref: string) {
+  const Bridge = grpc.makeGenericClientConstructor(grpcServiceDef(LLBBridge), 'LLBBridge');
+  const bridge = new Bridge(`unix://${addr.slice('unix://'.length)}`, grpc.credentials.createInsecure()) as unknown as Record<string, Function>;
+  const md = new grpc.Metadata();
+  md.set('buildkit-controlapi-buildid', ref);
+  const call = <T>(m: string, req: unknown) => new Promise<T>((resolve, reject) => bridge[m]!.call(bridge, req, md, (err: Error | null, res: T) => (err ? reject(err) : resolve(res))));
+  return { call, bridge };
+}
