@@ -264,6 +264,27 @@ d('dockerfile.v0', () => {
     expect(readFileSync(join(out, 'out'), 'utf8')).toBe('/bin\naarch64\nnested\n');
   }, 120_000);
 
+  it("gives RUN steps upstream's trace collector: the OTEL variables and a socket at /dev/otel-grpc.sock", async () => {
+    const ctx = join(work, 'otel');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nENV MINE=1\nRUN env > /env && test -S /dev/otel-grpc.sock && ls -l /dev/otel-grpc.sock > /sock\n`);
+    const out = join(work, 'otel-out');
+    const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=local,dest=${out}`]);
+    expect(r.code, r.stderr).toBe(0);
+    const env = readFileSync(join(out, 'env'), 'utf8').trim().split('\n').sort();
+    const otel = env.filter((l) => /^(OTEL_|TRACEPARENT=)/.test(l));
+    expect(otel.map((l) => l.replace(/00-[0-9a-f]{32}-[0-9a-f]{16}-01$/, 'TP'))).toEqual([
+      'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=unix:///dev/otel-grpc.sock',
+      'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=grpc',
+      'OTEL_TRACES_EXPORTER=otlp',
+      'OTEL_TRACE_PARENT=TP',
+      'TRACEPARENT=TP',
+    ]);
+    expect(env).toContain('MINE=1');
+    // A socket anyone may write to, as upstream's.
+    expect(readFileSync(join(out, 'sock'), 'utf8')).toMatch(/^srw-rw-rw- /);
+  });
+
   it('names the Dockerfile line of an unknown instruction', async () => {
     const ctx = join(work, 'bad');
     mkdirSync(ctx);

@@ -1,3 +1,4 @@
+import { startTraceCollector, traceEnv, TRACE_SOCKET_IN_CONTAINER } from '../trace-socket.js';
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -48,7 +49,7 @@ export class RuncExecutor implements Executor {
   readonly #paths: ReturnType<typeof executorPaths>;
   readonly #resolv: ResolvConf;
   readonly #hosts: HostsFiles;
-  #ready: Promise<{ shim: string; effectiveCaps: string[] }> | null = null;
+  #ready: Promise<{ shim: string; effectiveCaps: string[]; traceSocket: string | undefined }> | null = null;
   #ownBinfmt: Promise<boolean> | null = null;
 
   constructor(opts: RuncExecutorOptions) {
@@ -63,7 +64,7 @@ export class RuncExecutor implements Executor {
   }
 
   /** Cleans up after a crashed daemon and builds or finds the shim. Idempotent; run() awaits it. */
-  init(): Promise<{ shim: string; effectiveCaps: string[] }> {
+  init(): Promise<{ shim: string; effectiveCaps: string[]; traceSocket: string | undefined }> {
     this.#ready ??= (async () => {
       await cleanupStale({ stateRoot: this.#o.stateRoot, runc: this.#o.runc });
       await mkdir(this.#paths.runcRoot, { recursive: true, mode: 0o711 });
@@ -74,7 +75,16 @@ export class RuncExecutor implements Executor {
       const shim = await ensureShim(this.#o.stateRoot);
       const status = await readFile('/proc/self/status', 'utf8').catch(() => '');
       const effectiveCaps = capsFromBitmap(/^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1] ?? '0');
-      return { shim, effectiveCaps };
+      // Upstream's trace collector socket, bound into every step (trace-socket.ts). A daemon that
+      // cannot make it runs steps without it, as upstream's does.
+      const traceSocket = await startTraceCollector(this.#paths.traceSocket).then(
+        () => this.#paths.traceSocket,
+        (err: unknown) => {
+          log().warn({ err: (err as Error).message }, 'cannot serve the trace collector socket; steps run without it');
+          return undefined;
+        },
+      );
+      return { shim, effectiveCaps, traceSocket };
     })();
     this.#ready.catch(() => (this.#ready = null));
     return this.#ready;
@@ -101,7 +111,7 @@ export class RuncExecutor implements Executor {
   }
 
   async run(req: RunRequest): Promise<void> {
-    const { shim, effectiveCaps } = await this.init();
+    const { shim, effectiveCaps, traceSocket } = await this.init();
     const p = req.process;
     if (req.signal.aborted) throw new CancelledError('context canceled', { cause: req.signal.reason });
     if (!p.args.length) throw new InvalidArgumentError('no process args: the step has nothing to run');
@@ -143,11 +153,11 @@ export class RuncExecutor implements Executor {
       const spec = generateSpec({
         id,
         rootfs: req.rootfs,
-        process: { ...p, cwd },
+        process: { ...p, cwd, env: traceSocket ? [...p.env, ...traceEnv()] : p.env },
         user,
         resolvConf,
         hosts: hosts.path,
-        mounts,
+        mounts: traceSocket ? [...mounts, { destination: TRACE_SOCKET_IN_CONTAINER, type: 'bind', source: traceSocket, options: ['ro', 'rbind'] }] : mounts,
         newNetns: net.kind !== 'host',
         netnsPath: net.kind === 'netns' ? net.path : undefined,
         hostArch: this.#o.hostArch,

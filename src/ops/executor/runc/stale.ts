@@ -18,6 +18,8 @@ export function executorPaths(stateRoot: string) {
     secrets: path.join(base, 'secrets'),
     ssh: path.join(base, 'ssh'),
     emulators: path.join(base, 'qemu'),
+    /** Upstream keeps it at `<root>/otel-grpc.sock`; loom's executor keeps its files together. */
+    traceSocket: path.join(base, 'otel-grpc.sock'),
   };
 }
 
