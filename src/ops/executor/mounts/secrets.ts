@@ -37,7 +37,11 @@ export class SecretFiles {
     await mkdir(this.#dir, { recursive: true, mode: 0o700 });
     if ((await statfs(this.#dir)).type !== TMPFS_MAGIC) {
       try {
-        await run('mount', ['-t', 'tmpfs', '-o', 'mode=0711,nodev,nosuid,noexec,size=64m', 'loom-secrets', this.#dir]);
+        // As upstream's: source `tmpfs`, no size or mode among the options, which a step sees in
+        // /proc/mounts for its secret files; the root is made 0711 after mounting (which the
+        // options do not show), so nobody else can list the secrets.
+        await run('mount', ['-t', 'tmpfs', '-o', 'nodev,nosuid,noexec', 'tmpfs', this.#dir]);
+        await chmod(this.#dir, 0o711);
       } catch (err) {
         throw new LoomError('FAILED_PRECONDITION', `unable to setup secret mount: cannot mount a tmpfs at ${this.#dir}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
       }
