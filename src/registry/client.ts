@@ -501,8 +501,9 @@ export class RegistryClient {
           if (speaksHttp) {
             // An HTTP answer (even 404 or 500) settles the scheme for this host.
             this.#plainHttp.add(ep.host);
-          } else {
-            // Neither worked: the HTTPS reason (an untrusted certificate, say) is likely the real one.
+          } else if (!(err instanceof RegistryTransportError)) {
+            // A TLS server refused plain HTTP: the HTTPS reason (an untrusted certificate, say) is
+            // likely the real one. (Nothing listening at all reads as upstream's: the HTTP attempt.)
             err = new LoomError(err.code, `${err.message} (over https: ${httpsErr.err.message})`, { cause: err });
           }
         }
