@@ -3,8 +3,8 @@
  * statuses as containerd words them (`<ref>: not found`, `unexpected status from GET request to
  * <url>: 500 Internal Server Error`), transport errors as unavailable, timeouts as deadline exceeded.
  */
-import { readFileSync } from 'node:fs';
 import { STATUS_CODES } from 'node:http';
+import { goUrlError } from '../util/go-net-error.js';
 import type { Dispatcher } from 'undici';
 import {
   CancelledError,
@@ -91,47 +91,7 @@ export function transportError(err: unknown, req: { method: string; url: string 
   if (e?.code === 'UND_ERR_HEADERS_TIMEOUT' || e?.code === 'UND_ERR_CONNECT_TIMEOUT' || e?.code === 'UND_ERR_BODY_TIMEOUT') {
     return new LoomError('DEADLINE_EXCEEDED', `${req.method} ${url}: timeout: ${e.message}`, { cause: err });
   }
-  const cause = (e as { cause?: { message?: string } })?.cause?.message;
-  const text = goNetError(e) ?? [e?.message, cause].filter((s) => s && s !== 'fetch failed').join(': ');
-  // Go's url.Error, as upstream's clients print it: `Head "https://host/v2/...": dial tcp ...`.
-  const method = req.method.charAt(0) + req.method.slice(1).toLowerCase();
-  return new RegistryTransportError(`failed to do request: ${method} ${JSON.stringify(url)}: ${text || String(err)}`, req.url, { cause: err });
+  // Go's url.Error, as upstream's daemon reports it: `Get "https://host/v2/...": dial tcp ...`.
+  return new RegistryTransportError(`failed to do request: ${goUrlError(req.method, url, err)}`, req.url, { cause: err });
 }
 
-/**
- * A connection failure in the words of Go's net package (what upstream's daemon reports), for the
- * system errors that have one; undefined for the others (their own message is kept).
- */
-function goNetError(err: unknown): string | undefined {
-  const sys = [err, (err as { cause?: unknown } | undefined)?.cause].find((x) => typeof (x as NodeJS.ErrnoException | undefined)?.code === 'string') as
-    | (NodeJS.ErrnoException & { address?: string; port?: number; hostname?: string })
-    | undefined;
-  if (!sys) return undefined;
-  const addr = sys.address !== undefined ? `${sys.address.includes(':') ? `[${sys.address}]` : sys.address}:${sys.port ?? ''}` : undefined;
-  switch (sys.code) {
-    case 'ECONNREFUSED':
-      return addr ? `dial tcp ${addr}: connect: connection refused` : undefined;
-    case 'EHOSTUNREACH':
-      return addr ? `dial tcp ${addr}: connect: no route to host` : undefined;
-    case 'ENETUNREACH':
-      return addr ? `dial tcp ${addr}: connect: network is unreachable` : undefined;
-    case 'ENOTFOUND': {
-      if (!sys.hostname) return undefined;
-      const ns = firstNameserver();
-      return `dial tcp: lookup ${sys.hostname}${ns ? ` on ${ns}` : ''}: no such host`;
-    }
-    default:
-      return undefined;
-  }
-}
-
-/** The first nameserver of /etc/resolv.conf with Go's port, as its resolver names the server it asked. */
-function firstNameserver(): string | undefined {
-  try {
-    const m = /^\s*nameserver\s+(\S+)/m.exec(readFileSync('/etc/resolv.conf', 'utf8'));
-    if (!m) return undefined;
-    return m[1]!.includes(':') ? `[${m[1]}]:53` : `${m[1]}:53`;
-  } catch {
-    return undefined;
-  }
-}

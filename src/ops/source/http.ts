@@ -1,3 +1,4 @@
+import { goUrlError } from '../../util/go-net-error.js';
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { chown, utimes } from 'node:fs/promises';
@@ -58,7 +59,7 @@ export class HttpSourceOp implements OpImpl {
       // cache key: ...` and are plain errors (gRPC Unknown), so clients print no code before them.
       const res = await request(this.#url, { method: 'GET', dispatcher: redirecting(), signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 }).catch((err: Error) => {
         if (isAbortError(err) || ctx.signal?.aborted) throw err;
-        throw new LoomError('UNKNOWN', `failed to load cache key: failed to fetch ${this.#url}: ${err.message}`, { cause: err });
+        throw new LoomError('UNKNOWN', `failed to load cache key: ${goUrlError('GET', this.#url, err)}`, { cause: err });
       });
       if (res.statusCode < 200 || res.statusCode >= 300) {
         await res.body.dump();
