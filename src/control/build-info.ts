@@ -7,18 +7,12 @@
  * kept for the clients that still read it.
  */
 import { goJSON } from '../content/go-json.js';
+import { maskPassword } from '../util/mask-password.js';
 import { formatReference, parseNormalizedNamed } from '../registry/reference.js';
 
 /** A URL with its password hidden, as upstream's urlutil.RedactCredentials. */
 export function redactCredentials(s: string): string {
-  try {
-    const u = new URL(s);
-    if (!u.password) return s;
-    u.password = 'xxxxx';
-    return u.toString();
-  } catch {
-    return s;
-  }
+  return maskPassword(s, 'xxxxx');
 }
 
 /** Frontend options that describe the host rather than the build (upstream's provenance FilterArgs). */

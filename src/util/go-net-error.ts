@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { maskPassword } from './mask-password.js';
 
 /**
  * Failures of an HTTP request in the words of Go's net/http and net packages, which is how
@@ -7,19 +8,8 @@ import { readFileSync } from 'node:fs';
  */
 export function goUrlError(method: string, url: string, err: unknown): string {
   const m = method.charAt(0) + method.slice(1).toLowerCase();
-  return `${m} ${JSON.stringify(stripPassword(url))}: ${goNetError(err) ?? errorText(err)}`;
-}
-
-/** net/http's stripPassword: a URL's password shown as `***`. */
-function stripPassword(url: string): string {
-  try {
-    const u = new URL(url);
-    if (!u.password) return url;
-    u.password = '***';
-    return u.toString();
-  } catch {
-    return url;
-  }
+  // net/http's stripPassword: the password shows as ***.
+  return `${m} ${JSON.stringify(maskPassword(url, '***'))}: ${goNetError(err) ?? errorText(err)}`;
 }
 
 function errorText(err: unknown): string {
