@@ -39,15 +39,28 @@ export class StatusPacer {
       // included), so the client sees them in order. Output of a step shown a while ago, or of
       // none this stream knows, goes at once.
       const hold = heldVertices.has(v) || (ev.kind === 'log' && seen !== undefined && now - seen < this.#holdMs);
-      if (!hold) {
+      // A step that ends while an earlier one's output is held ends after it (at once, such as the
+      // cache summary after a quick last RUN): clients number steps in the order they print them.
+      const after = !hold && ev.kind === 'vertex' && ev.vertex.completed ? this.#latestDueBefore(v) : undefined;
+      if (!hold && after === undefined) {
         out.push(ev);
         continue;
       }
-      this.#held.push({ due: (seen ?? now) + this.#holdMs, vertex: v, ev });
+      this.#held.push({ due: after ?? (seen ?? now) + this.#holdMs, vertex: v, ev });
       heldVertices.add(v);
     }
     if (out.length > 0) this.#write(out);
     this.#schedule();
+  }
+
+  /** When the held output of steps first seen before `v` goes, if any is held. */
+  #latestDueBefore(v: string): number | undefined {
+    const seen = this.#firstSeen.get(v) ?? Infinity;
+    let due: number | undefined;
+    for (const h of this.#held) {
+      if (h.vertex !== v && (this.#firstSeen.get(h.vertex) ?? -Infinity) <= seen) due = Math.max(due ?? 0, h.due);
+    }
+    return due;
   }
 
   /** The build's progress is complete: held output goes out, then the stream ends. */

@@ -28,6 +28,16 @@ describe('StatusPacer', () => {
     expect(writes[1]).toEqual(['a: hello', 'a done']);
   });
 
+  it('ends a step that ends at once after the held output of a step that started before it (the cache summary after a quick last RUN)', () => {
+    const { p, writes } = pacer();
+    p.push([vtx('run')]);
+    vi.advanceTimersByTime(50);
+    p.push([log('run', 'a'), vtx('run', true), vtx('summary', true)]);
+    expect(writes).toEqual([['run']]);
+    vi.advanceTimersByTime(100);
+    expect(writes[1]).toEqual(['run: a', 'run done', 'summary done']);
+  });
+
   it('lets output of a step shown a while ago through at once', () => {
     const { p, writes } = pacer();
     p.push([vtx('a')]);
