@@ -144,14 +144,15 @@ export class BuildManager {
       if (!FRONTENDS.has(req.Frontend)) throw new InvalidArgumentError(`invalid frontend: ${req.Frontend}`);
       return this.#frontendBuild(req, job, exporters);
     }
-    const noCache = 'no-cache' in req.FrontendAttrs;
+    // `no-cache` is the frontend's (upstream's daemon does not read it): buildctl marks the steps of
+    // a definition itself, and a gateway client passes it to the frontend it calls.
     if (!req.Definition || req.Definition.def.length === 0) {
       // No definition and no frontend: the client runs the build function itself and drives this
       // build through the gateway API (buildctl build, buildx build), ending with Return.
-      return this.#gatewayBuild(ref, req, job, exporters, noCache);
+      return this.#gatewayBuild(ref, req, job, exporters);
     }
     const def = loadDefinition(req.Definition);
-    const solved = await this.#o.solver.solve(job, def, { noCache });
+    const solved = await this.#o.solver.solve(job, def);
     try {
       const resp = await this.#export(job, exporters, { ref: solved.ref, metadata: {} }, sessionId, { attrs: req.FrontendAttrs });
       log().debug({ ref, cached: solved.stats.cached, run: solved.stats.run }, 'build finished');
@@ -161,8 +162,8 @@ export class BuildManager {
     }
   }
 
-  async #gatewayBuild(ref: string, req: SolveRequest, job: JobContext, exporters: ExporterInstance[], noCache: boolean): Promise<Record<string, string>> {
-    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, noCache, sessionId: req.Session });
+  async #gatewayBuild(ref: string, req: SolveRequest, job: JobContext, exporters: ExporterInstance[]): Promise<Record<string, string>> {
+    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, sessionId: req.Session });
     const unregister = this.#o.forwarder.register(ref, b);
     try {
       const ret = await b.waitReturn();
@@ -191,7 +192,7 @@ export class BuildManager {
   /** A frontend named in the request (dockerfile.v0) turns its attributes and the client's files into the result. */
   async #frontendBuild(req: SolveRequest, job: JobContext, exporters: ExporterInstance[]): Promise<Record<string, string>> {
     // The frontend marks the ops of `no-cache` stages itself: no global no-cache here.
-    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, noCache: false, sessionId: req.Session });
+    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, sessionId: req.Session });
     try {
       const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendAttrs, sessionId: req.Session, deps: this.#o.gateway, platforms: this.#o.platforms });
       const src: ExportSource = { metadata: out.metadata };

@@ -72,16 +72,14 @@ export class GatewayBuild {
   /** The last frontend the client's build function asked for, and its options (build information). */
   frontendRequest: { frontend: string; attrs: Record<string, string> } | undefined;
 
-  constructor(opts: { job: JobContext; inputs: Record<string, Definition>; deps: GatewayDeps; noCache: boolean; sessionId?: string }) {
+  constructor(opts: { job: JobContext; inputs: Record<string, Definition>; deps: GatewayDeps; sessionId?: string }) {
     this.job = opts.job;
     this.sessionId = opts.sessionId ?? '';
     this.inputs = opts.inputs;
     this.#deps = opts.deps;
-    this.#noCache = opts.noCache;
     this.#returned = new Promise((resolve) => (this.#resolveReturn = resolve));
   }
 
-  readonly #noCache: boolean;
 
   /** Resolves with the client's Return, or rejects when the build is cancelled first. */
   waitReturn(): Promise<ReturnRequest> {
@@ -107,7 +105,7 @@ export class GatewayBuild {
     const id = `${this.job.id}-r${++this.#counter}`;
     const p = (async () => {
       const loaded = loadDefinition(def);
-      const solved = await this.#deps.solver.solve(this.job, loaded, { noCache: this.#noCache });
+      const solved = await this.#deps.solver.solve(this.job, loaded);
       this.#releases.push(solved.release);
       return solved.ref;
     })();

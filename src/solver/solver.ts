@@ -76,7 +76,6 @@ export class Solver {
   async solve(
     job: JobContext,
     def: LoadedDefinition,
-    opts: { noCache?: boolean } = {},
   ): Promise<{ ref: Ref; release: () => void; stats: SolveStats }> {
     checkEntitlements(def, job.entitlements);
     const run = new JobRun({
@@ -85,7 +84,6 @@ export class Solver {
       cache: this.#cache,
       inflight: this.#inflight,
       defaultPlatform: this.#defaultPlatform,
-      noCache: opts.noCache ?? false,
       observe: this.#observe,
       selectorDigest: this.#selectorDigest,
       selectorCheck: this.#selectorCheck,
@@ -107,7 +105,6 @@ interface JobRunOptions {
   cache: ResultCache;
   inflight: Map<string, SharedRun<Ref[]>>;
   defaultPlatform: Platform;
-  noCache: boolean;
   observe: SolveObserver | undefined;
   selectorDigest: SelectorDigest | undefined;
   selectorCheck: SelectorCheck | undefined;
@@ -241,7 +238,7 @@ class JobRun {
     const { job } = this.#o;
     throwIfAborted(job.signal);
     const key = await this.#key(v);
-    const ignore = this.#o.noCache || v.metadata?.ignoreCache === true;
+    const ignore = v.metadata?.ignoreCache === true;
     const n = Math.max(1, outputCount(v.op));
     // A local source's result is the snapshot its key's transfer just made of this session's
     // directory, never an earlier build's of the same content: that one's files may carry other
@@ -278,7 +275,7 @@ class JobRun {
     throwIfAborted(this.#o.job.signal);
     const started = new Date();
     this.#report(v, { started });
-    const reason = this.#explainMiss(v, this.#o.noCache || v.metadata?.ignoreCache === true);
+    const reason = this.#explainMiss(v, v.metadata?.ignoreCache === true);
     let refs: Ref[];
     try {
       // Inputs keyed by the paths read rather than their content (a stage's result): a path that
@@ -382,7 +379,9 @@ class JobRun {
   #explainMiss(v: Vertex, ignored: boolean): string {
     let why: string;
     if (ignored) {
-      why = this.#o.noCache ? 'cache disabled for this build (--no-cache)' : 'cache disabled for this step (ignore-cache)';
+      // Clients mark the steps (buildctl --no-cache on a definition, the Dockerfile frontend's
+      // no-cache for all or some stages), as upstream's; the daemon has no build-wide switch.
+      why = 'cache disabled for this step (--no-cache)';
     } else {
       const now = this.#parts.get(v.digest);
       const prevText = this.#o.cache.stepHistory?.get(stepIdentity(v, this.#o.defaultPlatform));

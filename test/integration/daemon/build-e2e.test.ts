@@ -102,6 +102,19 @@ d('loom daemon with loom buildctl', () => {
     expect(await tarListing(out)).toBe(expected('file-ops'));
   });
 
+  it("leaves no-cache to the client, as upstream's daemon: a definition's steps stay cached when the attribute comes along (buildx sends it to the frontend it calls through the gateway)", async () => {
+    const out = join(work, 'nocache-attr.tar');
+    const args = ['build', '--progress', 'plain', '--output', `type=tar,dest=${out}`];
+    expect((await buildctl(daemon.addr, args, { stdin: vector('file-ops') })).code).toBe(0);
+    const again = await buildctl(daemon.addr, [...args, '--opt', 'no-cache=final'], { stdin: vector('file-ops') });
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(/#\d+ mkdir \/a\/b.*\n#\d+ CACHED/);
+    // buildctl --no-cache marks the definition's steps itself, which the daemon honours.
+    const nc = await buildctl(daemon.addr, [...args, '--no-cache'], { stdin: vector('file-ops') });
+    expect(nc.code, nc.stderr).toBe(0);
+    expect(nc.stderr).not.toMatch(/#\d+ mkdir \/a\/b.*\n#\d+ CACHED/);
+  });
+
   it('pushes an image to the registry', async () => {
     const name = `${reg.host}/loom/merge-diff:e2e`;
     const r = await buildctl(daemon.addr, ['build', '--output', `type=image,name=${name},push=true,registry.insecure=true`], { stdin: vector('merge-diff') });
