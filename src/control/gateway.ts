@@ -80,7 +80,6 @@ export class GatewayBuild {
     this.#returned = new Promise((resolve) => (this.#resolveReturn = resolve));
   }
 
-
   /** Resolves with the client's Return, or rejects when the build is cancelled first. */
   waitReturn(): Promise<ReturnRequest> {
     return new Promise((resolve, reject) => {

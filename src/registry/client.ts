@@ -31,7 +31,7 @@ import {
 } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { isIndexType, isManifestType, isNondistributable, isSchema1Type, MANIFEST_ACCEPT } from '../util/media-types.js';
-import { defaultPlatform, formatPlatform, normalizePlatform, orderByPlatform, platformMatcher, type Platform } from '../util/platform.js';
+import { defaultPlatform, normalizePlatform, orderByPlatform, platformMatcher, type Platform } from '../util/platform.js';
 import { Authorizer, parseChallenges, repositoryScope, type GetCredentials } from './auth.js';
 import { RegistryTransportError, redactURL, statusError, transportError } from './errors.js';
 import { endpointsFor, endpointURL, type Endpoint, type RegistryHostsConfig } from './hosts.js';

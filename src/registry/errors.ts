@@ -94,4 +94,3 @@ export function transportError(err: unknown, req: { method: string; url: string 
   // Go's url.Error, as upstream's daemon reports it: `Get "https://host/v2/...": dial tcp ...`.
   return new RegistryTransportError(`failed to do request: ${goUrlError(req.method, url, err)}`, req.url, { cause: err });
 }
-

@@ -16,10 +16,11 @@ type Pino = typeof import('pino');
  */
 const LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
 let root: Logger | undefined;
-let makeRoot = (): Logger => {
+/** The root before the daemon configures one (the client's, and tests'). */
+function defaultRoot(): Logger {
   const { pino } = loadPino();
   return pino({ level: process.env.LOOM_LOG_LEVEL || 'warn' }, pino.destination(2));
-};
+}
 let threshold = levelValue(process.env.LOOM_LOG_LEVEL || 'warn');
 
 function loadPino(): Pino {
@@ -57,31 +58,28 @@ function lazyLogger(make: () => Logger, isRoot = false): Logger {
   });
 }
 
-export const log: Logger = lazyLogger(() => (root ??= makeRoot()), true);
+export const log: Logger = lazyLogger(() => (root ??= defaultRoot()), true);
 
 export function configureLogger(opts: { level: string; format: 'text' | 'json' }): Logger {
   const { pino } = loadPino();
   const dest = pino.destination({ fd: 2, sync: true });
   threshold = levelValue(opts.level);
-  if (opts.format === 'json') {
-    makeRoot = () => pino({ level: opts.level, timestamp: pino.stdTimeFunctions.isoTime }, dest);
-  } else {
-    // A compact text line, as upstream's logrus text format: time, level, message, fields.
-    makeRoot = () =>
-      pino(
-        {
-          level: opts.level,
-          base: undefined,
-          timestamp: false,
-          formatters: { level: (label) => ({ level: label }) },
-          hooks: {
-            streamWrite: (line: string) => textLine(line),
+  root =
+    opts.format === 'json'
+      ? pino({ level: opts.level, timestamp: pino.stdTimeFunctions.isoTime }, dest)
+      : // A compact text line, as upstream's logrus text format: time, level, message, fields.
+        pino(
+          {
+            level: opts.level,
+            base: undefined,
+            timestamp: false,
+            formatters: { level: (label) => ({ level: label }) },
+            hooks: {
+              streamWrite: (line: string) => textLine(line),
+            },
           },
-        },
-        dest,
-      );
-  }
-  root = makeRoot();
+          dest,
+        );
   return root;
 }
 

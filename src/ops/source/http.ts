@@ -1,4 +1,3 @@
-import { goUrlError } from '../../util/go-net-error.js';
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { chown, utimes } from 'node:fs/promises';
@@ -10,6 +9,7 @@ import type { RefManager } from '../../cache/ref-manager.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, isAbortError, LoomError } from '../../util/errors.js';
 import { isDigest } from '../../util/digest.js';
+import { goUrlError } from '../../util/go-net-error.js';
 
 /**
  * `https://...` / `http://...` sources: one file, named by `http.filename`, the response's

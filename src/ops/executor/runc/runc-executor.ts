@@ -1,4 +1,3 @@
-import { startTraceCollector, traceEnv, TRACE_SOCKET_IN_CONTAINER } from '../trace-socket.js';
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -18,6 +17,7 @@ import { resolveUser } from '../user.js';
 import { ensureShim } from './shim-binary.js';
 import { capsFromBitmap, generateSpec, type SpecMount } from './spec.js';
 import { cleanupStale, CONTAINER_ID_RE, executorPaths, removeBundle } from './stale.js';
+import { startTraceCollector, traceEnv, TRACE_SOCKET_IN_CONTAINER } from '../trace-socket.js';
 
 const log = () => rootLog.child({ sub: 'executor' });
 const run = promisify(execFile);
