@@ -5,10 +5,8 @@
  * Every request has a headers timeout and a body idle timeout and honours the caller's AbortSignal.
  * Endpoints come from hosts.ts (mirrors first for pulls); auth from auth.ts.
  */
-import { readFileSync } from 'node:fs';
-import { rootCertificates } from 'node:tls';
 import { Transform, type Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
+import { request, type Dispatcher } from 'undici';
 import type { ContentStore } from '../content/store.js';
 import {
   detectManifestType,
@@ -32,6 +30,7 @@ import {
 import { log } from '../util/log.js';
 import { isIndexType, isManifestType, isNondistributable, isSchema1Type, MANIFEST_ACCEPT } from '../util/media-types.js';
 import { defaultPlatform, normalizePlatform, orderByPlatform, platformMatcher, type Platform } from '../util/platform.js';
+import { AgentPool } from './agents.js';
 import { Authorizer, parseChallenges, repositoryScope, type GetCredentials } from './auth.js';
 import { RegistryTransportError, redactURL, statusError, transportError } from './errors.js';
 import { endpointsFor, endpointURL, type Endpoint, type RegistryHostsConfig } from './hosts.js';
@@ -50,6 +49,11 @@ export interface RegistryClientOptions {
   /** Milliseconds a response body may stay idle. Default 60 000. */
   bodyTimeoutMs?: number;
   userAgent?: string;
+  /**
+   * Connection pools to use (the daemon's, shared by every build; see agents.ts). Without one the
+   * client keeps pools of its own, closed by close().
+   */
+  agents?: AgentPool;
 }
 
 export interface ResolvedImage {
@@ -109,7 +113,8 @@ export class RegistryClient {
   readonly #bodyTimeout: number;
   readonly #userAgent: string;
   readonly #auth: Authorizer;
-  readonly #agents = new Map<string, Agent>();
+  readonly #agents: AgentPool;
+  readonly #ownAgents: boolean;
   /** Loopback hosts whose HTTPS attempt failed at the connection level: go straight to HTTP. */
   readonly #plainHttp = new Set<string>();
   /** Blob fetches in flight, by digest: concurrent pulls of a shared layer transfer it once. */
@@ -122,6 +127,8 @@ export class RegistryClient {
     this.#timeout = opts.timeoutMs ?? 30_000;
     this.#bodyTimeout = opts.bodyTimeoutMs ?? 60_000;
     this.#userAgent = opts.userAgent ?? 'loom/0.1';
+    this.#ownAgents = !opts.agents;
+    this.#agents = opts.agents ?? new AgentPool();
     this.#auth = new Authorizer({
       getCredentials: opts.getCredentials,
       request: (url, init) =>
@@ -129,11 +136,9 @@ export class RegistryClient {
     });
   }
 
-  /** Closes pooled connections. */
+  /** Closes the client's own pooled connections (shared pools stay open: their owner closes them). */
   async close(): Promise<void> {
-    const agents = [...this.#agents.values()];
-    this.#agents.clear();
-    await Promise.all(agents.map((a) => a.close()));
+    if (this.#ownAgents) await this.#agents.close();
   }
 
   // ---------------------------------------------------------------- pull
@@ -592,30 +597,8 @@ export class RegistryClient {
     return this.#agent(u.protocol === 'https:' && cfg?.insecure === true, u.protocol === 'https:' ? (cfg?.ca ?? []) : []);
   }
 
-  #agent(insecure: boolean, ca: string[]): Agent {
-    const key = `${insecure ? 1 : 0}|${ca.join('\n')}`;
-    let a = this.#agents.get(key);
-    if (!a) {
-      const pems = ca.map((file) => {
-        try {
-          return readFileSync(file, 'utf8');
-        } catch (err) {
-          throw new InvalidArgumentError(`registry CA file ${file}: ${(err as Error).message}`, { cause: err });
-        }
-      });
-      a = new Agent({
-        connect: {
-          timeout: this.#timeout,
-          rejectUnauthorized: !insecure,
-          // Extra CAs are added to, not substituted for, the system roots.
-          ...(pems.length ? { ca: [...rootCertificates, ...pems] } : {}),
-        },
-        headersTimeout: this.#timeout,
-        bodyTimeout: this.#bodyTimeout,
-      });
-      this.#agents.set(key, a);
-    }
-    return a;
+  #agent(insecure: boolean, ca: string[]): Dispatcher {
+    return this.#agents.get({ insecure, ca, timeoutMs: this.#timeout, bodyTimeoutMs: this.#bodyTimeout });
   }
 }
 

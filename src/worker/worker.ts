@@ -150,6 +150,7 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
       // Snapshotters that mount (overlayfs) unmount their views and end their helpers here.
       await (snapshotter as Snapshotter & { close?: () => Promise<void> }).close?.();
       await networkProviders.close();
+      await registries.close();
       metadata.close();
     },
   };

@@ -2,6 +2,7 @@ import { create } from '@bufbuild/protobuf';
 import { Auth, CredentialsRequestSchema } from '../../gen/session/auth_pb.js';
 import type { ContentStore } from '../../content/store.js';
 import type { RegistryHostsConfig } from '../../registry/hosts.js';
+import { AgentPool } from '../../registry/agents.js';
 import { RegistryClient } from '../../registry/client.js';
 import type { Credentials } from '../../registry/auth.js';
 import type { JobContext } from '../../solver/types.js';
@@ -12,12 +13,14 @@ const log = () => rootLog.child({ sub: 'registry-auth' });
 /**
  * Registry clients per build: credentials belong to the client that asked for the build, so each
  * build gets its own client (and token cache) asking that build's session. Builds without a
- * session, or whose client does not serve Auth, pull anonymously.
+ * session, or whose client does not serve Auth, pull anonymously. Connections are not the build's:
+ * every client uses the daemon's pools (see agents.ts), closed by close().
  */
 export class RegistryAccess {
   readonly #store: ContentStore;
   readonly #hosts: RegistryHostsConfig;
   readonly #clients = new Map<string, { client: RegistryClient; users: number }>();
+  readonly #agents = new AgentPool();
 
   constructor(opts: { store: ContentStore; hosts: RegistryHostsConfig }) {
     this.#store = opts.store;
@@ -31,6 +34,7 @@ export class RegistryAccess {
       const client = new RegistryClient({
         store: this.#store,
         hosts: this.#hosts,
+        agents: this.#agents,
         getCredentials: (host) => credentialsFromSession(job, host),
       });
       e = { client, users: 0 };
@@ -53,12 +57,18 @@ export class RegistryAccess {
    */
   insecureFor(job: JobContext, domain: string): RegistryClient {
     const hosts = { ...this.#hosts, [domain]: { ...(this.#hosts[domain] ?? {}), http: true, insecure: true } };
-    return new RegistryClient({ store: this.#store, hosts, getCredentials: (host) => credentialsFromSession(job, host) });
+    return new RegistryClient({ store: this.#store, hosts, agents: this.#agents, getCredentials: (host) => credentialsFromSession(job, host) });
   }
 
   /** A client with no credentials, for work outside any build. */
   anonymous(): RegistryClient {
-    return new RegistryClient({ store: this.#store, hosts: this.#hosts });
+    return new RegistryClient({ store: this.#store, hosts: this.#hosts, agents: this.#agents });
+  }
+
+  /** Closes the pooled connections (the daemon's stop). */
+  async close(): Promise<void> {
+    this.#clients.clear();
+    await this.#agents.close();
   }
 }
 

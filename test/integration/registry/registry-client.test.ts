@@ -5,6 +5,7 @@
  */
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -15,7 +16,9 @@ import { parseIndex, type Descriptor } from '../../../src/content/oci.js';
 import { importOciArchive } from '../../../src/exporter/image/archive-reader.js';
 import { buildImageConfig } from '../../../src/exporter/image/image-config.js';
 import { writeIndex, writeManifest } from '../../../src/exporter/image/manifest.js';
+import { RegistryAccess } from '../../../src/ops/source/registry-access.js';
 import { RegistryClient } from '../../../src/registry/client.js';
+import type { JobContext } from '../../../src/solver/types.js';
 import { sha256, type Digest } from '../../../src/util/digest.js';
 import { LoomError } from '../../../src/util/errors.js';
 import { MediaType } from '../../../src/util/media-types.js';
@@ -251,6 +254,36 @@ describe('RegistryClient against docker-registry', () => {
     expect(e.code).toBe('UNAVAILABLE');
     // In Go's words, as upstream's daemon reports it.
     expect(e.message).toMatch(new RegExp(`failed to do request: Get "http://${dead.replace(/\./g, '\\.')}/v2/busybox/manifests/latest": dial tcp ${dead.replace(/\./g, '\\.')}: connect: connection refused$`));
+  });
+
+  it("reuses the daemon's connections across builds: each build's client resolves over the same one", async () => {
+    // A counting TCP relay in front of the real registry: every connection the clients open is seen.
+    let connections = 0;
+    const relay = createNetServer((down) => {
+      connections++;
+      const up = connect(reg.port, '127.0.0.1');
+      down.pipe(up).pipe(down);
+      const end = (): void => {
+        down.destroy();
+        up.destroy();
+      };
+      down.on('error', end).on('close', end);
+      up.on('error', end).on('close', end);
+    });
+    await new Promise<void>((ok) => relay.listen(0, '127.0.0.1', ok));
+    const host = `127.0.0.1:${(relay.address() as AddressInfo).port}`;
+    const access = new RegistryAccess({ store: new ContentStore({ root: mkdtempSync(join(root, 's-')) }), hosts: { [host]: { http: true } } });
+    const job = (id: string): JobContext => ({ id, signal: new AbortController().signal, session: () => Promise.reject(new Error('no session')) }) as unknown as JobContext;
+    try {
+      for (const id of ['build-1', 'build-2', 'build-3']) {
+        const img = await access.forJob(job(id)).resolve(`${host}/busybox:latest`, { platform: { os: 'linux', architecture: 'amd64' } });
+        expect(img.digest).toBe(expected.byArch.amd64!.digest);
+      }
+      expect(connections).toBe(1);
+    } finally {
+      await access.close();
+      relay.close();
+    }
   });
 });
 
