@@ -1,23 +1,16 @@
-import { create, type MessageInitShape } from '@bufbuild/protobuf';
-import type { DescMethod, MessageShape } from '@bufbuild/protobuf';
+import type { DescMethod, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import { Duplex } from 'node:stream';
-import {
-  Control as ControlService,
-  DiskUsageRequestSchema,
-  ListWorkersRequestSchema,
+import type {
+  DiskUsageResponse,
+  InfoResponse,
+  ListWorkersResponse,
   PruneRequestSchema,
   SolveRequestSchema,
-  StatusRequestSchema,
-  InfoRequestSchema,
-  type DiskUsageResponse,
-  type InfoResponse,
-  type ListWorkersResponse,
-  type SolveResponse,
-  type StatusResponse,
-  type UsageRecord,
+  SolveResponse,
+  StatusResponse,
+  UsageRecord,
 } from '../gen/buildkit/control_pb.js';
-import { BytesMessageSchema } from '../gen/buildkit/control_pb.js';
-import { BuildsRequestSchema, Inspect, type BuildsResponse } from '../gen/loom/inspect_pb.js';
+import type { BuildsResponse } from '../gen/loom/inspect_pb.js';
 import type { BytesMessageStream } from '../session/tunnel/bytes-duplex.js';
 import type { ClientCall } from '../session/tunnel/client-call.js';
 import { decodeMessage, encodeMessage } from '../session/tunnel/codecs.js';
@@ -25,8 +18,23 @@ import { GrpcCode, SessionCallError } from '../session/tunnel/grpc-status.js';
 import { methodPath } from '../session/tunnel/metadata.js';
 import { decodeBytesOnly, encodeBytesOnly } from '../util/grpc-def.js';
 import { defaultAddress, loadTls, parseAddress, type TlsFiles } from './address.js';
+import { decodeSolveResponse, decodeStatusResponse, encodeSolveRequest, encodeStatusRequest, isFastSolveRequest } from './control-codec.js';
 import { GrpcConnection } from './grpc-conn.js';
 import { fromGrpcError } from './grpc-error.js';
+
+// A build calls these with the codecs of control-codec.ts; the generated descriptors of
+// control.proto are loaded (on first use) only by the other calls, see control-codec.ts.
+const CONTROL = '/moby.buildkit.v1.Control/';
+const control = () => import('../gen/buildkit/control_pb.js');
+
+interface Codec<Req, Res> {
+  encode(m: Req): Uint8Array;
+  decode(b: Uint8Array): Res;
+}
+
+function reflective<M extends DescMethod>(method: M): Codec<MessageShape<M['input']>, MessageShape<M['output']>> {
+  return { encode: (m) => encodeMessage(method.input, m), decode: (b) => decodeMessage(method.output, b) as MessageShape<M['output']> };
+}
 
 export interface ConnectOptions {
   /** `unix:///path` or `tcp://host:port`; default $BUILDKIT_HOST or unix:///run/buildkit/buildkitd.sock. */
@@ -52,28 +60,26 @@ export class ControlClient {
   }
 
   /** loom's Inspect service (build records), on the same connection. Not a BuildKit API. */
-  builds(req: { ref?: string; limit?: number }, signal?: AbortSignal): Promise<BuildsResponse> {
-    return this.#unary(Inspect.method.builds, create(BuildsRequestSchema, req), 'failed to inspect builds', signal);
+  async builds(req: { ref?: string; limit?: number }, signal?: AbortSignal): Promise<BuildsResponse> {
+    const { create } = await import('@bufbuild/protobuf');
+    const { BuildsRequestSchema, Inspect } = await import('../gen/loom/inspect_pb.js');
+    return this.#unary(methodPath(Inspect.method.builds), reflective(Inspect.method.builds), create(BuildsRequestSchema, req), 'failed to inspect builds', signal);
   }
 
   close(): void {
     this.#conn.close();
   }
 
-  async #unary<M extends DescMethod>(method: M, req: MessageShape<M['input']>, what: string, signal?: AbortSignal): Promise<MessageShape<M['output']>> {
-    let res: MessageShape<M['output']> | undefined;
-    await this.#stream(method, req, (m) => (res = m), what, signal);
-    if (res === undefined) throw fromGrpcError(new SessionCallError({ grpcCode: GrpcCode.INTERNAL, message: 'server closed the stream without sending a response', method: methodPath(method) }), what);
+  async #unary<Req, Res>(path: string, codec: Codec<Req, Res>, req: Req, what: string, signal?: AbortSignal): Promise<Res> {
+    let res: Res | undefined;
+    await this.#stream(path, codec, req, (m) => (res = m), what, signal);
+    if (res === undefined) throw fromGrpcError(new SessionCallError({ grpcCode: GrpcCode.INTERNAL, message: 'server closed the stream without sending a response', method: path }), what);
     return res;
   }
 
   /** One request, then every response to `onMsg` until the call ends; rejects with the call's status. */
-  async #stream<M extends DescMethod>(method: M, req: MessageShape<M['input']>, onMsg: (m: MessageShape<M['output']>) => void, what: string, signal?: AbortSignal): Promise<void> {
-    const call = this.#conn.call<MessageShape<M['input']>, MessageShape<M['output']>>(methodPath(method), {
-      encode: (m) => encodeMessage(method.input, m),
-      decode: (b) => decodeMessage(method.output, b) as MessageShape<M['output']>,
-      signal,
-    });
+  async #stream<Req, Res>(path: string, codec: Codec<Req, Res>, req: Req, onMsg: (m: Res) => void, what: string, signal?: AbortSignal): Promise<void> {
+    const call = this.#conn.call<Req, Res>(path, { encode: codec.encode, decode: codec.decode, signal });
     try {
       await call.send(req);
       call.end();
@@ -84,30 +90,38 @@ export class ControlClient {
     }
   }
 
-  listWorkers(filter: string[] = [], signal?: AbortSignal): Promise<ListWorkersResponse> {
-    return this.#unary(ControlService.method.listWorkers, create(ListWorkersRequestSchema, { filter }), 'failed to list workers', signal);
+  async listWorkers(filter: string[] = [], signal?: AbortSignal): Promise<ListWorkersResponse> {
+    const [{ create }, { Control, ListWorkersRequestSchema }] = await Promise.all([import('@bufbuild/protobuf'), control()]);
+    return this.#unary(CONTROL + 'ListWorkers', reflective(Control.method.listWorkers), create(ListWorkersRequestSchema, { filter }), 'failed to list workers', signal);
   }
 
-  diskUsage(filter: string[] = [], signal?: AbortSignal): Promise<DiskUsageResponse> {
-    return this.#unary(ControlService.method.diskUsage, create(DiskUsageRequestSchema, { filter }), 'failed to call diskusage', signal);
+  async diskUsage(filter: string[] = [], signal?: AbortSignal): Promise<DiskUsageResponse> {
+    const [{ create }, { Control, DiskUsageRequestSchema }] = await Promise.all([import('@bufbuild/protobuf'), control()]);
+    return this.#unary(CONTROL + 'DiskUsage', reflective(Control.method.diskUsage), create(DiskUsageRequestSchema, { filter }), 'failed to call diskusage', signal);
   }
 
-  info(signal?: AbortSignal): Promise<InfoResponse> {
-    return this.#unary(ControlService.method.info, create(InfoRequestSchema, {}), 'failed to call info', signal);
+  async info(signal?: AbortSignal): Promise<InfoResponse> {
+    const [{ create }, { Control, InfoRequestSchema }] = await Promise.all([import('@bufbuild/protobuf'), control()]);
+    return this.#unary(CONTROL + 'Info', reflective(Control.method.info), create(InfoRequestSchema, {}), 'failed to call info', signal);
   }
 
-  solve(req: MessageInitShape<typeof SolveRequestSchema>, signal?: AbortSignal): Promise<SolveResponse> {
-    return this.#unary(ControlService.method.solve, create(SolveRequestSchema, req), 'failed to solve', signal);
+  async solve(req: MessageInitShape<typeof SolveRequestSchema>, signal?: AbortSignal): Promise<SolveResponse> {
+    const what = 'failed to solve';
+    if (isFastSolveRequest(req)) return this.#unary(CONTROL + 'Solve', { encode: encodeSolveRequest, decode: decodeSolveResponse }, req, what, signal);
+    // An LLB definition (or another field the hand codec does not write): protobuf-es.
+    const [{ create }, { Control, SolveRequestSchema }] = await Promise.all([import('@bufbuild/protobuf'), control()]);
+    return this.#unary(CONTROL + 'Solve', reflective(Control.method.solve), create(SolveRequestSchema, req), what, signal);
   }
 
   /** Streams the records the daemon removed; rejects as upstream's `failed to call prune: ...`. */
-  prune(req: MessageInitShape<typeof PruneRequestSchema>, onRecord: (r: UsageRecord) => void, signal?: AbortSignal): Promise<void> {
-    return this.#stream(ControlService.method.prune, create(PruneRequestSchema, req), onRecord, 'failed to call prune', signal);
+  async prune(req: MessageInitShape<typeof PruneRequestSchema>, onRecord: (r: UsageRecord) => void, signal?: AbortSignal): Promise<void> {
+    const [{ create }, { Control, PruneRequestSchema }] = await Promise.all([import('@bufbuild/protobuf'), control()]);
+    return this.#stream(CONTROL + 'Prune', reflective(Control.method.prune), create(PruneRequestSchema, req), onRecord, 'failed to call prune', signal);
   }
 
   /** The build's progress; ends when the build is done. */
   status(ref: string, onStatus: (s: StatusResponse) => void, signal?: AbortSignal): Promise<void> {
-    return this.#stream(ControlService.method.status, create(StatusRequestSchema, { Ref: ref }), onStatus, 'failed to receive status', signal);
+    return this.#stream(CONTROL + 'Status', { encode: encodeStatusRequest, decode: decodeStatusResponse }, ref, onStatus, 'failed to receive status', signal);
   }
 
   /**
@@ -116,9 +130,9 @@ export class ControlClient {
    * destroying it cancels the call.
    */
   session(metadata: Record<string, string[]>): BytesMessageStream {
-    const call = this.#conn.call<{ data: Uint8Array }, { data: Uint8Array }>(methodPath(ControlService.method.session), {
+    const call = this.#conn.call<{ data: Uint8Array }, { data: Uint8Array }>(CONTROL + 'Session', {
       encode: (m) => encodeBytesOnly(m.data),
-      decode: (b) => ({ data: decodeBytesOnly(b, BytesMessageSchema.typeName) }),
+      decode: (b) => ({ data: decodeBytesOnly(b, 'moby.buildkit.v1.BytesMessage') }),
       metadata,
     });
     return callStream(call);

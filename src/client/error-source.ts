@@ -1,6 +1,5 @@
-import { fromBinary } from '@bufbuild/protobuf';
-import { StatusSchema } from '../gen/google/rpc/status_pb.js';
 import type { ErrorSource } from '../util/errors.js';
+import { decodeRpcStatus } from '../util/proto-wire.js';
 
 /**
  * The errdefs.Source details of a failed call (grpc-status-details-bin, decoded: a
@@ -9,7 +8,7 @@ import type { ErrorSource } from '../util/errors.js';
 export function detailsSources(raw: Uint8Array): ErrorSource[] {
   let details;
   try {
-    details = fromBinary(StatusSchema, raw).details;
+    details = decodeRpcStatus(raw).details;
   } catch {
     return [];
   }

@@ -4,7 +4,7 @@ import type { Writable } from 'node:stream';
 import { readOciIndexTag, updateOciIndex, type OciIndexDescriptor } from '../session/client/oci-index.js';
 import { localCacheStoreId } from '../session/content/store-id.js';
 import type { StatusResponse } from '../gen/buildkit/control_pb.js';
-import { OpSchema, type Definition } from '../gen/buildkit/ops_pb.js';
+import type { Definition } from '../gen/buildkit/ops_pb.js';
 import { clientSessionServices, checkLocalDirs, type AuthServiceOptions, type ExportTarget, type SecretSource } from '../session/client/index.js';
 import type { resolveSshAgents } from '../session/client/ssh.js';
 import { errorMessage, InvalidArgumentError, isAbortError, LoomError } from '../util/errors.js';
@@ -73,7 +73,7 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
   if (!opts.frontend && !opts.definition) throw new InvalidArgumentError('invalid empty definition');
   if (opts.frontend && opts.definition) throw new InvalidArgumentError(`invalid definition for frontend ${opts.frontend}`);
 
-  const locals = neededLocals(opts.definition, opts.locals ?? {});
+  const locals = await neededLocals(opts.definition, opts.locals ?? {});
   await checkLocalDirs(locals);
 
   const exports = opts.exports ?? [];
@@ -175,8 +175,9 @@ function isCancel(err: unknown): boolean {
  * are shared, and each of those must have been given (`local directory X not enabled`); with a
  * frontend, every one given (the frontend decides).
  */
-export function neededLocals(def: Definition | undefined, locals: Record<string, string>): Record<string, string> {
+export async function neededLocals(def: Definition | undefined, locals: Record<string, string>): Promise<Record<string, string>> {
   if (!def) return { ...locals };
+  const { OpSchema } = await import('../gen/buildkit/ops_pb.js');
   const out: Record<string, string> = {};
   for (const dt of def.def) {
     let op;

@@ -582,6 +582,10 @@ export class PatternMatcher {
     if (parentMatched.length !== 0 && parentMatched.length !== this.patterns.length) {
       throw new InvalidArgumentError('wrong number of values in parentMatched');
     }
+    // Without exceptions nothing undoes a match: below a matched directory every path is matched,
+    // and the parent's state serves as the entry's own (the loop below could only add matches to
+    // it, which change no verdict). A walk of a directory named in full takes this path per entry.
+    if (!this.hasExclusions && parentMatched.includes(true)) return { matched: true, info: parent! };
     let matched = false;
     const info: boolean[] = new Array<boolean>(this.patterns.length).fill(false);
     let parentDirs: string[] | undefined;

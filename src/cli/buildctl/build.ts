@@ -2,7 +2,7 @@ import { create, fromBinary } from '@bufbuild/protobuf';
 import { createHash, randomBytes } from 'node:crypto';
 import { rename, writeFile } from 'node:fs/promises';
 import { dirname, join, basename } from 'node:path';
-import { DefinitionSchema, OpMetadataSchema, type Definition } from '../../gen/buildkit/ops_pb.js';
+import type { Definition } from '../../gen/buildkit/ops_pb.js';
 import { createProgressDisplay } from '../../client/progress/display.js';
 import { solve, type ExportEntry } from '../../client/solve.js';
 import { parseSecretSpec, resolveSecrets } from '../../session/client/secrets.js';
@@ -72,7 +72,7 @@ export async function build(ctx: CommandContext, args: string[], stdin: NodeJS.R
     let definition: Definition | undefined;
     if (!frontend) {
       if (stdin.isTTY) throw new InvalidArgumentError('please specify --frontend or pipe LLB definition to stdin');
-      definition = readDefinition(await readAll(stdin), noCache);
+      definition = await readDefinition(await readAll(stdin), noCache);
       if (definition.def.length === 0) throw new InvalidArgumentError('empty definition sent to build. Specify --frontend instead?');
     } else if (noCache) {
       frontendAttrs['no-cache'] = '';
@@ -124,9 +124,11 @@ async function readAll(s: NodeJS.ReadableStream): Promise<Buffer> {
 
 /**
  * A Definition as `llb.ReadFrom` reads it (binary protobuf). With --no-cache every op gets
- * ignore_cache in its metadata (keyed by the op's digest), as upstream's buildctl does.
+ * ignore_cache in its metadata (keyed by the op's digest), as upstream's buildctl does. ops.proto's
+ * descriptors are loaded here, for builds that send a definition (see client/control-codec.ts).
  */
-export function readDefinition(data: Uint8Array, noCache: boolean): Definition {
+export async function readDefinition(data: Uint8Array, noCache: boolean): Promise<Definition> {
+  const { DefinitionSchema, OpMetadataSchema } = await import('../../gen/buildkit/ops_pb.js');
   let def: Definition;
   try {
     def = fromBinary(DefinitionSchema, data);

@@ -1,6 +1,12 @@
-import { create } from '@bufbuild/protobuf';
 import { Duplex } from 'node:stream';
-import { BytesMessageSchema } from '../../gen/buildkit/control_pb.js';
+
+/**
+ * A moby.buildkit.v1.BytesMessage, the object protobuf-es' create() makes, without loading
+ * control.proto's descriptors for it (see client/control-codec.ts).
+ */
+function bytesMessage(data: Uint8Array): { $typeName: 'moby.buildkit.v1.BytesMessage'; data: Uint8Array } {
+  return { $typeName: 'moby.buildkit.v1.BytesMessage', data };
+}
 
 /** Largest BytesMessage the tunnel writes when it gathers HTTP/2 frames. */
 const MAX_MESSAGE = 256 * 1024;
@@ -41,7 +47,7 @@ export function bytesDuplex(stream: BytesMessageStream): Duplex {
       // a write to it is in progress, so waiting here for the peer to consume could leave both
       // ends writing and neither reading. What may queue here is bounded by the inner HTTP/2 flow
       // control windows (see h2-options.ts), which the peer only grants as it consumes.
-      stream.write(create(BytesMessageSchema, { data: Buffer.from(chunk) }));
+      stream.write(bytesMessage(Buffer.from(chunk)));
       cb();
     },
     // HTTP/2 writes each frame header and payload as separate corked chunks: gathered into
@@ -55,7 +61,7 @@ export function bytesDuplex(stream: BytesMessageStream): Duplex {
       let size = 0;
       const flush = (): void => {
         if (size === 0) return;
-        stream.write(create(BytesMessageSchema, { data: Buffer.concat(batch, size) }));
+        stream.write(bytesMessage(Buffer.concat(batch, size)));
         batch = [];
         size = 0;
       };

@@ -1,6 +1,5 @@
-import { fromBinary } from '@bufbuild/protobuf';
-import { StatusSchema } from '../../gen/google/rpc/status_pb.js';
 import { LoomError, codeOf, errorMessage, type ErrorCode } from '../../util/errors.js';
+import { decodeRpcStatus } from '../../util/proto-wire.js';
 
 /**
  * gRPC status codes as numbers on the wire, and their mapping to loom's error codes.
@@ -134,7 +133,7 @@ export function statusFromHeaders(
   const details = rawDetails ? Buffer.from(rawDetails, 'base64') : undefined;
   if (!message && details) {
     try {
-      message = fromBinary(StatusSchema, details).message;
+      message = decodeRpcStatus(details).message;
     } catch {
       // A malformed details header must not hide the status code itself.
     }

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { cleanPath, globMatch, goTrimSpace, parseDockerignore, PathFilter, PatternMatcher } from '../../../src/util/patterns.js';
+import { cleanPath, globMatch, goTrimSpace, parseDockerignore, PathFilter, PatternMatcher, type MatchInfo } from '../../../src/util/patterns.js';
 
 // Expected values below were checked against moby/patternmatcher as vendored in BuildKit v0.11.6.
 const m = (patterns: string[], path: string): boolean => new PatternMatcher(patterns).matches(path);
@@ -85,6 +85,21 @@ describe('PatternMatcher', () => {
     expect(m(['a/../b'], 'b')).toBe(true);
     expect(m(['/a'], 'a')).toBe(false);
     expect(m(['', '   '], 'a')).toBe(false);
+  });
+
+  test("matching with the parent directory's state agrees with matching the whole path, with and without exceptions", () => {
+    const tree = ['a', 'a/b', 'a/b/c.txt', 'a/b/d', 'a/b/d/e.go', 'a/x.txt', 'src', 'src/pkg3', 'src/pkg3/f.js', 'src/pkg3/g.txt', 'z', 'z/y'];
+    const sets = [['src', 'a/b'], ['a/b/*', 'src'], ['**/*.txt', 'z'], ['a', '!a/b', 'a/b/d'], ['*', '!src/pkg3/*.js'], ['a/**/e.go', 'src/pkg3']];
+    for (const patterns of sets) {
+      const matcher = new PatternMatcher(patterns);
+      const state = new Map<string, MatchInfo>();
+      for (const path of tree) {
+        const slash = path.lastIndexOf('/');
+        const r = matcher.matchesUsingParentResults(path, slash < 0 ? undefined : state.get(path.slice(0, slash)));
+        state.set(path, r.info);
+        expect(r.matched, `${JSON.stringify(patterns)} ${path}`).toBe(matcher.matches(path));
+      }
+    }
   });
 
   test('malformed patterns are refused with the pattern named', () => {
