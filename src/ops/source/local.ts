@@ -4,7 +4,7 @@ import type { RefManager } from '../../cache/ref-manager.js';
 import { FileDigestCache, shareDigests, treeDigests } from '../../cache/content-hash.js';
 import type { SessionManager } from '../../session/manager.js';
 import { diffCopyMetadata } from '../../session/filesync/metadata.js';
-import { receiveDir } from '../../session/filesync/receive.js';
+import { receiveDir, type KnownTree } from '../../session/filesync/receive.js';
 import type { SessionCaller } from '../../session/types.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, LoomError } from '../../util/errors.js';
@@ -42,6 +42,14 @@ const log = rootLog.child({ sub: 'local-source' });
  * those are forgotten before the next digest.
  */
 const digestCaches = new LRUCache<string, FileDigestCache>({ max: 32 });
+/**
+ * Per mirror directory, what it held after its last transfer (the receiver's onTree), so that a
+ * resend of an unchanged context compares against that instead of an lstat of every mirror entry
+ * first (the largest part of the daemon's work for a fully cached build of a large context).
+ * Only receives (one at a time per mirror) write a mirror; a mirror removed meanwhile (prune) is
+ * told by its root's inode and change time. Bounded by entries held, in memory only.
+ */
+const knownTrees = new LRUCache<string, KnownTree>({ maxSize: 500_000, sizeCalculation: (t) => t.entries.size + 1 });
 const NS_MIRROR = 'local-mirror';
 
 /**
@@ -112,9 +120,14 @@ export class LocalSourceOp implements OpImpl {
         // A transfer that fails half way leaves the mirror unknown: its digest is forgotten first.
         const before = this.#d.metadata.kvGet(NS_MIRROR, mirror);
         this.#d.metadata.kvDelete(NS_MIRROR, mirror);
+        // Taken, not read: a transfer that fails half way leaves it unknown too.
+        const knownTree = knownTrees.get(mirror);
+        knownTrees.delete(mirror);
         try {
           await receiveDir(stream, {
             dest: mirror,
+            known: knownTree,
+            onTree: (t) => knownTrees.set(mirror, t),
             differ: this.#attrs['local.differ'] === 'none' ? 'none' : 'metadata',
             signal: ctx.signal,
             onChange: (c) => {

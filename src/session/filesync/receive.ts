@@ -56,6 +56,24 @@ export interface ReceiveDirOptions {
    * of the received tree need not read them back.
    */
   onFileDigest?: (absPath: string, sha256Hex: string) => void;
+  /**
+   * What `dest` held after the previous transfer into it (from that transfer's onTree), used
+   * instead of looking at every entry again when `dest` is still that directory. Only for a
+   * directory nothing else writes (the daemon's mirrors of clients' directories).
+   */
+  known?: KnownTree;
+  /** Given, after a successful non-merging transfer without mapStat, what `dest` now holds. */
+  onTree?: (tree: KnownTree) => void;
+}
+
+/**
+ * The lstat of every entry below a receiver's `dest` after a transfer, and which directory that
+ * was (its inode and change time: removing and recreating it, as a prune does, gives another).
+ */
+export interface KnownTree {
+  rootIno: bigint;
+  rootCtimeNs: bigint;
+  entries: Map<string, BigIntStats>;
 }
 
 export interface ReceiveSummary {
@@ -158,7 +176,13 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
   // lstat per listed entry in turn: a resend of an unchanged tree is mostly these lookups. Each
   // path is listed once and changes only when its own entry is handled, so the answer stays right
   // for every entry that still asks; entries below a replaced directory are never listed.
-  const existing = merge ? undefined : await statTree(root);
+  // A resend into a directory kept since the last transfer (see `known`) skips even that walk.
+  const existing = merge ? undefined : (knownEntries(root, opts.known) ?? (await statTree(root)));
+  // What `dest` will hold, for onTree: entries found unchanged keep their stat; those written are
+  // looked at once everything is stamped.
+  const tracking = !merge && !opts.mapStat && opts.onTree !== undefined;
+  const kept = new Map<string, BigIntStats>();
+  const written = new Set<string>();
 
   const order = new OrderValidator();
   const hardlinks = new HardlinkValidator();
@@ -331,10 +355,16 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
     const hardlink = !isDir && !isSymlink && stat.linkname !== '';
 
     if (old && !merge && !hardlink && !(opts.differ === 'none' && !isDir) && (await sameEntry(old, abs, stat, doChown))) {
+      // A directory gets its times again at the end (maybeFinish): looked at then.
+      if (tracking) {
+        if (isDir) written.add(rel);
+        else kept.set(rel, old);
+      }
       summary.unchanged++;
       if (isDir) dirs.set(rel, stat);
       return;
     }
+    if (tracking) written.add(rel);
     if (old && old.isDirectory() && isDir) {
       await applyMeta(abs, rel, stat, 'dir');
       dirs.set(rel, stat);
@@ -449,6 +479,7 @@ export async function receiveDir(stream: PacketStream, opts: ReceiveDirOptions):
       chmodSync(join(root, rel), posixPermFromGo(stat.mode));
       setTimes(join(root, rel), stat.modTime);
     }
+    if (tracking) opts.onTree!(treeAfter(root, kept, written));
     finSent = true;
     await out.send(finPacket());
   };
@@ -605,6 +636,23 @@ async function statTree(root: string): Promise<Map<string, BigIntStats>> {
     }
   }
   return out;
+}
+
+/** `known`'s entries when `root` is still the directory it describes. */
+function knownEntries(root: string, known: KnownTree | undefined): Map<string, BigIntStats> | undefined {
+  if (!known) return undefined;
+  const st = lstatSync(root, { bigint: true, throwIfNoEntry: false });
+  return st && st.ino === known.rootIno && st.ctimeNs === known.rootCtimeNs ? known.entries : undefined;
+}
+
+/** What `root` holds now: the unchanged entries' stats, and a fresh lstat of each one written. */
+function treeAfter(root: string, kept: Map<string, BigIntStats>, written: Set<string>): KnownTree {
+  for (const rel of written) {
+    const st = lstatSync(under(root, rel), { bigint: true, throwIfNoEntry: false });
+    if (st) kept.set(rel, st);
+  }
+  const r = lstatSync(root, { bigint: true });
+  return { rootIno: r.ino, rootCtimeNs: r.ctimeNs, entries: kept };
 }
 
 /**

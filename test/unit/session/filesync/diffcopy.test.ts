@@ -7,7 +7,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { StatSchema, type Stat } from '../../../../src/gen/fsutil/stat_pb.js';
 import { PacketSchema, Packet_PacketType, type Packet } from '../../../../src/gen/fsutil/wire_pb.js';
 import { GoMode } from '../../../../src/session/filesync/mode.js';
-import { receiveDir, type ReceiveDirOptions } from '../../../../src/session/filesync/receive.js';
+import { receiveDir, type KnownTree, type ReceiveDirOptions } from '../../../../src/session/filesync/receive.js';
 import { sendDir, type SendDirOptions } from '../../../../src/session/filesync/send.js';
 import { streamPair } from '../../../helpers/stream-pair.js';
 import { removeDirs, snapshotTree, tempDir } from './tree-helpers.js';
@@ -262,6 +262,66 @@ describe('sendDir -> receiveDir', () => {
     const none = await transfer(src, dest, {}, { differ: 'none' });
     expect(none.r.files).toBe(1);
     expect(await readFile(join(dest, 'Dockerfile'), 'utf8')).toBe('FROM a\nRUN two\n');
+  });
+
+  test("a resend compared against the last transfer's tree: the same result, the tree kept current, and a recreated dest not trusted", async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    await mkdir(join(src, 'd/e'), { recursive: true });
+    await writeFile(join(src, 'same.txt'), 'unchanged');
+    await writeFile(join(src, 'changed.txt'), 'v1');
+    await writeFile(join(src, 'd/e/gone'), 'bye');
+    await writeFile(join(src, 'd/kept'), 'k');
+    await symlink('same.txt', join(src, 'link'));
+    await link(join(src, 'd/kept'), join(src, 'hard'));
+    // The tree reported must be what an lstat of every entry of dest finds.
+    const fresh = async (): Promise<Record<string, string>> => {
+      const out: Record<string, string> = {};
+      const walk = async (rel: string): Promise<void> => {
+        for (const n of await readdir(join(dest, rel))) {
+          const p = rel ? `${rel}/${n}` : n;
+          const st = await lstat(join(dest, p), { bigint: true });
+          out[p] = `${st.ino} ${st.mode} ${st.uid}:${st.gid} ${st.size} ${st.mtimeNs}`;
+          if (st.isDirectory()) await walk(p);
+        }
+      };
+      await walk('');
+      return out;
+    };
+    const describe = (t: KnownTree): Record<string, string> =>
+      Object.fromEntries([...t.entries].map(([p, st]) => [p, `${st.ino} ${st.mode} ${st.uid}:${st.gid} ${st.size} ${st.mtimeNs}`]));
+    let tree: KnownTree | undefined;
+    const onTree = (t: KnownTree): void => void (tree = t);
+
+    await transfer(src, dest, {}, { onTree });
+    expect(describe(tree!)).toEqual(await fresh());
+
+    await writeFile(join(src, 'changed.txt'), 'version 2');
+    await rm(join(src, 'd/e'), { recursive: true });
+    await writeFile(join(src, 'd/new'), 'n');
+    const changes: string[] = [];
+    let r = (await transfer(src, dest, {}, { known: tree, onTree, onChange: (c) => changes.push(`${c.kind} ${c.path}`) })).r;
+    expect(await snapshotTree(dest, { dirTimes: true })).toEqual(await snapshotTree(src, { dirTimes: true }));
+    expect(changes.sort()).toEqual(['add d/new', 'delete d/e', 'modify changed.txt', 'modify hard']);
+    expect(r.files).toBe(2); // changed.txt, d/new (hard is linked)
+    expect(describe(tree!)).toEqual(await fresh());
+
+    // Nothing changed: nothing sent.
+    r = (await transfer(src, dest, {}, { known: tree, onTree })).r;
+    expect(r.files).toBe(0);
+    expect(r.unchanged).toBe(r.entries - 1); // all but the hard link, which is always linked again
+
+    // The tree is trusted (only the daemon's own mirrors use it): a file removed behind the
+    // receiver's back below the root is not sent again...
+    await rm(join(dest, 'd/new'));
+    r = (await transfer(src, dest, {}, { known: tree, onTree })).r;
+    expect(r.files).toBe(0);
+    // ...but a dest removed and made again, as a prune does, is a new directory: looked at afresh.
+    await rm(dest, { recursive: true });
+    await mkdir(dest);
+    r = (await transfer(src, dest, {}, { known: tree, onTree })).r;
+    expect(await snapshotTree(dest, { dirTimes: true })).toEqual(await snapshotTree(src, { dirTimes: true }));
+    expect(r.files).toBe(4);
   });
 
   test('removals on a resend: each gone subtree once, a directory replaced by a file, deep leftovers under kept dirs', async () => {
