@@ -38,6 +38,8 @@ export function goTrimSpace(s: string): string {
   return cps.slice(a, b).join('');
 }
 
+const UNCLEAN = /(?:^|\/)\.\.?(?:\/|$)|\/\/|.\/$/;
+
 /**
  * Go's `path.Clean` (and `filepath.Clean` on Linux): the shortest equivalent path, no `.`
  * elements, `..` resolved lexically (kept at the start of a relative path, dropped at the root),
@@ -45,6 +47,9 @@ export function goTrimSpace(s: string): string {
  */
 export function cleanPath(p: string): string {
   if (p === '') return '.';
+  // Most paths are clean already (every path of a listing is checked with this): no `.` or `..`
+  // element, no doubled or trailing slash.
+  if (!UNCLEAN.test(p)) return p;
   const rooted = p.startsWith('/');
   const out: string[] = [];
   for (const part of p.split('/')) {

@@ -17,6 +17,30 @@ describe('cleanPath (Go path.Clean)', () => {
     ['/', '/'],
     ['//a//', '/a'],
   ])('%j -> %j', (input, want) => expect(cleanPath(input)).toBe(want));
+
+  test('agrees with the element-by-element definition on every path of up to four elements', () => {
+    const slow = (p: string): string => {
+      if (p === '') return '.';
+      const rooted = p.startsWith('/');
+      const out: string[] = [];
+      for (const part of p.split('/')) {
+        if (part === '' || part === '.') continue;
+        if (part === '..') {
+          if (out.length > 0 && out[out.length - 1] !== '..') out.pop();
+          else if (!rooted) out.push('..');
+          continue;
+        }
+        out.push(part);
+      }
+      const r = (rooted ? '/' : '') + out.join('/');
+      return r === '' ? '.' : r;
+    };
+    const parts = ['', '.', '..', 'a', '.b', '..c', 'd.', 'e..', '...'];
+    const paths = [''];
+    for (let n = 1; n <= 4; n++) for (const base of paths.filter((x) => x.split('/').length === n - 1 || (n === 1 && x === ''))) for (const part of parts) paths.push(n === 1 ? part : `${base}/${part}`);
+    for (const p of paths) expect(cleanPath(p), JSON.stringify(p)).toBe(slow(p));
+    expect(paths.length).toBeGreaterThan(700);
+  });
 });
 
 describe('PatternMatcher', () => {
