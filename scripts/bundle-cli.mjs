@@ -29,6 +29,59 @@ function wktSubset() {
     },
   };
 }
+// Every generated `*_pb.js` module builds its descriptors when it is loaded, and the first one to do
+// so boots descriptor.proto itself: ~10 ms of every command that imports any of them, although a
+// build's hot messages (the Control calls, filesync packets, the health check) have hand codecs and
+// need no descriptor. In the bundle, each top-level descriptor of such a module is made on its first
+// use instead: `export const X = fileDesc(...)` (or messageDesc, enumDesc, serviceDesc, extDesc,
+// boot) becomes a proxy that calls it then. The generated code writes each on one line; a module
+// where one does not match is left as it is. LOOM_TRACE_DESCRIPTORS=1 prints each descriptor as it
+// is made (test/e2e checks that a cached build makes none).
+const LAZY_DESC = /^export const (\w+) = \/\*@__PURE__\*\/ (fileDesc|messageDesc|enumDesc|serviceDesc|extDesc|boot)\((.*)\);$/gm;
+function lazyDescriptors() {
+  const helper = `
+const trace = process.env.LOOM_TRACE_DESCRIPTORS === '1';
+export function lazyDesc(name, make) {
+  let real;
+  const get = () => {
+    if (real === undefined) {
+      if (trace) process.stderr.write('loom: descriptor ' + name + '\\n');
+      real = make();
+    }
+    return real;
+  };
+  return new Proxy({}, {
+    get: (_, k) => Reflect.get(get(), k),
+    has: (_, k) => Reflect.has(get(), k),
+    set: (_, k, v) => Reflect.set(get(), k, v),
+    ownKeys: () => Reflect.ownKeys(get()),
+    getOwnPropertyDescriptor: (_, k) => {
+      const d = Reflect.getOwnPropertyDescriptor(get(), k);
+      if (d) d.configurable = true;
+      return d;
+    },
+    getPrototypeOf: () => Reflect.getPrototypeOf(get()),
+  });
+}
+`;
+  return {
+    name: 'lazy-descriptors',
+    setup(b) {
+      b.onResolve({ filter: /^loom-lazy-desc$/ }, () => ({ path: 'loom-lazy-desc', namespace: 'loom-lazy-desc' }));
+      b.onLoad({ filter: /.*/, namespace: 'loom-lazy-desc' }, () => ({ contents: helper, loader: 'js' }));
+      b.onLoad({ filter: /_pb\.js$/ }, (args) => {
+        const src = readFileSync(args.path, 'utf8');
+        let n = 0;
+        const out = src.replace(LAZY_DESC, (_, name, fn, rest) => {
+          n++;
+          return `export const ${name} = /*@__PURE__*/ __loomLazyDesc(${JSON.stringify(name)}, () => ${fn}(${rest}));`;
+        });
+        if (n === 0) return undefined;
+        return { contents: `import { lazyDesc as __loomLazyDesc } from 'loom-lazy-desc';\n${out}`, loader: 'js', resolveDir: dirname(args.path) };
+      });
+    },
+  };
+}
 // Compiled-code caches of an earlier bundle are useless now.
 for (const f of readdirSync(dist)) if (/^buildctl\.cjs\..*\.v8cache$/.test(f) || f === 'buildctl.mjs') rmSync(join(dist, f), { force: true });
 await build({
@@ -49,7 +102,7 @@ await build({
   minify: !process.env.LOOM_NO_MINIFY,
   keepNames: true,
   logLevel: 'warning',
-  plugins: [wktSubset()],
+  plugins: [wktSubset(), lazyDescriptors()],
 });
 // bin/buildctl.cjs reads the bundle as latin1, which is only right for ASCII (and cheaper than
 // decoding UTF-8 on every command): a non-ASCII character in a source must be written as an escape.

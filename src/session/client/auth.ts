@@ -1,8 +1,18 @@
 import { Auth } from '../../gen/session/auth_pb.js';
 import { UnimplementedError } from '../../util/errors.js';
-import { methodPath } from '../tunnel/metadata.js';
 import { unaryHandler, type SessionServices } from '../tunnel/server.js';
 import { loadDockerConfig, lookupAuth, type DockerConfig } from './docker-config.js';
+
+/**
+ * Auth's method paths, written out: reading them from the descriptors would build those on every
+ * build (see scripts/bundle-cli.mjs). The unit tests hold them to the descriptors.
+ */
+export const AUTH_PATHS = {
+  credentials: '/moby.filesync.v1.Auth/Credentials',
+  fetchToken: '/moby.filesync.v1.Auth/FetchToken',
+  getTokenAuthority: '/moby.filesync.v1.Auth/GetTokenAuthority',
+  verifyTokenAuthority: '/moby.filesync.v1.Auth/VerifyTokenAuthority',
+} as const;
 
 export interface AuthServiceOptions {
   /** Default: ~/.docker/config.json (or $DOCKER_CONFIG), read once when the service is made. */
@@ -39,9 +49,9 @@ export function authService(opts: AuthServiceOptions = {}): SessionServices {
     throw new UnimplementedError(`${what} is not implemented by this client`);
   };
   return {
-    [methodPath(Auth.method.credentials)]: unaryHandler(Auth.method.credentials, async (req) => creds(req.Host)),
-    [methodPath(Auth.method.fetchToken)]: unaryHandler(Auth.method.fetchToken, unimplemented('FetchToken')),
-    [methodPath(Auth.method.getTokenAuthority)]: unaryHandler(Auth.method.getTokenAuthority, unimplemented('GetTokenAuthority')),
-    [methodPath(Auth.method.verifyTokenAuthority)]: unaryHandler(Auth.method.verifyTokenAuthority, unimplemented('VerifyTokenAuthority')),
+    [AUTH_PATHS.credentials]: unaryHandler(() => Auth.method.credentials, async (req) => creds(req.Host)),
+    [AUTH_PATHS.fetchToken]: unaryHandler(() => Auth.method.fetchToken, unimplemented('FetchToken')),
+    [AUTH_PATHS.getTokenAuthority]: unaryHandler(() => Auth.method.getTokenAuthority, unimplemented('GetTokenAuthority')),
+    [AUTH_PATHS.verifyTokenAuthority]: unaryHandler(() => Auth.method.verifyTokenAuthority, unimplemented('VerifyTokenAuthority')),
   };
 }

@@ -1,12 +1,13 @@
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { PacketSchema } from '../../gen/fsutil/wire_pb.js';
-import { FileSync } from '../../gen/session/filesync_pb.js';
 import { InvalidArgumentError, NotFoundError } from '../../util/errors.js';
-import { methodPath } from '../tunnel/metadata.js';
 import { typedHandler, type SessionServices } from '../tunnel/server.js';
 import { parseDiffCopyMetadata, sendDir } from './filesync-adapter.js';
 import { systemXattrs } from '../filesync/xattr.js';
+
+/** FileSync/DiffCopy's path, written out (see AUTH_PATHS in auth.ts). */
+export const DIFFCOPY_PATH = '/moby.filesync.v1.FileSync/DiffCopy';
 
 /**
  * FileSync.DiffCopy: sends one of the client's `--local name=dir` directories, chosen by the
@@ -17,7 +18,7 @@ import { systemXattrs } from '../filesync/xattr.js';
 export function fileSyncService(dirs: Record<string, string>): SessionServices {
   const shared = new Map(Object.entries(dirs).map(([k, v]) => [k, resolve(v)]));
   return {
-    [methodPath(FileSync.method.diffCopy)]: typedHandler(PacketSchema, PacketSchema, async (stream, ctx) => {
+    [DIFFCOPY_PATH]: typedHandler(PacketSchema, PacketSchema, async (stream, ctx) => {
       const req = parseDiffCopyMetadata(stream.metadata);
       const root = shared.get(req.dirName);
       if (root === undefined) throw new NotFoundError(`no access allowed to dir ${JSON.stringify(req.dirName)}`);

@@ -1,6 +1,8 @@
 import { Health, HealthCheckResponse_ServingStatus } from '../../gen/grpc/health_pb.js';
-import { methodPath } from '../tunnel/metadata.js';
 import { unaryHandler, type SessionServices } from '../tunnel/server.js';
+
+/** Health/Check's path, written out (see AUTH_PATHS in auth.ts). */
+export const HEALTH_CHECK_PATH = '/grpc.health.v1.Health/Check';
 
 /**
  * grpc.health.v1.Health/Check, which upstream's daemon calls every 5 s over the session and
@@ -8,7 +10,7 @@ import { unaryHandler, type SessionServices } from '../tunnel/server.js';
  */
 export function healthService(): SessionServices {
   return {
-    [methodPath(Health.method.check)]: unaryHandler(Health.method.check, async () => ({
+    [HEALTH_CHECK_PATH]: unaryHandler(() => Health.method.check, async () => ({
       status: HealthCheckResponse_ServingStatus.SERVING,
     })),
   };

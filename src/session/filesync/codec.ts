@@ -527,4 +527,4 @@ export function decodePacket(b: Uint8Array): Packet {
   }
 }
 
-registerCodec(PacketSchema, { encode: encodePacket, decode: decodePacket, encodeFrames: encodePacketFrames });
+registerCodec(PacketSchema, { typeName: 'fsutil.types.Packet', encode: encodePacket, decode: decodePacket, encodeFrames: encodePacketFrames });

@@ -1,5 +1,4 @@
-import { create } from '@bufbuild/protobuf';
-import { PacketSchema, Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
+import { Packet_PacketType, type Packet } from '../../gen/fsutil/wire_pb.js';
 import type { Stat } from '../../gen/fsutil/stat_pb.js';
 import type { MessageStream } from '../types.js';
 // The hand-written codec writes and reads every stream of packets (it registers itself with the
@@ -10,26 +9,30 @@ export type PacketStream = MessageStream<Packet, Packet>;
 
 const NO_DATA = new Uint8Array(0);
 
-// STAT and DATA packets are plain objects of the message's shape: a listing makes one per entry,
-// and the reflective create() was a measurable part of it.
+/** PacketSchema.typeName, without loading the schema (a unit test holds them equal). */
+export const PACKET_TYPE_NAME: Packet['$typeName'] = 'fsutil.types.Packet';
+
+// Packets are plain objects of the message's shape, what create(PacketSchema, ...) makes: a
+// listing makes one per entry, and the reflective create() was a measurable part of it (and, in
+// the client's bundle, would build the descriptors; see scripts/bundle-cli.mjs).
 export function statPacket(stat?: Stat): Packet {
-  return { $typeName: PacketSchema.typeName as Packet['$typeName'], type: Packet_PacketType.PACKET_STAT, stat, ID: 0, data: NO_DATA };
+  return { $typeName: PACKET_TYPE_NAME, type: Packet_PacketType.PACKET_STAT, stat, ID: 0, data: NO_DATA };
 }
 
 export function reqPacket(id: number): Packet {
-  return create(PacketSchema, { type: Packet_PacketType.PACKET_REQ, ID: id });
+  return { $typeName: PACKET_TYPE_NAME, type: Packet_PacketType.PACKET_REQ, stat: undefined, ID: id, data: NO_DATA };
 }
 
 export function dataPacket(id: number, data?: Uint8Array): Packet {
-  return { $typeName: PacketSchema.typeName as Packet['$typeName'], type: Packet_PacketType.PACKET_DATA, stat: undefined, ID: id, data: data ?? NO_DATA };
+  return { $typeName: PACKET_TYPE_NAME, type: Packet_PacketType.PACKET_DATA, stat: undefined, ID: id, data: data ?? NO_DATA };
 }
 
 export function finPacket(): Packet {
-  return create(PacketSchema, { type: Packet_PacketType.PACKET_FIN });
+  return { $typeName: PACKET_TYPE_NAME, type: Packet_PacketType.PACKET_FIN, stat: undefined, ID: 0, data: NO_DATA };
 }
 
 export function errPacket(message: string): Packet {
-  return create(PacketSchema, { type: Packet_PacketType.PACKET_ERR, data: new TextEncoder().encode(message) });
+  return { $typeName: PACKET_TYPE_NAME, type: Packet_PacketType.PACKET_ERR, stat: undefined, ID: 0, data: new TextEncoder().encode(message) };
 }
 
 /**

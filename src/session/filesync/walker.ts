@@ -2,7 +2,7 @@ import { isUtf8 } from 'node:buffer';
 import { lstatSync, readdirSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { lstat, readdir, readlink, realpath, stat as fsStat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { StatSchema, type Stat } from '../../gen/fsutil/stat_pb.js';
+import type { Stat } from '../../gen/fsutil/stat_pb.js';
 import { TimeSlice } from '../../cache/time-slice.js';
 import { throwIfAborted } from '../../util/errors.js';
 import { cleanPath, containsWildcards, globMatch, PathFilter, type FilterState } from '../../util/patterns.js';
@@ -261,7 +261,8 @@ function makeStat(abs: string, rel: string, st: BigIntStats, stMode: number, see
   return stat;
 }
 
-const STAT_TYPE_NAME = StatSchema.typeName as Stat['$typeName'];
+/** StatSchema.typeName, without loading the schema (a unit test holds them equal). */
+export const STAT_TYPE_NAME: Stat['$typeName'] = 'fsutil.types.Stat';
 
 /**
  * fsutil's FollowLinks: each path is resolved element by element inside `root`; every symlink met

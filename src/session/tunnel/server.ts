@@ -142,21 +142,32 @@ export function typedStream<I extends DescMessage, O extends DescMessage>(
   };
 }
 
-/** A unary method: one request in, one response out. */
+/**
+ * A unary method: one request in, one response out. `method` may be a function giving it, called
+ * on the first call: a service map made with literal paths then reads no descriptor until the
+ * method is used (in the client's bundle, reading one builds them; see scripts/bundle-cli.mjs).
+ */
 export function unaryHandler<M extends DescMethod>(
-  method: M,
+  method: M | (() => M),
   fn: (req: MessageShape<M['input']>, ctx: CallContext) => Promise<MessageShape<M['output']> | Omit<MessageShape<M['output']>, '$typeName'>>,
 ): SessionHandler {
-  return typedHandler(method.input, method.output, async (stream, ctx) => {
-    let req: MessageShape<M['input']> | undefined;
-    for await (const m of stream.recv()) {
-      if (req !== undefined) throw new LoomError('INVALID_ARGUMENT', `${ctx.method}: more than one request message in a unary call`);
-      req = m as MessageShape<M['input']>;
+  let handler: SessionHandler | undefined;
+  return (raw, ctx) => {
+    if (!handler) {
+      const m = typeof method === 'function' ? method() : method;
+      handler = typedHandler(m.input, m.output, async (stream, ctx) => {
+        let req: MessageShape<M['input']> | undefined;
+        for await (const msg of stream.recv()) {
+          if (req !== undefined) throw new LoomError('INVALID_ARGUMENT', `${ctx.method}: more than one request message in a unary call`);
+          req = msg as MessageShape<M['input']>;
+        }
+        if (req === undefined) throw new LoomError('INVALID_ARGUMENT', `${ctx.method}: no request message`);
+        const res = await fn(req, ctx);
+        await stream.send(create(m.output, res as never) as never);
+      });
     }
-    if (req === undefined) throw new LoomError('INVALID_ARGUMENT', `${ctx.method}: no request message`);
-    const res = await fn(req, ctx);
-    await stream.send(create(method.output, res as never) as never);
-  });
+    return handler(raw, ctx);
+  };
 }
 
 /** `methodPath` again, for building service maps: `{ [path(FileSync.method.diffCopy)]: handler }`. */

@@ -352,6 +352,28 @@ d('dockerfile.v0', () => {
     expect(t.stderr).toMatch(/\[2\/2\] COPY \. \/all\/\n#\d+ CACHED/);
   });
 
+  it("sends a cached build's context and session without building a protobuf descriptor in the client (they are made when a command needs them)", async () => {
+    // scripts/bundle-cli.mjs makes the bundle's descriptors on first use, and the build path
+    // (Solve, Status, the session's health, auth and filesync services, packets) needs none:
+    // building them was ~10 ms of every build.
+    const ctx = join(work, 'nodesc');
+    mkdirSync(join(ctx, 'src'), { recursive: true });
+    for (let i = 0; i < 20; i++) writeFileSync(join(ctx, 'src', `f${i}.txt`), `${i}\n`);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY src/ /src/\nRUN ls /src > /list\n`);
+    const env = { ...process.env, LOOM_TRACE_DESCRIPTORS: '1' };
+    const args = ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`];
+    const first = await buildctl(daemon.addr, args, { env });
+    expect(first.code, first.stderr).toBe(0);
+    const cached = await buildctl(daemon.addr, args, { env });
+    expect(cached.code, cached.stderr).toBe(0);
+    expect(cached.stderr).toMatch(/RUN ls \/src > \/list\n#\d+ CACHED/);
+    expect(cached.stderr).not.toContain('loom: descriptor');
+    // The trace is live: a command that needs the descriptors (du decodes DiskUsage with them) makes them.
+    const du = await buildctl(daemon.addr, ['du'], { env });
+    expect(du.code, du.stderr).toBe(0);
+    expect(du.stderr).toContain('loom: descriptor file_google_protobuf_descriptor');
+  });
+
   it('copies a touched file with its new time into a step that is not cached (the context is the one this build sent, not an earlier one of the same content)', async () => {
     const ctx = join(work, 'touched');
     mkdirSync(ctx);
