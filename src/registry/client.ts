@@ -32,7 +32,7 @@ import { isIndexType, isManifestType, isNondistributable, isSchema1Type, MANIFES
 import { defaultPlatform, normalizePlatform, orderByPlatform, platformMatcher, type Platform } from '../util/platform.js';
 import { AgentPool } from './agents.js';
 import { Authorizer, parseChallenges, repositoryScope, type GetCredentials } from './auth.js';
-import { RegistryTransportError, redactURL, statusError, transportError } from './errors.js';
+import { RegistryTransportError, redactURL, statusError, statusLine, transportError } from './errors.js';
 import { endpointsFor, endpointURL, type Endpoint, type RegistryHostsConfig } from './hosts.js';
 import { formatReference, parseNormalizedNamed, withDefaultTag, type ImageReference } from './reference.js';
 
@@ -233,13 +233,21 @@ export class RegistryClient {
     return this.#withEndpoints(ref, 'pull', opts?.signal, async (ep) => {
       const url = endpointURL(ep, `/${ref.path}/manifests/${object}`);
       const ctx = this.#ctx(ep, ref, false);
+      // A GET, where containerd's resolver sends a HEAD first: undici closes the connection after
+      // every HEAD (unless the server says keep-alive, which Go's servers do not), so each resolve
+      // would open a new one (a TLS handshake to a remote registry) where a GET reuses the
+      // daemon's. Errors are worded as the resolver's.
       const res = await this.#send(ep, ctx, {
         method: 'GET',
         url,
         headers: { accept: [...MANIFEST_ACCEPT, '*/*'].join(', ') },
         followRedirects: true,
       }, opts?.signal);
-      if (res.statusCode !== 200) throw await statusError(res, { method: 'GET', url }, { ...ctx, notFoundName: name });
+      if (res.statusCode !== 200) {
+        const e = await statusError(res, { method: 'GET', url }, { ...ctx, notFoundName: name });
+        if (res.statusCode === 404 || res.statusCode < 400) throw e;
+        throw new LoomError(e.code, `pulling from host ${ep.host} failed with status code [manifests ${object}]: ${statusLine(res.statusCode)}`, { cause: e });
+      }
       const bytes = await readLimited(res, MANIFEST_LIMIT, `manifest of ${name}`, { method: 'GET', url }, opts?.signal);
       const digest = sha256(bytes);
       if (ref.digest && digest !== ref.digest) {
@@ -251,7 +259,9 @@ export class RegistryClient {
       }
       const mediaType = manifestMediaType(headerString(res.headers['content-type']), bytes, name);
       checkReadable(mediaType, name);
-      await this.#store.writeBlob(bytes, { digest, size: bytes.length, mediaType });
+      // A tag resolved again (every build's FROM) mostly names a manifest the store holds.
+      const have = await this.#store.info(digest);
+      if (!have || have.size !== bytes.length) await this.#store.writeBlob(bytes, { digest, size: bytes.length, mediaType });
       return { descriptor: { mediaType, digest, size: bytes.length }, bytes };
     });
   }
@@ -502,7 +512,8 @@ export class RegistryClient {
         if (signal?.aborted || isAbortError(caught)) throw caught;
         let err = caught;
         if (httpsErr && httpsErr.host === ep.host && ep.scheme === 'http' && err instanceof LoomError) {
-          const speaksHttp = !(err instanceof RegistryTransportError) && !/HTTP request to an HTTPS server/i.test(err.message);
+          const said = `${err.message} ${err.cause instanceof Error ? err.cause.message : ''}`;
+          const speaksHttp = !(err instanceof RegistryTransportError) && !/HTTP request to an HTTPS server/i.test(said);
           if (speaksHttp) {
             // An HTTP answer (even 404 or 500) settles the scheme for this host.
             this.#plainHttp.add(ep.host);
@@ -652,6 +663,10 @@ async function readLimited(
   } catch (err) {
     throw transportError(err, req, signal);
   }
+  // The body can end before undici has given the connection back to its pool: a request sent at
+  // once (the next manifest of a resolve) would open another connection. One turn of the event
+  // loop lets the release happen first.
+  await new Promise((r) => setImmediate(r));
   return Buffer.concat(chunks);
 }
 
