@@ -6,6 +6,14 @@ import { registerCodec } from '../tunnel/codecs.js';
 import { protocolError, type FileSyncError } from './errors.js';
 
 /**
+ * The type names of fsutil's Packet and Stat (PacketSchema.typeName, StatSchema.typeName), written
+ * out: every plain message object of this directory carries one, and reading a schema's would
+ * build the descriptors in the client's bundle (scripts/bundle-cli.mjs). A unit test holds them equal.
+ */
+export const PACKET_TYPE_NAME: Packet['$typeName'] = 'fsutil.types.Packet';
+export const STAT_TYPE_NAME: Stat['$typeName'] = 'fsutil.types.Stat';
+
+/**
  * fsutil's Packet (and its Stat) written and read by hand, field by field as proto3 lays them out
  * (see proto/fsutil/wire.proto and stat.proto): a listing sends one STAT packet per entry, and the
  * reflective toBinary/fromBinary were a large part of sending or receiving 2,000 of them. The
@@ -434,7 +442,7 @@ class Reader {
 
 function readStat(r: Reader): Stat {
   const s: Stat = {
-    $typeName: 'fsutil.types.Stat',
+    $typeName: STAT_TYPE_NAME,
     path: '',
     mode: 0,
     uid: 0,
@@ -487,7 +495,7 @@ function readStat(r: Reader): Stat {
 export function decodePacket(b: Uint8Array): Packet {
   try {
     const r = new Reader(b, 0, b.length);
-    const p: Packet = { $typeName: 'fsutil.types.Packet', type: 0, stat: undefined, ID: 0, data: new Uint8Array(0) };
+    const p: Packet = { $typeName: PACKET_TYPE_NAME, type: 0, stat: undefined, ID: 0, data: new Uint8Array(0) };
     while (r.pos < r.end) {
       const tag = r.varint();
       switch (tag) {
@@ -527,4 +535,4 @@ export function decodePacket(b: Uint8Array): Packet {
   }
 }
 
-registerCodec(PacketSchema, { typeName: 'fsutil.types.Packet', encode: encodePacket, decode: decodePacket, encodeFrames: encodePacketFrames });
+registerCodec(PacketSchema, { typeName: PACKET_TYPE_NAME, encode: encodePacket, decode: decodePacket, encodeFrames: encodePacketFrames });

@@ -3,14 +3,11 @@ import type { Stat } from '../../gen/fsutil/stat_pb.js';
 import type { MessageStream } from '../types.js';
 // The hand-written codec writes and reads every stream of packets (it registers itself with the
 // tunnel on import) and counts their sizes.
-import { encodedPacketSize } from './codec.js';
+import { encodedPacketSize, PACKET_TYPE_NAME } from './codec.js';
 
 export type PacketStream = MessageStream<Packet, Packet>;
 
 const NO_DATA = new Uint8Array(0);
-
-/** PacketSchema.typeName, without loading the schema (a unit test holds them equal). */
-export const PACKET_TYPE_NAME: Packet['$typeName'] = 'fsutil.types.Packet';
 
 // Packets are plain objects of the message's shape, what create(PacketSchema, ...) makes: a
 // listing makes one per entry, and the reflective create() was a measurable part of it (and, in

@@ -7,7 +7,7 @@ import { TimeSlice } from '../../cache/time-slice.js';
 import { throwIfAborted } from '../../util/errors.js';
 import { cleanPath, containsWildcards, globMatch, PathFilter, type FilterState } from '../../util/patterns.js';
 import { FileSyncError } from './errors.js';
-import { nonUtf8NameError } from './codec.js';
+import { nonUtf8NameError, STAT_TYPE_NAME } from './codec.js';
 import { GoMode, goModeFromPosix, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT } from './mode.js';
 import type { XattrIO } from './xattr.js';
 
@@ -260,9 +260,6 @@ function makeStat(abs: string, rel: string, st: BigIntStats, stMode: number, see
   stat.mode = (stat.mode & ~GoMode.socket) >>> 0;
   return stat;
 }
-
-/** StatSchema.typeName, without loading the schema (a unit test holds them equal). */
-export const STAT_TYPE_NAME: Stat['$typeName'] = 'fsutil.types.Stat';
 
 /**
  * fsutil's FollowLinks: each path is resolved element by element inside `root`; every symlink met

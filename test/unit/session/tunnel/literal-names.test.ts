@@ -13,9 +13,8 @@ import { FileSync } from '../../../../src/gen/session/filesync_pb.js';
 import { AUTH_PATHS } from '../../../../src/session/client/auth.js';
 import { DIFFCOPY_PATH } from '../../../../src/session/client/file-sync.js';
 import { HEALTH_CHECK_PATH } from '../../../../src/session/client/health.js';
-import { encodePacket } from '../../../../src/session/filesync/codec.js';
-import { errPacket, finPacket, PACKET_TYPE_NAME, reqPacket } from '../../../../src/session/filesync/packets.js';
-import { STAT_TYPE_NAME } from '../../../../src/session/filesync/walker.js';
+import { encodePacket, PACKET_TYPE_NAME, STAT_TYPE_NAME } from '../../../../src/session/filesync/codec.js';
+import { errPacket, finPacket, reqPacket } from '../../../../src/session/filesync/packets.js';
 import { registeredCodecs } from '../../../../src/session/tunnel/codecs.js';
 import { methodPath } from '../../../../src/session/tunnel/metadata.js';
 
