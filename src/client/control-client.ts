@@ -18,11 +18,19 @@ import { GrpcCode, SessionCallError } from '../session/tunnel/grpc-status.js';
 import { methodPath } from '../session/tunnel/metadata.js';
 import { decodeBytesOnly, encodeBytesOnly } from '../util/grpc-def.js';
 import { defaultAddress, loadTls, parseAddress, type TlsFiles } from './address.js';
-import { decodeSolveResponse, decodeStatusResponse, encodeSolveRequest, encodeStatusRequest, isFastSolveRequest } from './control-codec.js';
+import {
+  decodeListWorkersResponse,
+  decodeSolveResponse,
+  decodeStatusResponse,
+  encodeListWorkersRequest,
+  encodeSolveRequest,
+  encodeStatusRequest,
+  isFastSolveRequest,
+} from './control-codec.js';
 import { GrpcConnection } from './grpc-conn.js';
 import { fromGrpcError } from './grpc-error.js';
 
-// A build calls these with the codecs of control-codec.ts; the generated descriptors of
+// A build (and `debug workers`) calls these with the codecs of control-codec.ts; the generated descriptors of
 // control.proto are loaded (on first use) only by the other calls, see control-codec.ts.
 const CONTROL = '/moby.buildkit.v1.Control/';
 const control = () => import('../gen/buildkit/control_pb.js');
@@ -91,8 +99,7 @@ export class ControlClient {
   }
 
   async listWorkers(filter: string[] = [], signal?: AbortSignal): Promise<ListWorkersResponse> {
-    const [{ create }, { Control, ListWorkersRequestSchema }] = await Promise.all([import('@bufbuild/protobuf'), control()]);
-    return this.#unary(CONTROL + 'ListWorkers', reflective(Control.method.listWorkers), create(ListWorkersRequestSchema, { filter }), 'failed to list workers', signal);
+    return this.#unary(CONTROL + 'ListWorkers', { encode: encodeListWorkersRequest, decode: decodeListWorkersResponse }, filter, 'failed to list workers', signal);
   }
 
   async diskUsage(filter: string[] = [], signal?: AbortSignal): Promise<DiskUsageResponse> {

@@ -1,6 +1,7 @@
 /**
  * Control.Solve and Control.Status messages by hand: what every build of loom's buildctl sends and
- * receives, without protobuf-es' descriptors of control.proto.
+ * receives, without protobuf-es' descriptors of control.proto. Control.ListWorkers too: buildx's
+ * docker-container driver runs `buildctl debug workers` until the daemon answers.
  *
  * Building those descriptors (control.proto and all it imports: ops.proto, worker.proto, the
  * source policy, google.rpc.Status) is done when their generated modules load and was the largest
@@ -10,8 +11,9 @@
  * test/unit/client/control-codec.test.ts checks both directions against protobuf-es.
  */
 import type { Timestamp } from '@bufbuild/protobuf/wkt';
-import type { SolveRequest, SolveResponse, StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning } from '../gen/buildkit/control_pb.js';
-import type { Position, ProgressGroup, Range, SourceInfo } from '../gen/buildkit/ops_pb.js';
+import type { ListWorkersResponse, SolveRequest, SolveResponse, StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning } from '../gen/buildkit/control_pb.js';
+import type { Platform, Position, ProgressGroup, Range, SourceInfo } from '../gen/buildkit/ops_pb.js';
+import type { BuildkitVersion, CDIDevice, GCPolicy, WorkerRecord } from '../gen/buildkit/worker_pb.js';
 import { WireReader, WireType, WireWriter } from '../util/proto-wire.js';
 
 type Init<T> = { [K in Exclude<keyof T, '$typeName' | '$unknown'>]?: unknown };
@@ -244,6 +246,97 @@ export function decodeStatusResponse(b: Uint8Array): StatusResponse {
     else if (f === 2 && w === WireType.LEN) m.statuses.push(vertexStatus(r));
     else if (f === 3 && w === WireType.LEN) m.logs.push(vertexLog(r));
     else if (f === 4 && w === WireType.LEN) m.warnings.push(vertexWarning(r));
+    else unknown(r, m, f, w);
+  }
+  return m;
+}
+
+export function encodeListWorkersRequest(filter: readonly string[]): Buffer {
+  const w = new WireWriter();
+  for (const f of filter) w.bytesAlways(1, Buffer.from(f));
+  return w.finish();
+}
+
+function platform(r: WireReader): Platform {
+  const s = r.sub('pb.Platform');
+  const p = { $typeName: 'pb.Platform', Architecture: '', OS: '', Variant: '', OSVersion: '', OSFeatures: [] } as unknown as Platform;
+  while (!s.done) {
+    const [f, w] = s.tag();
+    if (f === 1 && w === WireType.LEN) p.Architecture = s.string();
+    else if (f === 2 && w === WireType.LEN) p.OS = s.string();
+    else if (f === 3 && w === WireType.LEN) p.Variant = s.string();
+    else if (f === 4 && w === WireType.LEN) p.OSVersion = s.string();
+    else if (f === 5 && w === WireType.LEN) p.OSFeatures.push(s.string());
+    else unknown(s, p, f, w);
+  }
+  return p;
+}
+
+function gcPolicy(r: WireReader): GCPolicy {
+  const s = r.sub('moby.buildkit.v1.types.GCPolicy');
+  const g = { $typeName: 'moby.buildkit.v1.types.GCPolicy', all: false, keepDuration: 0n, reservedSpace: 0n, filters: [], maxUsedSpace: 0n, minFreeSpace: 0n } as unknown as GCPolicy;
+  while (!s.done) {
+    const [f, w] = s.tag();
+    if (f === 1 && w === WireType.VARINT) g.all = s.varint() !== 0;
+    else if (f === 2 && w === WireType.VARINT) g.keepDuration = s.int64();
+    else if (f === 3 && w === WireType.VARINT) g.reservedSpace = s.int64();
+    else if (f === 4 && w === WireType.LEN) g.filters.push(s.string());
+    else if (f === 5 && w === WireType.VARINT) g.maxUsedSpace = s.int64();
+    else if (f === 6 && w === WireType.VARINT) g.minFreeSpace = s.int64();
+    else unknown(s, g, f, w);
+  }
+  return g;
+}
+
+function buildkitVersion(r: WireReader): BuildkitVersion {
+  const s = r.sub('moby.buildkit.v1.types.BuildkitVersion');
+  const v = { $typeName: 'moby.buildkit.v1.types.BuildkitVersion', package: '', version: '', revision: '' } as BuildkitVersion;
+  while (!s.done) {
+    const [f, w] = s.tag();
+    if (f === 1 && w === WireType.LEN) v.package = s.string();
+    else if (f === 2 && w === WireType.LEN) v.version = s.string();
+    else if (f === 3 && w === WireType.LEN) v.revision = s.string();
+    else unknown(s, v, f, w);
+  }
+  return v;
+}
+
+function cdiDevice(r: WireReader): CDIDevice {
+  const s = r.sub('moby.buildkit.v1.types.CDIDevice');
+  const d = { $typeName: 'moby.buildkit.v1.types.CDIDevice', Name: '', AutoAllow: false, Annotations: {}, OnDemand: false } as unknown as CDIDevice;
+  while (!s.done) {
+    const [f, w] = s.tag();
+    if (f === 1 && w === WireType.LEN) d.Name = s.string();
+    else if (f === 2 && w === WireType.VARINT) d.AutoAllow = s.varint() !== 0;
+    else if (f === 3 && w === WireType.LEN) s.mapEntry(d.Annotations);
+    else if (f === 4 && w === WireType.VARINT) d.OnDemand = s.varint() !== 0;
+    else unknown(s, d, f, w);
+  }
+  return d;
+}
+
+function workerRecord(r: WireReader): WorkerRecord {
+  const s = r.sub('moby.buildkit.v1.types.WorkerRecord');
+  const rec = { $typeName: 'moby.buildkit.v1.types.WorkerRecord', ID: '', Labels: {}, platforms: [], GCPolicy: [], CDIDevices: [] } as unknown as WorkerRecord;
+  while (!s.done) {
+    const [f, w] = s.tag();
+    if (f === 1 && w === WireType.LEN) rec.ID = s.string();
+    else if (f === 2 && w === WireType.LEN) s.mapEntry(rec.Labels);
+    else if (f === 3 && w === WireType.LEN) rec.platforms.push(platform(s));
+    else if (f === 4 && w === WireType.LEN) rec.GCPolicy.push(gcPolicy(s));
+    else if (f === 5 && w === WireType.LEN) rec.BuildkitVersion = buildkitVersion(s);
+    else if (f === 6 && w === WireType.LEN) rec.CDIDevices.push(cdiDevice(s));
+    else unknown(s, rec, f, w);
+  }
+  return rec;
+}
+
+export function decodeListWorkersResponse(b: Uint8Array): ListWorkersResponse {
+  const r = new WireReader(b, 'moby.buildkit.v1.ListWorkersResponse');
+  const m = { $typeName: 'moby.buildkit.v1.ListWorkersResponse', record: [] } as unknown as ListWorkersResponse;
+  while (!r.done) {
+    const [f, w] = r.tag();
+    if (f === 1 && w === WireType.LEN) m.record.push(workerRecord(r));
     else unknown(r, m, f, w);
   }
   return m;

@@ -368,6 +368,11 @@ d('dockerfile.v0', () => {
     expect(cached.code, cached.stderr).toBe(0);
     expect(cached.stderr).toMatch(/RUN ls \/src > \/list\n#\d+ CACHED/);
     expect(cached.stderr).not.toContain('loom: descriptor');
+    // Nor does `debug workers` (what buildx's docker-container driver runs until the daemon answers).
+    const workers = await buildctl(daemon.addr, ['debug', 'workers', '-v'], { env });
+    expect(workers.code, workers.stderr).toBe(0);
+    expect(workers.stdout).toMatch(/GC Policy rule#0:/);
+    expect(workers.stderr).not.toContain('loom: descriptor');
     // The trace is live: a command that needs the descriptors (du decodes DiskUsage with them) makes them.
     const du = await buildctl(daemon.addr, ['du'], { env });
     expect(du.code, du.stderr).toBe(0);

@@ -1,18 +1,27 @@
 /**
- * The hand codecs of Control.Solve and Control.Status against protobuf-es: the same bytes out, the
+ * The hand codecs of Control.Solve, Control.Status and Control.ListWorkers against protobuf-es: the same bytes out, the
  * same objects in, for many generated messages.
  */
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import { describe, expect, it } from 'vitest';
 import {
+  decodeListWorkersResponse,
   decodeSolveResponse,
   decodeStatusResponse,
+  encodeListWorkersRequest,
   encodeSolveRequest,
   encodeStatusRequest,
   isFastSolveRequest,
   type FastSolveRequest,
 } from '../../../src/client/control-codec.js';
-import { SolveRequestSchema, SolveResponseSchema, StatusRequestSchema, StatusResponseSchema } from '../../../src/gen/buildkit/control_pb.js';
+import {
+  ListWorkersRequestSchema,
+  ListWorkersResponseSchema,
+  SolveRequestSchema,
+  SolveResponseSchema,
+  StatusRequestSchema,
+  StatusResponseSchema,
+} from '../../../src/gen/buildkit/control_pb.js';
 import { DefinitionSchema } from '../../../src/gen/buildkit/ops_pb.js';
 import { StatusSchema } from '../../../src/gen/google/rpc/status_pb.js';
 import { decodeRpcStatus } from '../../../src/util/proto-wire.js';
@@ -138,6 +147,31 @@ describe('StatusResponse', () => {
   it('refuses a truncated message, naming the type', () => {
     const bytes = toBinary(StatusResponseSchema, create(StatusResponseSchema, { vertexes: [{ digest: 'sha256:x', name: 'step' }] }));
     expect(() => decodeStatusResponse(bytes.subarray(0, bytes.length - 2))).toThrow(/cannot decode moby\.buildkit\.v1\.(StatusResponse|Vertex): /);
+  });
+});
+
+describe('ListWorkers', () => {
+  it('encodes the request and decodes the response as protobuf-es does', () => {
+    for (let seed = 1; seed <= 200; seed++) {
+      const g = gen(seed);
+      const filter = g.list(g.str);
+      expect(Buffer.from(encodeListWorkersRequest(filter)).toString('hex'), `seed ${seed}`).toBe(
+        Buffer.from(toBinary(ListWorkersRequestSchema, create(ListWorkersRequestSchema, { filter }))).toString('hex'),
+      );
+      const msg = create(ListWorkersResponseSchema, {
+        record: g.list(() => ({
+          ID: g.str(),
+          Labels: g.map(),
+          platforms: g.list(() => ({ Architecture: g.str(), OS: g.str(), Variant: g.str(), OSVersion: g.str(), OSFeatures: g.list(g.str) })),
+          GCPolicy: g.list(() => ({ all: g.r() < 0.5, keepDuration: g.i64(), reservedSpace: g.i64(), filters: g.list(g.str), maxUsedSpace: g.i64(), minFreeSpace: g.i64() })),
+          BuildkitVersion: g.maybe(() => ({ package: g.str(), version: g.str(), revision: g.str() })),
+          CDIDevices: g.list(() => ({ Name: g.str(), AutoAllow: g.r() < 0.5, Annotations: g.map(), OnDemand: g.r() < 0.5 })),
+        })),
+      });
+      let bytes = toBinary(ListWorkersResponseSchema, msg);
+      if (seed % 3 === 0) bytes = Buffer.concat([bytes, Buffer.from([15 << 3, 5])]);
+      expect(decodeListWorkersResponse(bytes), `seed ${seed}`).toEqual(fromBinary(ListWorkersResponseSchema, bytes));
+    }
   });
 });
 
