@@ -8,7 +8,8 @@ const HOLD_MS = 150;
  * is held back briefly. Clients number a step when they first print it, and print at most every
  * 100 ms; output that arrives before (a quick `RUN echo`) is printed as `#0` by upstream's
  * clients. Upstream's daemon gets this for free from its slower container start. A step's output
- * keeps its order, and everything is flushed before the stream ends.
+ * keeps its order, steps that start or end meanwhile wait behind it, and everything is flushed
+ * before the stream ends.
  */
 export class StatusPacer {
   readonly #write: (events: ProgressEvent[]) => void;
@@ -39,13 +40,18 @@ export class StatusPacer {
       // included), so the client sees them in order. Output of a step shown a while ago, or of
       // none this stream knows, goes at once.
       const hold = heldVertices.has(v) || (ev.kind === 'log' && seen !== undefined && now - seen < this.#holdMs);
-      // A step that ends while an earlier one's output is held ends after it (at once, such as the
-      // cache summary after a quick last RUN): clients number steps in the order they print them.
-      const after = !hold && ev.kind === 'vertex' && ev.vertex.completed ? this.#latestDueBefore(v) : undefined;
+      // A step that starts or ends while the output of one seen before it is held goes after that
+      // output: the next step of a chain, or the cache summary after a quick last RUN. Clients
+      // number steps in the order they print them, and print the steps that completed together
+      // in the order of their end times: a step's start overtaking the earlier step's end showed
+      // the chain's steps out of order (`#8 [4/5] ...` after `#7 [5/5] ...`).
+      const after = !hold && ev.kind === 'vertex' ? this.#latestDueBefore(v) : undefined;
       if (!hold && after === undefined) {
         out.push(ev);
         continue;
       }
+      // A step first shown when the held output goes: its own output is held from then on.
+      if (after !== undefined && seen === now) this.#firstSeen.set(v, after);
       this.#held.push({ due: after ?? (seen ?? now) + this.#holdMs, vertex: v, ev });
       heldVertices.add(v);
     }
@@ -93,10 +99,11 @@ export class StatusPacer {
   #release(): void {
     if (this.#ended) return;
     const now = Date.now();
-    // A step's held output goes together, once its first held event is due.
-    const due = new Set(this.#held.filter((h) => h.due <= now).map((h) => h.vertex));
-    const out = this.#held.filter((h) => due.has(h.vertex)).map((h) => h.ev);
-    this.#held = this.#held.filter((h) => !due.has(h.vertex));
+    // What is due goes in the order it came. A step's held events are due in their order (the
+    // first may wait for an earlier step's output, the rest for the step's own hold, which ends
+    // no sooner), so no event overtakes another of its step.
+    const out = this.#held.filter((h) => h.due <= now).map((h) => h.ev);
+    this.#held = this.#held.filter((h) => h.due > now);
     if (out.length > 0) this.#write(out);
     this.#schedule();
   }

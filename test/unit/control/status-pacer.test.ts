@@ -19,13 +19,37 @@ describe('StatusPacer', () => {
 
   it('holds the output of a step that just started, and what follows it, until the client can have numbered the step', () => {
     const { p, writes } = pacer();
-    p.push([vtx('a'), log('a', 'hello'), vtx('a', true), vtx('b')]);
-    // The step's start goes at once; its output and its end wait, in order; other steps are not held up.
-    expect(writes).toEqual([['a', 'b']]);
+    p.push([vtx('a'), log('a', 'hello'), vtx('a', true)]);
+    // The step's start goes at once; its output and its end wait, in order.
+    expect(writes).toEqual([['a']]);
     vi.advanceTimersByTime(149);
     expect(writes).toHaveLength(1);
     vi.advanceTimersByTime(1);
     expect(writes[1]).toEqual(['a: hello', 'a done']);
+  });
+
+  it('starts the next step of a chain after the held end of the one before it, with what that step sends meanwhile', () => {
+    const { p, writes } = pacer();
+    p.push([vtx('a')]);
+    vi.advanceTimersByTime(60);
+    p.push([log('a', 'hello'), vtx('a', true)]);
+    p.push([vtx('b'), log('b', 'second'), vtx('b', true)]);
+    // Sent as they came, b's start would reach the client before a's end, and upstream's printer
+    // would show b first (it orders steps completed together by end time, a before b, but numbers
+    // them as it first prints them).
+    expect(writes).toEqual([['a']]);
+    vi.advanceTimersByTime(90);
+    expect(writes[1]).toEqual(['a: hello', 'a done', 'b']);
+    vi.advanceTimersByTime(150);
+    expect(writes[2]).toEqual(['b: second', 'b done']);
+  });
+
+  it('lets a step that has run for a while log while another step starts', () => {
+    const { p, writes } = pacer();
+    p.push([vtx('long')]);
+    vi.advanceTimersByTime(1000);
+    p.push([vtx('quick'), log('quick', 'q'), log('long', 'still going')]);
+    expect(writes).toEqual([['long'], ['quick', 'long: still going']]);
   });
 
   it('ends a step that ends at once after the held output of a step that started before it (the cache summary after a quick last RUN)', () => {
