@@ -95,7 +95,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
         void mode;
         // As upstream: the digest of what the reference names (the index for a multi-platform image).
         // The build info lists the reference as the frontend asked for it (upstream's provenance).
-        job.steps?.resolvedImage?.(ref, img.rootDescriptor.digest);
+        job.steps?.resolvedImage?.(ref, img.rootDescriptor.digest, platform ? fromPbPlatform(platform) : undefined);
         return { digest: img.rootDescriptor.digest, config: img.configBytes };
       },
     };

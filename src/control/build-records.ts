@@ -1,4 +1,6 @@
 import type { StepObserver, StepOutcome } from '../solver/types.js';
+import type { Platform } from '../util/platform.js';
+import type { ReadSource, ResolvedImage } from './build-info.js';
 
 /** What loom keeps of a finished build: each step, cached or run and why, and totals. */
 export interface BuildRecordData {
@@ -75,10 +77,10 @@ export class BuildRecorder implements StepObserver {
   readonly #o: { ref: string; frontend: string; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void };
   readonly #started = Date.now();
   readonly #steps = new Map<string, BuildRecordData['steps'][number]>();
-  /** Sources read by the build and their pins (build info). */
-  readonly sources = new Map<string, string>();
-  /** Image references the frontend resolved and the digests they named (build info). */
-  readonly resolvedImages = new Map<string, string>();
+  /** Sources read by the build, their pins and platforms, in the order read (build info). */
+  readonly sources: ReadSource[] = [];
+  /** Image references the frontend resolved, the digests they named, for which platform (build info). */
+  readonly resolvedImages: ResolvedImage[] = [];
 
   constructor(o: { ref: string; frontend: string; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void }) {
     this.#o = o;
@@ -93,12 +95,12 @@ export class BuildRecorder implements StepObserver {
     this.#steps.set(o.digest, { digest: o.digest, name: o.name, cached: o.cached, reason: o.reason, durationMs: o.durationMs, bytes });
   }
 
-  source(identifier: string, pin: string): void {
-    this.sources.set(identifier, pin);
+  source(identifier: string, pin: string, platform?: Platform): void {
+    this.sources.push({ id: identifier, pin, platform });
   }
 
-  resolvedImage(ref: string, digest: string): void {
-    if (!this.resolvedImages.has(ref)) this.resolvedImages.set(ref, digest);
+  resolvedImage(ref: string, digest: string, platform?: Platform): void {
+    this.resolvedImages.push({ ref, digest, platform });
   }
 
   summary(): { stepsCached: number; stepsRun: number; bytesReused: number } {

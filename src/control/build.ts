@@ -1,7 +1,8 @@
 import type { SolveRequest } from '../gen/buildkit/control_pb.js';
 import type { Exporter, ExporterInstance, ExportSource } from '../exporter/types.js';
 import { listedPlatforms } from '../exporter/commit.js';
-import { buildInfoAttrs, buildInfoSources, buildInfoValue } from './build-info.js';
+import { buildInfoAttrs, buildInfoSources, buildInfoValue, type PlatformScope } from './build-info.js';
+import { fromPbPlatform } from '../util/pb-platform.js';
 import { loadDefinition } from '../llb/definition.js';
 import type { SessionManager } from '../session/manager.js';
 import type { Solver } from '../solver/solver.js';
@@ -226,13 +227,16 @@ export class BuildManager {
       Object.assign(resp, out);
     }
     // Build information for each exported result, as upstream's solver adds it to the response.
-    const info = buildInfoValue({
-      frontend: origin.frontend,
-      attrs: origin.attrs && buildInfoAttrs(origin.attrs),
-      sources: job.steps instanceof BuildRecorder ? buildInfoSources(job.steps.sources, job.steps.resolvedImages) : [],
-    });
-    if (src.refs?.length) for (const r of src.refs) resp[`containerimage.buildinfo/${r.id}`] = info;
-    else if (src.ref) resp['containerimage.buildinfo'] = info;
+    const info = (scope?: PlatformScope): string =>
+      buildInfoValue({
+        frontend: origin.frontend,
+        attrs: origin.attrs && buildInfoAttrs(origin.attrs),
+        sources: job.steps instanceof BuildRecorder ? buildInfoSources(job.steps.sources, job.steps.resolvedImages, scope) : [],
+      });
+    if (src.refs?.length) {
+      const platforms = src.refs.map((r) => fromPbPlatform(r.platform));
+      src.refs.forEach((r, i) => (resp[`containerimage.buildinfo/${r.id}`] = info({ platforms, current: platforms[i]! })));
+    } else if (src.ref) resp['containerimage.buildinfo'] = info();
     if (cache) {
       const finals = [src.ref, ...(src.refs ?? []).map((r) => r.ref)].filter((r): r is Ref => r !== undefined);
       Object.assign(resp, await cache.export(job, finals));

@@ -5,7 +5,7 @@ import type { Platform } from '../util/platform.js';
 import { toPbPlatform } from '../util/pb-platform.js';
 import { readRefFile, type GatewayBuild, type GatewayDeps } from './gateway.js';
 import { BuildRecorder } from './build-records.js';
-import { buildInfoSources } from './build-info.js';
+import { buildInfoSources, type PlatformScope } from './build-info.js';
 
 /** What a frontend produced: result ids of the build (one per platform) and export metadata. */
 export interface FrontendOutcome {
@@ -57,10 +57,18 @@ export async function runFrontend(
   // and the images and downloads the build read, with what they resolved to) without the options.
   const metadata = { ...res.metadata };
   const rec = b.job.steps instanceof BuildRecorder ? b.job.steps : undefined;
-  const sources = rec ? buildInfoSources(rec.sources, rec.resolvedImages) : [];
-  // Go's omitempty: no sources (FROM scratch) leaves the key out.
-  const info = sources.length ? { frontend: name, sources } : { frontend: name };
-  metadata['containerimage.buildinfo'] = Buffer.from(JSON.stringify(info));
+  const info = (scope?: PlatformScope): Buffer => {
+    const sources = rec ? buildInfoSources(rec.sources, rec.resolvedImages, scope) : [];
+    // Go's omitempty: no sources (FROM scratch) leaves the key out.
+    return Buffer.from(JSON.stringify(sources.length ? { frontend: name, sources } : { frontend: name }));
+  };
+  metadata['containerimage.buildinfo'] = info();
+  // Each platform of a multi-platform result lists the images resolved for every platform once,
+  // by its own platform's resolve (upstream's filterImagePlatforms).
+  if (res.multiPlatform) {
+    const platforms = res.refs.map((r) => r.platform);
+    res.refs.forEach((r, i) => (metadata[`containerimage.buildinfo/${r.platformId}`] = info({ platforms, current: platforms[i]! })));
+  }
   return {
     refs: res.refs.map((r) => ({ platformId: r.platformId, platform: r.platform, id: r.ref })),
     multiPlatform: res.multiPlatform,

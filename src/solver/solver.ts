@@ -4,6 +4,7 @@ import { create } from '@bufbuild/protobuf';
 import { outputCount, type Edge, type LoadedDefinition, type Vertex } from '../llb/definition.js';
 import { checkEntitlements } from '../llb/entitlements.js';
 import { sha256 } from '../util/digest.js';
+import { fromPbPlatform } from '../util/pb-platform.js';
 import { clarifyNameError, errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { sharedRun, type SharedRun } from '../util/shared-run.js';
@@ -214,7 +215,7 @@ class JobRun {
         const extra = await this.#guard(v, () => this.#impl(v).cacheKey(this.#ctx(v)));
         if (isSource) {
           this.#report(v, { started, completed: new Date() });
-          if (v.op.op.case === 'source') this.#o.job.steps?.source?.(v.op.op.value.identifier, this.#impl(v).pin?.() ?? extra);
+          if (v.op.op.case === 'source') this.#o.job.steps?.source?.(v.op.op.value.identifier, this.#impl(v).pin?.() ?? extra, fromPbPlatform(v.op.platform ?? this.#o.defaultPlatform));
         }
         const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
         this.#parts.set(v.digest, { key, inputs: v.inputs.map((i, n) => ({ name: i.vertex.name, key: inputKeys[n]! })), extra });

@@ -1,4 +1,5 @@
 import type { Platform } from '../gen/buildkit/ops_pb.js';
+import type { Platform as UtilPlatform } from '../util/platform.js';
 import type { Vertex } from '../llb/definition.js';
 import type { SessionCaller } from '../session/types.js';
 import type { ProgressBus } from '../util/progress.js';
@@ -44,10 +45,10 @@ export interface StepOutcome {
 
 export interface StepObserver {
   step(outcome: StepOutcome): void;
-  /** A source the build read and what pinned it (an image's digest, a download's content digest). */
-  source?(identifier: string, pin: string): void;
-  /** An image reference the build's frontend resolved (ResolveImageConfig) and the digest it named. */
-  resolvedImage?(ref: string, digest: string): void;
+  /** A source the build read, what pinned it (an image's digest, a download's content digest), for which platform. */
+  source?(identifier: string, pin: string, platform?: UtilPlatform): void;
+  /** An image reference the build's frontend resolved (ResolveImageConfig), the digest it named, for which platform it asked. */
+  resolvedImage?(ref: string, digest: string, platform?: UtilPlatform): void;
 }
 
 /** How the solver reaches a build's imported caches and tells its cache exporters what it used. */

@@ -8,6 +8,12 @@ import { buildInfoAttrs, buildInfoSources, buildInfoValue } from '../../../src/c
 const INDEX = `sha256:${'7a'.repeat(32)}`;
 const BLOB = `sha256:${'b1'.repeat(32)}`;
 
+const AMD64 = { os: 'linux', architecture: 'amd64' };
+const ARM64 = { os: 'linux', architecture: 'arm64' };
+/** Sources read, each on the given platform (amd64 when none is given). */
+const src = (entries: [string, string][], platforms: { os: string; architecture: string }[] = []) =>
+  entries.map(([id, pin], i) => ({ id, pin, platform: platforms[i] ?? AMD64 }));
+
 describe('build info', () => {
   it('records the frontend options that describe the build, not the host', () => {
     // The options upstream's daemon was given and what its response listed (image-resolve-mode
@@ -51,7 +57,7 @@ describe('build info', () => {
 
   it('lists images by their identifiers (a tag and a digest both kept, as upstream for an LLB definition), and downloads, sorted', () => {
     const [A, B] = [`sha256:${'a'.repeat(64)}`, `sha256:${'b'.repeat(64)}`];
-    const read = new Map([
+    const read = src([
       [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
       ['docker-image://alpine', A],
       [`docker-image://example.com/only@${B}`, B],
@@ -70,25 +76,60 @@ describe('build info', () => {
   it('lists the images a frontend resolved by the reference it asked for, not the pinned identifiers it then read', () => {
     // FROM busybox:latest, then COPY --from=busybox: both resolved as busybox:latest and read
     // pinned to its digest (the second without the tag).
-    const read = new Map([
+    const read = src([
       [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
       [`docker-image://localhost:5000/busybox@${INDEX}`, INDEX],
     ]);
-    const resolved = new Map([['localhost:5000/busybox:latest', INDEX]]);
+    const resolved = [{ ref: 'localhost:5000/busybox:latest', digest: INDEX, platform: AMD64 }];
     expect(buildInfoSources(read, resolved)).toEqual([{ type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: INDEX }]);
     // FROM busybox:1.36@sha256:... written in the Dockerfile: resolved with its digest, listed so.
-    const pinned = new Map([[`localhost:5000/busybox:1.36@${INDEX}`, INDEX]]);
-    expect(buildInfoSources(new Map([[`docker-image://localhost:5000/busybox:1.36@${INDEX}`, INDEX]]), pinned)).toEqual([
+    const pinned = [{ ref: `localhost:5000/busybox:1.36@${INDEX}`, digest: INDEX, platform: AMD64 }];
+    expect(buildInfoSources(src([[`docker-image://localhost:5000/busybox:1.36@${INDEX}`, INDEX]]), pinned)).toEqual([
       { type: 'docker-image', ref: `localhost:5000/busybox:1.36@${INDEX}`, pin: INDEX },
     ]);
   });
 
   it('lists an image read under two names that resolved to one digest once, by the first name (upstream merges the two steps)', () => {
-    const read = new Map([
+    const read = src([
       [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
       [`docker-image://localhost:5000/busybox@${INDEX}`, INDEX],
     ]);
     expect(buildInfoSources(read)).toEqual([{ type: 'docker-image', ref: `localhost:5000/busybox:latest@${INDEX}`, pin: INDEX }]);
+  });
+
+  it('lists an image once per platform the build resolved it for (a build stage on the build platform, the result on another)', () => {
+    // FROM --platform=$BUILDPLATFORM busybox AS build ... FROM busybox, built for arm64.
+    const read = src(
+      [
+        [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
+        [`docker-image://localhost:5000/busybox:latest@${INDEX}`, INDEX],
+      ],
+      [AMD64, ARM64],
+    );
+    const resolved = [
+      { ref: 'localhost:5000/busybox:latest', digest: INDEX, platform: AMD64 },
+      { ref: 'localhost:5000/busybox:latest', digest: INDEX, platform: ARM64 },
+      { ref: 'localhost:5000/busybox:latest', digest: INDEX, platform: { ...ARM64, variant: 'v8' } },
+    ];
+    const one = { type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: INDEX };
+    // arm64/v8 is arm64 (platforms are normalized before upstream's provenance compares them).
+    expect(buildInfoSources(read, resolved)).toEqual([one, one]);
+    expect(buildInfoSources(read, resolved.slice(0, 1))).toEqual([one]);
+  });
+
+  it("lists, for each platform of a multi-platform result, an image resolved for every platform by that platform's resolve only", () => {
+    const resolved = [
+      { ref: 'localhost:5000/busybox:latest', digest: INDEX, platform: AMD64 },
+      { ref: 'localhost:5000/busybox:latest', digest: INDEX, platform: ARM64 },
+      // Resolved for the build platform only (a build stage): kept in both.
+      { ref: 'localhost:5000/tools:1', digest: INDEX, platform: AMD64 },
+    ];
+    const busybox = { type: 'docker-image', ref: 'localhost:5000/busybox:latest', pin: INDEX };
+    const tools = { type: 'docker-image', ref: 'localhost:5000/tools:1', pin: INDEX };
+    expect(buildInfoSources([], resolved, { platforms: [AMD64, ARM64], current: ARM64 })).toEqual([busybox, tools]);
+    expect(buildInfoSources([], resolved, { platforms: [AMD64, ARM64], current: AMD64 })).toEqual([busybox, tools]);
+    // Without the scope (one result): both resolves.
+    expect(buildInfoSources([], resolved)).toEqual([busybox, busybox, tools]);
   });
 
   it('encodes the JSON in upstream field order and leaves empty fields out', () => {
