@@ -125,12 +125,22 @@ static long long now_ms(void)
 /* Runs runc with `args` (NULL-terminated, after the global flags); returns the child's pid. */
 static pid_t spawn_runc(const char *const *args, int quiet, const sigset_t *origmask, int netns_fd)
 {
-	const char *argv[32];
+	const char *argv[36];
+	/* runc's own log goes to a file, as upstream's executor has it: a failure then reaches stderr
+	 * (the step's output) as the bare message, not as a log line (runc writes the plain text only
+	 * when its log is not stderr). */
+	static char log_path[4096];
+	if (!log_path[0])
+		snprintf(log_path, sizeof(log_path), "%s/runc-log.json", runc_root);
 	int n = 0;
 	argv[n++] = runc_bin;
 	argv[n++] = "--root";
 	argv[n++] = runc_root;
-	for (int i = 0; args[i] && n < 31; i++)
+	argv[n++] = "--log";
+	argv[n++] = log_path;
+	argv[n++] = "--log-format";
+	argv[n++] = "json";
+	for (int i = 0; args[i] && n < 35; i++)
 		argv[n++] = args[i];
 	argv[n] = NULL;
 	pid_t pid = fork();
