@@ -126,12 +126,15 @@ static long long now_ms(void)
 static pid_t spawn_runc(const char *const *args, int quiet, const sigset_t *origmask, int netns_fd)
 {
 	const char *argv[36];
-	/* runc's own log goes to a file, as upstream's executor has it: a failure then reaches stderr
-	 * (the step's output) as the bare message, not as a log line (runc writes the plain text only
-	 * when its log is not stderr). */
+	/* runc's own log goes to a file beside its state directory, as upstream's executor has it: a
+	 * failure then reaches stderr (the step's output) as the bare message, not as a log line (runc
+	 * writes the plain text only when its log is not stderr). */
 	static char log_path[4096];
-	if (!log_path[0])
-		snprintf(log_path, sizeof(log_path), "%s/runc-log.json", runc_root);
+	if (!log_path[0]) {
+		const char *slash = strrchr(runc_root, '/');
+		int dir_len = slash ? (int)(slash - runc_root) : 1;
+		snprintf(log_path, sizeof(log_path), "%.*s/runc-log.json", dir_len, slash ? runc_root : ".");
+	}
 	int n = 0;
 	argv[n++] = runc_bin;
 	argv[n++] = "--root";
