@@ -291,7 +291,11 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
 export async function readRefFile(dir: string, path: string, range?: { offset: number; length: number }, opts: { maxBytes?: number } = {}): Promise<Buffer> {
   const p = await resolveInRoot(dir, path);
   const fh = await open(p, 'r').catch((err: NodeJS.ErrnoException) => {
-    throw new NotFoundError(`failed to read ${path}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`);
+    // Go's words, as upstream's (which opens the file in a temporary mount of the result):
+    // `open <mount>/nope/Missing.Dockerfile: no such file or directory`; the path here is the
+    // file's in the result.
+    const where = `/${path.replace(/^\/+/, '')}`;
+    throw new NotFoundError(err.code === 'ENOENT' ? `open ${where}: no such file or directory` : `failed to read ${where}: ${err.message}`);
   });
   try {
     const st = await fh.stat();
