@@ -36,12 +36,13 @@ interface Source {
   pin: string;
 }
 
-/** A source a build read (a source op's identifier) or an image its frontend resolved, with its platform. */
+/** A source op the build read: its identifier, what pinned it, the platform it ran for. */
 export interface ReadSource {
   id: string;
   pin: string;
   platform?: Platform;
 }
+/** An image reference the build's frontend resolved (ResolveImageConfig) and the digest it named. */
 export interface ResolvedImage {
   ref: string;
   digest: string;
