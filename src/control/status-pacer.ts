@@ -15,7 +15,10 @@ export class StatusPacer {
   readonly #write: (events: ProgressEvent[]) => void;
   readonly #end: () => void;
   readonly #holdMs: number;
+  /** When the client first sees each step (its start may be held behind an earlier step's output). */
   readonly #firstSeen = new Map<string, number>();
+  /** The order steps first came in. */
+  readonly #order = new Map<string, number>();
   /** Held output, in arrival order, with the time it may go. */
   #held: { due: number; vertex: string; ev: ProgressEvent }[] = [];
   #timer: NodeJS.Timeout | undefined;
@@ -34,7 +37,10 @@ export class StatusPacer {
     const heldVertices = new Set(this.#held.map((h) => h.vertex));
     for (const ev of batch) {
       const v = vertexOf(ev);
-      if (ev.kind === 'vertex' && !this.#firstSeen.has(v)) this.#firstSeen.set(v, now);
+      if (ev.kind === 'vertex' && !this.#firstSeen.has(v)) {
+        this.#firstSeen.set(v, now);
+        this.#order.set(v, this.#order.size);
+      }
       const seen = this.#firstSeen.get(v);
       // Once a step has held output, everything after it of that step waits too (its end
       // included), so the client sees them in order. Output of a step shown a while ago, or of
@@ -61,10 +67,10 @@ export class StatusPacer {
 
   /** When the held output of steps first seen before `v` goes, if any is held. */
   #latestDueBefore(v: string): number | undefined {
-    const seen = this.#firstSeen.get(v) ?? Infinity;
+    const order = this.#order.get(v) ?? Infinity;
     let due: number | undefined;
     for (const h of this.#held) {
-      if (h.vertex !== v && (this.#firstSeen.get(h.vertex) ?? -Infinity) <= seen) due = Math.max(due ?? 0, h.due);
+      if (h.vertex !== v && (this.#order.get(h.vertex) ?? -Infinity) <= order) due = Math.max(due ?? 0, h.due);
     }
     return due;
   }

@@ -44,6 +44,22 @@ describe('StatusPacer', () => {
     expect(writes[2]).toEqual(['b: second', 'b done']);
   });
 
+  it('keeps a chain of quick steps with output in order: each starts after the output of the one before', () => {
+    const { p, writes } = pacer();
+    const all = () => writes.flat();
+    p.push([vtx('a')]);
+    vi.advanceTimersByTime(10);
+    p.push([log('a', '1'), vtx('a', true), vtx('b')]);
+    vi.advanceTimersByTime(10);
+    p.push([log('b', '2'), vtx('b', true), vtx('c')]);
+    vi.advanceTimersByTime(10);
+    p.push([log('c', '3'), vtx('c', true), vtx('d')]);
+    vi.advanceTimersByTime(1000);
+    expect(all()).toEqual(['a', 'a: 1', 'a done', 'b', 'b: 2', 'b done', 'c', 'c: 3', 'c done', 'd']);
+    // Each step's output waited for the client to have shown the step (150 ms after its start went).
+    expect(writes).toEqual([['a'], ['a: 1', 'a done', 'b'], ['b: 2', 'b done', 'c'], ['c: 3', 'c done', 'd']]);
+  });
+
   it('lets a step that has run for a while log while another step starts', () => {
     const { p, writes } = pacer();
     p.push([vtx('long')]);
