@@ -127,17 +127,13 @@ export function buildInfoSources(read: readonly ReadSource[], resolved: readonly
   if (scope && scope.platforms.length > 0) frontendImages = filterImagePlatforms(frontendImages, scope);
   for (const i of frontendImages) addImage(i);
   // OptimizeImageSources.
-  const named = new Set<string>();
-  for (const i of images) {
-    const n = nameTag(i.ref);
-    if (n && !n.canonical) named.add(n.nameTag);
-  }
+  const tags = images.map((i) => nameTag(i.ref));
+  const named = new Set(tags.filter((n) => n !== undefined && !n.canonical).map((n) => n!.nameTag));
   const out: Source[] = [];
-  for (const i of images) {
-    const n = nameTag(i.ref);
-    if (n?.canonical && named.has(n.nameTag)) continue;
-    out.push({ type: 'docker-image', ref: i.ref, pin: i.pin });
-  }
+  images.forEach((i, k) => {
+    const n = tags[k];
+    if (!(n?.canonical && named.has(n.nameTag))) out.push({ type: 'docker-image', ref: i.ref, pin: i.pin });
+  });
   const urls = new Set<string>();
   for (const s of read) {
     if (!/^https?:\/\//.test(s.id) || !isDigest(s.pin)) continue;

@@ -294,8 +294,7 @@ export async function readRefFile(dir: string, path: string, range?: { offset: n
     // Go's words, as upstream's (which opens the file in a temporary mount of the result):
     // `open <mount>/nope/Missing.Dockerfile: no such file or directory`; the path here is the
     // file's in the result.
-    const where = `/${path.replace(/^\/+/, '')}`;
-    throw new NotFoundError(err.code === 'ENOENT' ? `open ${where}: no such file or directory` : `failed to read ${where}: ${err.message}`);
+    throw new NotFoundError(err.code === 'ENOENT' ? `open /${path.replace(/^\/+/, '')}: no such file or directory` : `failed to read ${path}: ${err.message}`);
   });
   try {
     const st = await fh.stat();

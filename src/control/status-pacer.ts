@@ -37,7 +37,8 @@ export class StatusPacer {
     const heldVertices = new Set(this.#held.map((h) => h.vertex));
     for (const ev of batch) {
       const v = vertexOf(ev);
-      if (ev.kind === 'vertex' && !this.#firstSeen.has(v)) {
+      const first = ev.kind === 'vertex' && !this.#firstSeen.has(v);
+      if (first) {
         this.#firstSeen.set(v, now);
         this.#order.set(v, this.#order.size);
       }
@@ -57,7 +58,7 @@ export class StatusPacer {
         continue;
       }
       // A step first shown when the held output goes: its own output is held from then on.
-      if (after !== undefined && seen === now) this.#firstSeen.set(v, after);
+      if (after !== undefined && first) this.#firstSeen.set(v, after);
       this.#held.push({ due: after ?? (seen ?? now) + this.#holdMs, vertex: v, ev });
       heldVertices.add(v);
     }
