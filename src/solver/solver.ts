@@ -539,6 +539,9 @@ function opShape(v: Vertex): Record<string, unknown> {
 /** The fields that differ between two shapes, as `name: old -> new` (at most four). */
 function describeShapeChange(prev: Record<string, unknown>, now: Record<string, unknown>): string[] {
   const out: string[] = [];
+  // An exec and another kind of op at the same place (another Dockerfile's line 5) are not one
+  // step changed: nothing to compare.
+  if ('command' in prev !== 'command' in now) return out;
   const keys = new Set([...Object.keys(prev), ...Object.keys(now)]);
   const show = (x: unknown) => (x === undefined ? '(unset)' : JSON.stringify(x).length > 42 ? `${JSON.stringify(x).slice(0, 39)}..."` : JSON.stringify(x));
   for (const k of keys) {

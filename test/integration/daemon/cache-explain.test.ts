@@ -85,5 +85,19 @@ d('cache misses explained', () => {
     const missing = await buildctl(daemon.addr, ['debug', 'build', 'no-such-build']);
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toContain('no record of build no-such-build');
+
+    // Another project whose line 3 was a WORKDIR, then a RUN: not "the definition changed" (a
+    // file op and an exec at the same line are unrelated steps), but a first build.
+    const other = join(work, 'other');
+    mkdirSync(other, { recursive: true });
+    const otherBuild = async () => {
+      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${other}`, '--local', `dockerfile=${other}`]);
+      expect(r.code, r.stderr).toBe(0);
+      return r.stderr;
+    };
+    writeFileSync(join(other, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nENV A=1\nWORKDIR /w\n`);
+    await otherBuild();
+    writeFileSync(join(other, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nENV A=1\nRUN echo other > /o\n`);
+    expect(await otherBuild()).toMatch(/RUN echo other > \/o\n#\d+ cache miss: no earlier build of this step/);
   }, 180_000);
 });
