@@ -6,7 +6,7 @@ import { fromPbPlatform } from '../util/pb-platform.js';
 import { loadDefinition } from '../llb/definition.js';
 import type { SessionManager } from '../session/manager.js';
 import type { Solver } from '../solver/solver.js';
-import type { JobContext, Ref } from '../solver/types.js';
+import type { JobContext, LazyRef, Ref } from '../solver/types.js';
 import { BuildCache, type CacheEntry, type RemoteCacheDeps } from '../cache/remote/build-cache.js';
 import { BuildRecorder, type BuildRecords } from './build-records.js';
 import { bytes } from '../client/progress/format.js';
@@ -126,7 +126,7 @@ export class BuildManager {
     const exporters = this.#exporters(req);
     const entries = cacheEntries(req);
     if (!this.#o.remoteCache && (entries.imports.length || entries.exports.length)) throw new UnimplementedError('this daemon has no cache import or export');
-    const cache = this.#o.remoteCache ? BuildCache.fromRequest(this.#o.remoteCache, entries) : undefined;
+    const cache = this.#o.remoteCache ? BuildCache.fromRequest(this.#o.remoteCache, entries, exporters.length > 0) : undefined;
     const sessionId = req.Session;
     const job: JobContext = {
       id: ref,
@@ -155,7 +155,7 @@ export class BuildManager {
     const def = loadDefinition(req.Definition);
     const solved = await this.#o.solver.solve(job, def);
     try {
-      const resp = await this.#export(job, exporters, { ref: solved.ref, metadata: {} }, sessionId, { attrs: req.FrontendAttrs });
+      const resp = await this.#export(job, exporters, { ref: () => solved.result(), metadata: {} }, sessionId, { attrs: req.FrontendAttrs });
       log().debug({ ref, cached: solved.stats.cached, run: solved.stats.run }, 'build finished');
       return resp;
     } finally {
@@ -179,8 +179,8 @@ export class BuildManager {
       }
       const result = ret.result;
       const metadata: Record<string, Uint8Array> = { ...(result?.metadata ?? {}) };
-      const refs = result ? await resultRefs(b, result) : {};
-      const src: ExportSource = { ref: refs.ref, metadata };
+      const refs = result ? resultRefs(b, result) : {};
+      const src: LazySource = { ref: refs.ref, metadata };
       if (refs.refs) src.refs = withPlatforms(refs.refs, metadata);
       const fr = b.frontendRequest;
       return await this.#export(job, exporters, src, req.Session, fr ? { frontend: fr.frontend, attrs: fr.attrs } : {});
@@ -196,15 +196,15 @@ export class BuildManager {
     const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, sessionId: req.Session });
     try {
       const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendAttrs, sessionId: req.Session, deps: this.#o.gateway, platforms: this.#o.platforms });
-      const src: ExportSource = { metadata: out.metadata };
+      const src: LazySource = { metadata: out.metadata };
       if (out.multiPlatform) {
         src.refs = [];
         for (const r of out.refs) {
           if (!r.id) throw new InvalidArgumentError(`platform ${r.platformId} has an empty result, which cannot be exported as an image`);
-          src.refs.push({ id: r.platformId, platform: toPbPlatform(r.platform), ref: await b.ref(r.id) });
+          src.refs.push({ id: r.platformId, platform: toPbPlatform(r.platform), ref: b.lazyRef(r.id) });
         }
       } else if (out.refs[0]?.id) {
-        src.ref = await b.ref(out.refs[0].id);
+        src.ref = b.lazyRef(out.refs[0].id);
       }
       return await this.#export(job, exporters, src, req.Session, { frontend: req.Frontend, attrs: req.FrontendAttrs });
     } finally {
@@ -212,15 +212,24 @@ export class BuildManager {
     }
   }
 
+  /**
+   * Exports the build's result. Its refs are materialized only when an exporter or a cache export
+   * reads them: a build that exports nothing leaves an imported cache's layers where they are.
+   */
   async #export(
     job: JobContext,
     exporters: ExporterInstance[],
-    src: ExportSource,
+    lazy: LazySource,
     sessionId: string,
     origin: { frontend?: string; attrs?: Record<string, string> },
   ): Promise<Record<string, string>> {
     const resp: Record<string, string> = {};
     const cache = job.cache instanceof BuildCache ? job.cache : undefined;
+    const src: ExportSource = { metadata: lazy.metadata };
+    if (exporters.length > 0 || cache?.exporting) {
+      if (lazy.ref) src.ref = await lazy.ref();
+      if (lazy.refs) src.refs = await Promise.all(lazy.refs.map(async (r) => ({ id: r.id, platform: r.platform, ref: await r.ref() })));
+    }
     if (cache?.hasInline) src.inlineCache = (ref, layers) => cache.inlineConfig(ref, layers);
     for (const ex of exporters) {
       const out = await inVertex(job.progress, { name: ex.vertexName, id: `${sessionId}-export` }, (vertex) => ex.export({ job, vertex }, src));
@@ -233,10 +242,10 @@ export class BuildManager {
         attrs: origin.attrs && buildInfoAttrs(origin.attrs),
         sources: job.steps instanceof BuildRecorder ? buildInfoSources(job.steps.sources, job.steps.resolvedImages, scope) : [],
       });
-    if (src.refs?.length) {
-      const platforms = src.refs.map((r) => fromPbPlatform(r.platform));
-      src.refs.forEach((r, i) => (resp[`containerimage.buildinfo/${r.id}`] = info({ platforms, current: platforms[i]! })));
-    } else if (src.ref) resp['containerimage.buildinfo'] = info();
+    if (lazy.refs?.length) {
+      const platforms = lazy.refs.map((r) => fromPbPlatform(r.platform));
+      lazy.refs.forEach((r, i) => (resp[`containerimage.buildinfo/${r.id}`] = info({ platforms, current: platforms[i]! })));
+    } else if (lazy.ref) resp['containerimage.buildinfo'] = info();
     if (cache) {
       const finals = [src.ref, ...(src.refs ?? []).map((r) => r.ref)].filter((r): r is Ref => r !== undefined);
       Object.assign(resp, await cache.export(job, finals));
@@ -281,15 +290,22 @@ export class BuildManager {
   }
 }
 
+/** A build's result before export: its refs as thunks (see #export). */
+interface LazySource {
+  ref?: LazyRef;
+  refs?: { id: string; platform: NonNullable<ExportSource['refs']>[number]['platform']; ref: LazyRef }[];
+  metadata: Record<string, Uint8Array>;
+}
+
 /**
  * Pairs a multi-platform result's refs with their platforms from the `refs.platforms` metadata
  * (`{"Platforms":[{"ID":"linux/arm64","Platform":{...}}]}`), in that order; ids not listed there
  * are parsed as platform strings.
  */
-function withPlatforms(refs: { id: string; ref: import('../solver/types.js').Ref }[], md: Record<string, Uint8Array>): NonNullable<ExportSource['refs']> {
+function withPlatforms(refs: { id: string; ref: LazyRef }[], md: Record<string, Uint8Array>): NonNullable<LazySource['refs']> {
   const listed = listedPlatforms(md);
   const byId = new Map(refs.map((r) => [r.id, r.ref]));
-  const out: NonNullable<ExportSource['refs']> = [];
+  const out: NonNullable<LazySource['refs']> = [];
   for (const p of listed) {
     const ref = byId.get(p.id);
     if (!ref) throw new InvalidArgumentError(`refs.platforms names ${p.id}, which the result does not have`);

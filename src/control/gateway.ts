@@ -31,8 +31,8 @@ import {
 import { StatSchema, type Stat } from '../gen/fsutil/stat_pb.js';
 import { loadDefinition } from '../llb/definition.js';
 import { goModeFromPosix } from '../session/filesync/mode.js';
-import type { Solver } from '../solver/solver.js';
-import type { JobContext, Ref } from '../solver/types.js';
+import type { Solved, Solver } from '../solver/solver.js';
+import type { JobContext, LazyRef, Ref } from '../solver/types.js';
 import { CancelledError, InvalidArgumentError, NotFoundError, UnimplementedError } from '../util/errors.js';
 import { resolveInRoot } from '../util/fs-safe.js';
 import { PathFilter } from '../util/patterns.js';
@@ -61,7 +61,7 @@ export class GatewayBuild {
   readonly job: JobContext;
   readonly inputs: Record<string, Definition>;
   readonly #deps: GatewayDeps;
-  readonly #refs = new Map<string, Promise<Ref>>();
+  readonly #refs = new Map<string, Promise<Solved>>();
   readonly #releases: (() => void)[] = [];
   readonly #returned: Promise<ReturnRequest>;
   #resolveReturn!: (r: ReturnRequest) => void;
@@ -106,7 +106,7 @@ export class GatewayBuild {
       const loaded = loadDefinition(def);
       const solved = await this.#deps.solver.solve(this.job, loaded);
       this.#releases.push(solved.release);
-      return solved.ref;
+      return solved;
     })();
     p.catch(() => {});
     this.#refs.set(id, p);
@@ -114,7 +114,18 @@ export class GatewayBuild {
     return id;
   }
 
-  ref(id: string): Promise<Ref> {
+  /** A solved result, materialized (an output found in an imported cache is fetched and unpacked now). */
+  async ref(id: string): Promise<Ref> {
+    return (await this.#solved(id)).result();
+  }
+
+  /** A thunk for a solved result: what an export reads only if there is an exporter. */
+  lazyRef(id: string): () => Promise<Ref> {
+    const p = this.#solved(id);
+    return async () => (await p).result();
+  }
+
+  #solved(id: string): Promise<Solved> {
     const p = this.#refs.get(id);
     if (!p) throw new NotFoundError(`no such ref: ${id}`);
     return p;
@@ -328,20 +339,21 @@ async function statOf(p: string, name: string): Promise<Stat> {
 }
 
 /** A gateway Result as an export source: one ref, or one per platform with `refs.platforms`. */
-export async function resultRefs(b: GatewayBuild, r: Result): Promise<{ ref?: Ref; refs?: { id: string; ref: Ref }[] }> {
+/** The refs of a client's Return, as thunks (materialized only by an export that reads them). */
+export function resultRefs(b: GatewayBuild, r: Result): { ref?: LazyRef; refs?: { id: string; ref: LazyRef }[] } {
   switch (r.result.case) {
     case 'ref':
-      return r.result.value.id ? { ref: await b.ref(r.result.value.id) } : {};
+      return r.result.value.id ? { ref: b.lazyRef(r.result.value.id) } : {};
     case 'refDeprecated':
-      return r.result.value ? { ref: await b.ref(r.result.value) } : {};
+      return r.result.value ? { ref: b.lazyRef(r.result.value) } : {};
     case 'refs': {
-      const out: { id: string; ref: Ref }[] = [];
-      for (const [id, ref] of Object.entries(r.result.value.refs)) out.push({ id, ref: await b.ref(ref.id) });
+      const out: { id: string; ref: LazyRef }[] = [];
+      for (const [id, ref] of Object.entries(r.result.value.refs)) out.push({ id, ref: b.lazyRef(ref.id) });
       return { refs: out };
     }
     case 'refsDeprecated': {
-      const out: { id: string; ref: Ref }[] = [];
-      for (const [id, ref] of Object.entries(r.result.value.refs)) out.push({ id, ref: await b.ref(ref) });
+      const out: { id: string; ref: LazyRef }[] = [];
+      for (const [id, ref] of Object.entries(r.result.value.refs)) out.push({ id, ref: b.lazyRef(ref) });
       return { refs: out };
     }
     default:

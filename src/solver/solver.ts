@@ -37,6 +37,25 @@ export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean
 /** Fails as SelectorDigest does when one of the paths is missing, digesting nothing. */
 export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean) => Promise<void>;
 
+/**
+ * A step output found in an imported cache: fetched and unpacked only when something reads it (a
+ * step that runs on it, an exporter, the gateway), as upstream's lazy refs. A build that exports
+ * nothing downloads none of a fully cached graph's layers.
+ */
+interface Deferred {
+  /** Materializes the output (once); its progress shows on `progressVertex` (the step reading it), else on its own step. */
+  readonly deferred: (progressVertex?: string) => Promise<Ref>;
+}
+type Slot = Ref | Deferred;
+const isDeferred = (s: Slot): s is Deferred => 'deferred' in s;
+
+/** What Solver.solve gives a build: its result, materialized on the first call. */
+export interface Solved {
+  result(): Promise<Ref>;
+  release(): void;
+  stats: SolveStats;
+}
+
 /** Told of each step's outcome (metrics). */
 export interface SolveObserver {
   step(outcome: 'cached' | 'run'): void;
@@ -71,13 +90,10 @@ export class Solver {
   }
 
   /**
-   * Solves `def` within a build. The returned ref stays held until `release()`; callers export
-   * it and then release.
+   * Solves `def` within a build. Its result (read with `result()`, which materializes an output
+   * taken from an imported cache) stays held until `release()`; callers export it and then release.
    */
-  async solve(
-    job: JobContext,
-    def: LoadedDefinition,
-  ): Promise<{ ref: Ref; release: () => void; stats: SolveStats }> {
+  async solve(job: JobContext, def: LoadedDefinition): Promise<Solved> {
     checkEntitlements(def, job.entitlements);
     const run = new JobRun({
       job,
@@ -90,9 +106,9 @@ export class Solver {
       selectorCheck: this.#selectorCheck,
     });
     try {
-      const ref = await run.edge(def.result);
+      await run.slot(def.result);
       await run.recordKnownSteps();
-      return { ref, release: () => run.release(), stats: run.stats };
+      return { result: () => run.edge(def.result), release: () => run.release(), stats: run.stats };
     } catch (err) {
       run.release();
       throw err;
@@ -117,7 +133,7 @@ class JobRun {
   readonly #o: JobRunOptions;
   readonly #keys = new Map<string, Promise<string>>();
   readonly #vertexByDigest = new Map<string, Vertex>();
-  readonly #results = new Map<string, Promise<Ref[]>>();
+  readonly #results = new Map<string, Promise<Slot[]>>();
   readonly #releases: (() => void)[] = [];
   readonly #impls = new Map<string, OpImpl>();
   readonly #parts = new Map<string, KeyParts>();
@@ -153,11 +169,17 @@ class JobRun {
     }
   }
 
+  /** The output `e` names, materialized. */
   async edge(e: Edge): Promise<Ref> {
-    const refs = await this.#result(e.vertex);
-    const ref = refs[e.index];
-    if (!ref) throw new Error(`op ${e.vertex.digest} produced no output ${e.index}`);
-    return ref;
+    const s = await this.slot(e);
+    return isDeferred(s) ? await s.deferred() : s;
+  }
+
+  /** The output `e` names, computed or found, without materializing one from an imported cache. */
+  async slot(e: Edge): Promise<Slot> {
+    const s = (await this.#result(e.vertex))[e.index];
+    if (!s) throw new Error(`op ${e.vertex.digest} produced no output ${e.index}`);
+    return s;
   }
 
   /** One implementation object per vertex and build: ops keep what cacheKey() learnt for run(). */
@@ -226,7 +248,7 @@ class JobRun {
     return p;
   }
 
-  #result(v: Vertex): Promise<Ref[]> {
+  #result(v: Vertex): Promise<Slot[]> {
     let p = this.#results.get(v.digest);
     if (!p) {
       p = this.#compute(v);
@@ -235,7 +257,7 @@ class JobRun {
     return p;
   }
 
-  async #compute(v: Vertex): Promise<Ref[]> {
+  async #compute(v: Vertex): Promise<Slot[]> {
     const { job } = this.#o;
     throwIfAborted(job.signal);
     const key = await this.#key(v);
@@ -250,19 +272,28 @@ class JobRun {
     if (!ignore && !local) {
       const hit = (await this.#lookup(key, n)) ?? (await this.#imported(v, key, n));
       if (hit) {
-        this.#hold(hit);
+        const refs = hit.filter((s): s is Ref => !isDeferred(s));
+        this.#hold(refs);
         const now = new Date();
         this.#report(v, { started: now, completed: now, cached: true });
         this.#reported.add(v.digest);
         this.stats.cached++;
         await this.#reportCachedInputs(v);
         this.#o.observe?.step('cached');
-        if (v.op.op.case !== 'source') hit.forEach((r, i) => job.cache?.record(`${key}#${i}`, r));
-        job.steps?.step({ digest: v.digest, name: v.name, cached: true, reason: '', durationMs: 0, refs: hit });
+        // (An imported output is recorded when it is materialized.)
+        if (v.op.op.case !== 'source') hit.forEach((r, i) => isDeferred(r) || job.cache?.record(`${key}#${i}`, r));
+        job.steps?.step({ digest: v.digest, name: v.name, cached: true, reason: '', durationMs: 0, refs });
         return hit;
       }
     }
-    // Identical work of concurrent builds runs once: the first build computes, others wait on it.
+    return this.#runShared(v, key, n);
+  }
+
+  /** Runs the step; identical work of concurrent builds runs once (the first computes, others wait on it). */
+  async #runShared(v: Vertex, key: string, n: number): Promise<Ref[]> {
+    const { job } = this.#o;
+    const ignore = v.metadata?.ignoreCache === true;
+    const local = isLocalSource(v);
     const flightKey = ignore || local ? `${key}:${local ? 'local' : 'nocache'}:${job.id}` : key;
     const refs = await sharedRun(this.#o.inflight, flightKey, job.signal, () => this.#run(v, key, n), () =>
       log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step'),
@@ -272,10 +303,12 @@ class JobRun {
   }
 
   async #run(v: Vertex, key: string, n: number): Promise<Ref[]> {
-    const inputs = await Promise.all(v.inputs.map((i) => this.edge(i)));
+    const slots = await Promise.all(v.inputs.map((i) => this.slot(i)));
     throwIfAborted(this.#o.job.signal);
     const started = new Date();
     this.#report(v, { started });
+    // Inputs found in an imported cache are fetched now, their progress on this step.
+    const inputs = await Promise.all(slots.map((s) => (isDeferred(s) ? s.deferred(v.digest) : s)));
     const reason = this.#explainMiss(v, v.metadata?.ignoreCache === true);
     let refs: Ref[];
     try {
@@ -330,29 +363,69 @@ class JobRun {
   }
 
   /**
-   * A step output from the build's imported caches: materialized (layers fetched and unpacked)
-   * and saved in the local cache, so the next build hits locally.
+   * A step's outputs from the build's imported caches, when they hold all of them: deferred, each
+   * materialized (layers fetched and unpacked, then saved in the local cache so the next build hits
+   * locally) when first read. A build that exports its cache materializes them at once, as it
+   * records every output it used. A cache that cannot be read, or an output that cannot be
+   * materialized, is no reason to fail the build: the step runs instead.
    */
-  async #imported(v: Vertex, key: string, n: number): Promise<Ref[] | undefined> {
+  async #imported(v: Vertex, key: string, n: number): Promise<Slot[] | undefined> {
     const hooks = this.#o.job.cache;
-    // Sources fetch their own content (they already did, to know their key): never from a cache.
-    if (!hooks || v.op.op.case === 'source') return undefined;
-    const refs: Ref[] = [];
+    if (!hooks) return undefined;
+    const found: ((ctx: OpContext, progressVertex?: string) => Promise<Ref>)[] = [];
     for (let i = 0; i < n; i++) {
-      let r: Ref | undefined;
+      let m: ((ctx: OpContext, progressVertex?: string) => Promise<Ref>) | undefined;
       try {
-        r = await hooks.imported(`${key}#${i}`, this.#ctx(v));
+        m = await hooks.findImported(`${key}#${i}`);
       } catch (err) {
         if (isAbortError(err)) throw err;
-        // A cache that cannot be read is no reason to fail the build: the step runs instead.
-        this.#o.job.progress.warn({ vertex: v.digest, level: 1, short: `cache import failed, running the step: ${errorMessage(err)}`, detail: [] });
+        this.#importFailed(v, err);
         return undefined;
       }
-      if (!r) return undefined;
-      refs.push(r);
+      if (!m) return undefined;
+      found.push(m);
     }
-    refs.forEach((r, i) => this.#o.cache.save(`${key}#${i}`, r));
-    return refs;
+    let ran: Promise<Ref[]> | undefined;
+    const slots = found.map((materialize, i): Deferred => {
+      let p: Promise<Ref> | undefined;
+      return {
+        deferred: (progressVertex) =>
+          (p ??= (async () => {
+            let r: Ref;
+            try {
+              r = await materialize(this.#ctx(v), progressVertex);
+            } catch (err) {
+              if (isAbortError(err)) throw err;
+              this.#importFailed(v, err);
+              ran ??= this.#runShared(v, key, n);
+              return (await ran)[i]!;
+            }
+            this.#o.cache.save(`${key}#${i}`, r);
+            this.#hold([r]);
+            if (v.op.op.case !== 'source') this.#o.job.cache?.record(`${key}#${i}`, r);
+            return r;
+          })()),
+      };
+    });
+    if (!hooks.eager) return slots;
+    // Materialized now, before the step shows as cached (its layers' progress on it); one that
+    // fails makes the step run as a miss.
+    try {
+      const refs = await Promise.all(found.map((m) => m(this.#ctx(v))));
+      refs.forEach((r, i) => {
+        this.#o.cache.save(`${key}#${i}`, r);
+        if (v.op.op.case !== 'source') this.#o.job.cache?.record(`${key}#${i}`, r);
+      });
+      return refs;
+    } catch (err) {
+      if (isAbortError(err)) throw err;
+      this.#importFailed(v, err);
+      return undefined;
+    }
+  }
+
+  #importFailed(v: Vertex, err: unknown): void {
+    this.#o.job.progress.warn({ vertex: v.digest, level: 1, short: `cache import failed, running the step: ${errorMessage(err)}`, detail: [] });
   }
 
   /**

@@ -17,6 +17,9 @@ export interface Ref {
   readonly dir: string;
 }
 
+/** A result that is materialized when first read (see Solver.solve). */
+export type LazyRef = () => Promise<Ref>;
+
 /** What every op sees of the build it runs in. */
 export interface JobContext {
   /** The build's ref (SolveRequest.Ref). */
@@ -53,8 +56,17 @@ export interface StepObserver {
 
 /** How the solver reaches a build's imported caches and tells its cache exporters what it used. */
 export interface BuildCacheHooks {
-  /** A step output (`<key>#<index>`) the local cache lacks, materialized from an imported cache. */
-  imported(key: string, ctx: OpContext): Promise<Ref | undefined>;
+  /**
+   * Whether an imported cache holds a step output (`<key>#<index>`) the local cache lacks: if so,
+   * the function that materializes it (fetches and unpacks its layers), which the solver calls
+   * only when something reads the output. Rejects when an import cannot be read.
+   */
+  findImported(key: string): Promise<((ctx: OpContext, progressVertex?: string) => Promise<Ref>) | undefined>;
+  /**
+   * Imported outputs are materialized as soon as they are found: the build exports its result
+   * (which then reads it) or its cache (which records every output the build used).
+   */
+  readonly eager?: boolean;
   /** A step output this build produced or took from the cache, for cache export. */
   record(key: string, ref: Ref): void;
   /**

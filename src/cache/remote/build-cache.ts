@@ -128,19 +128,25 @@ export class BuildCache implements BuildCacheHooks {
   readonly #exports: ExportSpec[];
   readonly #imports: ImportSpec[];
   #loads: Promise<LoadedCache | undefined>[] = [];
-  readonly #materializing = new Map<string, Promise<Ref | undefined>>();
+  readonly #materializing = new Map<string, Promise<Ref>>();
   readonly #records = new Map<string, { ref: Ref; at: Date }>();
 
-  private constructor(deps: RemoteCacheDeps, imports: ImportSpec[], exports: ExportSpec[]) {
+  readonly #exportsResult: boolean;
+
+  private constructor(deps: RemoteCacheDeps, imports: ImportSpec[], exports: ExportSpec[], exportsResult: boolean) {
     this.#d = deps;
     this.#imports = imports;
     this.#exports = exports;
+    this.#exportsResult = exportsResult;
   }
 
-  /** Checks the request's cache options (bad ones are the request's error); undefined when there are none. */
-  static fromRequest(deps: RemoteCacheDeps, opts: { imports: CacheEntry[]; exports: CacheEntry[] }): BuildCache | undefined {
+  /**
+   * Checks the request's cache options (bad ones are the request's error); undefined when there
+   * are none. `exportsResult`: the build has an exporter, which will read its result.
+   */
+  static fromRequest(deps: RemoteCacheDeps, opts: { imports: CacheEntry[]; exports: CacheEntry[] }, exportsResult: boolean): BuildCache | undefined {
     if (opts.imports.length === 0 && opts.exports.length === 0) return undefined;
-    return new BuildCache(deps, opts.imports.map(parseImport), opts.exports.map(parseExport));
+    return new BuildCache(deps, opts.imports.map(parseImport), opts.exports.map(parseExport), exportsResult);
   }
 
   get wantsAll(): boolean {
@@ -186,38 +192,47 @@ export class BuildCache implements BuildCacheHooks {
     );
   }
 
-  async imported(key: string, ctx: OpContext): Promise<Ref | undefined> {
-    if (this.#loads.length === 0) return undefined;
-    let p = this.#materializing.get(key);
-    if (!p) {
-      p = this.#materialize(key, ctx);
-      this.#materializing.set(key, p);
-      p.catch(() => this.#materializing.delete(key));
-    }
-    return p;
+  /** The build exports its cache to a registry or a directory (reading every output it used). */
+  get exporting(): boolean {
+    return this.#exports.some((e) => e.type !== 'inline');
   }
 
-  async #materialize(key: string, ctx: OpContext): Promise<Ref | undefined> {
+  get eager(): boolean {
+    return this.#exportsResult || this.exporting;
+  }
+
+  async findImported(key: string): Promise<((ctx: OpContext, progressVertex?: string) => Promise<Ref>) | undefined> {
     for (const load of this.#loads) {
       const c = await load;
       if (!c) continue;
       const chain = chainFor(c.config, key, c.describe, c.what);
       if (!chain) continue;
       checkChain(chain, c.what);
-      const vertex = ctx.vertex.digest;
-      return await unpackChain(this.#d, chain, {
-        description: `imported from ${c.what}`,
-        signal: ctx.signal,
-        what: c.what,
-        fetch: async (layer) => {
-          const done = oneOff(ctx.progress, vertex, `importing layer ${layer.digest} from ${c.what}`);
-          await c.fetch(layer);
-          done({ current: layer.size, total: layer.size });
-        },
-        onExtract: (layer) => oneOff(ctx.progress, vertex, `extracting ${layer.digest}`),
-      });
+      return (ctx, progressVertex) => {
+        let p = this.#materializing.get(key);
+        if (!p) {
+          p = this.#materialize(c, chain, ctx, progressVertex ?? ctx.vertex.digest);
+          this.#materializing.set(key, p);
+          p.catch(() => this.#materializing.delete(key));
+        }
+        return p;
+      };
     }
     return undefined;
+  }
+
+  #materialize(c: LoadedCache, chain: ChainLayer[], ctx: OpContext, vertex: string): Promise<Ref> {
+    return unpackChain(this.#d, chain, {
+      description: `imported from ${c.what}`,
+      signal: ctx.signal,
+      what: c.what,
+      fetch: async (layer) => {
+        const done = oneOff(ctx.progress, vertex, `importing layer ${layer.digest} from ${c.what}`);
+        await c.fetch(layer);
+        done({ current: layer.size, total: layer.size });
+      },
+      onExtract: (layer) => oneOff(ctx.progress, vertex, `extracting ${layer.digest}`),
+    });
   }
 
   record(key: string, ref: Ref): void {

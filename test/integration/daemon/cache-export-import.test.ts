@@ -89,6 +89,30 @@ d('cache export and import', () => {
     expect(readFileSync(join(work, 'maxc-b', 'stamp'), 'utf8')).toBe(readFileSync(join(work, 'maxc-a', 'stamp'), 'utf8'));
   }, 240_000);
 
+  it('a build that exports nothing fetches no imported layer; a step that runs on an imported output fetches that one', async () => {
+    const dir = context('lazy', df(), { 'a.txt': 'lazy\n' });
+    const a = await freshDaemon();
+    await build(a, dir, ['--export-cache', `type=registry,ref=${reg.host}/cache:lazy,mode=max`], join(work, 'lazy-a'));
+    const b = await freshDaemon();
+    const imp = ['--import-cache', `type=registry,ref=${reg.host}/cache:lazy`];
+    const first = await build(b, dir, imp);
+    expect(first).toMatch(/RUN cat \/a.txt \/stamp > \/both\n#\d+ CACHED/);
+    expect(first).not.toContain('importing layer');
+
+    // The COPY's source changed: the COPY runs on the imported output of the RUN before it,
+    // which is fetched now (its layers' progress on the COPY's vertex).
+    writeFileSync(join(dir, 'a.txt'), 'lazy changed\n');
+    const second = await build(b, dir, imp);
+    const copy = /#(\d+) \[3\/4\] COPY a.txt \/a.txt/.exec(second);
+    expect(copy, second).not.toBeNull();
+    expect(second).toMatch(new RegExp(`#${copy![1]} importing layer sha256:[0-9a-f]{64} from ${reg.host}/cache:lazy`));
+    // It is in b's own cache now: without the import, the RUN is cached with a's output.
+    const third = await build(b, dir, [], join(work, 'lazy-b'));
+    expect(third).toMatch(/RUN date \+%s%N > \/stamp\n#\d+ CACHED/);
+    expect(readFileSync(join(work, 'lazy-b', 'stamp'), 'utf8')).toBe(readFileSync(join(work, 'lazy-a', 'stamp'), 'utf8'));
+    expect(readFileSync(join(work, 'lazy-b', 'both'), 'utf8')).toMatch(/^lazy changed\n/);
+  }, 240_000);
+
   it('local cache (an OCI layout on the client) exported and imported through the session', async () => {
     const dir = context('local', df(), { 'a.txt': 'local\n' });
     const dest = join(work, 'local-cache');
