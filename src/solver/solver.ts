@@ -200,6 +200,7 @@ class JobRun {
       progress: j.progress,
       entitlements: j.entitlements,
       session: () => j.session(),
+      cache: j.cache,
       vertex: v,
       platform: v.op.platform ?? this.#o.defaultPlatform,
     };

@@ -67,6 +67,8 @@ export interface BuildCacheHooks {
    * (which then reads it) or its cache (which records every output the build used).
    */
   readonly eager?: boolean;
+  /** The build imports caches (whose hits may leave a step's inputs unneeded). */
+  readonly importing?: boolean;
   /** A step output this build produced or took from the cache, for cache export. */
   record(key: string, ref: Ref): void;
   /**

@@ -197,6 +197,10 @@ export class BuildCache implements BuildCacheHooks {
     return this.#exports.some((e) => e.type !== 'inline');
   }
 
+  get importing(): boolean {
+    return this.#imports.length > 0;
+  }
+
   get eager(): boolean {
     return this.#exportsResult || this.exporting;
   }

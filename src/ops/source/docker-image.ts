@@ -109,10 +109,12 @@ export class ImageSourceOp implements OpImpl {
    * image is needed as soon as they run, so the two overlap (upstream's scheduler runs the FROM
    * and the steps after it while the context is still arriving). If nothing ends up needing the
    * image (every later step cached) the work is a pulled image in the cache, as `docker pull`
-   * leaves; a failure is reported by run(), which awaits the same unpacking.
+   * leaves; a failure is reported by run(), which awaits the same unpacking. Not when the build
+   * imports a cache: a hit there (a whole stage built on a large SDK image, say) needs none of the
+   * image, and a build that pulled it anyway would download more than upstream's.
    */
   #prefetch(ctx: OpContext, img: ResolvedImage): void {
-    if (this.#unpacking || ctx.signal.aborted) return;
+    if (this.#unpacking || ctx.signal.aborted || ctx.cache?.importing) return;
     const known = this.#d.metadata.kvGet(NS_IMAGE, imageKey(img.digest, ctx));
     if (known && this.#d.metadata.getRef(known)) return;
     this.#unpacking = this.#unpack(ctx, img);

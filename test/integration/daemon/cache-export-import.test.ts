@@ -98,6 +98,8 @@ d('cache export and import', () => {
     const first = await build(b, dir, imp);
     expect(first).toMatch(/RUN cat \/a.txt \/stamp > \/both\n#\d+ CACHED/);
     expect(first).not.toContain('importing layer');
+    // Nor the base image: nothing runs on it (the daemon pulls a FROM early only without imports).
+    expect(first).not.toMatch(/^#\d+ (extracting )?sha256:[0-9a-f]{64}/m);
 
     // The COPY's source changed: the COPY runs on the imported output of the RUN before it,
     // which is fetched now (its layers' progress on the COPY's vertex).
