@@ -139,6 +139,7 @@ export class BuildManager {
       },
       cache,
       steps: recorder,
+      ops: new Map(),
     };
     cache?.start(job);
     if (req.Frontend) {

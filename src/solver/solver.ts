@@ -184,10 +184,11 @@ class JobRun {
 
   /** One implementation object per vertex and build: ops keep what cacheKey() learnt for run(). */
   #impl(v: Vertex): OpImpl {
-    let impl = this.#impls.get(v.digest);
+    const impls = this.#o.job.ops ?? this.#impls;
+    let impl = impls.get(v.digest);
     if (!impl) {
       impl = this.#o.resolve(v);
-      this.#impls.set(v.digest, impl);
+      impls.set(v.digest, impl);
     }
     return impl;
   }

@@ -34,6 +34,13 @@ export interface JobContext {
   readonly cache?: BuildCacheHooks;
   /** Told of every step the build solved (the build record: cached or run, and why). */
   readonly steps?: StepObserver;
+  /**
+   * The build's op implementations by vertex digest, shared by all its solves (a multi-platform
+   * build solves once per platform): a vertex the solves have in common, such as the context both
+   * platforms copy from, is transferred, resolved or downloaded once per build, as upstream's
+   * shared vertices. Without it, each solve has its own.
+   */
+  readonly ops?: Map<string, OpImpl>;
 }
 
 export interface StepOutcome {

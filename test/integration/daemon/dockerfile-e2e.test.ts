@@ -234,6 +234,7 @@ d('dockerfile.v0', () => {
     // Upstream's progress: a "copying files <platform>" status per platform.
     expect(r.stderr).toMatch(/copying files linux\/amd64 [\d.]+[kM]?B [\d.]+s done/);
     expect(r.stderr).toMatch(/copying files linux\/arm64 [\d.]+[kM]?B [\d.]+s done/);
+    // Both platforms copy from the one context: it is sent once, as upstream's shared vertex.
 
     const tarFile = join(work, 'multi.tar');
     const t = await buildctl(daemon.addr, [...args, '--output', `type=tar,dest=${tarFile}`]);
@@ -249,6 +250,24 @@ d('dockerfile.v0', () => {
     expect(listing.find((l) => l.includes('linux_amd64/rel-link'))).toMatch(/linux_amd64\/rel-link -> a\.txt$/);
     expect(listing.find((l) => l.includes('linux_arm64/hard.txt'))).toMatch(/linux_arm64\/hard\.txt link to linux_arm64\/a\.txt$/);
     expect(names.indexOf('linux_arm64/')).toBeGreaterThan(names.indexOf('linux_amd64/arch'));
+  }, 120_000);
+
+  it('sends the context once when both platforms of a build copy from it in a shared build stage, as upstream', async () => {
+    const ctx = join(work, 'multi-shared');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'a.txt'), 'a\n');
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      `FROM --platform=$BUILDPLATFORM ${reg.host}/busybox:latest AS build\nCOPY a.txt /a.txt\nFROM ${reg.host}/busybox:latest\nCOPY --from=build /a.txt /a.txt\n`,
+    );
+    const out = join(work, 'multi-shared-out');
+    const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', 'platform=linux/amd64,linux/arm64', '--progress', 'plain', '--output', `type=local,dest=${out}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(readFileSync(join(out, 'linux_arm64', 'a.txt'), 'utf8')).toBe('a\n');
+    // One vertex for the context, one transfer on it (each platform's solve once sent it again).
+    const contextVertex = /^(#\d+) \[internal\] load build context$/m.exec(r.stderr)?.[1];
+    expect(contextVertex).toBeDefined();
+    expect(r.stderr.split('\n').filter((l) => l.startsWith(`${contextVertex} transferring context:`))).toHaveLength(1);
   }, 120_000);
 
   // Linux 6.7 gave each user namespace its own binfmt_misc: there an arm64 step's own children run
