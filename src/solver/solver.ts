@@ -431,8 +431,9 @@ class JobRun {
   }
 
   /**
-   * A cache hit never needs its inputs' results, but they are cached too: show them as such, as
-   * upstream does for a fully cached build (sources already showed their resolve).
+   * A cache hit never needs its inputs' results, but they are cached too (here or in an imported
+   * cache): show them as such, as upstream does for a fully cached build (sources already showed
+   * their resolve).
    */
   async #reportCachedInputs(v: Vertex): Promise<void> {
     for (const i of v.inputs) {
@@ -440,10 +441,20 @@ class JobRun {
       if (this.#reported.has(u.digest) || u.op.op.case === 'source' || this.#results.has(u.digest)) continue;
       this.#reported.add(u.digest);
       const key = await this.#keys.get(u.digest);
-      if (!key || !(await this.#o.cache.lookup(`${key}#${i.index}`))) continue;
+      if (!key || !((await this.#o.cache.lookup(`${key}#${i.index}`)) || (await this.#inImport(`${key}#${i.index}`)))) continue;
       const now = new Date();
       this.#report(u, { started: now, completed: now, cached: true });
       await this.#reportCachedInputs(u);
+    }
+  }
+
+  /** Whether the build's imported caches hold the output (nothing is fetched); a cache that cannot be read holds nothing. */
+  async #inImport(output: string): Promise<boolean> {
+    try {
+      return (await this.#o.job.cache?.findImported(output)) !== undefined;
+    } catch (err) {
+      if (isAbortError(err)) throw err;
+      return false;
     }
   }
 
