@@ -444,6 +444,8 @@ class JobRun {
       if (!key || !((await this.#o.cache.lookup(`${key}#${i.index}`)) || (await this.#inImport(`${key}#${i.index}`)))) continue;
       const now = new Date();
       this.#report(u, { started: now, completed: now, cached: true });
+      // In the build's record and summary as a cached step; its bytes are in the hit's chain.
+      this.#o.job.steps?.step({ digest: u.digest, name: u.name, cached: true, reason: '', durationMs: 0, refs: [] });
       await this.#reportCachedInputs(u);
     }
   }
