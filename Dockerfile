@@ -18,6 +18,7 @@ RUN npm run build && (test ! -f runc-shim/Makefile || make -C runc-shim) && npm 
 FROM node:20-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
       runc qemu-user-static git ca-certificates iproute2 iptables python3 attr openssh-client \
+      bzip2 xz-utils zstd \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/loom
 COPY --from=build /opt/loom /opt/loom

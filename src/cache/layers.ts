@@ -4,16 +4,16 @@ import { PassThrough, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { gzipStream } from '../util/zlib.js';
 import type { ContentStore } from '../content/store.js';
-import type { Compression, LayerDescriptor, LayerOrigin, LayerProvider } from '../exporter/types.js';
+import { isCompression, type Compression, type LayerDescriptor, type LayerOptions, type LayerOrigin, type LayerProvider } from '../exporter/types.js';
 import { changes as diffTrees } from '../snapshot/layer/changes.js';
 import { writeLayerTar } from '../snapshot/layer/write-layer-tar.js';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
 import type { Ref } from '../solver/types.js';
 import { layerMediaType } from '../util/media-types.js';
 import type { Digest } from '../util/digest.js';
-import { UnimplementedError } from '../util/errors.js';
+import { zstdStream } from '../util/zstd.js';
 import { sharedRun, type SharedRun } from '../util/shared-run.js';
-import type { LayerPair, MetadataStore } from './metadata.js';
+import type { LayerBlobRecord, LayerPair, MetadataStore } from './metadata.js';
 
 /**
  * Layer blobs of refs' chains: each diff pair is turned into a compressed tar once, stored in the
@@ -33,10 +33,7 @@ export class LayerStore implements LayerProvider {
     this.#snap = opts.snapshotter;
   }
 
-  async layers(
-    ref: Ref,
-    opts: { compression: Compression; ociMediaTypes: boolean; signal?: AbortSignal; onLayer?: (d: LayerDescriptor) => void },
-  ): Promise<LayerDescriptor[]> {
+  async layers(ref: Ref, opts: LayerOptions & { onLayer?: (d: LayerDescriptor) => void }): Promise<LayerDescriptor[]> {
     // Layers are computed side by side, as upstream computes a chain's blobs: compressing is most
     // of an export of new layers and zlib runs on the thread pool, so each core takes one layer.
     // The first failure stops the others.
@@ -70,16 +67,29 @@ export class LayerStore implements LayerProvider {
     });
   }
 
-  /** The blob of one diff pair: the recorded one if its compression fits, else computed now. */
-  async layer(pair: LayerPair, opts: { compression: Compression; ociMediaTypes: boolean; signal?: AbortSignal }): Promise<LayerDescriptor> {
-    const rec = this.#md.getLayerBlob(pair.lower, pair.upper, opts.compression);
-    if (rec && (await this.#content.has(rec.digest as Digest))) {
-      return { mediaType: layerMediaType(opts.compression, opts.ociMediaTypes), digest: rec.digest, size: rec.size, diffId: rec.diffId };
+  /**
+   * The blob of one diff pair: the recorded one if its compression fits, else computed now. With
+   * `force: false` (an image export without force-compression, as upstream's) a pair that already
+   * has a blob of another compression (a pulled base layer, an earlier export) keeps it: only new
+   * layers take the asked compression.
+   */
+  async layer(pair: LayerPair, opts: LayerOptions): Promise<LayerDescriptor> {
+    const stored = async (rec: LayerBlobRecord | undefined) => rec !== undefined && (await this.#content.has(rec.digest as Digest));
+    let rec = this.#md.getLayerBlob(pair.lower, pair.upper, opts.compression);
+    if (!(await stored(rec))) rec = undefined;
+    if (!rec && opts.force === false) {
+      for (const other of this.#md.layerBlobsOf(pair.lower, pair.upper)) {
+        if (isCompression(other.compression) && (await stored(other))) {
+          rec = other;
+          break;
+        }
+      }
     }
+    if (rec) return { mediaType: layerMediaType(rec.compression as Compression, opts.ociMediaTypes), digest: rec.digest, size: rec.size, diffId: rec.diffId };
     const key = `${pair.lower ?? ''}>${pair.upper}>${opts.compression}`;
     // A computation shared with another caller that stops (its build, or its export stopping at
     // another layer's failure) is computed again for this one.
-    const d = await sharedRun(this.#inflight, key, opts.signal, () => this.#compute(pair, opts.compression, opts.signal));
+    const d = await sharedRun(this.#inflight, key, opts.signal, () => this.#compute(pair, opts.compression, opts.level, opts.signal));
     return { ...d, mediaType: layerMediaType(opts.compression, opts.ociMediaTypes) };
   }
 
@@ -88,8 +98,7 @@ export class LayerStore implements LayerProvider {
     this.#md.putLayerBlob({ lower: pair.lower, upper: pair.upper, compression: d.compression, digest: d.digest, diffId: d.diffId, size: d.size, mediaType: d.mediaType });
   }
 
-  async #compute(pair: LayerPair, compression: Compression, signal?: AbortSignal): Promise<LayerDescriptor> {
-    if (compression === 'zstd') throw new UnimplementedError('zstd layer compression is not supported by loom (no sound zstd library for Node 20); use compression=gzip or uncompressed');
+  async #compute(pair: LayerPair, compression: Compression, level: number | undefined, signal?: AbortSignal): Promise<LayerDescriptor> {
     const upperDir = await this.#snap.dir(pair.upper);
     const lowerDir = pair.lower ? await this.#snap.dir(pair.lower) : null;
     const info = await this.#snap.stat(pair.upper);
@@ -105,7 +114,8 @@ export class LayerStore implements LayerProvider {
       },
     });
     const stages: NodeJS.ReadWriteStream[] = [hashTap];
-    if (compression === 'gzip') stages.push(gzipStream());
+    if (compression === 'gzip') stages.push(gzipStream(level));
+    else if (compression === 'zstd') stages.push(zstdStream('compress', `layer of snapshot ${pair.upper}`, level));
     const writer = this.#content.ingest();
     const w = await writer;
     const sink = async function* (src: AsyncIterable<Buffer>) {

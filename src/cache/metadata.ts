@@ -141,6 +141,7 @@ export class MetadataStore {
          VALUES (?, ?, ?, ?, ?, ?, ?)`,
       ),
       getLayer: db.prepare('SELECT * FROM layer_blobs WHERE lower = ? AND upper = ? AND compression = ?'),
+      getLayers: db.prepare('SELECT * FROM layer_blobs WHERE lower = ? AND upper = ? ORDER BY rowid'),
       allLayers: db.prepare('SELECT * FROM layer_blobs'),
       delLayersOf: db.prepare('DELETE FROM layer_blobs WHERE upper = ? OR lower = ?'),
       getKv: db.prepare('SELECT value FROM kv WHERE ns = ? AND key = ?'),
@@ -228,6 +229,11 @@ export class MetadataStore {
   getLayerBlob(lower: string | null, upper: string, compression: string): LayerBlobRecord | undefined {
     const row = this.#stmts.getLayer.get(lower ?? '', upper, compression) as Row | undefined;
     return row ? toLayer(row) : undefined;
+  }
+
+  /** Every blob recorded for one diff pair (one per compression). */
+  layerBlobsOf(lower: string | null, upper: string): LayerBlobRecord[] {
+    return (this.#stmts.getLayers.all(lower ?? '', upper) as Row[]).map(toLayer);
   }
 
   layerBlobs(): LayerBlobRecord[] {

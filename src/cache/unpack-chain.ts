@@ -1,11 +1,12 @@
 import { createReadStream } from 'node:fs';
 import { pipeline, type Readable } from 'node:stream';
 import { gunzipStream } from '../util/zlib.js';
+import { zstdStream } from '../util/zstd.js';
 import type { ContentStore } from '../content/store.js';
 import { applyLayerTar } from '../snapshot/layer/apply-layer-tar.js';
 import type { Ref } from '../solver/types.js';
 import { sha256 } from '../util/digest.js';
-import { InvalidArgumentError, UnimplementedError } from '../util/errors.js';
+import { InvalidArgumentError } from '../util/errors.js';
 import { layerCompression } from '../util/media-types.js';
 import type { LayerStore } from './layers.js';
 import type { LayerPair, MetadataStore } from './metadata.js';
@@ -154,7 +155,7 @@ async function applyOne(
   const w = await deps.refs.prepare(null, { parentSnapshot: parent, signal: opts.signal });
   let key: string;
   try {
-    const input = decompress(createReadStream(deps.content.path(layer.digest as `sha256:${string}`)), layer.mediaType, opts.what);
+    const input = decompress(createReadStream(deps.content.path(layer.digest as `sha256:${string}`)), layer.mediaType, `${opts.what}: layer ${layer.digest}`);
     await applyLayerTar(input, w.dir, { signal: opts.signal });
     key = await w.commitSnapshot();
   } catch (err) {
@@ -174,7 +175,9 @@ function decompress(src: Readable, mediaType: string, what: string): Readable {
     pipeline(src, gz, () => {});
     return gz;
   }
-  throw new UnimplementedError(`${what}: ${mediaType} layers (zstd) are not supported by loom yet`);
+  const z = zstdStream('decompress', what);
+  pipeline(src, z, () => {});
+  return z;
 }
 
 /** Checks a chain's shape before any work: every layer needs a digest and a diff id. */

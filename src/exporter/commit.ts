@@ -14,6 +14,10 @@ import type { Compression, ExportContext, ExportSource, LayerProvider } from './
 export interface ImageCommitOptions {
   name: string;
   compression: Compression;
+  /** force-compression: also recompress layers that have a blob of another compression. */
+  forceCompression: boolean;
+  /** compression-level, when given. */
+  compressionLevel?: number;
   ociMediaTypes: boolean;
   /** Record the frontend's build info in the config (`buildinfo`, default true in v0.11). */
   buildInfo: boolean;
@@ -31,7 +35,7 @@ export function parseBool(v: string, key: string, def = true): boolean {
 }
 
 export function parseImageCommitOptions(attrs: Record<string, string>, defaults: { ociMediaTypes: boolean }): ImageCommitOptions {
-  const o: ImageCommitOptions = { name: '', compression: 'gzip', ociMediaTypes: defaults.ociMediaTypes, buildInfo: true, epoch: parseEpochAttr(attrs), rest: {} };
+  const o: ImageCommitOptions = { name: '', compression: 'gzip', forceCompression: false, ociMediaTypes: defaults.ociMediaTypes, buildInfo: true, epoch: parseEpochAttr(attrs), rest: {} };
   for (const [k, v] of Object.entries(attrs)) {
     switch (k) {
       case SOURCE_DATE_EPOCH_ATTR:
@@ -48,9 +52,10 @@ export function parseImageCommitOptions(attrs: Record<string, string>, defaults:
         break;
       case 'compression-level':
         if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError(`non-int value ${v} specified for compression-level`);
+        o.compressionLevel = Number(v);
         break;
       case 'force-compression':
-        parseBool(v, k);
+        o.forceCompression = parseBool(v, k);
         break;
       case 'oci-mediatypes':
         o.ociMediaTypes = parseBool(v, k);
@@ -93,7 +98,7 @@ export async function commitImage(
   const blobs: Descriptor[] = [];
   const one = async (ref: ExportSource['ref'], platform: Platform, configKey: string) => {
     const layersDone = oneOff(bus, ctx.vertex, 'exporting layers');
-    const layers = ref ? await deps.layers.layers(ref, { compression: opts.compression, ociMediaTypes: opts.ociMediaTypes, signal: ctx.job.signal }) : [];
+    const layers = ref ? await deps.layers.layers(ref, { compression: opts.compression, force: opts.forceCompression, level: opts.compressionLevel, ociMediaTypes: opts.ociMediaTypes, signal: ctx.job.signal }) : [];
     layersDone();
     const buildInfoKey = configKey.replace('containerimage.config', 'containerimage.buildinfo');
     // Each layer's origin (when and by what step it was made) fills the history, as upstream's

@@ -37,12 +37,29 @@ export interface LayerDescriptor {
 
 export type Compression = 'gzip' | 'uncompressed' | 'zstd';
 
+export function isCompression(c: string): c is Compression {
+  return c === 'gzip' || c === 'uncompressed' || c === 'zstd';
+}
+
+export interface LayerOptions {
+  compression: Compression;
+  ociMediaTypes: boolean;
+  /**
+   * Upstream's force-compression. False: a layer that already has a blob of another compression
+   * keeps it (new layers take `compression`). Undefined or true: every layer in `compression`.
+   */
+  force?: boolean;
+  /** Upstream's compression-level (gzip's level; zstd's speed, see zstdLevel). */
+  level?: number;
+  signal?: AbortSignal;
+}
+
 /**
  * Turns a ref's layer chain into blobs (computed once per diff and compression, then reused).
  * Implemented in cache/layers.ts.
  */
 export interface LayerProvider {
-  layers(ref: Ref, opts: { compression: Compression; ociMediaTypes: boolean; signal?: AbortSignal; onLayer?: (d: LayerDescriptor) => void }): Promise<LayerDescriptor[]>;
+  layers(ref: Ref, opts: LayerOptions & { onLayer?: (d: LayerDescriptor) => void }): Promise<LayerDescriptor[]>;
   /**
    * Where each layer of the ref's chain came from, in chain order: when it was made and the step
    * that made it (`pulled from <image>@<digest>`, `mount / from exec ...`), as upstream's layer

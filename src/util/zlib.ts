@@ -8,9 +8,10 @@ import { constants, createGunzip, createGzip, type Gunzip, type Gzip } from 'nod
  */
 export const ZLIB_CHUNK = 256 * 1024;
 
-/** A gzip stream at the default level, as upstream compresses layers. */
-export function gzipStream(): Gzip {
-  return createGzip({ level: constants.Z_DEFAULT_COMPRESSION, chunkSize: ZLIB_CHUNK });
+/** A gzip stream at the default level, as upstream compresses layers, or at `level` (compression-level, clamped to gzip's 0-9). */
+export function gzipStream(level?: number): Gzip {
+  const l = level === undefined ? constants.Z_DEFAULT_COMPRESSION : Math.min(9, Math.max(0, level));
+  return createGzip({ level: l, chunkSize: ZLIB_CHUNK });
 }
 
 export function gunzipStream(): Gunzip {

@@ -1,7 +1,7 @@
 import type { ContentStore } from '../../content/store.js';
 import type { Descriptor } from '../../content/oci.js';
 import { parseBool } from '../../exporter/commit.js';
-import type { LayerDescriptor } from '../../exporter/types.js';
+import { isCompression, type Compression, type LayerDescriptor } from '../../exporter/types.js';
 import type { RegistryAccess } from '../../ops/source/registry-access.js';
 import { formatReference, parseNormalizedNamed, withDefaultTag, type ImageReference } from '../../registry/reference.js';
 import { SessionContentStore } from '../../session/content/session-store.js';
@@ -43,7 +43,10 @@ interface ExportSpec {
   oci: boolean;
   insecure: boolean;
   ignoreError: boolean;
-  compression: 'gzip' | 'uncompressed';
+  compression: Compression;
+  /** force-compression: also recompress layers that have a blob of another compression. */
+  force: boolean;
+  level?: number;
 }
 
 interface ImportSpec {
@@ -74,8 +77,10 @@ function parseExport(e: CacheEntry): ExportSpec {
   const mode = a['mode'] ?? 'min';
   if (mode !== 'min' && mode !== 'max') throw new InvalidArgumentError(`invalid cache export mode ${JSON.stringify(mode)}: expected min or max`);
   const compression = a['compression'] ?? 'gzip';
-  if (compression === 'zstd' || compression === 'estargz') throw new UnimplementedError(`cache export compression ${compression} is not supported by loom; use gzip or uncompressed`);
-  if (compression !== 'gzip' && compression !== 'uncompressed') throw new InvalidArgumentError(`invalid cache export compression ${JSON.stringify(compression)}`);
+  if (compression === 'estargz') throw new UnimplementedError(`cache export compression ${compression} is not supported by loom; use gzip, uncompressed or zstd`);
+  if (!isCompression(compression)) throw new InvalidArgumentError(`invalid cache export compression ${JSON.stringify(compression)}`);
+  const level = a['compression-level'];
+  if (level !== undefined && !/^-?\d+$/.test(level)) throw new InvalidArgumentError(`non-int value ${level} specified for compression-level`);
   const spec: ExportSpec = {
     type: e.Type as ExportSpec['type'],
     mode,
@@ -84,6 +89,8 @@ function parseExport(e: CacheEntry): ExportSpec {
     insecure: parseBool(a['registry.insecure'] ?? '', 'registry.insecure', false),
     ignoreError: parseBool(a['ignore-error'] ?? '', 'ignore-error', false),
     compression,
+    force: parseBool(a['force-compression'] ?? '', 'force-compression', false),
+    level: level === undefined ? undefined : Number(level),
   };
   if (e.Type === 'registry') spec.ref = parseRef(a['ref'], 'registry cache exporter');
   if (e.Type === 'local') {
@@ -256,10 +263,10 @@ export class BuildCache implements BuildCacheHooks {
     return out;
   }
 
-  async #layersOf(entries: { key: string; ref: Ref; at: Date }[], spec: { compression: 'gzip' | 'uncompressed'; oci: boolean }, signal: AbortSignal): Promise<ExportEntry[]> {
+  async #layersOf(entries: { key: string; ref: Ref; at: Date }[], spec: { compression: Compression; force: boolean; level?: number; oci: boolean }, signal: AbortSignal): Promise<ExportEntry[]> {
     const out: ExportEntry[] = [];
     for (const e of entries) {
-      const layers = await this.#d.layers.layers(e.ref, { compression: spec.compression, ociMediaTypes: spec.oci, signal });
+      const layers = await this.#d.layers.layers(e.ref, { compression: spec.compression, force: spec.force, level: spec.level, ociMediaTypes: spec.oci, signal });
       out.push({ key: e.key, layers, createdAt: e.at });
     }
     return out;

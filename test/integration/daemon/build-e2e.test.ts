@@ -127,6 +127,50 @@ d('loom daemon with loom buildctl', () => {
     expect(info.Architecture).toBe('amd64');
   });
 
+  it('pushes zstd layers as upstream (only new layers unless force-compression) and builds FROM a zstd image on an empty daemon', async () => {
+    const ctx = join(work, 'zstd-ctx');
+    mkdirSync(ctx, { recursive: true });
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM localhost:5000/busybox:latest\nRUN echo zstd-content > /z.txt\n');
+    const df = ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`];
+    const layersOf = async (name: string) => {
+      const raw = await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${name}`]);
+      expect(raw.code, raw.stderr).toBe(0);
+      return (JSON.parse(raw.stdout) as { layers: { mediaType: string; digest: string }[] }).layers;
+    };
+    // Without force-compression the base image's gzip blobs stay; the step's layer is zstd.
+    const mixed = `${reg.host}/loom/zstd:mixed`;
+    const r1 = await buildctl(daemon.addr, [...df, '--output', `type=image,name=${mixed},push=true,compression=zstd`]);
+    expect(r1.code, r1.stderr).toBe(0);
+    const m1 = await layersOf(mixed);
+    expect(m1.map((l) => l.mediaType)).toEqual([
+      ...Array(m1.length - 1).fill('application/vnd.docker.image.rootfs.diff.tar.gzip'),
+      'application/vnd.docker.image.rootfs.diff.tar.zstd',
+    ]);
+    // With it, every layer is zstd (here with OCI media types); each blob is a zstd frame.
+    const all = `${reg.host}/loom/zstd:all`;
+    const r2 = await buildctl(daemon.addr, [...df, '--output', `type=image,name=${all},push=true,compression=zstd,force-compression=true,oci-mediatypes=true`]);
+    expect(r2.code, r2.stderr).toBe(0);
+    const m2 = await layersOf(all);
+    expect(new Set(m2.map((l) => l.mediaType))).toEqual(new Set(['application/vnd.oci.image.layer.v1.tar+zstd']));
+    const blob = await fetch(`http://${reg.host}/v2/loom/zstd/blobs/${m2[0]!.digest}`);
+    expect([...new Uint8Array(await blob.arrayBuffer()).subarray(0, 4)]).toEqual([0x28, 0xb5, 0x2f, 0xfd]);
+
+    // A daemon that has none of these layers unpacks them.
+    const fresh = await startDaemon({ config: registryConfig(reg) });
+    try {
+      const ctx2 = join(work, 'zstd-from');
+      mkdirSync(ctx2, { recursive: true });
+      writeFileSync(join(ctx2, 'Dockerfile'), `FROM ${all}\nRUN cat /z.txt > /out && ls /bin/sh >> /out\n`);
+      const out = join(work, 'zstd-out');
+      const r3 = await buildctl(fresh.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx2}`, '--local', `dockerfile=${ctx2}`, '--output', `type=local,dest=${out}`]);
+      expect(r3.code, r3.stderr).toBe(0);
+      expect(readFileSync(join(out, 'out'), 'utf8')).toBe('zstd-content\n/bin/sh\n');
+    } finally {
+      await fresh.stop();
+      removeDir(fresh.dir);
+    }
+  }, 120_000);
+
   it("writes each layer's origin into the history of an image built from LLB, as upstream's image writer", async () => {
     const started = Date.now();
     const out = join(work, 'exec-basic-oci.tar');

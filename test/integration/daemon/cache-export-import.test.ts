@@ -118,6 +118,21 @@ d('cache export and import', () => {
     expect(readFileSync(join(work, 'lazy-b', 'both'), 'utf8')).toMatch(/^lazy changed\n/);
   }, 240_000);
 
+  it('a cache exported with zstd layers is imported and unpacked by another daemon', async () => {
+    const dir = context('zstd', df(), { 'a.txt': 'zstd\n' });
+    const a = await freshDaemon();
+    await build(a, dir, ['--export-cache', `type=registry,ref=${reg.host}/cache:zstd,mode=max,compression=zstd,force-compression=true`], join(work, 'zstd-a'));
+    const index = (await (await fetch(`http://${reg.host}/v2/cache/manifests/zstd`, { headers: { accept: 'application/vnd.oci.image.index.v1+json' } })).json()) as { manifests: { mediaType: string }[] };
+    const layers = index.manifests.filter((m) => m.mediaType !== 'application/vnd.buildkit.cacheconfig.v0');
+    expect(layers.length).toBeGreaterThan(0);
+    expect(new Set(layers.map((m) => m.mediaType))).toEqual(new Set(['application/vnd.oci.image.layer.v1.tar+zstd']));
+    // An exporter needs the imported outputs: their zstd layers are fetched and unpacked.
+    const b = await freshDaemon();
+    const log = await build(b, dir, ['--import-cache', `type=registry,ref=${reg.host}/cache:zstd`], join(work, 'zstd-b'));
+    expect(log).toMatch(/RUN cat \/a.txt \/stamp > \/both\n#\d+ CACHED/);
+    expect(readFileSync(join(work, 'zstd-b', 'both'), 'utf8')).toBe(readFileSync(join(work, 'zstd-a', 'both'), 'utf8'));
+  }, 240_000);
+
   it('local cache (an OCI layout on the client) exported and imported through the session', async () => {
     const dir = context('local', df(), { 'a.txt': 'local\n' });
     const dest = join(work, 'local-cache');
