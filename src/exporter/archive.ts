@@ -77,9 +77,9 @@ class ArchiveExporterInstance implements ExporterInstance {
     const release = this.d.leaseBlobs(img.blobs.map((b) => b.digest));
     try {
       // As upstream's oci exporter: index.json (and the descriptor in the response) records when the
-      // image was made (SOURCE_DATE_EPOCH when one is set).
+      // image was made (SOURCE_DATE_EPOCH when one is set), unless an annotation already says.
       const created = (this.opts.epoch ?? new Date()).toISOString().replace(/\.\d{3}Z$/, 'Z');
-      const root = { ...img.root, annotations: { ...(img.root.annotations ?? {}), [ANNOTATION_CREATED]: created } };
+      const root = { ...img.root, annotations: { [ANNOTATION_CREATED]: created, ...(img.root.annotations ?? {}) } };
       const resp = imageResponse({ ...img, root });
       if (this.names.length) resp['image.name'] = this.names.join(',');
       const done = oneOff(ctx.job.progress, ctx.vertex, 'sending tarball');

@@ -4,7 +4,7 @@ import { goJSON } from '../content/go-json.js';
 import { InvalidArgumentError } from '../util/errors.js';
 import type { Digest } from '../util/digest.js';
 import { oneOff } from '../util/progress.js';
-import { formatPlatform, normalizePlatform, type Platform } from '../util/platform.js';
+import { formatPlatform, normalizePlatform, parsePlatform, type Platform } from '../util/platform.js';
 import { parseEpochAttr, SOURCE_DATE_EPOCH_ATTR } from './epoch.js';
 import { buildImageConfig } from './image/image-config.js';
 import { writeIndex, writeManifest } from './image/manifest.js';
@@ -23,8 +23,68 @@ export interface ImageCommitOptions {
   buildInfo: boolean;
   /** SOURCE_DATE_EPOCH (`source-date-epoch`): the config's times are clamped to it. */
   epoch?: Date;
+  /** `annotation*.KEY=VALUE` attributes, by the platform they name ('' for none). */
+  annotations: Map<string, Annotations>;
   /** Attributes the exporter did not recognize: kept as metadata, as upstream does. */
   rest: Record<string, string>;
+}
+
+/** Where an annotation goes, as upstream's exporter annotation types. */
+export interface Annotations {
+  index: Record<string, string>;
+  indexDescriptor: Record<string, string>;
+  manifest: Record<string, string>;
+  manifestDescriptor: Record<string, string>;
+}
+
+const emptyAnnotations = (): Annotations => ({ index: {}, indexDescriptor: {}, manifest: {}, manifestDescriptor: {} });
+
+/** Upstream's annotation attribute: `annotation[-TYPE][[PLATFORM]].KEY`. */
+const ANNOTATION_KEY = /^annotation(?:-([a-z-]+))?(?:\[([A-Za-z0-9_/-]+)\])?\.(\S+)$/;
+const ANNOTATION_TYPES: Record<string, keyof Annotations> = {
+  index: 'index',
+  'index-descriptor': 'indexDescriptor',
+  manifest: 'manifest',
+  'manifest-descriptor': 'manifestDescriptor',
+};
+
+/** Adds one attribute to `group` when it is an annotation (false when it is not one). */
+function parseAnnotation(group: Map<string, Annotations>, k: string, v: string): boolean {
+  const m = ANNOTATION_KEY.exec(k);
+  if (!m) return false;
+  const type = ANNOTATION_TYPES[m[1] ?? 'manifest'];
+  if (!type) throw new InvalidArgumentError(`unrecognized annotation type ${m[1]}`);
+  let platform = '';
+  if (m[2]) {
+    try {
+      platform = formatPlatform(normalizePlatform(parsePlatform(m[2])));
+    } catch (err) {
+      throw new InvalidArgumentError(`${k}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  let a = group.get(platform);
+  if (!a) group.set(platform, (a = emptyAnnotations()));
+  a[type][m[3]!] = v;
+  return true;
+}
+
+/**
+ * The annotations for one platform's manifest (or, without one, the single manifest and the
+ * index): index ones from every group, manifest ones from the unqualified group and the platform's.
+ */
+export function annotationsFor(group: Map<string, Annotations>, platform?: string): Annotations {
+  const out = emptyAnnotations();
+  for (const a of group.values()) {
+    Object.assign(out.index, a.index);
+    Object.assign(out.indexDescriptor, a.indexDescriptor);
+  }
+  for (const key of platform === undefined ? [''] : ['', platform]) {
+    const a = group.get(key);
+    if (!a) continue;
+    Object.assign(out.manifest, a.manifest);
+    Object.assign(out.manifestDescriptor, a.manifestDescriptor);
+  }
+  return out;
 }
 
 export function parseBool(v: string, key: string, def = true): boolean {
@@ -35,8 +95,18 @@ export function parseBool(v: string, key: string, def = true): boolean {
 }
 
 export function parseImageCommitOptions(attrs: Record<string, string>, defaults: { ociMediaTypes: boolean }): ImageCommitOptions {
-  const o: ImageCommitOptions = { name: '', compression: 'gzip', forceCompression: false, ociMediaTypes: defaults.ociMediaTypes, buildInfo: true, epoch: parseEpochAttr(attrs), rest: {} };
+  const o: ImageCommitOptions = {
+    name: '',
+    compression: 'gzip',
+    forceCompression: false,
+    ociMediaTypes: defaults.ociMediaTypes,
+    buildInfo: true,
+    epoch: parseEpochAttr(attrs),
+    annotations: new Map(),
+    rest: {},
+  };
   for (const [k, v] of Object.entries(attrs)) {
+    if (parseAnnotation(o.annotations, k, v)) continue;
     switch (k) {
       case SOURCE_DATE_EPOCH_ATTR:
         break;
@@ -96,9 +166,19 @@ export async function commitImage(
 ): Promise<CommittedImage> {
   const bus = ctx.job.progress;
   const blobs: Descriptor[] = [];
-  const one = async (ref: ExportSource['ref'], platform: Platform, configKey: string) => {
+  // As upstream's image writer: an annotation for a platform the result lacks is refused, and
+  // annotations outside the manifest itself need OCI media types, which they turn on.
+  const multi = src.refs !== undefined && src.refs.length > 0;
+  let oci = opts.ociMediaTypes;
+  for (const [platform, a] of opts.annotations) {
+    if (platform !== '' && multi && !src.refs!.some((r) => formatPlatform(normalizePlatform(refPlatform(r.platform))) === platform)) {
+      throw new InvalidArgumentError(`invalid annotation: no platform ${platform} found in source`);
+    }
+    if (Object.keys(a.index).length + Object.keys(a.indexDescriptor).length + Object.keys(a.manifestDescriptor).length > 0) oci = true;
+  }
+  const one = async (ref: ExportSource['ref'], platform: Platform, configKey: string, annotations: Annotations) => {
     const layersDone = oneOff(bus, ctx.vertex, 'exporting layers');
-    const layers = ref ? await deps.layers.layers(ref, { compression: opts.compression, force: opts.forceCompression, level: opts.compressionLevel, ociMediaTypes: opts.ociMediaTypes, signal: ctx.job.signal }) : [];
+    const layers = ref ? await deps.layers.layers(ref, { compression: opts.compression, force: opts.forceCompression, level: opts.compressionLevel, ociMediaTypes: oci, signal: ctx.job.signal }) : [];
     layersDone();
     const buildInfoKey = configKey.replace('containerimage.config', 'containerimage.buildinfo');
     // Each layer's origin (when and by what step it was made) fills the history, as upstream's
@@ -114,7 +194,14 @@ export async function commitImage(
       inlineCache: ref ? src.inlineCache?.(ref, layers) : undefined,
     });
     const layerDescs: Descriptor[] = layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest as Digest, size: l.size }));
-    const built = await writeManifest(deps.content, { config: configBytes, layers: layerDescs, oci: opts.ociMediaTypes, platform });
+    const built = await writeManifest(deps.content, {
+      config: configBytes,
+      layers: layerDescs,
+      oci,
+      platform,
+      annotations: annotations.manifest,
+      descriptorAnnotations: annotations.manifestDescriptor,
+    });
     const m = oneOff(bus, ctx.vertex, `exporting manifest ${built.descriptor.digest}`);
     m();
     const c = oneOff(bus, ctx.vertex, `exporting config ${built.config.digest}`);
@@ -125,11 +212,12 @@ export async function commitImage(
   if (src.refs && src.refs.length > 0) {
     const manifests: Descriptor[] = [];
     for (const r of src.refs) {
-      const p = { os: r.platform.OS, architecture: r.platform.Architecture, ...(r.platform.Variant ? { variant: r.platform.Variant } : {}) };
-      const built = await one(r.ref, p, `containerimage.config/${r.id}`);
+      const p = refPlatform(r.platform);
+      const built = await one(r.ref, p, `containerimage.config/${r.id}`, annotationsFor(opts.annotations, formatPlatform(normalizePlatform(p))));
       manifests.push(built.descriptor);
     }
-    const idx = await writeIndex(deps.content, { manifests, oci: opts.ociMediaTypes });
+    const top = annotationsFor(opts.annotations);
+    const idx = await writeIndex(deps.content, { manifests, oci, annotations: top.index, descriptorAnnotations: top.indexDescriptor });
     const d = oneOff(bus, ctx.vertex, `exporting manifest list ${idx.descriptor.digest}`);
     d();
     blobs.push(idx.descriptor);
@@ -141,11 +229,19 @@ export async function commitImage(
   // containerimage.descriptor). A listing of none leaves the descriptor without a platform.
   const listed = src.metadata['refs.platforms'] ? listedPlatforms(src.metadata) : [singlePlatform(src.metadata['containerimage.config'], deps.defaultPlatform)];
   const configKey = listed.length === 1 && src.metadata[`containerimage.config/${listed[0]!.id}`] ? `containerimage.config/${listed[0]!.id}` : 'containerimage.config';
-  const built = await one(src.ref, deps.defaultPlatform, configKey);
+  const annotations = annotationsFor(opts.annotations);
+  if (Object.keys(annotations.index).length + Object.keys(annotations.indexDescriptor).length > 0) {
+    throw new InvalidArgumentError('index annotations not supported for single platform export');
+  }
+  const built = await one(src.ref, deps.defaultPlatform, configKey, annotations);
   const root: Descriptor = { ...built.descriptor };
   delete root.platform;
   if (listed.length === 1) root.platform = listed[0]!.platform;
   return { root, configDigest: built.config.digest, blobs };
+}
+
+function refPlatform(p: { OS: string; Architecture: string; Variant?: string }): Platform {
+  return { os: p.OS, architecture: p.Architecture, ...(p.Variant ? { variant: p.Variant } : {}) };
 }
 
 /**

@@ -31,7 +31,7 @@ export interface ManifestOptions {
   layers: Descriptor[];
   /** OCI media types (`oci-mediatypes=true`); else Docker schema2. */
   oci: boolean;
-  /** Manifest annotations (`annotation-manifest.*`); OCI only. */
+  /** Manifest annotations (`annotation-manifest.*`); a Docker manifest carries them too, as upstream's. */
   annotations?: Record<string, string>;
 }
 
@@ -44,9 +44,6 @@ export interface BuiltManifest {
 
 /** The manifest for one platform, not yet stored. */
 export function buildManifest(opts: ManifestOptions): BuiltManifest {
-  if (!opts.oci && opts.annotations && Object.keys(opts.annotations).length) {
-    throw new InvalidArgumentError('manifest annotations need OCI media types (oci-mediatypes=true)');
-  }
   const configDesc: Descriptor = {
     mediaType: opts.oci ? MediaType.OciConfig : MediaType.DockerConfig,
     digest: sha256(opts.config),

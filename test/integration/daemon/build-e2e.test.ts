@@ -171,6 +171,49 @@ d('loom daemon with loom buildctl', () => {
     }
   }, 120_000);
 
+  it("puts exporter annotations where upstream's do (manifest, its descriptor, index, index descriptor; per platform)", async () => {
+    const ctx = join(work, 'annotations-ctx');
+    mkdirSync(ctx, { recursive: true });
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM localhost:5000/busybox:latest\nENV A=1\n');
+    const df = ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`];
+    const out = join(work, 'annotations.tar');
+    const json = async (member: string) => JSON.parse((await run('tar', ['-xOf', out, member])).stdout);
+    // Two platforms (no RUN: nothing runs under QEMU). Expected values: what upstream v0.11.6 wrote for the same attributes.
+    const attrs = 'annotation[linux/arm64].x=y,annotation.a=b,annotation-index.i=1,annotation-index-descriptor.id=2,annotation-manifest-descriptor[linux/amd64].d=3';
+    const r = await buildctl(daemon.addr, [...df, '--opt', 'platform=linux/amd64,linux/arm64', '--output', `type=oci,dest=${out},${attrs}`]);
+    expect(r.code, r.stderr).toBe(0);
+    const index = await json('index.json');
+    const { 'org.opencontainers.image.created': created, ...indexDesc } = index.manifests[0].annotations;
+    expect(created).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    expect(indexDesc).toEqual({ id: '2' });
+    const top = await json(`blobs/sha256/${index.manifests[0].digest.slice(7)}`);
+    expect(top.annotations).toEqual({ i: '1' });
+    const byArch = new Map<string, { desc: unknown; manifest: unknown }>();
+    for (const m of top.manifests) byArch.set(m.platform.architecture, { desc: m.annotations, manifest: (await json(`blobs/sha256/${m.digest.slice(7)}`)).annotations });
+    expect(byArch.get('amd64')).toEqual({ desc: { d: '3' }, manifest: { a: 'b' } });
+    expect(byArch.get('arm64')).toEqual({ desc: undefined, manifest: { a: 'b', x: 'y' } });
+
+    // One platform: a Docker manifest keeps its annotations; a descriptor annotation turns on OCI types.
+    const name = `${reg.host}/loom/annotated:1`;
+    const push = async (a: string) => {
+      const p = await buildctl(daemon.addr, [...df, '--output', `type=image,name=${name},push=true,${a}`]);
+      expect(p.code, p.stderr).toBe(0);
+      return JSON.parse((await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${name}`])).stdout) as { mediaType: string; annotations?: unknown };
+    };
+    expect(await push('annotation.a=b')).toMatchObject({ mediaType: 'application/vnd.docker.distribution.manifest.v2+json', annotations: { a: 'b' } });
+    expect((await push('annotation-manifest-descriptor.a=b')).mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
+
+    // Upstream's refusals, word for word.
+    const fail = async (a: string, extra: string[] = []) => {
+      const f = await buildctl(daemon.addr, [...df, ...extra, '--output', `type=oci,dest=${out},${a}`]);
+      expect(f.code).not.toBe(0);
+      return f.stderr;
+    };
+    expect(await fail('annotation-bogus.x=y')).toContain('unrecognized annotation type bogus');
+    expect(await fail('annotation-index.i=1')).toContain('index annotations not supported for single platform export');
+    expect(await fail('annotation[linux/riscv64].x=y', ['--opt', 'platform=linux/amd64,linux/arm64'])).toContain('invalid annotation: no platform linux/riscv64 found in source');
+  }, 120_000);
+
   it("writes each layer's origin into the history of an image built from LLB, as upstream's image writer", async () => {
     const started = Date.now();
     const out = join(work, 'exec-basic-oci.tar');
