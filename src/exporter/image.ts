@@ -1,6 +1,6 @@
 import type { ContentStore } from '../content/store.js';
 import type { RegistryAccess } from '../ops/source/registry-access.js';
-import { parseNormalizedNamed, formatReference } from '../registry/reference.js';
+import { formatReference, parseNormalizedNamed, referenceName, withDefaultTag } from '../registry/reference.js';
 import { InvalidArgumentError, LoomError } from '../util/errors.js';
 import { oneOff } from '../util/progress.js';
 import type { Platform } from '../util/platform.js';
@@ -87,6 +87,7 @@ class ImageExporterInstance implements ExporterInstance {
           const client = this.push.insecure ? this.d.registries.insecureFor(ctx.job, ref.domain) : this.d.registries.forJob(ctx.job);
           const layersDone = oneOff(ctx.job.progress, ctx.vertex, 'pushing layers');
           try {
+            if (this.push.pushByDigest && (ref.tag !== undefined || ref.digest !== undefined)) throw new InvalidArgumentError(`can't push tagged ref ${formatReference(ref)} by digest`);
             await client.push(target, img.root, { signal: ctx.job.signal });
           } catch (err) {
             throw new LoomError(err instanceof LoomError ? err.code : 'UNAVAILABLE', `failed to push ${name}: ${(err as Error).message}`, { cause: err });
@@ -94,7 +95,10 @@ class ImageExporterInstance implements ExporterInstance {
             if (this.push.insecure) await client.close();
           }
           layersDone();
-          const m = oneOff(ctx.job.progress, ctx.vertex, `pushing manifest for ${formatReference(ref)}@${img.root.digest}`);
+          // Upstream's words: the name alone when pushed by digest, else name:tag (latest when
+          // none) with the digest, as containerd is handed it.
+          const shown = this.push.pushByDigest ? referenceName(ref) : `${formatReference({ ...withDefaultTag(ref), digest: undefined })}@${img.root.digest}`;
+          const m = oneOff(ctx.job.progress, ctx.vertex, `pushing manifest for ${shown}`);
           m();
         }
       }

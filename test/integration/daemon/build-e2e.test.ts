@@ -127,6 +127,19 @@ d('loom daemon with loom buildctl', () => {
     expect(info.Architecture).toBe('amd64');
   });
 
+  it("pushes by digest, and words the push as upstream's: name:tag (latest when none) with the digest, or the name alone", async () => {
+    const push = (name: string, extra = '') => buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=image,name=${name},push=true${extra}`], { stdin: vector('merge-diff') });
+    const tagless = await push(`${reg.host}/loom/bydigest`);
+    expect(tagless.code, tagless.stderr).toBe(0);
+    expect(tagless.stderr).toMatch(new RegExp(`pushing manifest for ${reg.host}/loom/bydigest:latest@sha256:[0-9a-f]{64} `));
+    const byDigest = await push(`${reg.host}/loom/bydigest`, ',push-by-digest=true');
+    expect(byDigest.code, byDigest.stderr).toBe(0);
+    expect(byDigest.stderr).toMatch(new RegExp(`pushing manifest for ${reg.host}/loom/bydigest `));
+    const tagged = await push(`${reg.host}/loom/bydigest:t1`, ',push-by-digest=true');
+    expect(tagged.code).not.toBe(0);
+    expect(tagged.stderr).toContain(`failed to push ${reg.host}/loom/bydigest:t1: can't push tagged ref ${reg.host}/loom/bydigest:t1 by digest`);
+  });
+
   it('pushes zstd layers as upstream (only new layers unless force-compression) and builds FROM a zstd image on an empty daemon', async () => {
     const ctx = join(work, 'zstd-ctx');
     mkdirSync(ctx, { recursive: true });
