@@ -2,7 +2,7 @@ import { fromBinary } from '@bufbuild/protobuf';
 import { mkdir } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { readOciIndexTag, updateOciIndex, type OciIndexDescriptor } from '../session/client/oci-index.js';
-import { localCacheStoreId } from '../session/content/store-id.js';
+import { EXPORT_STORE_ID, localCacheStoreId } from '../session/content/store-id.js';
 import type { StatusResponse } from '../gen/buildkit/control_pb.js';
 import type { Definition } from '../gen/buildkit/ops_pb.js';
 import { clientSessionServices, checkLocalDirs, type AuthServiceOptions, type ExportTarget, type SecretSource } from '../session/client/index.js';
@@ -79,9 +79,14 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
   const exports = opts.exports ?? [];
   if (exports.length > 1) throw new InvalidArgumentError('currently only single Exports can be specified');
   const ex: ExportEntry = exports[0] ?? { type: '', attrs: {} };
-  const exportTarget = resolveExportTarget(ex);
+  const target = resolveExportTarget(ex);
+  const exportTarget = target?.kind === 'store' ? undefined : target;
 
   const { imports, exportsCache, frontendAttrs: cacheAttrs, contentStores, storesToUpdate } = await cacheOptions(opts);
+  if (target?.kind === 'store') {
+    await mkdir(target.dir, { recursive: true });
+    contentStores.set(EXPORT_STORE_ID, target.dir);
+  }
   const frontendAttrs = { ...(opts.frontendAttrs ?? {}), ...cacheAttrs };
 
   const ref = opts.ref ?? newId();
@@ -126,6 +131,12 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
       if (manifest) {
         const desc = JSON.parse(manifest) as OciIndexDescriptor;
         for (const [dir, tag] of storesToUpdate) await updateOciIndex(dir, tag, desc);
+      }
+      // So did an image export into an OCI layout directory: tagged by its name, else latest.
+      const image = res.ExporterResponse['containerimage.descriptor'];
+      if (target?.kind === 'store' && image) {
+        const desc = JSON.parse(Buffer.from(image, 'base64').toString()) as OciIndexDescriptor;
+        await updateOciIndex(target.dir, res.ExporterResponse['image.name'] || 'latest', desc);
       }
       return { ref, exporterResponse: { ...res.ExporterResponse } };
     } finally {
@@ -196,8 +207,13 @@ export async function neededLocals(def: Definition | undefined, locals: Record<s
   return out;
 }
 
-/** Where the export lands on this side, with upstream's checks of file versus directory outputs. */
-export function resolveExportTarget(ex: ExportEntry): ExportTarget | undefined {
+/**
+ * Where the export lands on this side, with upstream's checks of file versus directory outputs.
+ * An oci or docker export with tar=false goes into an OCI layout directory (`store`): the daemon
+ * writes its blobs through the session's content store named `export`, and the client then tags
+ * the image in the directory's index.json, as upstream's client.
+ */
+export function resolveExportTarget(ex: ExportEntry): ExportTarget | { kind: 'store'; dir: string } | undefined {
   let supportFile = false;
   let supportDir = false;
   switch (ex.type) {
@@ -222,10 +238,7 @@ export function resolveExportTarget(ex: ExportEntry): ExportTarget | undefined {
   }
   if (supportDir) {
     if (!ex.outputDir) throw new InvalidArgumentError(`output directory is required for ${ex.type} exporter`);
-    if (ex.type !== EXPORTER_LOCAL) {
-      // Upstream writes an OCI layout through a content-store session service loom's client does not serve.
-      throw new InvalidArgumentError(`${ex.type} exporter with tar=false (an OCI layout directory) is not supported by this client; use a tar output`);
-    }
+    if (ex.type !== EXPORTER_LOCAL) return { kind: 'store', dir: ex.outputDir };
     return { kind: 'dir', dir: ex.outputDir };
   }
   return undefined;

@@ -2,6 +2,8 @@ import { PassThrough } from 'node:stream';
 import type { Writable } from 'node:stream';
 import type { ContentStore } from '../content/store.js';
 import { FileSend } from '../gen/session/filesync_pb.js';
+import { SessionContentStore } from '../session/content/session-store.js';
+import { EXPORT_STORE_ID } from '../session/content/store-id.js';
 import { sendBytes } from '../session/filesync/bytes.js';
 import { exporterMetadata } from '../session/filesync/metadata.js';
 import type { JobContext } from '../solver/types.js';
@@ -54,9 +56,8 @@ export class ArchiveExporter implements Exporter {
     const opts = parseImageCommitOptions(attrs, { ociMediaTypes: this.name === 'oci' });
     let tar = true;
     if ('tar' in opts.rest) tar = parseBool(opts.rest.tar!, 'tar');
-    if (!tar) throw new LoomError('UNIMPLEMENTED', `${this.name} exporter: tar=false (export into an OCI layout store) is not supported by loom`);
     const names = normalizeImageNames(opts.name || undefined);
-    return new ArchiveExporterInstance(this.name, this.#d, opts, names);
+    return new ArchiveExporterInstance(this.name, this.#d, opts, names, tar);
   }
 }
 
@@ -68,6 +69,8 @@ class ArchiveExporterInstance implements ExporterInstance {
     private readonly d: ArchiveExporterDeps,
     private readonly opts: ImageCommitOptions,
     private readonly names: string[],
+    /** false (tar=false): the blobs go into the client's OCI layout directory instead of an archive. */
+    private readonly tar: boolean,
   ) {
     this.vertexName = `exporting to ${variant} image format`;
   }
@@ -82,6 +85,16 @@ class ArchiveExporterInstance implements ExporterInstance {
       const root = { ...img.root, annotations: { [ANNOTATION_CREATED]: created, ...(img.root.annotations ?? {}) } };
       const resp = imageResponse({ ...img, root });
       if (this.names.length) resp['image.name'] = this.names.join(',');
+      if (!this.tar) {
+        // As upstream: every blob, children before the manifests and index naming them, through
+        // the session's `export` content store; the client tags the image in its index.json.
+        const store = new SessionContentStore({ caller: await ctx.job.session(), storeId: EXPORT_STORE_ID });
+        for (const b of img.blobs) {
+          if (await store.has(b.digest, { signal: ctx.job.signal })) continue;
+          await store.write({ digest: b.digest, size: b.size, mediaType: b.mediaType }, await this.d.content.read(b.digest), { signal: ctx.job.signal });
+        }
+        return resp;
+      }
       const done = oneOff(ctx.job.progress, ctx.vertex, 'sending tarball');
       const write = this.variant === 'oci' ? writeOciArchive : writeDockerArchive;
       await sendToClient(ctx.job, resp, (out) => write(out, { store: this.d.content, root, names: this.names, signal: ctx.job.signal }));

@@ -283,6 +283,28 @@ d('loom daemon with loom buildctl', () => {
     });
   }
 
+  it('writes an image into an OCI layout directory with tar=false, tagged in its index.json by name (upstream client and daemon do the same)', async () => {
+    const ctx = join(work, 'layout-ctx');
+    mkdirSync(ctx, { recursive: true });
+    writeFileSync(join(ctx, 'f.txt'), 'layout\n');
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM localhost:5000/busybox:latest\nCOPY f.txt /f.txt\n');
+    const dir = join(work, 'layout');
+    const build = (name: string) =>
+      buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', 'platform=linux/amd64,linux/arm64', '--output', `type=oci,dest=${dir},tar=false,name=${name}`]);
+    for (const name of ['example.com/app:1', 'example.com/app:2']) {
+      const r = await build(name);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    // Both tags in one index.json (a second export adds to the directory), each naming a
+    // multi-platform index whose blobs are all there: skopeo reads the arm64 image by tag.
+    const index = JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8')) as { manifests: { mediaType: string; annotations: Record<string, string> }[] };
+    expect(index.manifests.map((m) => m.annotations['org.opencontainers.image.ref.name']).sort()).toEqual(['example.com/app:1', 'example.com/app:2']);
+    expect(index.manifests[0]!.mediaType).toBe('application/vnd.oci.image.index.v1+json');
+    const inspect = await run('skopeo', ['inspect', '--override-arch', 'arm64', `oci:${dir}:example.com/app:2`]);
+    expect(inspect.code, inspect.stderr).toBe(0);
+    expect((JSON.parse(inspect.stdout) as { Architecture: string }).Architecture).toBe('arm64');
+  });
+
   it('answers du and prunes everything with prune --all', async () => {
     const du = await buildctl(daemon.addr, ['du']);
     expect(du.code).toBe(0);
