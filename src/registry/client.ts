@@ -222,21 +222,44 @@ export class RegistryClient {
     const name = formatReference(ref);
     const object = ref.digest ?? ref.tag ?? 'latest';
     if (ref.digest) {
-      const info = await this.#store.info(ref.digest);
-      if (info) {
-        const bytes = await this.#store.readAll(ref.digest);
-        const mediaType = detectManifestType(bytes, `manifest ${ref.digest} of ${name}`);
-        checkReadable(mediaType, name);
-        return { descriptor: { mediaType, digest: ref.digest, size: bytes.length }, bytes };
-      }
+      const held = await this.#fromStore(ref.digest, name);
+      if (held) return held;
     }
     return this.#withEndpoints(ref, 'pull', opts?.signal, async (ep) => {
-      const url = endpointURL(ep, `/${ref.path}/manifests/${object}`);
+      let url = endpointURL(ep, `/${ref.path}/manifests/${object}`);
       const ctx = this.#ctx(ep, ref, false);
-      // A GET, where containerd's resolver sends a HEAD first: undici closes the connection after
-      // every HEAD (unless the server says keep-alive, which Go's servers do not), so each resolve
-      // would open a new one (a TLS handshake to a remote registry) where a GET reuses the
-      // daemon's. Errors are worded as the resolver's.
+      // A tag is resolved with a HEAD first, as containerd's resolver does: registries do not
+      // count a HEAD as a pull (Docker Hub's rate limit counts manifest GETs), and the digest it
+      // answers mostly names a manifest the store already holds (every build's FROM resolves its
+      // tag again), which then needs no GET at all. Otherwise the manifest is fetched by that
+      // digest. A HEAD without a usable digest, or answered with an error other than not-found,
+      // falls back to a GET by tag. (undici closes the connection after a HEAD unless the server
+      // says keep-alive: one more connection per resolve, the price of the above.)
+      let expect = ref.digest;
+      if (!ref.digest) {
+        let head: Dispatcher.ResponseData | undefined;
+        try {
+          head = await this.#send(ep, ctx, {
+            method: 'HEAD',
+            url,
+            headers: { accept: [...MANIFEST_ACCEPT, '*/*'].join(', ') },
+            followRedirects: true,
+          }, opts?.signal);
+        } catch (err) {
+          // Refused credentials and the like: the GET below says so with the registry's own words
+          // (a HEAD's answer has no body). A registry that cannot be reached fails here.
+          if (!(err instanceof LoomError) || err instanceof RegistryTransportError || err.code === 'CANCELLED' || err.code === 'DEADLINE_EXCEEDED') throw err;
+        }
+        if (head?.statusCode === 404) throw await statusError(head, { method: 'HEAD', url }, { ...ctx, notFoundName: name });
+        await head?.body.dump();
+        const d = head?.statusCode === 200 ? headerString(head.headers['docker-content-digest']) : undefined;
+        if (d && /^sha256:[0-9a-f]{64}$/.test(d)) {
+          const held = await this.#fromStore(d as Digest, name);
+          if (held) return held;
+          url = endpointURL(ep, `/${ref.path}/manifests/${d}`);
+          expect = d as Digest;
+        }
+      }
       const res = await this.#send(ep, ctx, {
         method: 'GET',
         url,
@@ -250,8 +273,8 @@ export class RegistryClient {
       }
       const bytes = await readLimited(res, MANIFEST_LIMIT, `manifest of ${name}`, { method: 'GET', url }, opts?.signal);
       const digest = sha256(bytes);
-      if (ref.digest && digest !== ref.digest) {
-        throw new LoomError('FAILED_PRECONDITION', `manifest of ${name}: content digest mismatch: got ${digest}`);
+      if (expect && digest !== expect) {
+        throw new LoomError('FAILED_PRECONDITION', `manifest of ${name}: content digest mismatch: got ${digest}, expected ${expect}`);
       }
       const header = headerString(res.headers['docker-content-digest']);
       if (!ref.digest && header && header !== digest) {
@@ -264,6 +287,17 @@ export class RegistryClient {
       if (!have || have.size !== bytes.length) await this.#store.writeBlob(bytes, { digest, size: bytes.length, mediaType });
       return { descriptor: { mediaType, digest, size: bytes.length }, bytes };
     });
+  }
+
+  /** A manifest the store holds, by digest (checked against its bytes), or undefined. */
+  async #fromStore(digest: Digest, name: string): Promise<{ descriptor: Descriptor; bytes: Buffer } | undefined> {
+    const info = await this.#store.info(digest);
+    if (!info) return undefined;
+    const bytes = await this.#store.readAll(digest);
+    if (sha256(bytes) !== digest) return undefined;
+    const mediaType = detectManifestType(bytes, `manifest ${digest} of ${name}`);
+    checkReadable(mediaType, name);
+    return { descriptor: { mediaType, digest, size: bytes.length }, bytes };
   }
 
   /**
