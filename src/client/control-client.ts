@@ -33,6 +33,8 @@ import { fromGrpcError } from './grpc-error.js';
 // A build (and `debug workers`) calls these with the codecs of control-codec.ts; the generated descriptors of
 // control.proto are loaded (on first use) only by the other calls, see control-codec.ts.
 const CONTROL = '/moby.buildkit.v1.Control/';
+/** The header naming the build a gateway call belongs to. */
+const BUILD_ID_HEADER = 'buildkit-controlapi-buildid';
 const control = () => import('../gen/buildkit/control_pb.js');
 
 interface Codec<Req, Res> {
@@ -78,16 +80,24 @@ export class ControlClient {
     this.#conn.close();
   }
 
-  async #unary<Req, Res>(path: string, codec: Codec<Req, Res>, req: Req, what: string, signal?: AbortSignal): Promise<Res> {
+  async #unary<Req, Res>(path: string, codec: Codec<Req, Res>, req: Req, what: string, signal?: AbortSignal, metadata?: Record<string, string[]>): Promise<Res> {
     let res: Res | undefined;
-    await this.#stream(path, codec, req, (m) => (res = m), what, signal);
+    await this.#stream(path, codec, req, (m) => (res = m), what, signal, metadata);
     if (res === undefined) throw fromGrpcError(new SessionCallError({ grpcCode: GrpcCode.INTERNAL, message: 'server closed the stream without sending a response', method: path }), what);
     return res;
   }
 
   /** One request, then every response to `onMsg` until the call ends; rejects with the call's status. */
-  async #stream<Req, Res>(path: string, codec: Codec<Req, Res>, req: Req, onMsg: (m: Res) => void, what: string, signal?: AbortSignal): Promise<void> {
-    const call = this.#conn.call<Req, Res>(path, { encode: codec.encode, decode: codec.decode, signal });
+  async #stream<Req, Res>(
+    path: string,
+    codec: Codec<Req, Res>,
+    req: Req,
+    onMsg: (m: Res) => void,
+    what: string,
+    signal?: AbortSignal,
+    metadata?: Record<string, string[]>,
+  ): Promise<void> {
+    const call = this.#conn.call<Req, Res>(path, { encode: codec.encode, decode: codec.decode, signal, metadata });
     try {
       await call.send(req);
       call.end();
@@ -118,6 +128,26 @@ export class ControlClient {
     // An LLB definition (or another field the hand codec does not write): protobuf-es.
     const [{ create }, { Control, SolveRequestSchema }] = await Promise.all([import('@bufbuild/protobuf'), control()]);
     return this.#unary(CONTROL + 'Solve', reflective(Control.method.solve), create(SolveRequestSchema, req), what, signal);
+  }
+
+  /**
+   * The client side of a gateway build (upstream's client.Build): asks build `buildId`'s frontend
+   * gateway to solve (here: a frontend with options) and returns the result's metadata.
+   */
+  async gatewaySolve(buildId: string, frontend: string, frontendOpt: Record<string, string>, signal?: AbortSignal): Promise<Record<string, Uint8Array>> {
+    const [{ create }, { LLBBridge, SolveRequestSchema }] = await Promise.all([import('@bufbuild/protobuf'), import('../gen/buildkit/gateway_pb.js')]);
+    const req = create(SolveRequestSchema, { Frontend: frontend, FrontendOpt: frontendOpt, allowResultReturn: true, allowResultArrayRef: true });
+    // No prefix: a failure goes back to the daemon (gatewayReturn) as the status it was.
+    const res = await this.#unary(methodPath(LLBBridge.method.solve), reflective(LLBBridge.method.solve), req, '', signal, { [BUILD_ID_HEADER]: [buildId] });
+    return res.result?.metadata ?? {};
+  }
+
+  /** Ends build `buildId`'s gateway side: an empty result, or the error (a gRPC status) the build fails with. */
+  async gatewayReturn(buildId: string, error?: { code: number; message: string }, signal?: AbortSignal): Promise<void> {
+    const [{ create }, { LLBBridge, ReturnRequestSchema, ResultSchema }] = await Promise.all([import('@bufbuild/protobuf'), import('../gen/buildkit/gateway_pb.js')]);
+    const { StatusSchema } = await import('../gen/google/rpc/status_pb.js');
+    const req = create(ReturnRequestSchema, error ? { error: create(StatusSchema, error) } : { result: create(ResultSchema, {}) });
+    await this.#unary(methodPath(LLBBridge.method.return), reflective(LLBBridge.method.return), req, 'failed to return', signal, { [BUILD_ID_HEADER]: [buildId] });
   }
 
   /** Streams the records the daemon removed; rejects as upstream's `failed to call prune: ...`. */

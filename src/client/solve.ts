@@ -56,6 +56,8 @@ export interface SolveOptions {
 export interface SolveResult {
   ref: string;
   exporterResponse: Record<string, string>;
+  /** A subrequest's answer (`requestid` in the frontend options): the frontend result's metadata. */
+  subrequestMetadata?: Record<string, Uint8Array>;
 }
 
 export const EXPORTER_LOCAL = 'local';
@@ -110,22 +112,42 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
       throw err;
     });
 
+  // A subrequest runs as upstream's buildctl runs it: a gateway build (client.Build) whose client
+  // side asks for the frontend, keeps the answer's metadata and returns an empty result.
+  const subrequest = opts.frontend !== undefined && opts.frontend !== '' && 'requestid' in frontendAttrs;
+  let subrequestMetadata: Record<string, Uint8Array> | undefined;
   const solveP = (async () => {
     try {
-      const res = await control.solve(
+      const solving = control.solve(
         {
           Ref: ref,
           Definition: opts.definition,
           Exporter: ex.type,
           ExporterAttrs: ex.attrs,
           Session: session.id,
-          Frontend: opts.frontend ?? '',
-          FrontendAttrs: frontendAttrs,
+          Frontend: subrequest ? '' : (opts.frontend ?? ''),
+          FrontendAttrs: subrequest ? {} : frontendAttrs,
           Cache: { Exports: exportsCache, Imports: imports },
           Entitlements: opts.entitlements ?? [],
         },
         solveAc.signal,
       );
+      if (subrequest) {
+        // The Solve may fail first (the build ends with the returned error): awaited below.
+        solving.catch(() => undefined);
+        const feOpts = { 'frontend.caps': 'moby.buildkit.frontend.subrequests', ...frontendAttrs };
+        let failure: { code: number; message: string } | undefined;
+        try {
+          subrequestMetadata = await control.gatewaySolve(ref, opts.frontend!, feOpts, solveAc.signal);
+        } catch (err) {
+          const e = err as { grpcCode?: number; cause?: unknown; message?: string };
+          const raw = e.cause instanceof Error ? e.cause.message : (e.message ?? String(err));
+          failure = { code: e.grpcCode ?? 2, message: raw };
+        }
+        // The build ends with what the client side returned; its failure is the Solve's.
+        await control.gatewayReturn(ref, failure, solveAc.signal).catch(() => undefined);
+      }
+      const res = await solving;
       // A local cache export wrote its blobs into our directory: tag its manifest in index.json.
       const manifest = res.ExporterResponse['cache.manifest'];
       if (manifest) {
@@ -138,7 +160,7 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
         const desc = JSON.parse(Buffer.from(image, 'base64').toString()) as OciIndexDescriptor;
         await updateOciIndex(target.dir, res.ExporterResponse['image.name'] || 'latest', desc);
       }
-      return { ref, exporterResponse: { ...res.ExporterResponse } };
+      return { ref, exporterResponse: { ...res.ExporterResponse }, ...(subrequestMetadata ? { subrequestMetadata } : {}) };
     } finally {
       session.close();
       const t = setTimeout(() => {

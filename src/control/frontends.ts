@@ -53,6 +53,8 @@ export async function runFrontend(
       }
       throw err;
     });
+  // A subrequest's answer is its metadata alone.
+  if (res.subrequest) return { refs: [], multiPlatform: false, metadata: res.metadata };
   // Build info, as upstream's image exporter records it in the config: the response's (the frontend
   // and the images and downloads the build read, with what they resolved to) without the options.
   const metadata = { ...res.metadata };

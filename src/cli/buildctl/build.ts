@@ -106,6 +106,12 @@ export async function build(ctx: CommandContext, args: string[], stdin: NodeJS.R
     }
     if (ctx.global.debug) for (const [k, v] of Object.entries(res.exporterResponse)) warn(`exporter response: ${k}=${v}`);
     if (values['metadata-file']) await writeMetadataFile(String(values['metadata-file']), res.exporterResponse);
+    // A subrequest's answer, as upstream's buildctl prints it: result.txt, else every result.* key.
+    const sub = res.subrequestMetadata;
+    if (sub) {
+      if (sub['result.txt']) ctx.stdout.write(Buffer.from(sub['result.txt']));
+      else for (const [k, v] of Object.entries(sub)) if (k.startsWith('result.')) ctx.stdout.write(`${k}\n${Buffer.from(v).toString()}\n`);
+    }
   } finally {
     client.close();
   }

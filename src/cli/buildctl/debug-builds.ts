@@ -3,7 +3,7 @@ import { bytes } from '../../client/progress/format.js';
 import { InvalidArgumentError } from '../../util/errors.js';
 import { parseFlags, type FlagSpec } from './args.js';
 import { resolveClient, type CommandContext } from './common.js';
-import { TabWriter } from './tabwriter.js';
+import { TabWriter } from '../../util/tabwriter.js';
 
 const FLAGS: FlagSpec[] = [
   { names: ['format'], kind: 'string', default: '' },

@@ -4,7 +4,7 @@ import { resolveClient, type CommandContext } from './common.js';
 import { bytesShort } from '../../client/progress/format.js';
 import { formatGoDuration } from './args.js';
 import { formatPlatform } from './go-format.js';
-import { TabWriter } from './tabwriter.js';
+import { TabWriter } from '../../util/tabwriter.js';
 import { InvalidArgumentError } from '../../util/errors.js';
 
 export const WORKERS_FLAGS: FlagSpec[] = [

@@ -4,7 +4,7 @@ import { InvalidArgumentError } from '../../util/errors.js';
 import { parseFlags, type FlagSpec } from './args.js';
 import { resolveClient, type CommandContext } from './common.js';
 import { goTime } from './go-format.js';
-import { TabWriter } from './tabwriter.js';
+import { TabWriter } from '../../util/tabwriter.js';
 
 export const DU_FLAGS: FlagSpec[] = [
   { names: ['filter', 'f'], kind: 'slice' },

@@ -2,7 +2,7 @@ import { bytes } from '../../client/progress/format.js';
 import { parseFlags, type FlagSpec } from './args.js';
 import { resolveClient, type CommandContext } from './common.js';
 import { checkJsonFormat, printTableHeader, printTableRow, printVerbose, usageJson } from './du.js';
-import { TabWriter } from './tabwriter.js';
+import { TabWriter } from '../../util/tabwriter.js';
 
 export const PRUNE_FLAGS: FlagSpec[] = [
   { names: ['keep-duration'], kind: 'duration', default: 0 },

@@ -51,6 +51,7 @@ import {
 import { chompHeredocContent, parse, parseHeredoc, type Warning } from './parser.js';
 import { parseMount, type Mount } from './run-mount.js';
 import { buildEnvs, ShellLex } from './shell-lex.js';
+import type { OutlineData } from './subrequests.js';
 
 const EMPTY_IMAGE_NAME = 'scratch';
 const DEFAULT_CONTEXT_LOCAL_NAME = 'context';
@@ -121,6 +122,33 @@ export interface ConvertResult {
   image: Image;
   /** The image config JSON for `containerimage.config`. */
   config: Uint8Array;
+  /** What the target uses (build args, secrets, ssh), for the `frontend.outline` subrequest. */
+  outline(): OutlineData;
+}
+
+/** A build arg as the outline reports it: its declaration, effective value and the args its default used. */
+interface OutlineArgInfo {
+  key: string;
+  comment: string;
+  value: string | undefined;
+  deps: Set<string>;
+  location: Range[];
+}
+
+/** Upstream's outline capture: per stage, the args known and used, and the secrets and ssh mounts. */
+interface OutlineCapture {
+  allArgs: Map<string, OutlineArgInfo>;
+  usedArgs: Set<string>;
+  secrets: Map<string, { required: boolean; location: Range[] }>;
+  ssh: Map<string, { required: boolean; location: Range[] }>;
+}
+
+function emptyOutline(): OutlineCapture {
+  return { allArgs: new Map(), usedArgs: new Set(), secrets: new Map(), ssh: new Map() };
+}
+
+function cloneOutline(o: OutlineCapture): OutlineCapture {
+  return { allArgs: new Map(o.allArgs), usedArgs: new Set(o.usedArgs), secrets: new Map(o.secrets), ssh: new Map(o.ssh) };
 }
 
 interface ArgKV {
@@ -147,6 +175,7 @@ interface DispatchState {
   cmdIndex: number;
   cmdTotal: number;
   prefixPlatform: boolean;
+  outline: OutlineCapture;
 }
 
 interface Command {
@@ -161,7 +190,10 @@ class DispatchStates {
   add(ds: DispatchState): void {
     this.states.push(ds);
     const base = this.byName.get(ds.stage.baseName);
-    if (base) ds.base = base;
+    if (base) {
+      ds.base = base;
+      ds.outline = cloneOutline(base.outline);
+    }
     if (ds.stage.name !== '') this.byName.set(ds.stage.name.toLowerCase(), ds);
   }
 
@@ -214,6 +246,7 @@ function newDispatchState(stage: Stage, unregistered = false): DispatchState {
     cmdIndex: 0,
     cmdTotal: 0,
     prefixPlatform: false,
+    outline: emptyOutline(),
   };
 }
 
@@ -486,18 +519,21 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
   const { stages, metaArgs } = parseStages(ast);
   const shlex = new ShellLex(ast.escapeToken);
 
+  const globalOutline = emptyOutline();
   for (const cmd of metaArgs) {
     for (const metaArg of cmd.args) {
       let value = metaArg.value;
+      let deps = new Set<string>();
       if (metaArg.key in buildArgs) value = buildArgs[metaArg.key];
       else if (value !== undefined) {
         try {
-          value = shlex.processWord(value, metaArgsToMap(optMetaArgs));
+          ({ word: value, matches: deps } = shlex.processWordWithMatches(value, metaArgsToMap(optMetaArgs)));
         } catch {
           value = '';
         }
       }
       optMetaArgs.push({ key: metaArg.key, value });
+      globalOutline.allArgs.set(metaArg.key, { key: metaArg.key, comment: metaArg.comment ?? '', value, deps, location: cmd.location });
     }
   }
 
@@ -507,8 +543,9 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
   for (let i = 0; i < stages.length; i++) {
     const st = { ...stages[i]! };
     let name: string;
+    let used: Set<string>;
     try {
-      name = shlex.processWord(st.baseName, metaArgsToMap(optMetaArgs));
+      ({ word: name, matches: used } = shlex.processWordWithMatches(st.baseName, metaArgsToMap(optMetaArgs)));
     } catch (err) {
       throw withLocation(err, st.location);
     }
@@ -516,10 +553,13 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
     st.baseName = name;
     const ds = newDispatchState(st);
     ds.prefixPlatform = opt.prefixPlatform ?? false;
+    ds.outline = cloneOutline(globalOutline);
     if (st.platform !== '') {
       let v: string;
       try {
-        v = shlex.processWord(st.platform, metaArgsToMap(optMetaArgs));
+        const r = shlex.processWordWithMatches(st.platform, metaArgsToMap(optMetaArgs));
+        v = r.word;
+        for (const k of r.matches) used.add(k);
       } catch (err) {
         throw new DockerfileError(`failed to process arguments for platform ${st.platform}: ${errorMessage(err)}`, { location: st.location, cause: err });
       }
@@ -544,6 +584,7 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
     }
     if (st.name === '') ds.stageName = `stage-${i}`;
     all.add(ds);
+    for (const k of used) ds.outline.usedArgs.add(k);
     let total = 0;
     if (st.baseName !== EMPTY_IMAGE_NAME && !ds.base) total = 1;
     for (const c of st.commands) if (c.kind === 'add' || c.kind === 'copy' || c.kind === 'run' || c.kind === 'workdir') total++;
@@ -665,9 +706,10 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
 
   // Dispatch twice: the context source lists the paths the steps read (follow paths), which are
   // known only once every step is dispatched; the first pass collects them against a stand-in.
-  const snapshot = all.states.map((d) => ({ d, state: d.state, image: d.image, platform: d.platform, cmdIndex: d.cmdIndex }));
+  const snapshot = all.states.map((d) => ({ d, state: d.state, image: d.image, platform: d.platform, cmdIndex: d.cmdIndex, outline: cloneOutline(d.outline) }));
   const restore = () => {
     for (const s of snapshot) {
+      s.d.outline = cloneOutline(s.outline);
       s.d.state = s.state;
       s.d.image = deepCloneImage(s.image);
       s.d.platform = s.platform;
@@ -730,7 +772,60 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
     target.image.architecture = targetPlatform.architecture;
     target.image.variant = targetPlatform.variant;
   }
-  return { state: target.state, definition: marshal(target.state), image: target.image, config: imageToBytes(target.image) };
+  return {
+    state: target.state,
+    definition: marshal(target.state),
+    image: target.image,
+    config: imageToBytes(target.image),
+    outline: () => outlineOf(target),
+  };
+}
+
+/** Args whose defaults name other args use those too (upstream's markAllUsed, guarded against cycles). */
+function markAllUsed(o: OutlineCapture, keys: Iterable<string>, seen = new Set<string>()): void {
+  for (const k of [...keys]) {
+    if (seen.has(k)) continue;
+    seen.add(k);
+    const a = o.allArgs.get(k);
+    if (a) markAllUsed(o, a.deps, seen);
+    o.usedArgs.add(k);
+  }
+}
+
+/** Upstream's Outline: the target's args, secrets and ssh, then its base's, then its dependencies', each once. */
+function outlineOf(target: DispatchState): OutlineData {
+  const args: OutlineData['args'] = [];
+  const secrets: OutlineData['secrets'] = [];
+  const ssh: OutlineData['ssh'] = [];
+  const seenArgs = new Set<string>();
+  const seenSecrets = new Set<string>();
+  const seenSsh = new Set<string>();
+  const walked = new Set<DispatchState>();
+  const walk = (ds: DispatchState) => {
+    if (walked.has(ds)) return;
+    walked.add(ds);
+    markAllUsed(ds.outline, ds.outline.usedArgs);
+    for (const k of ds.outline.usedArgs) {
+      const a = ds.outline.allArgs.get(k);
+      if (!a || seenArgs.has(k)) continue;
+      seenArgs.add(k);
+      args.push({ name: a.key, description: a.comment, value: a.value ?? '', location: a.location });
+    }
+    for (const [id, m] of ds.outline.secrets) {
+      if (seenSecrets.has(id)) continue;
+      seenSecrets.add(id);
+      secrets.push({ name: id, required: m.required, location: m.location });
+    }
+    for (const [id, m] of ds.outline.ssh) {
+      if (seenSsh.has(id)) continue;
+      seenSsh.add(id);
+      ssh.push({ name: id, required: m.required, location: m.location });
+    }
+    if (ds.base) walk(ds.base);
+    for (const dep of ds.deps) walk(dep);
+  };
+  walk(target);
+  return { name: target.stage.name, description: target.stage.comment, args, secrets, ssh };
 }
 
 /** Go's RFC 3339 time as json.Marshal writes a time.Time in UTC. */
@@ -965,20 +1060,29 @@ function dispatch(d: DispatchState, cmd: Command, dopt: DispatchOpt): void {
       commitToHistory(d, `SHELL ${goSlice(ic.shell)}`, false, false, dopt.epoch);
       return;
     case 'arg':
-      dispatchArg(d, ic.args, dopt);
+      dispatchArg(d, ic.args, dopt, ic.location);
       return;
   }
 }
 
-function dispatchArg(d: DispatchState, args: KeyValueOptional[], dopt: DispatchOpt): void {
+function dispatchArg(d: DispatchState, args: KeyValueOptional[], dopt: DispatchOpt, location: Range[]): void {
   const commitStrs: string[] = [];
   for (const arg of args) {
     const buildArg: ArgKV = { key: arg.key, value: arg.key in dopt.buildArgValues ? dopt.buildArgValues[arg.key] : arg.value };
     commitStrs.push(arg.value === undefined ? arg.key : `${arg.key}=${arg.value}`);
+    // An arg inherited from the global scope keeps the global declaration in the outline.
+    let inherited = false;
     if (buildArg.value === undefined) {
-      for (const ma of dopt.metaArgs) if (ma.key === buildArg.key) buildArg.value = ma.value;
+      for (const ma of dopt.metaArgs) {
+        if (ma.key === buildArg.key) {
+          buildArg.value = ma.value;
+          inherited = true;
+        }
+      }
     }
     if (buildArg.value !== undefined && !NON_ENV_ARGS.has(buildArg.key)) d.state = d.state.addEnv(buildArg.key, buildArg.value);
+    if (!inherited) d.outline.allArgs.set(arg.key, { key: arg.key, comment: arg.comment ?? '', value: buildArg.value, deps: new Set(), location });
+    d.outline.usedArgs.add(arg.key);
     d.buildArgs.push(buildArg);
   }
   commitToHistory(d, 'ARG ' + commitStrs.join(' '), false, false, dopt.epoch);
@@ -1089,6 +1193,7 @@ function dispatchRunMounts(d: DispatchState, c: Extract<Instruction, { kind: 'ru
         s.mode = m.mode ?? 0o400;
       }
       spec.secrets!.push(s);
+      if (!d.outline.secrets.has(id)) d.outline.secrets.set(id, { required: m.required, location: c.location });
       return;
     }
     if (m.type === 'ssh') {
@@ -1101,6 +1206,8 @@ function dispatchRunMounts(d: DispatchState, c: Extract<Instruction, { kind: 'ru
         s.mode = m.mode ?? 0o600;
       }
       spec.ssh!.push(s);
+      const outlineId = m.cacheId || 'default';
+      if (!d.outline.ssh.has(outlineId)) d.outline.ssh.set(outlineId, { required: m.required, location: c.location });
       return;
     }
     if (m.readOnly) mount.readonly = true;

@@ -13,7 +13,7 @@ import { fromBinary } from '@bufbuild/protobuf';
 import { NetMode, OpSchema } from '../../gen/buildkit/ops_pb.js';
 import { goJSON } from '../../content/go-json.js';
 import { familiarString, parseNormalizedNamed, withDefaultTag, formatReference } from '../../registry/reference.js';
-import { CancelledError, InvalidArgumentError, LoomError, UnimplementedError, codeOf, errorMessage } from '../../util/errors.js';
+import { CancelledError, InvalidArgumentError, LoomError, UnimplementedError, codeOf, errorMessage, withStatusDetails } from '../../util/errors.js';
 import { parseDockerignore } from '../../util/patterns.js';
 import { defaultPlatform, formatPlatform, normalizePlatform, type Platform } from '../../util/platform.js';
 import { parseGitRef, parsePlatformSpec } from './convert-helpers.js';
@@ -23,6 +23,7 @@ import { parseGoBool, parseGoInt, readCSVRecord } from './go-compat.js';
 import { parseImageConfig } from './image-config.js';
 import { FileActions, LLBBuilder, marshal, scratch, stateFromDefinition, withImageConfig, type HostIP, type LLBState, type SourceMapRef } from './llb-state.js';
 import { detectSyntax, type Warning } from './parser.js';
+import { describeSubrequests, isKnownSubrequest, listTargets, outlineResult, REQUEST_DESCRIBE, REQUEST_OUTLINE, REQUEST_TARGETS } from './subrequests.js';
 
 /** A warning for the client, in the shape of the progress stream's warnings plus Dockerfile lines. */
 export interface FrontendWarning {
@@ -77,8 +78,19 @@ export interface FrontendResult {
   refs: FrontendRef[];
   /** True when the result is a platform map (`refs` keyed by platformId). */
   multiPlatform: boolean;
-  /** Export metadata: `containerimage.config[/<id>]`, `refs.platforms`. */
+  /** Export metadata: `containerimage.config[/<id>]`, `refs.platforms`; a subrequest's answer. */
   metadata: Record<string, Uint8Array>;
+  /** The result answers a subrequest (`requestid`): metadata only, nothing to export. */
+  subrequest?: boolean;
+}
+
+/**
+ * Upstream's errdefs.UnsupportedSubrequestError: a plain error (gRPC Unknown) with the request's
+ * name as a typed detail, which buildx reads to fall back to another frontend.
+ */
+function unsupportedSubrequest(id: string): LoomError {
+  const err = new LoomError('UNKNOWN', `unsupported request ${id}`);
+  return withStatusDetails(err, [{ typeUrl: 'github.com/moby/buildkit/errdefs.Subrequest+json', value: Buffer.from(goJSON({ name: id })) }]);
 }
 
 const DEFAULT_LOCAL_CONTEXT = 'context';
@@ -378,8 +390,10 @@ export class DockerfileFrontend {
         });
       }
     }
-    if (opts.requestid) {
-      throw new UnimplementedError(`unsupported subrequest ${JSON.stringify(opts.requestid)}`);
+    const requestId = opts.requestid;
+    if (requestId !== undefined) {
+      if (requestId === REQUEST_DESCRIBE) return { refs: [], multiPlatform: false, metadata: describeSubrequests(), subrequest: true };
+      if (!isKnownSubrequest(requestId)) throw unsupportedSubrequest(requestId);
     }
 
     let exportMap = targetPlatforms.length > 1;
@@ -399,10 +413,25 @@ export class DockerfileFrontend {
       epoch = new Date(Number(v) * 1000);
     }
 
+    const withSource = (err: unknown) => {
+      // Errors naming Dockerfile lines carry the source too, for the client's snippet.
+      if (err && typeof err === 'object' && Array.isArray((err as { location?: unknown }).location)) Object.assign(err, { source: sourceMap });
+      return err;
+    };
+    if (requestId === REQUEST_TARGETS) {
+      try {
+        return { refs: [], multiPlatform: false, metadata: listTargets(dockerfile), subrequest: true };
+      } catch (err) {
+        throw withSource(err);
+      }
+    }
+
     const refs: FrontendRef[] = [];
     const metadata: Record<string, Uint8Array> = {};
+    // The outline is the first platform's, without a build.
+    const outline = requestId === REQUEST_OUTLINE;
     const results = await Promise.all(
-      targetPlatforms.map(async (tp, i) => {
+      (outline ? targetPlatforms.slice(0, 1) : targetPlatforms).map(async (tp, i) => {
         const conv = await dockerfileToLLB({
           dockerfile,
           sourceMap,
@@ -434,17 +463,17 @@ export class DockerfileFrontend {
           resolveImageConfig: (ref, o) => ctx.resolveImageConfig(ref, o),
           contextByName: (n, mode, p) => this.#contextByName(ctx, b, n, mode, p),
         }).catch((err: unknown) => {
-          // Errors naming Dockerfile lines carry the source too, for the client's snippet.
-          if (err && typeof err === 'object' && Array.isArray((err as { location?: unknown }).location)) Object.assign(err, { source: sourceMap });
-          throw err;
+          throw withSource(err);
         });
         check();
+        if (outline) return { conv, ref: undefined, p: normalizePlatform(tp ?? defaultPlatform()) };
         // An empty definition (the target is scratch) has nothing to solve: its result is empty.
         const ref = conv.definition.def.length > 0 ? await ctx.solve(conv.definition) : undefined;
         const p = normalizePlatform(tp ?? defaultPlatform());
         return { conv, ref, p };
       }),
     );
+    if (outline) return { refs: [], multiPlatform: false, metadata: outlineResult(results[0]!.conv.outline(), dockerfile), subrequest: true };
     const platforms: { ID: string; Platform: Record<string, unknown> }[] = [];
     for (const { conv, ref, p } of results) {
       const id = formatPlatform(p);

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildctl, removeDir, run, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
 import { startRegistry, type TestRegistry } from '../../helpers/registry.js';
+import { askSubrequest } from '../../../fixtures/subrequests/record.js';
 
 const d = describe.runIf(process.getuid?.() === 0);
 
@@ -311,6 +312,58 @@ d('dockerfile.v0', () => {
     const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/dockerfile parse error on line 2: unknown instruction: FROBNICATE/i);
+  });
+
+  it('answers buildx subrequests (targets, outline, describe) through the gateway without building, and refuses unknown ones', async () => {
+    const ctx = join(work, 'subrequests');
+    mkdirSync(ctx);
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      [
+        `ARG BASE=${reg.host}/busybox`,
+        '# build compiles it',
+        'FROM ${BASE} AS build',
+        '# LEVEL how hard to try',
+        'ARG LEVEL=3',
+        'RUN --mount=type=secret,id=token,required=true --mount=type=ssh false',
+        'FROM scratch',
+        'COPY --from=build /bin/busybox /',
+        '',
+      ].join('\n'),
+    );
+    const targets = await askSubrequest(daemon.addr, ctx, { requestid: 'frontend.targets' });
+    expect(Buffer.from(targets.metadata!['result.txt']!).toString()).toBe('TARGET    DESCRIPTION\nbuild     compiles it\n(default) \n');
+    const outline = await askSubrequest(daemon.addr, ctx, { requestid: 'frontend.outline', 'build-arg:LEVEL': '9' });
+    const o = JSON.parse(Buffer.from(outline.metadata!['result.json']!).toString());
+    expect(o.args.map((a: { name: string; value: string }) => [a.name, a.value])).toEqual([['BASE', `${reg.host}/busybox`], ['LEVEL', '9']]);
+    expect(o.secrets).toEqual([{ name: 'token', required: true, location: { ranges: [{ start: { line: 6 }, end: { line: 6 } }] } }]);
+    expect(o.ssh.map((x: { name: string }) => x.name)).toEqual(['default']);
+    // The RUN that would fail was never run: a subrequest builds nothing.
+    expect(Buffer.from(outline.metadata!['result.txt']!).toString()).toContain('LEVEL       9');
+    const describe = await askSubrequest(daemon.addr, ctx, { requestid: 'frontend.subrequests.describe' });
+    expect(JSON.parse(Buffer.from(describe.metadata!['result.json']!).toString()).map((r: { name: string }) => r.name)).toEqual([
+      'frontend.outline',
+      'frontend.targets',
+      'frontend.subrequests.describe',
+    ]);
+    const unknown = await askSubrequest(daemon.addr, ctx, { requestid: 'frontend.lint' });
+    expect(unknown.error).toBe('unsupported request frontend.lint');
+    // loom's buildctl asks as upstream's does (a gateway build) and prints result.txt.
+    const local = ['--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`];
+    const printed = await buildctl(daemon.addr, ['build', ...local, '--opt', 'requestid=frontend.outline', '--opt', 'target=build']);
+    expect(printed.code, printed.stderr).toBe(0);
+    expect(printed.stdout).toBe(
+      `TARGET:      build\nDESCRIPTION: compiles it\n\nBUILD ARG   VALUE${' '.repeat(reg.host.length + 6)}DESCRIPTION\n` +
+        `BASE        ${reg.host}/busybox   \nLEVEL       3${' '.repeat(reg.host.length + 10)}how hard to try\n\n` +
+        'SECRET   REQUIRED\ntoken    true\n\nSSH       REQUIRED\ndefault   \n\n',
+    );
+    const refused = await buildctl(daemon.addr, ['build', ...local, '--opt', 'requestid=frontend.lint']);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain('error: failed to solve: unsupported request frontend.lint');
+    // The daemon keeps serving builds.
+    const r = await buildctl(daemon.addr, ['build', ...local, '--opt', 'target=build']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/secret token: not found|required/);
   });
 
   it('lists cache mounts in du as exec.cachemount records and prunes them', async () => {

@@ -10,7 +10,7 @@ import { attrMap, parseAllow, parseExportCache, parseImportCache, parseOutput } 
 import { writeMetadataFile } from '../../../src/cli/buildctl/build.js';
 import { printTableHeader, printTableRow } from '../../../src/cli/buildctl/du.js';
 import { goIndentJson, goTime, formatPlatform } from '../../../src/cli/buildctl/go-format.js';
-import { TabWriter } from '../../../src/cli/buildctl/tabwriter.js';
+import { TabWriter } from '../../../src/util/tabwriter.js';
 
 function tw(text: string): string {
   let out = '';

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -9,6 +9,9 @@ import { LoomError, NotFoundError, UnimplementedError } from '../../../src/util/
 import { sha256 } from '../../../src/util/digest.js';
 import { BASE_INDEX_DIGEST, cannedResolver } from './base-image.js';
 import { materialize, type CorpusCase } from './corpus.js';
+import { REQUESTS } from '../../../fixtures/subrequests/record.js';
+import { errorStatusDetails } from '../../../src/util/errors.js';
+import { tabwrite } from '../../../src/util/tabwriter.js';
 
 const roots: string[] = [];
 afterAll(() => {
@@ -20,12 +23,11 @@ afterAll(() => {
  * reading that local directory (as the client's filesync would send it); any other definition is
  * recorded and gets an opaque ref.
  */
-function fakeDaemon(locals: Record<string, string>, attrs: Record<string, string>) {
+function fakeDaemon(locals: Record<string, string>, attrs: Record<string, string>, resolve = cannedResolver()) {
   const refs = new Map<string, string | undefined>();
   const solved: Definition[] = [];
   const warnings: FrontendWarning[] = [];
   const resolved: string[] = [];
-  const resolve = cannedResolver();
   const ctx: FrontendContext = {
     attrs,
     sessionId: 'sess',
@@ -213,5 +215,66 @@ describe('DockerfileFrontend', () => {
       expect(err, msg).toBeInstanceOf(LoomError);
       expect((err as Error).message).toBe(msg);
     }
+  });
+});
+
+const SUBREQUEST_CASES = join(__dirname, '../../../fixtures/subrequests');
+
+describe('subrequests (buildx --print / --call)', () => {
+  // The fixtures' Dockerfiles name the base image as the registry they were recorded with.
+  const canned = cannedResolver();
+  const resolver = (ref: string, opts: Parameters<typeof canned>[1]) => canned(ref.replace('127.0.0.1:5055/', 'localhost:5000/'), opts);
+  const cases = readdirSync(SUBREQUEST_CASES).filter((n) => existsSync(join(SUBREQUEST_CASES, n, 'Dockerfile')));
+
+  it('has recorded cases', () => {
+    expect(cases.length).toBeGreaterThanOrEqual(2);
+  });
+
+  for (const c of cases) {
+    for (const [name, attrs] of Object.entries(REQUESTS)) {
+      it(`answers ${name} for ${c} as upstream's v0.11 frontend did, byte for byte`, async () => {
+        const dir = join(SUBREQUEST_CASES, c);
+        const expected = join(dir, 'expected', name);
+        const d = fakeDaemon({ context: dir, dockerfile: dir }, attrs, resolver);
+        if (existsSync(`${expected}.err`)) {
+          const err = await new DockerfileFrontend().solve(d.ctx).then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          expect(err).toBeInstanceOf(LoomError);
+          expect((err as Error).message).toBe(readFileSync(`${expected}.err`, 'utf8').trimEnd());
+          return;
+        }
+        const res = await new DockerfileFrontend().solve(d.ctx);
+        expect(res.subrequest).toBe(true);
+        expect(res.refs).toEqual([]);
+        expect(d.solved, 'a subrequest builds nothing').toEqual([]);
+        expect(Buffer.from(res.metadata['result.json']!).toString()).toBe(readFileSync(`${expected}.json`, 'utf8'));
+        expect(Buffer.from(res.metadata['result.txt']!).toString()).toBe(readFileSync(`${expected}.txt`, 'utf8'));
+        expect(Buffer.from(res.metadata.version!).toString()).toBe('1.0.0');
+      });
+    }
+  }
+
+  it('names an unknown request in a typed detail, as errdefs.Subrequest, so buildx can fall back', async () => {
+    const dir = join(SUBREQUEST_CASES, cases[0]!);
+    const d = fakeDaemon({ context: dir, dockerfile: dir }, { requestid: 'frontend.nope' });
+    const err = await new DockerfileFrontend().solve(d.ctx).catch((e: unknown) => e);
+    expect((err as LoomError).code).toBe('UNKNOWN');
+    const details = errorStatusDetails(err);
+    expect(details.map((x) => [x.typeUrl, Buffer.from(x.value).toString()])).toEqual([
+      ['github.com/moby/buildkit/errdefs.Subrequest+json', '{"name":"frontend.nope"}'],
+    ]);
+  });
+
+  it('aligns columns as Go text/tabwriter does with spaces (outputs of Go 1.19 text/tabwriter)', () => {
+    const tw = (text: string, padding: number) => tabwrite(text, { minwidth: 0, tabwidth: 0, padding, padchar: ' ' });
+    expect(tw('A\tBB\tC\nAAA\tB\t\n', 1)).toBe('A   BB C\nAAA B  \n');
+    // A line of one cell ends a block: the lines after it are aligned on their own.
+    expect(tw('X\tY\n\nLONGER\tZ\n', 2)).toBe('X  Y\n\nLONGER  Z\n');
+    // Widths count code points, not bytes.
+    expect(tw('é\t1\nab\t2\n', 1)).toBe('é  1\nab 2\n');
+    // A column exists only on the lines that have a cell there.
+    expect(tw('a\tb\tc\nlong\td\nx\ty\tz\n', 1)).toBe('a    b c\nlong d\nx    y z\n');
   });
 });

@@ -1,18 +1,32 @@
 /**
- * Go's text/tabwriter as buildctl configures it (minwidth 1, tabwidth 8, padding 1, padchar '\t',
- * no flags): tab-terminated cells form columns per block of consecutive lines, and each column is
- * padded with tabs to the next multiple of 8 past its widest cell + 1. Text is formatted on
- * flush(), which matters: upstream's prune flushes after every row, so rows align on their own.
+ * Go's text/tabwriter: tab-terminated cells form columns per block of consecutive lines that have
+ * the cell, each column as wide as its widest cell (in code points) plus the padding, at least
+ * minwidth; a line's last cell is written as is. Padded with tabs (buildctl's configuration:
+ * minwidth 1, tabwidth 8, padding 1, padchar '\t', the default), a column reaches the next multiple
+ * of tabwidth; padded with spaces, exactly its width. Text is formatted on flush(), which matters:
+ * upstream's prune flushes after every row, so rows align on their own.
  */
+export interface TabWriterOptions {
+  minwidth?: number;
+  tabwidth?: number;
+  padding?: number;
+  padchar?: '\t' | ' ';
+}
+
 export class TabWriter {
   readonly #out: (s: string) => void;
   #buf = '';
-  readonly #minwidth = 1;
-  readonly #tabwidth = 8;
-  readonly #padding = 1;
+  readonly #minwidth: number;
+  readonly #tabwidth: number;
+  readonly #padding: number;
+  readonly #padchar: '\t' | ' ';
 
-  constructor(out: (s: string) => void) {
+  constructor(out: (s: string) => void, opts: TabWriterOptions = {}) {
     this.#out = out;
+    this.#minwidth = opts.minwidth ?? 1;
+    this.#tabwidth = opts.tabwidth ?? 8;
+    this.#padding = opts.padding ?? 1;
+    this.#padchar = opts.padchar ?? '\t';
   }
 
   write(s: string): void {
@@ -65,6 +79,7 @@ export class TabWriter {
   }
 
   #pad(textw: number, cellw: number): string {
+    if (this.#padchar === ' ') return ' '.repeat(Math.max(0, cellw - textw));
     const w = Math.ceil(cellw / this.#tabwidth) * this.#tabwidth;
     const n = w - textw;
     return '\t'.repeat(Math.ceil(n / this.#tabwidth));
@@ -73,4 +88,13 @@ export class TabWriter {
 
 function runeLen(s: string): number {
   return Array.from(s).length;
+}
+
+/** What a TabWriter with these options writes for `text`, flushed once. */
+export function tabwrite(text: string, opts: TabWriterOptions): string {
+  let out = '';
+  const tw = new TabWriter((s) => (out += s), opts);
+  tw.write(text);
+  tw.flush();
+  return out;
 }
