@@ -3,7 +3,7 @@ import { InvalidArgumentError, LoomError, withSources } from '../util/errors.js'
 import { inVertex } from '../util/progress.js';
 import type { Platform } from '../util/platform.js';
 import { toPbPlatform } from '../util/pb-platform.js';
-import { readRefFile, type GatewayBuild, type GatewayDeps } from './gateway.js';
+import { readRefFile, resolveVertexId, type GatewayBuild, type GatewayDeps } from './gateway.js';
 import { BuildRecorder } from './build-records.js';
 import { buildInfoSources, type PlatformScope } from './build-info.js';
 
@@ -38,7 +38,7 @@ export async function runFrontend(
     solve: (def) => b.solve(def),
     readFile: async (id, path, range) => readRefFile((await b.ref(id)).dir, path, range),
     resolveImageConfig: (ref, o) =>
-      inVertex(b.job.progress, { name: o.logName, id: `${b.job.id}-${o.logName}` }, () =>
+      inVertex(b.job.progress, { name: o.logName, id: resolveVertexId(ref, o.platform) }, () =>
         opts.deps.resolveImageConfig(b.job, ref, toPbPlatform(o.platform), o.resolveMode),
       ),
     warn: (w) => b.job.progress.warn({ vertex: w.vertex, level: w.level, short: w.short, detail: w.detail, url: w.url }),

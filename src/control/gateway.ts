@@ -37,6 +37,8 @@ import { CancelledError, InvalidArgumentError, NotFoundError, UnimplementedError
 import { resolveInRoot } from '../util/fs-safe.js';
 import { PathFilter } from '../util/patterns.js';
 import { inVertex } from '../util/progress.js';
+import { fromPbPlatform } from '../util/pb-platform.js';
+import { defaultPlatform, formatPlatform, type Platform } from '../util/platform.js';
 import { toServiceError } from './grpc-status.js';
 import { runFrontend } from './frontends.js';
 
@@ -197,6 +199,15 @@ function buildIdOf(call: { metadata: { get(k: string): unknown[] } }): string {
   return String(call.metadata.get(BUILD_ID_HEADER)[0] ?? '');
 }
 
+/**
+ * The progress vertex of an image config resolve, as upstream's bridge makes it: the digest of the
+ * reference and the platform, so resolving the same image for the same platform twice in a build
+ * (a named context and a FROM of one image) shows one vertex, named by the first.
+ */
+export function resolveVertexId(ref: string, platform: Platform | undefined): string {
+  return ref + formatPlatform(platform ?? defaultPlatform());
+}
+
 /** The moby.buildkit.v1.frontend.LLBBridge handlers. */
 export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): UntypedServiceImplementation {
   const unary =
@@ -249,7 +260,8 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
     }),
     resolveImageConfig: unary(async (b, req: ResolveImageConfigRequest) => {
       const run = () => deps.resolveImageConfig(b.job, req.Ref, req.Platform, req.ResolveMode);
-      const r = req.LogName ? await inVertex(b.job.progress, { name: req.LogName, id: `${b.job.id}-${req.LogName}` }, run) : await run();
+      const name = req.LogName || `resolve image config for ${req.Ref}`;
+      const r = await inVertex(b.job.progress, { name, id: resolveVertexId(req.Ref, req.Platform ? fromPbPlatform(req.Platform) : undefined) }, run);
       return create(ResolveImageConfigResponseSchema, { Digest: r.digest, Config: r.config });
     }),
     readFile: unary(async (b, req: ReadFileRequest) => {

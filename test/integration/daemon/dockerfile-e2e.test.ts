@@ -271,6 +271,20 @@ d('dockerfile.v0', () => {
     expect(r.stderr.split('\n').filter((l) => l.startsWith(`${contextVertex} transferring context:`))).toHaveLength(1);
   }, 120_000);
 
+  it('shows one metadata vertex for one image and platform resolved twice (a named context and a FROM), as upstream', async () => {
+    const ctx = join(work, 'resolve-twice');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM base AS one\nRUN true\nFROM ${reg.host}/busybox:latest\nCOPY --from=one /bin/busybox /bb\n`);
+    const r = await buildctl(daemon.addr, [
+      'build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`,
+      '--opt', `context:base=docker-image://${reg.host}/busybox`, '--progress', 'plain',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    // Upstream's vertex is the digest of the reference and the platform: two resolves, one vertex.
+    const numbers = new Set(r.stderr.split('\n').map((l) => /^(#\d+) \[.*\] load metadata for /.exec(l)?.[1]).filter((n) => n !== undefined));
+    expect(numbers.size, r.stderr).toBe(1);
+  }, 120_000);
+
   // Linux 6.7 gave each user namespace its own binfmt_misc: there an arm64 step's own children run
   // through QEMU without a handler on the host (this machine has none registered).
   const [kMaj = 0, kMin = 0] = release().split('.').map((x) => parseInt(x, 10));
