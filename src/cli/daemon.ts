@@ -90,8 +90,11 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       solver: w.solver,
       platforms: w.platforms,
       workers: () => backend.workers().map((x) => workerRecord(x, version)),
-      resolveImageConfig: async (job, ref, platform, mode) => {
-        const img = await w.registries.forJob(job).resolve(ref, { platform: platform ? fromPbPlatform(platform) : w.platforms[0], signal: job.signal });
+      resolveImageConfig: async (job, ref, platform, mode, signal) => {
+        const img = await w.registries.forJob(job).resolve(ref, {
+          platform: platform ? fromPbPlatform(platform) : w.platforms[0],
+          signal: signal ? AbortSignal.any([job.signal, signal]) : job.signal,
+        });
         void mode;
         // As upstream: the digest of what the reference names (the index for a multi-platform image).
         // The build info lists the reference as the frontend asked for it (upstream's provenance).

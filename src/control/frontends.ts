@@ -39,7 +39,7 @@ export async function runFrontend(
     readFile: async (id, path, range) => readRefFile((await b.ref(id)).dir, path, range),
     resolveImageConfig: (ref, o) =>
       inVertex(b.job.progress, { name: o.logName, id: resolveVertexId(ref, o.platform) }, () =>
-        opts.deps.resolveImageConfig(b.job, ref, toPbPlatform(o.platform), o.resolveMode),
+        opts.deps.resolveImageConfig(b.job, ref, toPbPlatform(o.platform), o.resolveMode, o.signal),
       ),
     warn: (w) => b.job.progress.warn({ vertex: w.vertex, level: w.level, short: w.short, detail: w.detail, url: w.url }),
   })

@@ -48,7 +48,14 @@ export const BUILD_ID_HEADER = 'buildkit-controlapi-buildid';
 /** What the gateway needs of the daemon beyond the build itself. */
 export interface GatewayDeps {
   solver: Solver;
-  resolveImageConfig(job: JobContext, ref: string, platform: ResolveImageConfigRequest['Platform'], mode: string): Promise<{ digest: string; config: Uint8Array }>;
+  /** `signal`, when given, cancels this resolve alone (the job's signal cancels every one). */
+  resolveImageConfig(
+    job: JobContext,
+    ref: string,
+    platform: ResolveImageConfigRequest['Platform'],
+    mode: string,
+    signal?: AbortSignal,
+  ): Promise<{ digest: string; config: Uint8Array }>;
   workers(): import('../gen/buildkit/worker_pb.js').WorkerRecord[];
   /** The worker's platforms, native first. */
   platforms: import('../util/platform.js').Platform[];

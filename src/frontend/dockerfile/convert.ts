@@ -10,7 +10,7 @@
  */
 import type { Definition } from '../../gen/buildkit/ops_pb.js';
 import { CacheSharingOpt, NetMode, SecurityMode } from '../../gen/buildkit/ops_pb.js';
-import { codeOf, errorMessage, LoomError } from '../../util/errors.js';
+import { CancelledError, codeOf, errorMessage, LoomError } from '../../util/errors.js';
 import { defaultPlatform, formatPlatform, normalizePlatform, parsePlatform, type Platform } from '../../util/platform.js';
 import { formatReference, parseNormalizedNamed, withDefaultTag, type ImageReference } from '../../registry/reference.js';
 import { isDigest, type Digest } from '../../util/digest.js';
@@ -65,6 +65,8 @@ export interface ResolveImageConfigOptions {
   resolveMode: ResolveMode;
   /** The progress vertex name upstream shows: `[internal] load metadata for docker.io/library/busybox:latest`. */
   logName: string;
+  /** Aborted when the resolve is no longer wanted (another stage's failed). */
+  signal?: AbortSignal;
 }
 
 export interface ResolvedImageConfig {
@@ -624,6 +626,20 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
 
   const allStageNames = all.states.map((s) => s.stageName).filter((n) => n !== '');
 
+  // The stages' images are resolved together; the first failure cancels the others, as upstream's
+  // errgroup does (their vertices end canceled rather than running on after the build failed).
+  const resolveAc = new AbortController();
+  // Stages naming one image for one platform share its resolve (upstream's source shares the flight).
+  const resolving = new Map<string, Promise<ResolvedImageConfig>>();
+  const resolveOnce = (ref: string, o: ResolveImageConfigOptions): Promise<ResolvedImageConfig> => {
+    const key = `${ref} ${formatPlatform(o.platform)} ${o.resolveMode}`;
+    let p = resolving.get(key);
+    if (!p) {
+      p = opt.resolveImageConfig(ref, o);
+      resolving.set(key, p);
+    }
+    return p;
+  };
   await Promise.all(
     all.states.map(async (d) => {
       const reachable = isReachable(target, d);
@@ -636,6 +652,7 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
       try {
         await resolveStage(d, reachable);
       } catch (err) {
+        resolveAc.abort(new CancelledError('context canceled'));
         throw withLocation(err, d.stage.location);
       }
     }),
@@ -663,7 +680,7 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
       const prefix = '[' + (opt.prefixPlatform ? formatPlatform(platform) + ' ' : '') + 'internal]';
       let resolved: ResolvedImageConfig;
       try {
-        resolved = await opt.resolveImageConfig(d.stage.baseName, { platform, resolveMode, logName: `${prefix} load metadata for ${d.stage.baseName}` });
+        resolved = await resolveOnce(d.stage.baseName, { platform, resolveMode, logName: `${prefix} load metadata for ${d.stage.baseName}`, signal: resolveAc.signal });
       } catch (err) {
         const msg = suggest(`${origName}: ${errorMessage(err)}`, origName, [...allStageNames, ...commonImageNames()], true);
         throw new LocatedError(codeOf(err), msg, { cause: err });

@@ -278,3 +278,46 @@ describe('subrequests (buildx --print / --call)', () => {
     expect(tw('a\tb\tc\nlong\td\nx\ty\tz\n', 1)).toBe('a    b c\nlong d\nx    y z\n');
   });
 });
+
+describe('resolving the stages images', () => {
+  it('resolves an image named by several stages once, and cancels the others when one fails (upstream errgroup)', async () => {
+    const calls: string[] = [];
+    let slowAborted = false;
+    const canned = cannedResolver();
+    const resolver = async (ref: string, opts: Parameters<typeof canned>[1]) => {
+      calls.push(ref);
+      if (ref === 'localhost:5000/slow:latest') {
+        // Never answers: only the build's failure elsewhere ends it.
+        await new Promise<void>((resolve) => opts.signal?.addEventListener('abort', () => resolve(), { once: true }));
+        slowAborted = true;
+        throw new LoomError('CANCELLED', 'context canceled');
+      }
+      if (ref === 'localhost:5000/nope:latest') {
+        await new Promise((r) => setTimeout(r, 20));
+        throw new NotFoundError('localhost:5000/nope:latest: not found');
+      }
+      return canned(ref, opts);
+    };
+    const dir = caseDir({
+      name: 'x',
+      dockerfile: '',
+      files: {
+        Dockerfile: [
+          'FROM localhost:5000/busybox AS a',
+          'FROM localhost:5000/busybox AS b',
+          'FROM localhost:5000/slow AS c',
+          'FROM localhost:5000/nope',
+          'COPY --from=a / /a',
+          'COPY --from=b / /b',
+          'COPY --from=c / /c',
+          '',
+        ].join('\n'),
+      },
+    });
+    const d = fakeDaemon({ context: dir, dockerfile: dir }, {}, resolver);
+    const err = await new DockerfileFrontend().solve(d.ctx).catch((e: unknown) => e);
+    expect((err as Error).message).toMatch(/nope:latest: not found/);
+    expect(slowAborted, 'the slow resolve was cancelled').toBe(true);
+    expect(calls.filter((c) => c === 'localhost:5000/busybox:latest'), 'busybox resolved once for two stages').toHaveLength(1);
+  });
+});
