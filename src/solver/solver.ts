@@ -5,7 +5,7 @@ import { outputCount, type Edge, type LoadedDefinition, type Vertex } from '../l
 import { checkEntitlements } from '../llb/entitlements.js';
 import { sha256 } from '../util/digest.js';
 import { fromPbPlatform } from '../util/pb-platform.js';
-import { clarifyNameError, errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
+import { CacheKeyError, clarifyNameError, errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { sharedRun, type SharedRun } from '../util/shared-run.js';
 import type { JobContext, OpContext, OpImpl, OpResolver, Ref } from './types.js';
@@ -77,6 +77,8 @@ export class Solver {
   readonly #inflight = new Map<string, SharedRun<Ref[]>>();
 
   readonly #observe: SolveObserver | undefined;
+  /** Vertices each build has shown (upstream writes every vertex it loads, not started yet). */
+  readonly #announced = new WeakMap<JobContext, Set<string>>();
   readonly #selectorDigest: SelectorDigest | undefined;
   readonly #selectorCheck: SelectorCheck | undefined;
 
@@ -95,6 +97,7 @@ export class Solver {
    */
   async solve(job: JobContext, def: LoadedDefinition): Promise<Solved> {
     checkEntitlements(def, job.entitlements);
+    this.#announce(job, def);
     const run = new JobRun({
       job,
       resolve: this.#resolve,
@@ -113,6 +116,33 @@ export class Solver {
       run.release();
       throw err;
     }
+  }
+
+  /**
+   * As upstream's solver, every vertex a build loads is written to its progress once, not started
+   * yet, before anything runs: clients learn the graph, and a progress group is revealed by its
+   * non-weak member (COPY --link's merge) before a weak one (its copy) can fail and show there.
+   */
+  #announce(job: JobContext, def: LoadedDefinition): void {
+    if (!def.result) return;
+    let shown = this.#announced.get(job);
+    if (!shown) {
+      shown = new Set();
+      this.#announced.set(job, shown);
+    }
+    const visit = (v: Vertex) => {
+      if (shown.has(v.digest)) return;
+      shown.add(v.digest);
+      for (const i of v.inputs) visit(i.vertex);
+      const pg = v.metadata?.progressGroup;
+      job.progress.vertex({
+        digest: v.digest,
+        inputs: v.inputs.map((i) => i.vertex.digest),
+        name: v.name,
+        progressGroup: pg ? { id: pg.id, name: pg.name, weak: pg.weak } : undefined,
+      });
+    };
+    visit(def.result.vertex);
   }
 }
 
@@ -327,7 +357,7 @@ class JobRun {
     } catch (caught) {
       const err = clarifyNameError(caught);
       const e = err instanceof VertexError ? err : withSources(new VertexError({ digest: v.digest, name: v.name, cause: err }), v.sources ?? []);
-      this.#report(v, { started, completed: new Date(), error: isAbortError(err) ? 'context canceled' : errorMessage(err) });
+      this.#report(v, { started, completed: new Date(), error: isAbortError(err) ? 'context canceled' : err instanceof CacheKeyError ? err.detail : errorMessage(err) });
       throw e;
     }
     const completed = new Date();
@@ -522,7 +552,7 @@ class JobRun {
       if (caught instanceof VertexError) throw caught;
       const err = clarifyNameError(caught);
       const now = new Date();
-      this.#report(v, { started: now, completed: now, error: errorMessage(err) });
+      this.#report(v, { started: now, completed: now, error: err instanceof CacheKeyError ? err.detail : errorMessage(err) });
       throw withSources(new VertexError({ digest: v.digest, name: v.name, cause: err }), v.sources ?? []);
     }
   }

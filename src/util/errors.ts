@@ -74,6 +74,20 @@ export class CancelledError extends LoomError {
 }
 
 /**
+ * A step's cache key could not be computed (a copy source that is not there): the build fails
+ * with `failed to compute cache key: <detail>`, and the step's own progress shows the detail
+ * alone, as upstream's do.
+ */
+export class CacheKeyError extends LoomError {
+  readonly detail: string;
+
+  constructor(code: ErrorCode, detail: string, options?: { cause?: unknown }) {
+    super(code, `failed to compute cache key: ${detail}`, options);
+    this.detail = detail;
+  }
+}
+
+/**
  * A step of the graph failed. The message reads as upstream's: the step's name, then the cause,
  * so `buildctl` prints which vertex failed and why.
  */

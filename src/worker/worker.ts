@@ -1,4 +1,4 @@
-import { errorMessage, LoomError } from '../util/errors.js';
+import { CacheKeyError, errorMessage, LoomError } from '../util/errors.js';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
@@ -95,7 +95,7 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   const deps: WorkerDeps = { localMirrors, root: state, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native, network: o.network, networkProviders };
   // Upstream's words for a copy source that is not there: its content checksum is part of the key.
   const keyError = (ref: Ref, err: unknown): never => {
-    throw new LoomError(err instanceof LoomError && err.code === 'CANCELLED' ? 'CANCELLED' : 'UNKNOWN', `failed to compute cache key: failed to calculate checksum of ref ${ref.id}: ${errorMessage(err)}`, { cause: err });
+    throw new CacheKeyError(err instanceof LoomError && err.code === 'CANCELLED' ? 'CANCELLED' : 'UNKNOWN', `failed to calculate checksum of ref ${ref.id}: ${errorMessage(err)}`, { cause: err });
   };
   const solver = new Solver({
     resolve: createOpResolver(deps),

@@ -285,6 +285,28 @@ d('dockerfile.v0', () => {
     expect(numbers.size, r.stderr).toBe(1);
   }, 120_000);
 
+  it('shows a failing COPY --link under its step, and a missing source as the step\'s own error, as upstream', async () => {
+    const ctx = join(work, 'link-fails');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'g.txt'), 'g\n');
+    // The copy (a weak member of the step's progress group) fails before the merge starts: the
+    // group is known from the start (every vertex is announced), so the failure shows under it.
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY --link --chown=app:app g.txt /linked.txt\n`);
+    const local = ['--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--progress', 'plain'];
+    const r = await buildctl(daemon.addr, ['build', ...local]);
+    expect(r.code).not.toBe(0);
+    const n = /^(#\d+) \[2\/2\] COPY --link --chown=app:app g\.txt \/linked\.txt$/m.exec(r.stderr)?.[1];
+    expect(n, r.stderr).toBeDefined();
+    expect(r.stderr).toContain(`${n} ERROR: invalid user index: -1`);
+    expect(r.stderr).toContain(' > [2/2] COPY --link --chown=app:app g.txt /linked.txt:');
+    // A source that is not there: the step says which path; the build error says it was the key.
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY missing.txt /\n`);
+    const m = await buildctl(daemon.addr, ['build', ...local]);
+    expect(m.code).not.toBe(0);
+    expect(m.stderr).toMatch(/^#\d+ ERROR: failed to calculate checksum of ref \S+: "\/missing\.txt": not found$/m);
+    expect(m.stderr).toMatch(/error: failed to solve: failed to compute cache key: failed to calculate checksum of ref \S+: "\/missing\.txt": not found/);
+  }, 120_000);
+
   // Linux 6.7 gave each user namespace its own binfmt_misc: there an arm64 step's own children run
   // through QEMU without a handler on the host (this machine has none registered).
   const [kMaj = 0, kMin = 0] = release().split('.').map((x) => parseInt(x, 10));
