@@ -50,3 +50,15 @@ export function goTime(d: Date): string {
   const iso = d.toISOString(); // 2024-01-02T03:04:05.678Z
   return iso.replace(/\.(\d*?)0*Z$/, (_m, frac: string) => (frac ? `.${frac}Z` : 'Z'));
 }
+
+/** A source position as BuildKit's pb.Position marshals: zero fields left out (omitempty). */
+export interface GoPositionJSON {
+  line?: number;
+  character?: number;
+}
+
+/** Source ranges (Dockerfile lines) as BuildKit's pb.Range marshals them with encoding/json. */
+export function goRangesJSON(ranges: readonly { start: { line: number; character: number }; end: { line: number; character: number } }[]): { start: GoPositionJSON; end: GoPositionJSON }[] {
+  const pos = (p: { line: number; character: number }): GoPositionJSON => ({ ...(p.line ? { line: p.line } : {}), ...(p.character ? { character: p.character } : {}) });
+  return ranges.map((r) => ({ start: pos(r.start), end: pos(r.end) }));
+}

@@ -5,6 +5,7 @@ import { AnySchema } from '@bufbuild/protobuf/wkt';
 import { StatusSchema } from '../gen/google/rpc/status_pb.js';
 import { clarifyNameError, codeOf, errorMessage, errorSources, errorStatusDetails, type ErrorCode, type ErrorSource } from '../util/errors.js';
 import { log } from '../util/log.js';
+import { goRangesJSON } from '../content/go-json.js';
 
 /**
  * How BuildKit registers errdefs.Source with typeurl (github.com/moby/buildkit + errdefs.Source+json);
@@ -64,11 +65,10 @@ export function toServiceError(caught: unknown, opts: { build?: boolean } = {}):
 
 /** errdefs.Source as Go's encoding/json writes the generated struct. */
 function sourceJson(src: ErrorSource): Record<string, unknown> {
-  const pos = (p: { line: number; character: number }) => ({ ...(p.line ? { line: p.line } : {}), ...(p.character ? { character: p.character } : {}) });
   const info: Record<string, unknown> = {};
   if (src.filename) info.filename = src.filename;
   if (src.data.length) info.data = Buffer.from(src.data).toString('base64');
   const out: Record<string, unknown> = { info };
-  if (src.ranges.length) out.ranges = src.ranges.map((r) => ({ start: pos(r.start), end: pos(r.end) }));
+  if (src.ranges.length) out.ranges = goRangesJSON(src.ranges);
   return out;
 }

@@ -134,13 +134,7 @@ export class Solver {
       if (shown.has(v.digest)) return;
       shown.add(v.digest);
       for (const i of v.inputs) visit(i.vertex);
-      const pg = v.metadata?.progressGroup;
-      job.progress.vertex({
-        digest: v.digest,
-        inputs: v.inputs.map((i) => i.vertex.digest),
-        name: v.name,
-        progressGroup: pg ? { id: pg.id, name: pg.name, weak: pg.weak } : undefined,
-      });
+      job.progress.vertex(vertexEvent(v, {}));
     };
     visit(def.result.vertex);
   }
@@ -357,7 +351,7 @@ class JobRun {
     } catch (caught) {
       const err = clarifyNameError(caught);
       const e = err instanceof VertexError ? err : withSources(new VertexError({ digest: v.digest, name: v.name, cause: err }), v.sources ?? []);
-      this.#report(v, { started, completed: new Date(), error: isAbortError(err) ? 'context canceled' : err instanceof CacheKeyError ? err.detail : errorMessage(err) });
+      this.#report(v, { started, completed: new Date(), error: isAbortError(err) ? 'context canceled' : stepErrorText(err) });
       throw e;
     }
     const completed = new Date();
@@ -552,21 +546,33 @@ class JobRun {
       if (caught instanceof VertexError) throw caught;
       const err = clarifyNameError(caught);
       const now = new Date();
-      this.#report(v, { started: now, completed: now, error: err instanceof CacheKeyError ? err.detail : errorMessage(err) });
+      this.#report(v, { started: now, completed: now, error: stepErrorText(err) });
       throw withSources(new VertexError({ digest: v.digest, name: v.name, cause: err }), v.sources ?? []);
     }
   }
 
-  #report(v: Vertex, s: { started?: Date; completed?: Date; cached?: boolean; error?: string }): void {
-    const pg = v.metadata?.progressGroup;
-    this.#o.job.progress.vertex({
-      digest: v.digest,
-      inputs: v.inputs.map((i) => i.vertex.digest),
-      name: v.name,
-      ...s,
-      progressGroup: pg ? { id: pg.id, name: pg.name, weak: pg.weak } : undefined,
-    });
+  #report(v: Vertex, s: VertexState): void {
+    this.#o.job.progress.vertex(vertexEvent(v, s));
   }
+}
+
+type VertexState = { started?: Date; completed?: Date; cached?: boolean; error?: string };
+
+/** A vertex's progress event: its digest, inputs, name and progress group, in state `s`. */
+function vertexEvent(v: Vertex, s: VertexState) {
+  const pg = v.metadata?.progressGroup;
+  return {
+    digest: v.digest,
+    inputs: v.inputs.map((i) => i.vertex.digest),
+    name: v.name,
+    ...s,
+    progressGroup: pg ? { id: pg.id, name: pg.name, weak: pg.weak } : undefined,
+  };
+}
+
+/** What a failed step's own progress says: a key's failure without the build's prefix, as upstream's. */
+function stepErrorText(err: unknown): string {
+  return err instanceof CacheKeyError ? err.detail : errorMessage(err);
 }
 
 const opKeyMemo = new WeakMap<Vertex, string>();

@@ -818,6 +818,13 @@ function outlineOf(target: DispatchState): OutlineData {
   const seenSecrets = new Set<string>();
   const seenSsh = new Set<string>();
   const walked = new Set<DispatchState>();
+  const mounts = (from: OutlineCapture['secrets'], seen: Set<string>, out: OutlineData['secrets']) => {
+    for (const [id, m] of from) {
+      if (seen.has(id)) continue;
+      seen.add(id);
+      out.push({ name: id, required: m.required, location: m.location });
+    }
+  };
   const walk = (ds: DispatchState) => {
     if (walked.has(ds)) return;
     walked.add(ds);
@@ -828,16 +835,8 @@ function outlineOf(target: DispatchState): OutlineData {
       seenArgs.add(k);
       args.push({ name: a.key, description: a.comment, value: a.value ?? '', location: a.location });
     }
-    for (const [id, m] of ds.outline.secrets) {
-      if (seenSecrets.has(id)) continue;
-      seenSecrets.add(id);
-      secrets.push({ name: id, required: m.required, location: m.location });
-    }
-    for (const [id, m] of ds.outline.ssh) {
-      if (seenSsh.has(id)) continue;
-      seenSsh.add(id);
-      ssh.push({ name: id, required: m.required, location: m.location });
-    }
+    mounts(ds.outline.secrets, seenSecrets, secrets);
+    mounts(ds.outline.ssh, seenSsh, ssh);
     if (ds.base) walk(ds.base);
     for (const dep of ds.deps) walk(dep);
   };

@@ -12,7 +12,7 @@
  * names and omitempty rules, so clients that decode it read the same), `result.txt` (the table
  * upstream prints with text/tabwriter, byte for byte) and `version`.
  */
-import { goJSON } from '../../content/go-json.js';
+import { goJSON, goRangesJSON } from '../../content/go-json.js';
 import { tabwrite as goTabwrite } from '../../util/tabwriter.js';
 import type { Range } from './errors.js';
 import { parseStages } from './instructions.js';
@@ -97,18 +97,8 @@ function answer(json: string, text: string): SubrequestMetadata {
 
 // --- upstream's pb.Location as JSON --------------------------------------------------------
 
-interface JsonPosition {
-  line?: number;
-  character?: number;
-}
-
-function locationJSON(ranges: Range[]): { ranges: { start: JsonPosition; end: JsonPosition }[] } | undefined {
-  if (ranges.length === 0) return undefined;
-  const pos = (p: { line: number; character: number }): JsonPosition => ({
-    ...(p.line ? { line: p.line } : {}),
-    ...(p.character ? { character: p.character } : {}),
-  });
-  return { ranges: ranges.map((r) => ({ start: pos(r.start), end: pos(r.end) })) };
+function locationJSON(ranges: Range[]): { ranges: ReturnType<typeof goRangesJSON> } | undefined {
+  return ranges.length === 0 ? undefined : { ranges: goRangesJSON(ranges) };
 }
 
 function firstLine(ranges: Range[]): number {
