@@ -657,7 +657,13 @@ function opShape(v: Vertex): Record<string, unknown> {
       mounts: JSON.stringify(op.value.mounts.map((x) => [x.dest, x.mountType, x.selector, x.readonly])),
     };
   }
-  return { definition: opDigestWithoutInputs(v) };
+  if (op.case === 'source') {
+    // The scheme is what the step is (an image, a git checkout, a URL, the local context); the
+    // rest of the identifier is what changed.
+    const id = op.value.identifier;
+    return { kind: `source ${id.slice(0, Math.max(0, id.indexOf('://')))}`, source: id, definition: opDigestWithoutInputs(v) };
+  }
+  return { kind: op.case ?? '', definition: opDigestWithoutInputs(v) };
 }
 
 /** The fields that differ between two shapes, as `name: old -> new` (at most four). */
@@ -666,15 +672,21 @@ function describeShapeChange(prev: Record<string, unknown>, now: Record<string, 
   // An exec and another kind of op at the same place (another Dockerfile's line 5) are not one
   // step changed: nothing to compare.
   if ('command' in prev !== 'command' in now) return out;
+  // Nor are two other ops of different kinds (an image and a git checkout at another project's
+  // line 3). Shapes stored before ops had a kind are compared only as execs.
+  if (!('command' in now) && prev.kind !== now.kind) return out;
   const keys = new Set([...Object.keys(prev), ...Object.keys(now)]);
-  const show = (x: unknown) => (x === undefined ? '(unset)' : JSON.stringify(x).length > 42 ? `${JSON.stringify(x).slice(0, 39)}..."` : JSON.stringify(x));
+  const show = (x: unknown, max: number) => (x === undefined ? '(unset)' : JSON.stringify(x).length > max ? `${JSON.stringify(x).slice(0, max - 3)}..."` : JSON.stringify(x));
   for (const k of keys) {
     if (prev[k] === now[k]) continue;
     if (k === 'definition') {
-      out.push('its options changed');
+      // Named by a field above when one shows what changed (a source's identifier).
+      if (!out.length) out.push('its options changed');
       continue;
     }
-    out.push(`${k}: ${show(prev[k])} -> ${show(now[k])}`);
+    // A source's identifier in full: an image's digest is what tells two pulls apart.
+    const max = k === 'source' ? 160 : 42;
+    out.push(`${k}: ${show(prev[k], max)} -> ${show(now[k], max)}`);
   }
   if (out.length > 4) return [...out.slice(0, 4), `${out.length - 4} more`];
   return out;

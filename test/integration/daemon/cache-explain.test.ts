@@ -104,5 +104,28 @@ d('cache misses explained', () => {
     await otherBuild();
     writeFileSync(join(other, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nENV A=1\nRUN echo other > /o\n`);
     expect(await otherBuild()).toMatch(/RUN echo other > \/o\n#\d+ cache miss: no earlier build of this step/);
+
+    // Sources: an image source at another project's line 2, then a URL there, are unrelated (not
+    // "its options changed"); a line whose FROM names another image says which, digests included.
+    // Two images pushed for it, each pulled first where the test needs a pull.
+    const pushed = join(work, 'pushed');
+    mkdirSync(pushed, { recursive: true });
+    for (const tag of ['1', '2']) {
+      writeFileSync(join(pushed, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nRUN echo ${tag} > /other\n`);
+      const push = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${pushed}`, '--local', `dockerfile=${pushed}`, '--output', `type=image,name=${reg.host}/other:${tag},push=true`]);
+      expect(push.code, push.stderr).toBe(0);
+    }
+    writeFileSync(join(other, 'Dockerfile'), `FROM scratch\nADD http://${reg.host}/v2/ /x\n`);
+    await otherBuild();
+    writeFileSync(join(other, 'Dockerfile'), `FROM scratch AS s\nFROM ${reg.host}/other:2\n`);
+    const image = await otherBuild();
+    expect(image).toMatch(new RegExp(`#(\\d+) \\[stage-1 1/1\\] FROM ${reg.host}/other:2@sha256:[0-9a-f]{64}\\n(#\\1 (?!cache miss).*\\n)*#\\1 cache miss: no earlier build of this step`));
+    writeFileSync(join(other, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nRUN echo from > /f\n`);
+    await otherBuild();
+    writeFileSync(join(other, 'Dockerfile'), `FROM ${reg.host}/other:1\nRUN echo from > /f\n`);
+    const moved = await otherBuild();
+    expect(moved).toMatch(
+      new RegExp(`#\\d+ cache miss: the step's definition changed: source: "docker-image://${reg.host}/busybox:latest@sha256:[0-9a-f]{64}" -> "docker-image://${reg.host}/other:1@sha256:[0-9a-f]{64}"`),
+    );
   }, 180_000);
 });
