@@ -161,6 +161,8 @@ class JobRun {
   readonly #releases: (() => void)[] = [];
   readonly #impls = new Map<string, OpImpl>();
   readonly #parts = new Map<string, KeyParts>();
+  /** The key a step that ignores the cache would have had (its own key is this build's). */
+  readonly #usualKeys = new Map<string, string>();
   /** Vertices already shown as cached (hit, or an input of a hit). */
   readonly #reported = new Set<string>();
 
@@ -267,7 +269,14 @@ class JobRun {
         }
         const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
         this.#parts.set(v.digest, { key, inputs: v.inputs.map((i, n) => ({ name: i.vertex.name, key: inputKeys[n]! })), extra });
-        return key;
+        if (v.metadata?.ignoreCache !== true) return key;
+        // A step the client asked to run (--no-cache, or a no-cache stage) runs, and so does what
+        // is built on it: its key is this build's own, so nothing after it is found in the cache
+        // under it either, as with upstream, where a step that ignores the cache gives the steps
+        // after it no keys to match. (Its result is also saved under the usual key, below, for
+        // later builds.)
+        this.#usualKeys.set(v.digest, key);
+        return sha256(`${key}|no-cache|${this.#o.job.id}`);
       })();
       this.#keys.set(v.digest, p);
     }
@@ -363,8 +372,10 @@ class JobRun {
     if (unchanged) this.stats.cached++;
     else this.stats.run++;
     this.#o.observe?.step(unchanged ? 'cached' : 'run');
+    const usual = this.#usualKeys.get(v.digest);
     refs.forEach((r, i) => {
       this.#o.cache.save(`${key}#${i}`, r);
+      if (usual) this.#o.cache.save(`${usual}#${i}`, r);
       if (v.op.op.case !== 'source') this.#o.job.cache?.record(`${key}#${i}`, r);
     });
     const parts = this.#parts.get(v.digest);

@@ -4,7 +4,7 @@
  * no RUN (exec is tested with its own issue's tests).
  */
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { arch, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -433,6 +433,52 @@ d('dockerfile.v0', () => {
     const nc = await build(['--no-cache']);
     expect(nc.code, nc.stderr).toBe(0);
     expect(nc.stderr).toMatch(/cache miss: cache disabled for this (build|step)/);
+  });
+
+  it('--no-cache runs every step again, COPY --link and what follows included; no-cache=STAGE runs that stage and what is built on it', async () => {
+    const ctx = join(work, 'nocache');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'f'), 'f\n');
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      [
+        `FROM ${reg.host}/busybox:latest AS b`,
+        'RUN cat /proc/sys/kernel/random/uuid > /u',
+        `FROM ${reg.host}/busybox:latest`,
+        'RUN cat /proc/sys/kernel/random/uuid > /one',
+        'COPY --from=b /u /u',
+        'COPY --link f /f',
+        'RUN cat /u /one > /all',
+        '',
+      ].join('\n'),
+    );
+    const out = join(work, 'nocache-out');
+    const build = async (extra: string[] = []) => {
+      rmSync(out, { recursive: true, force: true });
+      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=local,dest=${out}`, ...extra]);
+      expect(r.code, r.stderr).toBe(0);
+      return { log: r.stderr, u: readFileSync(join(out, 'u'), 'utf8'), one: readFileSync(join(out, 'one'), 'utf8'), all: readFileSync(join(out, 'all'), 'utf8') };
+    };
+    const cachedSteps = (log: string) => [...log.matchAll(/^#(\d+) (\[(?:b|stage-1) \d\/\d\] (?!FROM).*)\n(?:#\1 .*\n)*?#\1 CACHED$/gm)].map((m) => m[2]);
+    const first = await build();
+    const same = await build();
+    expect(same.all).toBe(first.all);
+    expect(cachedSteps(same.log).length).toBe(5);
+
+    // Everything runs: new values everywhere, and no step shown as cached.
+    const all = await build(['--no-cache']);
+    expect(cachedSteps(all.log)).toEqual([]);
+    expect(all.u).not.toBe(first.u);
+    expect(all.one).not.toBe(first.one);
+    expect(all.all).toBe(all.u + all.one);
+
+    // Stage b only: its RUN runs (a new /u), and what copies from it runs on the new /u; the other
+    // stage's first RUN stays cached.
+    const stage = await build(['--opt', 'no-cache=b']);
+    expect(stage.u).not.toBe(all.u);
+    expect(stage.one).toBe(all.one);
+    expect(stage.all).toBe(stage.u + stage.one);
+    expect(cachedSteps(stage.log)).toEqual(['[stage-1 2/5] RUN cat /proc/sys/kernel/random/uuid > /one']);
   });
 
   it('keeps a COPY cached when only other files of the context change, or a file is touched', async () => {
