@@ -60,6 +60,16 @@ export interface Snapshotter {
    * dir). The list is in layer order (see layer/change.ts).
    */
   changes(key: string): Promise<Change[] | null>;
+
+  /**
+   * Overlay only: an active snapshot on committed `parent` whose own layer the caller writes
+   * directly in overlay's on-disk form (see overlay/apply-upper.ts); returns that directory, or
+   * null where this is not possible. Nothing may call dir() on it before commit().
+   */
+  prepareLayer?(key: string, parent: string, opts?: { signal?: AbortSignal }): Promise<string | null>;
+
+  /** Overlay only: the snapshot's own layer directory (what changes() reads). */
+  upperDir?(key: string): Promise<string>;
 }
 
 export type SnapshotKind = 'active' | 'committed';

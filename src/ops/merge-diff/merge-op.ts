@@ -7,7 +7,8 @@ import { materializeChain } from './materialize.js';
 /**
  * MergeOp: the inputs stacked in order. No non-empty input gives no ref (null); a single one is
  * returned as it is (same snapshot, same chain: the caller shares the ref); otherwise a new
- * committed snapshot `newKey()` is materialized from the merged chain.
+ * committed snapshot `newKey()` is materialized from the merged chain: on overlay, on top of the
+ * chain's leading base (`parent`), as upstream's merge snapshotter does.
  */
 export async function runMerge(opts: {
   inputs: readonly (LayerRef | null)[];
@@ -15,14 +16,14 @@ export async function runMerge(opts: {
   newKey: () => string;
   linkFiles?: boolean;
   signal?: AbortSignal;
-}): Promise<LayerRef | null> {
+}): Promise<(LayerRef & { parent?: string | null }) | null> {
   const refs = opts.inputs.filter((r): r is LayerRef => r !== null);
   if (refs.length === 0) return null;
   if (refs.length === 1) return refs[0]!;
   const chain = mergeChains(refs);
   const key = opts.newKey();
-  await materializeChain({ snapshotter: opts.snapshotter, key, chain, linkFiles: opts.linkFiles, signal: opts.signal });
-  return { snapshot: key, chain };
+  const { parent } = await materializeChain({ snapshotter: opts.snapshotter, key, chain, linkFiles: opts.linkFiles, onBase: true, signal: opts.signal });
+  return { snapshot: key, chain, parent };
 }
 
 /** The op inputs a MergeOp names, in merge order (validated against the number of inputs). */

@@ -145,6 +145,24 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async prepare(key: string, parent?: string | null, opts: { signal?: AbortSignal } = {}): Promise<string> {
+    return this.#prepare(key, parent ?? null, true, opts.signal);
+  }
+
+  /**
+   * An active snapshot on `parent` whose own layer is written directly, in overlay's on-disk form
+   * (whiteouts, opaque directories), not through a mount: returns that layer's directory, or null
+   * when the upper alone cannot be trusted here (no readable trusted.* xattrs). A merge builds its
+   * snapshot this way, as upstream's on overlay: the inputs' common base stays a lower, the rest
+   * is linked in. Nothing may mount it before commit().
+   */
+  async prepareLayer(key: string, parent: string, opts: { signal?: AbortSignal } = {}): Promise<string | null> {
+    await this.#init();
+    if (!this.#features!.upperDiff) return null;
+    await this.#prepare(key, parent, false, opts.signal);
+    return this.upperDir(key);
+  }
+
+  async #prepare(key: string, parent: string | null, mount: boolean, signal: AbortSignal | undefined): Promise<string> {
     if (!KEY_RE.test(key)) throw new InvalidArgumentError(`invalid snapshot key ${JSON.stringify(key)}`);
     await this.#init();
     let lowers: string[] = [];
@@ -159,7 +177,7 @@ export class OverlaySnapshotter implements Snapshotter {
       }
     }
     if (this.#index.has(key) || this.#claimed.has(key)) throw new LoomError('ALREADY_EXISTS', `snapshot ${key} already exists`);
-    throwIfAborted(opts.signal);
+    throwIfAborted(signal);
     this.#claimed.add(key);
     let id = '';
     try {
@@ -178,7 +196,7 @@ export class OverlaySnapshotter implements Snapshotter {
       chmodSync(this.#path(id, 'fs'), 0o755);
       mkdirSync(this.#path(id, 'work'));
       let dir = this.#path(id, 'fs');
-      if (lowers.length > 0) {
+      if (lowers.length > 0 && mount) {
         dir = this.#path(id, 'merged');
         mkdirSync(dir);
         await this.#mount({ target: dir, lower: lowers.map((l) => `${l}/fs`), upper: `${id}/fs`, work: `${id}/work` });
