@@ -65,11 +65,33 @@ export async function unpackChain(
     for (let i = 0; i < layers.length; i++) {
       const layer = layers[i]!;
       chainId = i === 0 ? layer.diffId : sha256(`${chainId} ${layer.diffId}`);
-      let snap = deps.metadata.kvGet(NS_CHAIN, chainId);
-      if (!snap || !deps.metadata.hasSnapshot(snap)) {
-        await (fetched[i] ?? ((await deps.content.has(layer.digest as `sha256:${string}`)) ? undefined : opts.fetch(layer, i)));
-        snap = await applyOne(deps, layer, parent, opts);
-        deps.metadata.kvPut(NS_CHAIN, chainId, snap);
+      let snap: string | undefined;
+      for (;;) {
+        snap = deps.metadata.kvGet(NS_CHAIN, chainId);
+        if (snap && deps.metadata.hasSnapshot(snap)) break;
+        // Two builds pulling one image at once (two stages, two platforms' shared layers) apply
+        // each layer once: the second waits for the first's snapshot, so every snapshot of the
+        // chain stands on the one below it (merges rely on that), and nothing is unpacked twice.
+        // If the first fails (its build was cancelled, say), this one tries itself.
+        const pending = inflightOf(deps).get(chainId);
+        if (pending) {
+          await pending.catch(() => undefined);
+          continue;
+        }
+        const lower = parent;
+        const work = (async () => {
+          await (fetched[i] ?? ((await deps.content.has(layer.digest as `sha256:${string}`)) ? undefined : opts.fetch(layer, i)));
+          const made = await applyOne(deps, layer, lower, opts);
+          deps.metadata.kvPut(NS_CHAIN, chainId, made);
+          return made;
+        })();
+        inflightOf(deps).set(chainId, work);
+        try {
+          snap = await work;
+        } finally {
+          inflightOf(deps).delete(chainId);
+        }
+        break;
       }
       releases.push(deps.refs.protect([snap]));
       const pair = { lower: parent, upper: snap };
@@ -95,6 +117,17 @@ export async function unpackChain(
   } finally {
     for (const release of releases) release();
   }
+}
+
+/** Layers being applied now, by chain id, per cache (its metadata store). */
+const inflight = new WeakMap<MetadataStore, Map<string, Promise<string>>>();
+function inflightOf(deps: UnpackChainDeps): Map<string, Promise<string>> {
+  let m = inflight.get(deps.metadata);
+  if (!m) {
+    m = new Map();
+    inflight.set(deps.metadata, m);
+  }
+  return m;
 }
 
 /** Layer blobs fetched at once, at most. */
