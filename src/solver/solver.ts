@@ -107,6 +107,7 @@ export class Solver {
       observe: this.#observe,
       selectorDigest: this.#selectorDigest,
       selectorCheck: this.#selectorCheck,
+      unlazied: unlaziedMerges(def),
     });
     try {
       await run.slot(def.result);
@@ -140,6 +141,29 @@ export class Solver {
   }
 }
 
+/**
+ * The merges whose tree a step of the graph reads (an exec or file op on them, not another merge or
+ * a diff, which take only their layers): those upstream makes real ("unlazies") during the build,
+ * showing a "merging" status on the merge's step (a COPY --link's). Loom makes every merge at
+ * once; the status tells the same story as upstream's.
+ */
+function unlaziedMerges(def: LoadedDefinition): Set<string> {
+  const out = new Set<string>();
+  if (!def.result) return out;
+  const lazy = (v: Vertex) => v.op.op.case === 'merge' || v.op.op.case === 'diff';
+  const seen = new Set<string>();
+  const visit = (v: Vertex) => {
+    if (seen.has(v.digest)) return;
+    seen.add(v.digest);
+    for (const i of v.inputs) {
+      if (!lazy(v) && i.vertex.op.op.case === 'merge') out.add(i.vertex.digest);
+      visit(i.vertex);
+    }
+  };
+  visit(def.result.vertex);
+  return out;
+}
+
 interface JobRunOptions {
   job: JobContext;
   resolve: OpResolver;
@@ -149,6 +173,7 @@ interface JobRunOptions {
   observe: SolveObserver | undefined;
   selectorDigest: SelectorDigest | undefined;
   selectorCheck: SelectorCheck | undefined;
+  unlazied: ReadonlySet<string>;
 }
 
 /** The state of one build's walk over its graph: memoized keys and results per vertex. */
@@ -356,7 +381,12 @@ class JobRun {
           if (sel && inputs[n] && !this.#contentDigest(v.inputs[n]!.vertex)) await check(inputs[n]!, sel.paths, sel.followSymlinks);
         }
       }
-      refs = await this.#impl(v).run(this.#ctx(v), inputs);
+      const merging = this.#o.unlazied.has(v.digest) ? this.#merging(v) : undefined;
+      try {
+        refs = await this.#impl(v).run(this.#ctx(v), inputs);
+      } finally {
+        merging?.();
+      }
     } catch (caught) {
       const err = clarifyNameError(caught);
       const e = err instanceof VertexError ? err : withSources(new VertexError({ digest: v.digest, name: v.name, cause: err }), v.sources ?? []);
@@ -535,6 +565,17 @@ class JobRun {
     const now = new Date();
     this.#o.job.progress.status({ id: text, vertex: v.digest, name: text, current: 0, total: 0, timestamp: now, started: now, completed: now });
     return why;
+  }
+
+  /** Starts the "merging" status line of a merge step (see unlaziedMerges); returns its end. */
+  #merging(v: Vertex): () => void {
+    const started = new Date();
+    const status = { id: 'merging', vertex: v.digest, name: 'merging', current: 0, total: 0, started };
+    this.#o.job.progress.status({ ...status, timestamp: started });
+    return () => {
+      const now = new Date();
+      this.#o.job.progress.status({ ...status, timestamp: now, completed: now });
+    };
   }
 
   #hold(refs: readonly Ref[]): void {

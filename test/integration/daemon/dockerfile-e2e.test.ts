@@ -285,6 +285,23 @@ d('dockerfile.v0', () => {
     expect(numbers.size, r.stderr).toBe(1);
   }, 120_000);
 
+  it('shows "merging" under a COPY --link whose merged tree a later step reads, as upstream (not under one another COPY --link merges on)', async () => {
+    const ctx = join(work, 'link-merging');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'f'), 'f\n');
+    writeFileSync(join(ctx, 'g'), 'g\n');
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY --link f /f\nCOPY --link g /g\nRUN cat /f /g > /fg\n`);
+    const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--progress', 'plain']);
+    expect(r.code, r.stderr).toBe(0);
+    const linesOf = (step: string) => {
+      const n = new RegExp(`^(#\\d+) \\[${step}\\] `, 'm').exec(r.stderr)?.[1];
+      expect(n, r.stderr).toBeDefined();
+      return r.stderr.split('\n').filter((l) => l.startsWith(`${n} `));
+    };
+    expect(linesOf('3/4').some((l) => / merging( [\d.]+s)? done$/.test(l)), r.stderr).toBe(true);
+    expect(linesOf('2/4').some((l) => l.includes('merging')), r.stderr).toBe(false);
+  }, 120_000);
+
   it('shows a failing COPY --link under its step, and a missing source as the step\'s own error, as upstream', async () => {
     const ctx = join(work, 'link-fails');
     mkdirSync(ctx);
