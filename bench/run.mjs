@@ -202,6 +202,24 @@ const service = dockerfileDir(
   ].join('\n'),
   svcFiles,
 );
+// COPY --link onto a large stage: the 2,000 files and 16 MiB of the service's context copied in,
+// then three small COPY --link steps and a RUN that reads the merged tree; each run changes the
+// file of the last COPY --link, so only its copy, its merge and the RUN are built.
+const linkFiles = { ...svcFiles, 'link/a': 'a\n', 'link/b': 'b\n', 'link/c': 'c\n' };
+const linked = dockerfileDir(
+  'linked',
+  [
+    'FROM localhost:5000/busybox:latest',
+    'COPY src/ /src/',
+    'COPY assets/ /assets/',
+    'COPY --link link/a /a',
+    'COPY --link link/b /b',
+    'COPY --link link/c /c',
+    'RUN cat /a /b /c > /abc',
+    '',
+  ].join('\n'),
+  linkFiles,
+);
 
 const out = join(work, 'out.tar');
 const workloads = [
@@ -264,6 +282,11 @@ const workloads = [
     name: 'dockerfile service: rebuild after changing one context file',
     before: () => writeFileSync(join(service, 'src', 'pkg7', 'file7.js'), `export const changed = ${Date.now()};\n`),
     run: () => dfBuild(service),
+  },
+  {
+    name: 'dockerfile COPY --link: rebuild after changing the last linked file (stage of 2,000 files + 16 MiB)',
+    before: () => writeFileSync(join(linked, 'link', 'c'), `c ${Date.now()}\n`),
+    run: () => dfBuild(linked),
   },
   // The team-shared cache: the service workload's cache exported to the registry (a new repository
   // each run, so every blob is uploaded), then imported by a daemon with an empty cache.

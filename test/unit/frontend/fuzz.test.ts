@@ -6,18 +6,7 @@ import { ShellLex } from '../../../src/frontend/dockerfile/shell-lex.js';
 import { LoomError } from '../../../src/util/errors.js';
 import { CORPUS } from './corpus.js';
 import { cannedResolver } from './base-image.js';
-
-/** A small deterministic PRNG (mulberry32) so a failure can be replayed from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../../helpers/prng.js';
 
 const FRAGMENTS = [
   'FROM localhost:5000/busybox', 'FROM scratch AS s', 'FROM s', 'FROM --platform=$BUILDPLATFORM localhost:5000/busybox AS b', 'FROM ${IMG:-scratch}',

@@ -16,20 +16,9 @@ import { applyChanges } from '../../../../src/snapshot/layer/apply-changes.js';
 import { listXattrs } from '../../../../src/snapshot/layer/sys-ops.js';
 import type { Snapshotter } from '../../../../src/snapshot/snapshotter.js';
 import { SNAPSHOTTERS } from '../../snapshot/snapshotters.js';
+import { prng } from '../../../helpers/prng.js';
 
 const overlay = SNAPSHOTTERS.filter((s) => s.name === 'overlayfs');
-
-/** A small deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Every entry under `root`: type, mode, owner, size, time, link target, content; not inode numbers or link counts. */
 function listing(root: string): string[] {
@@ -130,7 +119,7 @@ describe.each(overlay)('merges on a base ($name)', (impl) => {
   }
 
   it.each(Array.from({ length: 40 }, (_, i) => i + 1))('seed %i: same tree as the plain merge, base left as a lower', async (seed) => {
-    const r = rng(seed);
+    const r = prng(seed);
     // A base: an "image" of two layers and a step on it.
     let base = await step(null, (d) => mutate(r, d, 'img0'));
     base = await step(base, (d) => mutate(r, d, 'img1'));
