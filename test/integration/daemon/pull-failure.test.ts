@@ -25,6 +25,7 @@ describe.runIf(isRoot)('image pull with a layer the registry cannot serve', () =
   }, 120_000);
   afterAll(async () => {
     await daemon?.stop();
+    if (daemon) removeDir(daemon.dir);
     await reg?.stop();
     if (work) removeDir(work);
   });

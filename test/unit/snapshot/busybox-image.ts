@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { createReadStream, existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createGunzip } from 'node:zlib';
@@ -19,6 +19,8 @@ let layoutDir: string | null = null;
 export function busyboxLayout(): string {
   if (layoutDir) return layoutDir;
   const d = mkdtempSync(path.join(os.tmpdir(), 'loom-busybox-'));
+  // Gone with the test process that unpacked it (each run left one in /tmp before).
+  process.once('exit', () => rmSync(d, { recursive: true, force: true }));
   execFileSync('tar', ['-xf', path.join(VECTORS, 'oci/busybox-multiarch-oci.tar'), '-C', d]);
   layoutDir = d;
   return d;
