@@ -1,11 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { createReadStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import os from 'node:os';
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { createGunzip } from 'node:zlib';
 import { applyLayerTar } from '../../../src/snapshot/layer/apply-layer-tar.js';
 import type { Snapshotter } from '../../../src/snapshot/snapshotter.js';
 import type { DiffPair, LayerRef } from '../../../src/ops/merge-diff/chain.js';
+import { fixtureCacheDir } from '../../helpers/registry.js';
 
 /** Shared test data: the busybox OCI layout of the upstream vectors, and root checks. */
 
@@ -15,13 +15,26 @@ export const IS_ROOT = process.getuid?.() === 0;
 
 let layoutDir: string | null = null;
 
-/** The OCI layout, unpacked once per process. */
+/**
+ * The OCI layout, unpacked once into the fixture cache and shared by every test process and run
+ * (a copy per process in /tmp was left behind by each: vitest ends its workers without 'exit').
+ */
 export function busyboxLayout(): string {
   if (layoutDir) return layoutDir;
-  const d = mkdtempSync(path.join(os.tmpdir(), 'loom-busybox-'));
-  // Gone with the test process that unpacked it (each run left one in /tmp before).
-  process.once('exit', () => rmSync(d, { recursive: true, force: true }));
-  execFileSync('tar', ['-xf', path.join(VECTORS, 'oci/busybox-multiarch-oci.tar'), '-C', d]);
+  const tar = path.join(VECTORS, 'oci/busybox-multiarch-oci.tar');
+  const st = statSync(tar);
+  const d = path.join(fixtureCacheDir(), `busybox-layout-${st.size}-${Math.floor(st.mtimeMs)}`);
+  if (!existsSync(path.join(d, 'index.json'))) {
+    mkdirSync(fixtureCacheDir(), { recursive: true });
+    const tmp = mkdtempSync(path.join(fixtureCacheDir(), 'busybox-layout-tmp-'));
+    execFileSync('tar', ['-xf', tar, '-C', tmp]);
+    try {
+      renameSync(tmp, d);
+    } catch {
+      // Another process put it there first.
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  }
   layoutDir = d;
   return d;
 }
