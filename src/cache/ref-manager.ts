@@ -85,6 +85,8 @@ export class RefManager implements ResultCache {
   async createRef(opts: {
     snapshot: string;
     parent: Ref | null;
+    /** The snapshot's parent when it is not `parent`'s (a merge standing on its inputs' base). */
+    parentSnapshot?: string | null;
     chain?: LayerPair[];
     description: string;
     recordType?: RecordType;
@@ -104,7 +106,7 @@ export class RefManager implements ResultCache {
       parents: opts.parent ? [opts.parent.id] : [],
     };
     this.#md.transaction(() => {
-      this.#md.putSnapshot(opts.snapshot, opts.parent?.snapshot ?? null);
+      this.#md.putSnapshot(opts.snapshot, opts.parentSnapshot ?? opts.parent?.snapshot ?? null);
       this.#md.putRef(rec);
     });
     return this.#toRef(rec);

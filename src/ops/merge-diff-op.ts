@@ -42,9 +42,8 @@ export class MergeOpImpl implements OpImpl {
       if (!res) return [await emptyRef(this.deps.refs, ctx)];
       const same = ordered.find((r) => r.snapshot === res.snapshot);
       if (same) return [same];
-      // Its snapshot stands on the chain's base: GC must keep that while the merge lives.
-      if (res.parent) this.deps.refs.recordSnapshot(res.snapshot, res.parent);
-      return [await this.deps.refs.createRef({ snapshot: res.snapshot, parent: null, chain: [...res.chain], description: ctx.vertex.name })];
+      // On overlay its snapshot stands on the chain's base (`res.parent`).
+      return [await this.deps.refs.createRef({ snapshot: res.snapshot, parent: null, parentSnapshot: res.parent, chain: [...res.chain], description: ctx.vertex.name })];
     } finally {
       keys.release();
     }

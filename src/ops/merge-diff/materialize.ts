@@ -80,7 +80,8 @@ async function materializeOnBase(sn: LayerWriter, key: string, chain: readonly D
         await applyToUpper(known, await sn.upperDir(pair.upper), upper, lowers, { signal });
       } else {
         const lowerDir = pair.lower === null ? null : await sn.dir(pair.lower);
-        await applyToUpper(await changes(lowerDir, await sn.dir(pair.upper), { signal }), await sn.dir(pair.upper), upper, lowers, { signal });
+        const upperDir = await sn.dir(pair.upper);
+        await applyToUpper(await changes(lowerDir, upperDir, { signal }), upperDir, upper, lowers, { signal });
       }
     }
     await sn.commit(key);

@@ -5,7 +5,7 @@ import { LoomError, throwIfAborted } from '../../util/errors.js';
 import { joinInRoot, resolveInRoot } from '../../util/fs-safe.js';
 import type { Change } from './change.js';
 import { changes } from './changes.js';
-import { listXattrs, mknod, setTimes, setXattrs, type TimesWrite } from './sys-ops.js';
+import { copyXattrs, mknod, setTimes, type TimesWrite } from './sys-ops.js';
 
 /**
  * Applies the changes between two trees onto a third without a tar in between: how merges and
@@ -142,13 +142,7 @@ export async function applyChangeList(
 
   // Metadata that later steps would disturb goes last: xattrs (opaque markers of overlay uppers
   // are not content), then file times, then directory times.
-  const lists = await listXattrs(xattrPairs.map((p) => p.src));
-  const writes = lists.flatMap((m, i) =>
-    [...m]
-      .filter(([k]) => k !== 'trusted.overlay.opaque' && k !== 'user.overlay.opaque')
-      .map(([name, value]) => ({ path: xattrPairs[i]!.dst, name, value })),
-  );
-  await setXattrs(writes);
+  await copyXattrs(xattrPairs, { skip: (k) => k === 'trusted.overlay.opaque' || k === 'user.overlay.opaque' });
   await setTimes(fileTimes);
   await setTimes([...dirTimes.values()]);
 }

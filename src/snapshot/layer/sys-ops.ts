@@ -244,13 +244,16 @@ export async function setXattrs(items: readonly XattrWrite[]): Promise<(string |
   return res.map((v) => (typeof v === 'string' ? v : null));
 }
 
-/** Copies every xattr of each src onto its dst; errors are returned per pair, not thrown. */
-export async function copyXattrs(pairs: readonly { src: string; dst: string }[]): Promise<void> {
+/**
+ * Copies every xattr of each src onto its dst, but those `skip` names (an overlay's own markers,
+ * which are not content); a failure is logged, not thrown.
+ */
+export async function copyXattrs(pairs: readonly { src: string; dst: string }[], opts: { skip?: (name: string) => boolean } = {}): Promise<void> {
   if (pairs.length === 0) return;
   const lists = await listXattrs(pairs.map((p) => p.src));
   const writes: XattrWrite[] = [];
   lists.forEach((m, i) => {
-    for (const [name, value] of m) writes.push({ path: pairs[i]!.dst, name, value });
+    for (const [name, value] of m) if (!opts.skip?.(name)) writes.push({ path: pairs[i]!.dst, name, value });
   });
   const errs = await setXattrs(writes);
   errs.forEach((e, i) => {

@@ -4,7 +4,7 @@ import { TimeSlice } from '../../cache/time-slice.js';
 import { LoomError, throwIfAborted } from '../../util/errors.js';
 import { joinInRoot } from '../../util/fs-safe.js';
 import type { Change } from '../layer/change.js';
-import { listXattrs, mknod, setTimes, setXattrs, type TimesWrite, type XattrWrite } from '../layer/sys-ops.js';
+import { copyXattrs, mknod, setTimes, setXattrs, type TimesWrite, type XattrWrite } from '../layer/sys-ops.js';
 
 const OPAQUE = 'trusted.overlay.opaque';
 const S_IFCHR = 0o020000;
@@ -119,12 +119,8 @@ export async function applyToUpper(
 
   // Metadata that later steps would disturb goes last: xattrs of what was created or copied (not
   // the layers' own overlay markers), opaque markers, then file times, then directory times.
-  const lists = await listXattrs(created.map((p) => p.src));
-  const writes = lists.flatMap((m, i) =>
-    [...m].filter(([k]) => !k.startsWith('trusted.overlay.') && !k.startsWith('user.overlay.')).map(([name, value]) => ({ path: created[i]!.dst, name, value })),
-  );
-  const errs = await setXattrs([...writes, ...opaque]);
-  errs.slice(writes.length).forEach((e, i) => {
+  await copyXattrs(created, { skip: (k) => k.startsWith('trusted.overlay.') || k.startsWith('user.overlay.') });
+  (await setXattrs(opaque)).forEach((e, i) => {
     if (e) throw new LoomError('INTERNAL', `failed to mark ${opaque[i]!.path} opaque: ${e}`);
   });
   await setTimes(fileTimes);
