@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, lstatSync, readdirSync, readlinkSync, type BigIntStats } from 'node:fs';
+import { createReadStream, lstatSync, readdirSync, readFileSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { LRUCache } from 'lru-cache';
@@ -113,6 +113,23 @@ async function contentDigest(path: string, st: BigIntStats): Promise<string> {
   return digest;
 }
 
+/**
+ * Files up to this size are read in the walk itself, synchronously: a small file costs four system
+ * calls, and their round trips through libuv's thread pool cost more than the calls (2,000 small
+ * files: ~0.2 s by the pool, ~0.05 s in line). The walk yields in time slices, as for its stats.
+ */
+const INLINE_FILE = 64n << 10n;
+
+/** contentDigest for a small file, read in line (see INLINE_FILE). */
+function contentDigestSync(path: string, st: BigIntStats): string {
+  const key = inodeKey(st);
+  counts.reads++;
+  const started = Date.now();
+  const digest = createHash('sha256').update(readFileSync(path)).digest('hex');
+  if (Number(st.ctimeNs / 1_000_000n) < started - RACY_MS) byInode.set(key, digest);
+  return digest;
+}
+
 /** Files of one directory read at once for their digests (when not known already). */
 const READS = 16;
 
@@ -165,7 +182,10 @@ export async function treeDigests(root: string, opts: { signal?: AbortSignal; ca
       let body = '';
       if (st.isFile()) {
         body = known(full, st) ?? '';
-        if (!body) unknown.push(i);
+        if (!body && st.size <= INLINE_FILE) {
+          body = contentDigestSync(full, st);
+          opts.cache?.set(full, st, body);
+        } else if (!body) unknown.push(i);
       } else if (st.isSymbolicLink()) body = readlinkSync(full);
       else if (st.isCharacterDevice() || st.isBlockDevice()) body = st.rdev.toString();
       bodies.push(body);

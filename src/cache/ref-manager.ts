@@ -147,6 +147,11 @@ export class RefManager implements ResultCache {
     put: (identity: string, value: string) => this.#md.kvPut('step-history', identity, value),
   };
 
+  readonly contentKeys = {
+    get: (contentKey: string) => this.#md.kvGet('content-key', contentKey),
+    put: (contentKey: string, key: string) => this.#md.kvPut('content-key', contentKey, key),
+  };
+
   hold(refs: readonly Ref[]): () => void {
     for (const r of refs) this.#holds.set(r.id, (this.#holds.get(r.id) ?? 0) + 1);
     let done = false;

@@ -169,6 +169,28 @@ export class ExecOp implements OpImpl {
     return Array.from(sel, (s) => s ?? null);
   }
 
+  /**
+   * As upstream's exec cache map: an input mounted only where the step's changes to it are not
+   * kept (read-only, or writable without an output) may be keyed by its content at the mounted
+   * path, the whole tree for a mount without a selector; the root and kept mounts may not.
+   */
+  contentSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+    const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = [];
+    for (const m of this.#op.mounts) {
+      const i = Number(m.input);
+      if (i < 0 || sel[i] === null) continue;
+      if ((!m.readonly || m.dest === '/') && Number(m.output) !== -1) {
+        sel[i] = null;
+        continue;
+      }
+      const cur = sel[i] ?? { paths: [], followSymlinks: true };
+      const p = m.selector ? path.posix.join('/', m.selector) : '/';
+      if (!cur.paths.includes(p)) cur.paths.push(p);
+      sel[i] = cur;
+    }
+    return Array.from(sel, (s) => s ?? null);
+  }
+
   async cacheKey(ctx: OpContext): Promise<string> {
     // Refused before anything runs, as upstream refuses at load time.
     checkExecEntitlements(this.#op, ctx.entitlements);

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import type { RefManager } from '../cache/ref-manager.js';
 import { newId } from '../cache/ref-manager.js';
 import type { FileOp } from '../gen/buildkit/ops_pb.js';
@@ -22,19 +23,25 @@ export class FileOpImpl implements OpImpl {
     return '';
   }
 
+  /** One slot per op input: null for an input some action changes (its whole tree matters), else undefined. */
+  #inputUse(): ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] {
+    const n = Math.max(0, ...this.#op.actions.flatMap((a) => [Number(a.input), Number(a.secondaryInput)]).map((i) => i + 1));
+    const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = new Array(n).fill(undefined);
+    for (const a of this.#op.actions) {
+      const i = Number(a.input);
+      if (i >= 0 && i < n) sel[i] = null;
+    }
+    return sel;
+  }
+
   /**
    * An op input used only as the source of copies (never as the tree an action changes) is read
    * only at those paths. Wildcards and include/exclude patterns make the set of paths depend on
    * the tree, so those inputs are keyed whole.
    */
   inputSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
-    const n = Math.max(0, ...this.#op.actions.flatMap((a) => [Number(a.input), Number(a.secondaryInput)]).map((i) => i + 1));
-    const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = new Array(n).fill(undefined);
-    const whole = (i: number) => {
-      if (i >= 0 && i < sel.length) sel[i] = null;
-    };
+    const sel = this.#inputUse();
     for (const a of this.#op.actions) {
-      whole(Number(a.input));
       if (a.action.case !== 'copy') continue;
       const i = Number(a.secondaryInput);
       if (i < 0 || i >= sel.length || sel[i] === null) continue;
@@ -51,6 +58,39 @@ export class FileOpImpl implements OpImpl {
         continue;
       }
       cur.paths.push(c.src);
+      sel[i] = cur;
+    }
+    return sel.map((x) => x ?? null);
+  }
+
+  /**
+   * The inputs that are only copied from, by the paths copied; for a wildcard source the
+   * directory above its first pattern, for include/exclude patterns the source directory (both
+   * cover what the copy reads).
+   */
+  contentSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+    const sel = this.#inputUse();
+    for (const a of this.#op.actions) {
+      if (a.action.case !== 'copy') continue;
+      const i = Number(a.secondaryInput);
+      if (i < 0 || i >= sel.length || sel[i] === null) continue;
+      const c = a.action.value;
+      let p = c.src;
+      let follow = c.followSymlink;
+      if (c.allowWildcard && /[*?[\\]/.test(p)) {
+        const parts = path.posix.join('/', p).split('/');
+        const first = parts.findIndex((x) => /[*?[\\]/.test(x));
+        p = parts.slice(0, first).join('/') || '/';
+        follow = true;
+      } else if (c.includePatterns.length || c.excludePatterns.length) {
+        follow = true;
+      }
+      const cur = sel[i] ?? { paths: [], followSymlinks: follow };
+      if (cur.followSymlinks !== follow) {
+        sel[i] = null;
+        continue;
+      }
+      if (!cur.paths.includes(p)) cur.paths.push(p);
       sel[i] = cur;
     }
     return sel.map((x) => x ?? null);

@@ -23,6 +23,11 @@ export interface ResultCache {
    * miss can say which part changed. Values are the solver's own JSON.
    */
   stepHistory?: { get(identity: string): string | undefined; put(identity: string, value: string): void };
+  /**
+   * A step's key by its inputs' content (see JobRun#byContent) -> the key its result was saved
+   * under; and `shape:…` entries, set for a step once it ran on a given set of other inputs.
+   */
+  contentKeys?: { get(contentKey: string): string | undefined; put(contentKey: string, key: string): void };
 }
 
 /** What a step's cache key is made of, remembered to explain a later miss. */
@@ -110,7 +115,7 @@ export class Solver {
       unlazied: unlaziedMerges(def),
     });
     try {
-      await run.slot(def.result);
+      await Promise.race([run.slot(def.result), run.failed]);
       await run.recordKnownSteps();
       return { result: () => run.edge(def.result), release: () => run.release(), stats: run.stats };
     } catch (err) {
@@ -188,11 +193,21 @@ class JobRun {
   readonly #parts = new Map<string, KeyParts>();
   /** The key a step that ignores the cache would have had (its own key is this build's). */
   readonly #usualKeys = new Map<string, string>();
+  /** The key by content of a step about to run (see #byContent), to find its result by later. */
+  readonly #contentKeys = new Map<string, { shape: string; key: Promise<string | undefined> }>();
   /** Vertices already shown as cached (hit, or an input of a hit). */
   readonly #reported = new Set<string>();
 
+  /** Rejects with the first failure of a step started ahead of need (see #key): the build fails then, not when that step is next read. */
+  readonly failed: Promise<never>;
+  readonly #fail: (err: unknown) => void;
+
   constructor(o: JobRunOptions) {
     this.#o = o;
+    let fail!: (err: unknown) => void;
+    this.failed = new Promise<never>((_, reject) => (fail = reject));
+    this.failed.catch(() => undefined);
+    this.#fail = fail;
   }
 
   release(): void {
@@ -265,9 +280,18 @@ class JobRun {
       this.#vertexByDigest.set(v.digest, v);
       p = (async () => {
         const selectors = this.#impl(v).inputSelectors?.() ?? [];
+        const content = v.metadata?.ignoreCache === true ? undefined : this.#impl(v).contentSelectors?.();
+        const byContent = v.inputs.some((i, n) => content?.[n] && !isLocalSource(i.vertex));
         const inputKeys = await Promise.all(
           v.inputs.map(async (i, n) => {
-            const key = `${await this.#key(i.vertex)}#${i.index}`;
+            const of = await this.#key(i.vertex);
+            const key = `${of}#${i.index}`;
+            // The key of a step that may be keyed by content waits on its inputs' results (see
+            // #byContent). An input found in no cache is needed whatever happens (the step's key
+            // is new: either its content finds an earlier result or the step runs), so it starts
+            // now: the stages a step copies from, and the step it runs on, are made side by side,
+            // not one after the other as each key in turn waits on its inputs.
+            if (byContent && !(await this.#found(of, 1, i.index))) this.slot(i).catch(this.#fail);
             // A local directory read only at a few paths keys the step by those paths' content:
             // editing an unrelated file of the context keeps the step cached (upstream's
             // content-based cache keys). Other inputs are keyed whole.
@@ -294,7 +318,7 @@ class JobRun {
         }
         const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
         this.#parts.set(v.digest, { key, inputs: v.inputs.map((i, n) => ({ name: i.vertex.name, key: inputKeys[n]! })), extra });
-        if (v.metadata?.ignoreCache !== true) return key;
+        if (v.metadata?.ignoreCache !== true) return await this.#byContent(v, key, inputKeys, extra);
         // A step the client asked to run (--no-cache, or a no-cache stage) runs, and so does what
         // is built on it: its key is this build's own, so nothing after it is found in the cache
         // under it either, as with upstream, where a step that ignores the cache gives the steps
@@ -408,6 +432,15 @@ class JobRun {
       if (usual) this.#o.cache.save(`${usual}#${i}`, r);
       if (v.op.op.case !== 'source') this.#o.job.cache?.record(`${key}#${i}`, r);
     });
+    const byContent = this.#contentKeys.get(v.digest);
+    if (byContent) {
+      const aliases = this.#o.cache.contentKeys;
+      void byContent.key.then((ck) => {
+        if (!ck || !aliases) return;
+        aliases.put(ck, key);
+        aliases.put(byContent.shape, '1');
+      });
+    }
     const parts = this.#parts.get(v.digest);
     if (parts) {
       this.#o.cache.stepHistory?.put(stepIdentity(v, this.#o.defaultPlatform), JSON.stringify(parts));
@@ -417,6 +450,65 @@ class JobRun {
     }
     if (refs.length < n) throw new VertexError({ digest: v.digest, name: v.name, cause: new Error(`expected ${n} outputs, got ${refs.length}`) });
     return refs;
+  }
+
+  /**
+   * Upstream's content-based cache keys, for inputs other than local sources (those are keyed by
+   * content already): when a step's key finds nothing, here or in an imported cache, its inputs
+   * are made and the content of what it reads from them (OpImpl.contentSelectors) stands for them
+   * in a second key. An earlier build's result saved under an equal second key is this step's:
+   * the step takes that build's key, so the steps after it are found as well. A stage rebuilt by
+   * --no-cache, or a RUN changed without changing what it wrote, then leaves a COPY --from of it
+   * and everything after cached. Returns the key the step goes by.
+   */
+  async #byContent(v: Vertex, key: string, inputKeys: readonly string[], extra: string): Promise<string> {
+    const digest = this.#o.selectorDigest;
+    const aliases = this.#o.cache.contentKeys;
+    const sels = this.#impl(v).contentSelectors?.();
+    if (!digest || !aliases || !sels || v.op.op.case === 'source') return key;
+    const byContent = (i: Edge, n: number) => sels[n] && !isLocalSource(i.vertex);
+    if (!v.inputs.some(byContent)) return key;
+    const n = Math.max(1, outputCount(v.op));
+    if (await this.#found(key, n)) return key;
+    const identity = { op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), extra };
+    const contentKey = async () => {
+      const content = await Promise.all(
+        v.inputs.map(async (i, idx) => {
+          const sel = sels[idx];
+          return sel && byContent(i, idx) ? `content:${await digest(await this.edge(i), sel.paths, sel.followSymlinks)}` : inputKeys[idx]!;
+        }),
+      );
+      return sha256(JSON.stringify({ ...identity, content }));
+    };
+    // No earlier build ran this step on these other inputs (a cold build, a changed base): no
+    // content can find anything. The content key is then worked out beside the step's run, for
+    // later builds, rather than before it.
+    const shape = `shape:${sha256(JSON.stringify({ ...identity, inputs: v.inputs.map((i, idx) => (byContent(i, idx) ? 'content' : inputKeys[idx])) }))}`;
+    if (!aliases.get(shape)) {
+      this.#contentKeys.set(v.digest, { shape, key: contentKey().catch(() => undefined) });
+      return key;
+    }
+    let ck: string;
+    try {
+      ck = await contentKey();
+    } catch (err) {
+      // A failed input fails the build; a path that is not there fails the step when it runs,
+      // in its own words.
+      if (isAbortError(err) || err instanceof VertexError) throw err;
+      return key;
+    }
+    const earlier = aliases.get(ck);
+    if (earlier && earlier !== key && (await this.#found(earlier, n))) return earlier;
+    this.#contentKeys.set(v.digest, { shape, key: Promise.resolve(ck) });
+    return key;
+  }
+
+  /** Whether outputs from..from+n-1 of the step under `key` are in the local cache or an imported one. */
+  async #found(key: string, n: number, from = 0): Promise<boolean> {
+    for (let i = from; i < from + n; i++) {
+      if (!(await this.#o.cache.lookup(`${key}#${i}`)) && !(await this.#inImport(`${key}#${i}`))) return false;
+    }
+    return true;
   }
 
   async #lookup(key: string, n: number): Promise<Ref[] | undefined> {

@@ -114,6 +114,15 @@ export interface OpImpl {
    * content, so changes elsewhere in them keep the step cached.
    */
   inputSelectors?(): ({ paths: string[]; followSymlinks: boolean } | null)[];
+  /**
+   * For each op input, the paths whose content may stand for the input when the step's usual key
+   * misses (upstream's content-based cache keys): a copy's sources, a read-only mount. A step whose
+   * input was made again with the same content at those paths (a stage rebuilt by --no-cache, a
+   * RUN changed without changing what it wrote) is then found in the cache, and so is what follows
+   * it. null where the input cannot be keyed by content (the tree an action changes, the root).
+   * The paths may cover more than the op reads (the directory above a wildcard), never less.
+   */
+  contentSelectors?(): ({ paths: string[]; followSymlinks: boolean } | null)[];
   /** Produces the op's outputs (one per output index) from its inputs (one per Op.inputs entry). */
   run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]>;
 }

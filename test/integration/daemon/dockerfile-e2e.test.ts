@@ -498,6 +498,57 @@ d('dockerfile.v0', () => {
     expect(cachedSteps(stage.log)).toEqual(['[stage-1 2/5] RUN cat /proc/sys/kernel/random/uuid > /one']);
   });
 
+  it('keys what a step reads from another stage by content too: a stage made again with the same files leaves COPY --from, RUN --mount=from and what follows cached', async () => {
+    const ctx = join(work, 'bycontent');
+    mkdirSync(ctx);
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      [
+        `FROM ${reg.host}/busybox:latest AS b`,
+        'ARG V=1',
+        'RUN echo hello > /out.txt && mkdir /d && echo "$V" > /d/v && echo x > /d/x',
+        `FROM ${reg.host}/busybox:latest`,
+        'COPY --from=b /out.txt /out.txt',
+        'RUN cat /proc/sys/kernel/random/uuid > /u1',
+        'RUN --mount=from=b,source=/d,target=/m cat /m/x > /x && cat /proc/sys/kernel/random/uuid > /u2',
+        'COPY --from=b /d/x* /w/',
+        'RUN cat /proc/sys/kernel/random/uuid > /u3',
+        '',
+      ].join('\n'),
+    );
+    const out = join(work, 'bycontent-out');
+    const build = async (extra: string[] = []) => {
+      rmSync(out, { recursive: true, force: true });
+      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=local,dest=${out}`, ...extra]);
+      expect(r.code, r.stderr).toBe(0);
+      return { log: r.stderr, u: ['u1', 'u2', 'u3'].map((f) => readFileSync(join(out, f), 'utf8')) };
+    };
+    const cached = (log: string) =>
+      [...log.matchAll(/^#(\d+) (\[(?:b|stage-1) \d\/\d\] (?!FROM).*)\n(?:#\1 .*\n)*?#\1 CACHED$/gm)].map((m) => m[2]!.replace(/ .*/, '')).sort();
+    const first = await build();
+    const stage1 = ['[stage-1', '[stage-1', '[stage-1', '[stage-1', '[stage-1'];
+
+    // The stage runs again (--no-cache for it) and makes the same files: everything after is found.
+    const again = await build(['--opt', 'no-cache=b']);
+    expect(again.log).toMatch(/\[b 2\/2\] RUN echo hello[^\n]*\n#\d+ cache miss: cache disabled/);
+    expect(cached(again.log)).toEqual(stage1);
+    expect(again.u).toEqual(first.u);
+
+    // The stage's RUN changes (another V in its environment) and so does one file of /d, but not
+    // /out.txt or /d/x: the COPY of /out.txt and the first RUN stay cached; the mount of all of /d
+    // and what follows run.
+    const v2 = await build(['--opt', 'build-arg:V=2']);
+    expect(v2.log).toMatch(/\[b 2\/2\] RUN echo hello[^\n]*\n#\d+ cache miss: /);
+    expect(cached(v2.log)).toEqual(['[stage-1', '[stage-1']);
+    expect(v2.u[0]).toBe(first.u[0]);
+    expect(v2.u[1]).not.toBe(first.u[1]);
+
+    // Back to V=1: the stage's step and everything after are found under their first keys.
+    const back = await build();
+    expect(cached(back.log)).toEqual(['[b', ...stage1]);
+    expect(back.u).toEqual(first.u);
+  });
+
   it('keeps a COPY cached when only other files of the context change, or a file is touched', async () => {
     const ctx = join(work, 'selectors');
     mkdirSync(ctx);
