@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { RefManager } from '../cache/ref-manager.js';
 import { newId } from '../cache/ref-manager.js';
-import type { FileOp } from '../gen/buildkit/ops_pb.js';
+import type { FileActionCopy, FileOp } from '../gen/buildkit/ops_pb.js';
 import type { OpContext, OpImpl, Ref } from '../solver/types.js';
 import { FileActionError, runFileOp } from './file/file-op.js';
 import { isAbortError, LoomError } from '../util/errors.js';
@@ -10,6 +10,9 @@ import { isAbortError, LoomError } from '../util/errors.js';
  * FileOp: mkdir, mkfile, rm, symlink and copy actions (ops/file/ does the work on snapshots).
  * Each output becomes a ref whose layer is its diff against the op input it grew from.
  */
+/** Characters that make a copy source a pattern. */
+const GLOB = /[*?[\\]/;
+
 export class FileOpImpl implements OpImpl {
   readonly #refs: RefManager;
   readonly #op: FileOp;
@@ -23,15 +26,32 @@ export class FileOpImpl implements OpImpl {
     return '';
   }
 
-  /** One slot per op input: null for an input some action changes (its whole tree matters), else undefined. */
-  #inputUse(): ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] {
+  /**
+   * For each op input, the paths read from it: null for an input some action changes (its whole
+   * tree matters) or one `read` gives up on (null for a copy), else the paths `read` names for
+   * the copies from it, all followed or not alike (null when they disagree).
+   */
+  #copySelectors(read: (c: FileActionCopy) => { path: string; follow: boolean } | null): ({ paths: string[]; followSymlinks: boolean } | null)[] {
     const n = Math.max(0, ...this.#op.actions.flatMap((a) => [Number(a.input), Number(a.secondaryInput)]).map((i) => i + 1));
     const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = new Array(n).fill(undefined);
     for (const a of this.#op.actions) {
       const i = Number(a.input);
       if (i >= 0 && i < n) sel[i] = null;
     }
-    return sel;
+    for (const a of this.#op.actions) {
+      if (a.action.case !== 'copy') continue;
+      const i = Number(a.secondaryInput);
+      if (i < 0 || i >= n || sel[i] === null) continue;
+      const r = read(a.action.value);
+      const cur = sel[i] ?? (r && { paths: [], followSymlinks: r.follow });
+      if (!r || !cur || cur.followSymlinks !== r.follow) {
+        sel[i] = null;
+        continue;
+      }
+      if (!cur.paths.includes(r.path)) cur.paths.push(r.path);
+      sel[i] = cur;
+    }
+    return sel.map((x) => x ?? null);
   }
 
   /**
@@ -40,27 +60,11 @@ export class FileOpImpl implements OpImpl {
    * the tree, so those inputs are keyed whole.
    */
   inputSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
-    const sel = this.#inputUse();
-    for (const a of this.#op.actions) {
-      if (a.action.case !== 'copy') continue;
-      const i = Number(a.secondaryInput);
-      if (i < 0 || i >= sel.length || sel[i] === null) continue;
-      const c = a.action.value;
-      // allowWildcard alone changes nothing for a source without glob characters (Dockerfile COPY
-      // always sets it).
-      if (c.includePatterns.length || c.excludePatterns.length || (c.allowWildcard && /[*?[\\]/.test(c.src))) {
-        sel[i] = null;
-        continue;
-      }
-      const cur = sel[i] ?? { paths: [], followSymlinks: c.followSymlink };
-      if (cur.followSymlinks !== c.followSymlink) {
-        sel[i] = null;
-        continue;
-      }
-      cur.paths.push(c.src);
-      sel[i] = cur;
-    }
-    return sel.map((x) => x ?? null);
+    // allowWildcard alone changes nothing for a source without glob characters (Dockerfile COPY
+    // always sets it).
+    return this.#copySelectors((c) =>
+      c.includePatterns.length || c.excludePatterns.length || (c.allowWildcard && GLOB.test(c.src)) ? null : { path: c.src, follow: c.followSymlink },
+    );
   }
 
   /**
@@ -69,31 +73,13 @@ export class FileOpImpl implements OpImpl {
    * cover what the copy reads).
    */
   contentSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
-    const sel = this.#inputUse();
-    for (const a of this.#op.actions) {
-      if (a.action.case !== 'copy') continue;
-      const i = Number(a.secondaryInput);
-      if (i < 0 || i >= sel.length || sel[i] === null) continue;
-      const c = a.action.value;
-      let p = c.src;
-      let follow = c.followSymlink;
-      if (c.allowWildcard && /[*?[\\]/.test(p)) {
-        const parts = path.posix.join('/', p).split('/');
-        const first = parts.findIndex((x) => /[*?[\\]/.test(x));
-        p = parts.slice(0, first).join('/') || '/';
-        follow = true;
-      } else if (c.includePatterns.length || c.excludePatterns.length) {
-        follow = true;
+    return this.#copySelectors((c) => {
+      if (c.allowWildcard && GLOB.test(c.src)) {
+        const parts = path.posix.join('/', c.src).split('/');
+        return { path: parts.slice(0, parts.findIndex((x) => GLOB.test(x))).join('/') || '/', follow: true };
       }
-      const cur = sel[i] ?? { paths: [], followSymlinks: follow };
-      if (cur.followSymlinks !== follow) {
-        sel[i] = null;
-        continue;
-      }
-      if (!cur.paths.includes(p)) cur.paths.push(p);
-      sel[i] = cur;
-    }
-    return sel.map((x) => x ?? null);
+      return { path: c.src, follow: c.includePatterns.length || c.excludePatterns.length ? true : c.followSymlink };
+    });
   }
 
   async run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]> {
