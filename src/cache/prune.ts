@@ -71,6 +71,7 @@ export interface CacheView {
 
 export async function diskUsage(view: CacheView, filters: readonly string[]): Promise<UsageInfo[]> {
   const match = parseFilters(filters);
+  await view.refs.sizesSettled();
   const entries = view.refs.usage();
   const sizes = view.linked ? await view.linked.sizes(entries) : undefined;
   const all = [...entries.map((e) => usageInfo(e, sizes?.get(e.record.id))), ...(view.extra ? (await view.extra.list()).map((x) => x.info) : [])];
@@ -204,6 +205,7 @@ export interface PruneContext {
 export async function prune(view: CacheView, opts: PruneOptions, ctx: PruneContext = {}): Promise<UsageInfo[]> {
   // A malformed filter fails before anything is listed or removed.
   parseFilters(opts.filters);
+  await view.refs.sizesSettled();
   const extras = view.extra ? await view.extra.list() : [];
   let sizes: Map<string, number> | undefined;
   type Candidate = PruneRecord & { entry?: UsageEntry; extra?: ExtraRecord };

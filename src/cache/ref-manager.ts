@@ -92,7 +92,6 @@ export class RefManager implements ResultCache {
     recordType?: RecordType;
   }): Promise<Ref> {
     const chain = opts.chain ?? [...(opts.parent?.chain ?? []), { lower: opts.parent?.snapshot ?? null, upper: opts.snapshot }];
-    const usage = await this.#snap.usage(opts.snapshot).catch(() => ({ size: 0, inodes: 0 }));
     const rec: RefRecord = {
       id: newId(),
       snapshot: opts.snapshot,
@@ -102,14 +101,29 @@ export class RefManager implements ResultCache {
       createdAt: Date.now(),
       lastUsedAt: Date.now(),
       usageCount: 1,
-      size: usage.size,
+      size: 0,
       parents: opts.parent ? [opts.parent.id] : [],
     };
     this.#md.transaction(() => {
       this.#md.putSnapshot(opts.snapshot, opts.parentSnapshot ?? opts.parent?.snapshot ?? null);
       this.#md.putRef(rec);
     });
+    // The size (a walk of the snapshot's own files) is not on the step's path: it is measured
+    // meanwhile, and du, prune and GC wait for it (sizesSettled).
+    const sized = this.#snap
+      .usage(opts.snapshot)
+      .then((u) => this.#md.setRefSize(rec.id, u.size))
+      .catch(() => undefined)
+      .finally(() => this.#sizing.delete(rec.id));
+    this.#sizing.set(rec.id, sized);
     return this.#toRef(rec);
+  }
+
+  readonly #sizing = new Map<string, Promise<void>>();
+
+  /** Resolves once every record made so far has its size (see createRef). */
+  async sizesSettled(): Promise<void> {
+    while (this.#sizing.size) await Promise.all([...this.#sizing.values()]);
   }
 
   recordSnapshot(key: string, parent: string | null): void {
@@ -199,6 +213,7 @@ export class RefManager implements ResultCache {
    * no remaining record needs. Returns what was removed.
    */
   async prune(select: (entries: UsageEntry[]) => UsageEntry[], gc: { minBlobAgeMs: number } = { minBlobAgeMs: 60_000 }): Promise<UsageEntry[]> {
+    await this.sizesSettled();
     const candidates = this.usage().filter((e) => !e.inUse);
     const victims = select(candidates).filter((e) => !this.inUse(e.record.id));
     this.#md.transaction(() => {

@@ -302,6 +302,7 @@ describe('GC pass sizes', () => {
     const calls = { sizes: 0, removed: [] as string[] };
     const refs = {
       usage: () => entries,
+      sizesSettled: async () => undefined,
       prune: async (select: (c: UsageEntry[]) => UsageEntry[]) => {
         const victims = select(entries);
         calls.removed.push(...victims.map((v) => v.record.id));
