@@ -156,8 +156,9 @@ export async function treeDigests(root: string, opts: { signal?: AbortSignal; ca
   // Metadata by synchronous calls in time slices (see TimeSlice): a rebuild digests trees whose
   // files are nearly all known, so the walk itself is the cost. Unknown files are read in parallel.
   const slice = new TimeSlice();
+  const linked = linkedLookup(root);
   const known = (full: string, st: BigIntStats): string | undefined => {
-    let d = opts.cache?.get(full, st);
+    let d = opts.cache?.get(full, st) ?? linked?.(full, st);
     if (d === undefined) {
       d = digestByInode(st);
       if (d !== undefined) opts.cache?.set(full, st, d);
@@ -213,38 +214,33 @@ export async function treeDigests(root: string, opts: { signal?: AbortSignal; ca
   return { content: `sha256:${h.digest('hex')}`, withTimes: `sha256:${times.digest('hex')}` };
 }
 
+/** Trees whose files are hard links to a mirror's (see linkDigests): root -> the mirror and its digests. */
+const linkedTrees = new LRUCache<string, { mirror: string; cache: FileDigestCache }>({ max: 64 });
+
 /**
- * Makes the digests `cache` holds for the files under `root` known by inode state as well, as the
- * inodes are now (the racy guard of byInode skipped): for a tree whose files were just hard-linked
- * elsewhere (which changed their ctime but not their content), so that digesting the other tree
- * does not read them. Only for trees nobody writes in place, the writer of which keeps `cache`
- * right (the local-source mirror).
+ * Says that the tree at `root` was just made of hard links to the files of `mirror` (the same
+ * relative paths), whose digests `cache` holds: a digest of a path under `root` then finds a
+ * file's digest under the mirror's path, valid while the inode, size and mtime are the ones
+ * recorded (see FileDigestCache), so neither tree is read again. Linking changed only the files'
+ * ctime. Only for trees nobody writes in place (a local source's snapshot and its mirror, whose
+ * writer keeps `cache` right); a file the mirror replaced since has another inode and is read.
  */
-export async function shareDigests(root: string, cache: FileDigestCache, opts: { signal?: AbortSignal } = {}): Promise<void> {
-  const slice = new TimeSlice();
-  const dirs = [root];
-  for (let dir = dirs.pop(); dir !== undefined; dir = dirs.pop()) {
-    throwIfAborted(opts.signal);
-    for (const name of readdirSync(dir)) {
-      if (slice.due()) {
-        await slice.pause();
-        throwIfAborted(opts.signal);
-      }
-      const full = join(dir, name);
-      const st = lstatSync(full, { bigint: true });
-      if (st.isDirectory()) {
-        dirs.push(full);
-        continue;
-      }
-      const d = st.isFile() ? cache.get(full, st) : undefined;
-      if (d) byInode.set(inodeKey(st), d);
-    }
+export function linkDigests(root: string, mirror: string, cache: FileDigestCache): void {
+  linkedTrees.set(root, { mirror, cache });
+}
+
+/** The digest lookup linkDigests registered for a path, if it lies in such a tree. */
+function linkedLookup(path: string): ((full: string, st: BigIntStats) => string | undefined) | undefined {
+  for (const [root, l] of linkedTrees.entries()) {
+    if (path === root || path.startsWith(`${root}/`)) return (full, st) => l.cache.get(l.mirror + full.slice(root.length), st);
   }
+  return undefined;
 }
 
 /** The hex sha256 of a file's bytes (symlinks followed). */
 export async function fileDigest(path: string): Promise<string> {
-  return contentDigest(path, await stat(path, { bigint: true }));
+  const st = await stat(path, { bigint: true });
+  return linkedLookup(path)?.(path, st) ?? contentDigest(path, st);
 }
 
 function readDigest(path: string): Promise<string> {

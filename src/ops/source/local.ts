@@ -1,7 +1,7 @@
 import { FileSync } from '../../gen/session/filesync_pb.js';
 import type { MetadataStore } from '../../cache/metadata.js';
 import type { RefManager } from '../../cache/ref-manager.js';
-import { FileDigestCache, shareDigests, treeDigests } from '../../cache/content-hash.js';
+import { FileDigestCache, linkDigests, treeDigests } from '../../cache/content-hash.js';
 import type { SessionManager } from '../../session/manager.js';
 import { diffCopyMetadata } from '../../session/filesync/metadata.js';
 import { receiveDir, type KnownTree } from '../../session/filesync/receive.js';
@@ -158,7 +158,7 @@ export class LocalSourceOp implements OpImpl {
         const made = await this.#snapshot(mirror, digest, withTimes, ctx);
         // Steps keyed by the content of some of its paths digest the new snapshot next: its files
         // are the mirror's inodes, whose digests are known (linking changed only their ctime).
-        await shareDigests(mirror, files, { signal: ctx.signal });
+        if (made.linked) linkDigests(made.ref.dir, mirror, files);
         return made;
       });
     })();
@@ -172,7 +172,7 @@ export class LocalSourceOp implements OpImpl {
    * change. Where links cannot be made (mirror and snapshots on different filesystems, a
    * snapshotter whose fresh snapshot is a mount) the tree is copied.
    */
-  async #snapshot(mirror: string, digest: string, withTimes: string, ctx: OpContext): Promise<{ ref: Ref; digest: string }> {
+  async #snapshot(mirror: string, digest: string, withTimes: string, ctx: OpContext): Promise<{ ref: Ref; digest: string; linked: boolean }> {
     for (const mode of ['link', 'copy'] as const) {
       const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
       try {
@@ -183,7 +183,7 @@ export class LocalSourceOp implements OpImpl {
         await chmod(w.dir, 0o755);
         const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local' });
         this.#d.metadata.kvPut(NS_LOCAL, withTimes, ref.id);
-        return { ref, digest };
+        return { ref, digest, linked: mode === 'link' };
       } catch (err) {
         await w.discard();
         if (mode === 'copy' || ctx.signal.aborted) throw err;

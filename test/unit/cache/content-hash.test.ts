@@ -1,10 +1,12 @@
 import { chmod, lstat, mkdir, mkdtemp, open, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test, vi } from 'vitest';
 import { setTimes } from '../../../src/snapshot/layer/sys-ops.js';
-import { contentDigestCounts, FileDigestCache, fileDigest, shareDigests, treeDigest } from '../../../src/cache/content-hash.js';
+import { contentDigestCounts, FileDigestCache, fileDigest, linkDigests, treeDigest } from '../../../src/cache/content-hash.js';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -113,17 +115,31 @@ describe('treeDigest', () => {
     expect(await fileDigest(f)).toBe(await fileDigest(f));
   });
 
-  test('shareDigests: a hard-linked copy of a digested tree is digested without reading its files', async () => {
+  test('linkDigests: a hard-linked copy of a digested tree is digested without reading its files, and a file the mirror replaced since is read', async () => {
     const t = await tree();
     const cache = new FileDigestCache();
     const d0 = await treeDigest(t, { cache });
     const copy = `${t}.links`;
     dirs.push(copy);
     execFileSync('cp', ['-a', '--link', '--no-target-directory', t, copy]);
-    await shareDigests(t, cache);
+    linkDigests(copy, t, cache);
+    const [file] = execFileSync('find', [t, '-type', 'f'], { encoding: 'utf8' }).trim().split('\n').sort();
+    const rel = file!.slice(t.length);
+    const fileD = createHash('sha256').update(readFileSync(file!)).digest('hex');
     const before = contentDigestCounts();
     expect(await treeDigest(copy)).toBe(d0);
+    expect(await fileDigest(copy + rel)).toBe(fileD);
     expect(contentDigestCounts().reads).toBe(before.reads);
+
+    // The mirror's writer puts a changed file in a new inode and tells the cache; the copy keeps
+    // the old inode, which is now unknown to the cache: it is read, and its digest is its own.
+    const old = readFileSync(file!);
+    rmSync(file!);
+    writeFileSync(file!, Buffer.concat([old, Buffer.from('more')]));
+    cache.forget(file!);
+    cache.set(file!, await lstat(file!, { bigint: true }), 'not the copy digest');
+    expect(await treeDigest(copy)).toBe(d0);
+    expect(contentDigestCounts().reads).toBeGreaterThan(before.reads);
   });
 
   test('an abort stops the walk', async () => {
