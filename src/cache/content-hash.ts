@@ -105,11 +105,20 @@ function digestByInode(st: BigIntStats): string | undefined {
 async function contentDigest(path: string, st: BigIntStats): Promise<string> {
   const known = digestByInode(st);
   if (known) return known;
-  const key = inodeKey(st);
-  counts.reads++;
-  const started = Date.now();
+  const started = readStarts();
   const digest = st.size <= SMALL_FILE ? createHash('sha256').update(await readFile(path)).digest('hex') : await readDigest(path);
-  if (Number(st.ctimeNs / 1_000_000n) < started - RACY_MS) byInode.set(key, digest);
+  return remember(st, started, digest);
+}
+
+/** Counts a file read for a digest; returns when it began (see remember). */
+function readStarts(): number {
+  counts.reads++;
+  return Date.now();
+}
+
+/** Keeps a digest read from a file with stat `st` by inode, unless its ctime was too recent when reading began (see byInode). */
+function remember(st: BigIntStats, started: number, digest: string): string {
+  if (Number(st.ctimeNs / 1_000_000n) < started - RACY_MS) byInode.set(inodeKey(st), digest);
   return digest;
 }
 
@@ -122,12 +131,8 @@ const INLINE_FILE = 64n << 10n;
 
 /** contentDigest for a small file, read in line (see INLINE_FILE). */
 function contentDigestSync(path: string, st: BigIntStats): string {
-  const key = inodeKey(st);
-  counts.reads++;
-  const started = Date.now();
-  const digest = createHash('sha256').update(readFileSync(path)).digest('hex');
-  if (Number(st.ctimeNs / 1_000_000n) < started - RACY_MS) byInode.set(key, digest);
-  return digest;
+  const started = readStarts();
+  return remember(st, started, createHash('sha256').update(readFileSync(path)).digest('hex'));
 }
 
 /** Files of one directory read at once for their digests (when not known already). */

@@ -149,24 +149,33 @@ export class ExecOp implements OpImpl {
   }
 
   /**
+   * For each op input, the paths `read` names for the mounts of it (each once), or null where
+   * `read` gives up on one of them (null for a mount).
+   */
+  #mountSelectors(read: (m: PbExecOp['mounts'][number]) => string | null): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+    const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = [];
+    for (const m of this.#op.mounts) {
+      const i = Number(m.input);
+      if (i < 0 || sel[i] === null) continue;
+      const p = read(m);
+      if (p === null) {
+        sel[i] = null;
+        continue;
+      }
+      const cur = sel[i] ?? { paths: [], followSymlinks: true };
+      if (!cur.paths.includes(p)) cur.paths.push(p);
+      sel[i] = cur;
+    }
+    return Array.from(sel, (s) => s ?? null);
+  }
+
+  /**
    * A mount's selector (a sub-path of its input) enters the key through the solver's input key
    * rather than the op: as upstream, where selectors are blanked from the op and the selected
    * paths' content keys the input. An input mounted whole anywhere is keyed whole.
    */
   inputSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
-    const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = [];
-    for (const m of this.#op.mounts) {
-      const i = Number(m.input);
-      if (i < 0) continue;
-      if (!m.selector || sel[i] === null) {
-        sel[i] = null;
-        continue;
-      }
-      const cur = sel[i] ?? { paths: [], followSymlinks: true };
-      if (!cur.paths.includes(m.selector)) cur.paths.push(m.selector);
-      sel[i] = cur;
-    }
-    return Array.from(sel, (s) => s ?? null);
+    return this.#mountSelectors((m) => m.selector || null);
   }
 
   /**
@@ -175,20 +184,7 @@ export class ExecOp implements OpImpl {
    * path, the whole tree for a mount without a selector; the root and kept mounts may not.
    */
   contentSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
-    const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = [];
-    for (const m of this.#op.mounts) {
-      const i = Number(m.input);
-      if (i < 0 || sel[i] === null) continue;
-      if ((!m.readonly || m.dest === '/') && Number(m.output) !== -1) {
-        sel[i] = null;
-        continue;
-      }
-      const cur = sel[i] ?? { paths: [], followSymlinks: true };
-      const p = m.selector ? path.posix.join('/', m.selector) : '/';
-      if (!cur.paths.includes(p)) cur.paths.push(p);
-      sel[i] = cur;
-    }
-    return Array.from(sel, (s) => s ?? null);
+    return this.#mountSelectors((m) => ((!m.readonly || m.dest === '/') && Number(m.output) !== -1 ? null : m.selector ? path.posix.join('/', m.selector) : '/'));
   }
 
   async cacheKey(ctx: OpContext): Promise<string> {

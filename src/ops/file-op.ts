@@ -6,13 +6,13 @@ import type { OpContext, OpImpl, Ref } from '../solver/types.js';
 import { FileActionError, runFileOp } from './file/file-op.js';
 import { isAbortError, LoomError } from '../util/errors.js';
 
+/** Characters that make a copy source a pattern. */
+const GLOB = /[*?[\\]/;
+
 /**
  * FileOp: mkdir, mkfile, rm, symlink and copy actions (ops/file/ does the work on snapshots).
  * Each output becomes a ref whose layer is its diff against the op input it grew from.
  */
-/** Characters that make a copy source a pattern. */
-const GLOB = /[*?[\\]/;
-
 export class FileOpImpl implements OpImpl {
   readonly #refs: RefManager;
   readonly #op: FileOp;

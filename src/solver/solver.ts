@@ -280,7 +280,7 @@ class JobRun {
       this.#vertexByDigest.set(v.digest, v);
       p = (async () => {
         const selectors = this.#impl(v).inputSelectors?.() ?? [];
-        const content = v.metadata?.ignoreCache === true ? undefined : this.#impl(v).contentSelectors?.();
+        const content = v.metadata?.ignoreCache === true || v.op.op.case === 'source' ? undefined : this.#impl(v).contentSelectors?.();
         const byContent = v.inputs.some((i, n) => content?.[n] && !isLocalSource(i.vertex));
         const inputKeys = await Promise.all(
           v.inputs.map(async (i, n) => {
@@ -318,7 +318,7 @@ class JobRun {
         }
         const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
         this.#parts.set(v.digest, { key, inputs: v.inputs.map((i, n) => ({ name: i.vertex.name, key: inputKeys[n]! })), extra });
-        if (v.metadata?.ignoreCache !== true) return await this.#byContent(v, key, inputKeys, extra);
+        if (v.metadata?.ignoreCache !== true) return byContent ? await this.#byContent(v, key, content!, inputKeys, extra) : key;
         // A step the client asked to run (--no-cache, or a no-cache stage) runs, and so does what
         // is built on it: its key is this build's own, so nothing after it is found in the cache
         // under it either, as with upstream, where a step that ignores the cache gives the steps
@@ -459,15 +459,14 @@ class JobRun {
    * in a second key. An earlier build's result saved under an equal second key is this step's:
    * the step takes that build's key, so the steps after it are found as well. A stage rebuilt by
    * --no-cache, or a RUN changed without changing what it wrote, then leaves a COPY --from of it
-   * and everything after cached. Returns the key the step goes by.
+   * and everything after cached. `sels` are the step's contentSelectors, one of them for an
+   * input other than a local source. Returns the key the step goes by.
    */
-  async #byContent(v: Vertex, key: string, inputKeys: readonly string[], extra: string): Promise<string> {
+  async #byContent(v: Vertex, key: string, sels: ReturnType<NonNullable<OpImpl['contentSelectors']>>, inputKeys: readonly string[], extra: string): Promise<string> {
     const digest = this.#o.selectorDigest;
     const aliases = this.#o.cache.contentKeys;
-    const sels = this.#impl(v).contentSelectors?.();
-    if (!digest || !aliases || !sels || v.op.op.case === 'source') return key;
+    if (!digest || !aliases) return key;
     const byContent = (i: Edge, n: number) => sels[n] && !isLocalSource(i.vertex);
-    if (!v.inputs.some(byContent)) return key;
     const n = Math.max(1, outputCount(v.op));
     if (await this.#found(key, n)) return key;
     const identity = { op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), extra };

@@ -18,6 +18,14 @@ let daemon: TestDaemon;
 let reg: TestRegistry;
 let work: string;
 
+/** Builds the Dockerfile in `ctx` into the emptied directory `out` with plain progress; it must succeed. Returns the progress output. */
+async function buildToDir(ctx: string, out: string, extra: string[] = []): Promise<string> {
+  rmSync(out, { recursive: true, force: true });
+  const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=local,dest=${out}`, ...extra]);
+  expect(r.code, r.stderr).toBe(0);
+  return r.stderr;
+}
+
 function readJson(dir: string, digest: string): any {
   return JSON.parse(readFileSync(join(dir, 'blobs', 'sha256', digest.slice('sha256:'.length)), 'utf8'));
 }
@@ -471,10 +479,8 @@ d('dockerfile.v0', () => {
     );
     const out = join(work, 'nocache-out');
     const build = async (extra: string[] = []) => {
-      rmSync(out, { recursive: true, force: true });
-      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=local,dest=${out}`, ...extra]);
-      expect(r.code, r.stderr).toBe(0);
-      return { log: r.stderr, u: readFileSync(join(out, 'u'), 'utf8'), one: readFileSync(join(out, 'one'), 'utf8'), all: readFileSync(join(out, 'all'), 'utf8') };
+      const log = await buildToDir(ctx, out, extra);
+      return { log, u: readFileSync(join(out, 'u'), 'utf8'), one: readFileSync(join(out, 'one'), 'utf8'), all: readFileSync(join(out, 'all'), 'utf8') };
     };
     const cachedSteps = (log: string) => [...log.matchAll(/^#(\d+) (\[(?:b|stage-1) \d\/\d\] (?!FROM).*)\n(?:#\1 .*\n)*?#\1 CACHED$/gm)].map((m) => m[2]);
     const first = await build();
@@ -518,10 +524,8 @@ d('dockerfile.v0', () => {
     );
     const out = join(work, 'bycontent-out');
     const build = async (extra: string[] = []) => {
-      rmSync(out, { recursive: true, force: true });
-      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=local,dest=${out}`, ...extra]);
-      expect(r.code, r.stderr).toBe(0);
-      return { log: r.stderr, u: ['u1', 'u2', 'u3'].map((f) => readFileSync(join(out, f), 'utf8')) };
+      const log = await buildToDir(ctx, out, extra);
+      return { log, u: ['u1', 'u2', 'u3'].map((f) => readFileSync(join(out, f), 'utf8')) };
     };
     const cached = (log: string) =>
       [...log.matchAll(/^#(\d+) (\[(?:b|stage-1) \d\/\d\] (?!FROM).*)\n(?:#\1 .*\n)*?#\1 CACHED$/gm)].map((m) => m[2]!.replace(/ .*/, '')).sort();
