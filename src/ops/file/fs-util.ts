@@ -1,6 +1,6 @@
 import { chmod, lchown, lstat, mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { LoomError, type ErrorCode } from '../../util/errors.js';
+import { clarifyNameError, LoomError, type ErrorCode } from '../../util/errors.js';
 import { pathInRoot } from '../../util/fs-safe.js';
 import { setTimes } from '../../snapshot/layer/sys-ops.js';
 
@@ -98,6 +98,8 @@ export function fsError(err: unknown, roots: readonly string[], what: string): L
 
 /** An error's text with paths shown inside the roots (`mkdir /x: not a directory` for a system call's), and its code. */
 export function fsErrorText(err: unknown, roots: readonly string[]): { code: ErrorCode; message: string } {
+  const named = clarifyNameError(err);
+  if (named !== err) return { code: (named as LoomError).code, message: hidePaths((named as LoomError).message, roots) };
   if (err instanceof LoomError) return { code: err.code, message: hidePaths(err.message, roots) };
   const e = err as NodeJS.ErrnoException;
   let msg = e?.message ?? String(err);

@@ -165,6 +165,14 @@ describe.each(SNAPSHOTTERS)('on $name snapshots', (impl) => {
       expect(readdir(contents[0]!, 'existing')).toEqual(['a', 'a-hard', 'sub', 'x']);
     });
 
+    it('a name that is not UTF-8 fails the copy with an error saying so, not as a missing file', async () => {
+      const odd = await input((d) => {
+        mkdirSync(Buffer.from(path.join(d, 'n/d\xff'), 'latin1'), { recursive: true });
+        writeFileSync(Buffer.from(path.join(d, 'n/d\xff/f'), 'latin1'), 'x');
+      });
+      await expect(run([dst, odd], [cp('/n', '/n2')])).rejects.toThrow(/failed to copy: a file name is not valid UTF-8 \(shown with U\+FFFD\): \/n\/d\uFFFD: loom cannot store such names yet/);
+    });
+
     it('symlinks: copied as links unless followSymlink', async () => {
       const [asLink] = await run([dst, src], [cp('/ln', '/l')]);
       expect(readlinkSync(path.join(asLink!, 'l'))).toBe('dir/a');
