@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import type { BigIntStats } from 'node:fs';
+import { chmodSync, lchownSync, linkSync, lstatSync, mkdirSync, readdirSync, type BigIntStats } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
@@ -11,6 +11,7 @@ import {
 } from '../../util/errors.js';
 import { log as rootLog } from '../../util/log.js';
 import { lstatTree } from '../../cache/time-slice.js';
+import { copyXattrs, setTimes, type TimesWrite } from '../layer/sys-ops.js';
 import type { Change } from '../layer/change.js';
 import { KEY_RE, type SnapshotInfo, type Snapshotter, type SnapshotUsage } from '../snapshotter.js';
 
@@ -186,7 +187,59 @@ export async function copyTree(src: string, dst: string, signal?: AbortSignal): 
  * every such change. Fails (EXDEV) when the trees are on different filesystems.
  */
 export async function linkTree(src: string, dst: string, signal?: AbortSignal): Promise<void> {
-  await runCp(['-a', '--link', '--no-target-directory', src, dst], src, signal);
+  const small = smallTree(src, SMALL_TREE);
+  if (small) await linkSmallTree(src, dst, small);
+  else await runCp(['-a', '--link', '--no-target-directory', src, dst], src, signal);
+}
+
+/**
+ * Trees up to this many entries are linked in the daemon itself: starting `cp` blocks the event
+ * loop while the daemon's large address space is forked (~10 ms here, more than linking a few
+ * hundred files takes), and a build links a tree per local source, most of them one file (the
+ * Dockerfile, .dockerignore).
+ */
+const SMALL_TREE = 256;
+
+/** The relative paths of every entry below `root`, parents before children, with whether each is a directory; undefined past `max` entries. */
+function smallTree(root: string, max: number): { rel: string; dir: boolean }[] | undefined {
+  const out: { rel: string; dir: boolean }[] = [];
+  const walk = (rel: string): boolean => {
+    for (const e of readdirSync(path.join(root, rel), { withFileTypes: true })) {
+      if (out.length === max) return false;
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      out.push({ rel: r, dir: e.isDirectory() });
+      if (e.isDirectory() && !walk(r)) return false;
+    }
+    return true;
+  };
+  return walk('') ? out : undefined;
+}
+
+/**
+ * linkTree in the daemon: directories made with the source's owner, mode, xattrs and times (the
+ * root's onto `dst`, as `cp -a --no-target-directory`), everything else hard-linked (symlinks
+ * themselves, not followed). A link across filesystems throws EXDEV, as cp fails.
+ */
+async function linkSmallTree(src: string, dst: string, entries: readonly { rel: string; dir: boolean }[]): Promise<void> {
+  mkdirSync(dst, { recursive: true });
+  const dirs: { src: string; dst: string }[] = [{ src, dst }];
+  for (const e of entries) {
+    const from = path.join(src, e.rel);
+    const to = path.join(dst, e.rel);
+    if (e.dir) {
+      mkdirSync(to);
+      dirs.push({ src: from, dst: to });
+    } else linkSync(from, to);
+  }
+  const times: TimesWrite[] = [];
+  for (const d of dirs) {
+    const st = lstatSync(d.src, { bigint: true });
+    lchownSync(d.dst, Number(st.uid), Number(st.gid));
+    chmodSync(d.dst, Number(st.mode) & 0o7777);
+    times.push({ path: d.dst, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
+  }
+  await copyXattrs(dirs);
+  await setTimes(times);
 }
 
 async function runCp(args: string[], src: string, signal?: AbortSignal): Promise<void> {

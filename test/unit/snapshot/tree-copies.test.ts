@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { chmodSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -11,29 +11,42 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(tmp, { recursive: true, force: true }));
 
-function fill(root: string): void {
+function fill(root: string, files = 200): void {
   mkdirSync(path.join(root, 'd/e'), { recursive: true });
-  for (let i = 0; i < 200; i++) writeFileSync(path.join(root, 'd', `f${i}`), `file ${i}\n`.repeat(i));
+  for (let i = 0; i < files; i++) writeFileSync(path.join(root, 'd', `f${i}`), `file ${i}\n`.repeat(i));
   writeFileSync(path.join(root, 'd/e/deep'), 'deep');
   linkSync(path.join(root, 'd/e/deep'), path.join(root, 'hard'));
   symlinkSync('d/e/deep', path.join(root, 'link'));
   chmodSync(path.join(root, 'd/e'), 0o701);
 }
 
-describe('linkTree', () => {
+// Small trees are linked in the daemon, larger ones by cp: both must give the same tree.
+describe.each([
+  { files: 200, how: 'in the daemon' },
+  { files: 400, how: 'by cp' },
+])('linkTree of $files files ($how)', ({ files }) => {
   it('makes new directories with the same metadata and hard links to every other entry', async () => {
     const src = path.join(tmp, 'src');
     const dst = path.join(tmp, 'dst');
     mkdirSync(src);
     mkdirSync(dst);
-    fill(src);
+    fill(src, files);
     execFileSync('touch', ['-d', '2001-02-03 04:05:06.123456789', path.join(src, 'd/e')]);
+    execFileSync('python3', ['-c', 'import os,sys; os.setxattr(sys.argv[1], "user.k", b"v1")', path.join(src, 'd')]);
+    if (process.getuid?.() === 0) chownSync(path.join(src, 'd'), 1234, 5678);
+    chmodSync(src, 0o750);
+    execFileSync('touch', ['-d', '2002-03-04 05:06:07.987654321', src]);
     await linkTree(src, dst);
     for (const p of ['d/f7', 'd/e/deep', 'hard', 'link']) expect(lstatSync(path.join(dst, p)).ino).toBe(lstatSync(path.join(src, p)).ino);
-    const se = lstatSync(path.join(src, 'd/e'), { bigint: true });
-    const de = lstatSync(path.join(dst, 'd/e'), { bigint: true });
-    expect(de.ino).not.toBe(se.ino);
-    expect([de.mode, de.mtimeNs]).toEqual([se.mode, se.mtimeNs]);
+    expect(lstatSync(path.join(dst, 'link')).isSymbolicLink()).toBe(true);
+    for (const p of ['', 'd', 'd/e']) {
+      const s = lstatSync(path.join(src, p), { bigint: true });
+      const d = lstatSync(path.join(dst, p), { bigint: true });
+      expect(d.ino).not.toBe(s.ino);
+      expect([p, d.mode, d.uid, d.gid, d.mtimeNs]).toEqual([p, s.mode, s.uid, s.gid, s.mtimeNs]);
+    }
+    const xattr = execFileSync('python3', ['-c', 'import os,sys; print(os.getxattr(sys.argv[1], "user.k").decode())', path.join(dst, 'd')], { encoding: 'utf8' });
+    expect(xattr.trim()).toBe('v1');
     expect(readFileSync(path.join(dst, 'd/f3'), 'utf8')).toBe('file 3\n'.repeat(3));
   });
 });
