@@ -123,7 +123,13 @@ export function errorMessage(err: unknown): string {
 export function clarifyNameError(err: unknown): unknown {
   const e = err as NodeJS.ErrnoException | undefined;
   if (!(err instanceof Error) || (e!.code !== 'ENOENT' && e!.code !== 'ENOTDIR') || typeof e!.path !== 'string' || !e!.path.includes('\uFFFD')) return err;
-  return new UnimplementedError(`a file name is not valid UTF-8 (shown with U+FFFD): ${e!.path}: loom cannot store such names yet`, { cause: err });
+  return new UnimplementedError(`a file name is not valid UTF-8 (shown with U+FFFD): ${inSnapshot(e!.path)}: loom cannot store such names yet`, { cause: err });
+}
+
+/** A path inside a snapshot's tree (`<state>/.../snapshots/<id>/fs/a/b`) as the build sees it (`/a/b`); any other path as it is. */
+function inSnapshot(p: string): string {
+  const m = /\/snapshots\/[^/]+\/(?:fs|view)(\/.*)?$/.exec(p);
+  return m ? (m[1] ?? '/') : p;
 }
 
 export function isAbortError(err: unknown): boolean {

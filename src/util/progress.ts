@@ -1,6 +1,7 @@
 import type { Timestamp } from '@bufbuild/protobuf/wkt';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
 import { sha256 } from './digest.js';
+import { clarifyNameError } from './errors.js';
 
 /**
  * Progress of one build, in the shape of BuildKit's StatusResponse but free of protobuf so the
@@ -178,7 +179,8 @@ export async function inVertex<T>(bus: ProgressBus, opts: { name: string; id: st
     const r = await fn(digest);
     bus.vertex({ digest, inputs: [], name: opts.name, started, completed: new Date() });
     return r;
-  } catch (err) {
+  } catch (caught) {
+    const err = clarifyNameError(caught);
     bus.vertex({ digest, inputs: [], name: opts.name, started, completed: new Date(), error: err instanceof Error ? err.message : String(err) });
     throw err;
   }

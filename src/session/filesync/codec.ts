@@ -49,7 +49,7 @@ export function nonUtf8NameError(what: 'path' | 'link target', bytes: Uint8Array
     else shown += ok;
   }
   const msg = what === 'path' ? `file name "${shown}" is not valid UTF-8` : `symlink ${JSON.stringify(path ?? '')} has a target that is not valid UTF-8: "${shown}"`;
-  return protocolError(`${msg}; loom cannot store such names yet (rename the file or leave it out with .dockerignore)`, what === 'path' ? shown : path);
+  return protocolError(`${msg}; loom cannot store such names yet (rename the file, or leave it out: in a build context, with .dockerignore)`, what === 'path' ? shown : path);
 }
 const TWO_53 = 2n ** 53n;
 

@@ -3,7 +3,7 @@
  * the offender, and the daemon keeps answering afterwards.
  */
 import { create, toBinary } from '@bufbuild/protobuf';
-import { mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -121,6 +121,16 @@ d('bad input', () => {
   it('reports an unreachable registry', async () => {
     const def = Buffer.from(toBinary(DefinitionSchema, marshal(image('127.0.0.1:1/busybox:latest'))));
     await expectFailure(['build'], def, /127\.0\.0\.1:1/);
+  });
+
+  it('names a file a RUN left whose name is not UTF-8 by its path in the build, not the daemon\'s', async () => {
+    const ctx = join(work, 'non-utf8');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nRUN mkdir /n && touch "/n/$(printf 'lat\\351n')"\n`);
+    const args = ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=tar,dest=${join(work, 'out.tar')}`];
+    await expectFailure(args, undefined, /error: failed to solve: .*a file name is not valid UTF-8 \(shown with U\+FFFD\): \/n\/lat\uFFFDn: loom cannot store such names yet/);
+    const r = await buildctl(daemon.addr, args);
+    expect(r.stderr).not.toContain(daemon.dir);
   });
 
   it('refuses an entitlement the daemon does not allow', async () => {
