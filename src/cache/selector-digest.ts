@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
 import { lstatSync } from 'node:fs';
 import path from 'node:path';
-import { NotFoundError } from '../util/errors.js';
+import { LoomError, NotFoundError } from '../util/errors.js';
+import { containsWildcards, resolveWildcards, splitWildcards } from '../ops/file/wildcard.js';
 import { LRUCache } from 'lru-cache';
 import { resolveInRoot, resolveParentInRoot } from '../util/fs-safe.js';
 import { fileDigest, treeDigest } from './content-hash.js';
@@ -24,16 +25,20 @@ const memo = new LRUCache<string, Promise<string>>({ max: 4096 });
  * resolved inside the tree, following symlinks within it as the copy will. Changing anything
  * else in the tree leaves the digest as it is, which is what keeps such a step cached.
  *
+ * With `wildcards`, a path holding glob characters is a copy's wildcard source: the digest covers
+ * the pattern and each path it matches (resolved as the copy resolves them), so a change beside
+ * the matches leaves it as it is, as upstream's wildcard checksum.
+ *
  * `root` must be a committed snapshot's tree (never written again): answers are remembered (see
  * memo above).
  */
-export async function selectorDigest(root: string, paths: readonly string[], followSymlinks: boolean): Promise<string> {
+export async function selectorDigest(root: string, paths: readonly string[], followSymlinks: boolean, wildcards = false): Promise<string> {
   const rst = lstatSync(root, { bigint: true, throwIfNoEntry: false });
-  if (!rst) return compute(root, paths, followSymlinks);
-  const key = JSON.stringify([root, `${rst.dev}:${rst.ino}:${rst.ctimeNs}`, followSymlinks, [...paths].sort()]);
+  if (!rst) return compute(root, paths, followSymlinks, wildcards);
+  const key = JSON.stringify([root, `${rst.dev}:${rst.ino}:${rst.ctimeNs}`, followSymlinks, wildcards, [...paths].sort()]);
   let p = memo.get(key);
   if (!p) {
-    p = compute(root, paths, followSymlinks);
+    p = compute(root, paths, followSymlinks, wildcards);
     memo.set(key, p);
     // A failure (a cancelled walk) is not remembered.
     p.catch(() => memo.delete(key));
@@ -66,14 +71,29 @@ export async function selectorsExist(root: string, paths: readonly string[], fol
   for (const p of [...paths].sort()) await resolveSelected(root, p, followSymlinks);
 }
 
-async function compute(root: string, paths: readonly string[], followSymlinks: boolean): Promise<string> {
+async function compute(root: string, paths: readonly string[], followSymlinks: boolean, wildcards: boolean): Promise<string> {
   const h = createHash('sha256');
-  for (const p of [...paths].sort()) {
+  const add = async (p: string): Promise<void> => {
     const { host, st } = await resolveSelected(root, p, followSymlinks);
     const head = `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
     if (st.isDirectory()) h.update(`${head} dir ${await treeDigest(host)}\n`);
     else if (st.isFile()) h.update(`${head} file ${await fileDigest(host)}\n`);
     else h.update(`${head} other ${st.size}\n`);
+  };
+  for (const p of [...paths].sort()) {
+    if (!wildcards || !containsWildcards(p)) {
+      await add(p);
+      continue;
+    }
+    let matches: string[];
+    try {
+      matches = await resolveWildcards(root, p, followSymlinks);
+    } catch (err) {
+      if (err instanceof LoomError) throw err;
+      throw new NotFoundError(`${JSON.stringify(splitWildcards(path.posix.join('/', p))[0])}: not found`, { cause: err });
+    }
+    h.update(`${JSON.stringify(p)} matches ${matches.length}\n`);
+    for (const m of matches) await add(m);
   }
   return `sha256:${h.digest('hex')}`;
 }

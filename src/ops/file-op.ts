@@ -1,8 +1,7 @@
-import path from 'node:path';
 import type { RefManager } from '../cache/ref-manager.js';
 import { newId } from '../cache/ref-manager.js';
 import type { FileActionCopy, FileOp } from '../gen/buildkit/ops_pb.js';
-import type { OpContext, OpImpl, Ref } from '../solver/types.js';
+import type { ContentSelector, OpContext, OpImpl, Ref } from '../solver/types.js';
 import { FileActionError, runFileOp } from './file/file-op.js';
 import { isAbortError, LoomError } from '../util/errors.js';
 
@@ -31,9 +30,9 @@ export class FileOpImpl implements OpImpl {
    * tree matters) or one `read` gives up on (null for a copy), else the paths `read` names for
    * the copies from it, all followed or not alike (null when they disagree).
    */
-  #copySelectors(read: (c: FileActionCopy) => { path: string; follow: boolean } | null): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+  #copySelectors(read: (c: FileActionCopy) => { path: string; follow: boolean; wildcard?: boolean } | null): ContentSelector[] {
     const n = Math.max(0, ...this.#op.actions.flatMap((a) => [Number(a.input), Number(a.secondaryInput)]).map((i) => i + 1));
-    const sel: ({ paths: string[]; followSymlinks: boolean } | null | undefined)[] = new Array(n).fill(undefined);
+    const sel: (ContentSelector | undefined)[] = new Array(n).fill(undefined);
     for (const a of this.#op.actions) {
       const i = Number(a.input);
       if (i >= 0 && i < n) sel[i] = null;
@@ -49,6 +48,7 @@ export class FileOpImpl implements OpImpl {
         continue;
       }
       if (!cur.paths.includes(r.path)) cur.paths.push(r.path);
+      if (r.wildcard) cur.wildcards = true;
       sel[i] = cur;
     }
     return sel.map((x) => x ?? null);
@@ -68,16 +68,14 @@ export class FileOpImpl implements OpImpl {
   }
 
   /**
-   * The inputs that are only copied from, by the paths copied; for a wildcard source the
-   * directory above its first pattern, for include/exclude patterns the source directory (both
-   * cover what the copy reads).
+   * The inputs that are only copied from, by the paths copied: a wildcard source as its pattern
+   * (what it matches, as upstream's wildcard checksum), for include/exclude patterns the source
+   * directory (which covers what the copy reads). A source holding glob characters that is not
+   * a wildcard is rare enough to key its input whole.
    */
-  contentSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+  contentSelectors(): ContentSelector[] {
     return this.#copySelectors((c) => {
-      if (c.allowWildcard && GLOB.test(c.src)) {
-        const parts = path.posix.join('/', c.src).split('/');
-        return { path: parts.slice(0, parts.findIndex((x) => GLOB.test(x))).join('/') || '/', follow: true };
-      }
+      if (GLOB.test(c.src)) return c.allowWildcard ? { path: c.src, follow: c.followSymlink, wildcard: true } : null;
       return { path: c.src, follow: c.includePatterns.length || c.excludePatterns.length ? true : c.followSymlink };
     });
   }

@@ -38,7 +38,7 @@ interface KeyParts {
 }
 
 /** The digest of some paths of a ref's tree (cache/selector-digest.ts). */
-export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean) => Promise<string>;
+export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean, wildcards?: boolean) => Promise<string>;
 /** Fails as SelectorDigest does when one of the paths is missing, digesting nothing. */
 export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean) => Promise<void>;
 
@@ -474,7 +474,7 @@ class JobRun {
       const content = await Promise.all(
         v.inputs.map(async (i, idx) => {
           const sel = sels[idx];
-          return sel && byContent(i, idx) ? `content:${await digest(await this.edge(i), sel.paths, sel.followSymlinks)}` : inputKeys[idx]!;
+          return sel && byContent(i, idx) ? `content:${await digest(await this.edge(i), sel.paths, sel.followSymlinks, sel.wildcards)}` : inputKeys[idx]!;
         }),
       );
       return sha256(JSON.stringify({ ...identity, content }));

@@ -120,11 +120,16 @@ export interface OpImpl {
    * input was made again with the same content at those paths (a stage rebuilt by --no-cache, a
    * RUN changed without changing what it wrote) is then found in the cache, and so is what follows
    * it. null where the input cannot be keyed by content (the tree an action changes, the root).
-   * The paths may cover more than the op reads (the directory above a wildcard), never less.
+   * The paths may cover more than the op reads (a copy's include/exclude patterns), never less.
+   * With `wildcards`, a path holding a glob character is a pattern (a wildcard copy source): what
+   * it matches stands for it.
    */
-  contentSelectors?(): ({ paths: string[]; followSymlinks: boolean } | null)[];
+  contentSelectors?(): ContentSelector[];
   /** Produces the op's outputs (one per output index) from its inputs (one per Op.inputs entry). */
   run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]>;
 }
+
+/** See OpImpl.contentSelectors. */
+export type ContentSelector = { paths: string[]; followSymlinks: boolean; wildcards?: boolean } | null;
 
 export type OpResolver = (v: Vertex) => OpImpl;

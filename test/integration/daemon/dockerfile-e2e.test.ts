@@ -553,6 +553,37 @@ d('dockerfile.v0', () => {
     expect(back.u).toEqual(first.u);
   });
 
+  it('keys a wildcard COPY --from by what the pattern matches: a change beside the matches keeps it cached, a change to a match does not (as upstream)', async () => {
+    const ctx = join(work, 'bycontent-wildcard');
+    mkdirSync(ctx);
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      [
+        `FROM ${reg.host}/busybox:latest AS b`,
+        'ARG V=1',
+        'ARG T=1',
+        'RUN mkdir /d && echo a > /d/a.txt && echo "$T" > /d/t.txt && echo "$V" > /d/other.bin',
+        `FROM ${reg.host}/busybox:latest`,
+        'COPY --from=b /d/*.txt /w/',
+        'RUN cat /proc/sys/kernel/random/uuid > /u',
+        '',
+      ].join('\n'),
+    );
+    const out = join(work, 'bycontent-wildcard-out');
+    const build = async (extra: string[] = []) => {
+      const log = await buildToDir(ctx, out, extra);
+      return { log, u: readFileSync(join(out, 'u'), 'utf8'), t: readFileSync(join(out, 'w/t.txt'), 'utf8') };
+    };
+    const first = await build();
+    const beside = await build(['--opt', 'build-arg:V=2']);
+    expect(beside.log).toMatch(/\[stage-1 2\/3\] COPY --from=b \/d\/\*\.txt \/w\/\n#\d+ CACHED/);
+    expect(beside.u).toBe(first.u);
+    const match = await build(['--opt', 'build-arg:T=2']);
+    expect(match.log).toMatch(/\[stage-1 2\/3\] COPY --from=b \/d\/\*\.txt \/w\/\n#\d+ cache miss: /);
+    expect(match.t).toBe('2\n');
+    expect(match.u).not.toBe(first.u);
+  });
+
   it('keeps a COPY cached when only other files of the context change, or a file is touched', async () => {
     const ctx = join(work, 'selectors');
     mkdirSync(ctx);

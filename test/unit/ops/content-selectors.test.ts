@@ -31,10 +31,11 @@ describe('content selectors of a file op', () => {
     expect(op.contentSelectors()).toEqual([null, { paths: ['/out/a', '/out/b'], followSymlinks: true }]);
   });
 
-  it('covers a wildcard by the directory above its first pattern, and patterns by the source directory', () => {
-    expect(fileOp(copy(0, 1, { src: '/d/sub/x*.txt', allowWildcard: true }))
-      .contentSelectors()[1]).toEqual({ paths: ['/d/sub'], followSymlinks: true });
-    expect(fileOp(copy(0, 1, { src: '*.txt', allowWildcard: true })).contentSelectors()[1]).toEqual({ paths: ['/'], followSymlinks: true });
+  it('keys a wildcard by its pattern (what it matches), patterns by the source directory, a literal glob source not at all', () => {
+    expect(fileOp(copy(0, 1, { src: '/d/sub/x*.txt', allowWildcard: true }), copy(0, 1, { src: '/e' }))
+      .contentSelectors()[1]).toEqual({ paths: ['/d/sub/x*.txt', '/e'], followSymlinks: true, wildcards: true });
+    expect(fileOp(copy(0, 1, { src: '*.txt', allowWildcard: true })).contentSelectors()[1]).toEqual({ paths: ['*.txt'], followSymlinks: true, wildcards: true });
+    expect(fileOp(copy(0, 1, { src: '/a[1]', allowWildcard: false })).contentSelectors()[1]).toBeNull();
     expect(fileOp(copy(0, 1, { src: '/app', includePatterns: ['*.js'], followSymlink: false })).contentSelectors()[1]).toEqual({ paths: ['/app'], followSymlinks: true });
   });
 

@@ -1,0 +1,54 @@
+// selectorDigest: the digest of exactly the paths a step reads from a tree, which keys a step by
+// content. A digest that stays the same when what the step reads changed is a wrong cache hit.
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { selectorDigest } from '../../../src/cache/selector-digest.js';
+
+let tmp: string;
+let n = 0;
+beforeEach(() => {
+  tmp = mkdtempSync(path.join(os.tmpdir(), 'loom-seldigest-'));
+});
+afterEach(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A new tree (a new root: answers are remembered per tree) holding `files` (path -> content). */
+function tree(files: Record<string, string>): string {
+  const root = path.join(tmp, `t${n++}`);
+  mkdirSync(root);
+  for (const [p, data] of Object.entries(files)) {
+    mkdirSync(path.dirname(path.join(root, p)), { recursive: true });
+    writeFileSync(path.join(root, p), data);
+  }
+  return root;
+}
+
+describe('selectorDigest', () => {
+  const base = { 'd/a.txt': 'a', 'd/b.txt': 'b', 'd/other.bin': 'o', 'd/sub/c.txt': 'c', 'e/x': 'x' };
+
+  it('digests what a wildcard matches: a change beside the matches keeps it, a change to a match or a new match does not', async () => {
+    const d0 = await selectorDigest(tree(base), ['/d/*.txt'], true, true);
+    expect(await selectorDigest(tree({ ...base, 'd/other.bin': 'changed', 'd/sub/c.txt': 'changed', 'e/new': 'n' }), ['/d/*.txt'], true, true)).toBe(d0);
+    expect(await selectorDigest(tree({ ...base, 'd/b.txt': 'B' }), ['/d/*.txt'], true, true)).not.toBe(d0);
+    expect(await selectorDigest(tree({ ...base, 'd/new.txt': 'n' }), ['/d/*.txt'], true, true)).not.toBe(d0);
+    const { 'd/a.txt': _, ...withoutA } = base;
+    expect(await selectorDigest(tree(withoutA), ['/d/*.txt'], true, true)).not.toBe(d0);
+  });
+
+  it('follows a matched symlink as the copy does, and tells a match by its name', async () => {
+    const t1 = tree({ 'real/f': '1', 'd/keep.txt': 'k' });
+    symlinkSync('../real', path.join(t1, 'd/l.txt'));
+    const t2 = tree({ 'real/f': '2', 'd/keep.txt': 'k' });
+    symlinkSync('../real', path.join(t2, 'd/l.txt'));
+    expect(await selectorDigest(t1, ['/d/*.txt'], true, true)).not.toBe(await selectorDigest(t2, ['/d/*.txt'], true, true));
+    expect(await selectorDigest(tree({ 'd/a.txt': 'same' }), ['/d/*.txt'], true, true)).not.toBe(await selectorDigest(tree({ 'd/z.txt': 'same' }), ['/d/*.txt'], true, true));
+  });
+
+  it('reads glob characters literally without `wildcards`, and names a missing wildcard base', async () => {
+    const t = tree({ 'd/*.txt': 'literal', 'd/a.txt': 'a' });
+    const literal = await selectorDigest(t, ['/d/*.txt'], true, false);
+    expect(literal).not.toBe(await selectorDigest(t, ['/d/*.txt'], true, true));
+    await expect(selectorDigest(tree(base), ['/nothere/*.txt'], true, true)).rejects.toThrow('"/nothere": not found');
+  });
+});
