@@ -161,9 +161,21 @@ export class RefManager implements ResultCache {
     put: (identity: string, value: string) => this.#md.kvPut('step-history', identity, value),
   };
 
+  /**
+   * The solver's content keys (see Solver #byContent): a content key -> the step key it stands
+   * for, a shape marker -> "1", and by step key (`of`) the step's own content key and shape, for
+   * cache exports.
+   */
   readonly contentKeys = {
     get: (contentKey: string) => this.#md.kvGet('content-key', contentKey),
     put: (contentKey: string, key: string) => this.#md.kvPut('content-key', contentKey, key),
+    of: (stepKey: string): { content: string; shape: string } | undefined => {
+      const v = this.#md.kvGet('content-key', `of:${stepKey}`);
+      if (!v) return undefined;
+      const [content, shape] = JSON.parse(v) as [string, string];
+      return { content, shape };
+    },
+    putOf: (stepKey: string, c: { content: string; shape: string }) => this.#md.kvPut('content-key', `of:${stepKey}`, JSON.stringify([c.content, c.shape])),
   };
 
   hold(refs: readonly Ref[]): () => void {

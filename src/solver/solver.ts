@@ -25,9 +25,14 @@ export interface ResultCache {
   stepHistory?: { get(identity: string): string | undefined; put(identity: string, value: string): void };
   /**
    * A step's key by its inputs' content (see JobRun#byContent) -> the key its result was saved
-   * under; and `shape:…` entries, set for a step once it ran on a given set of other inputs.
+   * under; and `shape:…` entries, set for a step once it ran on a given set of other inputs;
+   * `putOf` keeps a step's own content key and shape by its key, for cache exports.
    */
-  contentKeys?: { get(contentKey: string): string | undefined; put(contentKey: string, key: string): void };
+  contentKeys?: {
+    get(contentKey: string): string | undefined;
+    put(contentKey: string, key: string): void;
+    putOf?(stepKey: string, c: { content: string; shape: string }): void;
+  };
 }
 
 /** What a step's cache key is made of, remembered to explain a later miss. */
@@ -435,11 +440,14 @@ class JobRun {
     const byContent = this.#contentKeys.get(v.digest);
     if (byContent) {
       const aliases = this.#o.cache.contentKeys;
-      void byContent.key.then((ck) => {
+      const saved = byContent.key.then((ck) => {
         if (!ck || !aliases) return;
         aliases.put(ck, key);
         aliases.put(byContent.shape, '1');
+        aliases.putOf?.(key, { content: ck, shape: byContent.shape });
       });
+      // A cache export reads them with the step's records: they are there before the build ends.
+      if (this.#o.job.cache?.exporting) await saved;
     }
     const parts = this.#parts.get(v.digest);
     if (parts) {
@@ -466,6 +474,9 @@ class JobRun {
     const digest = this.#o.selectorDigest;
     const aliases = this.#o.cache.contentKeys;
     if (!digest || !aliases) return key;
+    // The local cache's content keys, else those of the caches the build imports.
+    const imports = this.#o.job.cache;
+    const alias = async (name: string) => aliases.get(name) ?? (imports?.importedContentKey ? await imports.importedContentKey(name).catch(() => undefined) : undefined);
     const byContent = (i: Edge, n: number) => sels[n] && !isLocalSource(i.vertex);
     const n = Math.max(1, outputCount(v.op));
     if (await this.#found(key, n)) return key;
@@ -483,7 +494,7 @@ class JobRun {
     // content can find anything. The content key is then worked out beside the step's run, for
     // later builds, rather than before it.
     const shape = `shape:${sha256(JSON.stringify({ ...identity, inputs: v.inputs.map((i, idx) => (byContent(i, idx) ? 'content' : inputKeys[idx])) }))}`;
-    if (!aliases.get(shape)) {
+    if (!(await alias(shape))) {
       this.#contentKeys.set(v.digest, { shape, key: contentKey().catch(() => undefined) });
       return key;
     }
@@ -496,7 +507,7 @@ class JobRun {
       if (isAbortError(err) || err instanceof VertexError) throw err;
       return key;
     }
-    const earlier = aliases.get(ck);
+    const earlier = await alias(ck);
     if (earlier && earlier !== key && (await this.#found(earlier, n))) return earlier;
     this.#contentKeys.set(v.digest, { shape, key: Promise.resolve(ck) });
     return key;

@@ -78,6 +78,10 @@ export interface BuildCacheHooks {
   readonly importing?: boolean;
   /** A step output this build produced or took from the cache, for cache export. */
   record(key: string, ref: Ref): void;
+  /** The build exports its cache to a registry or a directory (not only inline). */
+  readonly exporting?: boolean;
+  /** What an imported cache's content keys say of `name` (a content key or a shape marker). */
+  importedContentKey?(name: string): Promise<string | undefined>;
   /**
    * Every step's output is wanted (a mode=max export), also those of steps a cache hit further
    * down the graph never needed to visit: the solver records them from the local cache.

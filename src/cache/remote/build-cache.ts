@@ -15,7 +15,7 @@ import type { Platform } from '../../util/platform.js';
 import { inVertex, oneOff } from '../../util/progress.js';
 import type { LayerStore } from '../layers.js';
 import { checkChain, unpackChain, type ChainLayer, type UnpackChainDeps } from '../unpack-chain.js';
-import { buildCacheConfig, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, type CacheConfig, type ExportEntry } from './cache-config.js';
+import { buildCacheConfig, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, type CacheConfig, type ExportEntry, type StepContentKey } from './cache-config.js';
 import { loadCacheManifest, loadRegistryCache, UNCOMPRESSED_ANNOTATION, type LoadedCache } from './sources.js';
 
 const log = () => rootLog.child({ sub: 'remote-cache' });
@@ -251,6 +251,50 @@ export class BuildCache implements BuildCacheHooks {
   }
 
   /**
+   * What the imported caches' content keys say of `name`: the step key a content key stands for,
+   * "1" for a shape marker (see CacheConfig.contentKeys).
+   */
+  async importedContentKey(name: string): Promise<string | undefined> {
+    for (const load of this.#loads) {
+      const c = await load;
+      if (!c?.config.contentKeys) continue;
+      let index = this.#importIndex.get(c);
+      if (!index) {
+        index = new Map();
+        for (const [key, ck] of Object.entries(c.config.contentKeys)) {
+          index.set(ck.content, key);
+          index.set(ck.shape, '1');
+        }
+        this.#importIndex.set(c, index);
+      }
+      const v = index.get(name);
+      if (v !== undefined) return v;
+    }
+    return undefined;
+  }
+
+  readonly #importIndex = new WeakMap<LoadedCache, Map<string, string>>();
+
+  /**
+   * The content key of the step of output `key` (`<step key>#<index>`): the local cache's, else
+   * (not for an inline cache, made before the imports need be read) an imported cache's.
+   */
+  #localContentOf(key: string): StepContentKey | undefined {
+    return this.#d.refs.contentKeys.of(key.replace(/#\d+$/, ''));
+  }
+
+  async #contentOf(key: string): Promise<StepContentKey | undefined> {
+    const local = this.#localContentOf(key);
+    if (local) return local;
+    const step = key.replace(/#\d+$/, '');
+    for (const load of this.#loads) {
+      const c = (await load)?.config.contentKeys?.[step];
+      if (c) return c;
+    }
+    return undefined;
+  }
+
+  /**
    * Step outputs worth exporting for results `finals`: with mode=max every recorded one; with
    * mode=min those whose layers are a prefix of a result's chain (the result and the steps that
    * made its layers), which cost no blob beyond the result's own.
@@ -267,7 +311,7 @@ export class BuildCache implements BuildCacheHooks {
     const out: ExportEntry[] = [];
     for (const e of entries) {
       const layers = await this.#d.layers.layers(e.ref, { compression: spec.compression, force: spec.force, level: spec.level, ociMediaTypes: spec.oci, signal });
-      out.push({ key: e.key, layers, createdAt: e.at });
+      out.push({ key: e.key, layers, createdAt: e.at, content: await this.#contentOf(e.key) });
     }
     return out;
   }
@@ -283,7 +327,7 @@ export class BuildCache implements BuildCacheHooks {
     for (const e of this.#entriesFor([ref], 'min')) {
       const n = e.ref.chain.length;
       if (n > layers.length) continue;
-      entries.push({ key: e.key, layers: layers.slice(0, n), createdAt: e.at });
+      entries.push({ key: e.key, layers: layers.slice(0, n), createdAt: e.at, content: this.#localContentOf(e.key) });
     }
     const { config } = buildCacheConfig(entries);
     if (!config.records?.length) return undefined;

@@ -32,6 +32,18 @@ export interface CacheRecord {
 export interface CacheConfig {
   layers?: CacheLayer[];
   records?: CacheRecord[];
+  /**
+   * loom's own field (BuildKit ignores it): by step key, the step's content key and shape marker
+   * (see Solver #byContent). With them a build that imports the cache finds a step whose input
+   * was made again with the same content, as it would in the exporting daemon's own cache.
+   */
+  contentKeys?: Record<string, StepContentKey>;
+}
+
+/** A step's content key and the marker saying a build ran it on its other inputs (see Solver #byContent). */
+export interface StepContentKey {
+  content: string;
+  shape: string;
 }
 
 /** The record digest of a solver cache key (`<key>#<output>`). */
@@ -44,6 +56,8 @@ export interface ExportEntry {
   key: string;
   layers: readonly ChainLayer[];
   createdAt: Date;
+  /** The step's content key and shape marker (see CacheConfig.contentKeys), when it has them. */
+  content?: StepContentKey;
 }
 
 /** Builds a config from entries, sharing layers between chains with a common prefix. */
@@ -51,10 +65,12 @@ export function buildCacheConfig(entries: readonly ExportEntry[]): { config: Cac
   const table = new LayerTable();
   const blobs: ChainLayer[] = [];
   const records: CacheRecord[] = [];
+  const contentKeys: Record<string, StepContentKey> = {};
   const seen = new Set<string>();
   for (const e of entries) {
     // An empty chain (an empty tree) has no layer to point at: nothing worth sharing.
     if (e.layers.length === 0) continue;
+    if (e.content) contentKeys[e.key.replace(/#\d+$/, '')] = { content: e.content.content, shape: e.content.shape };
     const digest = recordDigest(e.key);
     if (seen.has(digest)) continue;
     seen.add(digest);
@@ -65,7 +81,9 @@ export function buildCacheConfig(entries: readonly ExportEntry[]): { config: Cac
     blobs.push(...e.layers);
     records.push({ digest, layers: [{ layer: parent, createdAt: e.createdAt.toISOString() }] });
   }
-  return { config: { layers: table.layers, records }, layers: dedupeBlobs(blobs) };
+  const config: CacheConfig = { layers: table.layers, records };
+  if (Object.keys(contentKeys).length) config.contentKeys = contentKeys;
+  return { config, layers: dedupeBlobs(blobs) };
 }
 
 /** Layers of a config being built: one entry per (parent, blob), so chains share their prefix. */
@@ -129,6 +147,14 @@ export function parseCacheConfig(bytes: Uint8Array, what: string): CacheConfig {
       }
     }
   });
+  const contentKeys = c.contentKeys;
+  if (contentKeys !== undefined) {
+    const ok = (x: unknown) => typeof x === 'object' && x !== null && typeof (x as StepContentKey).content === 'string' && typeof (x as StepContentKey).shape === 'string';
+    if (typeof contentKeys !== 'object' || contentKeys === null || Array.isArray(contentKeys) || !Object.values(contentKeys).every(ok)) {
+      throw new InvalidArgumentError(`${what}: cache config contentKeys must map step keys to their content key and shape`);
+    }
+    return { layers, records, contentKeys };
+  }
   return { layers, records };
 }
 
@@ -181,5 +207,13 @@ export function mergeCacheConfigs(base: CacheConfig, add: CacheConfig, what: str
     for (const i of chainIndexes(src, top, what)) parent = table.add(parent, src[i]!);
     records.push({ digest: rec.digest, layers: [{ ...rec.layers![0]!, layer: parent }] });
   }
-  return { config: { layers: table.layers, records }, blobs: new Set(table.layers.map((l) => l.blob)) };
+  const config: CacheConfig = { layers: table.layers, records };
+  // Content keys of steps whose records the merged config no longer has go with them.
+  const kept = new Set(records.map((r) => r.digest));
+  const contentKeys: Record<string, StepContentKey> = {};
+  for (const [key, c] of Object.entries({ ...base.contentKeys, ...add.contentKeys })) {
+    if (kept.has(recordDigest(`${key}#0`))) contentKeys[key] = c;
+  }
+  if (Object.keys(contentKeys).length) config.contentKeys = contentKeys;
+  return { config, blobs: new Set(table.layers.map((l) => l.blob)) };
 }

@@ -192,6 +192,33 @@ d('cache export and import', () => {
     expect(readFileSync(join(work, 'inl-b', 'both'), 'utf8')).toBe(readFileSync(join(work, 'inl-a', 'both'), 'utf8'));
   }, 240_000);
 
+  it("carries the steps' content keys: another daemon importing the cache finds a COPY --from whose stage was made again with the same files, as upstream", async () => {
+    const dir = context(
+      'content-keys',
+      [
+        `FROM ${reg.host}/busybox:latest AS b`,
+        'ARG V=1',
+        'RUN mkdir /d && echo a > /d/a.txt && echo "$V" > /d/other.bin',
+        `FROM ${reg.host}/busybox:latest`,
+        'COPY --from=b /d/*.txt /out/',
+        'RUN date +%s%N > /stamp',
+        '',
+      ].join('\n'),
+    );
+    const a = await freshDaemon();
+    await build(a, dir, []);
+    // Exported from a fully cached rebuild: the content keys come from daemon a's own cache.
+    const ref = `${reg.host}/cache:content-keys`;
+    await build(a, dir, ['--export-cache', `type=registry,ref=${ref},mode=max`], join(work, 'ck-a'));
+    const b = await freshDaemon();
+    // Another V makes stage b's RUN miss; the file the COPY reads is the same.
+    const log = await build(b, dir, ['--opt', 'build-arg:V=2', '--import-cache', `type=registry,ref=${ref}`], join(work, 'ck-b'));
+    expect(log).toMatch(/\[b 2\/2\] RUN mkdir \/d[^\n]*\n(?:#\d+ .*\n)*?#\d+ DONE/);
+    expect(log).toMatch(cachedStep('COPY --from=b /d/*.txt /out/'));
+    expect(log).toMatch(cachedStep('RUN date +%s%N > /stamp'));
+    expect(readFileSync(join(work, 'ck-b', 'stamp'), 'utf8')).toBe(readFileSync(join(work, 'ck-a', 'stamp'), 'utf8'));
+  });
+
   it('a missing cache is reported on its vertex and the build goes on; bad options are refused by name', async () => {
     const dir = context('missing', `FROM ${reg.host}/busybox:latest\nRUN echo ok > /ok\n`);
     const a = await freshDaemon();

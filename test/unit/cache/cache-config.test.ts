@@ -40,6 +40,25 @@ describe('cache config', () => {
     expect([...blobs].sort()).toEqual([layer(1).digest, layer(3).digest, layer(4).digest].sort());
   });
 
+  it("carries steps' content keys by step key, through a round trip and a merge that drops them only with their records", () => {
+    const ck = (n: number) => ({ content: `sha256:c${n}`, shape: `shape:sha256:s${n}` });
+    const a = buildCacheConfig([
+      { key: 'a#0', layers: [layer(1)], createdAt: at, content: ck(1) },
+      { key: 'e#0', layers: [], createdAt: at, content: ck(9) },
+    ]).config;
+    // A step with no layer has no record, so nothing for its content key to name.
+    expect(a.contentKeys).toEqual({ a: ck(1) });
+    expect(parseCacheConfig(Buffer.from(JSON.stringify(a)), 't').contentKeys).toEqual({ a: ck(1) });
+    const b = buildCacheConfig([{ key: 'b#0', layers: [layer(2)], createdAt: at, content: ck(2) }]).config;
+    expect(mergeCacheConfigs(a, b, 't').config.contentKeys).toEqual({ a: ck(1), b: ck(2) });
+    const orphan = { ...b, contentKeys: { ...b.contentKeys, gone: ck(3) } };
+    expect(mergeCacheConfigs(a, orphan, 't').config.contentKeys).toEqual({ a: ck(1), b: ck(2) });
+    expect(buildCacheConfig([{ key: 'x#0', layers: [layer(1)], createdAt: at }]).config.contentKeys).toBeUndefined();
+    expect(() => parseCacheConfig(Buffer.from(JSON.stringify({ contentKeys: { a: 'sha256:x' } })), 'cfg')).toThrow(
+      'cfg: cache config contentKeys must map step keys to their content key and shape',
+    );
+  });
+
   it('takes layer facts from the manifest when the config lacks them (upstream-shaped configs)', () => {
     const cfg = { layers: [{ blob: layer(1).digest, parent: -1 }], records: [{ digest: recordDigest('x#0'), layers: [{ layer: 0 }] }] };
     const l = layer(1);
