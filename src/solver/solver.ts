@@ -445,7 +445,7 @@ class JobRun {
         aliases.put(ck, key);
         aliases.put(byContent.shape, '1');
         aliases.putOf?.(key, { content: ck, shape: byContent.shape });
-      });
+      }).catch((err: unknown) => log().warn({ vertex: v.digest, err: errorMessage(err) }, 'could not save the content key of a step'));
       // A cache export reads them with the step's records: they are there before the build ends.
       if (this.#o.job.cache?.exporting) await saved;
     }

@@ -15,7 +15,7 @@ import type { Platform } from '../../util/platform.js';
 import { inVertex, oneOff } from '../../util/progress.js';
 import type { LayerStore } from '../layers.js';
 import { checkChain, unpackChain, type ChainLayer, type UnpackChainDeps } from '../unpack-chain.js';
-import { buildCacheConfig, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, type CacheConfig, type ExportEntry, type StepContentKey } from './cache-config.js';
+import { buildCacheConfig, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, stepKeyOf, type CacheConfig, type ExportEntry, type StepContentKey } from './cache-config.js';
 import { loadCacheManifest, loadRegistryCache, UNCOMPRESSED_ANNOTATION, type LoadedCache } from './sources.js';
 
 const log = () => rootLog.child({ sub: 'remote-cache' });
@@ -137,6 +137,8 @@ export class BuildCache implements BuildCacheHooks {
   #loads: Promise<LoadedCache | undefined>[] = [];
   readonly #materializing = new Map<string, Promise<Ref>>();
   readonly #records = new Map<string, { ref: Ref; at: Date }>();
+  /** Per loaded import, its content keys by name (see importedContentKey). */
+  readonly #importIndex = new WeakMap<LoadedCache, Map<string, string>>();
 
   readonly #exportsResult: boolean;
 
@@ -273,20 +275,16 @@ export class BuildCache implements BuildCacheHooks {
     return undefined;
   }
 
-  readonly #importIndex = new WeakMap<LoadedCache, Map<string, string>>();
-
-  /**
-   * The content key of the step of output `key` (`<step key>#<index>`): the local cache's, else
-   * (not for an inline cache, made before the imports need be read) an imported cache's.
-   */
+  /** The content key the local cache holds for the step of output `key` (`<step key>#<index>`). */
   #localContentOf(key: string): StepContentKey | undefined {
-    return this.#d.refs.contentKeys.of(key.replace(/#\d+$/, ''));
+    return this.#d.refs.contentKeys.of(stepKeyOf(key));
   }
 
+  /** The same, else an imported cache's (a step taken from an import, exported again). */
   async #contentOf(key: string): Promise<StepContentKey | undefined> {
     const local = this.#localContentOf(key);
     if (local) return local;
-    const step = key.replace(/#\d+$/, '');
+    const step = stepKeyOf(key);
     for (const load of this.#loads) {
       const c = (await load)?.config.contentKeys?.[step];
       if (c) return c;

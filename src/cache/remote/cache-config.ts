@@ -46,6 +46,11 @@ export interface StepContentKey {
   shape: string;
 }
 
+/** The step key of a solver cache key of one output (`<step key>#<output>`). */
+export function stepKeyOf(key: string): string {
+  return key.replace(/#\d+$/, '');
+}
+
 /** The record digest of a solver cache key (`<key>#<output>`). */
 export function recordDigest(key: string): string {
   return sha256(`loom.cache.v1 ${key}`);
@@ -70,7 +75,7 @@ export function buildCacheConfig(entries: readonly ExportEntry[]): { config: Cac
   for (const e of entries) {
     // An empty chain (an empty tree) has no layer to point at: nothing worth sharing.
     if (e.layers.length === 0) continue;
-    if (e.content) contentKeys[e.key.replace(/#\d+$/, '')] = { content: e.content.content, shape: e.content.shape };
+    if (e.content) contentKeys[stepKeyOf(e.key)] = { content: e.content.content, shape: e.content.shape };
     const digest = recordDigest(e.key);
     if (seen.has(digest)) continue;
     seen.add(digest);
