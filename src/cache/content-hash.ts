@@ -151,19 +151,58 @@ export async function treeDigest(root: string, opts: { signal?: AbortSignal; cac
 }
 
 /**
+ * The lstat of every entry of a tree by its path relative to the tree (what a filesync receiver
+ * knows of the directory it just wrote, see KnownTree), with each directory's entries by name.
+ */
+export class KnownStats {
+  readonly #stats: ReadonlyMap<string, BigIntStats>;
+  readonly #children = new Map<string, string[]>();
+
+  /** `stats` is copied: the caller may change its map afterwards. */
+  constructor(stats: ReadonlyMap<string, BigIntStats>) {
+    this.#stats = new Map(stats);
+    for (const rel of this.#stats.keys()) {
+      const slash = rel.lastIndexOf('/');
+      const parent = slash < 0 ? '' : rel.slice(0, slash);
+      let names = this.#children.get(parent);
+      if (!names) this.#children.set(parent, (names = []));
+      names.push(slash < 0 ? rel : rel.slice(slash + 1));
+    }
+  }
+
+  /** The names in directory `rel` ('' for the root), or undefined for one the tree does not have. */
+  names(rel: string): string[] | undefined {
+    return this.#children.get(rel) ?? (rel === '' || this.#stats.get(rel)?.isDirectory() ? [] : undefined);
+  }
+
+  stat(rel: string): BigIntStats | undefined {
+    return this.#stats.get(rel);
+  }
+
+  entries(): IterableIterator<[string, BigIntStats]> {
+    return this.#stats.entries();
+  }
+}
+
+/**
  * treeDigest's `content`, and from the same walk `withTimes`: the content and every entry's
  * modification time, which tells two trees of one content apart when their times differ (a
  * snapshot of one is not the other's, though a step keyed by the content is cached for both).
  */
-export async function treeDigests(root: string, opts: { signal?: AbortSignal; cache?: FileDigestCache } = {}): Promise<{ content: Digest; withTimes: Digest }> {
+export async function treeDigests(
+  root: string,
+  opts: { signal?: AbortSignal; cache?: FileDigestCache; known?: KnownStats } = {},
+): Promise<{ content: Digest; withTimes: Digest }> {
   const h = createHash('sha256');
   const times = createHash('sha256');
   // Metadata by synchronous calls in time slices (see TimeSlice): a rebuild digests trees whose
   // files are nearly all known, so the walk itself is the cost. Unknown files are read in parallel.
+  // With `known` stats (the tree a receiver just wrote, or a tree linked from it), no call at all.
   const slice = new TimeSlice();
   const linked = linkedLookup(root);
-  const known = (full: string, st: BigIntStats): string | undefined => {
-    let d = opts.cache?.get(full, st) ?? linked?.(full, st);
+  const known = opts.known ? { stats: opts.known, prefix: '' } : linked?.known;
+  const knownDigest = (full: string, st: BigIntStats): string | undefined => {
+    let d = opts.cache?.get(full, st) ?? linked?.lookup(full, st);
     if (d === undefined) {
       d = digestByInode(st);
       if (d !== undefined) opts.cache?.set(full, st, d);
@@ -172,7 +211,8 @@ export async function treeDigests(root: string, opts: { signal?: AbortSignal; ca
   };
   const walk = async (rel: string): Promise<void> => {
     throwIfAborted(opts.signal);
-    const names = readdirSync(join(root, rel)).sort();
+    const listed = known?.stats.names(knownRel(known.prefix, rel));
+    const names = (listed ? [...listed] : readdirSync(join(root, rel))).sort();
     const paths = names.map((name) => (rel ? `${rel}/${name}` : name));
     const stats: BigIntStats[] = [];
     const bodies: string[] = [];
@@ -183,11 +223,11 @@ export async function treeDigests(root: string, opts: { signal?: AbortSignal; ca
         throwIfAborted(opts.signal);
       }
       const full = join(root, p);
-      const st = lstatSync(full, { bigint: true });
+      const st = (listed && known?.stats.stat(knownRel(known.prefix, p))) || lstatSync(full, { bigint: true });
       stats.push(st);
       let body = '';
       if (st.isFile()) {
-        body = known(full, st) ?? '';
+        body = knownDigest(full, st) ?? '';
         if (!body && st.size <= INLINE_FILE) {
           body = contentDigestSync(full, st);
           opts.cache?.set(full, st, body);
@@ -219,8 +259,13 @@ export async function treeDigests(root: string, opts: { signal?: AbortSignal; ca
   return { content: `sha256:${h.digest('hex')}`, withTimes: `sha256:${times.digest('hex')}` };
 }
 
-/** Trees whose files are hard links to a mirror's (see linkDigests): root -> the mirror and its digests. */
-const linkedTrees = new LRUCache<string, { mirror: string; cache: FileDigestCache }>({ max: 64 });
+/** `rel` below the directory `prefix` of known stats ('' for their root). */
+function knownRel(prefix: string, rel: string): string {
+  return prefix && rel ? `${prefix}/${rel}` : prefix || rel;
+}
+
+/** Trees whose files are hard links to a mirror's (see linkDigests): root -> the mirror, its digests and its stats when linked. */
+const linkedTrees = new LRUCache<string, { mirror: string; cache: FileDigestCache; known?: KnownStats }>({ max: 64 });
 
 /**
  * Says that the tree at `root` was just made of hard links to the files of `mirror` (the same
@@ -230,14 +275,24 @@ const linkedTrees = new LRUCache<string, { mirror: string; cache: FileDigestCach
  * ctime. Only for trees nobody writes in place (a local source's snapshot and its mirror, whose
  * writer keeps `cache` right); a file the mirror replaced since has another inode and is read.
  */
-export function linkDigests(root: string, mirror: string, cache: FileDigestCache): void {
-  linkedTrees.set(root, { mirror, cache });
+export function linkDigests(root: string, mirror: string, cache: FileDigestCache, known?: KnownStats): void {
+  linkedTrees.set(root, { mirror, cache, known });
 }
 
-/** The digest lookup linkDigests registered for a path, if it lies in such a tree. */
-function linkedLookup(path: string): ((full: string, st: BigIntStats) => string | undefined) | undefined {
+/**
+ * The digest lookup linkDigests registered for a path, if it lies in such a tree, and the stats
+ * the mirror's entries had when it was linked (the tree's own: links share the inode, and its
+ * directories were made with the mirror's metadata), from `path` down.
+ */
+function linkedLookup(path: string): { lookup: (full: string, st: BigIntStats) => string | undefined; known?: { stats: KnownStats; prefix: string } } | undefined {
   for (const [root, l] of linkedTrees.entries()) {
-    if (path === root || path.startsWith(`${root}/`)) return (full, st) => l.cache.get(l.mirror + full.slice(root.length), st);
+    if (path === root || path.startsWith(`${root}/`)) {
+      const rel = path.slice(root.length + 1);
+      return {
+        lookup: (full, st) => l.cache.get(l.mirror + full.slice(root.length), st),
+        known: l.known && { stats: l.known, prefix: rel },
+      };
+    }
   }
   return undefined;
 }
@@ -245,7 +300,7 @@ function linkedLookup(path: string): ((full: string, st: BigIntStats) => string 
 /** The hex sha256 of a file's bytes (symlinks followed). */
 export async function fileDigest(path: string): Promise<string> {
   const st = await stat(path, { bigint: true });
-  return linkedLookup(path)?.(path, st) ?? contentDigest(path, st);
+  return linkedLookup(path)?.lookup(path, st) ?? contentDigest(path, st);
 }
 
 function readDigest(path: string): Promise<string> {

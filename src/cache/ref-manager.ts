@@ -90,6 +90,8 @@ export class RefManager implements ResultCache {
     chain?: LayerPair[];
     description: string;
     recordType?: RecordType;
+    /** The snapshot's usage in bytes, when the caller knows it without a walk (see usage()). */
+    size?: number;
   }): Promise<Ref> {
     const chain = opts.chain ?? [...(opts.parent?.chain ?? []), { lower: opts.parent?.snapshot ?? null, upper: opts.snapshot }];
     const rec: RefRecord = {
@@ -101,13 +103,14 @@ export class RefManager implements ResultCache {
       createdAt: Date.now(),
       lastUsedAt: Date.now(),
       usageCount: 1,
-      size: 0,
+      size: opts.size ?? 0,
       parents: opts.parent ? [opts.parent.id] : [],
     };
     this.#md.transaction(() => {
       this.#md.putSnapshot(opts.snapshot, opts.parentSnapshot ?? opts.parent?.snapshot ?? null);
       this.#md.putRef(rec);
     });
+    if (opts.size !== undefined) return this.#toRef(rec);
     // The size (a walk of the snapshot's own files) is not on the step's path: it is measured
     // meanwhile, and du, prune and GC wait for it (sizesSettled).
     const sized = this.#snap
@@ -310,7 +313,7 @@ export class Writable {
     this.parent = opts.parent;
   }
 
-  async commit(opts: { description: string; recordType?: RecordType; chain?: LayerPair[] }): Promise<Ref> {
+  async commit(opts: { description: string; recordType?: RecordType; chain?: LayerPair[]; size?: number }): Promise<Ref> {
     this.#done = true;
     try {
       await this.#m.snapshotter.commit(this.key);

@@ -1,7 +1,7 @@
 import { FileSync } from '../../gen/session/filesync_pb.js';
 import type { MetadataStore } from '../../cache/metadata.js';
 import type { RefManager } from '../../cache/ref-manager.js';
-import { FileDigestCache, linkDigests, treeDigests } from '../../cache/content-hash.js';
+import { FileDigestCache, KnownStats, linkDigests, treeDigests } from '../../cache/content-hash.js';
 import type { SessionManager } from '../../session/manager.js';
 import { diffCopyMetadata } from '../../session/filesync/metadata.js';
 import { receiveDir, type KnownTree } from '../../session/filesync/receive.js';
@@ -13,7 +13,7 @@ import { lstatSync } from 'node:fs';
 import { chmod } from 'node:fs/promises';
 import { sha256 } from '../../util/digest.js';
 import { LRUCache } from 'lru-cache';
-import { copyTree, linkTree } from '../../snapshot/native/native-snapshotter.js';
+import { copyTree, linkedTreeUsage, linkTree } from '../../snapshot/native/native-snapshotter.js';
 import { log as rootLog } from '../../util/log.js';
 import { byteStatus } from '../../util/progress.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
@@ -151,14 +151,18 @@ export class LocalSourceOp implements OpImpl {
         status.done(bytes);
         // Nothing changed in a mirror whose digests were known: no need to look at it again.
         const known = !changed && before ? parseMirrorDigests(before) : undefined;
-        const { content: digest, withTimes } = known ?? (await treeDigests(mirror, { signal: ctx.signal, cache: files }));
+        // What the receiver knows of every entry it wrote or kept: neither digest nor size walks the tree.
+        const tree = knownTrees.get(mirror);
+        const stats = tree && new KnownStats(tree.entries);
+        const { content: digest, withTimes } = known ?? (await treeDigests(mirror, { signal: ctx.signal, cache: files, known: stats }));
         this.#d.metadata.kvPut(NS_MIRROR, mirror, `${digest} ${withTimes}`);
         const existing = this.#d.metadata.kvGet(NS_LOCAL, withTimes);
         if (existing && this.#d.metadata.getRef(existing)) return { ref: await this.#d.refs.get(existing), digest };
-        const made = await this.#snapshot(mirror, digest, withTimes, ctx);
+        const made = await this.#snapshot(mirror, digest, withTimes, ctx, stats);
         // Steps keyed by the content of some of its paths digest the new snapshot next: its files
-        // are the mirror's inodes, whose digests are known (linking changed only their ctime).
-        if (made.linked) linkDigests(made.ref.dir, mirror, files);
+        // are the mirror's inodes, whose digests are known (linking changed only their ctime), and
+        // its entries have the mirror's metadata.
+        if (made.linked) linkDigests(made.ref.dir, mirror, files, stats);
         return made;
       });
     })();
@@ -172,7 +176,7 @@ export class LocalSourceOp implements OpImpl {
    * change. Where links cannot be made (mirror and snapshots on different filesystems, a
    * snapshotter whose fresh snapshot is a mount) the tree is copied.
    */
-  async #snapshot(mirror: string, digest: string, withTimes: string, ctx: OpContext): Promise<{ ref: Ref; digest: string; linked: boolean }> {
+  async #snapshot(mirror: string, digest: string, withTimes: string, ctx: OpContext, stats?: KnownStats): Promise<{ ref: Ref; digest: string; linked: boolean }> {
     for (const mode of ['link', 'copy'] as const) {
       const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
       try {
@@ -181,7 +185,8 @@ export class LocalSourceOp implements OpImpl {
         // The mirror's own directory is the daemon's (0700); the context's root is 0755 as
         // upstream's, or a step mounting it (RUN --mount=type=bind) as another user cannot read it.
         await chmod(w.dir, 0o755);
-        const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local' });
+        const size = mode === 'link' && stats ? linkedTreeUsage(w.dir, stats.entries()) : undefined;
+        const ref = await w.commit({ description: `local source for ${this.#name}`, recordType: 'source.local', size });
         this.#d.metadata.kvPut(NS_LOCAL, withTimes, ref.id);
         return { ref, digest, linked: mode === 'link' };
       } catch (err) {

@@ -265,6 +265,24 @@ async function runCp(args: string[], src: string, signal?: AbortSignal): Promise
 }
 
 /**
+ * treeUsage's size for a tree `dir` that linkTree just made from a tree whose entries (paths
+ * relative to it) have `stats`: the files are those inodes, counted once each; only the
+ * directories, new inodes, are looked at.
+ */
+export function linkedTreeUsage(dir: string, stats: Iterable<[string, BigIntStats]>): number {
+  let size = Number(lstatSync(dir, { bigint: true }).blocks) * 512;
+  const seen = new Set<string>();
+  for (const [rel, st] of stats) {
+    if (st.isDirectory()) size += Number(lstatSync(path.join(dir, rel), { bigint: true }).blocks) * 512;
+    else if (!seen.has(`${st.dev}:${st.ino}`)) {
+      seen.add(`${st.dev}:${st.ino}`);
+      size += Number(st.blocks) * 512;
+    }
+  }
+  return size;
+}
+
+/**
  * Blocks and distinct inodes of a tree, the way du counts them. Runs at every commit: synchronous
  * lookups in time slices (see lstatTree), several times faster than a promise per entry.
  */

@@ -2,11 +2,11 @@ import { chmod, lstat, mkdir, mkdtemp, open, rename, rm, symlink, utimes, writeF
 import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, readFileSync, rmSync, writeFileSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test, vi } from 'vitest';
 import { setTimes } from '../../../src/snapshot/layer/sys-ops.js';
-import { contentDigestCounts, FileDigestCache, fileDigest, linkDigests, treeDigest } from '../../../src/cache/content-hash.js';
+import { contentDigestCounts, FileDigestCache, fileDigest, KnownStats, linkDigests, treeDigest, treeDigests } from '../../../src/cache/content-hash.js';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -113,6 +113,37 @@ describe('treeDigest', () => {
     expect(d1).not.toBe(d0);
     expect(contentDigestCounts().reads - after.reads).toBe(1);
     expect(await fileDigest(f)).toBe(await fileDigest(f));
+  });
+
+  test('with known stats (what a receiver knows of the tree it wrote) digests as the walk does, and so does a linked copy, also below its root, after the mirror changed', async () => {
+    const t = await tree();
+    const stats = (root: string) => {
+      const m = new Map<string, BigIntStats>();
+      for (const rel of execFileSync('find', ['.', '-mindepth', '1'], { cwd: root, encoding: 'utf8' }).trim().split('\n')) {
+        m.set(rel.slice(2), lstatSync(join(root, rel), { bigint: true }));
+      }
+      return m;
+    };
+    const walked = await treeDigests(t);
+    const map = stats(t);
+    const known = new KnownStats(map);
+    map.clear(); // copied: the receiver's next transfer changes its own map
+    expect(await treeDigests(t, { known })).toEqual(walked);
+    const sub = await treeDigest(join(t, 'a'));
+
+    const copy = `${t}.links`;
+    dirs.push(copy);
+    execFileSync('cp', ['-a', '--link', '--no-target-directory', t, copy]);
+    linkDigests(copy, t, new FileDigestCache(), known);
+    // The mirror changes afterwards (a file added, one removed): the linked copy is as it was.
+    await writeFile(join(t, 'a', 'new'), 'new');
+    // The stats stand for the tree (no walk): they say what it held, not what it holds now.
+    expect(await treeDigests(t, { known: new KnownStats(stats(copy)) })).toEqual(walked);
+    expect((await treeDigests(t)).content).not.toBe(walked.content);
+    await rm(join(t, 'a', 'f7'));
+    expect(await treeDigest(copy)).toBe(walked.content);
+    expect(await treeDigest(join(copy, 'a'))).toBe(sub);
+    expect(await treeDigest(join(copy, 'a'))).not.toBe(await treeDigest(join(t, 'a')));
   });
 
   test('linkDigests: a hard-linked copy of a digested tree is digested without reading its files, and a file the mirror replaced since is read', async () => {

@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process';
-import { chmodSync, chownSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { type BigIntStats, chmodSync, chownSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { linkTree, treeUsage } from '../../../src/snapshot/native/native-snapshotter.js';
+import { linkedTreeUsage, linkTree, treeUsage } from '../../../src/snapshot/native/native-snapshotter.js';
 
 let tmp: string;
 beforeEach(() => {
@@ -48,6 +48,20 @@ describe.each([
     const xattr = execFileSync('python3', ['-c', 'import os,sys; print(os.getxattr(sys.argv[1], "user.k").decode())', path.join(dst, 'd')], { encoding: 'utf8' });
     expect(xattr.trim()).toBe('v1');
     expect(readFileSync(path.join(dst, 'd/f3'), 'utf8')).toBe('file 3\n'.repeat(3));
+  });
+
+  it('linkedTreeUsage counts the linked tree as treeUsage does, from the source\'s stats', async () => {
+    const src = path.join(tmp, 'src');
+    const dst = path.join(tmp, 'dst');
+    mkdirSync(src);
+    mkdirSync(dst);
+    fill(src, files);
+    const stats: [string, BigIntStats][] = execFileSync('find', ['.', '-mindepth', '1'], { cwd: src, encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map((rel) => [rel.slice(2), lstatSync(path.join(src, rel), { bigint: true })]);
+    await linkTree(src, dst);
+    expect(linkedTreeUsage(dst, stats)).toBe((await treeUsage(dst)).size);
   });
 });
 
