@@ -152,17 +152,19 @@ export class LocalSourceOp implements OpImpl {
         // Nothing changed in a mirror whose digests were known: no need to look at it again.
         const known = !changed && before ? parseMirrorDigests(before) : undefined;
         // What the receiver knows of every entry it wrote or kept: neither digest nor size walks the tree.
+        // Made only when needed: a rebuild of an unchanged context needs neither.
         const tree = knownTrees.get(mirror);
-        const stats = tree && new KnownStats(tree.entries);
-        const { content: digest, withTimes } = known ?? (await treeDigests(mirror, { signal: ctx.signal, cache: files, known: stats }));
+        let stats: KnownStats | undefined;
+        const knownStats = () => (stats ??= tree && new KnownStats(tree.entries));
+        const { content: digest, withTimes } = known ?? (await treeDigests(mirror, { signal: ctx.signal, cache: files, known: knownStats() }));
         this.#d.metadata.kvPut(NS_MIRROR, mirror, `${digest} ${withTimes}`);
         const existing = this.#d.metadata.kvGet(NS_LOCAL, withTimes);
         if (existing && this.#d.metadata.getRef(existing)) return { ref: await this.#d.refs.get(existing), digest };
-        const made = await this.#snapshot(mirror, digest, withTimes, ctx, stats);
+        const made = await this.#snapshot(mirror, digest, withTimes, ctx, knownStats());
         // Steps keyed by the content of some of its paths digest the new snapshot next: its files
         // are the mirror's inodes, whose digests are known (linking changed only their ctime), and
         // its entries have the mirror's metadata.
-        if (made.linked) linkDigests(made.ref.dir, mirror, files, stats);
+        if (made.linked) linkDigests(made.ref.dir, mirror, files, knownStats());
         return made;
       });
     })();
