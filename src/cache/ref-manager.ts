@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
 import type { ResultCache } from '../solver/solver.js';
-import type { Ref } from '../solver/types.js';
+import type { Ref, StepContentKey } from '../solver/types.js';
 import { NotFoundError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import type { ContentStore } from '../content/store.js';
@@ -172,13 +172,13 @@ export class RefManager implements ResultCache {
   readonly contentKeys = {
     get: (contentKey: string) => this.#md.kvGet('content-key', contentKey),
     put: (contentKey: string, key: string) => this.#md.kvPut('content-key', contentKey, key),
-    of: (stepKey: string): { content: string; shape: string } | undefined => {
+    of: (stepKey: string): StepContentKey | undefined => {
       const v = this.#md.kvGet('content-key', `of:${stepKey}`);
       if (!v) return undefined;
       const [content, shape] = JSON.parse(v) as [string, string];
       return { content, shape };
     },
-    putOf: (stepKey: string, c: { content: string; shape: string }) => this.#md.kvPut('content-key', `of:${stepKey}`, JSON.stringify([c.content, c.shape])),
+    putOf: (stepKey: string, c: StepContentKey) => this.#md.kvPut('content-key', `of:${stepKey}`, JSON.stringify([c.content, c.shape])),
   };
 
   hold(refs: readonly Ref[]): () => void {

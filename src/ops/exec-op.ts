@@ -11,7 +11,7 @@ import {
 } from '../gen/buildkit/ops_pb.js';
 import { GetSecretRequestSchema, Secrets } from '../gen/session/secrets_pb.js';
 import type { SessionCaller } from '../session/types.js';
-import type { OpContext, OpImpl, Ref } from '../solver/types.js';
+import type { ContentSelector, OpContext, OpImpl, Ref } from '../solver/types.js';
 import { codeOf, errorMessage, InvalidArgumentError, LoomError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import type { Platform as HostPlatform } from '../util/platform.js';
@@ -183,7 +183,7 @@ export class ExecOp implements OpImpl {
    * kept (read-only, or writable without an output) may be keyed by its content at the mounted
    * path, the whole tree for a mount without a selector; the root and kept mounts may not.
    */
-  contentSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+  contentSelectors(): ContentSelector[] {
     return this.#mountSelectors((m) => ((!m.readonly || m.dest === '/') && Number(m.output) !== -1 ? null : m.selector ? path.posix.join('/', m.selector) : '/'));
   }
 

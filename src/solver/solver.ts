@@ -8,7 +8,7 @@ import { fromPbPlatform } from '../util/pb-platform.js';
 import { CacheKeyError, clarifyNameError, errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { sharedRun, type SharedRun } from '../util/shared-run.js';
-import type { JobContext, OpContext, OpImpl, OpResolver, Ref } from './types.js';
+import type { ContentSelector, JobContext, OpContext, OpImpl, OpResolver, Ref, StepContentKey } from './types.js';
 
 const log = () => rootLog.child({ sub: 'solver' });
 
@@ -31,7 +31,7 @@ export interface ResultCache {
   contentKeys?: {
     get(contentKey: string): string | undefined;
     put(contentKey: string, key: string): void;
-    putOf?(stepKey: string, c: { content: string; shape: string }): void;
+    putOf?(stepKey: string, c: StepContentKey): void;
   };
 }
 
@@ -470,7 +470,7 @@ class JobRun {
    * and everything after cached. `sels` are the step's contentSelectors, one of them for an
    * input other than a local source. Returns the key the step goes by.
    */
-  async #byContent(v: Vertex, key: string, sels: ReturnType<NonNullable<OpImpl['contentSelectors']>>, inputKeys: readonly string[], extra: string): Promise<string> {
+  async #byContent(v: Vertex, key: string, sels: ContentSelector[], inputKeys: readonly string[], extra: string): Promise<string> {
     const digest = this.#o.selectorDigest;
     const aliases = this.#o.cache.contentKeys;
     if (!digest || !aliases) return key;

@@ -136,4 +136,10 @@ export interface OpImpl {
 /** See OpImpl.contentSelectors. */
 export type ContentSelector = { paths: string[]; followSymlinks: boolean; wildcards?: boolean } | null;
 
+/** A step's content key and the marker saying a build ran it on its other inputs (see Solver #byContent). */
+export interface StepContentKey {
+  content: string;
+  shape: string;
+}
+
 export type OpResolver = (v: Vertex) => OpImpl;

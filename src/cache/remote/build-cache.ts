@@ -6,7 +6,7 @@ import type { RegistryAccess } from '../../ops/source/registry-access.js';
 import { formatReference, parseNormalizedNamed, withDefaultTag, type ImageReference } from '../../registry/reference.js';
 import { SessionContentStore } from '../../session/content/session-store.js';
 import { localCacheStoreId } from '../../session/content/store-id.js';
-import type { BuildCacheHooks, JobContext, OpContext, Ref } from '../../solver/types.js';
+import type { BuildCacheHooks, JobContext, OpContext, Ref, StepContentKey } from '../../solver/types.js';
 import { sha256, type Digest } from '../../util/digest.js';
 import { errorMessage, InvalidArgumentError, LoomError, UnimplementedError } from '../../util/errors.js';
 import { log as rootLog } from '../../util/log.js';
@@ -15,7 +15,7 @@ import type { Platform } from '../../util/platform.js';
 import { inVertex, oneOff } from '../../util/progress.js';
 import type { LayerStore } from '../layers.js';
 import { checkChain, unpackChain, type ChainLayer, type UnpackChainDeps } from '../unpack-chain.js';
-import { buildCacheConfig, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, stepKeyOf, type CacheConfig, type ExportEntry, type StepContentKey } from './cache-config.js';
+import { buildCacheConfig, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, stepKeyOf, type CacheConfig, type ExportEntry } from './cache-config.js';
 import { loadCacheManifest, loadRegistryCache, UNCOMPRESSED_ANNOTATION, type LoadedCache } from './sources.js';
 
 const log = () => rootLog.child({ sub: 'remote-cache' });

@@ -1,5 +1,6 @@
 import { sha256 } from '../../util/digest.js';
 import { InvalidArgumentError } from '../../util/errors.js';
+import type { StepContentKey } from '../../solver/types.js';
 import type { ChainLayer } from '../unpack-chain.js';
 
 /**
@@ -38,12 +39,6 @@ export interface CacheConfig {
    * was made again with the same content, as it would in the exporting daemon's own cache.
    */
   contentKeys?: Record<string, StepContentKey>;
-}
-
-/** A step's content key and the marker saying a build ran it on its other inputs (see Solver #byContent). */
-export interface StepContentKey {
-  content: string;
-  shape: string;
 }
 
 /** The step key of a solver cache key of one output (`<step key>#<output>`). */

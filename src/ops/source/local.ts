@@ -8,7 +8,7 @@ import { receiveDir, type KnownTree } from '../../session/filesync/receive.js';
 import type { SessionCaller } from '../../session/types.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, LoomError } from '../../util/errors.js';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { lstatSync } from 'node:fs';
 import { chmod } from 'node:fs/promises';
 import { sha256 } from '../../util/digest.js';
@@ -123,6 +123,9 @@ export class LocalSourceOp implements OpImpl {
         // Taken, not read: a transfer that fails half way leaves it unknown too.
         const knownTree = knownTrees.get(mirror);
         knownTrees.delete(mirror);
+        // The mirror's new files are digested as they arrive (treeDigest below reads none), and
+        // kept in its digest cache with the stat the receiver takes of each once all are written.
+        const digested: [abs: string, hex: string][] = [];
         try {
           await receiveDir(stream, {
             dest: mirror,
@@ -134,11 +137,7 @@ export class LocalSourceOp implements OpImpl {
               changed = true;
               files.forget(join(mirror, c.path));
             },
-            // The mirror's new files are digested as they arrive: treeDigest below reads none.
-            onFileDigest: (abs, hex) => {
-              const st = lstatSync(abs, { bigint: true, throwIfNoEntry: false });
-              if (st?.isFile()) files.set(abs, st, hex);
-            },
+            onFileDigest: (abs, hex) => digested.push([abs, hex]),
             onProgress: (n: number) => {
               bytes = n;
               status.update(n);
@@ -149,11 +148,15 @@ export class LocalSourceOp implements OpImpl {
           throw err;
         }
         status.done(bytes);
+        const tree = knownTrees.get(mirror);
+        for (const [abs, hex] of digested) {
+          const st = tree?.entries.get(relative(mirror, abs)) ?? lstatSync(abs, { bigint: true, throwIfNoEntry: false });
+          if (st?.isFile()) files.set(abs, st, hex);
+        }
         // Nothing changed in a mirror whose digests were known: no need to look at it again.
         const known = !changed && before ? parseMirrorDigests(before) : undefined;
         // What the receiver knows of every entry it wrote or kept: neither digest nor size walks the tree.
         // Made only when needed: a rebuild of an unchanged context needs neither.
-        const tree = knownTrees.get(mirror);
         let stats: KnownStats | undefined;
         const knownStats = () => (stats ??= tree && new KnownStats(tree.entries));
         const { content: digest, withTimes } = known ?? (await treeDigests(mirror, { signal: ctx.signal, cache: files, known: knownStats() }));

@@ -270,16 +270,27 @@ async function runCp(args: string[], src: string, signal?: AbortSignal): Promise
  * directories, new inodes, are looked at.
  */
 export function linkedTreeUsage(dir: string, stats: Iterable<[string, BigIntStats]>): number {
-  let size = Number(lstatSync(dir, { bigint: true }).blocks) * 512;
-  const seen = new Set<string>();
-  for (const [rel, st] of stats) {
-    if (st.isDirectory()) size += Number(lstatSync(path.join(dir, rel), { bigint: true }).blocks) * 512;
-    else if (!seen.has(`${st.dev}:${st.ino}`)) {
-      seen.add(`${st.dev}:${st.ino}`);
-      size += Number(st.blocks) * 512;
-    }
+  const u = new UsageCount();
+  u.add(lstatSync(dir, { bigint: true }));
+  for (const [rel, st] of stats) u.add(st.isDirectory() ? lstatSync(path.join(dir, rel), { bigint: true }) : st);
+  return u.size;
+}
+
+/** Blocks of distinct inodes, the way du counts them. */
+class UsageCount {
+  readonly #seen = new Set<string>();
+  size = 0;
+
+  add(st: BigIntStats): void {
+    const key = `${st.dev}:${st.ino}`;
+    if (this.#seen.has(key)) return;
+    this.#seen.add(key);
+    this.size += Number(st.blocks) * 512;
   }
-  return size;
+
+  get inodes(): number {
+    return this.#seen.size;
+  }
 }
 
 /**
@@ -287,16 +298,8 @@ export function linkedTreeUsage(dir: string, stats: Iterable<[string, BigIntStat
  * lookups in time slices (see lstatTree), several times faster than a promise per entry.
  */
 export async function treeUsage(dir: string): Promise<SnapshotUsage> {
-  const seen = new Set<string>();
-  let size = 0;
-  const count = (st: BigIntStats): void => {
-    const key = `${st.dev}:${st.ino}`;
-    if (!seen.has(key)) {
-      seen.add(key);
-      size += Number(st.blocks) * 512;
-    }
-  };
+  const u = new UsageCount();
   // Entries removed meanwhile (a tree being cleaned up) are not counted.
-  await lstatTree(dir, count);
-  return { size, inodes: seen.size };
+  await lstatTree(dir, (st) => u.add(st));
+  return { size: u.size, inodes: u.inodes };
 }
