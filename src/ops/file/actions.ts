@@ -1,4 +1,4 @@
-import { chmod, lstat, mkdir, rm, symlink as fsSymlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, rm, rmdir, symlink as fsSymlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type {
   FileActionCopy,
@@ -169,6 +169,11 @@ async function unpack(srcRoot: string, src: string, destRoot: string, dest: stri
   if (kind === null) return false;
   const d = await resolveInRoot(destRoot, dest);
   await mkdirAll(destRoot, d, 0o755, ci.chown, ci.utime);
+  // Upstream unpacks inside a chroot to the destination, entered by pivot_root onto a temporary
+  // directory it makes and removes in the destination: the destination's mtime becomes the time
+  // of the extraction even when the archive adds nothing at its top (an archive's own `./` entry
+  // still sets it, afterwards). The same mkdir and rmdir here give the same times.
+  await rmdir(await mkdtemp(path.join(d, '.pivot_root')));
   const input = openDecompressed(p, kind);
   try {
     // An archive is not a layer: `.wh.` names in it are files like any other.
