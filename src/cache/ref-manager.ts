@@ -69,6 +69,28 @@ export class RefManager implements ResultCache {
   }
 
   /**
+   * On a snapshotter that can (overlay), an active snapshot on committed snapshot `parent` whose
+   * own layer directory the caller writes directly, unmounted (see Snapshotter.prepareLayer);
+   * null elsewhere. `dir` is that layer directory.
+   */
+  async prepareLayer(parent: string, opts: { signal?: AbortSignal } = {}): Promise<Writable | null> {
+    if (!this.#snap.prepareLayer) return null;
+    const key = newId();
+    this.#activeKeys.add(key);
+    try {
+      const dir = await this.#snap.prepareLayer(key, parent, { signal: opts.signal });
+      if (dir === null) {
+        this.#activeKeys.delete(key);
+        return null;
+      }
+      return new Writable({ manager: this, key, dir, parent: null, parentKey: parent, onDone: () => this.#activeKeys.delete(key) });
+    } catch (err) {
+      this.#activeKeys.delete(key);
+      throw err;
+    }
+  }
+
+  /**
    * Snapshots being made right now (by prepare, or by an op that makes its own): GC leaves them
    * and their parents alone. Returns the release function.
    */

@@ -185,11 +185,15 @@ async function applyOne(
   opts: { signal?: AbortSignal; onExtract?(layer: ChainLayer): () => void; what: string },
 ): Promise<string> {
   const done = opts.onExtract?.(layer);
-  const w = await deps.refs.prepare(null, { parentSnapshot: parent, signal: opts.signal });
+  // On overlay a layer on a parent is written into its snapshot's upper directory, unmounted, as
+  // upstream's applier does there (see applyLayerTar's `overlay`).
+  const layerDir = parent === null ? null : await deps.refs.prepareLayer(parent, { signal: opts.signal });
+  const w = layerDir ?? (await deps.refs.prepare(null, { parentSnapshot: parent, signal: opts.signal }));
   let key: string;
   try {
     const input = decompress(createReadStream(deps.content.path(layer.digest as `sha256:${string}`)), layer.mediaType, `${opts.what}: layer ${layer.digest}`);
-    await applyLayerTar(input, w.dir, { signal: opts.signal });
+    const overlay = layerDir && parent !== null ? { lowerTree: () => deps.refs.snapshotter.dir(parent) } : undefined;
+    await applyLayerTar(input, w.dir, { signal: opts.signal, overlay });
     key = await w.commitSnapshot();
   } catch (err) {
     await w.discard();

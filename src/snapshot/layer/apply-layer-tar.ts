@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { InvalidArgumentError, throwIfAborted } from '../../util/errors.js';
 import { resolveInRoot } from '../../util/fs-safe.js';
 import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from './change.js';
-import { mknod, setTimes, setXattrs, type TimesWrite, type XattrWrite } from './sys-ops.js';
+import { copyXattrs, mknod, setTimes, setXattrs, type TimesWrite, type XattrWrite } from './sys-ops.js';
 import { readTar, type TarEntry } from './tar-reader.js';
 
 /**
@@ -34,6 +34,17 @@ export interface ApplyLayerOptions {
    * files they are, as Docker's Untar does for ADD's archive extraction.
    */
   whiteouts?: boolean;
+  /**
+   * `dir` is an overlay snapshot's own (unmounted) layer directory on a parent: the layer is
+   * written in overlay's on-disk form, as containerd's applier writes a layer into the upper dir
+   * on BuildKit's overlay snapshotter. A `.wh.name` becomes a 0/0 character device, `.wh..wh..opq`
+   * the trusted.overlay.opaque xattr; names resolve inside the layer directory alone; a missing
+   * parent takes the owner, mode and (but trusted.*) xattrs of the directory the parent's tree has
+   * there. Unlike an apply through a mount, no directory is copied up, so none gains overlay's
+   * origin xattrs (nor the xattr block they take, which `du` and `ls -s` show).
+   * `lowerTree` gives the parent's tree, mounted (called only when a parent is missing).
+   */
+  overlay?: { lowerTree(): Promise<string> };
 }
 
 export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLayerOptions = {}): Promise<number> {
@@ -42,6 +53,7 @@ export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLay
   const dirTimes: TimesWrite[] = [];
   const fileTimes: TimesWrite[] = [];
   const xattrs: XattrWrite[] = [];
+  const opaques: XattrWrite[] = [];
   let total = 0;
 
   for await (const e of readTar(input)) {
@@ -62,14 +74,23 @@ export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLay
       if (dangling === 'last') throw new InvalidArgumentError(`open /${name}: no such file or directory`);
       if (dangling) throw new InvalidArgumentError(`mkdir /${dangling}: file exists`);
     }
-    if (parent !== root) mkparent(root, parent, target);
+    if (parent !== root) {
+      if (opts.overlay) await mkparentOnLower(root, parent, target, opts.overlay);
+      else mkparent(root, parent, target);
+    }
 
     if (base === WHITEOUT_OPAQUE && opts.whiteouts !== false) {
-      await clearOpaque(parent, unpacked);
+      if (opts.overlay) opaques.push({ path: parent, name: 'trusted.overlay.opaque', value: Buffer.from('y') });
+      else await clearOpaque(parent, unpacked);
       continue;
     }
     if (base.startsWith(WHITEOUT_PREFIX) && opts.whiteouts !== false) {
-      await rm(path.join(parent, base.slice(WHITEOUT_PREFIX.length)), { recursive: true, force: true });
+      const hidden = path.join(parent, base.slice(WHITEOUT_PREFIX.length));
+      await rm(hidden, { recursive: true, force: true });
+      if (opts.overlay) {
+        await mknod(hidden, S_IFCHR, 0);
+        lchownSync(hidden, e.uid, e.gid);
+      }
       continue;
     }
 
@@ -86,6 +107,9 @@ export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLay
     (e.type === 'dir' ? dirTimes : fileTimes).push({ path: target, atimeNs: ns, mtimeNs: ns });
   }
 
+  (await setXattrs(opaques)).forEach((err, i) => {
+    if (err) throw new InvalidArgumentError(`failed to mark ${rel(root, opaques[i]!.path)} opaque: ${err}`);
+  });
   const errs = await setXattrs(xattrs);
   errs.forEach((err, i) => {
     // Upstream ignores only "not supported"; anything else fails the apply.
@@ -160,6 +184,32 @@ function mkparent(root: string, p: string, entry: string): void {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   }
+}
+
+const S_IFCHR = 0o020000;
+
+/**
+ * mkparent for a layer written into an overlay upper: a parent the layer directory lacks is made
+ * with the owner, mode and xattrs (but overlay's trusted.* ones) of the directory at that path in
+ * the parent snapshot's tree, else 0755 root-owned, as containerd's applier makes it.
+ */
+async function mkparentOnLower(root: string, p: string, entry: string, overlay: { lowerTree(): Promise<string> }): Promise<void> {
+  const st = lstatOrNull(p);
+  if (st) {
+    if (st.isDirectory()) return;
+    throw new InvalidArgumentError(`open ${rel(root, entry)}: not a directory`);
+  }
+  const up = path.dirname(p);
+  if (up.length > root.length) await mkparentOnLower(root, up, entry, overlay);
+  mkdirSync(p);
+  chmodSync(p, 0o755);
+  const tree = await overlay.lowerTree();
+  const lower = await resolveInRoot(tree, rel(root, p));
+  const lst = lstatOrNull(lower);
+  if (!lst?.isDirectory()) return;
+  lchownSync(p, lst.uid, lst.gid);
+  chmodSync(p, lst.mode & 0o7777);
+  await copyXattrs([{ src: lower, dst: p }], { skip: (n) => n.startsWith('trusted.') });
 }
 
 async function clearOpaque(dir: string, unpacked: Set<string>): Promise<void> {
