@@ -13,7 +13,7 @@ import { lstatSync } from 'node:fs';
 import { chmod } from 'node:fs/promises';
 import { sha256 } from '../../util/digest.js';
 import { LRUCache } from 'lru-cache';
-import { copyTree, linkedTreeUsage, linkTree } from '../../snapshot/native/native-snapshotter.js';
+import { copySmall, copyTree, linkedTreeUsage, linkTree, smallCopy } from '../../snapshot/native/native-snapshotter.js';
 import { log as rootLog } from '../../util/log.js';
 import { byteStatus } from '../../util/progress.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
@@ -175,17 +175,23 @@ export class LocalSourceOp implements OpImpl {
   }
 
   /**
-   * The mirror's content as a new committed snapshot. Its files are hard links to the mirror's:
-   * the receiver never writes a mirror file in place (a changed file is a new inode renamed over
-   * the old one, see receiveDir), and nobody writes a committed snapshot, so the shared inodes never
-   * change. Where links cannot be made (mirror and snapshots on different filesystems, a
-   * snapshotter whose fresh snapshot is a mount) the tree is copied.
+   * The mirror's content as a new committed snapshot. A small tree is copied in the daemon; the
+   * files of a larger one are hard links to the mirror's: the receiver never writes a mirror file
+   * in place (a changed file is a new inode renamed over the old one, see receiveDir), and nobody
+   * writes a committed snapshot, so the shared inodes never change. Where links cannot be made
+   * (mirror and snapshots on different filesystems, a snapshotter whose fresh snapshot is a mount)
+   * the tree is copied by cp.
    */
   async #snapshot(mirror: string, digest: string, withTimes: string, ctx: OpContext, stats?: KnownStats): Promise<{ ref: Ref; digest: string; linked: boolean }> {
-    for (const mode of ['link', 'copy'] as const) {
+    // A small tree is copied: its files are then their own inodes, with one link each, as the
+    // files of upstream's local source are (`ls -l` or `stat -c %h` in a step that mounts the
+    // context shows the count). Large trees are linked, at the cost of that count (2).
+    const small = smallCopy(mirror);
+    for (const mode of small ? (['small', 'copy'] as const) : (['link', 'copy'] as const)) {
       const w = await this.#d.refs.prepare(null, { signal: ctx.signal });
       try {
-        if (mode === 'link') await linkTree(mirror, w.dir, ctx.signal);
+        if (mode === 'small') await copySmall(mirror, w.dir, small!);
+        else if (mode === 'link') await linkTree(mirror, w.dir, ctx.signal);
         else await copyTree(mirror, w.dir, ctx.signal);
         // The mirror's own directory is the daemon's (0700); the context's root is 0755 as
         // upstream's, or a step mounting it (RUN --mount=type=bind) as another user cannot read it.
@@ -197,7 +203,7 @@ export class LocalSourceOp implements OpImpl {
       } catch (err) {
         await w.discard();
         if (mode === 'copy' || ctx.signal.aborted) throw err;
-        log.debug({ mirror, err: (err as Error).message }, 'cannot link the mirror into a snapshot; copying it');
+        log.debug({ mirror, err: (err as Error).message }, `cannot ${mode === 'link' ? 'link' : 'copy'} the mirror into a snapshot in the daemon; copying it with cp`);
       }
     }
     throw new LoomError('INTERNAL', 'unreachable');

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmodSync, lchownSync, linkSync, lstatSync, mkdirSync, readdirSync, type BigIntStats } from 'node:fs';
+import { chmodSync, constants as fsConstants, copyFileSync, lchownSync, linkSync, lstatSync, mkdirSync, readdirSync, readlinkSync, symlinkSync, type BigIntStats } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
@@ -240,6 +240,68 @@ async function linkSmallTree(src: string, dst: string, entries: readonly { rel: 
   }
   await copyXattrs(dirs);
   await setTimes(times);
+}
+
+/** Content bytes up to which a small tree may be copied (smallCopy) rather than linked. */
+const SMALL_COPY_BYTES = 4n << 20n;
+
+/** A tree smallCopy may copy: its entries (as smallTree) with their lstat. */
+export interface SmallCopy {
+  entries: { rel: string; dir: boolean; st: BigIntStats }[];
+}
+
+/**
+ * The tree at `root` when it is small enough to copy in the daemon: at most 256 entries and 4 MiB
+ * of file content, nothing but directories, regular files and symlinks. Else undefined.
+ */
+export function smallCopy(root: string): SmallCopy | undefined {
+  const tree = smallTree(root, SMALL_TREE);
+  if (!tree) return undefined;
+  let bytes = 0n;
+  const entries: SmallCopy['entries'] = [];
+  for (const e of tree) {
+    const st = lstatSync(path.join(root, e.rel), { bigint: true });
+    if (st.isFile()) bytes += st.size;
+    else if (!st.isDirectory() && !st.isSymbolicLink()) return undefined;
+    if (bytes > SMALL_COPY_BYTES) return undefined;
+    entries.push({ ...e, st });
+  }
+  return { entries };
+}
+
+/**
+ * Copies a tree smallCopy accepted to the new path `dst`, in the daemon, as `cp -a` would: files
+ * are new inodes (files linked to each other in `src` stay linked to each other), with owner,
+ * mode, xattrs and ns times; the root's metadata goes onto `dst`.
+ */
+export async function copySmall(src: string, dst: string, tree: SmallCopy): Promise<void> {
+  mkdirSync(dst, { recursive: true });
+  const rootSt = lstatSync(src, { bigint: true });
+  const all = [{ from: src, to: dst, st: rootSt }];
+  const firstOf = new Map<bigint, string>();
+  for (const e of tree.entries) {
+    const from = path.join(src, e.rel);
+    const to = path.join(dst, e.rel);
+    if (e.st.isDirectory()) mkdirSync(to);
+    else if (e.st.isSymbolicLink()) symlinkSync(readlinkSync(from), to);
+    else {
+      const first = e.st.nlink > 1n ? firstOf.get(e.st.ino) : undefined;
+      if (first) {
+        linkSync(first, to);
+        continue;
+      }
+      if (e.st.nlink > 1n) firstOf.set(e.st.ino, to);
+      copyFileSync(from, to, fsConstants.COPYFILE_FICLONE);
+    }
+    all.push({ from, to, st: e.st });
+  }
+  for (const a of all) {
+    // Owner first: chown clears setuid bits.
+    lchownSync(a.to, Number(a.st.uid), Number(a.st.gid));
+    if (!a.st.isSymbolicLink()) chmodSync(a.to, Number(a.st.mode) & 0o7777);
+  }
+  await copyXattrs(all.filter((a) => !a.st.isSymbolicLink()).map((a) => ({ src: a.from, dst: a.to })));
+  await setTimes(all.map((a) => ({ path: a.to, atimeNs: a.st.atimeNs, mtimeNs: a.st.mtimeNs })));
 }
 
 async function runCp(args: string[], src: string, signal?: AbortSignal): Promise<void> {

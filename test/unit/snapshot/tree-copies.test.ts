@@ -3,7 +3,7 @@ import { type BigIntStats, chmodSync, chownSync, linkSync, lstatSync, mkdirSync,
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { linkedTreeUsage, linkTree, treeUsage } from '../../../src/snapshot/native/native-snapshotter.js';
+import { copySmall, linkedTreeUsage, linkTree, smallCopy, treeUsage } from '../../../src/snapshot/native/native-snapshotter.js';
 
 let tmp: string;
 beforeEach(() => {
@@ -62,6 +62,50 @@ describe.each([
       .map((rel) => [rel.slice(2), lstatSync(path.join(src, rel), { bigint: true })]);
     await linkTree(src, dst);
     expect(linkedTreeUsage(dst, stats)).toBe((await treeUsage(dst)).size);
+  });
+});
+
+describe('copySmall', () => {
+  it('copies a small tree as cp -a: new inodes with the metadata, links within the tree kept', async () => {
+    const src = path.join(tmp, 'src');
+    const dst = path.join(tmp, 'dst');
+    mkdirSync(src);
+    fill(src, 20);
+    chmodSync(path.join(src, 'd/f3'), 0o4750);
+    if (process.getuid?.() === 0) chownSync(path.join(src, 'd/f3'), 1234, 5678);
+    execFileSync('python3', ['-c', 'import os,sys; os.setxattr(sys.argv[1], "user.k", b"f")', path.join(src, 'd/f4')]);
+    execFileSync('touch', ['-h', '-d', '2001-02-03 04:05:06.123456789', path.join(src, 'link'), path.join(src, 'd/f5'), path.join(src, 'd')]);
+    const tree = smallCopy(src);
+    expect(tree?.entries.length).toBe(25); // d, d/e, 20 files, deep, hard, link
+    await copySmall(src, dst, tree!);
+    for (const p of ['', 'd', 'd/e', 'd/f3', 'd/f4', 'd/f5', 'd/e/deep', 'hard', 'link']) {
+      const s = lstatSync(path.join(src, p), { bigint: true });
+      const d = lstatSync(path.join(dst, p), { bigint: true });
+      expect(d.ino).not.toBe(s.ino);
+      expect([p, d.mode, d.uid, d.gid, d.size, d.mtimeNs]).toEqual([p, s.mode, s.uid, s.gid, s.size, s.mtimeNs]);
+    }
+    // One link per file, as a context's files have upstream; two linked files stay linked to each other.
+    expect(lstatSync(path.join(dst, 'd/f5')).nlink).toBe(1);
+    expect(lstatSync(path.join(dst, 'hard')).ino).toBe(lstatSync(path.join(dst, 'd/e/deep')).ino);
+    expect(lstatSync(path.join(dst, 'hard')).nlink).toBe(2);
+    expect(readFileSync(path.join(dst, 'd/f3'), 'utf8')).toBe('file 3\n'.repeat(3));
+    const xattr = execFileSync('python3', ['-c', 'import os,sys; print(os.getxattr(sys.argv[1], "user.k").decode())', path.join(dst, 'd/f4')], { encoding: 'utf8' });
+    expect(xattr.trim()).toBe('f');
+  });
+
+  it('leaves large trees, and special files, to linking', () => {
+    const src = path.join(tmp, 'src');
+    mkdirSync(src);
+    fill(src, 300);
+    expect(smallCopy(src)).toBeUndefined();
+    const big = path.join(tmp, 'big');
+    mkdirSync(big);
+    writeFileSync(path.join(big, 'f'), Buffer.alloc(5 << 20));
+    expect(smallCopy(big)).toBeUndefined();
+    const fifo = path.join(tmp, 'fifo');
+    mkdirSync(fifo);
+    execFileSync('mkfifo', [path.join(fifo, 'p')]);
+    expect(smallCopy(fifo)).toBeUndefined();
   });
 });
 
