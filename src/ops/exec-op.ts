@@ -174,7 +174,7 @@ export class ExecOp implements OpImpl {
    * rather than the op: as upstream, where selectors are blanked from the op and the selected
    * paths' content keys the input. An input mounted whole anywhere is keyed whole.
    */
-  inputSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+  inputSelectors(): ContentSelector[] {
     return this.#mountSelectors((m) => m.selector || null);
   }
 

@@ -56,15 +56,18 @@ export class FileOpImpl implements OpImpl {
 
   /**
    * An op input used only as the source of copies (never as the tree an action changes) is read
-   * only at those paths. Wildcards and include/exclude patterns make the set of paths depend on
-   * the tree, so those inputs are keyed whole.
+   * only at those paths. A wildcard source is its pattern (see OpImpl.inputSelectors: a local
+   * source is keyed by its matches, another input whole). Include/exclude patterns make the set
+   * of paths depend on the tree, so those inputs are keyed whole.
    */
-  inputSelectors(): ({ paths: string[]; followSymlinks: boolean } | null)[] {
+  inputSelectors(): ContentSelector[] {
     // allowWildcard alone changes nothing for a source without glob characters (Dockerfile COPY
     // always sets it).
-    return this.#copySelectors((c) =>
-      c.includePatterns.length || c.excludePatterns.length || (c.allowWildcard && GLOB.test(c.src)) ? null : { path: c.src, follow: c.followSymlink },
-    );
+    return this.#copySelectors((c) => {
+      if (c.includePatterns.length || c.excludePatterns.length) return null;
+      if (GLOB.test(c.src)) return c.allowWildcard ? { path: c.src, follow: c.followSymlink, wildcard: true } : null;
+      return { path: c.src, follow: c.followSymlink };
+    });
   }
 
   /**

@@ -305,10 +305,12 @@ class JobRun {
             // Ops may leave selected paths out of their own key (exec mounts do, as upstream):
             // they always enter here.
             const digest = this.#contentDigest(i.vertex);
-            if (!digest) return `${key}|paths:${JSON.stringify(sel.paths)}`;
+            // Wildcard patterns key only a local source by what they match; other inputs whole.
+            if (!digest) return sel.wildcards ? key : `${key}|paths:${JSON.stringify(sel.paths)}`;
             const ref = await this.edge(i);
             // A path the step reads that is not there fails the step here, as upstream's key does.
-            return `sel:${await this.#guard(v, () => digest(ref, sel.paths, sel.followSymlinks))}`;
+            const selKey = await this.#guard(v, () => digest(ref, sel.paths, sel.followSymlinks, sel.wildcards));
+            return sel.wildcards ? `sel:wildcards:${selKey}` : `sel:${selKey}`;
           }),
         );
         // Sources do real work to find their key (resolve a tag, sync a directory): they show as a
@@ -407,7 +409,7 @@ class JobRun {
       const check = this.#o.selectorCheck;
       if (check) {
         for (const [n, sel] of (this.#impl(v).inputSelectors?.() ?? []).entries()) {
-          if (sel && inputs[n] && !this.#contentDigest(v.inputs[n]!.vertex)) await check(inputs[n]!, sel.paths, sel.followSymlinks);
+          if (sel && !sel.wildcards && inputs[n] && !this.#contentDigest(v.inputs[n]!.vertex)) await check(inputs[n]!, sel.paths, sel.followSymlinks);
         }
       }
       const merging = this.#o.unlazied.has(v.digest) ? this.#merging(v) : undefined;

@@ -115,9 +115,11 @@ export interface OpImpl {
   /**
    * For each op input, the paths the op reads from it, when it reads nothing else (a copy's
    * sources); null where the whole input matters. The solver keys such inputs by those paths'
-   * content, so changes elsewhere in them keep the step cached.
+   * content, so changes elsewhere in them keep the step cached. With `wildcards`, a path holding a
+   * glob character is a pattern (a wildcard copy source): only a local source's input is then keyed
+   * by what the patterns match (upstream's wildcard checksum); other inputs are keyed whole.
    */
-  inputSelectors?(): ({ paths: string[]; followSymlinks: boolean } | null)[];
+  inputSelectors?(): ContentSelector[];
   /**
    * For each op input, the paths whose content may stand for the input when the step's usual key
    * misses (upstream's content-based cache keys): a copy's sources, a read-only mount. A step whose

@@ -609,6 +609,31 @@ d('dockerfile.v0', () => {
     expect(t.stderr).toMatch(/\[2\/2\] COPY \. \/all\/\n#\d+ CACHED/);
   });
 
+  it('keys a wildcard COPY from the context by what it matches, and fails a missing source at key time (as upstream)', async () => {
+    const ctx = join(work, 'selectors-wildcard');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'a.txt'), 'a\n');
+    writeFileSync(join(ctx, 'b.md'), 'b\n');
+    // The second COPY brings the whole context over, b.md included.
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY *.txt /t/\nCOPY . /all/\n');
+    const build = () => buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`]);
+    expect((await build()).code).toBe(0);
+    writeFileSync(join(ctx, 'b.md'), 'b changed\n');
+    const beside = await build();
+    expect(beside.code, beside.stderr).toBe(0);
+    expect(beside.stderr).toMatch(/#(\d+) \[1\/2\] COPY \*\.txt \/t\/\n#\1 CACHED/);
+    expect(beside.stderr).not.toMatch(/\[2\/2\] COPY \. \/all\/\n#\d+ CACHED/);
+    writeFileSync(join(ctx, 'c.txt'), 'a new match\n');
+    const matched = await build();
+    expect(matched.code, matched.stderr).toBe(0);
+    expect(matched.stderr).not.toMatch(/COPY \*\.txt \/t\/\n#\d+ CACHED/);
+    // A literal source missing beside a wildcard one: upstream's checksum error, before anything runs.
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY *.txt gone.json /t/\n');
+    const missing = await build();
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toMatch(/failed to compute cache key: failed to calculate checksum of ref \w+: "\/gone\.json": not found/);
+  });
+
   it("sends a cached build's context and session without building a protobuf descriptor in the client (they are made when a command needs them)", async () => {
     // scripts/bundle-cli.mjs makes the bundle's descriptors on first use, and the build path
     // (Solve, Status, the session's health, auth and filesync services, packets) needs none:
