@@ -216,8 +216,12 @@ class JobRun {
   }
 
   release(): void {
+    this.#released = true;
     for (const r of this.#releases.splice(0)) r();
   }
+
+  /** Set by release(): steps still finishing after a failed build hold nothing (see #hold). */
+  #released = false;
 
   /**
    * For a mode=max cache export: the steps whose keys this build computed but whose results it
@@ -683,6 +687,10 @@ class JobRun {
   }
 
   #hold(refs: readonly Ref[]): void {
+    // A step that finishes after the build failed and released its refs (the others did not stop
+    // at once) must not hold its result for good: prune --all could never remove it, and a later
+    // build would find it in the cache.
+    if (this.#released) return;
     this.#releases.push(this.#o.cache.hold(refs));
   }
 

@@ -137,4 +137,25 @@ d('bad input', () => {
     const def = Buffer.from(toBinary(DefinitionSchema, marshal(image(`${reg.host}/busybox:latest`))));
     await expectFailure(['build', '--allow', 'network.host'], def, /granting entitlement network\.host is not allowed by build daemon configuration/);
   });
+
+  it('keeps nothing held after a failed build: steps that finish after the failure are pruned by prune --all', async () => {
+    const ctx = join(work, 'failed-holds');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'empty'), '');
+    writeFileSync(join(ctx, 'x'), 'x\n');
+    // Stage b fails at once (no user "nobody" in scratch) while stage a's linked copies may still run.
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      'FROM scratch AS a\nCOPY --link empty /dv/\nCOPY --link x /dv2/\nFROM scratch AS b\nCOPY --chown=nobody x /x\nFROM scratch\nCOPY --from=a /dv /dv\nCOPY --from=b /x /x\n',
+    );
+    for (let i = 0; i < 3; i++) {
+      const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`]);
+      expect(r.code, r.stderr).not.toBe(0);
+      expect(r.stderr).toMatch(/invalid user index: -1/);
+      expect((await buildctl(daemon.addr, ['prune', '--all'])).code).toBe(0);
+      const du = await buildctl(daemon.addr, ['du', '-v']);
+      expect(du.code).toBe(0);
+      expect(du.stdout, `records left after prune --all (run ${i + 1})`).not.toMatch(/^ID:/m);
+    }
+  });
 });
