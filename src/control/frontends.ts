@@ -28,6 +28,18 @@ export async function runFrontend(
   opts: { attrs: Record<string, string>; sessionId: string; deps: GatewayDeps; platforms: Platform[] },
 ): Promise<FrontendOutcome> {
   if (!FRONTENDS.has(name)) throw new InvalidArgumentError(`invalid frontend: ${name}`);
+  // One image resolved twice for one platform (a named context that is also a stage's base) is one
+  // vertex, whose name clients take from its latest event. Upstream names it by whichever resolve
+  // ends last, `[context img] load metadata for ...` or `[internal] load metadata for ...`, varying
+  // from build to build (about half each over 16 random Dockerfiles); loom always names it by the
+  // named context, one of upstream's two, so the same build always reads the same.
+  const resolveNames = new Map<string, string>();
+  const resolveName = (id: string, logName: string): string => {
+    const had = resolveNames.get(id);
+    if (had?.startsWith('[context ') && !logName.startsWith('[context ')) return had;
+    resolveNames.set(id, logName);
+    return logName;
+  };
   const res = await new DockerfileFrontend()
     .solve({
     attrs: opts.attrs,
@@ -38,7 +50,7 @@ export async function runFrontend(
     solve: (def) => b.solve(def),
     readFile: async (id, path, range) => readRefFile((await b.ref(id)).dir, path, range),
     resolveImageConfig: (ref, o) =>
-      inVertex(b.job.progress, { name: o.logName, id: resolveVertexId(ref, o.platform) }, () =>
+      inVertex(b.job.progress, { name: resolveName(resolveVertexId(ref, o.platform), o.logName), id: resolveVertexId(ref, o.platform) }, () =>
         opts.deps.resolveImageConfig(b.job, ref, toPbPlatform(o.platform), o.resolveMode, o.signal),
       ),
     warn: (w) => b.job.progress.warn({ vertex: w.vertex, level: w.level, short: w.short, detail: w.detail, url: w.url }),

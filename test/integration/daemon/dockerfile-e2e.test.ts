@@ -291,6 +291,16 @@ d('dockerfile.v0', () => {
     // Upstream's vertex is the digest of the reference and the platform: two resolves, one vertex.
     const numbers = new Set(r.stderr.split('\n').map((l) => /^(#\d+) \[.*\] load metadata for /.exec(l)?.[1]).filter((n) => n !== undefined));
     expect(numbers.size, r.stderr).toBe(1);
+    // Named by the named context every time (upstream's name varies between this and [internal]).
+    for (let i = 0; i < 3; i++) {
+      const again = await buildctl(daemon.addr, [
+        'build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`,
+        '--opt', `context:base=docker-image://${reg.host}/busybox`, '--progress', 'plain', '--no-cache',
+      ]);
+      expect(again.code, again.stderr).toBe(0);
+      const names = [...again.stderr.matchAll(/^#\d+ (\[.*\]) load metadata for /gm)].map((m) => m[1]);
+      expect(new Set(names), again.stderr).toEqual(new Set(['[context base]']));
+    }
   }, 120_000);
 
   it('shows "merging" under a COPY --link whose merged tree a later step reads, as upstream (not under one another COPY --link merges on)', async () => {
