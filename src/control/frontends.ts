@@ -49,10 +49,12 @@ export async function runFrontend(
     signal: b.job.signal,
     solve: (def) => b.solve(def),
     readFile: async (id, path, range) => readRefFile((await b.ref(id)).dir, path, range),
-    resolveImageConfig: (ref, o) =>
-      inVertex(b.job.progress, { name: resolveName(resolveVertexId(ref, o.platform), o.logName), id: resolveVertexId(ref, o.platform) }, () =>
+    resolveImageConfig: (ref, o) => {
+      const id = resolveVertexId(ref, o.platform);
+      return inVertex(b.job.progress, { name: resolveName(id, o.logName), id }, () =>
         opts.deps.resolveImageConfig(b.job, ref, toPbPlatform(o.platform), o.resolveMode, o.signal),
-      ),
+      );
+    },
     warn: (w) => b.job.progress.warn({ vertex: w.vertex, level: w.level, short: w.short, detail: w.detail, url: w.url }),
   })
     .catch((err: unknown) => {

@@ -9,6 +9,16 @@ import { isAbortError, LoomError } from '../util/errors.js';
 const GLOB = /[*?[\\]/;
 
 /**
+ * A copy's source as a selector path: a wildcard source as its pattern, a source holding glob
+ * characters that is not a wildcard as null (rare enough to key its input whole), else its path
+ * (followed as `follow` says).
+ */
+function sourceSelector(c: FileActionCopy, follow: boolean): { path: string; follow: boolean; wildcard?: boolean } | null {
+  if (GLOB.test(c.src)) return c.allowWildcard ? { path: c.src, follow: c.followSymlink, wildcard: true } : null;
+  return { path: c.src, follow };
+}
+
+/**
  * FileOp: mkdir, mkfile, rm, symlink and copy actions (ops/file/ does the work on snapshots).
  * Each output becomes a ref whose layer is its diff against the op input it grew from.
  */
@@ -63,11 +73,7 @@ export class FileOpImpl implements OpImpl {
   inputSelectors(): ContentSelector[] {
     // allowWildcard alone changes nothing for a source without glob characters (Dockerfile COPY
     // always sets it).
-    return this.#copySelectors((c) => {
-      if (c.includePatterns.length || c.excludePatterns.length) return null;
-      if (GLOB.test(c.src)) return c.allowWildcard ? { path: c.src, follow: c.followSymlink, wildcard: true } : null;
-      return { path: c.src, follow: c.followSymlink };
-    });
+    return this.#copySelectors((c) => (c.includePatterns.length || c.excludePatterns.length ? null : sourceSelector(c, c.followSymlink)));
   }
 
   /**
@@ -77,10 +83,7 @@ export class FileOpImpl implements OpImpl {
    * a wildcard is rare enough to key its input whole.
    */
   contentSelectors(): ContentSelector[] {
-    return this.#copySelectors((c) => {
-      if (GLOB.test(c.src)) return c.allowWildcard ? { path: c.src, follow: c.followSymlink, wildcard: true } : null;
-      return { path: c.src, follow: c.includePatterns.length || c.excludePatterns.length ? true : c.followSymlink };
-    });
+    return this.#copySelectors((c) => sourceSelector(c, c.includePatterns.length || c.excludePatterns.length ? true : c.followSymlink));
   }
 
   async run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]> {

@@ -75,8 +75,9 @@ export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLay
       if (dangling) throw new InvalidArgumentError(`mkdir /${dangling}: file exists`);
     }
     if (parent !== root) {
-      if (opts.overlay) await mkparentOnLower(root, parent, target, opts.overlay);
-      else mkparent(root, parent, target);
+      const made: string[] = [];
+      mkparent(root, parent, target, made);
+      if (opts.overlay && made.length) await takeLowerDirs(root, made, opts.overlay);
     }
 
     if (base === WHITEOUT_OPAQUE && opts.whiteouts !== false) {
@@ -167,20 +168,22 @@ function lstatOrNull(p: string) {
 }
 
 /**
- * Creates missing parents of `entry` 0755; refuses a parent that exists as a non-directory, in the
- * words of the open(2) of the entry that upstream's unpacking fails with.
+ * Creates missing parents of `entry` 0755, adding each it makes to `made` (outermost first);
+ * refuses a parent that exists as a non-directory, in the words of the open(2) of the entry that
+ * upstream's unpacking fails with.
  */
-function mkparent(root: string, p: string, entry: string): void {
+function mkparent(root: string, p: string, entry: string, made: string[]): void {
   const st = lstatOrNull(p);
   if (st) {
     if (st.isDirectory()) return;
     throw new InvalidArgumentError(`open ${rel(root, entry)}: not a directory`);
   }
   const up = path.dirname(p);
-  if (up.length > root.length) mkparent(root, up, entry);
+  if (up.length > root.length) mkparent(root, up, entry, made);
   try {
     mkdirSync(p);
     chmodSync(p, 0o755);
+    made.push(p);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   }
@@ -189,27 +192,23 @@ function mkparent(root: string, p: string, entry: string): void {
 const S_IFCHR = 0o020000;
 
 /**
- * mkparent for a layer written into an overlay upper: a parent the layer directory lacks is made
- * with the owner, mode and xattrs (but overlay's trusted.* ones) of the directory at that path in
- * the parent snapshot's tree, else 0755 root-owned, as containerd's applier makes it.
+ * For a layer written into an overlay upper: the parents mkparent just made (`dirs`) take the
+ * owner, mode and xattrs (but overlay's trusted.* ones) of the directory at that path in the parent
+ * snapshot's tree, where it has one (else they stay 0755 root-owned), as containerd's applier
+ * makes them.
  */
-async function mkparentOnLower(root: string, p: string, entry: string, overlay: { lowerTree(): Promise<string> }): Promise<void> {
-  const st = lstatOrNull(p);
-  if (st) {
-    if (st.isDirectory()) return;
-    throw new InvalidArgumentError(`open ${rel(root, entry)}: not a directory`);
-  }
-  const up = path.dirname(p);
-  if (up.length > root.length) await mkparentOnLower(root, up, entry, overlay);
-  mkdirSync(p);
-  chmodSync(p, 0o755);
+async function takeLowerDirs(root: string, dirs: readonly string[], overlay: { lowerTree(): Promise<string> }): Promise<void> {
   const tree = await overlay.lowerTree();
-  const lower = await resolveInRoot(tree, rel(root, p));
-  const lst = lstatOrNull(lower);
-  if (!lst?.isDirectory()) return;
-  lchownSync(p, lst.uid, lst.gid);
-  chmodSync(p, lst.mode & 0o7777);
-  await copyXattrs([{ src: lower, dst: p }], { skip: (n) => n.startsWith('trusted.') });
+  const pairs: { src: string; dst: string }[] = [];
+  for (const p of dirs) {
+    const lower = await resolveInRoot(tree, rel(root, p));
+    const lst = lstatOrNull(lower);
+    if (!lst?.isDirectory()) continue;
+    lchownSync(p, lst.uid, lst.gid);
+    chmodSync(p, lst.mode & 0o7777);
+    pairs.push({ src: lower, dst: p });
+  }
+  await copyXattrs(pairs, { skip: (n) => n.startsWith('trusted.') });
 }
 
 async function clearOpaque(dir: string, unpacked: Set<string>): Promise<void> {

@@ -222,24 +222,33 @@ function smallTree(root: string, max: number): { rel: string; dir: boolean }[] |
  */
 async function linkSmallTree(src: string, dst: string, entries: readonly { rel: string; dir: boolean }[]): Promise<void> {
   mkdirSync(dst, { recursive: true });
-  const dirs: { src: string; dst: string }[] = [{ src, dst }];
+  const dirs: Made[] = [{ from: src, to: dst, st: lstatSync(src, { bigint: true }) }];
   for (const e of entries) {
     const from = path.join(src, e.rel);
     const to = path.join(dst, e.rel);
     if (e.dir) {
       mkdirSync(to);
-      dirs.push({ src: from, dst: to });
+      dirs.push({ from, to, st: lstatSync(from, { bigint: true }) });
     } else linkSync(from, to);
   }
-  const times: TimesWrite[] = [];
-  for (const d of dirs) {
-    const st = lstatSync(d.src, { bigint: true });
-    lchownSync(d.dst, Number(st.uid), Number(st.gid));
-    chmodSync(d.dst, Number(st.mode) & 0o7777);
-    times.push({ path: d.dst, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
+  await takeMetadata(dirs);
+}
+
+/** An entry made at `to` from the entry at `from`, whose lstat is `st`. */
+type Made = { from: string; to: string; st: BigIntStats };
+
+/**
+ * Gives each made entry its source's owner, mode, xattrs and ns times, as `cp -a` does (symlinks:
+ * owner and times).
+ */
+async function takeMetadata(made: readonly Made[]): Promise<void> {
+  for (const m of made) {
+    // Owner first: chown clears setuid bits.
+    lchownSync(m.to, Number(m.st.uid), Number(m.st.gid));
+    if (!m.st.isSymbolicLink()) chmodSync(m.to, Number(m.st.mode) & 0o7777);
   }
-  await copyXattrs(dirs);
-  await setTimes(times);
+  await copyXattrs(made.filter((m) => !m.st.isSymbolicLink()).map((m) => ({ src: m.from, dst: m.to })));
+  await setTimes(made.map((m): TimesWrite => ({ path: m.to, atimeNs: m.st.atimeNs, mtimeNs: m.st.mtimeNs })));
 }
 
 /** Content bytes up to which a small tree may be copied (smallCopy) rather than linked. */
@@ -276,8 +285,7 @@ export function smallCopy(root: string): SmallCopy | undefined {
  */
 export async function copySmall(src: string, dst: string, tree: SmallCopy): Promise<void> {
   mkdirSync(dst, { recursive: true });
-  const rootSt = lstatSync(src, { bigint: true });
-  const all = [{ from: src, to: dst, st: rootSt }];
+  const all: Made[] = [{ from: src, to: dst, st: lstatSync(src, { bigint: true }) }];
   const firstOf = new Map<bigint, string>();
   for (const e of tree.entries) {
     const from = path.join(src, e.rel);
@@ -295,13 +303,7 @@ export async function copySmall(src: string, dst: string, tree: SmallCopy): Prom
     }
     all.push({ from, to, st: e.st });
   }
-  for (const a of all) {
-    // Owner first: chown clears setuid bits.
-    lchownSync(a.to, Number(a.st.uid), Number(a.st.gid));
-    if (!a.st.isSymbolicLink()) chmodSync(a.to, Number(a.st.mode) & 0o7777);
-  }
-  await copyXattrs(all.filter((a) => !a.st.isSymbolicLink()).map((a) => ({ src: a.from, dst: a.to })));
-  await setTimes(all.map((a) => ({ path: a.to, atimeNs: a.st.atimeNs, mtimeNs: a.st.mtimeNs })));
+  await takeMetadata(all);
 }
 
 async function runCp(args: string[], src: string, signal?: AbortSignal): Promise<void> {
