@@ -1,11 +1,13 @@
 import { createHash } from 'node:crypto';
-import { lstat } from 'node:fs/promises';
-import { lstatSync } from 'node:fs';
+import { lstat, readlink } from 'node:fs/promises';
+import { lstatSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { LoomError, NotFoundError } from '../util/errors.js';
 import { containsWildcards, resolveWildcards, splitWildcards } from '../ops/file/wildcard.js';
 import { LRUCache } from 'lru-cache';
 import { resolveInRoot, resolveParentInRoot } from '../util/fs-safe.js';
+import { PatternMatcher, type MatchInfo } from '../util/patterns.js';
+import type { CopyPatterns } from '../solver/types.js';
 import { fileDigest, treeDigest } from './content-hash.js';
 
 /**
@@ -29,16 +31,27 @@ const memo = new LRUCache<string, Promise<string>>({ max: 4096 });
  * the pattern and each path it matches (resolved as the copy resolves them), so a change beside
  * the matches leaves it as it is, as upstream's wildcard checksum.
  *
+ * A path in `patterns` (a copy source with include/exclude patterns, or a wildcard source's every
+ * match) is a directory filtered as the copy filters it: the digest covers what the patterns keep
+ * and the directories above it, as upstream's checksum with patterns, so an excluded file may
+ * change freely.
+ *
  * `root` must be a committed snapshot's tree (never written again): answers are remembered (see
  * memo above).
  */
-export async function selectorDigest(root: string, paths: readonly string[], followSymlinks: boolean, wildcards = false): Promise<string> {
+export async function selectorDigest(
+  root: string,
+  paths: readonly string[],
+  followSymlinks: boolean,
+  wildcards = false,
+  patterns?: Readonly<Record<string, CopyPatterns>>,
+): Promise<string> {
   const rst = lstatSync(root, { bigint: true, throwIfNoEntry: false });
-  if (!rst) return compute(root, paths, followSymlinks, wildcards);
-  const key = JSON.stringify([root, `${rst.dev}:${rst.ino}:${rst.ctimeNs}`, followSymlinks, wildcards, [...paths].sort()]);
+  if (!rst) return compute(root, paths, followSymlinks, wildcards, patterns);
+  const key = JSON.stringify([root, `${rst.dev}:${rst.ino}:${rst.ctimeNs}`, followSymlinks, wildcards, [...paths].sort(), patterns ?? null]);
   let p = memo.get(key);
   if (!p) {
-    p = compute(root, paths, followSymlinks, wildcards);
+    p = compute(root, paths, followSymlinks, wildcards, patterns);
     memo.set(key, p);
     // A failure (a cancelled walk) is not remembered.
     p.catch(() => memo.delete(key));
@@ -71,18 +84,26 @@ export async function selectorsExist(root: string, paths: readonly string[], fol
   for (const p of [...paths].sort()) await resolveSelected(root, p, followSymlinks);
 }
 
-async function compute(root: string, paths: readonly string[], followSymlinks: boolean, wildcards: boolean): Promise<string> {
+async function compute(
+  root: string,
+  paths: readonly string[],
+  followSymlinks: boolean,
+  wildcards: boolean,
+  patterns: Readonly<Record<string, CopyPatterns>> | undefined,
+): Promise<string> {
   const h = createHash('sha256');
-  const add = async (p: string): Promise<void> => {
+  const add = async (p: string, filter?: CopyPatterns): Promise<void> => {
     const { host, st } = await resolveSelected(root, p, followSymlinks);
     const head = `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
-    if (st.isDirectory()) h.update(`${head} dir ${await treeDigest(host)}\n`);
+    if (st.isDirectory() && filter) h.update(`${head} dir ${JSON.stringify(filter)} ${await filteredDigest(host, filter)}\n`);
+    else if (st.isDirectory()) h.update(`${head} dir ${await treeDigest(host)}\n`);
     else if (st.isFile()) h.update(`${head} file ${await fileDigest(host)}\n`);
     else h.update(`${head} other ${st.size}\n`);
   };
   for (const p of [...paths].sort()) {
+    const filter = patterns?.[p];
     if (!wildcards || !containsWildcards(p)) {
-      await add(p);
+      await add(p, filter);
       continue;
     }
     let matches: string[];
@@ -93,7 +114,63 @@ async function compute(root: string, paths: readonly string[], followSymlinks: b
       throw new NotFoundError(`${JSON.stringify(splitWildcards(path.posix.join('/', p))[0])}: not found`, { cause: err });
     }
     h.update(`${JSON.stringify(p)} matches ${matches.length}\n`);
-    for (const m of matches) await add(m);
+    for (const m of matches) await add(m, filter);
   }
+  return `sha256:${h.digest('hex')}`;
+}
+
+/**
+ * The digest of what a copy of directory `dir` with include/exclude patterns takes from it, as
+ * ops/file/copy.ts filters (patterns matched against paths below `dir`, every directory walked):
+ * each kept entry's path, type, permission bits, owner and content, and the directories above
+ * kept entries (the copy makes them). A directory holding nothing kept adds nothing.
+ */
+async function filteredDigest(dir: string, filter: CopyPatterns): Promise<string> {
+  const include = filter.include.length ? new PatternMatcher(filter.include) : null;
+  const exclude = filter.exclude.length ? new PatternMatcher(filter.exclude) : null;
+  const h = createHash('sha256');
+  // The directories above the entry at hand, by depth, and whether each is in the digest yet.
+  const above: { line: string; added: boolean }[] = [];
+  const addAbove = (): void => {
+    for (const d of above) {
+      if (!d.added) h.update(d.line);
+      d.added = true;
+    }
+  };
+  const walk = async (host: string, rel: string, depth: number, inc: MatchInfo | undefined, exc: MatchInfo | undefined): Promise<void> => {
+    const names = readdirSync(host).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    for (const n of names) {
+      const comps = rel === '' ? n : `${rel}/${n}`;
+      const full = path.join(host, n);
+      const st = lstatSync(full);
+      let kept = true;
+      let incInfo: MatchInfo | undefined;
+      let excInfo: MatchInfo | undefined;
+      if (include) {
+        const r = include.matchesUsingParentResults(comps, inc);
+        kept = r.matched;
+        incInfo = r.info;
+      }
+      if (exclude) {
+        const r = exclude.matchesUsingParentResults(comps, exc);
+        if (r.matched) kept = false;
+        excInfo = r.info;
+      }
+      const head = `${JSON.stringify(comps)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
+      above.length = depth;
+      if (st.isDirectory()) {
+        above.push({ line: `${head} dir\n`, added: false });
+        if (kept) addAbove();
+        await walk(full, comps, depth + 1, incInfo, excInfo);
+        continue;
+      }
+      if (!kept) continue;
+      addAbove();
+      if (st.isFile()) h.update(`${head} file ${await fileDigest(full)}\n`);
+      else if (st.isSymbolicLink()) h.update(`${head} link ${await readlink(full)}\n`);
+      else h.update(`${head} other ${st.rdev}\n`);
+    }
+  };
+  await walk(dir, '', 0, undefined, undefined);
   return `sha256:${h.digest('hex')}`;
 }

@@ -1,21 +1,24 @@
 import type { RefManager } from '../cache/ref-manager.js';
 import { newId } from '../cache/ref-manager.js';
 import type { FileActionCopy, FileOp } from '../gen/buildkit/ops_pb.js';
-import type { ContentSelector, OpContext, OpImpl, Ref } from '../solver/types.js';
+import type { ContentSelector, CopyPatterns, OpContext, OpImpl, Ref } from '../solver/types.js';
 import { FileActionError, runFileOp } from './file/file-op.js';
 import { isAbortError, LoomError } from '../util/errors.js';
 
 /** Characters that make a copy source a pattern. */
 const GLOB = /[*?[\\]/;
 
+type SourceSelector = { path: string; follow: boolean; wildcard?: boolean; patterns?: CopyPatterns };
+
 /**
  * A copy's source as a selector path: a wildcard source as its pattern, a source holding glob
- * characters that is not a wildcard as null (rare enough to key its input whole), else its path
- * (followed as `follow` says).
+ * characters that is not a wildcard as null (rare enough to key its input whole), else its path;
+ * with the copy's include/exclude patterns, if any (upstream's checksum with patterns).
  */
-function sourceSelector(c: FileActionCopy, follow: boolean): { path: string; follow: boolean; wildcard?: boolean } | null {
-  if (GLOB.test(c.src)) return c.allowWildcard ? { path: c.src, follow: c.followSymlink, wildcard: true } : null;
-  return { path: c.src, follow };
+function sourceSelector(c: FileActionCopy): SourceSelector | null {
+  const patterns = c.includePatterns.length || c.excludePatterns.length ? { include: [...c.includePatterns], exclude: [...c.excludePatterns] } : undefined;
+  if (GLOB.test(c.src)) return c.allowWildcard ? { path: c.src, follow: c.followSymlink, wildcard: true, patterns } : null;
+  return { path: c.src, follow: c.followSymlink, patterns };
 }
 
 /**
@@ -38,9 +41,10 @@ export class FileOpImpl implements OpImpl {
   /**
    * For each op input, the paths read from it: null for an input some action changes (its whole
    * tree matters) or one `read` gives up on (null for a copy), else the paths `read` names for
-   * the copies from it, all followed or not alike (null when they disagree).
+   * the copies from it, all followed or not alike and each path with one set of patterns (null
+   * when they disagree).
    */
-  #copySelectors(read: (c: FileActionCopy) => { path: string; follow: boolean; wildcard?: boolean } | null): ContentSelector[] {
+  #copySelectors(read: (c: FileActionCopy) => SourceSelector | null): ContentSelector[] {
     const n = Math.max(0, ...this.#op.actions.flatMap((a) => [Number(a.input), Number(a.secondaryInput)]).map((i) => i + 1));
     const sel: (ContentSelector | undefined)[] = new Array(n).fill(undefined);
     for (const a of this.#op.actions) {
@@ -53,12 +57,14 @@ export class FileOpImpl implements OpImpl {
       if (i < 0 || i >= n || sel[i] === null) continue;
       const r = read(a.action.value);
       const cur = sel[i] ?? (r && { paths: [], followSymlinks: r.follow });
-      if (!r || !cur || cur.followSymlinks !== r.follow) {
+      const known = !!r && !!cur?.paths.includes(r.path);
+      if (!r || !cur || cur.followSymlinks !== r.follow || (known && JSON.stringify(cur.patterns?.[r.path]) !== JSON.stringify(r.patterns))) {
         sel[i] = null;
         continue;
       }
-      if (!cur.paths.includes(r.path)) cur.paths.push(r.path);
+      if (!known) cur.paths.push(r.path);
       if (r.wildcard) cur.wildcards = true;
+      if (r.patterns) cur.patterns = { ...cur.patterns, [r.path]: r.patterns };
       sel[i] = cur;
     }
     return sel.map((x) => x ?? null);
@@ -66,24 +72,24 @@ export class FileOpImpl implements OpImpl {
 
   /**
    * An op input used only as the source of copies (never as the tree an action changes) is read
-   * only at those paths. A wildcard source is its pattern (see OpImpl.inputSelectors: a local
-   * source is keyed by its matches, another input whole). Include/exclude patterns make the set
-   * of paths depend on the tree, so those inputs are keyed whole.
+   * only at those paths. A wildcard source is its pattern and a source with include/exclude
+   * patterns carries them (see OpImpl.inputSelectors: a local source is keyed by what they
+   * select; another input by the paths and patterns, or whole for a wildcard).
    */
   inputSelectors(): ContentSelector[] {
     // allowWildcard alone changes nothing for a source without glob characters (Dockerfile COPY
     // always sets it).
-    return this.#copySelectors((c) => (c.includePatterns.length || c.excludePatterns.length ? null : sourceSelector(c, c.followSymlink)));
+    return this.#copySelectors(sourceSelector);
   }
 
   /**
    * The inputs that are only copied from, by the paths copied: a wildcard source as its pattern
-   * (what it matches, as upstream's wildcard checksum), for include/exclude patterns the source
-   * directory (which covers what the copy reads). A source holding glob characters that is not
-   * a wildcard is rare enough to key its input whole.
+   * (what it matches, as upstream's wildcard checksum), a source with include/exclude patterns by
+   * what they keep (upstream's checksum with patterns). A source holding glob characters that is
+   * not a wildcard is rare enough to key its input whole.
    */
   contentSelectors(): ContentSelector[] {
-    return this.#copySelectors((c) => sourceSelector(c, c.includePatterns.length || c.excludePatterns.length ? true : c.followSymlink));
+    return this.#copySelectors(sourceSelector);
   }
 
   async run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]> {

@@ -8,7 +8,7 @@ import { fromPbPlatform } from '../util/pb-platform.js';
 import { CacheKeyError, clarifyNameError, errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { sharedRun, type SharedRun } from '../util/shared-run.js';
-import type { ContentSelector, JobContext, OpContext, OpImpl, OpResolver, Ref, StepContentKey } from './types.js';
+import type { ContentSelector, CopyPatterns, JobContext, OpContext, OpImpl, OpResolver, Ref, StepContentKey } from './types.js';
 
 const log = () => rootLog.child({ sub: 'solver' });
 
@@ -43,7 +43,7 @@ interface KeyParts {
 }
 
 /** The digest of some paths of a ref's tree (cache/selector-digest.ts). */
-export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean, wildcards?: boolean) => Promise<string>;
+export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean, wildcards?: boolean, patterns?: Record<string, CopyPatterns>) => Promise<string>;
 /** Fails as SelectorDigest does when one of the paths is missing, digesting nothing. */
 export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean) => Promise<void>;
 
@@ -310,10 +310,10 @@ class JobRun {
             // they always enter here.
             const digest = this.#contentDigest(i.vertex);
             // Wildcard patterns key only a local source by what they match; other inputs whole.
-            if (!digest) return sel.wildcards ? key : `${key}|paths:${JSON.stringify(sel.paths)}`;
+            if (!digest) return sel.wildcards ? key : `${key}|paths:${JSON.stringify(sel.paths)}${sel.patterns ? `|patterns:${JSON.stringify(sel.patterns)}` : ''}`;
             const ref = await this.edge(i);
             // A path the step reads that is not there fails the step here, as upstream's key does.
-            const selKey = await this.#guard(v, () => digest(ref, sel.paths, sel.followSymlinks, sel.wildcards));
+            const selKey = await this.#guard(v, () => digest(ref, sel.paths, sel.followSymlinks, sel.wildcards, sel.patterns));
             return sel.wildcards ? `sel:wildcards:${selKey}` : `sel:${selKey}`;
           }),
         );
@@ -491,7 +491,7 @@ class JobRun {
       const content = await Promise.all(
         v.inputs.map(async (i, idx) => {
           const sel = sels[idx];
-          return sel && byContent(i, idx) ? `content:${await digest(await this.edge(i), sel.paths, sel.followSymlinks, sel.wildcards)}` : inputKeys[idx]!;
+          return sel && byContent(i, idx) ? `content:${await digest(await this.edge(i), sel.paths, sel.followSymlinks, sel.wildcards, sel.patterns)}` : inputKeys[idx]!;
         }),
       );
       return sha256(JSON.stringify({ ...identity, content }));

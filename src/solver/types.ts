@@ -128,7 +128,8 @@ export interface OpImpl {
    * it. null where the input cannot be keyed by content (the tree an action changes, the root).
    * The paths may cover more than the op reads (a copy's include/exclude patterns), never less.
    * With `wildcards`, a path holding a glob character is a pattern (a wildcard copy source): what
-   * it matches stands for it.
+   * it matches stands for it. A path in `patterns` is a copy source filtered by include/exclude
+   * patterns: only what they keep (and the directories above it) stands for it.
    */
   contentSelectors?(): ContentSelector[];
   /** Produces the op's outputs (one per output index) from its inputs (one per Op.inputs entry). */
@@ -136,7 +137,13 @@ export interface OpImpl {
 }
 
 /** See OpImpl.contentSelectors. */
-export type ContentSelector = { paths: string[]; followSymlinks: boolean; wildcards?: boolean } | null;
+export type ContentSelector = { paths: string[]; followSymlinks: boolean; wildcards?: boolean; patterns?: Record<string, CopyPatterns> } | null;
+
+/** A copy's include and exclude patterns, matched against paths below its source. */
+export interface CopyPatterns {
+  include: string[];
+  exclude: string[];
+}
 
 /** A step's content key and the marker saying a build ran it on its other inputs (see Solver #byContent). */
 export interface StepContentKey {

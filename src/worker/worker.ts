@@ -102,7 +102,7 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
     cache: refs,
     defaultPlatform: toPbPlatform(platforms[0] ?? detected.native),
     observe: o.observe,
-    selectorDigest: (ref, paths, follow, wildcards) => selectorDigest(ref.dir, paths, follow, wildcards).catch((err: unknown) => keyError(ref, err)),
+    selectorDigest: (ref, paths, follow, wildcards, patterns) => selectorDigest(ref.dir, paths, follow, wildcards, patterns).catch((err: unknown) => keyError(ref, err)),
     selectorCheck: (ref, paths, follow) => selectorsExist(ref.dir, paths, follow).catch((err: unknown) => keyError(ref, err)),
   });
   const exporters = createExporters(deps);

@@ -644,6 +644,32 @@ d('dockerfile.v0', () => {
     expect(missing.stderr).toMatch(/failed to compute cache key: failed to calculate checksum of ref \w+: "\/gone\.json": not found/);
   });
 
+  it('keys a COPY --exclude from the context by what it keeps: an excluded file may change, a kept one may not (as upstream)', async () => {
+    const ctx = join(work, 'selectors-exclude');
+    mkdirSync(join(ctx, 'app', 'docs'), { recursive: true });
+    writeFileSync(join(ctx, 'app', 'main.js'), 'main\n');
+    writeFileSync(join(ctx, 'app', 'notes.md'), 'notes\n');
+    writeFileSync(join(ctx, 'app', 'docs', 'guide.txt'), 'guide\n');
+    // The RUN sends the whole context over (a bind mount of it), so every edit reaches the daemon.
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY --exclude=*.md --exclude=docs app/ /app/\nRUN --mount=type=bind,target=/ctx cat /ctx/app/notes.md > /notes\n`);
+    const out = join(work, 'selectors-exclude-out');
+    const build = () => buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--output', `type=local,dest=${out}`]);
+    const first = await build();
+    expect(first.code, first.stderr).toBe(0);
+    expect(readdirSync(join(out, 'app')).sort()).toEqual(['main.js']);
+    writeFileSync(join(ctx, 'app', 'notes.md'), 'notes changed\n');
+    writeFileSync(join(ctx, 'app', 'docs', 'new.txt'), 'new\n');
+    const excluded = await build();
+    expect(excluded.code, excluded.stderr).toBe(0);
+    expect(excluded.stderr).toMatch(/#(\d+) \[stage-0 2\/3\] COPY --exclude=\*\.md --exclude=docs app\/ \/app\/\n#\1 CACHED/);
+    expect(readFileSync(join(out, 'notes'), 'utf8')).toBe('notes changed\n');
+    writeFileSync(join(ctx, 'app', 'lib.js'), 'lib\n');
+    const kept = await build();
+    expect(kept.code, kept.stderr).toBe(0);
+    expect(kept.stderr).not.toMatch(/COPY --exclude=\*\.md --exclude=docs app\/ \/app\/\n#\d+ CACHED/);
+    expect(readdirSync(join(out, 'app')).sort()).toEqual(['lib.js', 'main.js']);
+  });
+
   it("sends a cached build's context and session without building a protobuf descriptor in the client (they are made when a command needs them)", async () => {
     // scripts/bundle-cli.mjs makes the bundle's descriptors on first use, and the build path
     // (Solve, Status, the session's health, auth and filesync services, packets) needs none:

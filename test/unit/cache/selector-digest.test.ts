@@ -1,6 +1,6 @@
 // selectorDigest: the digest of exactly the paths a step reads from a tree, which keys a step by
 // content. A digest that stays the same when what the step reads changed is a wrong cache hit.
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -50,5 +50,32 @@ describe('selectorDigest', () => {
     const literal = await selectorDigest(t, ['/d/*.txt'], true, false);
     expect(literal).not.toBe(await selectorDigest(t, ['/d/*.txt'], true, true));
     await expect(selectorDigest(tree(base), ['/nothere/*.txt'], true, true)).rejects.toThrow('"/nothere": not found');
+  });
+
+  it('digests what include/exclude patterns keep: an excluded file may change, a kept one or a new kept one may not', async () => {
+    const ex = { '/d': { include: [], exclude: ['*.bin', 'sub'] } };
+    const d0 = await selectorDigest(tree(base), ['/d'], true, false, ex);
+    expect(await selectorDigest(tree({ ...base, 'd/other.bin': 'changed', 'd/sub/c.txt': 'changed', 'd/sub/new': 'n', 'e/x': 'y' }), ['/d'], true, false, ex)).toBe(d0);
+    expect(await selectorDigest(tree({ ...base, 'd/a.txt': 'A' }), ['/d'], true, false, ex)).not.toBe(d0);
+    expect(await selectorDigest(tree({ ...base, 'd/new.txt': 'n' }), ['/d'], true, false, ex)).not.toBe(d0);
+    // The same tree without patterns, or with others, is another selection.
+    expect(await selectorDigest(tree(base), ['/d'], true, false)).not.toBe(d0);
+    expect(await selectorDigest(tree(base), ['/d'], true, false, { '/d': { include: [], exclude: ['*.bin'] } })).not.toBe(d0);
+
+    // Include patterns (with an exception below): only what they keep counts, and the directories above it.
+    const inc = { '/d': { include: ['sub', '!sub/skip'], exclude: [] } };
+    const i0 = await selectorDigest(tree({ ...base, 'd/sub/skip': 's' }), ['/d'], true, false, inc);
+    expect(await selectorDigest(tree({ ...base, 'd/sub/skip': 'changed', 'd/a.txt': 'A', 'd/b.txt': 'B' }), ['/d'], true, false, inc)).toBe(i0);
+    expect(await selectorDigest(tree({ ...base, 'd/sub/skip': 's', 'd/sub/c.txt': 'C' }), ['/d'], true, false, inc)).not.toBe(i0);
+    const tighter = tree({ ...base, 'd/sub/skip': 's' });
+    chmodSync(path.join(tighter, 'd/sub'), 0o700);
+    expect(await selectorDigest(tighter, ['/d'], true, false, inc)).not.toBe(i0);
+  });
+
+  it('applies patterns below each match of a wildcard', async () => {
+    const sel = { '/d*': { include: [], exclude: ['*.bin'] } };
+    const d0 = await selectorDigest(tree(base), ['/d*'], true, true, sel);
+    expect(await selectorDigest(tree({ ...base, 'd/other.bin': 'changed' }), ['/d*'], true, true, sel)).toBe(d0);
+    expect(await selectorDigest(tree({ ...base, 'd/a.txt': 'A' }), ['/d*'], true, true, sel)).not.toBe(d0);
   });
 });

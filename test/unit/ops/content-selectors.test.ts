@@ -31,12 +31,25 @@ describe('content selectors of a file op', () => {
     expect(op.contentSelectors()).toEqual([null, { paths: ['/out/a', '/out/b'], followSymlinks: true }]);
   });
 
-  it('keys a wildcard by its pattern (what it matches), patterns by the source directory, a literal glob source not at all', () => {
+  it('keys a wildcard by its pattern (what it matches), include/exclude patterns by what they keep, a literal glob source not at all', () => {
     expect(fileOp(copy(0, 1, { src: '/d/sub/x*.txt', allowWildcard: true }), copy(0, 1, { src: '/e' }))
       .contentSelectors()[1]).toEqual({ paths: ['/d/sub/x*.txt', '/e'], followSymlinks: true, wildcards: true });
     expect(fileOp(copy(0, 1, { src: '*.txt', allowWildcard: true })).contentSelectors()[1]).toEqual({ paths: ['*.txt'], followSymlinks: true, wildcards: true });
     expect(fileOp(copy(0, 1, { src: '/a[1]', allowWildcard: false })).contentSelectors()[1]).toBeNull();
-    expect(fileOp(copy(0, 1, { src: '/app', includePatterns: ['*.js'], followSymlink: false })).contentSelectors()[1]).toEqual({ paths: ['/app'], followSymlinks: true });
+    const filtered = { paths: ['/app'], followSymlinks: false, patterns: { '/app': { include: ['*.js'], exclude: [] } } };
+    expect(fileOp(copy(0, 1, { src: '/app', includePatterns: ['*.js'], followSymlink: false })).contentSelectors()[1]).toEqual(filtered);
+    expect(fileOp(copy(0, 1, { src: '/app', includePatterns: ['*.js'], followSymlink: false })).inputSelectors()[1]).toEqual(filtered);
+    expect(fileOp(copy(0, 1, { src: '/d/*', allowWildcard: true, excludePatterns: ['*.md'] })).inputSelectors()[1]).toEqual({
+      paths: ['/d/*'], followSymlinks: true, wildcards: true, patterns: { '/d/*': { include: [], exclude: ['*.md'] } },
+    });
+  });
+
+  it('gives up on a path copied twice with different patterns, not on two paths with their own', () => {
+    expect(fileOp(copy(0, 1, { src: '/app', excludePatterns: ['*.md'] }), copy(-1, 1, { src: '/app' })).inputSelectors()[1]).toBeNull();
+    expect(fileOp(copy(0, 1, { src: '/app', excludePatterns: ['*.md'] }), copy(-1, 1, { src: '/app', excludePatterns: ['*.txt'] })).inputSelectors()[1]).toBeNull();
+    expect(fileOp(copy(0, 1, { src: '/app', excludePatterns: ['*.md'] }), copy(-1, 1, { src: '/lib' })).inputSelectors()[1]).toEqual({
+      paths: ['/app', '/lib'], followSymlinks: true, patterns: { '/app': { include: [], exclude: ['*.md'] } },
+    });
   });
 
   it('gives up on an input also changed by an action, or copied both with and without following links', () => {
