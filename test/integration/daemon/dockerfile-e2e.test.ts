@@ -670,6 +670,19 @@ d('dockerfile.v0', () => {
     expect(readdirSync(join(out, 'app')).sort()).toEqual(['lib.js', 'main.js']);
   });
 
+  it('keys a COPY --from --exclude by the content it keeps: a stage made again that changes only an excluded file leaves it cached', async () => {
+    const ctx = join(work, 'selectors-exclude-from');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest AS s\nARG V\nRUN mkdir /d && echo keep > /d/k && echo $V > /d/x.md\nFROM scratch\nCOPY --from=s --exclude=*.md /d /d/\n`);
+    const stage = (v: string) => buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', `build-arg:V=${v}`]);
+    expect((await stage('1')).code).toBe(0);
+    const other = await stage('2');
+    expect(other.code, other.stderr).toBe(0);
+    expect(other.stderr).toMatch(/#(\d+) \[s 2\/2\] RUN mkdir/);
+    expect(other.stderr).not.toMatch(/RUN mkdir .*\n#\d+ CACHED/);
+    expect(other.stderr).toMatch(/#(\d+) \[stage-1 1\/1\] COPY --from=s --exclude=\*\.md \/d \/d\/\n#\1 CACHED/);
+  });
+
   it("sends a cached build's context and session without building a protobuf descriptor in the client (they are made when a command needs them)", async () => {
     // scripts/bundle-cli.mjs makes the bundle's descriptors on first use, and the build path
     // (Solve, Status, the session's health, auth and filesync services, packets) needs none:
