@@ -327,7 +327,7 @@ class JobRun {
           this.#report(v, { started, completed: new Date() });
           if (v.op.op.case === 'source') this.#o.job.steps?.source?.(v.op.op.value.identifier, this.#impl(v).pin?.() ?? extra, fromPbPlatform(v.op.platform ?? this.#o.defaultPlatform));
         }
-        const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
+        const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: keyPlatform(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
         this.#parts.set(v.digest, { key, inputs: v.inputs.map((i, n) => ({ name: i.vertex.name, key: inputKeys[n]! })), extra });
         if (v.metadata?.ignoreCache !== true) return byContent ? await this.#byContent(v, key, content!, inputKeys, extra) : key;
         // A step the client asked to run (--no-cache, or a no-cache stage) runs, and so does what
@@ -486,7 +486,7 @@ class JobRun {
     const byContent = (i: Edge, n: number) => sels[n] && !isLocalSource(i.vertex);
     const n = Math.max(1, outputCount(v.op));
     if (await this.#found(key, n)) return key;
-    const identity = { op: opDigestWithoutInputs(v), platform: platformKey(v, this.#o.defaultPlatform), extra };
+    const identity = { op: opDigestWithoutInputs(v), platform: keyPlatform(v, this.#o.defaultPlatform), extra };
     const contentKey = async () => {
       const content = await Promise.all(
         v.inputs.map(async (i, idx) => {
@@ -773,6 +773,17 @@ function opDigestWithoutInputs(v: Vertex): string {
 function platformKey(v: Vertex, def: Platform): string {
   const p = v.op.platform ?? create(PlatformSchema, def);
   return [p.OS, p.Architecture, p.Variant].join('/');
+}
+
+/**
+ * The platform a step's cache key holds: none for file, merge and diff ops, whose work does not
+ * depend on it (as upstream, whose cache maps for them leave the platform out). The same copy
+ * made for two platforms of one build (a stage FROM scratch) is then one step: it runs once and
+ * both platforms' images share its layer.
+ */
+function keyPlatform(v: Vertex, def: Platform): string {
+  const c = v.op.op.case;
+  return c === 'file' || c === 'merge' || c === 'diff' ? '' : platformKey(v, def);
 }
 
 export { log as solverLog };

@@ -279,6 +279,27 @@ d('dockerfile.v0', () => {
     expect(r.stderr.split('\n').filter((l) => l.startsWith(`${contextVertex} transferring context:`))).toHaveLength(1);
   }, 120_000);
 
+  it('makes a copy that does not depend on the platform once for a multi-platform build: both images share its layer, as upstream', async () => {
+    const ctx = join(work, 'multi-scratch');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'a.txt'), 'a\n');
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY a.txt /a\n');
+    const out = join(work, 'multi-scratch.tar');
+    const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', 'platform=linux/arm64,linux/amd64', '--progress', 'plain', '--output', `type=oci,dest=${out}`]);
+    expect(r.code, r.stderr).toBe(0);
+    // Upstream (v0.11.6) shows the step once, named by one of the platforms.
+    expect(r.stderr.match(/^#\d+ \[linux\/(amd64|arm64) 1\/1\] COPY a\.txt \/a$/gm)).toHaveLength(1);
+    const dir = join(work, 'multi-scratch');
+    mkdirSync(dir, { recursive: true });
+    await run('tar', ['-xf', out, '-C', dir]);
+    const index = JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8'));
+    const list = readJson(dir, index.manifests[0].digest);
+    const layers = list.manifests.map((m: { digest: string }) => readJson(dir, m.digest).layers.map((l: { digest: string }) => l.digest));
+    expect(list.manifests.map((m: { platform: { architecture: string } }) => m.platform.architecture).sort()).toEqual(['amd64', 'arm64']);
+    expect(layers[0]).toHaveLength(1);
+    expect(layers[1]).toEqual(layers[0]);
+  }, 120_000);
+
   it('shows one metadata vertex for one image and platform resolved twice (a named context and a FROM), as upstream', async () => {
     const ctx = join(work, 'resolve-twice');
     mkdirSync(ctx);
