@@ -2,10 +2,10 @@ import { createHash } from 'node:crypto';
 import { lstat, readlink } from 'node:fs/promises';
 import { lstatSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { LoomError, NotFoundError } from '../util/errors.js';
+import { InvalidArgumentError, LoomError, NotFoundError } from '../util/errors.js';
 import { containsWildcards, resolveWildcards, splitWildcards } from '../ops/file/wildcard.js';
 import { LRUCache } from 'lru-cache';
-import { resolveInRoot, resolveParentInRoot } from '../util/fs-safe.js';
+import { resolveParentInRoot } from '../util/fs-safe.js';
 import { PatternMatcher, type MatchInfo } from '../util/patterns.js';
 import type { CopyPatterns } from '../solver/types.js';
 import { fileDigest, treeDigest } from './content-hash.js';
@@ -60,20 +60,32 @@ export async function selectorDigest(
 }
 
 /**
- * Where selected path `p` is on the host and its lstat; a path that is not there is upstream's
- * content-hash error, named as it resolved inside the tree (a symlink's target, `..` cleaned away).
+ * Where selected path `p` is on the host and its lstat. A path that is not there is upstream's
+ * content-hash error, named as upstream names it: the path asked for, or, when its last component
+ * is a symlink followed (`followSymlinks`), the symlink's target (joined to the link's directory
+ * as written, `..` cleaned away); a symlink among the parents does not change the name.
  */
 async function resolveSelected(root: string, p: string, followSymlinks: boolean) {
-  let host: string;
-  try {
-    host = followSymlinks ? await resolveInRoot(root, p) : await resolveParentInRoot(root, p);
-  } catch {
-    throw new NotFoundError(`${JSON.stringify(path.posix.join('/', p))}: not found`);
+  let cur = path.posix.join('/', p);
+  for (let hops = 0; ; hops++) {
+    const notFound = () => new NotFoundError(`${JSON.stringify(cur)}: not found`);
+    let host: string;
+    try {
+      host = await resolveParentInRoot(root, cur);
+    } catch {
+      throw notFound();
+    }
+    const st = await lstat(host).catch(() => undefined);
+    if (!st) throw notFound();
+    if (!followSymlinks || !st.isSymbolicLink()) return { host, st };
+    if (hops >= MAX_SYMLINKS) throw new InvalidArgumentError(`too many symlinks: ${JSON.stringify(path.posix.join('/', p))}`);
+    const link = await readlink(host);
+    cur = path.posix.isAbsolute(link) ? path.posix.normalize(link) : path.posix.join(path.posix.dirname(cur), link);
   }
-  const st = await lstat(host).catch(() => undefined);
-  if (!st) throw new NotFoundError(`${JSON.stringify(path.posix.join('/', path.relative(root, host)))}: not found`);
-  return { host, st };
 }
+
+/** Symlinks followed for one selected path before giving up (upstream's limit). */
+const MAX_SYMLINKS = 255;
 
 /**
  * Fails as selectorDigest does when a selected path is missing, without digesting anything: for

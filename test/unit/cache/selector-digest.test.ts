@@ -52,6 +52,16 @@ describe('selectorDigest', () => {
     await expect(selectorDigest(tree(base), ['/nothere/*.txt'], true, true)).rejects.toThrow('"/nothere": not found');
   });
 
+  it("names a missing path as upstream: as asked through a parent symlink, by the target of a followed last symlink", async () => {
+    // Debian's merged /usr: /bin is a symlink to usr/bin.
+    const t = tree({ 'usr/bin/sh': 's' });
+    symlinkSync('usr/bin', path.join(t, 'bin'));
+    symlinkSync('../gone/x', path.join(t, 'usr/bin/dangling'));
+    await expect(selectorDigest(t, ['/bin/busybox'], true)).rejects.toThrow(/^"\/bin\/busybox": not found$/);
+    await expect(selectorDigest(t, ['/bin/dangling'], true)).rejects.toThrow(/^"\/gone\/x": not found$/);
+    await expect(selectorDigest(t, ['/usr/bin/dangling'], true)).rejects.toThrow(/^"\/usr\/gone\/x": not found$/);
+  });
+
   it('digests what include/exclude patterns keep: an excluded file may change, a kept one or a new kept one may not', async () => {
     const ex = { '/d': { include: [], exclude: ['*.bin', 'sub'] } };
     const d0 = await selectorDigest(tree(base), ['/d'], true, false, ex);
