@@ -3,7 +3,7 @@ import { lstat, readlink } from 'node:fs/promises';
 import { lstatSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError, LoomError, NotFoundError } from '../util/errors.js';
-import { containsWildcards, resolveWildcards, splitWildcards } from '../ops/file/wildcard.js';
+import { containsWildcards, resolveWildcards } from '../ops/file/wildcard.js';
 import { LRUCache } from 'lru-cache';
 import { resolveParentInRoot } from '../util/fs-safe.js';
 import { PatternMatcher, type MatchInfo } from '../util/patterns.js';
@@ -118,12 +118,14 @@ async function compute(
       await add(p, filter);
       continue;
     }
+    // A pattern whose base is not there matches nothing here, as upstream's wildcard checksum
+    // (v0.11): the copy then fails in its own words (lstat of the base).
     let matches: string[];
     try {
       matches = await resolveWildcards(root, p, followSymlinks);
     } catch (err) {
       if (err instanceof LoomError) throw err;
-      throw new NotFoundError(`${JSON.stringify(splitWildcards(path.posix.join('/', p))[0])}: not found`, { cause: err });
+      matches = [];
     }
     h.update(`${JSON.stringify(p)} matches ${matches.length}\n`);
     for (const m of matches) await add(m, filter);

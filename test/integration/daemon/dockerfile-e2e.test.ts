@@ -663,6 +663,13 @@ d('dockerfile.v0', () => {
     const missing = await build();
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toMatch(/failed to compute cache key: failed to calculate checksum of ref \w+: "\/gone\.json": not found/);
+    // A wildcard whose directory is missing matches nothing at key time (upstream v0.11's
+    // wildcard checksum): the copy fails, on the missing directory.
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY nothere/*.txt /t/\n');
+    const noBase = await build();
+    expect(noBase.code).not.toBe(0);
+    expect(noBase.stderr).not.toContain('failed to compute cache key');
+    expect(noBase.stderr).toMatch(/error: failed to solve: .*lstat \/nothere: no such file or directory/);
   });
 
   it('keys a COPY --exclude from the context by what it keeps: an excluded file may change, a kept one may not (as upstream)', async () => {
