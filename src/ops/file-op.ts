@@ -86,10 +86,10 @@ export class FileOpImpl implements OpImpl {
    * The inputs that are only copied from, by the paths copied: a wildcard source as its pattern
    * (what it matches, as upstream's wildcard checksum), a source with include/exclude patterns by
    * what they keep (upstream's checksum with patterns). A source holding glob characters that is
-   * not a wildcard is rare enough to key its input whole.
+   * not a wildcard is rare enough to key its input whole. (The same selection as inputSelectors.)
    */
   contentSelectors(): ContentSelector[] {
-    return this.#copySelectors(sourceSelector);
+    return this.inputSelectors();
   }
 
   async run(ctx: OpContext, inputs: readonly Ref[]): Promise<Ref[]> {

@@ -126,7 +126,7 @@ export interface OpImpl {
    * input was made again with the same content at those paths (a stage rebuilt by --no-cache, a
    * RUN changed without changing what it wrote) is then found in the cache, and so is what follows
    * it. null where the input cannot be keyed by content (the tree an action changes, the root).
-   * The paths may cover more than the op reads (a copy's include/exclude patterns), never less.
+   * The paths may cover more than the op reads, never less.
    * With `wildcards`, a path holding a glob character is a pattern (a wildcard copy source): what
    * it matches stands for it. A path in `patterns` is a copy source filtered by include/exclude
    * patterns: only what they keep (and the directories above it) stands for it.
