@@ -199,11 +199,10 @@ export class BuildManager {
       const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendAttrs, sessionId: req.Session, deps: this.#o.gateway, platforms: this.#o.platforms });
       const src: LazySource = { metadata: out.metadata };
       if (out.multiPlatform) {
+        // A platform whose result is empty has no ref, as upstream leaves nil refs out of the
+        // map: with none at all, the exporters refuse as upstream's do (mappedPlatforms).
         src.refs = [];
-        for (const r of out.refs) {
-          if (!r.id) throw new InvalidArgumentError(`platform ${r.platformId} has an empty result, which cannot be exported as an image`);
-          src.refs.push({ id: r.platformId, platform: toPbPlatform(r.platform), ref: b.lazyRef(r.id) });
-        }
+        for (const r of out.refs) if (r.id) src.refs.push({ id: r.platformId, platform: toPbPlatform(r.platform), ref: b.lazyRef(r.id) });
       } else if (out.refs[0]?.id) {
         src.ref = b.lazyRef(out.refs[0].id);
       }

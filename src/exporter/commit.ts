@@ -1,7 +1,7 @@
 import type { ContentStore } from '../content/store.js';
 import { descriptorJSON, type Descriptor } from '../content/oci.js';
 import { goJSON } from '../content/go-json.js';
-import { InvalidArgumentError } from '../util/errors.js';
+import { InvalidArgumentError, LoomError } from '../util/errors.js';
 import type { Digest } from '../util/digest.js';
 import { oneOff } from '../util/progress.js';
 import { formatPlatform, normalizePlatform, parsePlatform, type Platform } from '../util/platform.js';
@@ -228,6 +228,7 @@ export async function commitImage(
   // it names the config to use and goes on the image's descriptor (index.json, the exporter's
   // containerimage.descriptor). A listing of none leaves the descriptor without a platform.
   const listed = src.metadata['refs.platforms'] ? listedPlatforms(src.metadata) : [singlePlatform(src.metadata['containerimage.config'], deps.defaultPlatform)];
+  mappedPlatforms(src, 'cannot export multiple platforms without multi-platform enabled');
   const configKey = listed.length === 1 && src.metadata[`containerimage.config/${listed[0]!.id}`] ? `containerimage.config/${listed[0]!.id}` : 'containerimage.config';
   const annotations = annotationsFor(opts.annotations);
   if (Object.keys(annotations.index).length + Object.keys(annotations.indexDescriptor).length > 0) {
@@ -242,6 +243,15 @@ export async function commitImage(
 
 function refPlatform(p: { OS: string; Architecture: string; Variant?: string }): Platform {
   return { os: p.OS, architecture: p.Architecture, ...(p.Variant ? { variant: p.Variant } : {}) };
+}
+
+/**
+ * Fails as upstream's exporters do for a result that lists several platforms but holds no ref per
+ * platform: a multi-platform build whose every platform's result is empty (a FROM scratch stage
+ * without a filesystem change) leaves no map of refs, and `message` is the exporter's words.
+ */
+export function mappedPlatforms(src: ExportSource, message: string): void {
+  if (!src.refs?.length && listedPlatforms(src.metadata).length > 1) throw new LoomError('UNKNOWN', message);
 }
 
 /**

@@ -9,6 +9,7 @@ import { listXattrs } from '../snapshot/layer/sys-ops.js';
 import { LoomError } from '../util/errors.js';
 import { byteStatus } from '../util/progress.js';
 import type { Ref } from '../solver/types.js';
+import { mappedPlatforms } from './commit.js';
 import { epochNanos, parseEpochAttr } from './epoch.js';
 import { platformDir, type ExportContext, type Exporter, type ExporterInstance, type ExportSource } from './types.js';
 
@@ -41,6 +42,7 @@ export class LocalExporter implements Exporter {
     return {
       vertexName: 'exporting to client directory',
       async export(ctx: ExportContext, src: ExportSource) {
+        mappedPlatforms(src, 'unable to export multiple platforms without map');
         const session = await ctx.job.session();
         if (!session.supports(FileSend.method.diffCopy)) {
           throw new LoomError('FAILED_PRECONDITION', 'the client does not accept exported files (its session has no FileSend service)');

@@ -1,6 +1,7 @@
 import { writeTreeTar } from '../snapshot/layer/write-tree-tar.js';
 import { oneOff } from '../util/progress.js';
 import { sendToClient } from './archive.js';
+import { mappedPlatforms } from './commit.js';
 import { parseEpochAttr } from './epoch.js';
 import { platformDir, type ExportContext, type Exporter, type ExporterInstance, type ExportSource } from './types.js';
 
@@ -14,6 +15,7 @@ export class TarExporter implements Exporter {
     return {
       vertexName: 'exporting to client tarball',
       async export(ctx: ExportContext, src: ExportSource) {
+        mappedPlatforms(src, 'unable to export multiple platforms without map');
         const done = oneOff(ctx.job.progress, ctx.vertex, 'sending tarball');
         const ref = src.ref;
         // A multi-platform result: each platform under a directory of its own (linux_arm64/), as upstream's.

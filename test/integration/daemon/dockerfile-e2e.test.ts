@@ -300,6 +300,25 @@ d('dockerfile.v0', () => {
     expect(layers[1]).toEqual(layers[0]);
   }, 120_000);
 
+  it('refuses to export a multi-platform result whose every platform is empty, in the words of upstream v0.11.6 exporters', async () => {
+    const ctx = join(work, 'multi-empty');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nENV A=1\n');
+    const build = (output: string) =>
+      buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', 'platform=linux/arm64,linux/amd64', '--progress', 'plain', '--output', output]);
+    for (const output of [`type=tar,dest=${join(work, 'multi-empty.tar')}`, `type=local,dest=${join(work, 'multi-empty-dir')}`]) {
+      const r = await build(output);
+      expect(r.code, output).not.toBe(0);
+      expect(r.stderr).toMatch(/error: failed to solve: unable to export multiple platforms without map/);
+    }
+    const oci = await build(`type=oci,dest=${join(work, 'multi-empty-oci.tar')}`);
+    expect(oci.code).not.toBe(0);
+    expect(oci.stderr).toMatch(/error: failed to solve: cannot export multiple platforms without multi-platform enabled/);
+    // One platform: an empty image, as before.
+    const one = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', 'platform=linux/arm64', '--output', `type=tar,dest=${join(work, 'one-empty.tar')}`]);
+    expect(one.code, one.stderr).toBe(0);
+  }, 120_000);
+
   it('shows one metadata vertex for one image and platform resolved twice (a named context and a FROM), as upstream', async () => {
     const ctx = join(work, 'resolve-twice');
     mkdirSync(ctx);
