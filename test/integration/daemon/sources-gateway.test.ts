@@ -161,6 +161,37 @@ d('sources and gateway', () => {
     }
   });
 
+  it('answers a frontend Solve whose platforms are all empty with a map holding no refs, as upstream (its client cannot Return an id-less ref)', async () => {
+    const ctx = join(work, 'gw-empty');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch AS empty\nENV A=1\nFROM scratch AS other\nCOPY Dockerfile /\n');
+    const control = new ControlClient({ address: daemon.addr });
+    const session = openSession({ control, services: clientSessionServices({ locals: { context: ctx, dockerfile: ctx } }) });
+    const ref = `gw-empty-${Date.now()}`;
+    const { call, bridge } = gatewayFor(daemon.addr, ref);
+    try {
+      const solving = control.solve({ Ref: ref, Session: session.id }).catch((err: Error) => err);
+      const solve = (opts: Record<string, string>) =>
+        call<{ result?: { result: { case: string; value: { refs: Record<string, { id: string }> } } } }>(
+          'solve',
+          create(GwSolveRequestSchema, { Frontend: 'dockerfile.v0', FrontendOpt: { platform: 'linux/arm64,linux/amd64', ...opts }, allowResultReturn: true, allowResultArrayRef: true }),
+        );
+      const empty = await solve({ target: 'empty' });
+      expect(empty.result?.result.case).toBe('refs');
+      expect(empty.result?.result.value.refs).toEqual({});
+      // A stage with content: one ref per platform.
+      const full = await solve({ target: 'other' });
+      expect(Object.keys(full.result?.result.value.refs ?? {}).sort()).toEqual(['linux/amd64', 'linux/arm64']);
+      expect(Object.values(full.result?.result.value.refs ?? {}).every((r) => r.id !== '')).toBe(true);
+      await call('return', create(ReturnRequestSchema, { result: create(ResultSchema, {}) }));
+      expect(await solving).not.toBeInstanceOf(Error);
+    } finally {
+      session.close();
+      control.close();
+      (bridge as unknown as grpc.Client).close();
+    }
+  });
+
   it("answers a failed gateway Solve as upstream's gateway does: the message, with no gRPC code of loom's own", async () => {
     const control = new ControlClient({ address: daemon.addr });
     const session = openSession({ control, services: clientSessionServices({}) });
