@@ -198,14 +198,8 @@ export class BuildManager {
     try {
       const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendAttrs, sessionId: req.Session, deps: this.#o.gateway, platforms: this.#o.platforms });
       const src: LazySource = { metadata: out.metadata };
-      if (out.multiPlatform) {
-        // A platform whose result is empty has no ref, as upstream leaves nil refs out of the
-        // map: with none at all, the exporters refuse as upstream's do (mappedPlatforms).
-        src.refs = [];
-        for (const r of out.refs) if (r.id) src.refs.push({ id: r.platformId, platform: toPbPlatform(r.platform), ref: b.lazyRef(r.id) });
-      } else if (out.refs[0]?.id) {
-        src.ref = b.lazyRef(out.refs[0].id);
-      }
+      if (out.multiPlatform) src.refs = out.refs.map((r) => ({ id: r.platformId, platform: toPbPlatform(r.platform), ref: b.lazyRef(r.id) }));
+      else if (out.refs[0]) src.ref = b.lazyRef(out.refs[0].id);
       return await this.#export(job, exporters, src, req.Session, { frontend: req.Frontend, attrs: req.FrontendAttrs });
     } finally {
       b.release();

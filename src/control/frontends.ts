@@ -7,9 +7,12 @@ import { readRefFile, resolveVertexId, type GatewayBuild, type GatewayDeps } fro
 import { BuildRecorder } from './build-records.js';
 import { buildInfoSources, type PlatformScope } from './build-info.js';
 
-/** What a frontend produced: result ids of the build (one per platform) and export metadata. */
+/**
+ * What a frontend produced: result ids of the build (one per platform whose result is not empty)
+ * and export metadata.
+ */
 export interface FrontendOutcome {
-  refs: { platformId: string; platform: Platform; id: string | undefined }[];
+  refs: { platformId: string; platform: Platform; id: string }[];
   multiPlatform: boolean;
   metadata: Record<string, Uint8Array>;
 }
@@ -86,7 +89,11 @@ export async function runFrontend(
     res.refs.forEach((r, i) => (metadata[`containerimage.buildinfo/${r.platformId}`] = info({ platforms, current: platforms[i]! })));
   }
   return {
-    refs: res.refs.map((r) => ({ platformId: r.platformId, platform: r.platform, id: r.ref })),
+    // A platform whose result is empty (a stage with no filesystem change) has no ref, as upstream
+    // leaves nil refs out of a frontend's result: its gateway answers with no entry for it (its
+    // client cannot Return an entry without an id), and with none at all the exporters refuse as
+    // upstream's do (mappedPlatforms).
+    refs: res.refs.flatMap((r) => (r.ref ? [{ platformId: r.platformId, platform: r.platform, id: r.ref }] : [])),
     multiPlatform: res.multiPlatform,
     metadata,
   };

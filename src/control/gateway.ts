@@ -242,12 +242,8 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
         const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendOpt, sessionId: b.sessionId, deps, platforms: deps.platforms });
         b.frontendRequest = { frontend: req.Frontend, attrs: req.FrontendOpt };
         const refOf = (id: string | undefined) => create(RefSchema, { id: id ?? '' });
-        // A platform whose result is empty (a stage with no filesystem change) has no entry in the
-        // map, as upstream leaves nil refs out: upstream's client turns an entry without an id into
-        // a nil reference it cannot Return (it crashed).
-        const platformRefs = out.refs.filter((r) => r.id).map((r) => [r.platformId, refOf(r.id)]);
         const result = out.multiPlatform
-          ? create(ResultSchema, { result: { case: 'refs', value: create(RefMapSchema, { refs: Object.fromEntries(platformRefs) }) }, metadata: out.metadata })
+          ? create(ResultSchema, { result: { case: 'refs', value: create(RefMapSchema, { refs: Object.fromEntries(out.refs.map((r) => [r.platformId, refOf(r.id)])) }) }, metadata: out.metadata })
           : create(ResultSchema, { result: { case: 'ref', value: refOf(out.refs[0]?.id) }, metadata: out.metadata });
         return create(SolveResponseSchema, { ref: out.refs[0]?.id ?? '', result });
       }
