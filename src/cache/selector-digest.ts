@@ -6,7 +6,8 @@ import { InvalidArgumentError, LoomError, NotFoundError } from '../util/errors.j
 import { containsWildcards, resolveWildcards } from '../ops/file/wildcard.js';
 import { LRUCache } from 'lru-cache';
 import { resolveParentInRoot } from '../util/fs-safe.js';
-import { PatternMatcher, type MatchInfo } from '../util/patterns.js';
+import { PatternMatcher } from '../util/patterns.js';
+import { copyFilter, type MatchInfo } from '../ops/file/copy.js';
 import type { CopyPatterns } from '../solver/types.js';
 import { fileDigest, treeDigest } from './content-hash.js';
 
@@ -134,8 +135,8 @@ async function compute(
 }
 
 /**
- * The digest of what a copy of directory `dir` with include/exclude patterns takes from it, as
- * ops/file/copy.ts filters (patterns matched against paths below `dir`, every directory walked):
+ * The digest of what a copy of directory `dir` with include/exclude patterns takes from it,
+ * filtered as the copy filters (copyFilter; every directory walked):
  * each kept entry's path, type, permission bits, owner and content, and the directories above
  * kept entries (the copy makes them). A directory holding nothing kept adds nothing.
  */
@@ -151,25 +152,13 @@ async function filteredDigest(dir: string, filter: CopyPatterns): Promise<string
       d.added = true;
     }
   };
-  const walk = async (host: string, rel: string, depth: number, inc: MatchInfo | undefined, exc: MatchInfo | undefined): Promise<void> => {
+  const walk = async (host: string, rel: string, depth: number, inc: MatchInfo, exc: MatchInfo): Promise<void> => {
     const names = readdirSync(host).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
     for (const n of names) {
       const comps = rel === '' ? n : `${rel}/${n}`;
       const full = path.join(host, n);
       const st = lstatSync(full);
-      let kept = true;
-      let incInfo: MatchInfo | undefined;
-      let excInfo: MatchInfo | undefined;
-      if (include) {
-        const r = include.matchesUsingParentResults(comps, inc);
-        kept = r.matched;
-        incInfo = r.info;
-      }
-      if (exclude) {
-        const r = exclude.matchesUsingParentResults(comps, exc);
-        if (r.matched) kept = false;
-        excInfo = r.info;
-      }
+      const { kept, incInfo, excInfo } = copyFilter(comps, include, exclude, inc, exc);
       const head = `${JSON.stringify(comps)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
       above.length = depth;
       if (st.isDirectory()) {
@@ -185,6 +174,6 @@ async function filteredDigest(dir: string, filter: CopyPatterns): Promise<string
       else h.update(`${head} other ${st.rdev}\n`);
     }
   };
-  await walk(dir, '', 0, undefined, undefined);
+  await walk(dir, '', 0, null, null);
   return `sha256:${h.digest('hex')}`;
 }

@@ -9,7 +9,35 @@ import { applyChown, mkdirAll, type Chowner } from './fs-util.js';
 import type { MatchInfo as PatternMatchInfo, PatternMatcher } from '../../util/patterns.js';
 
 /** A directory's pattern state handed to its children; null at the top of the copy. */
-type MatchInfo = PatternMatchInfo | null;
+export type MatchInfo = PatternMatchInfo | null;
+
+/**
+ * Whether a copy with include/exclude patterns keeps the entry at `comps` (its path below the
+ * copy's source), given its directory's states; and the states its own entries take. The copy's
+ * cache key (cache/selector-digest.ts) filters with this too, so it covers exactly what is copied.
+ */
+export function copyFilter(
+  comps: string,
+  include: PatternMatcher | null,
+  exclude: PatternMatcher | null,
+  incParent: MatchInfo,
+  excParent: MatchInfo,
+): { kept: boolean; incInfo: MatchInfo; excInfo: MatchInfo } {
+  let kept = true;
+  let incInfo: MatchInfo = null;
+  let excInfo: MatchInfo = null;
+  if (include) {
+    const r = include.matchesUsingParentResults(comps, incParent ?? undefined);
+    kept = r.matched;
+    incInfo = r.info;
+  }
+  if (exclude) {
+    const r = exclude.matchesUsingParentResults(comps, excParent ?? undefined);
+    if (r.matched) kept = false;
+    excInfo = r.info;
+  }
+  return { kept, incInfo, excInfo };
+}
 
 /**
  * One copy from a source tree into a destination tree with the semantics of fsutil's copy.Copy,
@@ -187,21 +215,8 @@ class Copier {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
-    let include = true;
-    let incInfo: MatchInfo = null;
-    let excInfo: MatchInfo = null;
-    if (comps !== '') {
-      if (this.#ci.include) {
-        const r = this.#ci.include.matchesUsingParentResults(comps, incParent ?? undefined);
-        include = r.matched;
-        incInfo = r.info;
-      }
-      if (this.#ci.exclude) {
-        const r = this.#ci.exclude.matchesUsingParentResults(comps, excParent ?? undefined);
-        if (r.matched) include = false;
-        excInfo = r.info;
-      }
-    }
+    // The source itself is always copied; patterns filter what is below it.
+    const { kept: include, incInfo, excInfo } = comps === '' ? { kept: true, incInfo: null, excInfo: null } : copyFilter(comps, this.#ci.include, this.#ci.exclude, incParent, excParent);
     if (include) await this.#createParentDirs(overwrite);
     if (!fi.isDirectory()) {
       if (!include) return;
