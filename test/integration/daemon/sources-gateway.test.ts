@@ -17,6 +17,7 @@ import { LLBBridge, ReturnRequestSchema, ResultSchema, RefMapSchema, RefSchema, 
 import { DefinitionSchema } from '../../../src/gen/buildkit/ops_pb.js';
 import { image, mkfile, marshal, scratch, source } from '../../../src/llb/builder.js';
 import { clientSessionServices } from '../../../src/session/client/index.js';
+import type { SessionServices } from '../../../src/session/tunnel/server.js';
 import { grpcServiceDef } from '../../../src/util/grpc-def.js';
 import { buildctl, removeDir, run, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
 import { freePort } from '../../helpers/registry.js';
@@ -121,14 +122,10 @@ d('sources and gateway', () => {
   });
 
   it('exports a multi-platform result returned through the gateway as an OCI index', async () => {
-    const control = new ControlClient({ address: daemon.addr });
     const out = join(work, 'multi.tar');
     const sink = createWriteStream(out);
-    const session = openSession({ control, services: clientSessionServices({ exportTarget: { kind: 'file', open: () => sink } }) });
-    const ref = `gw-${Date.now()}`;
-    const { call, bridge } = gatewayFor(daemon.addr, ref);
-    try {
-      const solving = control.solve({ Ref: ref, Session: session.id, Exporter: 'oci', ExporterAttrs: { name: 'example.com/multi:1' } });
+    await withGateway(clientSessionServices({ exportTarget: { kind: 'file', open: () => sink } }), async ({ control, sessionId, ref, call }) => {
+      const solving = control.solve({ Ref: ref, Session: sessionId, Exporter: 'oci', ExporterAttrs: { name: 'example.com/multi:1' } });
       const ids: Record<string, string> = {};
       for (const [p, text] of [['linux/amd64', 'amd64\n'], ['linux/arm64', 'arm64\n']] as const) {
         const res = await call<{ ref: string }>('solve', create(GwSolveRequestSchema, { Definition: marshal(scratch().file(mkfile('/platform', 0o644, text))), allowResultReturn: true }));
@@ -154,23 +151,15 @@ d('sources and gateway', () => {
       const index = JSON.parse(inspect.stdout) as { mediaType: string; manifests: { platform: { architecture: string } }[] };
       expect(index.mediaType).toBe('application/vnd.oci.image.index.v1+json');
       expect(index.manifests.map((m) => m.platform.architecture)).toEqual(['amd64', 'arm64']);
-    } finally {
-      session.close();
-      control.close();
-      (bridge as unknown as grpc.Client).close();
-    }
+    });
   });
 
   it('answers a frontend Solve whose platforms are all empty with a map holding no refs, as upstream (its client cannot Return an id-less ref)', async () => {
     const ctx = join(work, 'gw-empty');
     mkdirSync(ctx);
     writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch AS empty\nENV A=1\nFROM scratch AS other\nCOPY Dockerfile /\n');
-    const control = new ControlClient({ address: daemon.addr });
-    const session = openSession({ control, services: clientSessionServices({ locals: { context: ctx, dockerfile: ctx } }) });
-    const ref = `gw-empty-${Date.now()}`;
-    const { call, bridge } = gatewayFor(daemon.addr, ref);
-    try {
-      const solving = control.solve({ Ref: ref, Session: session.id }).catch((err: Error) => err);
+    await withGateway(clientSessionServices({ locals: { context: ctx, dockerfile: ctx } }), async ({ control, sessionId, ref, call }) => {
+      const solving = control.solve({ Ref: ref, Session: sessionId }).catch((err: Error) => err);
       const solve = (opts: Record<string, string>) =>
         call<{ result?: { result: { case: string; value: { refs: Record<string, { id: string }> } } } }>(
           'solve',
@@ -185,20 +174,12 @@ d('sources and gateway', () => {
       expect(Object.values(full.result?.result.value.refs ?? {}).every((r) => r.id !== '')).toBe(true);
       await call('return', create(ReturnRequestSchema, { result: create(ResultSchema, {}) }));
       expect(await solving).not.toBeInstanceOf(Error);
-    } finally {
-      session.close();
-      control.close();
-      (bridge as unknown as grpc.Client).close();
-    }
+    });
   });
 
   it("answers a failed gateway Solve as upstream's gateway does: the message, with no gRPC code of loom's own", async () => {
-    const control = new ControlClient({ address: daemon.addr });
-    const session = openSession({ control, services: clientSessionServices({}) });
-    const ref = `gw-fail-${Date.now()}`;
-    const { call, bridge } = gatewayFor(daemon.addr, ref);
-    try {
-      const solving = control.solve({ Ref: ref, Session: session.id }).catch((err: Error) => err);
+    await withGateway(clientSessionServices({}), async ({ control, sessionId, ref, call }) => {
+      const solving = control.solve({ Ref: ref, Session: sessionId }).catch((err: Error) => err);
       // An image from a registry nobody listens on: loom's registry client calls that Unavailable.
       const err = await call('solve', create(GwSolveRequestSchema, { Definition: marshal(image('127.0.0.1:1/nope:latest')) })).then(
         () => undefined,
@@ -210,20 +191,34 @@ d('sources and gateway', () => {
       // The daemon keeps serving the build: the frontend can still return a result.
       await call('return', create(ReturnRequestSchema, { result: create(ResultSchema, {}) }));
       expect(await solving).not.toBeInstanceOf(Error);
-    } finally {
-      session.close();
-      control.close();
-      (bridge as unknown as grpc.Client).close();
-    }
+    });
   });
 });
 
-/** An LLBBridge client for the build `ref` (the frontend side of the gateway), and its calls. */
-function gatewayFor(addr: string, ref: string) {
+let gatewayBuilds = 0;
+
+/**
+ * A build driven through the gateway, as upstream buildctl and buildx drive one: a Control client,
+ * a session serving `services`, a new build ref and an LLBBridge client's calls for it (the
+ * frontend side); all closed once `fn` is done.
+ */
+async function withGateway(
+  services: SessionServices,
+  fn: (g: { control: ControlClient; sessionId: string; ref: string; call: <T>(m: string, req: unknown) => Promise<T> }) => Promise<void>,
+): Promise<void> {
+  const control = new ControlClient({ address: daemon.addr });
+  const session = openSession({ control, services });
+  const ref = `gw-${Date.now()}-${gatewayBuilds++}`;
   const Bridge = grpc.makeGenericClientConstructor(grpcServiceDef(LLBBridge), 'LLBBridge');
-  const bridge = new Bridge(`unix://${addr.slice('unix://'.length)}`, grpc.credentials.createInsecure()) as unknown as Record<string, Function>;
+  const bridge = new Bridge(`unix://${daemon.addr.slice('unix://'.length)}`, grpc.credentials.createInsecure()) as unknown as Record<string, Function>;
   const md = new grpc.Metadata();
   md.set('buildkit-controlapi-buildid', ref);
   const call = <T>(m: string, req: unknown) => new Promise<T>((resolve, reject) => bridge[m]!.call(bridge, req, md, (err: Error | null, res: T) => (err ? reject(err) : resolve(res))));
-  return { call, bridge };
+  try {
+    await fn({ control, sessionId: session.id, ref, call });
+  } finally {
+    session.close();
+    control.close();
+    (bridge as unknown as grpc.Client).close();
+  }
 }
