@@ -37,7 +37,7 @@ import { parseSessionMetadata } from '../session/tunnel/metadata.js';
 import { CancelledError, UnimplementedError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import type { ProgressBus, ProgressEvent } from '../util/progress.js';
-import { toServiceError } from './grpc-status.js';
+import { failStream, toServiceError } from './grpc-status.js';
 import { StatusPacer } from './status-pacer.js';
 import type { PruneOptions, UsageInfo, VersionInfo, WorkerInfo } from './types.js';
 
@@ -100,7 +100,7 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
           .map((m) => m.trim())
           .filter(Boolean);
       } catch (err) {
-        call.destroy(err as Error);
+        failStream(call, err);
         return;
       }
       const caller = createSessionCaller({ ...id, duplex: bytesDuplex(call as unknown as Parameters<typeof bytesDuplex>[0]) });
@@ -108,7 +108,7 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
         b.sessions.add(caller);
       } catch (err) {
         caller.close();
-        call.destroy(err as Error);
+        failStream(call, err);
         return;
       }
       log().debug({ session: id.id, name: id.name, methods: id.methods.length }, 'session started');
@@ -136,12 +136,12 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
         ac.signal,
       ).then(
         () => call.end(),
-        (err) => call.destroy(Object.assign(new Error(), toServiceError(err))),
+        (err) => failStream(call, err),
       );
     },
 
     listenBuildHistory(call: ServerWritableStream<unknown, unknown>) {
-      call.destroy(Object.assign(new Error(), toServiceError(new UnimplementedError('build history is not implemented yet'))));
+      failStream(call, new UnimplementedError('build history is not implemented yet'));
     },
 
     updateBuildHistory(_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) {

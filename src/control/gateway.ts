@@ -39,7 +39,7 @@ import { PathFilter } from '../util/patterns.js';
 import { inVertex } from '../util/progress.js';
 import { fromPbPlatform } from '../util/pb-platform.js';
 import { defaultPlatform, formatPlatform, type Platform } from '../util/platform.js';
-import { toServiceError } from './grpc-status.js';
+import { failStream, toServiceError } from './grpc-status.js';
 import { runFrontend } from './frontends.js';
 
 /** The header naming the build a gateway call belongs to (set by BuildKit clients). */
@@ -309,7 +309,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
       throw new UnimplementedError('interactive containers (ReleaseContainer) are not supported by loom yet');
     }),
     execProcess(call: ServerDuplexStream<unknown, unknown>) {
-      call.destroy(Object.assign(new Error(), toServiceError(new UnimplementedError('interactive containers (ExecProcess) are not supported by loom yet'))));
+      failStream(call, new UnimplementedError('interactive containers (ExecProcess) are not supported by loom yet'));
     },
   };
 }

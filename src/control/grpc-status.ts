@@ -72,3 +72,13 @@ function sourceJson(src: ErrorSource): Record<string, unknown> {
   if (src.ranges.length) out.ranges = goRangesJSON(src.ranges);
   return out;
 }
+
+/**
+ * Ends a server-streaming or bidirectional call with `caught`'s status. grpc-js sends a stream's
+ * status when its writable side finishes, and its 'error' handler does that; `destroy(err)` would
+ * close the stream without any status, leaving the client waiting for one.
+ */
+export function failStream(call: { emit(event: 'error', err: Error): boolean; writableEnded: boolean }, caught: unknown): void {
+  if (call.writableEnded) return;
+  call.emit('error', Object.assign(new Error(errorMessage(clarifyNameError(caught))), toServiceError(caught)));
+}
