@@ -7,7 +7,7 @@ import { loadDefinition } from '../llb/definition.js';
 import type { SessionManager } from '../session/manager.js';
 import type { Solver } from '../solver/solver.js';
 import type { JobContext, LazyRef, Ref } from '../solver/types.js';
-import { BuildCache, type CacheEntry, type RemoteCacheDeps } from '../cache/remote/build-cache.js';
+import { BuildCache, frontendCacheImports, newCacheEntries, type CacheEntry, type RemoteCacheDeps } from '../cache/remote/build-cache.js';
 import { BuildRecorder, type BuildRecords } from './build-records.js';
 import { bytes } from '../client/progress/format.js';
 import { CancelledError, errorMessage, withStatusDetails, InvalidArgumentError, LoomError, UnimplementedError } from '../util/errors.js';
@@ -125,6 +125,8 @@ export class BuildManager {
     const entitlements = this.#entitlements(req.Entitlements);
     const exporters = this.#exporters(req);
     const entries = cacheEntries(req);
+    // A frontend's own cache options import too (upstream's frontend passes them to its solves).
+    if (req.Frontend) entries.imports.push(...newCacheEntries(entries.imports, frontendCacheImports(req.FrontendAttrs)));
     if (!this.#o.remoteCache && (entries.imports.length || entries.exports.length)) throw new UnimplementedError('this daemon has no cache import or export');
     const cache = this.#o.remoteCache ? BuildCache.fromRequest(this.#o.remoteCache, entries, exporters.length > 0) : undefined;
     const sessionId = req.Session;
@@ -165,7 +167,7 @@ export class BuildManager {
   }
 
   async #gatewayBuild(ref: string, req: SolveRequest, job: JobContext, exporters: ExporterInstance[]): Promise<Record<string, string>> {
-    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, sessionId: req.Session });
+    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, sessionId: req.Session, cacheImports: cacheEntries(req).imports });
     const unregister = this.#o.forwarder.register(ref, b);
     try {
       const ret = await b.waitReturn();

@@ -33,6 +33,7 @@ import { loadDefinition } from '../llb/definition.js';
 import { goModeFromPosix } from '../session/filesync/mode.js';
 import type { Solved, Solver } from '../solver/solver.js';
 import type { JobContext, LazyRef, Ref } from '../solver/types.js';
+import { frontendCacheImports, newCacheEntries, type CacheEntry } from '../cache/remote/build-cache.js';
 import { CancelledError, InvalidArgumentError, NotFoundError, UnimplementedError } from '../util/errors.js';
 import { resolveInRoot } from '../util/fs-safe.js';
 import { PathFilter } from '../util/patterns.js';
@@ -80,9 +81,12 @@ export class GatewayBuild {
   readonly sessionId: string;
   /** The last frontend the client's build function asked for, and its options (build information). */
   frontendRequest: { frontend: string; attrs: Record<string, string> } | undefined;
+  /** The cache imports of the build (Control.Solve's), which every solve of the build uses. */
+  readonly cacheImports: readonly CacheEntry[];
 
-  constructor(opts: { job: JobContext; inputs: Record<string, Definition>; deps: GatewayDeps; sessionId?: string }) {
+  constructor(opts: { job: JobContext; inputs: Record<string, Definition>; deps: GatewayDeps; sessionId?: string; cacheImports?: readonly CacheEntry[] }) {
     this.job = opts.job;
+    this.cacheImports = opts.cacheImports ?? [];
     this.sessionId = opts.sessionId ?? '';
     this.inputs = opts.inputs;
     this.#deps = opts.deps;
@@ -239,6 +243,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
       if (req.Frontend) {
         // A client build function asking for a frontend (buildx build): run it here and hand back
         // its result for the client to Return.
+        warnUnusedImports(b, [...req.CacheImports.map((e) => ({ Type: e.Type, Attrs: { ...e.Attrs } })), ...frontendCacheImports(req.FrontendOpt)]);
         const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendOpt, sessionId: b.sessionId, deps, platforms: deps.platforms });
         b.frontendRequest = { frontend: req.Frontend, attrs: req.FrontendOpt };
         const refOf = (id: string | undefined) => create(RefSchema, { id: id ?? '' });
@@ -247,7 +252,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
           : create(ResultSchema, { result: { case: 'ref', value: refOf(out.refs[0]?.id) }, metadata: out.metadata });
         return create(SolveResponseSchema, { ref: out.refs[0]?.id ?? '', result });
       }
-      // CacheImports here repeat the build's own (Control.Solve's), which the build already uses.
+      warnUnusedImports(b, req.CacheImports.map((e) => ({ Type: e.Type, Attrs: { ...e.Attrs } })));
       if (!req.Definition || req.Definition.def.length === 0) {
         // An empty definition solves to an empty result.
         return create(SolveResponseSchema, { result: create(ResultSchema, {}) });
@@ -380,3 +385,19 @@ export function resultRefs(b: GatewayBuild, r: Result): { ref?: LazyRef; refs?: 
   }
 }
 
+/**
+ * A gateway solve's cache imports (and its frontend's cache options) are used only where the
+ * build's own request names them too, as buildctl and buildx always do: loom imports for the
+ * whole build when it starts. Any others are said to be unused rather than silently dropped.
+ */
+function warnUnusedImports(b: GatewayBuild, imports: CacheEntry[]): void {
+  const unused = newCacheEntries(b.cacheImports, imports);
+  if (unused.length === 0) return;
+  const names = unused.map((e) => (e.Type === 'registry' ? e.Attrs.ref : e.Type) ?? e.Type).join(', ');
+  b.job.progress.warn({
+    vertex: '',
+    level: 1,
+    short: `cache imports named only in a gateway solve are not used by loom (${names}); name them in the build request (--import-cache, --cache-from)`,
+    detail: [],
+  });
+}

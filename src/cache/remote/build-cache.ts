@@ -33,6 +33,43 @@ export interface CacheEntry {
   Attrs: Record<string, string>;
 }
 
+/**
+ * The cache imports a frontend's options name, as upstream's Dockerfile frontend reads them:
+ * `cache-imports` (JSON of CacheOptionsEntry, what buildctl and buildx send beside the request's
+ * own imports) and the older `cache-from` (comma-separated registry refs).
+ */
+export function frontendCacheImports(attrs: Record<string, string>): CacheEntry[] {
+  const out: CacheEntry[] = [];
+  const json = attrs['cache-imports'];
+  if (json) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(json);
+    } catch (err) {
+      throw new InvalidArgumentError(`failed to unmarshal cache-imports (${JSON.stringify(json)}): ${(err as Error).message}`);
+    }
+    if (parsed !== null && !Array.isArray(parsed)) throw new InvalidArgumentError(`failed to unmarshal cache-imports (${JSON.stringify(json)}): not a list`);
+    for (const e of (parsed ?? []) as { Type?: unknown; Attrs?: unknown }[]) {
+      const attrsOf = e?.Attrs && typeof e.Attrs === 'object' ? Object.fromEntries(Object.entries(e.Attrs).map(([k, v]) => [k, String(v)])) : {};
+      out.push({ Type: typeof e?.Type === 'string' ? e.Type : '', Attrs: attrsOf });
+    }
+  }
+  for (const ref of (attrs['cache-from'] ?? '').split(',')) if (ref) out.push({ Type: 'registry', Attrs: { ref } });
+  return out;
+}
+
+/** `extra` entries that `have` lacks (same type and attributes), in order and each once. */
+export function newCacheEntries(have: readonly CacheEntry[], extra: readonly CacheEntry[]): CacheEntry[] {
+  const key = (e: CacheEntry) => JSON.stringify([e.Type, Object.entries(e.Attrs).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))]);
+  const seen = new Set(have.map(key));
+  return extra.filter((e) => {
+    const k = key(e);
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+}
+
 type Mode = 'min' | 'max';
 
 interface ExportSpec {

@@ -491,9 +491,6 @@ export class DockerfileFrontend {
         ctx.warn({ vertex: '', level: 1, short: `attestations (${k.slice(7)}) are not supported by loom yet; the image is built without them`, detail: [] });
       }
     }
-    if (opts['cache-imports'] || opts['cache-from']) {
-      ctx.warn({ vertex: '', level: 1, short: 'cache imports are not supported by loom yet; building without them', detail: [] });
-    }
     for (const k of Object.keys(opts)) {
       if (k.includes(':') || KNOWN_OPTS.has(k) || k === 'context' || k === 'dockerfile') continue;
       ctx.warn({ vertex: '', level: 1, short: `frontend option ${JSON.stringify(k)} is not supported by loom's Dockerfile frontend and was ignored`, detail: [] });

@@ -77,6 +77,12 @@ d('cache export and import', () => {
     expect(log).toMatch(cachedStep('RUN cat /a.txt /stamp > /both'));
     expect(readFileSync(join(work, 'reg-b', 'both'), 'utf8')).toBe(readFileSync(join(work, 'reg-a', 'both'), 'utf8'));
 
+    // The frontend's own option (upstream's older API: --opt cache-from=REF, registry refs) imports too.
+    const o = await freshDaemon();
+    const optLog = await build(o, dir, ['--opt', `cache-from=${reg.host}/cache:main`], join(work, 'reg-opt'));
+    expect(optLog).toContain(`importing cache manifest from ${reg.host}/cache:main`);
+    expect(readFileSync(join(work, 'reg-opt', 'both'), 'utf8')).toBe(readFileSync(join(work, 'reg-a', 'both'), 'utf8'));
+
     // mode=max kept the intermediate steps: a changed COPY source re-runs only what follows it.
     writeFileSync(join(dir, 'a.txt'), 'changed\n');
     const c = await freshDaemon();

@@ -175,7 +175,6 @@ describe('DockerfileFrontend', () => {
     await new DockerfileFrontend().solve(d.ctx);
     expect(d.warnings.map((w) => w.short)).toEqual([
       'attestations (sbom) are not supported by loom yet; the image is built without them',
-      'cache imports are not supported by loom yet; building without them',
       'frontend option "some-new-option" is not supported by loom\'s Dockerfile frontend and was ignored',
     ]);
   });
