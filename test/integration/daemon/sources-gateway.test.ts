@@ -177,6 +177,23 @@ d('sources and gateway', () => {
     });
   });
 
+  it('says so when a gateway solve names cache imports the build itself does not (loom imports for the whole build)', async () => {
+    await withGateway(clientSessionServices({}), async ({ control, sessionId, ref, call }) => {
+      const warnings: string[] = [];
+      const statusDone = control.status(ref, (s) => warnings.push(...s.warnings.map((w) => Buffer.from(w.short).toString())));
+      const solving = control.solve({ Ref: ref, Session: sessionId, Cache: { Imports: [{ Type: 'registry', Attrs: { ref: '127.0.0.1:1/known:cache' } }] } }).catch((err: Error) => err);
+      // The build's own import, repeated as buildctl and buildx do: nothing to say.
+      await call('solve', create(GwSolveRequestSchema, { CacheImports: [{ Type: 'registry', Attrs: { ref: '127.0.0.1:1/known:cache' } }] }));
+      await call('solve', create(GwSolveRequestSchema, { CacheImports: [{ Type: 'registry', Attrs: { ref: '127.0.0.1:1/other:cache' } }] }));
+      await call('return', create(ReturnRequestSchema, { result: create(ResultSchema, {}) }));
+      expect(await solving).not.toBeInstanceOf(Error);
+      await statusDone;
+      expect(warnings).toEqual([
+        'cache imports named only in a gateway solve are not used by loom (127.0.0.1:1/other:cache); name them in the build request (--import-cache, --cache-from)',
+      ]);
+    });
+  });
+
   it("answers a failed gateway Solve as upstream's gateway does: the message, with no gRPC code of loom's own", async () => {
     await withGateway(clientSessionServices({}), async ({ control, sessionId, ref, call }) => {
       const solving = control.solve({ Ref: ref, Session: sessionId }).catch((err: Error) => err);
