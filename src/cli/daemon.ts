@@ -140,6 +140,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
           buildStarts.delete(token);
         }
       },
+      history: records,
       diskUsage: (filters) => diskUsage(cache, filters),
       prune: async (opts, onRecord) => {
         const removed = await pruneCache(opts);

@@ -13,6 +13,28 @@ export interface BuildRecordData {
   stepsRun: number;
   bytesReused: number;
   steps: { digest: string; name: string; cached: boolean; reason: string; durationMs: number; bytes: number }[];
+  /** The request's frontend attributes and exporters, and what the exporters answered (absent in records of older loom). */
+  frontendAttrs?: Record<string, string>;
+  exporters?: { type: string; attrs: Record<string, string> }[];
+  exporterResponse?: Record<string, string>;
+  /** Kept beyond `keep` until unpinned (buildx history: UpdateBuildHistory). */
+  pinned?: boolean;
+  /** The failed build's error code (loom's ErrorCode: CANCELLED, UNKNOWN...). */
+  errorCode?: string;
+}
+
+/** What the build history API streams: a build started (active), completed, or deleted. */
+export interface BuildRecordEvent {
+  type: 'started' | 'complete' | 'deleted';
+  record: BuildRecordData;
+}
+
+/** What a build's record starts with, besides its ref and frontend. */
+export interface BuildRequestInfo {
+  /** A client's internal build (buildx asking for the frontend's capabilities, a --call request): kept out of the records, as upstream's history. */
+  internal?: boolean;
+  frontendAttrs?: Record<string, string>;
+  exporters?: { type: string; attrs: Record<string, string> }[];
 }
 
 /** The key-value part of the index the records live in (cache/metadata.ts). */
@@ -40,8 +62,53 @@ export class BuildRecords {
     this.#keep = opts.keep ?? 200;
   }
 
-  begin(ref: string, frontend: string): BuildRecorder {
-    return new BuildRecorder({ ref, frontend, sizeOf: this.#sizeOf, save: (r) => this.#save(r) });
+  readonly #active = new Map<string, BuildRecorder>();
+  readonly #listeners = new Set<(ev: BuildRecordEvent) => void>();
+
+  begin(ref: string, frontend: string, info: BuildRequestInfo = {}): BuildRecorder {
+    if (info.internal) return new BuildRecorder({ ref, frontend, info, sizeOf: this.#sizeOf, save: () => {} });
+    const rec = new BuildRecorder({
+      ref,
+      frontend,
+      info,
+      sizeOf: this.#sizeOf,
+      save: (r) => {
+        this.#active.delete(ref);
+        this.#save(r);
+        this.#emit({ type: 'complete', record: r });
+      },
+    });
+    this.#active.set(ref, rec);
+    this.#emit({ type: 'started', record: rec.snapshot() });
+    return rec;
+  }
+
+  /** The builds running now, as their records stand. */
+  active(): BuildRecordData[] {
+    return [...this.#active.values()].map((r) => r.snapshot());
+  }
+
+  /** Told of every build that starts or completes and every record deleted, until the returned function is called. */
+  subscribe(fn: (ev: BuildRecordEvent) => void): () => void {
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
+  }
+
+  /** Pins or unpins a completed build's record, or deletes it. False when there is no such record. */
+  update(ref: string, change: { pinned?: boolean; delete?: boolean }): boolean {
+    const r = this.get(ref);
+    if (!r) return false;
+    if (change.delete) {
+      this.#kv.kvDelete(NS, ref);
+      this.#emit({ type: 'deleted', record: r });
+      return true;
+    }
+    if (change.pinned !== undefined) this.#kv.kvPut(NS, ref, JSON.stringify({ ...r, pinned: change.pinned }));
+    return true;
+  }
+
+  #emit(ev: BuildRecordEvent): void {
+    for (const fn of this.#listeners) fn(ev);
   }
 
   get(ref: string): BuildRecordData | undefined {
@@ -67,14 +134,14 @@ export class BuildRecords {
     this.#kv.kvPut(NS, r.ref, JSON.stringify(r));
     // Trimming reads every record: done now and then, not after each build.
     if (this.#saves++ % 25 !== 0) return;
-    const all = this.#all();
+    const all = this.#all().filter((r) => !r.pinned);
     for (const old of all.slice(this.#keep)) this.#kv.kvDelete(NS, old.ref);
   }
 }
 
 /** Collects one build's steps (several solves of one build report into it). */
 export class BuildRecorder implements StepObserver {
-  readonly #o: { ref: string; frontend: string; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void };
+  readonly #o: { ref: string; frontend: string; info?: BuildRequestInfo; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void };
   readonly #started = Date.now();
   readonly #steps = new Map<string, BuildRecordData['steps'][number]>();
   /** Sources read by the build, their pins and platforms, in the order read (build info). */
@@ -82,7 +149,7 @@ export class BuildRecorder implements StepObserver {
   /** Image references the frontend resolved, the digests they named, for which platform (build info). */
   readonly resolvedImages: ResolvedImage[] = [];
 
-  constructor(o: { ref: string; frontend: string; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void }) {
+  constructor(o: { ref: string; frontend: string; info?: BuildRequestInfo; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void }) {
     this.#o = o;
   }
 
@@ -118,16 +185,25 @@ export class BuildRecorder implements StepObserver {
     return { stepsCached, stepsRun, bytesReused };
   }
 
-  finish(error?: string): BuildRecordData {
-    const r: BuildRecordData = {
+  /** The record as it stands (a running build's has no completion time). */
+  snapshot(): BuildRecordData {
+    return {
       ref: this.#o.ref,
       frontend: this.#o.frontend,
       startedAt: this.#started,
-      completedAt: Date.now(),
-      error: error ?? '',
+      completedAt: 0,
+      error: '',
       ...this.summary(),
       steps: [...this.#steps.values()],
+      ...(this.#o.info?.frontendAttrs ? { frontendAttrs: this.#o.info.frontendAttrs } : {}),
+      ...(this.#o.info?.exporters ? { exporters: this.#o.info.exporters } : {}),
     };
+  }
+
+  finish(error?: string, exporterResponse?: Record<string, string>, errorCode?: string): BuildRecordData {
+    const r: BuildRecordData = { ...this.snapshot(), completedAt: Date.now(), error: error ?? '' };
+    if (exporterResponse) r.exporterResponse = exporterResponse;
+    if (error && errorCode) r.errorCode = errorCode;
     this.#o.save(r);
     return r;
   }

@@ -10,7 +10,7 @@ import type { JobContext, LazyRef, Ref } from '../solver/types.js';
 import { BuildCache, frontendCacheImports, newCacheEntries, type CacheEntry, type RemoteCacheDeps } from '../cache/remote/build-cache.js';
 import { BuildRecorder, type BuildRecords } from './build-records.js';
 import { bytes } from '../client/progress/format.js';
-import { CancelledError, errorMessage, withStatusDetails, InvalidArgumentError, LoomError, UnimplementedError } from '../util/errors.js';
+import { CancelledError, codeOf, errorMessage, withStatusDetails, InvalidArgumentError, LoomError, UnimplementedError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import { inVertex, ProgressBus } from '../util/progress.js';
 import { sha256 } from '../util/digest.js';
@@ -88,19 +88,26 @@ export class BuildManager {
     signal.addEventListener('abort', onAbort, { once: true });
     this.#running.set(ref, ac);
     const bus = this.progress(ref);
-    const recorder = this.#o.records?.begin(ref, req.Frontend);
+    const recorder = this.#o.records?.begin(ref, req.Frontend, {
+      internal: req.Internal,
+      frontendAttrs: { ...req.FrontendAttrs },
+      exporters: requestExporters(req).map((e) => ({ type: e.type, attrs: { ...e.attrs } })),
+    });
     let failed = true;
     let error: string | undefined;
+    let errorCode: string | undefined;
+    let resp: Record<string, string> | undefined;
     try {
-      const resp = await this.#solve(ref, req, ac.signal, bus, recorder);
+      resp = await this.#solve(ref, req, ac.signal, bus, recorder);
       failed = false;
       return resp;
     } catch (err) {
       error = errorMessage(err);
+      errorCode = codeOf(err);
       throw err;
     } finally {
       try {
-        recorder?.finish(failed ? (error ?? 'failed') : undefined);
+        recorder?.finish(failed ? (error ?? 'failed') : undefined, resp, errorCode);
       } catch (err) {
         log().warn({ ref, err: errorMessage(err) }, 'could not save the build record');
       }
@@ -272,8 +279,7 @@ export class BuildManager {
   }
 
   #exporters(req: SolveRequest): ExporterInstance[] {
-    const list = req.Exporters.length > 0 ? req.Exporters.map((e) => ({ type: e.Type, attrs: e.Attrs })) : req.Exporter ? [{ type: req.Exporter, attrs: req.ExporterAttrs }] : [];
-    return list.map((e) => {
+    return requestExporters(req).map((e) => {
       const ex = this.#o.exporters.get(e.type);
       if (!ex) throw new InvalidArgumentError(`exporter ${JSON.stringify(e.type)} could not be found`);
       return ex.resolve(withFrontendEpoch(e.attrs, req.FrontendAttrs));
@@ -310,6 +316,12 @@ function withPlatforms(refs: { id: string; ref: LazyRef }[], md: Record<string, 
   }
   for (const [id, ref] of byId) out.push({ id, platform: toPbPlatform(parsePlatform(id)), ref });
   return out;
+}
+
+/** The request's exporters: the list (BuildKit v0.13 and later clients) or the single exporter of older ones. */
+function requestExporters(req: SolveRequest): { type: string; attrs: Record<string, string> }[] {
+  if (req.Exporters.length > 0) return req.Exporters.map((e) => ({ type: e.Type, attrs: e.Attrs }));
+  return req.Exporter ? [{ type: req.Exporter, attrs: req.ExporterAttrs }] : [];
 }
 
 /** The request's cache imports and exports, the deprecated single-ref fields included. */

@@ -1,5 +1,6 @@
 import { create } from '@bufbuild/protobuf';
 import { timestampFromDate } from '@bufbuild/protobuf/wkt';
+import { Metadata } from '@grpc/grpc-js';
 import type {
   sendUnaryData,
   ServerDuplexStream,
@@ -8,6 +9,14 @@ import type {
   UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import {
+  BuildHistoryEventSchema,
+  BuildHistoryEventType,
+  BuildHistoryRecordSchema,
+  ExporterSchema,
+  UpdateBuildHistoryResponseSchema,
+  type BuildHistoryRecord,
+  type BuildHistoryRequest,
+  type UpdateBuildHistoryRequest,
   DiskUsageResponseSchema,
   InfoResponseSchema,
   ListWorkersResponseSchema,
@@ -34,10 +43,13 @@ import type { SessionManager } from '../session/manager.js';
 import { bytesDuplex } from '../session/tunnel/bytes-duplex.js';
 import { createSessionCaller } from '../session/tunnel/caller.js';
 import { parseSessionMetadata } from '../session/tunnel/metadata.js';
-import { CancelledError, UnimplementedError } from '../util/errors.js';
+import { CancelledError, NotFoundError, UnimplementedError } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import type { ProgressBus, ProgressEvent } from '../util/progress.js';
-import { failStream, toServiceError } from './grpc-status.js';
+import { buildStatusCode, failStream, toServiceError } from './grpc-status.js';
+import type { BuildRecordData, BuildRecordEvent, BuildRecords } from './build-records.js';
+import { StatusSchema } from '../gen/google/rpc/status_pb.js';
+import type { ErrorCode } from '../util/errors.js';
 import { StatusPacer } from './status-pacer.js';
 import type { PruneOptions, UsageInfo, VersionInfo, WorkerInfo } from './types.js';
 
@@ -53,6 +65,33 @@ export interface ControlBackend {
   solve(req: SolveRequest, signal: AbortSignal): Promise<Record<string, string>>;
   diskUsage(filters: string[]): Promise<UsageInfo[]>;
   prune(opts: PruneOptions, onRecord: (u: UsageInfo) => void, signal: AbortSignal): Promise<void>;
+  /** The records of builds (absent: the history API answers Unimplemented). */
+  history?: Pick<BuildRecords, 'active' | 'list' | 'get' | 'subscribe' | 'update'>;
+}
+
+const EVENT_TYPES: Record<BuildRecordEvent['type'], BuildHistoryEventType> = {
+  started: BuildHistoryEventType.STARTED,
+  complete: BuildHistoryEventType.COMPLETE,
+  deleted: BuildHistoryEventType.DELETED,
+};
+
+/** A build's record as BuildKit's history API gives it. Step counts are loom's: every step a solve of the build reached. */
+export function historyRecord(r: BuildRecordData): BuildHistoryRecord {
+  const total = r.stepsCached + r.stepsRun;
+  return create(BuildHistoryRecordSchema, {
+    Ref: r.ref,
+    Frontend: r.frontend,
+    FrontendAttrs: r.frontendAttrs ?? {},
+    Exporters: (r.exporters ?? []).map((e) => create(ExporterSchema, { Type: e.type, Attrs: e.attrs })),
+    error: r.error ? create(StatusSchema, { code: buildStatusCode((r.errorCode ?? 'UNKNOWN') as ErrorCode), message: r.error }) : undefined,
+    CreatedAt: timestampFromDate(new Date(r.startedAt)),
+    CompletedAt: r.completedAt ? timestampFromDate(new Date(r.completedAt)) : undefined,
+    ExporterResponse: r.exporterResponse ?? {},
+    pinned: r.pinned ?? false,
+    numCachedSteps: r.stepsCached,
+    numTotalSteps: total,
+    numCompletedSteps: total,
+  });
 }
 
 /** The moby.buildkit.v1.Control handlers: protobuf in, backend calls, protobuf out. */
@@ -140,12 +179,69 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
       );
     },
 
-    listenBuildHistory(call: ServerWritableStream<unknown, unknown>) {
-      failStream(call, new UnimplementedError('build history is not implemented yet'));
+    // As upstream's: the builds running now (STARTED), then unless ActiveOnly the completed records,
+    // newest first and at most Limit of them (COMPLETE); then with EarlyExit the stream ends, else
+    // it goes on with every build that starts or completes and every record deleted. Ref narrows
+    // all of it to one build. A header carries the daemon's time (buildx shows ages by it).
+    listenBuildHistory(call: ServerWritableStream<BuildHistoryRequest, unknown>) {
+      const h = b.history;
+      if (!h) {
+        failStream(call, new UnimplementedError('this daemon keeps no build history'));
+        return;
+      }
+      const req = call.request;
+      const wanted = (r: BuildRecordData) => !req.Ref || r.ref === req.Ref;
+      const send = (type: BuildHistoryEventType, r: BuildRecordData) => call.write(create(BuildHistoryEventSchema, { type, record: historyRecord(r) }));
+      const md = new Metadata();
+      md.set('buildkit-current-timestamp', new Date().toISOString());
+      call.sendMetadata(md);
+      // Subscribed before the snapshot is sent, so a build that ends meanwhile is not missed.
+      const pending: BuildRecordEvent[] = [];
+      let live = false;
+      const unsubscribe = h.subscribe((ev) => {
+        if (!wanted(ev.record)) return;
+        if (live) send(EVENT_TYPES[ev.type], ev.record);
+        else pending.push(ev);
+      });
+      try {
+        for (const r of h.active()) if (wanted(r)) send(BuildHistoryEventType.STARTED, r);
+        if (!req.ActiveOnly) {
+          const done = req.Ref ? [h.get(req.Ref)].filter((r): r is BuildRecordData => r !== undefined) : h.list(req.Limit > 0 ? req.Limit : Number.MAX_SAFE_INTEGER);
+          for (const r of done) send(BuildHistoryEventType.COMPLETE, r);
+        }
+      } catch (err) {
+        unsubscribe();
+        failStream(call, err);
+        return;
+      }
+      if (req.EarlyExit) {
+        unsubscribe();
+        call.end();
+        return;
+      }
+      live = true;
+      for (const ev of pending) send(EVENT_TYPES[ev.type], ev.record);
+      call.on('cancelled', unsubscribe);
+      call.on('close', unsubscribe);
     },
 
-    updateBuildHistory(_call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) {
-      cb(toServiceError(new UnimplementedError('build history is not implemented yet')) as never, null);
+    updateBuildHistory(call: ServerUnaryCall<UpdateBuildHistoryRequest, unknown>, cb: sendUnaryData<unknown>) {
+      const h = b.history;
+      if (!h) {
+        cb(toServiceError(new UnimplementedError('this daemon keeps no build history')) as never, null);
+        return;
+      }
+      const req = call.request;
+      // Finalize alone: records here are complete when the build ends.
+      if (!req.Delete && req.Finalize) {
+        cb(null, create(UpdateBuildHistoryResponseSchema, {}));
+        return;
+      }
+      if (!h.update(req.Ref, req.Delete ? { delete: true } : { pinned: req.Pinned })) {
+        cb(toServiceError(new NotFoundError(`build record ${req.Ref} not found`)) as never, null);
+        return;
+      }
+      cb(null, create(UpdateBuildHistoryResponseSchema, {}));
     },
   };
 }

@@ -36,6 +36,11 @@ const CODES: Record<ErrorCode, status> = {
  */
 const BUILD_ERROR_CODES: ReadonlySet<ErrorCode> = new Set(['CANCELLED', 'DEADLINE_EXCEEDED', 'UNIMPLEMENTED', 'INTERNAL']);
 
+/** The gRPC code a build ending with an error of `code` answers (as toServiceError with `build`). */
+export function buildStatusCode(code: ErrorCode): status {
+  return CODES[BUILD_ERROR_CODES.has(code) ? code : 'UNKNOWN'];
+}
+
 /**
  * The one place an error becomes a gRPC status. Unexpected errors are logged with their stack.
  * `build`: the error ends a build (Solve), and carries only the codes upstream's would.

@@ -52,7 +52,7 @@ function statusOf(call: grpc.ClientReadableStream<Buffer> | grpc.ClientDuplexStr
 }
 
 describe('server streams that fail end with a status', () => {
-  test('ListenBuildHistory answers Unimplemented (buildx then builds without build records)', async () => {
+  test('ListenBuildHistory answers Unimplemented where the daemon keeps no records (buildx then builds without them)', async () => {
     const call = client.makeServerStreamRequest('/moby.buildkit.v1.Control/ListenBuildHistory', raw, raw, Buffer.alloc(0));
     const st = await statusOf(call);
     expect(st).toMatchObject({ code: grpc.status.UNIMPLEMENTED });

@@ -1,0 +1,165 @@
+/**
+ * BuildKit's build history API on a real daemon (root, real sockets): what `docker buildx history
+ * ls|inspect|rm` read and change, and what buildx asks after each build.
+ */
+import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import * as grpc from '@grpc/grpc-js';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  BuildHistoryEventSchema,
+  BuildHistoryEventType,
+  BuildHistoryRequestSchema,
+  UpdateBuildHistoryRequestSchema,
+  UpdateBuildHistoryResponseSchema,
+  type BuildHistoryEvent,
+} from '../../../src/gen/buildkit/control_pb.js';
+import { ControlClient } from '../../../src/client/control-client.js';
+import { mkfile, marshal, scratch } from '../../../src/llb/builder.js';
+import { buildctl, removeDir, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
+
+const d = describe.runIf(process.getuid?.() === 0);
+
+let daemon: TestDaemon;
+let client: grpc.Client;
+let work: string;
+
+function listen(req: Parameters<typeof create<typeof BuildHistoryRequestSchema>>[1]): { events: BuildHistoryEvent[]; header: Promise<grpc.Metadata>; done: Promise<grpc.StatusObject>; call: grpc.ClientReadableStream<BuildHistoryEvent> } {
+  const call = client.makeServerStreamRequest(
+    '/moby.buildkit.v1.Control/ListenBuildHistory',
+    (m: Uint8Array) => Buffer.from(m),
+    (b: Buffer) => fromBinary(BuildHistoryEventSchema, b),
+    toBinary(BuildHistoryRequestSchema, create(BuildHistoryRequestSchema, req)),
+  );
+  const events: BuildHistoryEvent[] = [];
+  call.on('data', (e: BuildHistoryEvent) => events.push(e));
+  call.on('error', () => {});
+  const header = new Promise<grpc.Metadata>((resolve) => call.on('metadata', resolve));
+  const done = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
+  return { events, header, done, call };
+}
+
+function update(req: Parameters<typeof create<typeof UpdateBuildHistoryRequestSchema>>[1]): Promise<grpc.ServiceError | null> {
+  return new Promise((resolve) =>
+    client.makeUnaryRequest(
+      '/moby.buildkit.v1.Control/UpdateBuildHistory',
+      (m: Uint8Array) => Buffer.from(m),
+      (b: Buffer) => fromBinary(UpdateBuildHistoryResponseSchema, b),
+      toBinary(UpdateBuildHistoryRequestSchema, create(UpdateBuildHistoryRequestSchema, req)),
+      (err) => resolve(err),
+    ),
+  );
+}
+
+function context(name: string, dockerfile: string): string {
+  const dir = join(work, name);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'Dockerfile'), dockerfile);
+  writeFileSync(join(dir, 'a.txt'), 'a\n');
+  return dir;
+}
+
+/** Builds the Dockerfile in `dir`; `ref` is the build's ref (buildctl --ref-file) once it is done. */
+async function dfBuild(dir: string, extra: string[] = []): Promise<{ code: number | null; stderr: string; ref: string }> {
+  const refFile = join(work, `ref-${Math.random().toString(36).slice(2)}`);
+  const r = await buildctl(daemon.addr, ['build', '--ref-file', refFile, '--frontend', 'dockerfile.v0', '--local', `context=${dir}`, '--local', `dockerfile=${dir}`, ...extra]);
+  return { code: r.code, stderr: r.stderr, ref: existsSync(refFile) ? readFileSync(refFile, 'utf8') : '' };
+}
+
+d('build history API', () => {
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'loom-history-'));
+    daemon = await startDaemon();
+    client = new grpc.Client(daemon.addr, grpc.credentials.createInsecure());
+  }, 60_000);
+
+  afterAll(async () => {
+    client?.close();
+    await daemon?.stop();
+    if (daemon) removeDir(daemon.dir);
+    if (work) removeDir(work);
+  });
+
+  it('lists completed builds with their frontend, options, exporters, times, steps and errors, newest first', async () => {
+    const ok = context('ok', 'FROM scratch\nCOPY a.txt /a.txt\n');
+    const r1 = await dfBuild(ok, ['--opt', 'build-arg:X=1', '--output', `type=local,dest=${join(work, 'out-ok')}`]);
+    expect(r1.code, r1.stderr).toBe(0);
+    const bad = context('bad', 'FROM scratch\nCOPY missing.txt /\n');
+    const r2 = await dfBuild(bad);
+    expect(r2.code).not.toBe(0);
+    expect(r1.ref).not.toBe('');
+    expect(r2.ref).not.toBe('');
+
+    const l = listen({ EarlyExit: true });
+    const st = await l.done;
+    expect(st.code).toBe(grpc.status.OK);
+    expect((await l.header).get('buildkit-current-timestamp')[0]).toMatch(/^\d{4}-\d\d-\d\dT/);
+    expect(l.events.map((e) => [e.type, e.record?.Ref])).toEqual([
+      [BuildHistoryEventType.COMPLETE, r2.ref],
+      [BuildHistoryEventType.COMPLETE, r1.ref],
+    ]);
+    const [failed, done] = l.events.map((e) => e.record!);
+    expect(done.Frontend).toBe('dockerfile.v0');
+    expect(done.FrontendAttrs['build-arg:X']).toBe('1');
+    expect(done.Exporters.map((e) => e.Type)).toEqual(['local']);
+    expect(done.error).toBeUndefined();
+    expect(Number(done.CompletedAt!.seconds)).toBeGreaterThanOrEqual(Number(done.CreatedAt!.seconds));
+    expect(done.numTotalSteps).toBeGreaterThan(0);
+    expect(done.numCompletedSteps).toBe(done.numTotalSteps);
+    expect(failed.error?.code).toBe(grpc.status.UNKNOWN);
+    expect(failed.error?.message).toContain('"/missing.txt": not found');
+
+    // A rebuild of the same steps counts them as cached.
+    const r3 = await dfBuild(ok);
+    expect(r3.code).toBe(0);
+    const again = listen({ EarlyExit: true, Ref: r3.ref });
+    await again.done;
+    expect(again.events).toHaveLength(1);
+    expect(again.events[0]!.record!.numCachedSteps).toBeGreaterThan(0);
+
+    // A client's internal build (buildx probing the frontend's capabilities) is not recorded, as upstream.
+    const control = new ControlClient({ address: daemon.addr });
+    try {
+      await control.solve({ Ref: 'hist-internal', Internal: true, Definition: marshal(scratch().file(mkfile('/x', 0o644, 'x'))) });
+      await control.solve({ Ref: 'hist-llb', Definition: marshal(scratch().file(mkfile('/x', 0o644, 'x'))) });
+    } finally {
+      control.close();
+    }
+    const refs = listen({ EarlyExit: true });
+    await refs.done;
+    expect(refs.events.map((e) => e.record?.Ref)).toContain('hist-llb');
+    expect(refs.events.map((e) => e.record?.Ref)).not.toContain('hist-internal');
+
+    // Limit keeps the newest.
+    const lim = listen({ EarlyExit: true, Limit: 1 });
+    await lim.done;
+    expect(lim.events.map((e) => e.record?.Ref)).toEqual(['hist-llb']);
+  }, 120_000);
+
+  it('streams builds as they start and complete; a record can be pinned and deleted', async () => {
+    const l = listen({});
+    await l.header;
+    const dir = context('live', 'FROM scratch\nCOPY a.txt /live.txt\n');
+    const { code, ref } = await dfBuild(dir);
+    expect(code).toBe(0);
+    for (let i = 0; i < 50 && l.events.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    const live = l.events.filter((e) => e.record?.Ref === ref).map((e) => e.type);
+    expect(live).toEqual([BuildHistoryEventType.STARTED, BuildHistoryEventType.COMPLETE]);
+
+    expect(await update({ Ref: ref, Pinned: true })).toBeNull();
+    const pinned = listen({ EarlyExit: true, Ref: ref });
+    await pinned.done;
+    expect(pinned.events[0]!.record!.pinned).toBe(true);
+
+    expect(await update({ Ref: ref, Delete: true })).toBeNull();
+    for (let i = 0; i < 50 && !l.events.some((e) => e.type === BuildHistoryEventType.DELETED); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(l.events.filter((e) => e.type === BuildHistoryEventType.DELETED).map((e) => e.record?.Ref)).toEqual([ref]);
+    const gone = listen({ EarlyExit: true, Ref: ref });
+    await gone.done;
+    expect(gone.events).toEqual([]);
+    expect((await update({ Ref: ref, Delete: true }))?.code).toBe(grpc.status.NOT_FOUND);
+    l.call.cancel();
+  }, 120_000);
+});
