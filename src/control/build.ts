@@ -129,6 +129,9 @@ export class BuildManager {
   }
 
   async #solve(ref: string, req: SolveRequest, signal: AbortSignal, bus: ProgressBus, recorder: BuildRecorder | undefined): Promise<Record<string, string>> {
+    // What loom cannot honour is refused rather than ignored: a policy's deny rules would not apply.
+    if ((req.SourcePolicy?.rules.length ?? 0) > 0 || req.SourcePolicySession) throw new UnimplementedError('source policies are not supported by loom yet');
+    if (req.EnableSessionExporter) throw new UnimplementedError('exporters chosen by the client through the session (EnableSessionExporter) are not supported by loom yet');
     const entitlements = this.#entitlements(req.Entitlements);
     const exporters = this.#exporters(req);
     const entries = cacheEntries(req);

@@ -240,6 +240,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
       create(PongResponseSchema, { FrontendAPICaps: caps(FRONTEND_CAPS, DISABLED_FRONTEND_CAPS), LLBCaps: caps(LLB_CAPS), Workers: deps.workers() }),
     ),
     solve: unary(async (b, req: GatewaySolveRequest) => {
+      if (req.SourcePolicies.some((p) => p.rules.length > 0)) throw new UnimplementedError('source policies are not supported by loom yet');
       if (req.Frontend) {
         // A client build function asking for a frontend (buildx build): run it here and hand back
         // its result for the client to Return.
@@ -271,6 +272,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
       return create(EvaluateResponseSchema, {});
     }),
     resolveImageConfig: unary(async (b, req: ResolveImageConfigRequest) => {
+      if (req.SourcePolicies.some((p) => p.rules.length > 0)) throw new UnimplementedError('source policies are not supported by loom yet');
       const run = () => deps.resolveImageConfig(b.job, req.Ref, req.Platform, req.ResolveMode);
       const name = req.LogName || `resolve image config for ${req.Ref}`;
       const r = await inVertex(b.job.progress, { name, id: resolveVertexId(req.Ref, req.Platform ? fromPbPlatform(req.Platform) : undefined) }, run);

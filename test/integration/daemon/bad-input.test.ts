@@ -21,6 +21,8 @@ import {
   type Op,
 } from '../../../src/gen/buildkit/ops_pb.js';
 import { image, marshal } from '../../../src/llb/builder.js';
+import { ControlClient } from '../../../src/client/control-client.js';
+import { PolicyAction } from '../../../src/gen/buildkit/policy_pb.js';
 import { sha256 } from '../../../src/util/digest.js';
 import { buildctl, removeDir, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
 import { startRegistry, type TestRegistry } from '../../helpers/registry.js';
@@ -111,6 +113,20 @@ d('bad input', () => {
     await expectFailure(['build', '--frontend', 'nosuch.v0'], undefined, /invalid frontend: nosuch\.v0/);
     const def = Buffer.from(toBinary(DefinitionSchema, marshal(image(`${reg.host}/busybox:latest`))));
     await expectFailure(['build', '--output', 'type=nosuch'], def, /exporter "nosuch" could not be found/);
+  });
+
+  it('refuses what it cannot honour instead of ignoring it: a source policy, exporters chosen through the session', async () => {
+    const control = new ControlClient({ address: daemon.addr });
+    try {
+      const def = marshal(image(`${reg.host}/busybox:latest`));
+      const policy = { version: 1n, rules: [{ action: PolicyAction.DENY, selector: { identifier: 'docker-image://*' } }] };
+      await expect(control.solve({ Ref: 'policy-1', Definition: def, SourcePolicy: policy })).rejects.toThrow(/source policies are not supported by loom yet/);
+      await expect(control.solve({ Ref: 'session-exporter-1', Definition: def, EnableSessionExporter: true })).rejects.toThrow(/EnableSessionExporter/);
+      // The same build without them goes through.
+      await control.solve({ Ref: 'policy-2', Definition: def });
+    } finally {
+      control.close();
+    }
   });
 
   it('reports a registry 404 with the reference', async () => {
