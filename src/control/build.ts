@@ -237,8 +237,8 @@ export class BuildManager {
       if (lazy.refs) src.refs = await Promise.all(lazy.refs.map(async (r) => ({ id: r.id, platform: r.platform, ref: await r.ref() })));
     }
     if (cache?.hasInline) src.inlineCache = (ref, layers) => cache.inlineConfig(ref, layers);
-    for (const ex of exporters) {
-      const out = await inVertex(job.progress, { name: ex.vertexName, id: `${sessionId}-export` }, (vertex) => ex.export({ job, vertex }, src));
+    for (const [i, ex] of exporters.entries()) {
+      const out = await inVertex(job.progress, { name: ex.vertexName, id: `${sessionId}-export-${i}` }, (vertex) => ex.export({ job, vertex, exporterId: i }, src));
       Object.assign(resp, out);
     }
     // Build information for each exported result, as upstream's solver adds it to the response.

@@ -25,12 +25,13 @@ export interface ArchiveExporterDeps {
  * Streams bytes produced by `produce` to the client's FileSend service (the client writes them to
  * its `dest` file or stdout). Resolves once the client has everything.
  */
-export async function sendToClient(job: JobContext, md: Record<string, string>, produce: (out: Writable) => Promise<void>): Promise<void> {
+export async function sendToClient(ctx: ExportContext, md: Record<string, string>, produce: (out: Writable) => Promise<void>): Promise<void> {
+  const job = ctx.job;
   const session = await job.session();
   if (!session.supports(FileSend.method.diffCopy)) {
     throw new LoomError('FAILED_PRECONDITION', 'the client does not accept exported files (its session has no FileSend service): give the output a dest');
   }
-  const stream = await session.stream(FileSend.method.diffCopy, { metadata: exporterMetadata(md), signal: job.signal });
+  const stream = await session.stream(FileSend.method.diffCopy, { metadata: exporterMetadata(md, { exporterId: ctx.exporterId ?? 0 }), signal: job.signal });
   const pass = new PassThrough({ highWaterMark: 1 << 20 });
   const producing = produce(pass).then(
     () => pass.end(),
@@ -97,7 +98,7 @@ class ArchiveExporterInstance implements ExporterInstance {
       }
       const done = oneOff(ctx.job.progress, ctx.vertex, 'sending tarball');
       const write = this.variant === 'oci' ? writeOciArchive : writeDockerArchive;
-      await sendToClient(ctx.job, resp, (out) => write(out, { store: this.d.content, root, names: this.names, signal: ctx.job.signal }));
+      await sendToClient(ctx, resp, (out) => write(out, { store: this.d.content, root, names: this.names, signal: ctx.job.signal }));
       done();
       return resp;
     } finally {

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PacketSchema } from '../gen/fsutil/wire_pb.js';
 import { FileSend } from '../gen/session/filesync_pb.js';
+import { exporterMetadata } from '../session/filesync/metadata.js';
 import { sendDir } from '../session/filesync/send.js';
 import type { XattrIO } from '../session/filesync/xattr.js';
 import { listXattrs } from '../snapshot/layer/sys-ops.js';
@@ -53,7 +54,12 @@ export class LocalExporter implements Exporter {
           ? src.refs.map((r) => ({ ref: r.ref as Ref | undefined, subdir: { name: platformDir(r.id), modTime }, label: `copying files ${r.id}` }))
           : [{ ref: src.ref, subdir: undefined, label: 'copying files' }];
         for (const part of parts) {
-          const stream = await session.stream(FileSend.method.diffCopy, { signal: ctx.job.signal, input: PacketSchema, output: PacketSchema });
+          const stream = await session.stream(FileSend.method.diffCopy, {
+            signal: ctx.job.signal,
+            input: PacketSchema,
+            output: PacketSchema,
+            metadata: exporterMetadata({}, { exporterId: ctx.exporterId ?? 0 }),
+          });
           // An empty result is an empty directory.
           const empty = part.ref ? undefined : await mkdtemp(join(tmpdir(), 'loom-empty-'));
           try {

@@ -20,7 +20,7 @@ export class TarExporter implements Exporter {
         const ref = src.ref;
         // A multi-platform result: each platform under a directory of its own (linux_arm64/), as upstream's.
         const parts = src.refs?.map((r) => ({ name: platformDir(r.id), dir: r.ref.dir }));
-        await sendToClient(ctx.job, {}, async (out) => {
+        await sendToClient(ctx, {}, async (out) => {
           if (parts?.length) await writeTreeTar(parts, out, { signal: ctx.job.signal, epoch });
           else if (ref) await writeTreeTar(ref.dir, out, { signal: ctx.job.signal, epoch });
           else out.write(Buffer.alloc(1024));

@@ -77,6 +77,12 @@ export interface ExportContext {
   job: JobContext;
   /** The progress vertex the exporter reports under. */
   vertex: string;
+  /**
+   * The exporter's place in the request's list. Files it sends the client carry it
+   * (buildkit-attachable-exporter-id), so a client with several outputs (buildctl v0.13 and
+   * later) writes each where its output said; older clients ignore it.
+   */
+  exporterId?: number;
 }
 
 export interface ExporterInstance {

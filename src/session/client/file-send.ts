@@ -24,9 +24,15 @@ export type ExportTarget =
  * BytesMessage, which it carries for files; for a directory the same method carries fsutil
  * Packets, so the handler picks the message type by what it was set up to receive.
  */
-export function fileSendService(target: ExportTarget): SessionServices {
+export function fileSendService(targets: ExportTarget | readonly ExportTarget[]): SessionServices {
+  const list = Array.isArray(targets) ? targets : [targets as ExportTarget];
   return {
     [methodPath(FileSend.method.diffCopy)]: async (raw, ctx) => {
+      // Several outputs: the daemon says which of them this is (its place in the request's
+      // exporters); daemons before BuildKit v0.13 say nothing, for their one output.
+      const { values, exporterId } = parseExporterMetadata(raw.metadata);
+      const target = list[exporterId ?? 0];
+      if (!target) throw new LoomError('INVALID_ARGUMENT', `the daemon sent files for output ${exporterId}, which this build does not have`);
       if (target.kind === 'dir') {
         await mkdir(target.dir, { recursive: true, mode: 0o700 }).catch((err: Error) => {
           throw new LoomError('INTERNAL', `failed to create synctarget dest dir ${target.dir}: ${err.message}`, { cause: err });
@@ -45,7 +51,6 @@ export function fileSendService(target: ExportTarget): SessionServices {
         });
         return;
       }
-      const { values } = parseExporterMetadata(raw.metadata);
       const sink = await target.open(values);
       await receiveBytes(typedStream(raw, BytesMessageSchema, BytesMessageSchema), sink, { signal: ctx.signal });
     },

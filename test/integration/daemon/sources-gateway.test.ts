@@ -177,6 +177,36 @@ d('sources and gateway', () => {
     });
   });
 
+  it('sends each of several outputs where the request put it (buildkit-attachable-exporter-id), as buildctl v0.13 and later ask', async () => {
+    const control = new ControlClient({ address: daemon.addr });
+    const dir = join(work, 'multi-out-dir');
+    const tarPath = join(work, 'multi-out.tar');
+    const sink = createWriteStream(tarPath);
+    const session = openSession({ control, services: clientSessionServices({ exportTarget: [{ kind: 'dir', dir }, { kind: 'file', open: () => sink }] }) });
+    try {
+      const solving = control.solve({
+        Ref: `multi-out-${Date.now()}`,
+        Definition: marshal(scratch().file(mkfile('/hello', 0o644, 'hi\n'))),
+        Session: session.id,
+        Exporters: [
+          { Type: 'local', Attrs: {} },
+          { Type: 'tar', Attrs: {} },
+        ],
+      });
+      // Before, both went to the first output and the build never ended.
+      const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error('the export did not finish')), 20_000));
+      await Promise.race([solving, timeout]);
+      expect(readFileSync(join(dir, 'hello'), 'utf8')).toBe('hi\n');
+      if (!sink.closed) await new Promise((r) => sink.on('close', r));
+      const list = await run('tar', ['-tf', tarPath]);
+      expect(list.code, list.stderr).toBe(0);
+      expect(list.stdout.split('\n')).toContain('hello');
+    } finally {
+      session.close();
+      control.close();
+    }
+  }, 60_000);
+
   it('says so when a gateway solve names cache imports the build itself does not (loom imports for the whole build)', async () => {
     await withGateway(clientSessionServices({}), async ({ control, sessionId, ref, call }) => {
       const warnings: string[] = [];
