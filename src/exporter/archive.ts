@@ -6,7 +6,6 @@ import { SessionContentStore } from '../session/content/session-store.js';
 import { EXPORT_STORE_ID } from '../session/content/store-id.js';
 import { sendBytes } from '../session/filesync/bytes.js';
 import { exporterMetadata } from '../session/filesync/metadata.js';
-import type { JobContext } from '../solver/types.js';
 import { LoomError } from '../util/errors.js';
 import { oneOff } from '../util/progress.js';
 import type { Platform } from '../util/platform.js';
