@@ -111,9 +111,13 @@ export interface SelectContext {
 export function selectPrune<T extends PruneRecord>(records: readonly T[], opts: PruneOptions, ctx: SelectContext): T[] {
   const match = parseFilters(opts.filters);
   let total = 0;
-  if (opts.keepBytes > 0) {
+  let keepBytes = 0;
+  if (opts.keepBytes > 0 || (opts.maxUsedSpace ?? 0) > 0 || (opts.minFreeSpace ?? 0) > 0) {
     for (const r of records) if (!r.info.shared) total += r.info.size;
-    if (total < opts.keepBytes) return [];
+    const keep = keepBytesFor(total, opts);
+    if (keep === 'nothing') return [];
+    keepBytes = keep;
+    if (keepBytes > 0 && total < keepBytes) return [];
   }
   const cutoff = ctx.now - opts.keepDurationMs;
   const eligible = records.filter(({ info: u }) => {
@@ -136,7 +140,7 @@ export function selectPrune<T extends PruneRecord>(records: readonly T[], opts: 
   for (;;) {
     const candidates = [...left].filter(free);
     if (candidates.length === 0) break;
-    if (opts.keepBytes <= 0) {
+    if (keepBytes <= 0) {
       for (const c of candidates) {
         chosen.push(c);
         left.delete(c);
@@ -149,9 +153,26 @@ export function selectPrune<T extends PruneRecord>(records: readonly T[], opts: 
     left.delete(victim);
     remove(victim);
     if (!victim.info.shared) total -= victim.info.size;
-    if (total < opts.keepBytes) break;
+    if (total < keepBytes) break;
   }
   return chosen;
+}
+
+/**
+ * How many bytes a prune keeps, as upstream's calculateKeepBytes: at most max-used-space, less
+ * where min-free-space needs room, never below the reserved space (keepBytes); 0 = no cap (every
+ * candidate goes). 'nothing' when only min-free-space is set and the disk already has that free.
+ */
+function keepBytesFor(total: number, opts: PruneOptions): number | 'nothing' {
+  let keep = opts.maxUsedSpace ?? 0;
+  const minFree = opts.minFreeSpace ?? 0;
+  const excess = minFree - (opts.freeBytes ?? 0);
+  if (minFree > 0 && excess > 0) keep = keep === 0 ? total - excess : Math.min(keep, total - excess);
+  else if (minFree > 0 && keep === 0) {
+    if (opts.keepBytes <= 0) return 'nothing';
+    keep = total;
+  }
+  return Math.max(keep, opts.keepBytes);
 }
 
 function lastUsed(u: UsageInfo): number {

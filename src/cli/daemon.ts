@@ -12,6 +12,7 @@ import { GarbageCollector, policyPruneOptions } from '../cache/gc.js';
 import { LinkedUsage } from '../cache/linked-usage.js';
 import type { PruneOptions, UsageInfo } from '../control/types.js';
 import { statfsSync } from 'node:fs';
+import { statfs } from 'node:fs/promises';
 import { SessionManager } from '../session/manager.js';
 import { log as rootLog } from '../util/log.js';
 import type { DaemonSettings } from './buildkitd.js';
@@ -68,7 +69,8 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
     // local sources (they hold the same files through hard links).
     const pruneCache = async (opts: PruneOptions, sweepAlways = true): Promise<UsageInfo[]> => {
       const removed = await prune(cache, opts, { idle: builds.runningCount === 0, protect, sweepAlways });
-      const everything = opts.all && opts.keepBytes === 0 && opts.keepDurationMs === 0 && opts.filters.every((f) => f.trim() === '');
+      const everything =
+        opts.all && opts.keepBytes === 0 && !opts.maxUsedSpace && !opts.minFreeSpace && opts.keepDurationMs === 0 && opts.filters.every((f) => f.trim() === '');
       if (everything || removed.some((u) => u.recordType === 'source.local')) await w.pruneLocalMirrors();
       return removed;
     };
@@ -143,6 +145,11 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       history: records,
       diskUsage: (filters) => diskUsage(cache, filters),
       prune: async (opts, onRecord) => {
+        // min-free-space is about the file system the state lives on.
+        if (opts.minFreeSpace) {
+          const st = await statfs(s.root);
+          opts = { ...opts, freeBytes: Number(st.bavail) * Number(st.bsize) };
+        }
         const removed = await pruneCache(opts);
         metrics.pruneRuns();
         metrics.pruneBytes(removed.reduce((n, u) => n + u.size, 0));

@@ -170,6 +170,8 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
           all: r.all,
           keepDurationMs: Number(r.keepDuration / 1_000_000n),
           keepBytes: Number(r.reservedSpace),
+          maxUsedSpace: Number(r.maxUsedSpace),
+          minFreeSpace: Number(r.minFreeSpace),
         },
         (u) => call.write(usageRecord(u)),
         ac.signal,

@@ -35,6 +35,11 @@ export interface PruneOptions {
   all: boolean;
   /** Milliseconds; 0 = no age limit. */
   keepDurationMs: number;
-  /** Bytes to keep; 0 = none. */
+  /** Bytes to keep at least (upstream's reserved-space, keep-storage before v0.17); 0 = none. */
   keepBytes: number;
+  /** Bytes to keep at most (max-used-space); 0 or absent = no cap. */
+  maxUsedSpace?: number;
+  /** Bytes the file system should have free afterwards (min-free-space), with `freeBytes` its free bytes now. */
+  minFreeSpace?: number;
+  freeBytes?: number;
 }

@@ -59,6 +59,19 @@ describe('selectPrune (one policy)', () => {
     expect(select(rs, { keepBytes: 101 })).toEqual(['old', 'older', 'mid']);
   });
 
+  it('keeps what upstream v0.17+ computes from max-used-space, min-free-space and reserved-space (keepBytes)', () => {
+    const rs = [rec('new', { usedMinAgo: 1 }), rec('old', { usedMinAgo: 30 }), rec('mid', { usedMinAgo: 10 }), rec('older', { usedMinAgo: 20 })];
+    // 400 bytes held: at most 250 used -> the two least recently used go.
+    expect(select(rs, { maxUsedSpace: 250 })).toEqual(['old', 'older']);
+    // 150 free, 300 wanted free: 150 must go (total 400 -> keep 250).
+    expect(select(rs, { minFreeSpace: 300, freeBytes: 150 })).toEqual(['old', 'older']);
+    // Enough free already: nothing goes (not everything, as a prune without limits would).
+    expect(select(rs, { minFreeSpace: 300, freeBytes: 1000 })).toEqual([]);
+    // The tighter of the two, but never below the reserved space.
+    expect(select(rs, { maxUsedSpace: 350, minFreeSpace: 300, freeBytes: 150 })).toEqual(['old', 'older']);
+    expect(select(rs, { maxUsedSpace: 50, keepBytes: 301 })).toEqual(['old']);
+  });
+
   it('without keepBytes removes every candidate', () => {
     const rs = [rec('a'), rec('b'), rec('c', { inUse: true })];
     expect(select(rs, {}).sort()).toEqual(['a', 'b']);
