@@ -151,6 +151,6 @@ export class GarbageCollector {
 }
 
 /** A policy of buildkitd.toml (`keepDuration` in seconds) as one prune pass. */
-export function policyPruneOptions(p: { all: boolean; keepBytes: number; keepDuration: number; filters: readonly string[] }): PruneOptions {
-  return { all: p.all, keepBytes: p.keepBytes, keepDurationMs: p.keepDuration * 1000, filters: [...p.filters] };
+export function policyPruneOptions(p: { all: boolean; keepBytes: number; maxUsedSpace?: number; minFreeSpace?: number; keepDuration: number; filters: readonly string[] }): PruneOptions {
+  return { all: p.all, keepBytes: p.keepBytes, maxUsedSpace: p.maxUsedSpace ?? 0, minFreeSpace: p.minFreeSpace ?? 0, keepDurationMs: p.keepDuration * 1000, filters: [...p.filters] };
 }

@@ -13,8 +13,12 @@ export interface RegistryHostConfig {
 
 export interface GCPolicyConfig {
   all: boolean;
-  /** Bytes. */
+  /** Bytes kept at least: `reservedSpace` (BuildKit v0.17+), or the older `keepBytes`. */
   keepBytes: number;
+  /** Bytes kept at most (`maxUsedSpace`); 0 = no cap. */
+  maxUsedSpace?: number;
+  /** Bytes the file system should keep free (`minFreeSpace`); 0 = none. */
+  minFreeSpace?: number;
   /** Seconds. */
   keepDuration: number;
   filters: string[];
@@ -102,7 +106,12 @@ export function parseConfig(text: string, file = 'buildkitd.toml'): DaemonConfig
             const t = table(p, where(`worker.oci.gcpolicy[${i}]`));
             return {
               all: opt(t.all, 'boolean', where(`worker.oci.gcpolicy[${i}].all`)) ?? false,
-              keepBytes: bytesValue(t.keepBytes, where(`worker.oci.gcpolicy[${i}].keepBytes`)),
+              keepBytes:
+                t.reservedSpace !== undefined
+                  ? bytesValue(t.reservedSpace, where(`worker.oci.gcpolicy[${i}].reservedSpace`))
+                  : bytesValue(t.keepBytes, where(`worker.oci.gcpolicy[${i}].keepBytes`)),
+              maxUsedSpace: bytesValue(t.maxUsedSpace, where(`worker.oci.gcpolicy[${i}].maxUsedSpace`)),
+              minFreeSpace: bytesValue(t.minFreeSpace, where(`worker.oci.gcpolicy[${i}].minFreeSpace`)),
               keepDuration: durationSeconds(t.keepDuration, where(`worker.oci.gcpolicy[${i}].keepDuration`)),
               filters: strList(t.filters, where(`worker.oci.gcpolicy[${i}].filters`)) ?? [],
             };

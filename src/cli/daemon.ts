@@ -68,6 +68,11 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
     // One code path for the client's Prune and the GC: records, then the local mirrors of removed
     // local sources (they hold the same files through hard links).
     const pruneCache = async (opts: PruneOptions, sweepAlways = true): Promise<UsageInfo[]> => {
+      // min-free-space is about the file system the state lives on.
+      if (opts.minFreeSpace) {
+        const st = await statfs(s.root);
+        opts = { ...opts, freeBytes: Number(st.bavail) * Number(st.bsize) };
+      }
       const removed = await prune(cache, opts, { idle: builds.runningCount === 0, protect, sweepAlways });
       const everything =
         opts.all && opts.keepBytes === 0 && !opts.maxUsedSpace && !opts.minFreeSpace && opts.keepDurationMs === 0 && opts.filters.every((f) => f.trim() === '');
@@ -145,11 +150,6 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       history: records,
       diskUsage: (filters) => diskUsage(cache, filters),
       prune: async (opts, onRecord) => {
-        // min-free-space is about the file system the state lives on.
-        if (opts.minFreeSpace) {
-          const st = await statfs(s.root);
-          opts = { ...opts, freeBytes: Number(st.bavail) * Number(st.bsize) };
-        }
         const removed = await pruneCache(opts);
         metrics.pruneRuns();
         metrics.pruneBytes(removed.reduce((n, u) => n + u.size, 0));

@@ -275,6 +275,8 @@ export function workerRecord(w: WorkerInfo, version: VersionInfo) {
         all: p.all,
         keepDuration: BigInt(p.keepDuration) * 1_000_000_000n,
         reservedSpace: BigInt(p.keepBytes),
+        maxUsedSpace: BigInt(p.maxUsedSpace ?? 0),
+        minFreeSpace: BigInt(p.minFreeSpace ?? 0),
         filters: p.filters,
       }),
     ),
