@@ -43,13 +43,12 @@ import type { SessionManager } from '../session/manager.js';
 import { bytesDuplex } from '../session/tunnel/bytes-duplex.js';
 import { createSessionCaller } from '../session/tunnel/caller.js';
 import { parseSessionMetadata } from '../session/tunnel/metadata.js';
-import { CancelledError, NotFoundError, UnimplementedError } from '../util/errors.js';
+import { CancelledError, NotFoundError, UnimplementedError, type ErrorCode } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
 import type { ProgressBus, ProgressEvent } from '../util/progress.js';
 import { buildStatusCode, failStream, toServiceError } from './grpc-status.js';
 import type { BuildRecordData, BuildRecordEvent, BuildRecords } from './build-records.js';
 import { StatusSchema } from '../gen/google/rpc/status_pb.js';
-import type { ErrorCode } from '../util/errors.js';
 import { StatusPacer } from './status-pacer.js';
 import type { PruneOptions, UsageInfo, VersionInfo, WorkerInfo } from './types.js';
 
@@ -197,14 +196,6 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
       const md = new Metadata();
       md.set('buildkit-current-timestamp', new Date().toISOString());
       call.sendMetadata(md);
-      // Subscribed before the snapshot is sent, so a build that ends meanwhile is not missed.
-      const pending: BuildRecordEvent[] = [];
-      let live = false;
-      const unsubscribe = h.subscribe((ev) => {
-        if (!wanted(ev.record)) return;
-        if (live) send(EVENT_TYPES[ev.type], ev.record);
-        else pending.push(ev);
-      });
       try {
         for (const r of h.active()) if (wanted(r)) send(BuildHistoryEventType.STARTED, r);
         if (!req.ActiveOnly) {
@@ -212,17 +203,17 @@ export function controlHandlers(b: ControlBackend): UntypedServiceImplementation
           for (const r of done) send(BuildHistoryEventType.COMPLETE, r);
         }
       } catch (err) {
-        unsubscribe();
         failStream(call, err);
         return;
       }
       if (req.EarlyExit) {
-        unsubscribe();
         call.end();
         return;
       }
-      live = true;
-      for (const ev of pending) send(EVENT_TYPES[ev.type], ev.record);
+      // Subscribed in the same turn as the snapshot was taken: no event falls between the two.
+      const unsubscribe = h.subscribe((ev) => {
+        if (wanted(ev.record)) send(EVENT_TYPES[ev.type], ev.record);
+      });
       call.on('cancelled', unsubscribe);
       call.on('close', unsubscribe);
     },
