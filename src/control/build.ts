@@ -14,7 +14,7 @@ import { CancelledError, codeOf, errorMessage, withStatusDetails, InvalidArgumen
 import { log as rootLog } from '../util/log.js';
 import { inVertex, ProgressBus } from '../util/progress.js';
 import { sha256 } from '../util/digest.js';
-import { GatewayBuild, resultRefs, type GatewayDeps, type GatewayForwarder } from './gateway.js';
+import { GatewayBuild, refuseSourcePolicies, resultRefs, type GatewayDeps, type GatewayForwarder } from './gateway.js';
 import { parsePlatform, type Platform } from '../util/platform.js';
 import { FRONTENDS, runFrontend } from './frontends.js';
 import { toPbPlatform } from '../util/pb-platform.js';
@@ -129,8 +129,9 @@ export class BuildManager {
   }
 
   async #solve(ref: string, req: SolveRequest, signal: AbortSignal, bus: ProgressBus, recorder: BuildRecorder | undefined): Promise<Record<string, string>> {
-    // What loom cannot honour is refused rather than ignored: a policy's deny rules would not apply.
-    if ((req.SourcePolicy?.rules.length ?? 0) > 0 || req.SourcePolicySession) throw new UnimplementedError('source policies are not supported by loom yet');
+    // What loom cannot honour is refused rather than ignored.
+    refuseSourcePolicies(req.SourcePolicy ? [req.SourcePolicy] : []);
+    if (req.SourcePolicySession) throw new UnimplementedError('source policies are not supported by loom yet');
     if (req.EnableSessionExporter) throw new UnimplementedError('exporters chosen by the client through the session (EnableSessionExporter) are not supported by loom yet');
     const entitlements = this.#entitlements(req.Entitlements);
     const exporters = this.#exporters(req);

@@ -240,7 +240,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
       create(PongResponseSchema, { FrontendAPICaps: caps(FRONTEND_CAPS, DISABLED_FRONTEND_CAPS), LLBCaps: caps(LLB_CAPS), Workers: deps.workers() }),
     ),
     solve: unary(async (b, req: GatewaySolveRequest) => {
-      if (req.SourcePolicies.some((p) => p.rules.length > 0)) throw new UnimplementedError('source policies are not supported by loom yet');
+      refuseSourcePolicies(req.SourcePolicies);
       if (req.Frontend) {
         // A client build function asking for a frontend (buildx build): run it here and hand back
         // its result for the client to Return.
@@ -272,7 +272,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
       return create(EvaluateResponseSchema, {});
     }),
     resolveImageConfig: unary(async (b, req: ResolveImageConfigRequest) => {
-      if (req.SourcePolicies.some((p) => p.rules.length > 0)) throw new UnimplementedError('source policies are not supported by loom yet');
+      refuseSourcePolicies(req.SourcePolicies);
       const run = () => deps.resolveImageConfig(b.job, req.Ref, req.Platform, req.ResolveMode);
       const name = req.LogName || `resolve image config for ${req.Ref}`;
       const r = await inVertex(b.job.progress, { name, id: resolveVertexId(req.Ref, req.Platform ? fromPbPlatform(req.Platform) : undefined) }, run);
@@ -402,4 +402,9 @@ function warnUnusedImports(b: GatewayBuild, imports: CacheEntry[]): void {
     short: `cache imports named only in a gateway solve are not used by loom (${names}); name them in the build request (--import-cache, --cache-from)`,
     detail: [],
   });
+}
+
+/** Source policies are refused rather than ignored: their deny rules would silently not apply. */
+export function refuseSourcePolicies(policies: readonly { rules: readonly unknown[] }[]): void {
+  if (policies.some((p) => p.rules.length > 0)) throw new UnimplementedError('source policies are not supported by loom yet');
 }
