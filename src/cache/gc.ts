@@ -152,5 +152,12 @@ export class GarbageCollector {
 
 /** A policy of buildkitd.toml (`keepDuration` in seconds) as one prune pass. */
 export function policyPruneOptions(p: { all: boolean; keepBytes: number; maxUsedSpace?: number; minFreeSpace?: number; keepDuration: number; filters: readonly string[] }): PruneOptions {
-  return { all: p.all, keepBytes: p.keepBytes, maxUsedSpace: p.maxUsedSpace ?? 0, minFreeSpace: p.minFreeSpace ?? 0, keepDurationMs: p.keepDuration * 1000, filters: [...p.filters] };
+  return {
+    all: p.all,
+    keepBytes: p.keepBytes,
+    ...(p.maxUsedSpace ? { maxUsedSpace: p.maxUsedSpace } : {}),
+    ...(p.minFreeSpace ? { minFreeSpace: p.minFreeSpace } : {}),
+    keepDurationMs: p.keepDuration * 1000,
+    filters: [...p.filters],
+  };
 }
