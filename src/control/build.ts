@@ -164,7 +164,7 @@ export class BuildManager {
     if (!req.Definition || req.Definition.def.length === 0) {
       // No definition and no frontend: the client runs the build function itself and drives this
       // build through the gateway API (buildctl build, buildx build), ending with Return.
-      return this.#gatewayBuild(ref, req, job, exporters);
+      return this.#gatewayBuild(ref, req, job, exporters, entries.imports);
     }
     const def = loadDefinition(req.Definition);
     const solved = await this.#o.solver.solve(job, def);
@@ -177,8 +177,8 @@ export class BuildManager {
     }
   }
 
-  async #gatewayBuild(ref: string, req: SolveRequest, job: JobContext, exporters: ExporterInstance[]): Promise<Record<string, string>> {
-    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, sessionId: req.Session, cacheImports: cacheEntries(req).imports });
+  async #gatewayBuild(ref: string, req: SolveRequest, job: JobContext, exporters: ExporterInstance[], cacheImports: readonly CacheEntry[]): Promise<Record<string, string>> {
+    const b = new GatewayBuild({ job, inputs: req.FrontendInputs, deps: this.#o.gateway, sessionId: req.Session, cacheImports });
     const unregister = this.#o.forwarder.register(ref, b);
     try {
       const ret = await b.waitReturn();

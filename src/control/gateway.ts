@@ -244,7 +244,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
       if (req.Frontend) {
         // A client build function asking for a frontend (buildx build): run it here and hand back
         // its result for the client to Return.
-        warnUnusedImports(b, [...req.CacheImports.map((e) => ({ Type: e.Type, Attrs: { ...e.Attrs } })), ...frontendCacheImports(req.FrontendOpt)]);
+        warnUnusedImports(b, [...req.CacheImports, ...frontendCacheImports(req.FrontendOpt)]);
         const out = await runFrontend(req.Frontend, b, { attrs: req.FrontendOpt, sessionId: b.sessionId, deps, platforms: deps.platforms });
         b.frontendRequest = { frontend: req.Frontend, attrs: req.FrontendOpt };
         const refOf = (id: string | undefined) => create(RefSchema, { id: id ?? '' });
@@ -253,7 +253,7 @@ export function gatewayHandlers(fwd: GatewayForwarder, deps: GatewayDeps): Untyp
           : create(ResultSchema, { result: { case: 'ref', value: refOf(out.refs[0]?.id) }, metadata: out.metadata });
         return create(SolveResponseSchema, { ref: out.refs[0]?.id ?? '', result });
       }
-      warnUnusedImports(b, req.CacheImports.map((e) => ({ Type: e.Type, Attrs: { ...e.Attrs } })));
+      warnUnusedImports(b, req.CacheImports);
       if (!req.Definition || req.Definition.def.length === 0) {
         // An empty definition solves to an empty result.
         return create(SolveResponseSchema, { result: create(ResultSchema, {}) });
@@ -392,7 +392,7 @@ export function resultRefs(b: GatewayBuild, r: Result): { ref?: LazyRef; refs?: 
  * build's own request names them too, as buildctl and buildx always do: loom imports for the
  * whole build when it starts. Any others are said to be unused rather than silently dropped.
  */
-function warnUnusedImports(b: GatewayBuild, imports: CacheEntry[]): void {
+function warnUnusedImports(b: GatewayBuild, imports: readonly CacheEntry[]): void {
   const unused = newCacheEntries(b.cacheImports, imports);
   if (unused.length === 0) return;
   const names = unused.map((e) => (e.Type === 'registry' ? e.Attrs.ref : e.Type) ?? e.Type).join(', ');

@@ -65,7 +65,8 @@ export function parseDiffCopyMetadata(md: CallMetadata): DiffCopyRequest {
 /**
  * Headers for FileSend.DiffCopy carrying an exporter's response values (the oci and docker
  * exporters send theirs so the client can name the output; tar and local send none).
- * `exporterId` is only understood by newer clients; leave it out for v0.11 ones.
+ * `exporterId` (the exporter's place in the request) routes the files on clients with several
+ * outputs (v0.13 and later); v0.11 clients ignore it.
  */
 export function exporterMetadata(values: Record<string, string>, opts?: { exporterId?: number; multiPlatform?: boolean }): CallMetadata {
   const md: CallMetadata = {};
