@@ -12,8 +12,8 @@ import { subdirLinkname } from '../../util/subdir-fs.js';
 /**
  * Writes a whole tree as a tar (the tar exporter's output, as fsutil's WriteTar): every entry below
  * `dir` in layer order (depth first, names sorted by bytes), the root itself left out; directories
- * end in `/`; numeric owners; a file's second and later names become hard links to the first; all
- * xattrs as pax records; sockets left out. The same tree always gives the same bytes.
+ * end in `/`; numeric owners; a file's second and later names (within one tree of `dir`) become hard
+ * links to the first; all xattrs as pax records; sockets left out. The same tree always gives the same bytes.
  * `dir` may also be a list of trees, each written under a directory of its own `name` (mode 0755,
  * root's, time 0: upstream's SubDirFS, for a multi-platform result's `linux_arm64/` and so on),
  * where an absolute symlink target gets the directory in front (`/linux_arm64/bin/busybox`).
@@ -61,7 +61,9 @@ export async function writeTreeTar(dir: string | readonly { name: string; dir: s
     const x = xattrs[hosts++];
     if (x && x.size > 0) hdr.xattrs = x;
     if (!e.st.isDirectory() && e.st.nlink > 1n) {
-      const key = `${e.st.dev}:${e.st.ino}`;
+      // Per platform directory: upstream walks each one on its own, so a tree exported for two
+      // platforms holds files in both, not links from the second into the first.
+      const key = `${e.part ?? ''}:${e.st.dev}:${e.st.ino}`;
       const first = firstName.get(key);
       if (first !== undefined) {
         await w.add({ ...hdr, type: 'link', linkname: first, size: 0 });

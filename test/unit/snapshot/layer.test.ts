@@ -351,4 +351,19 @@ describe('writeTreeTar', () => {
     execFileSync('tar', ['--xattrs', '--xattrs-include=user.*', '-xf', f1, '-C', x]);
     expect(await getXattr([path.join(x, 'a')], 'user.k')).toEqual([Buffer.from('v')]);
   });
+
+  it('links hard links only within one platform directory (one tree exported for two platforms)', async () => {
+    // A stage pinned to one platform (FROM --platform=linux/amd64) is the same tree for every
+    // target platform; upstream walks each platform directory on its own, so the second
+    // platform's files are files, not links into the first's.
+    const d = path.join(tmp, 'tree');
+    w(path.join(d, 'f'), 'content');
+    linkSync(path.join(d, 'f'), path.join(d, 'g'));
+    const f1 = path.join(tmp, '1.tar');
+    await toFile(f1, (out) => writeTreeTar([{ name: 'linux_amd64', dir: d }, { name: 'linux_arm64', dir: d }], out));
+    const own = IS_ROOT ? '0/0' : `${process.getuid!()}/${process.getgid!()}`;
+    expect(gnuList(f1)).toEqual(
+      ['drwxr-xr-x 0/0 linux_amd64/', `-rw-r--r-- ${own} linux_amd64/f`, `hrw-r--r-- ${own} linux_amd64/g link to linux_amd64/f`, 'drwxr-xr-x 0/0 linux_arm64/', `-rw-r--r-- ${own} linux_arm64/f`, `hrw-r--r-- ${own} linux_arm64/g link to linux_arm64/f`],
+    );
+  });
 });
