@@ -51,12 +51,14 @@ import {
 import { chompHeredocContent, parse, parseHeredoc, type Warning } from './parser.js';
 import { parseMount, type Mount } from './run-mount.js';
 import { buildEnvs, ShellLex } from './shell-lex.js';
+import {
+  lintCommandCasing, lintInstructionNode, lintMessages, lintStageNames, NON_ENV_ARGS, reportUnmatchedVariables, reportUnusedFromArgs, RULES, type Linter,
+} from './linter.js';
 import type { OutlineData } from './subrequests.js';
 
 const EMPTY_IMAGE_NAME = 'scratch';
 const DEFAULT_CONTEXT_LOCAL_NAME = 'context';
 const HISTORY_COMMENT = 'buildkit.dockerfile.v0';
-const NON_ENV_ARGS = new Set(['BUILDKIT_SBOM_SCAN_CONTEXT', 'BUILDKIT_SBOM_SCAN_STAGE']);
 
 export type ResolveMode = 'default' | 'pull' | 'local';
 
@@ -120,6 +122,10 @@ export interface ConvertOptions {
    * upstream's goroutines do, and its progress line reads as upstream's).
    */
   contextByName?(name: string, resolveMode: ResolveMode, platform: Platform | undefined): Promise<NamedContext | undefined> | undefined;
+  /** Lint rules are checked and reported to it (the `frontend.lint` subrequest, a `# check=` directive). */
+  lint?: Linter;
+  /** Resolve and dispatch every stage, not only those the target needs (linting without a target). */
+  allStages?: boolean;
 }
 
 export interface ConvertResult {
@@ -182,6 +188,8 @@ interface DispatchState {
   cmdTotal: number;
   prefixPlatform: boolean;
   outline: OutlineCapture;
+  /** For lint rules: a WORKDIR seen in this stage, and where CMD/ENTRYPOINT/HEALTHCHECK last were. */
+  lintSeen: { workdir: boolean; cmd?: Range[]; entrypoint?: Range[]; healthcheck?: Range[] };
 }
 
 interface Command {
@@ -231,6 +239,7 @@ interface DispatchOpt {
   epoch: string | undefined;
   b: LLBBuilder;
   ctxPaths: Set<string>;
+  lint: Linter | undefined;
 }
 
 function newDispatchState(stage: Stage, unregistered = false): DispatchState {
@@ -253,6 +262,7 @@ function newDispatchState(stage: Stage, unregistered = false): DispatchState {
     cmdTotal: 0,
     prefixPlatform: false,
     outline: emptyOutline(),
+    lintSeen: { workdir: false },
   };
 }
 
@@ -520,9 +530,16 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
   );
 
   const ast = parse(dt);
-  for (const w of ast.warnings) warn(w);
+  const lint = opt.lint;
+  for (const w of ast.warnings) {
+    // With lint rules checked, the empty continuation warning is the NoEmptyContinuation rule's.
+    if (lint && w.short.startsWith('Empty continuation line found in: ')) lint.run(RULES.NoEmptyContinuation, w.location ? [w.location] : [], lintMessages.noEmptyContinuation());
+    else warn(w);
+  }
+  if (lint) lintCommandCasing(ast.children, lint);
   const proxyEnv = proxyEnvFromBuildArgs(buildArgs);
-  const { stages, metaArgs } = parseStages(ast);
+  const { stages, metaArgs } = parseStages(ast, lint ? (n) => lintInstructionNode(n, lint) : undefined);
+  if (lint) lintStageNames(stages, lint);
   const shlex = new ShellLex(ast.escapeToken);
 
   const globalOutline = emptyOutline();
@@ -544,6 +561,8 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
   }
 
   const b = new LLBBuilder({ defaultPlatform: targetPlatform });
+  // UndefinedArgInFrom: what a FROM's image or platform used that no global ARG declares.
+  const fromArgsLint = (location: Range[]) => (lint ? (u: Set<string>) => reportUnusedFromArgs(lint, location, optMetaArgs.map((a) => a.key), u) : undefined);
   const all = new DispatchStates();
 
   for (let i = 0; i < stages.length; i++) {
@@ -551,7 +570,7 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
     let name: string;
     let used: Set<string>;
     try {
-      ({ word: name, matches: used } = shlex.processWordWithMatches(st.baseName, metaArgsToMap(optMetaArgs)));
+      ({ word: name, matches: used } = shlex.processWordWithMatches(st.baseName, metaArgsToMap(optMetaArgs), fromArgsLint(st.location)));
     } catch (err) {
       throw withLocation(err, st.location);
     }
@@ -563,7 +582,7 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
     if (st.platform !== '') {
       let v: string;
       try {
-        const r = shlex.processWordWithMatches(st.platform, metaArgsToMap(optMetaArgs));
+        const r = shlex.processWordWithMatches(st.platform, metaArgsToMap(optMetaArgs), fromArgsLint(st.location));
         v = r.word;
         for (const k of r.matches) used.add(k);
       } catch (err) {
@@ -646,7 +665,8 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
   };
   await Promise.all(
     all.states.map(async (d) => {
-      const reachable = isReachable(target, d);
+      // Linting without a target resolves (and then dispatches) every stage.
+      const reachable = opt.allStages === true || isReachable(target, d);
       if (d.base || d.noinit) return;
       if (d.stage.baseName === EMPTY_IMAGE_NAME) {
         d.state = scratch();
@@ -722,6 +742,11 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
         customName: prefixCommand(d, 'FROM ' + d.stage.baseName, opt.prefixPlatform ?? false, platform, []),
         location: opt.sourceMap ? { map: opt.sourceMap, ranges: d.stage.location } : undefined,
       });
+      // InvalidBaseImagePlatform: the image's config names another OS or architecture.
+      if (lint && reachable && (platform.os !== d.image.os || platform.architecture !== d.image.architecture)) {
+        const actual = formatPlatform(normalizePlatform({ os: d.image.os, architecture: d.image.architecture, variant: d.image.variant }));
+        lint.run(RULES.InvalidBaseImagePlatform, d.stage.location, lintMessages.invalidBaseImagePlatform(origName, formatPlatform(normalizePlatform(platform)), actual));
+      }
     }
     d.platform = platform;
   }
@@ -739,6 +764,7 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
       s.d.buildArgs = [];
       s.d.ctxPaths = new Set();
       s.d.cmdSet = false;
+      s.d.lintSeen = { workdir: false };
     }
   };
   const epoch = opt.sourceDateEpoch ? goTimeString(opt.sourceDateEpoch) : undefined;
@@ -766,12 +792,13 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
     customName: '[internal] load build context',
   };
 
-  const runDispatch = (buildContext: LLBState): Set<string> => {
+  const runDispatch = (buildContext: LLBState, final: boolean): Set<string> => {
     restore();
     const ctxPaths = new Set<string>();
-    const dopt: DispatchOpt = { ...baseOpt, buildContext, ctxPaths };
+    // Lint rules are checked on the pass whose result is kept, so each violation is reported once.
+    const dopt: DispatchOpt = { ...baseOpt, buildContext, ctxPaths, lint: final ? lint : undefined };
     for (const d of all.states) {
-      if (!isReachable(target, d) || d.noinit) continue;
+      if (!opt.allStages && (!isReachable(target, d) || d.noinit)) continue;
       dispatchStage(d, dopt, opt);
       for (const p of d.ctxPaths) ctxPaths.add(p);
     }
@@ -780,10 +807,13 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
 
   let contextState = opt.buildContext;
   if (!contextState) {
-    const paths = runDispatch(b.local(contextLocalName, localOpts));
+    const paths = runDispatch(b.local(contextLocalName, localOpts), false);
     contextState = b.local(contextLocalName, { ...localOpts, followPaths: normalizeContextPaths(paths) });
   }
-  runDispatch(contextState);
+  runDispatch(contextState, true);
+  // With `error=true` in the check options, any violation fails the conversion.
+  const lintErr = lint?.error();
+  if (lintErr) throw new DockerfileError(lintErr.message);
 
   const labels = opt.labels ?? {};
   if (Object.keys(labels).length > 0 && !target.image.config.Labels) target.image.config.Labels = {};
@@ -929,9 +959,9 @@ type Expander = (word: string) => string;
 function expandInstruction(ic: Instruction, expand: Expander, expandRaw: Expander): Instruction {
   switch (ic.kind) {
     case 'env':
-      return { ...ic, env: ic.env.map((kv) => ({ key: expand(kv.key), value: expand(kv.value) })) };
+      return { ...ic, env: ic.env.map((kv) => ({ ...kv, key: expand(kv.key), value: expand(kv.value) })) };
     case 'label':
-      return { ...ic, labels: ic.labels.map((kv) => ({ key: expand(kv.key), value: expand(kv.value) })) };
+      return { ...ic, labels: ic.labels.map((kv) => ({ ...kv, key: expand(kv.key), value: expand(kv.value) })) };
     case 'add':
     case 'copy': {
       const chown = expand(ic.chown);
@@ -968,11 +998,28 @@ function opLocation(dopt: DispatchOpt, location: Range[]): OpOptions['location']
 function dispatch(d: DispatchState, cmd: Command, dopt: DispatchOpt): void {
   const env = () => d.state.getEnv();
   const rawLex = new ShellLex('\\', { skipProcessQuotes: true });
+  const lint = dopt.lint;
+  const metaArgKeys = () => dopt.metaArgs.map((a) => a.key);
+  // UndefinedVar: the variables each expanded word used that nothing defines (ARG values apart,
+  // which upstream checks only for defaults the client did not override).
+  const undefinedVars = lint && cmd.instr.kind !== 'arg'
+    ? (u: Set<string>) => reportUnmatchedVariables(lint, cmd.instr.location, d.buildArgs, env(), metaArgKeys(), u)
+    : undefined;
   const ic = expandInstruction(
     cmd.instr,
-    (w) => dopt.shlex.processWord(w, env()),
-    (w) => rawLex.processWord(w, env()),
+    (w) => dopt.shlex.processWordWithMatches(w, env(), undefinedVars).word,
+    (w) => rawLex.processWordWithMatches(w, env(), undefinedVars).word,
   );
+  if (lint && cmd.instr.kind === 'arg') {
+    const seen = [...d.buildArgs];
+    for (const a of cmd.instr.args) {
+      if (a.value !== undefined && !(a.key in dopt.buildArgValues)) {
+        const { unmatched } = dopt.shlex.processWordWithMatches(a.value, env());
+        reportUnmatchedVariables(lint, cmd.instr.location, seen, env(), metaArgKeys(), unmatched);
+      }
+      seen.push({ key: a.key, value: a.value });
+    }
+  }
   switch (ic.kind) {
     case 'maintainer':
       d.image.author = ic.maintainer;
@@ -981,6 +1028,7 @@ function dispatch(d: DispatchState, cmd: Command, dopt: DispatchOpt): void {
     case 'env': {
       let msg = 'ENV';
       for (const e of ic.env) {
+        if (e.noDelim) lint?.run(RULES.LegacyKeyValueFormat, ic.location, lintMessages.legacyKeyValueFormat(ic.name));
         msg += ` ${e.key}=${e.value}`;
         d.state = d.state.addEnv(e.key, e.value);
         d.image.config.Env = addEnvToList(d.image.config.Env, e.key, e.value);
@@ -1012,6 +1060,7 @@ function dispatch(d: DispatchState, cmd: Command, dopt: DispatchOpt): void {
       let msg = 'LABEL';
       d.image.config.Labels ??= {};
       for (const l of ic.labels) {
+        if (l.noDelim) lint?.run(RULES.LegacyKeyValueFormat, ic.location, lintMessages.legacyKeyValueFormat(ic.name));
         d.image.config.Labels[l.key] = l.value;
         msg += ` ${l.key}=${l.value}`;
       }
@@ -1022,7 +1071,9 @@ function dispatch(d: DispatchState, cmd: Command, dopt: DispatchOpt): void {
       d.image.config.OnBuild = [...(d.image.config.OnBuild ?? []), ic.expression];
       return;
     case 'cmd': {
+      lintUsedOnce(d, 'cmd', ic, lint);
       let args = ic.cmdLine ?? [];
+      if (ic.prependShell && lint && !d.image.config.Shell?.length) lint.run(RULES.JSONArgsRecommended, ic.location, lintMessages.jsonArgsRecommended(ic.name));
       if (ic.prependShell) args = withShell(d.image, args);
       d.image.config.Cmd = args;
       d.image.config.ArgsEscaped = true;
@@ -1031,7 +1082,9 @@ function dispatch(d: DispatchState, cmd: Command, dopt: DispatchOpt): void {
       return;
     }
     case 'entrypoint': {
+      lintUsedOnce(d, 'entrypoint', ic, lint);
       let args = ic.cmdLine;
+      if (ic.prependShell && lint && !d.image.config.Shell?.length) lint.run(RULES.JSONArgsRecommended, ic.location, lintMessages.jsonArgsRecommended(ic.name));
       if (ic.prependShell) args = withShell(d.image, args ?? []);
       d.image.config.Entrypoint = args;
       if (!d.cmdSet) d.image.config.Cmd = undefined;
@@ -1039,6 +1092,7 @@ function dispatch(d: DispatchState, cmd: Command, dopt: DispatchOpt): void {
       return;
     }
     case 'healthcheck': {
+      lintUsedOnce(d, 'healthcheck', ic, lint);
       const h = ic.health;
       d.image.config.Healthcheck = {
         Test: h.test,
@@ -1086,6 +1140,17 @@ function dispatch(d: DispatchState, cmd: Command, dopt: DispatchOpt): void {
   }
 }
 
+/**
+ * MultipleInstructionsDisallowed: a second CMD, ENTRYPOINT or HEALTHCHECK in a stage; reported
+ * at the earlier one, which is the one without effect.
+ */
+function lintUsedOnce(d: DispatchState, kind: 'cmd' | 'entrypoint' | 'healthcheck', ic: Instruction, lint: Linter | undefined): void {
+  if (!lint) return;
+  const prev = d.lintSeen[kind];
+  if (prev) lint.run(RULES.MultipleInstructionsDisallowed, prev, lintMessages.multipleInstructionsDisallowed(ic.name));
+  d.lintSeen[kind] = ic.location;
+}
+
 function dispatchArg(d: DispatchState, args: KeyValueOptional[], dopt: DispatchOpt, location: Range[]): void {
   const commitStrs: string[] = [];
   for (const arg of args) {
@@ -1121,6 +1186,9 @@ function dispatchWorkdir(d: DispatchState, p: string, commit: boolean, dopt: Dis
   if (!isAbs(p)) wd = joinPath('/', d.image.config.WorkingDir ?? '', wd);
   d.image.config.WorkingDir = wd;
   if (!commit) return;
+  // WorkdirRelativePath: the stage's first WORKDIR is relative (to whatever the base image sets).
+  if (dopt.lint && !d.lintSeen.workdir && !isAbs(p)) dopt.lint.run(RULES.WorkdirRelativePath, ic!.location, lintMessages.workdirRelativePath(p));
+  d.lintSeen.workdir = true;
   let withLayer = false;
   if (wd !== '/') {
     const platform = d.platform ?? dopt.targetPlatform;

@@ -22,7 +22,8 @@ import { DockerfileError, type Range } from './errors.js';
 import { parseGoBool, parseGoInt, readCSVRecord } from './go-compat.js';
 import { parseImageConfig } from './image-config.js';
 import { FileActions, LLBBuilder, marshal, scratch, stateFromDefinition, withImageConfig, type HostIP, type LLBState, type SourceMapRef } from './llb-state.js';
-import { detectSyntax, type Warning } from './parser.js';
+import { detectDirective, detectSyntax, type Warning } from './parser.js';
+import { Linter, lintResult, lintShort, mergeLocations, parseLintOptions, REQUEST_LINT } from './linter.js';
 import { describeSubrequests, isKnownSubrequest, listTargets, outlineResult, REQUEST_DESCRIBE, REQUEST_OUTLINE, REQUEST_TARGETS } from './subrequests.js';
 
 /** A warning for the client, in the shape of the progress stream's warnings plus Dockerfile lines. */
@@ -393,7 +394,7 @@ export class DockerfileFrontend {
     const requestId = opts.requestid;
     if (requestId !== undefined) {
       if (requestId === REQUEST_DESCRIBE) return { refs: [], multiPlatform: false, metadata: describeSubrequests(), subrequest: true };
-      if (!isKnownSubrequest(requestId)) throw unsupportedSubrequest(requestId);
+      if (!isKnownSubrequest(requestId) && requestId !== REQUEST_LINT) throw unsupportedSubrequest(requestId);
     }
 
     let exportMap = targetPlatforms.length > 1;
@@ -426,6 +427,64 @@ export class DockerfileFrontend {
       }
     }
 
+    const convertBase = () => ({
+      dockerfile,
+      sourceMap,
+      target: opts.target,
+      buildArgs: filter(opts, 'build-arg:'),
+      labels: filter(opts, 'label:'),
+      sessionId: ctx.sessionId,
+      buildContext,
+      excludes,
+      ignoreCache,
+      cacheIdNamespace: opts['build-arg:BUILDKIT_CACHE_MOUNT_NS'],
+      imageResolveMode: resolveMode,
+      buildPlatforms: [buildPlatform],
+      extraHosts,
+      shmSize,
+      ulimits,
+      cgroupParent: opts['cgroup-parent'],
+      forceNetMode,
+      contextLocalName: localNameContext,
+      hostname,
+      sourceDateEpoch: epoch,
+      resolveImageConfig: (ref: string, o: ResolveImageConfigOptions) => ctx.resolveImageConfig(ref, o),
+      contextByName: (n: string, mode: ResolveMode, p: Platform | undefined) => this.#contextByName(ctx, b, n, mode, p),
+    });
+
+    // Lint options: the BUILDKIT_DOCKERFILE_CHECK build arg, else the `# check=` directive's first word.
+    const checkArg = opts['build-arg:BUILDKIT_DOCKERFILE_CHECK'];
+    const checkOpts = checkArg ?? detectDirective(dockerfile, 'check')?.value.split(' ')[0];
+    const lintSource = { filename, data: dockerfile, definition: srcDef.def.length > 0 ? srcDef : undefined };
+
+    if (requestId === REQUEST_LINT) {
+      // The lint report: every stage converted (only the target's with --target), nothing built.
+      let lint: Linter | undefined;
+      try {
+        lint = new Linter(parseLintOptions(checkOpts ?? ''));
+        await dockerfileToLLB({
+          ...convertBase(),
+          targetPlatform: targetPlatforms[0],
+          prefixPlatform: exportMap,
+          lint,
+          allStages: !opts.target,
+        });
+        return { refs: [], multiPlatform: false, metadata: lintResult(lint.warnings, lintSource), subrequest: true };
+      } catch (err) {
+        if (err instanceof CancelledError) throw err;
+        const loc = (err as { location?: Range[] } | undefined)?.location;
+        return {
+          refs: [],
+          multiPlatform: false,
+          metadata: lintResult(lint?.warnings ?? [], lintSource, { message: errorMessage(err), location: Array.isArray(loc) ? mergeLocations(loc) : [] }),
+          subrequest: true,
+        };
+      }
+    }
+    // A build lints only when asked to (a `# check=` directive or the build arg): upstream's v0.11
+    // frontend, whose builds loom's match, knows no lint rules.
+    const lintConfig = checkOpts !== undefined && checkOpts !== '' ? parseLintOptions(checkOpts) : undefined;
+
     const refs: FrontendRef[] = [];
     const metadata: Record<string, Uint8Array> = {};
     // The outline is the first platform's, without a build.
@@ -433,35 +492,21 @@ export class DockerfileFrontend {
     const results = await Promise.all(
       (outline ? targetPlatforms.slice(0, 1) : targetPlatforms).map(async (tp, i) => {
         const conv = await dockerfileToLLB({
-          dockerfile,
-          sourceMap,
-          target: opts.target,
-          buildArgs: filter(opts, 'build-arg:'),
-          labels: filter(opts, 'label:'),
-          sessionId: ctx.sessionId,
-          buildContext,
-          excludes,
-          ignoreCache,
-          cacheIdNamespace: opts['build-arg:BUILDKIT_CACHE_MOUNT_NS'],
-          imageResolveMode: resolveMode,
+          ...convertBase(),
           targetPlatform: tp,
-          buildPlatforms: [buildPlatform],
           prefixPlatform: exportMap,
-          extraHosts,
-          shmSize,
-          ulimits,
-          cgroupParent: opts['cgroup-parent'],
-          forceNetMode,
-          contextLocalName: localNameContext,
-          hostname,
-          sourceDateEpoch: epoch,
           warn:
             i === 0
               ? (w: Warning) =>
                   ctx.warn({ vertex: defVertex, level: 1, short: w.short, detail: w.detail, url: w.url, location: w.location ? [w.location] : undefined, source: sourceMap })
               : undefined,
-          resolveImageConfig: (ref, o) => ctx.resolveImageConfig(ref, o),
-          contextByName: (n, mode, p) => this.#contextByName(ctx, b, n, mode, p),
+          // Violations are build warnings (the first platform's, as upstream's); with error=true, the error.
+          lint:
+            i === 0 && lintConfig
+              ? new Linter(lintConfig, (w) =>
+                  ctx.warn({ vertex: defVertex, level: 1, short: lintShort(w), detail: [w.rule.description], url: w.rule.url ?? '', location: w.location, source: sourceMap }),
+                )
+              : undefined,
         }).catch((err: unknown) => {
           throw withSource(err);
         });

@@ -333,12 +333,18 @@ export function levenshtein(a: string, b: string): number {
  * distance 2 of `value`; the message is returned unchanged when `value` is itself an option.
  */
 export function suggest(message: string, value: string, options: readonly string[], caseSensitive: boolean): string {
+  const match = suggestSearch(value, options, caseSensitive);
+  return match ? `${message} (did you mean ${match}?)` : message;
+}
+
+/** BuildKit's suggest.Search: the closest option within edit distance 2, '' when none or when `value` is one. */
+export function suggestSearch(value: string, options: readonly string[], caseSensitive: boolean): string {
   const v = caseSensitive ? value : value.toLowerCase();
   let match = '';
   let min = 3;
   for (const o of options) {
     const opt = caseSensitive ? o : o.toLowerCase();
-    if (opt === v) return message;
+    if (opt === v) return '';
     const d = levenshtein(v, opt);
     if (d < min) {
       min = d;
@@ -348,7 +354,7 @@ export function suggest(message: string, value: string, options: readonly string
       else match = opt;
     }
   }
-  return match ? `${message} (did you mean ${match}?)` : message;
+  return match;
 }
 
 /** go-units RAMInBytes: `64m`, `1g`, `512`, `1.5GiB`... binary multiples. */

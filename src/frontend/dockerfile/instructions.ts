@@ -14,6 +14,8 @@ import { parseMount, type Mount } from './run-mount.js';
 export interface KeyValue {
   key: string;
   value: string;
+  /** Written in the legacy form `ENV key value` (no `=`). */
+  noDelim?: boolean;
 }
 
 export interface KeyValueOptional {
@@ -201,6 +203,8 @@ interface Request {
   json: boolean;
   flags: BFlags;
   original: string;
+  /** ENV/LABEL in the legacy `key value` form. */
+  legacyKV: boolean;
   location: Range[];
   comments: string[];
 }
@@ -213,6 +217,11 @@ const errAtLeastOne = (c: string) => new Error(`${c} requires at least one argum
 const errExactlyOne = (c: string) => new Error(`${c} requires exactly one argument`);
 const errNoDest = (c: string) => new Error(`${c} requires at least two arguments, but only one was provided. Destination could not be determined`);
 const errBlankNames = (c: string) => new Error(`${c} names can not be blank`);
+
+function markLegacy(kvs: KeyValue[], legacy: boolean): KeyValue[] {
+  if (legacy && kvs[0]) kvs[0].noDelim = true;
+  return kvs;
+}
 
 function parseKvps(args: string[], cmd: string): KeyValue[] {
   if (args.length === 0) throw errAtLeastOne(cmd);
@@ -381,7 +390,7 @@ function parseNode(req: Request): Instruction | Stage {
   switch (req.command.toLowerCase()) {
     case 'env': {
       req.flags.parse();
-      return { ...base(req), kind: 'env', env: parseKvps(req.args, 'ENV') };
+      return { ...base(req), kind: 'env', env: markLegacy(parseKvps(req.args, 'ENV'), req.legacyKV) };
     }
     case 'maintainer': {
       if (req.args.length !== 1) throw errExactlyOne('MAINTAINER');
@@ -390,7 +399,7 @@ function parseNode(req: Request): Instruction | Stage {
     }
     case 'label': {
       req.flags.parse();
-      return { ...base(req), kind: 'label', labels: parseKvps(req.args, 'LABEL') };
+      return { ...base(req), kind: 'label', labels: markLegacy(parseKvps(req.args, 'LABEL'), req.legacyKV) };
     }
     case 'add': {
       if (req.args.length < 2) throw errNoDest('ADD');
@@ -503,6 +512,7 @@ export function parseInstruction(node: Node): Instruction | Stage {
     json: node.attributes.json === true,
     flags: new BFlags(node.flags),
     original: node.original,
+    legacyKV: node.next?.noDelim === true,
     location: node.location(),
     comments: node.prevComment,
   };
@@ -525,11 +535,13 @@ export function parseCommand(node: Node): Instruction {
 }
 
 /** Parses the Dockerfile text into stages and the meta ARGs before the first FROM. */
-export function parseStages(input: string | Uint8Array | ParseResult): ParsedDockerfile {
+export function parseStages(input: string | Uint8Array | ParseResult, onNode?: (n: Node) => void): ParsedDockerfile {
   const ast = typeof input === 'string' || input instanceof Uint8Array ? parseDockerfile(input) : input;
   const stages: Stage[] = [];
   const metaArgs: Extract<Instruction, { kind: 'arg' }>[] = [];
   for (const n of ast.children) {
+    // Lint checks of the instruction as written come before its parse, as upstream's.
+    onNode?.(n);
     let cmd: Instruction | Stage;
     try {
       cmd = parseInstruction(n);

@@ -882,7 +882,7 @@ export function parseGitProtocol(remote: string): { remote: string; protocol: Gi
 
 /**
  * The Definition of `state`: every op once, inputs first, the terminal last, metadata merged per
- * digest, and the source map (Dockerfile locations of ops) when any op carries one.
+ * digest, and the source map (the Dockerfile locations of ops; an empty entry for an op without).
  */
 export function marshal(state: LLBState): Definition {
   const def = create(DefinitionSchema, {});
@@ -898,6 +898,8 @@ export function marshal(state: LLBState): Definition {
     for (const d of v.deps) visit(d);
     def.def.push(v.bytes);
     mergeInto(def.metadata, v);
+    // Every op has an entry in the source map, empty when it has no location (upstream's collector).
+    if (!locs.has(v.digest)) locs.set(v.digest, []);
     for (const l of v.locations) {
       let i = maps.indexOf(l.map);
       if (i < 0) i = maps.push(l.map) - 1;
@@ -918,29 +920,27 @@ export function marshal(state: LLBState): Definition {
     if (m.exportCache) caps['meta.exportcache'] = true;
   }
   def.metadata[sha256(tbytes)] = create(OpMetadataSchema, { caps: sortedRecord(caps) });
-  if (maps.length > 0) {
-    def.Source = create(SourceSchema, {
-      infos: maps.map((m) => create(SourceInfoSchema, { filename: m.filename, data: m.data, definition: m.definition, language: 'Dockerfile' })),
-      locations: Object.fromEntries(
-        [...locs.entries()].map(([d, list]) => [
-          d,
-          create(LocationsSchema, {
-            locations: list.map((l) =>
-              create(LocationSchema, {
-                sourceIndex: l.index,
-                ranges: l.ranges.map((r) =>
-                  create(RangeSchema, {
-                    start: create(PositionSchema, { line: r.start.line, character: r.start.character }),
-                    end: create(PositionSchema, { line: r.end.line, character: r.end.character }),
-                  }),
-                ),
-              }),
-            ),
-          }),
-        ]),
-      ),
-    });
-  }
+  def.Source = create(SourceSchema, {
+    infos: maps.map((m) => create(SourceInfoSchema, { filename: m.filename, data: m.data, definition: m.definition, language: 'Dockerfile' })),
+    locations: Object.fromEntries(
+      [...locs.entries()].map(([d, list]) => [
+        d,
+        create(LocationsSchema, {
+          locations: list.map((l) =>
+            create(LocationSchema, {
+              sourceIndex: l.index,
+              ranges: l.ranges.map((r) =>
+                create(RangeSchema, {
+                  start: create(PositionSchema, { line: r.start.line, character: r.start.character }),
+                  end: create(PositionSchema, { line: r.end.line, character: r.end.character }),
+                }),
+              ),
+            }),
+          ),
+        }),
+      ]),
+    ),
+  });
   return def;
 }
 

@@ -33,6 +33,8 @@ export class Node {
   startLine = 0;
   endLine = 0;
   prevComment: string[] = [];
+  /** A key of ENV/LABEL written in the legacy form `KEY name value` (upstream keeps the delimiter). */
+  noDelim = false;
 
   constructor(init: Partial<Node> = {}) {
     Object.assign(this, init);
@@ -558,7 +560,9 @@ function parseNameVal(rest: string, key: string, d: Directives): Node | undefine
   if (!words[0]!.includes('=')) {
     const parts = splitN(rest, WS);
     if (parts.length < 2) throw new Error(`${key} must have two arguments`);
-    return keyValueNode(parts[0], parts[1]!);
+    const kv = keyValueNode(parts[0], parts[1]!);
+    kv.noDelim = true;
+    return kv;
   }
   let root: Node | undefined;
   let prev: Node | undefined;
@@ -696,6 +700,14 @@ export interface DetectedSyntax {
  * then a JSON document's `syntax` key; a leading `#!` line is skipped.
  */
 export function detectSyntax(input: string | Uint8Array): DetectedSyntax | undefined {
+  const d = detectDirective(input, 'syntax');
+  if (!d) return undefined;
+  const sp = d.value.indexOf(' ');
+  return { ref: sp < 0 ? d.value : d.value.slice(0, sp), cmdline: d.value, location: d.location };
+}
+
+/** A directive's value found as upstream's ParseDirective finds it (see detectSyntax). */
+export function detectDirective(input: string | Uint8Array, key: string): { value: string; location: Range[] } | undefined {
   let text = typeof input === 'string' ? input : Buffer.from(input).toString('utf8');
   let line = 0;
   const nl = text.indexOf('\n');
@@ -714,22 +726,17 @@ export function detectSyntax(input: string | Uint8Array): DetectedSyntax | undef
       } catch {
         break;
       }
-      if (dir?.name === 'syntax') {
-        const sp = dir.value.indexOf(' ');
-        return { ref: sp < 0 ? dir.value : dir.value.slice(0, sp), cmdline: dir.value, location: dir.location };
-      }
+      if (dir?.name === key) return { value: dir.value, location: dir.location };
     }
   }
   try {
     const j = JSON.parse(text) as unknown;
     if (j && typeof j === 'object' && !Array.isArray(j)) {
-      const s = (j as Record<string, unknown>).syntax;
-      if (typeof s === 'string' && s !== '') {
-        return { ref: s, cmdline: s, location: [{ start: { line, character: 0 }, end: { line, character: 0 } }] };
-      }
+      const s = (j as Record<string, unknown>)[key];
+      if (typeof s === 'string' && s !== '') return { value: s, location: [{ start: { line, character: 0 }, end: { line, character: 0 } }] };
     }
   } catch {
-    // Not JSON: no syntax directive.
+    // Not JSON: no such directive.
   }
   return undefined;
 }

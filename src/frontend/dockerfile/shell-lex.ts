@@ -112,6 +112,8 @@ class ShellWord {
   readonly escapeToken: string;
   readonly o: ShellLexOptions;
   readonly matches = new Set<string>();
+  /** Variables looked up and not set (upstream 1.8's Unmatched, for the UndefinedVar lint rule). */
+  readonly unmatched = new Set<string>();
   rawEscapes: boolean;
 
   constructor(word: string, env: ReadonlyMap<string, string>, escapeToken: string, o: ShellLexOptions) {
@@ -324,7 +326,10 @@ class ShellWord {
 
   getEnv(name: string): [string, boolean] {
     const v = this.envs.get(name);
-    if (v === undefined) return ['', false];
+    if (v === undefined) {
+      this.unmatched.add(name);
+      return ['', false];
+    }
     this.matches.add(name);
     return [v, true];
   }
@@ -448,11 +453,18 @@ export class ShellLex {
     return new ShellWord(word, toMap(env), this.escapeToken, this.options).process(word)[0];
   }
 
-  /** As processWord, also returning the names of the variables that were found. */
-  processWordWithMatches(word: string, env: EnvInput): { word: string; matches: Set<string> } {
+  /**
+   * As processWord, also returning the names of the variables that were found and of those that
+   * were looked up but not set. `onUnmatched`, when given, gets the latter even when processing fails.
+   */
+  processWordWithMatches(word: string, env: EnvInput, onUnmatched?: (names: Set<string>) => void): { word: string; matches: Set<string>; unmatched: Set<string> } {
     const sw = new ShellWord(word, toMap(env), this.escapeToken, this.options);
-    const [w] = sw.process(word);
-    return { word: w, matches: sw.matches };
+    try {
+      const [w] = sw.process(word);
+      return { word: w, matches: sw.matches, unmatched: sw.unmatched };
+    } finally {
+      onUnmatched?.(sw.unmatched);
+    }
   }
 
   /** The word expanded and then split on unquoted white space. */
