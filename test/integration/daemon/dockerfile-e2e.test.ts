@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildctl, removeDir, run, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
 import { startRegistry, type TestRegistry } from '../../helpers/registry.js';
-import { askSubrequest } from '../../../fixtures/subrequests/record.js';
+import { askSubrequest } from '../../../fixtures/subrequests/ask.js';
 
 const d = describe.runIf(process.getuid?.() === 0);
 
@@ -425,7 +425,7 @@ d('dockerfile.v0', () => {
     expect(r.stderr).toMatch(/dockerfile parse error on line 2: unknown instruction: FROBNICATE/i);
   });
 
-  it('answers buildx subrequests (targets, outline, describe) through the gateway without building, and refuses unknown ones', async () => {
+  it('answers buildx subrequests (targets, outline, describe, lint) through the gateway without building, and refuses unknown ones', async () => {
     const ctx = join(work, 'subrequests');
     mkdirSync(ctx);
     writeFileSync(
@@ -457,8 +457,12 @@ d('dockerfile.v0', () => {
       'frontend.targets',
       'frontend.subrequests.describe',
     ]);
-    const unknown = await askSubrequest(daemon.addr, ctx, { requestid: 'frontend.lint' });
-    expect(unknown.error).toBe('unsupported request frontend.lint');
+    const unknown = await askSubrequest(daemon.addr, ctx, { requestid: 'frontend.nope' });
+    expect(unknown.error).toBe('unsupported request frontend.nope');
+    // docker buildx build --check: nothing to report here; a legacy ENV is.
+    const clean = await askSubrequest(daemon.addr, ctx, { requestid: 'frontend.lint' });
+    expect(JSON.parse(Buffer.from(clean.metadata!['result.json']!).toString()).warnings).toBeNull();
+    expect(Buffer.from(clean.metadata!['result.statuscode']!).toString()).toBe('0');
     // loom's buildctl asks as upstream's does (a gateway build) and prints result.txt.
     const local = ['--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`];
     const printed = await buildctl(daemon.addr, ['build', ...local, '--opt', 'requestid=frontend.outline', '--opt', 'target=build']);
@@ -468,9 +472,17 @@ d('dockerfile.v0', () => {
         `BASE        ${reg.host}/busybox   \nLEVEL       3${' '.repeat(reg.host.length + 10)}how hard to try\n\n` +
         'SECRET   REQUIRED\ntoken    true\n\nSSH       REQUIRED\ndefault   \n\n',
     );
-    const refused = await buildctl(daemon.addr, ['build', ...local, '--opt', 'requestid=frontend.lint']);
+    const refused = await buildctl(daemon.addr, ['build', ...local, '--opt', 'requestid=frontend.nope']);
     expect(refused.code).not.toBe(0);
-    expect(refused.stderr).toContain('error: failed to solve: unsupported request frontend.lint');
+    expect(refused.stderr).toContain('error: failed to solve: unsupported request frontend.nope');
+    writeFileSync(join(ctx, 'Legacy.Dockerfile'), `FROM ${reg.host}/busybox\nENV A 1\n`);
+    const lint = await buildctl(daemon.addr, ['build', ...local, '--opt', 'filename=Legacy.Dockerfile', '--opt', 'requestid=frontend.lint']);
+    expect(lint.code, lint.stderr).toBe(0);
+    expect(lint.stdout).toBe(
+      '\nWARNING: LegacyKeyValueFormat - https://docs.docker.com/go/dockerfile/rule/legacy-key-value-format/\n' +
+        '"ENV key=value" should be used instead of legacy "ENV key value" format\n' +
+        `Legacy.Dockerfile:2\n--------------------\n   1 |     FROM ${reg.host}/busybox\n   2 | >>> ENV A 1\n   3 |     \n--------------------\n`,
+    );
     // The daemon keeps serving builds.
     const r = await buildctl(daemon.addr, ['build', ...local, '--opt', 'target=build']);
     expect(r.code).not.toBe(0);
