@@ -116,12 +116,8 @@ export interface ConvertOptions {
   sourceDateEpoch?: Date;
   warn?: (w: Warning) => void;
   resolveImageConfig(ref: string, opts: ResolveImageConfigOptions): Promise<ResolvedImageConfig>;
-  /**
-   * Named contexts: the state for `name`; undefined, without waiting, when the client gave none
-   * (so stages that are not named contexts ask for their image's metadata in stage order, as
-   * upstream's goroutines do, and its progress line reads as upstream's).
-   */
-  contextByName?(name: string, resolveMode: ResolveMode, platform: Platform | undefined): Promise<NamedContext | undefined> | undefined;
+  /** Named contexts: the state for `name`, or undefined when the client gave none. */
+  contextByName?(name: string, resolveMode: ResolveMode, platform: Platform | undefined): Promise<NamedContext | undefined>;
   /** Lint rules are checked and reported to it (the `frontend.lint` subrequest, a `# check=` directive). */
   lint?: Linter;
   /** Resolve and dispatch every stage, not only those the target needs (linting without a target). */
@@ -519,7 +515,7 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
   const implicitTarget = opt.targetPlatform === undefined;
   const targetPlatform = normalizePlatform(opt.targetPlatform ?? buildPlatforms[0]!);
 
-  const contextByName = (name: string, p: Platform | undefined): Promise<NamedContext | undefined> | undefined => {
+  const contextByName = async (name: string, p: Platform | undefined): Promise<NamedContext | undefined> => {
     const lower = name.toLowerCase();
     if (lower === 'scratch' || lower === 'context' || !opt.contextByName) return undefined;
     return opt.contextByName(name, resolveMode, p ?? targetPlatform);
@@ -693,8 +689,7 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
     let platform = d.platform ?? targetPlatform;
     d.stage.baseName = refString(withDefaultTag(ref));
     let isScratch = false;
-    const pending = contextByName(d.stage.baseName, platform);
-    const nc = pending && (await pending);
+    const nc = await contextByName(d.stage.baseName, platform);
     if (nc) {
       d.image = nc.image ?? emptyImage(targetPlatform);
       d.state = nc.state.platform(platform);

@@ -543,18 +543,16 @@ export class DockerfileFrontend {
   }
 
   /** The state of a named context (`context:<name>` options), as upstream's contextByNameFunc. */
-  #contextByName(ctx: FrontendContext, b: LLBBuilder, name: string, resolveMode: ResolveMode, p: Platform | undefined): Promise<NamedContext | undefined> | undefined {
+  async #contextByName(ctx: FrontendContext, b: LLBBuilder, name: string, resolveMode: ResolveMode, p: Platform | undefined): Promise<NamedContext | undefined> {
     let short: string;
     try {
       short = familiarString(parseNormalizedNamed(name)).replace(/:latest$/, '');
     } catch (err) {
-      return Promise.reject(new InvalidArgumentError(`invalid context name ${name}: ${errorMessage(err)}`, { cause: err }));
+      throw new InvalidArgumentError(`invalid context name ${name}: ${errorMessage(err)}`, { cause: err });
     }
     const platform = normalizePlatform(p ?? defaultPlatform());
     const pname = short + '::' + formatPlatform(platform);
-    // No option for either name: answered now, not a turn later (see ConvertOptions.contextByName).
-    if (ctx.attrs['context:' + pname] === undefined && ctx.attrs['context:' + short] === undefined) return undefined;
-    return (async () => (await this.#namedContext(ctx, b, short, pname, platform, resolveMode)) ?? this.#namedContext(ctx, b, short, short, platform, resolveMode))();
+    return (await this.#namedContext(ctx, b, short, pname, platform, resolveMode)) ?? this.#namedContext(ctx, b, short, short, platform, resolveMode);
   }
 
   async #namedContext(ctx: FrontendContext, b: LLBBuilder, _name: string, pname: string, platform: Platform, resolveMode: ResolveMode): Promise<NamedContext | undefined> {

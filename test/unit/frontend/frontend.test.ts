@@ -133,18 +133,6 @@ describe('DockerfileFrontend', () => {
     expect(d.resolved).toEqual(['localhost:5000/busybox:latest [context alpine] load metadata for localhost:5000/busybox']);
   });
 
-  it('asks for stage images before named contexts used only by a mount, in stage order (as upstream)', async () => {
-    // `img` becomes a stage of its own after the Dockerfile's; upstream resolves every stage in a
-    // goroutine of its own, in order, and the stages that are no named context ask at once.
-    const dir = caseDir({ name: 'x', dockerfile: 'FROM localhost:5000/busybox AS s0\nRUN --mount=from=img,target=/m true\n' });
-    const d = fakeDaemon({ context: dir, dockerfile: dir }, { 'context:img': 'docker-image://localhost:5000/busybox:latest' });
-    await new DockerfileFrontend().solve(d.ctx);
-    expect(d.resolved).toEqual([
-      'localhost:5000/busybox:latest [internal] load metadata for localhost:5000/busybox:latest',
-      'localhost:5000/busybox:latest [context img] load metadata for localhost:5000/busybox:latest',
-    ]);
-  });
-
   it('rejects bad frontend options with upstream messages', async () => {
     const dir = caseDir({ name: 'x', dockerfile: 'FROM scratch\n' });
     const cases: [Record<string, string>, string][] = [
