@@ -34,7 +34,8 @@ export function effectiveSettings(flags: DaemonFlags, cfg: DaemonConfig) {
       ...Object.fromEntries(flags.ociWorkerLabels.map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])),
     },
     gc: flags.ociWorkerGc ?? cfg.worker.oci.gc ?? true,
-    gcKeepStorage: flags.ociWorkerGcKeepstorage !== undefined ? flags.ociWorkerGcKeepstorage * 1e6 : (cfg.worker.oci.gckeepstorage ?? 0),
+    gcKeepStorage: flags.ociWorkerGcKeepstorage !== undefined ? { bytes: flags.ociWorkerGcKeepstorage * 1e6 } : cfg.worker.oci.gckeepstorage,
+    gcSpace: { reservedSpace: cfg.worker.oci.reservedSpace, maxUsedSpace: cfg.worker.oci.maxUsedSpace, minFreeSpace: cfg.worker.oci.minFreeSpace },
     gcPolicy: cfg.worker.oci.gcpolicy,
     registry: cfg.registry,
   };

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse } from 'smol-toml';
+import { ramInBytes } from '../frontend/dockerfile/go-compat.js';
 import { InvalidArgumentError } from '../util/errors.js';
 
 /** A registry host's settings, as buildkitd.toml's `[registry."host"]`. */
@@ -24,6 +25,24 @@ export interface GCPolicyConfig {
   filters: string[];
 }
 
+/**
+ * A size in buildkitd.toml (upstream v0.17+'s DiskSpace): bytes, given as a number or as go-units
+ * RAMInBytes text ("512MB" and "512MiB" are both 512 x 2^20), or a percentage of the size of the
+ * file system holding the state directory ("10%").
+ */
+export type DiskSpace = { bytes: number } | { percent: number };
+
+/** A `[[worker.oci.gcpolicy]]` as written; its sizes are resolved against the disk when the daemon starts. */
+export interface GCPolicySpec {
+  all: boolean;
+  /** `reservedSpace`, else the older `keepBytes`. */
+  reservedSpace?: DiskSpace;
+  maxUsedSpace?: DiskSpace;
+  minFreeSpace?: DiskSpace;
+  keepDuration: number;
+  filters: string[];
+}
+
 /** What buildkitd.toml can say that loom understands. Unknown keys are ignored, as upstream does. */
 export interface DaemonConfig {
   debug?: boolean;
@@ -43,8 +62,13 @@ export interface DaemonConfig {
       snapshotter?: string;
       labels?: Record<string, string>;
       gc?: boolean;
-      gckeepstorage?: number;
-      gcpolicy?: GCPolicyConfig[];
+      /** The default policies' cap (v0.11; deprecated upstream for reservedSpace). */
+      gckeepstorage?: DiskSpace;
+      /** The default policies' limits (v0.17+); any of them gives upstream v0.17's default policies. */
+      reservedSpace?: DiskSpace;
+      maxUsedSpace?: DiskSpace;
+      minFreeSpace?: DiskSpace;
+      gcpolicy?: GCPolicySpec[];
       maxParallelism?: number;
       networkMode?: string;
     };
@@ -96,7 +120,10 @@ export function parseConfig(text: string, file = 'buildkitd.toml'): DaemonConfig
     snapshotter: opt(oci.snapshotter, 'string', where('worker.oci.snapshotter')),
     labels: oci.labels === undefined ? undefined : (table(oci.labels, where('worker.oci.labels')) as Record<string, string>),
     gc: opt(oci.gc, 'boolean', where('worker.oci.gc')),
-    gckeepstorage: opt(oci.gckeepstorage, 'number', where('worker.oci.gckeepstorage')),
+    gckeepstorage: diskSpace(oci.gckeepstorage, where('worker.oci.gckeepstorage')),
+    reservedSpace: diskSpace(oci.reservedSpace, where('worker.oci.reservedSpace')),
+    maxUsedSpace: diskSpace(oci.maxUsedSpace, where('worker.oci.maxUsedSpace')),
+    minFreeSpace: diskSpace(oci.minFreeSpace, where('worker.oci.minFreeSpace')),
     maxParallelism: opt(oci['max-parallelism'], 'number', where('worker.oci.max-parallelism')),
     networkMode: opt(oci.networkMode, 'string', where('worker.oci.networkMode')),
     gcpolicy:
@@ -106,12 +133,12 @@ export function parseConfig(text: string, file = 'buildkitd.toml'): DaemonConfig
             const t = table(p, where(`worker.oci.gcpolicy[${i}]`));
             return {
               all: opt(t.all, 'boolean', where(`worker.oci.gcpolicy[${i}].all`)) ?? false,
-              keepBytes:
+              reservedSpace:
                 t.reservedSpace !== undefined
-                  ? bytesValue(t.reservedSpace, where(`worker.oci.gcpolicy[${i}].reservedSpace`))
-                  : bytesValue(t.keepBytes, where(`worker.oci.gcpolicy[${i}].keepBytes`)),
-              maxUsedSpace: bytesValue(t.maxUsedSpace, where(`worker.oci.gcpolicy[${i}].maxUsedSpace`)),
-              minFreeSpace: bytesValue(t.minFreeSpace, where(`worker.oci.gcpolicy[${i}].minFreeSpace`)),
+                  ? diskSpace(t.reservedSpace, where(`worker.oci.gcpolicy[${i}].reservedSpace`))
+                  : diskSpace(t.keepBytes, where(`worker.oci.gcpolicy[${i}].keepBytes`)),
+              maxUsedSpace: diskSpace(t.maxUsedSpace, where(`worker.oci.gcpolicy[${i}].maxUsedSpace`)),
+              minFreeSpace: diskSpace(t.minFreeSpace, where(`worker.oci.gcpolicy[${i}].minFreeSpace`)),
               keepDuration: durationSeconds(t.keepDuration, where(`worker.oci.gcpolicy[${i}].keepDuration`)),
               filters: strList(t.filters, where(`worker.oci.gcpolicy[${i}].filters`)) ?? [],
             };
@@ -170,19 +197,42 @@ function strList(v: unknown, where: string): string[] | undefined {
 }
 
 /** Integers are bytes; strings may carry a unit ("512MB", "10GiB"), as later upstream configs allow. */
-export function bytesValue(v: unknown, where: string): number {
-  if (v === undefined) return 0;
-  if (typeof v === 'number' || typeof v === 'bigint') return Number(v);
+export function diskSpace(v: unknown, where: string): DiskSpace | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v === 'number' || typeof v === 'bigint') return { bytes: Number(v) };
   if (typeof v === 'string') {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$/i.exec(v);
-    if (m) {
-      const unit = (m[2] ?? 'b').toLowerCase();
-      const base = unit.includes('i') ? 1024 : 1000;
-      const pow = { b: 0, k: 1, m: 2, g: 3, t: 4 }[unit[0] as 'b'] ?? 0;
-      return Math.round(Number(m[1]) * base ** pow);
+    const text = v.replace(/^"(.*)"$/, '$1');
+    const pct = /^([+-]?\d+)%$/.exec(text);
+    if (pct) return { percent: Number(pct[1]) };
+    try {
+      return { bytes: ramInBytes(text) };
+    } catch {
+      // reported below
     }
   }
   throw new InvalidArgumentError(`${where}: invalid size ${JSON.stringify(v)}`);
+}
+
+/** A size in bytes for a file system of `total` bytes, as upstream's DiskSpace.AsBytes (2 GB when the size is unknown). */
+export function diskSpaceBytes(d: DiskSpace | undefined, total: number): number {
+  if (!d) return 0;
+  if ('bytes' in d) return d.bytes;
+  if (d.percent === 0) return 0;
+  if (total === 0) return 2e9;
+  // Whole GB, rounded up, of the share (upstream counts GiB and writes GB).
+  return (Math.floor(Math.floor((total * d.percent) / 100) / 2 ** 30) + 1) * 1e9;
+}
+
+/** A policy with its sizes in bytes for a file system of `total` bytes. */
+export function resolveGCPolicy(p: GCPolicySpec, total: number): GCPolicyConfig {
+  return {
+    all: p.all,
+    keepBytes: diskSpaceBytes(p.reservedSpace, total),
+    maxUsedSpace: diskSpaceBytes(p.maxUsedSpace, total),
+    minFreeSpace: diskSpaceBytes(p.minFreeSpace, total),
+    keepDuration: p.keepDuration,
+    filters: p.filters,
+  };
 }
 
 /** Integers are seconds (v0.11 configs); strings are Go durations ("48h", "1h30m"). */

@@ -6,12 +6,13 @@ import type { ControlBackend } from '../control/controller.js';
 import { ControlServer } from '../control/server.js';
 import { workerRecord } from '../control/controller.js';
 import { GatewayForwarder, gatewayHandlers, type GatewayDeps } from '../control/gateway.js';
-import type { GCPolicyConfig } from './config.js';
+import { diskSpaceBytes, resolveGCPolicy, type DiskSpace, type GCPolicyConfig } from './config.js';
 import { diskUsage, prune, type CacheView } from '../cache/prune.js';
 import { GarbageCollector, policyPruneOptions } from '../cache/gc.js';
 import { LinkedUsage } from '../cache/linked-usage.js';
 import type { PruneOptions, UsageInfo } from '../control/types.js';
 import { statfsSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { statfs } from 'node:fs/promises';
 import { SessionManager } from '../session/manager.js';
 import { log as rootLog } from '../util/log.js';
@@ -54,7 +55,9 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
       labels: s.labels,
       network: s.network,
     });
-    const gcPolicy = s.gcPolicy?.length ? s.gcPolicy : defaultGCPolicy(s.gcKeepStorage, s.root);
+    // Sizes given as a share of the disk are of the file system holding the state directory.
+    const total = diskTotal(s.root);
+    const gcPolicy = s.gcPolicy?.length ? s.gcPolicy.map((p) => resolveGCPolicy(p, total)) : defaultGCPolicy({ keepStorage: s.gcKeepStorage, ...s.gcSpace }, total);
     const w = worker;
     const cache: CacheView = { refs: w.refs, extra: w.extraRecords, linked: new LinkedUsage({ snapshotter: w.refs.snapshotter }) };
     // Start times of the builds running now. A record a build created or looked up since it began
@@ -191,31 +194,66 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
   }
 }
 
+/** The default GC policies' limits: buildkitd.toml's worker-level keys and --oci-worker-gc-keepstorage. */
+export interface GCDefaults {
+  keepStorage?: DiskSpace;
+  reservedSpace?: DiskSpace;
+  maxUsedSpace?: DiskSpace;
+  minFreeSpace?: DiskSpace;
+}
+
 /**
- * Upstream's default GC policy for a cap of `keep` bytes; when 0, a tenth of the size of the disk
- * holding `root`, rounded up to whole GB (2 GB when that cannot be read), as upstream's
- * DetectDefaultGCCap. Upstream v0.11's first policy is kept verbatim: its filter ANDs three type
- * terms, so it matches no record (ListWorkers shows it the same way).
+ * Upstream's default GC policies for a file system of `total` bytes (0: unknown).
+ *
+ * With any of the v0.17+ worker keys (reservedSpace, maxUsedSpace, minFreeSpace), upstream v0.17's
+ * defaults: local sources, cache mounts and git checkouts over 512 MB unused for 48 h, then
+ * everything unused for 60 days, then unshared records, then all, each within those limits.
+ *
+ * Otherwise upstream v0.11's, whose cap is gckeepstorage, or a tenth of the disk rounded up to whole
+ * GB (2 GB when the size is unknown), as its DetectDefaultGCCap. Their first policy is kept
+ * verbatim: its filter ANDs three type terms, so it matches no record (ListWorkers shows it the
+ * same way).
  */
-export function defaultGCPolicy(keep: number, root?: string): GCPolicyConfig[] {
-  const cap = keep > 0 ? keep : defaultGCCap(root);
+export function defaultGCPolicy(d: GCDefaults, total: number): GCPolicyConfig[] {
+  const reclaimable = 'type==source.local,type==exec.cachemount,type==source.git.checkout';
+  if (d.reservedSpace || d.maxUsedSpace || d.minFreeSpace) {
+    const limits = { keepBytes: diskSpaceBytes(d.reservedSpace, total), maxUsedSpace: diskSpaceBytes(d.maxUsedSpace, total), minFreeSpace: diskSpaceBytes(d.minFreeSpace, total) };
+    return [
+      { filters: [reclaimable], keepDuration: 48 * 3600, keepBytes: 0, maxUsedSpace: 512e6, minFreeSpace: 0, all: false },
+      { filters: [], keepDuration: 60 * 24 * 3600, ...limits, all: false },
+      { filters: [], keepDuration: 0, ...limits, all: false },
+      { filters: [], keepDuration: 0, ...limits, all: true },
+    ];
+  }
+  const keep = diskSpaceBytes(d.keepStorage, total);
+  const cap = keep > 0 ? keep : defaultGCCap(total);
   return [
-    { filters: ['type==source.local,type==exec.cachemount,type==source.git.checkout'], keepDuration: 48 * 3600, keepBytes: 512e6, all: false },
+    { filters: [reclaimable], keepDuration: 48 * 3600, keepBytes: 512e6, all: false },
     { filters: [], keepDuration: 60 * 24 * 3600, keepBytes: cap, all: false },
     { filters: [], keepDuration: 0, keepBytes: cap, all: false },
     { filters: [], keepDuration: 0, keepBytes: cap, all: true },
   ];
 }
 
-function defaultGCCap(root: string | undefined): number {
-  if (!root) return 2e9;
-  try {
-    const st = statfsSync(root);
-    const tenth = Math.floor((st.bsize * st.blocks) / 10);
-    return (Math.floor(tenth / 2 ** 30) + 1) * 1e9;
-  } catch {
-    return 2e9;
+function defaultGCCap(total: number): number {
+  if (total === 0) return 2e9;
+  return (Math.floor(Math.floor(total / 10) / 2 ** 30) + 1) * 1e9;
+}
+
+/** The size of the file system holding `root` (or its nearest existing parent); 0 when unknown. */
+export function diskTotal(root: string | undefined): number {
+  let dir = root;
+  while (dir) {
+    try {
+      const st = statfsSync(dir);
+      return st.bsize * st.blocks;
+    } catch {
+      const parent = dirname(dir);
+      if (parent === dir) break;
+      dir = parent;
+    }
   }
+  return 0;
 }
 
 /**

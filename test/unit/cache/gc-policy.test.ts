@@ -13,7 +13,7 @@ import type { RefManager } from '../../../src/cache/ref-manager.js';
 import type { UsageEntry } from '../../../src/cache/ref-manager.js';
 import type { PruneOptions, UsageInfo } from '../../../src/control/types.js';
 import { NativeSnapshotter, linkTree } from '../../../src/snapshot/native/native-snapshotter.js';
-import { defaultGCPolicy } from '../../../src/cli/daemon.js';
+import { defaultGCPolicy, diskTotal } from '../../../src/cli/daemon.js';
 
 const T0 = Date.parse('2026-01-01T00:00:00Z');
 const MIN = 60_000;
@@ -247,16 +247,19 @@ describe('GarbageCollector', () => {
 
 describe('defaultGCPolicy', () => {
   it('is upstream v0.11 default policy, with the cap from keep-storage or a tenth of the disk rounded up to GB', () => {
-    const p = defaultGCPolicy(3e9);
+    const p = defaultGCPolicy({ keepStorage: { bytes: 3e9 } }, 0);
     expect(p.map((x) => [x.filters, x.keepDuration, x.keepBytes, x.all])).toEqual([
       [['type==source.local,type==exec.cachemount,type==source.git.checkout'], 48 * 3600, 512e6, false],
       [[], 60 * 24 * 3600, 3e9, false],
       [[], 0, 3e9, false],
       [[], 0, 3e9, true],
     ]);
-    const cap = defaultGCPolicy(0, tmpdir())[2]!.keepBytes;
+    const cap = defaultGCPolicy({}, diskTotal(tmpdir()))[2]!.keepBytes;
     expect(cap % 1e9).toBe(0);
     expect(cap).toBeGreaterThanOrEqual(1e9);
+    // A tenth of 100 GiB is 10 GiB: 11 GB, rounded up as upstream's DetectDefaultGCCap.
+    expect(defaultGCPolicy({}, 100 * 2 ** 30)[1]!.keepBytes).toBe(11e9);
+    expect(defaultGCPolicy({}, 0)[1]!.keepBytes).toBe(2e9);
   });
 });
 
