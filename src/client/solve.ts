@@ -78,11 +78,16 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
   const locals = await neededLocals(opts.definition, opts.locals ?? {});
   await checkLocalDirs(locals);
 
+  // Several exports (BuildKit v0.13+ daemons): each is one of the request's Exporters, and what the
+  // daemon sends to the client says which by its place in that list.
   const exports = opts.exports ?? [];
-  if (exports.length > 1) throw new InvalidArgumentError('currently only single Exports can be specified');
   const ex: ExportEntry = exports[0] ?? { type: '', attrs: {} };
-  const target = resolveExportTarget(ex);
-  const exportTarget = target?.kind === 'store' ? undefined : target;
+  const targets = exports.map(resolveExportTarget);
+  const stores = targets.filter((t): t is { kind: 'store'; dir: string } => t?.kind === 'store');
+  if (stores.length > 1) throw new InvalidArgumentError('only one oci or docker export to a directory (tar=false) can be specified');
+  const target = stores[0];
+  const sendTargets = targets.map((t) => (t?.kind === 'store' ? undefined : t));
+  const exportTarget = exports.length > 1 ? sendTargets : sendTargets[0];
 
   const { imports, exportsCache, frontendAttrs: cacheAttrs, contentStores, storesToUpdate } = await cacheOptions(opts);
   if (target?.kind === 'store') {
@@ -124,6 +129,7 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
           Definition: opts.definition,
           Exporter: ex.type,
           ExporterAttrs: ex.attrs,
+          ...(exports.length > 1 ? { Exporter: '', ExporterAttrs: {}, Exporters: exports.map((e) => ({ Type: e.type, Attrs: e.attrs })) } : {}),
           Session: session.id,
           Frontend: subrequest ? '' : (opts.frontend ?? ''),
           FrontendAttrs: subrequest ? {} : frontendAttrs,

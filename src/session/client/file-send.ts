@@ -24,8 +24,8 @@ export type ExportTarget =
  * BytesMessage, which it carries for files; for a directory the same method carries fsutil
  * Packets, so the handler picks the message type by what it was set up to receive.
  */
-export function fileSendService(targets: ExportTarget | readonly ExportTarget[]): SessionServices {
-  const list = Array.isArray(targets) ? targets : [targets as ExportTarget];
+export function fileSendService(targets: ExportTarget | readonly (ExportTarget | undefined)[]): SessionServices {
+  const list: readonly (ExportTarget | undefined)[] = Array.isArray(targets) ? targets : [targets as ExportTarget];
   return {
     [methodPath(FileSend.method.diffCopy)]: async (raw, ctx) => {
       // Several outputs: the daemon says which of them this is (its place in the request's

@@ -22,8 +22,8 @@ export { loadDockerConfig, lookupAuth, type DockerConfig } from './docker-config
  */
 export function clientSessionServices(opts: {
   locals?: Record<string, string>;
-  /** Where exports land: one, or one per exporter of the request, in its order. */
-  exportTarget?: ExportTarget | readonly ExportTarget[];
+  /** Where exports land: one, or one per exporter of the request, in its order (undefined for one the client receives nothing from). */
+  exportTarget?: ExportTarget | readonly (ExportTarget | undefined)[];
   auth?: AuthServiceOptions | false;
   secrets?: Map<string, SecretSource>;
   ssh?: Awaited<ReturnType<typeof resolveSshAgents>>;
@@ -33,7 +33,7 @@ export function clientSessionServices(opts: {
   return {
     ...healthService(),
     ...(opts.locals && Object.keys(opts.locals).length > 0 ? fileSyncService(opts.locals) : {}),
-    ...(opts.exportTarget && (!Array.isArray(opts.exportTarget) || opts.exportTarget.length > 0) ? fileSendService(opts.exportTarget) : {}),
+    ...(opts.exportTarget && (!Array.isArray(opts.exportTarget) || opts.exportTarget.some((t) => t !== undefined)) ? fileSendService(opts.exportTarget) : {}),
     ...(opts.auth === false ? {} : authService(opts.auth ?? {})),
     ...(opts.secrets && opts.secrets.size > 0 ? secretsService(opts.secrets) : {}),
     ...(opts.ssh && opts.ssh.size > 0 ? sshService(opts.ssh) : {}),

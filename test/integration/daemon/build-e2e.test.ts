@@ -127,6 +127,30 @@ d('loom daemon with loom buildctl', () => {
     expect(info.Architecture).toBe('amd64');
   });
 
+  it('exports one build several ways with repeated --output (local, tar and a pushed image), as upstream buildctl v0.13+', async () => {
+    const name = `${reg.host}/loom/multi-output:e2e`;
+    const dir = join(work, 'multi-local');
+    const tarFile = join(work, 'multi.tar');
+    const r = await buildctl(
+      daemon.addr,
+      ['build', '--output', `type=local,dest=${dir}`, '--output', `type=tar,dest=${tarFile}`, '--output', `type=image,name=${name},push=true,registry.insecure=true`],
+      { stdin: vector('file-ops') },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const listing = expected('file-ops');
+    expect(await tarListing(tarFile)).toBe(listing);
+    // The local copy holds the same tree (owned by whoever ran the client).
+    const tree = (await run('find', [dir, '-mindepth', '1', '-printf', '%P\\n'])).stdout.split('\n').filter(Boolean).sort();
+    const fromTar = (await run('tar', ['-tf', tarFile])).stdout.split('\n').filter(Boolean).map((p) => p.replace(/\/$/, '')).sort();
+    expect(tree).toEqual(fromTar);
+    const inspect = await run('skopeo', ['inspect', '--tls-verify=false', `docker://${name}`]);
+    expect(inspect.code, inspect.stderr).toBe(0);
+    // Two oci or docker exports into directories have one content store to share: refused, naming the rule.
+    const two = await buildctl(daemon.addr, ['build', '--output', `type=oci,dest=${join(work, 'l1')},tar=false`, '--output', `type=oci,dest=${join(work, 'l2')},tar=false`], { stdin: vector('file-ops') });
+    expect(two.code).not.toBe(0);
+    expect(two.stderr).toContain('only one oci or docker export to a directory (tar=false) can be specified');
+  });
+
   it("pushes by digest, and words the push as upstream's: name:tag (latest when none) with the digest, or the name alone", async () => {
     const push = (name: string, extra = '') => buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=image,name=${name},push=true${extra}`], { stdin: vector('merge-diff') });
     const tagless = await push(`${reg.host}/loom/bydigest`);
