@@ -808,7 +808,7 @@ async function convert(opt: ConvertOptions): Promise<ConvertResult> {
   runDispatch(contextState, true);
   // With `error=true` in the check options, any violation fails the conversion.
   const lintErr = lint?.error();
-  if (lintErr) throw new DockerfileError(lintErr.message);
+  if (lintErr) throw lintErr;
 
   const labels = opt.labels ?? {};
   if (Object.keys(labels).length > 0 && !target.image.config.Labels) target.image.config.Labels = {};

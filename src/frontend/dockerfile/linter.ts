@@ -10,8 +10,8 @@
 import { goJSON, goRangesJSON } from '../../content/go-json.js';
 import { formatSource } from '../../client/error-source.js';
 import type { Definition } from '../../gen/buildkit/ops_pb.js';
-import type { Range } from './errors.js';
-import { goQuote, suggestSearch } from './go-compat.js';
+import { DockerfileError, type Range } from './errors.js';
+import { goQuote, parseGoBool, suggestSearch } from './go-compat.js';
 import type { Stage } from './instructions.js';
 import type { Node } from './parser.js';
 
@@ -101,7 +101,7 @@ export function parseLintOptions(checkStr: string): LintConfig {
   const parts = semi < 0 ? [s] : [s.slice(0, semi), s.slice(semi + 1)];
   for (const p of parts) {
     const eq = p.indexOf('=');
-    if (eq < 0) throw new Error(`failed to parse check options: invalid check option ${goQuote(p)}`);
+    if (eq < 0) throw new DockerfileError(`failed to parse check options: invalid check option ${goQuote(p)}`);
     const k = p.slice(0, eq).trim();
     const v = p.slice(eq + 1).trim();
     if (k === 'skip') {
@@ -109,17 +109,11 @@ export function parseLintOptions(checkStr: string): LintConfig {
       else for (const r of v.split(',')) cfg.skipRules.add(r.trim());
     } else if (k === 'error') {
       const b = parseGoBool(v);
-      if (b === undefined) throw new Error(`failed to parse check options: failed to parse check option ${goQuote(p)}: strconv.ParseBool: parsing ${goQuote(v)}: invalid syntax`);
+      if (b === undefined) throw new DockerfileError(`failed to parse check options: failed to parse check option ${goQuote(p)}: strconv.ParseBool: parsing ${goQuote(v)}: invalid syntax`);
       cfg.returnAsError = b;
-    } else throw new Error(`failed to parse check options: invalid check option ${goQuote(k)}`);
+    } else throw new DockerfileError(`failed to parse check options: invalid check option ${goQuote(k)}`);
   }
   return cfg;
-}
-
-function parseGoBool(v: string): boolean | undefined {
-  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(v)) return true;
-  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(v)) return false;
-  return undefined;
 }
 
 /** Collects the violations of one conversion; rules the configuration skips are not reported. */
@@ -143,7 +137,7 @@ export class Linter {
   /** With `error=true`, the error a conversion that found violations ends with (upstream's wording). */
   error(): Error | undefined {
     if (!this.config.returnAsError || this.#called.length === 0) return undefined;
-    return new Error(`lint violation found for rules: ${[...new Set(this.#called)].join(', ')}`);
+    return new DockerfileError(`lint violation found for rules: ${[...new Set(this.#called)].join(', ')}`);
   }
 }
 
