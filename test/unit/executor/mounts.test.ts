@@ -110,6 +110,19 @@ describe('cache mounts', () => {
     expect(readFileSync(join(again.dir, 'f'), 'utf8')).toBe('1');
   });
 
+  it('gives steps that ask for a new cache at the same moment one directory when shared, two when private (two platforms of one RUN)', async () => {
+    // A multi-platform build runs each platform's RUN --mount=type=cache at once: both asked
+    // before either had loaded the cache's directory, and the second's rename failed (ENOTEMPTY).
+    const c = new CacheMounts({ dir: join(dir, 'cache-race') });
+    const [a, b] = await Promise.all([c.acquire({ id: 'r', sharing: 'shared', from: null }), c.acquire({ id: 'r', sharing: 'shared', from: null })]);
+    expect(a.dir).toBe(b.dir);
+    a.release();
+    b.release();
+    const [p, q] = await Promise.all([c.acquire({ id: 'p', sharing: 'private', from: null }), c.acquire({ id: 'p', sharing: 'private', from: null })]);
+    expect(p.dir).not.toBe(q.dir);
+    expect((await c.list()).filter((r) => r.key === 'p')).toHaveLength(2);
+  });
+
   it('seeds a new cache from its `from` state, keyed by that state', async () => {
     const from = mkdtempSync(join(dir, 'from-'));
     writeFileSync(join(from, 'seed'), 's');

@@ -27,8 +27,10 @@ interface Instance {
 interface Entry {
   instances: Instance[];
   waiters: (() => void)[];
-  /** Serializes creation of instances for this key. */
-  creating: Promise<void>;
+  /** The directories already on disk, read once when the key is first asked for. */
+  loaded: Promise<void>;
+  /** The directory being made now, if any (one at a time per key; it is its maker's, held). */
+  creating: Promise<Instance> | undefined;
 }
 
 /**
@@ -53,12 +55,19 @@ export class CacheMounts {
     if (!o.id) throw new InvalidArgumentError('cache mount has no id');
     const key = o.from ? `${o.id}:${o.from.id}` : o.id;
     const base = path.join(this.#dir, createHash('sha256').update(key).digest('hex'));
+    // The entry is registered before anything is awaited: steps asking for one cache at the same
+    // moment (the platforms of one multi-platform RUN) share it, and so its directories.
     let e = this.#entries.get(key);
     if (!e) {
-      e = { instances: await this.#load(base), waiters: [], creating: Promise.resolve() };
-      this.#entries.set(key, e);
+      const fresh: Entry = { instances: [], waiters: [], loaded: Promise.resolve(), creating: undefined };
+      fresh.loaded = this.#load(base).then((list) => {
+        fresh.instances.unshift(...list);
+      });
+      this.#entries.set(key, fresh);
+      e = fresh;
     }
     const entry = e;
+    await entry.loaded;
     for (;;) {
       if (o.signal?.aborted) throw new CancelledError('context canceled', { cause: o.signal.reason });
       let inst: Instance | undefined;
@@ -79,18 +88,28 @@ export class CacheMounts {
         });
         continue;
       }
-      if (!inst) {
-        const n = entry.instances.length;
-        const created = entry.creating.then(() => this.#create(base, key, n, o.from));
-        entry.creating = created.then(
-          () => {},
-          () => {},
-        );
-        inst = { dir: await created, holders: 0, shared: false };
-        entry.instances.push(inst);
+      if (!inst && entry.creating) {
+        // Another step is making a directory of this cache: a shared user joins it, the others
+        // look again once it exists.
+        await entry.creating.catch(() => undefined);
+        continue;
       }
-      inst.holders++;
-      inst.shared = o.sharing === 'shared';
+      if (!inst) {
+        const made = this.#create(base, key, entry.instances.length, o.from).then((d) => {
+          const ni: Instance = { dir: d, holders: 1, shared: o.sharing === 'shared' };
+          entry.instances.push(ni);
+          return ni;
+        });
+        entry.creating = made;
+        try {
+          inst = await made;
+        } finally {
+          entry.creating = undefined;
+        }
+      } else {
+        inst.holders++;
+        inst.shared = o.sharing === 'shared';
+      }
       const held = inst;
       let released = false;
       return {
