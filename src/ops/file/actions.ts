@@ -21,8 +21,7 @@ import { resolveWildcards } from './wildcard.js';
  * The five file actions on directories already resolved for them: `root` is the writable tree the
  * action changes, `src` (copy) the tree it reads. Semantics are BuildKit's file backend (v0.11,
  * plus the later rm fix: without allowNotFound a missing path is an error). Errors read as
- * upstream's, with paths shown inside the trees: `failed to copy: lstat /src/x: no such file or
- * directory`.
+ * upstream's, with paths shown inside the trees: `lstat /src/x: no such file or directory`.
  */
 
 export async function mkdirAction(root: string, a: FileActionMkDir, user: User | null): Promise<void> {
@@ -152,7 +151,8 @@ export async function copyAction(src: string, dest: string, a: FileActionCopy, u
     }
   } catch (err) {
     if (err instanceof UnpackError) throw err;
-    throw fsError(err, [src, dest], 'failed to copy');
+    // Unprefixed, as upstream's copy reports (`cannot copy to non-directory: /dst`).
+    throw fsError(err, [src, dest], '');
   }
 }
 

@@ -170,7 +170,7 @@ describe.each(SNAPSHOTTERS)('on $name snapshots', (impl) => {
         mkdirSync(Buffer.from(path.join(d, 'n/d\xff'), 'latin1'), { recursive: true });
         writeFileSync(Buffer.from(path.join(d, 'n/d\xff/f'), 'latin1'), 'x');
       });
-      await expect(run([dst, odd], [cp('/n', '/n2')])).rejects.toThrow(/failed to copy: a file name is not valid UTF-8 \(shown with U\+FFFD\): \/n\/d\uFFFD: loom cannot store such names yet/);
+      await expect(run([dst, odd], [cp('/n', '/n2')])).rejects.toThrow(/^a file name is not valid UTF-8 \(shown with U\+FFFD\): \/n\/d\uFFFD: loom cannot store such names yet/);
     });
 
     it('symlinks: copied as links unless followSymlink', async () => {
@@ -210,11 +210,11 @@ describe.each(SNAPSHOTTERS)('on $name snapshots', (impl) => {
       expect(readdir(wild!, 'w')).toEqual(['sub']);
       const [filtered] = await run([dst, src], [cp('/dir', '/f', { includePatterns: ['sub/**'], excludePatterns: ['**/c'] })]);
       expect(readdir(filtered!, 'f')).toEqual(['sub']);
-      await expect(run([dst, src], [cp('/zz*', '/w/', { allowWildcard: true })])).rejects.toThrow('failed to copy: /zz* not found');
+      await expect(run([dst, src], [cp('/zz*', '/w/', { allowWildcard: true })])).rejects.toThrow(/^\/zz\* not found$/);
       await run([dst, src], [cp('/zz*', '/w/', { allowWildcard: true, allowEmptyWildcard: true })]);
-      await expect(run([dst, src], [cp('/missing', '/x')])).rejects.toThrow('failed to copy: lstat /missing: no such file or directory');
+      await expect(run([dst, src], [cp('/missing', '/x')])).rejects.toThrow(/^lstat \/missing: no such file or directory$/);
       await expect(run([dst, src], [cp('/file', '/nodir/x', { createDestPath: false })])).rejects.toThrow(
-        'failed to copy: failed to stat /nodir/x: lstat /nodir: no such file or directory',
+        'failed to stat /nodir/x: lstat /nodir: no such file or directory',
       );
     });
   });
