@@ -196,7 +196,7 @@ function strList(v: unknown, where: string): string[] | undefined {
   });
 }
 
-/** Integers are bytes; strings may carry a unit ("512MB", "10GiB"), as later upstream configs allow. */
+/** A size of buildkitd.toml as a DiskSpace (see there); undefined when the key is absent. */
 export function diskSpace(v: unknown, where: string): DiskSpace | undefined {
   if (v === undefined) return undefined;
   if (typeof v === 'number' || typeof v === 'bigint') return { bytes: Number(v) };

@@ -226,18 +226,14 @@ export function defaultGCPolicy(d: GCDefaults, total: number): GCPolicyConfig[] 
     ];
   }
   const keep = diskSpaceBytes(d.keepStorage, total);
-  const cap = keep > 0 ? keep : defaultGCCap(total);
+  // A tenth of the disk, whole GB rounded up (2 GB when unknown): DetectDefaultGCCap, the same sum as a "10%" DiskSpace.
+  const cap = keep > 0 ? keep : diskSpaceBytes({ percent: 10 }, total);
   return [
     { filters: [reclaimable], keepDuration: 48 * 3600, keepBytes: 512e6, all: false },
     { filters: [], keepDuration: 60 * 24 * 3600, keepBytes: cap, all: false },
     { filters: [], keepDuration: 0, keepBytes: cap, all: false },
     { filters: [], keepDuration: 0, keepBytes: cap, all: true },
   ];
-}
-
-function defaultGCCap(total: number): number {
-  if (total === 0) return 2e9;
-  return (Math.floor(Math.floor(total / 10) / 2 ** 30) + 1) * 1e9;
 }
 
 /** The size of the file system holding `root` (or its nearest existing parent); 0 when unknown. */

@@ -85,14 +85,15 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
   const targets = exports.map(resolveExportTarget);
   const stores = targets.filter((t): t is { kind: 'store'; dir: string } => t?.kind === 'store');
   if (stores.length > 1) throw new InvalidArgumentError('only one oci or docker export to a directory (tar=false) can be specified');
-  const target = stores[0];
+  // An oci or docker export into a directory: the client serves that directory as a content store.
+  const store = stores[0];
   const sendTargets = targets.map((t) => (t?.kind === 'store' ? undefined : t));
   const exportTarget = exports.length > 1 ? sendTargets : sendTargets[0];
 
   const { imports, exportsCache, frontendAttrs: cacheAttrs, contentStores, storesToUpdate } = await cacheOptions(opts);
-  if (target?.kind === 'store') {
-    await mkdir(target.dir, { recursive: true });
-    contentStores.set(EXPORT_STORE_ID, target.dir);
+  if (store) {
+    await mkdir(store.dir, { recursive: true });
+    contentStores.set(EXPORT_STORE_ID, store.dir);
   }
   const frontendAttrs = { ...(opts.frontendAttrs ?? {}), ...cacheAttrs };
 
@@ -127,9 +128,7 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
         {
           Ref: ref,
           Definition: opts.definition,
-          Exporter: ex.type,
-          ExporterAttrs: ex.attrs,
-          ...(exports.length > 1 ? { Exporter: '', ExporterAttrs: {}, Exporters: exports.map((e) => ({ Type: e.type, Attrs: e.attrs })) } : {}),
+          ...(exports.length > 1 ? { Exporters: exports.map((e) => ({ Type: e.type, Attrs: e.attrs })) } : { Exporter: ex.type, ExporterAttrs: ex.attrs }),
           Session: session.id,
           Frontend: subrequest ? '' : (opts.frontend ?? ''),
           FrontendAttrs: subrequest ? {} : frontendAttrs,
@@ -162,9 +161,9 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
       }
       // So did an image export into an OCI layout directory: tagged by its name, else latest.
       const image = res.ExporterResponse['containerimage.descriptor'];
-      if (target?.kind === 'store' && image) {
+      if (store && image) {
         const desc = JSON.parse(Buffer.from(image, 'base64').toString()) as OciIndexDescriptor;
-        await updateOciIndex(target.dir, res.ExporterResponse['image.name'] || 'latest', desc);
+        await updateOciIndex(store.dir, res.ExporterResponse['image.name'] || 'latest', desc);
       }
       return { ref, exporterResponse: { ...res.ExporterResponse }, ...(subrequestMetadata ? { subrequestMetadata } : {}) };
     } finally {

@@ -23,7 +23,7 @@ import { parseGoBool, parseGoInt, readCSVRecord } from './go-compat.js';
 import { parseImageConfig } from './image-config.js';
 import { FileActions, LLBBuilder, marshal, scratch, stateFromDefinition, withImageConfig, type HostIP, type LLBState, type SourceMapRef } from './llb-state.js';
 import { detectDirective, detectSyntax, type Warning } from './parser.js';
-import { Linter, lintResult, lintShort, mergeLocations, parseLintOptions, REQUEST_LINT } from './linter.js';
+import { Linter, lintResult, lintShort, parseLintOptions, REQUEST_LINT } from './linter.js';
 import { describeSubrequests, isKnownSubrequest, listTargets, outlineResult, REQUEST_DESCRIBE, REQUEST_OUTLINE, REQUEST_TARGETS } from './subrequests.js';
 
 /** A warning for the client, in the shape of the progress stream's warnings plus Dockerfile lines. */
@@ -476,7 +476,7 @@ export class DockerfileFrontend {
         return {
           refs: [],
           multiPlatform: false,
-          metadata: lintResult(lint?.warnings ?? [], lintSource, { message: errorMessage(err), location: Array.isArray(loc) ? mergeLocations(loc) : [] }),
+          metadata: lintResult(lint?.warnings ?? [], lintSource, { message: errorMessage(err), location: Array.isArray(loc) ? loc : [] }),
           subrequest: true,
         };
       }

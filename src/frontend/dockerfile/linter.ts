@@ -164,6 +164,7 @@ export interface LintSource {
  * version.
  */
 export function lintResult(warnings: readonly LintWarning[], source: LintSource, buildError?: { message: string; location: Range[] }): Record<string, Uint8Array> {
+  // The error's ranges are merged where they overlap, as upstream's DockerfileLint does.
   const loc = (ranges: Range[]) => (ranges.length > 0 ? { ranges: goRangesJSON(mergeLocations(ranges)) } : {});
   const json = goJSON(
     {
@@ -215,7 +216,7 @@ export function lintResult(warnings: readonly LintWarning[], source: LintSource,
 }
 
 /** upstream's mergeLocations: ranges sorted by start line, overlapping ones joined. */
-export function mergeLocations(ranges: Range[]): Range[] {
+function mergeLocations(ranges: Range[]): Range[] {
   if (ranges.length <= 1) return ranges;
   const all = [...ranges].sort((a, b) => a.start.line - b.start.line);
   const out: Range[] = [];

@@ -152,7 +152,8 @@ export async function copyAction(src: string, dest: string, a: FileActionCopy, u
   } catch (err) {
     if (err instanceof UnpackError) throw err;
     // Unprefixed, as upstream's copy reports (`cannot copy to non-directory: /dst`).
-    throw fsError(err, [src, dest], '');
+    const { code, message } = fsErrorText(err, [src, dest]);
+    throw new LoomError(code, message, { cause: err });
   }
 }
 
