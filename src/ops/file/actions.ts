@@ -44,7 +44,7 @@ export async function mkdirAction(root: string, a: FileActionMkDir, user: User |
     await applyChown(p, null, ch);
     await applyUtime(p, tm);
   } catch (err) {
-    throw fsError(err, [root], 'failed to create directory');
+    throw fsError(err, [root]);
   }
 }
 
@@ -63,7 +63,7 @@ export async function mkfileAction(root: string, a: FileActionMkFile, user: User
     await applyChown(p, null, chownerFor(user));
     await applyUtime(p, timestampNs(a.timestamp));
   } catch (err) {
-    throw fsError(err, [root], 'failed to create file');
+    throw fsError(err, [root]);
   }
 }
 
@@ -75,7 +75,7 @@ export async function rmAction(root: string, a: FileActionRm): Promise<void> {
     }
     await rmPath(root, a.path, a.allowNotFound);
   } catch (err) {
-    throw fsError(err, [root], 'failed to remove');
+    throw fsError(err, [root]);
   }
 }
 
@@ -95,7 +95,7 @@ export async function symlinkAction(root: string, a: FileActionSymlink, user: Us
     await applyChown(p, null, chownerFor(user));
     await applyUtime(p, timestampNs(a.timestamp));
   } catch (err) {
-    throw fsError(err, [root], 'failed to create symlink');
+    throw fsError(err, [root]);
   }
 }
 
@@ -152,8 +152,7 @@ export async function copyAction(src: string, dest: string, a: FileActionCopy, u
   } catch (err) {
     if (err instanceof UnpackError) throw err;
     // Unprefixed, as upstream's copy reports (`cannot copy to non-directory: /dst`).
-    const { code, message } = fsErrorText(err, [src, dest]);
-    throw new LoomError(code, message, { cause: err });
+    throw fsError(err, [src, dest]);
   }
 }
 

@@ -87,13 +87,13 @@ export async function mkdirAll(
 }
 
 /**
- * Turns a Node filesystem error into the message upstream gives (`lstat /src/x: no such file or
- * directory`), with host paths shown as paths inside the op's root, prefixed by `what`
- * (`failed to create directory`).
+ * Turns a Node filesystem error into the message upstream gives (`mkdir /x/y: no such file or
+ * directory`: upstream's file actions return the system call's error bare), with host paths shown
+ * as paths inside the op's roots, prefixed by `what` when given (`failed to stat /dst`).
  */
-export function fsError(err: unknown, roots: readonly string[], what: string): LoomError {
+export function fsError(err: unknown, roots: readonly string[], what?: string): LoomError {
   const { code, message } = fsErrorText(err, roots);
-  return new LoomError(code, `${what}: ${message}`, { cause: err });
+  return new LoomError(code, what ? `${what}: ${message}` : message, { cause: err });
 }
 
 /** An error's text with paths shown inside the roots (`mkdir /x: not a directory` for a system call's), and its code. */

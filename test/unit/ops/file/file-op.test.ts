@@ -91,7 +91,7 @@ describe.each(SNAPSHOTTERS)('on $name snapshots', (impl) => {
       const err = await run([null], [{ input: -1n, ...mkdir('/no/such') }]).catch((e) => e);
       expect(err).toBeInstanceOf(FileActionError);
       expect(err.action).toBe(0);
-      expect(err.message).toBe('failed to create directory: mkdir /no/such: no such file or directory');
+      expect(err.message).toBe('mkdir /no/such: no such file or directory');
     });
 
     it('resolves paths inside the root: a symlink to /etc is the root\'s /etc, .. cannot climb', async () => {
@@ -118,7 +118,7 @@ describe.each(SNAPSHOTTERS)('on $name snapshots', (impl) => {
       expect(readdir(out!, 'logs')).toEqual(['keep.txt']);
       expect(existsSync(path.join(out!, 'ln'))).toBe(false);
       expect(existsSync(path.join(out!, 'target/file'))).toBe(true);
-      await expect(run([base], [rm('/nope')])).rejects.toThrow('failed to remove: lstat /nope: no such file or directory');
+      await expect(run([base], [rm('/nope')])).rejects.toThrow(/^lstat \/nope: no such file or directory$/);
     });
 
     it('symlink action creates the link as given', async () => {
