@@ -1,3 +1,5 @@
+import type { Definition } from '../gen/buildkit/ops_pb.js';
+
 /**
  * JSON bytes as Go's encoding/json writes them. Image manifests, indexes and configs are addressed by
  * the digest of their bytes, so to produce the same digests as upstream for the same content we must
@@ -61,4 +63,39 @@ export interface GoPositionJSON {
 export function goRangesJSON(ranges: readonly { start: { line: number; character: number }; end: { line: number; character: number } }[]): { start: GoPositionJSON; end: GoPositionJSON }[] {
   const pos = (p: { line: number; character: number }): GoPositionJSON => ({ ...(p.line ? { line: p.line } : {}), ...(p.character ? { character: p.character } : {}) });
   return ranges.map((r) => ({ start: pos(r.start), end: pos(r.end) }));
+}
+
+/** A pb.Definition as upstream's Go JSON encoding writes it (gogo's field names and omitempty rules). */
+export function definitionGoJSON(def: Definition): Record<string, unknown> {
+  const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64');
+  const sorted = <V>(m: Record<string, V>) => Object.fromEntries(Object.keys(m).sort().map((k) => [k, m[k]!]));
+  const meta = Object.keys(def.metadata).length === 0 ? null : Object.fromEntries(
+    Object.keys(def.metadata).sort().map((k) => {
+      const m = def.metadata[k]!;
+      return [k, {
+        ...(m.ignoreCache ? { ignore_cache: true } : {}),
+        ...(Object.keys(m.description).length > 0 ? { description: sorted(m.description) } : {}),
+        ...(m.exportCache ? { export_cache: m.exportCache.Value ? { Value: true } : {} } : {}),
+        ...(Object.keys(m.caps).length > 0 ? { caps: sorted(m.caps) } : {}),
+        ...(m.progressGroup ? { progress_group: { ...(m.progressGroup.id ? { id: m.progressGroup.id } : {}), ...(m.progressGroup.name ? { name: m.progressGroup.name } : {}), ...(m.progressGroup.weak ? { weak: true } : {}) } } : {}),
+      }];
+    }),
+  );
+  const src = def.Source;
+  const source = src
+    ? {
+        ...(Object.keys(src.locations).length > 0
+          ? {
+              locations: Object.fromEntries(
+                Object.keys(src.locations).sort().map((k) => {
+                  const ls = src.locations[k]!.locations;
+                  return [k, ls.length > 0 ? { locations: ls.map((l) => ({ ...(l.sourceIndex ? { sourceIndex: l.sourceIndex } : {}), ...(l.ranges.length > 0 ? { ranges: goRangesJSON(l.ranges.map((r) => ({ start: r.start ?? { line: 0, character: 0 }, end: r.end ?? { line: 0, character: 0 } }))) } : {}) })) } : {}];
+                }),
+              ),
+            }
+          : {}),
+        ...(src.infos.length > 0 ? { infos: src.infos.map((i) => ({ ...(i.filename ? { filename: i.filename } : {}), ...(i.data.length > 0 ? { data: b64(i.data) } : {}), ...(i.definition ? { definition: definitionGoJSON(i.definition) } : {}), ...(i.language ? { language: i.language } : {}) })) } : {}),
+      }
+    : undefined;
+  return { ...(def.def.length > 0 ? { def: def.def.map(b64) } : {}), metadata: meta, ...(source ? { Source: source } : {}) };
 }

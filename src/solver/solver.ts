@@ -131,8 +131,12 @@ export class Solver {
 
   /**
    * As upstream's solver, every vertex a build loads is written to its progress once, not started
-   * yet, before anything runs: clients learn the graph, and a progress group is revealed by its
-   * non-weak member (COPY --link's merge) before a weak one (its copy) can fail and show there.
+   * yet, before anything runs, in the order upstream's clients receive them: the result first, each
+   * vertex before its inputs (the reverse of upstream's inputs-first load). The order is what
+   * clients see: buildctl and buildx keep a progress group's members in a Go map filled in arrival
+   * order and reveal a group with only a weak member started (COPY --link's copy) when, iterating,
+   * an error comes before another member; with the merge first, upstream's clients mostly show a
+   * failed COPY --link's copy as no step at all, and loom's client (insertion order) always does.
    */
   #announce(job: JobContext, def: LoadedDefinition): void {
     if (!def.result) return;
@@ -141,13 +145,15 @@ export class Solver {
       shown = new Set();
       this.#announced.set(job, shown);
     }
+    const loaded: Vertex[] = [];
     const visit = (v: Vertex) => {
       if (shown.has(v.digest)) return;
       shown.add(v.digest);
       for (const i of v.inputs) visit(i.vertex);
-      job.progress.vertex(vertexEvent(v, {}));
+      loaded.push(v);
     };
     visit(def.result.vertex);
+    for (const v of loaded.reverse()) job.progress.vertex(vertexEvent(v, {}));
   }
 }
 

@@ -1,10 +1,11 @@
 import type { StatusResponse } from '../../gen/buildkit/control_pb.js';
 import { InvalidArgumentError } from '../../util/errors.js';
 import { errorLogs, PlainPrinter } from './plain.js';
+import { statusGoJSON } from './rawjson.js';
 import { Trace } from './trace.js';
 import { TtyDisplay } from './tty.js';
 
-export type ProgressMode = 'auto' | 'plain' | 'tty';
+export type ProgressMode = 'auto' | 'plain' | 'tty' | 'rawjson';
 
 export interface ProgressDisplay {
   /** Feed one Control.Status message. */
@@ -15,7 +16,8 @@ export interface ProgressDisplay {
 
 /**
  * The progress writer buildctl uses: `auto` is tty when `out` is a terminal, else plain
- * ($BUILDKIT_PROGRESS overrides auto, as upstream). Output is throttled as upstream's
+ * ($BUILDKIT_PROGRESS overrides auto, as upstream); `rawjson` writes every status message as it
+ * comes, as upstream buildctl v0.13+ does. Output is throttled as upstream's
  * (at most every 100 ms, and a 150 ms tick so a quiet step still gets its turn).
  */
 export function createProgressDisplay(opts: { mode: string; out: NodeJS.WriteStream | { write(s: string): unknown; isTTY?: boolean } }): ProgressDisplay {
@@ -35,6 +37,11 @@ export function createProgressDisplay(opts: { mode: string; out: NodeJS.WriteStr
       break;
     case 'plain':
       break;
+    case 'rawjson':
+      return {
+        update: (s) => void out.write(`${statusGoJSON(s)}\n`),
+        finish: () => {},
+      };
     default:
       throw new InvalidArgumentError(`invalid progress mode ${mode}`);
   }

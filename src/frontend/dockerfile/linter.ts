@@ -7,7 +7,7 @@
  * BUILDKIT_DOCKERFILE_CHECK build arg) skips rules (`skip=A,B` or `skip=all`) and, with
  * `error=true`, turns any violation into the conversion's error.
  */
-import { goJSON, goRangesJSON } from '../../content/go-json.js';
+import { definitionGoJSON, goJSON, goRangesJSON } from '../../content/go-json.js';
 import { formatSource } from '../../client/error-source.js';
 import type { Definition } from '../../gen/buildkit/ops_pb.js';
 import { DockerfileError, type Range } from './errors.js';
@@ -309,39 +309,4 @@ export function reportUnmatchedVariables(
 /** UndefinedArgInFrom: variables a FROM's image or platform used that no global ARG declares. */
 export function reportUnusedFromArgs(lint: Linter, location: Range[], metaArgKeys: readonly string[], unmatched: ReadonlySet<string>): void {
   for (const arg of unmatched) lint.run(RULES.UndefinedArgInFrom, location, lintMessages.undefinedArgInFrom(arg, suggestSearch(arg, metaArgKeys, true)));
-}
-
-/** A pb.Definition as upstream's Go JSON encoding writes it (gogo's field names and omitempty rules). */
-function definitionGoJSON(def: Definition): Record<string, unknown> {
-  const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64');
-  const sorted = <V>(m: Record<string, V>) => Object.fromEntries(Object.keys(m).sort().map((k) => [k, m[k]!]));
-  const meta = Object.keys(def.metadata).length === 0 ? null : Object.fromEntries(
-    Object.keys(def.metadata).sort().map((k) => {
-      const m = def.metadata[k]!;
-      return [k, {
-        ...(m.ignoreCache ? { ignore_cache: true } : {}),
-        ...(Object.keys(m.description).length > 0 ? { description: sorted(m.description) } : {}),
-        ...(m.exportCache ? { export_cache: m.exportCache.Value ? { Value: true } : {} } : {}),
-        ...(Object.keys(m.caps).length > 0 ? { caps: sorted(m.caps) } : {}),
-        ...(m.progressGroup ? { progress_group: { ...(m.progressGroup.id ? { id: m.progressGroup.id } : {}), ...(m.progressGroup.name ? { name: m.progressGroup.name } : {}), ...(m.progressGroup.weak ? { weak: true } : {}) } } : {}),
-      }];
-    }),
-  );
-  const src = def.Source;
-  const source = src
-    ? {
-        ...(Object.keys(src.locations).length > 0
-          ? {
-              locations: Object.fromEntries(
-                Object.keys(src.locations).sort().map((k) => {
-                  const ls = src.locations[k]!.locations;
-                  return [k, ls.length > 0 ? { locations: ls.map((l) => ({ ...(l.sourceIndex ? { sourceIndex: l.sourceIndex } : {}), ...(l.ranges.length > 0 ? { ranges: goRangesJSON(l.ranges.map((r) => ({ start: r.start ?? { line: 0, character: 0 }, end: r.end ?? { line: 0, character: 0 } }))) } : {}) })) } : {}];
-                }),
-              ),
-            }
-          : {}),
-        ...(src.infos.length > 0 ? { infos: src.infos.map((i) => ({ ...(i.filename ? { filename: i.filename } : {}), ...(i.data.length > 0 ? { data: b64(i.data) } : {}), ...(i.definition ? { definition: definitionGoJSON(i.definition) } : {}), ...(i.language ? { language: i.language } : {}) })) } : {}),
-      }
-    : undefined;
-  return { ...(def.def.length > 0 ? { def: def.def.map(b64) } : {}), metadata: meta, ...(source ? { Source: source } : {}) };
 }

@@ -95,3 +95,30 @@ describe('plain progress', () => {
     expect(out).toMatch(/ => step a +0\.3s/);
   });
 });
+
+describe('rawjson progress', () => {
+  it('prints each status message as upstream buildctl v0.13+ does (Go field names, omitempty, times, base64, HTML escapes)', () => {
+    const lines: string[] = [];
+    const d = createProgressDisplay({ mode: 'rawjson', out: { write: (s: string) => lines.push(s) } });
+    const t = (seconds: number, nanos: number) => ({ seconds: BigInt(seconds), nanos });
+    d.update(
+      status({
+        vertexes: [
+          { digest: 'sha256:aa', name: '[2/2] LINK COPY --link a /b', progressGroup: { id: 'g', name: '[2/2] COPY --link a /b' } },
+          { digest: 'sha256:bb', inputs: ['sha256:aa'], name: 'copy /a /b', started: t(1700000000, 120000000), completed: t(1700000001, 5), cached: true, error: 'x <y>', progressGroup: { id: 'g', name: 'n', weak: true } },
+        ],
+        statuses: [{ ID: 'transferring context:', vertex: 'sha256:bb', current: 0n, total: 7n }],
+        logs: [{ vertex: 'sha256:bb', stream: 2n, msg: new TextEncoder().encode('hi\n'), timestamp: t(1700000000, 0) }, { vertex: 'sha256:bb', stream: 1n, msg: new Uint8Array() }],
+        warnings: [{ vertex: 'sha256:bb', level: 1n, short: new TextEncoder().encode('w'), detail: [new TextEncoder().encode('d')], url: 'https://x', ranges: [{ start: { line: 2, character: 0 }, end: { line: 2, character: 0 } }] }],
+      }),
+    );
+    d.finish();
+    expect(lines).toEqual([
+      '{"vertexes":[{"digest":"sha256:aa","name":"[2/2] LINK COPY --link a /b","progressGroup":{"id":"g","name":"[2/2] COPY --link a /b"}},' +
+        '{"digest":"sha256:bb","inputs":["sha256:aa"],"name":"copy /a /b","started":"2023-11-14T22:13:20.12Z","completed":"2023-11-14T22:13:21.000000005Z","cached":true,"error":"x \\u003cy\\u003e","progressGroup":{"id":"g","name":"n","weak":true}}],' +
+        '"statuses":[{"id":"transferring context:","vertex":"sha256:bb","total":7,"current":0,"timestamp":"1970-01-01T00:00:00Z"}],' +
+        '"logs":[{"vertex":"sha256:bb","stream":2,"data":"aGkK","timestamp":"2023-11-14T22:13:20Z"},{"vertex":"sha256:bb","stream":1,"data":null,"timestamp":"1970-01-01T00:00:00Z"}],' +
+        '"warnings":[{"vertex":"sha256:bb","level":1,"short":"dw==","detail":["ZA=="],"url":"https://x","range":[{"start":{"line":2},"end":{"line":2}}]}]}\n',
+    ]);
+  });
+});
