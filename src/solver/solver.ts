@@ -202,7 +202,11 @@ class JobRun {
   readonly #releases: (() => void)[] = [];
   readonly #impls = new Map<string, OpImpl>();
   readonly #parts = new Map<string, KeyParts>();
-  /** The key a step that ignores the cache would have had (its own key is this build's). */
+  /**
+   * The key a step would have had if neither it nor a step below it ignored the cache (its own
+   * key is then this build's): its result is saved under that key too, so a later build finds it,
+   * as upstream's, which keeps every result under the usual keys.
+   */
   readonly #usualKeys = new Map<string, string>();
   /** The key by content of a step about to run (see #byContent), to find its result by later. */
   readonly #contentKeys = new Map<string, { shape: string; key: Promise<string | undefined> }>();
@@ -297,9 +301,11 @@ class JobRun {
         const selectors = this.#impl(v).inputSelectors?.() ?? [];
         const content = v.metadata?.ignoreCache === true || v.op.op.case === 'source' ? undefined : this.#impl(v).contentSelectors?.();
         const byContent = v.inputs.some((i, n) => content?.[n] && !isLocalSource(i.vertex));
-        const inputKeys = await Promise.all(
-          v.inputs.map(async (i, n) => {
+        const keyed = await Promise.all(
+          v.inputs.map(async (i, n): Promise<{ key: string; usual: string }> => {
             const of = await this.#key(i.vertex);
+            // As this input's key would be if no step below ignored the cache.
+            const usualOf = this.#usualKeys.get(i.vertex.digest) ?? of;
             const key = `${of}#${i.index}`;
             // The key of a step that may be keyed by content waits on its inputs' results (see
             // #byContent). An input found in no cache is needed whatever happens (the step's key
@@ -311,18 +317,23 @@ class JobRun {
             // editing an unrelated file of the context keeps the step cached (upstream's
             // content-based cache keys). Other inputs are keyed whole.
             const sel = selectors[n];
-            if (!sel) return key;
+            const whole = (of: string) => {
+              const k = `${of}#${i.index}`;
+              // Wildcard patterns key only a local source by what they match; other inputs whole.
+              return !sel || sel.wildcards ? k : `${k}|paths:${JSON.stringify(sel.paths)}${sel.patterns ? `|patterns:${JSON.stringify(sel.patterns)}` : ''}`;
+            };
             // Ops may leave selected paths out of their own key (exec mounts do, as upstream):
             // they always enter here.
-            const digest = this.#contentDigest(i.vertex);
-            // Wildcard patterns key only a local source by what they match; other inputs whole.
-            if (!digest) return sel.wildcards ? key : `${key}|paths:${JSON.stringify(sel.paths)}${sel.patterns ? `|patterns:${JSON.stringify(sel.patterns)}` : ''}`;
+            const digest = sel && this.#contentDigest(i.vertex);
+            if (!sel || !digest) return { key: whole(of), usual: whole(usualOf) };
             const ref = await this.edge(i);
             // A path the step reads that is not there fails the step here, as upstream's key does.
             const selKey = await this.#guard(v, () => digest(ref, sel.paths, sel.followSymlinks, sel.wildcards, sel.patterns));
-            return sel.wildcards ? `sel:wildcards:${selKey}` : `sel:${selKey}`;
+            const byPaths = sel.wildcards ? `sel:wildcards:${selKey}` : `sel:${selKey}`;
+            return { key: byPaths, usual: byPaths };
           }),
         );
+        const inputKeys = keyed.map((k) => k.key);
         // Sources do real work to find their key (resolve a tag, sync a directory): they show as a
         // vertex even when everything after them is cached, as upstream's do.
         const isSource = v.op.op.case === 'source';
@@ -333,15 +344,24 @@ class JobRun {
           this.#report(v, { started, completed: new Date() });
           if (v.op.op.case === 'source') this.#o.job.steps?.source?.(v.op.op.value.identifier, this.#impl(v).pin?.() ?? extra, fromPbPlatform(v.op.platform ?? this.#o.defaultPlatform));
         }
-        const key = sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: keyPlatform(v, this.#o.defaultPlatform), inputs: inputKeys, extra }));
+        const keyOf = (inputs: readonly string[]) => sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: keyPlatform(v, this.#o.defaultPlatform), inputs, extra }));
+        const key = keyOf(inputKeys);
         this.#parts.set(v.digest, { key, inputs: v.inputs.map((i, n) => ({ name: i.vertex.name, key: inputKeys[n]! })), extra });
-        if (v.metadata?.ignoreCache !== true) return byContent ? await this.#byContent(v, key, content!, inputKeys, extra) : key;
+        const belowIgnored = keyed.some((k) => k.usual !== k.key);
+        const usual = belowIgnored ? keyOf(keyed.map((k) => k.usual)) : key;
+        if (v.metadata?.ignoreCache !== true) {
+          const k = byContent ? await this.#byContent(v, key, content!, inputKeys, extra) : key;
+          // (A step its content found under an earlier build's key goes by that key: nothing below
+          // it is this build's own any more.)
+          if (belowIgnored && k === key) this.#usualKeys.set(v.digest, usual);
+          return k;
+        }
         // A step the client asked to run (--no-cache, or a no-cache stage) runs, and so does what
         // is built on it: its key is this build's own, so nothing after it is found in the cache
         // under it either, as with upstream, where a step that ignores the cache gives the steps
-        // after it no keys to match. (Its result is also saved under the usual key, below, for
-        // later builds.)
-        this.#usualKeys.set(v.digest, key);
+        // after it no keys to match. Its result, and those of the steps after it, are also saved
+        // under their usual keys for later builds.
+        this.#usualKeys.set(v.digest, usual);
         return sha256(`${key}|no-cache|${this.#o.job.id}`);
       })();
       this.#keys.set(v.digest, p);
@@ -447,7 +467,10 @@ class JobRun {
     refs.forEach((r, i) => {
       this.#o.cache.save(`${key}#${i}`, r);
       if (usual) this.#o.cache.save(`${usual}#${i}`, r);
-      if (v.op.op.case !== 'source') this.#o.job.cache?.record(`${key}#${i}`, r);
+      if (v.op.op.case !== 'source') {
+        this.#o.job.cache?.record(`${key}#${i}`, r);
+        if (usual) this.#o.job.cache?.record(`${usual}#${i}`, r);
+      }
     });
     const byContent = this.#contentKeys.get(v.digest);
     if (byContent) {

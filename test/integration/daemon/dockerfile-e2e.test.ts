@@ -580,6 +580,41 @@ d('dockerfile.v0', () => {
     expect(cachedSteps(stage.log)).toEqual(['[stage-1 2/5] RUN cat /proc/sys/kernel/random/uuid > /one']);
   });
 
+  it('keeps what a --no-cache build made under the usual keys: the next build finds every step, those built on the steps it ran included, as upstream', async () => {
+    const ctx = join(work, 'nocache-then');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'f'), 'f\n');
+    writeFileSync(
+      join(ctx, 'Dockerfile'),
+      [
+        `FROM ${reg.host}/busybox:latest AS a`,
+        'RUN cat /proc/sys/kernel/random/uuid > /x',
+        `FROM ${reg.host}/busybox:latest AS b`,
+        'RUN cat /proc/sys/kernel/random/uuid > /y',
+        'FROM b',
+        'COPY --from=a /x /z',
+        'COPY --link f /f',
+        'RUN cat /z /y > /all',
+        '',
+      ].join('\n'),
+    );
+    const out = join(work, 'nocache-then-out');
+    const build = async (extra: string[] = []) => ({ log: await buildToDir(ctx, out, extra), all: readFileSync(join(out, 'all'), 'utf8') });
+    const cachedSteps = (log: string) => [...log.matchAll(/^#(\d+) (\[(?:a|b|stage-2) \d\/\d\] (?!FROM).*)\n(?:#\1 .*\n)*?#\1 CACHED$/gm)].map((m) => m[2]).sort();
+    // Steps no build ran before: only the --no-cache build's results are there to find.
+    const nc = await build(['--no-cache']);
+    expect(cachedSteps(nc.log)).toEqual([]);
+    const next = await build();
+    expect(cachedSteps(next.log)).toEqual([
+      '[a 2/2] RUN cat /proc/sys/kernel/random/uuid > /x',
+      '[b 2/2] RUN cat /proc/sys/kernel/random/uuid > /y',
+      '[stage-2 1/3] COPY --from=a /x /z',
+      '[stage-2 2/3] COPY --link f /f',
+      '[stage-2 3/3] RUN cat /z /y > /all',
+    ]);
+    expect(next.all).toBe(nc.all);
+  });
+
   it('keys what a step reads from another stage by content too: a stage made again with the same files leaves COPY --from, RUN --mount=from and what follows cached', async () => {
     const ctx = join(work, 'bycontent');
     mkdirSync(ctx);
