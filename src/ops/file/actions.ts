@@ -1,4 +1,7 @@
-import { chmod, lstat, mkdir, mkdtemp, rm, rmdir, symlink as fsSymlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, open, rm, rmdir, symlink as fsSymlink, writeFile } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { constants as zlibConstants, createInflateRaw, inflateRawSync } from 'node:zlib';
+import { createReadStream } from 'node:fs';
 import path from 'node:path';
 import type {
   FileActionCopy,
@@ -176,17 +179,35 @@ async function unpack(srcRoot: string, src: string, destRoot: string, dest: stri
   await rmdir(await mkdtemp(path.join(d, '.pivot_root')));
   const input = openDecompressed(p, kind);
   try {
-    // An archive is not a layer: `.wh.` names in it are files like any other.
-    await applyLayerTar(input.stream, d, { signal: ci.signal, whiteouts: false });
+    try {
+      // An archive is not a layer: `.wh.` names in it are files like any other. Upstream
+      // decompresses the whole file into its extraction, which reads it to the end.
+      await applyLayerTar(input.stream, d, { signal: ci.signal, whiteouts: false, drain: true });
+    } catch (err) {
+      if (isZlibError(err)) {
+        // Bytes after the last gzip member that do not start another fail the copy into
+        // upstream's extraction, which went well, in Go's gzip reader's words; a member that
+        // breaks off leaves the extraction a tar that ends early. (Node's gunzip drops the output
+        // of the input it failed on, so which it was is read from the file.)
+        const after = kind === 'gzip' ? await gzipTrailerError(p) : undefined;
+        throw new UnpackError('UNKNOWN', after ? `Error processing tar file(${after}): ` : 'Error processing tar file(exit status 1): unexpected EOF', { cause: err });
+      }
+      throw err;
+    }
     await input.done();
   } catch (err) {
-    if (isAbortError(err)) throw err;
+    if (isAbortError(err) || err instanceof UnpackError) throw err;
     // Paths as the extraction sees them: below the directory it unpacks into.
     throw new UnpackError('UNKNOWN', `Error processing tar file(exit status 1): ${fsErrorText(err, [d, srcRoot]).message}`, { cause: err });
   } finally {
     input.close();
   }
   return true;
+}
+
+function isZlibError(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  return typeof code === 'string' && code.startsWith('Z_');
 }
 
 /** The compression of a regular file that reads as a tar (its first header parses), else null. */
@@ -199,6 +220,7 @@ async function archiveKind(p: string): Promise<Compression | null> {
   }
   if (!st.isFile()) return null;
   const kind = await fileCompression(p);
+  if (kind === 'gzip') return (await gzipStartsWithTar(p)) ? kind : null;
   const input = openDecompressed(p, kind);
   try {
     const it = readTar(input.stream);
@@ -209,5 +231,98 @@ async function archiveKind(p: string): Promise<Compression | null> {
     return null;
   } finally {
     input.close();
+  }
+}
+
+/**
+ * Whether a gzip file's first member starts with a tar header, read as Go's gzip reader reads it:
+ * lazily, so what follows the first member (stray bytes, a broken second member) is not looked
+ * at yet. (Node's gunzip checks the bytes after a member as soon as they are in its input.)
+ */
+async function gzipStartsWithTar(p: string): Promise<boolean> {
+  const fh = await open(p, 'r');
+  let head: Buffer;
+  try {
+    head = Buffer.alloc(256 * 1024);
+    head = head.subarray(0, (await fh.read(head, 0, head.length, 0)).bytesRead);
+  } finally {
+    await fh.close();
+  }
+  // The member's header: ID1 ID2 CM FLG MTIME(4) XFL OS, then the optional fields FLG names.
+  if (head.length < 10) return false;
+  const flg = head[3]!;
+  let at = 10;
+  if (flg & 4) at += 2 + (head.length >= at + 2 ? head.readUInt16LE(at) : 0);
+  for (const bit of [8, 16]) {
+    if (!(flg & bit)) continue;
+    const z = head.indexOf(0, at);
+    if (z === -1) return false;
+    at = z + 1;
+  }
+  if (flg & 2) at += 2;
+  if (at >= head.length) return false;
+  let out: Buffer;
+  try {
+    // A raw inflate stops at the end of the member's deflate data; a prefix of it gives what it holds.
+    out = inflateRawSync(head.subarray(at), { finishFlush: zlibConstants.Z_SYNC_FLUSH, maxOutputLength: 64 * 1024 });
+  } catch (err) {
+    // More output than asked for is a prefix too.
+    if ((err as NodeJS.ErrnoException).code !== 'ERR_BUFFER_TOO_LARGE') return false;
+    out = inflateRawSync(head.subarray(at, at + 4096), { finishFlush: zlibConstants.Z_SYNC_FLUSH });
+  }
+  const it = readTar(Readable.from([out]));
+  try {
+    return !(await it.next()).done;
+  } catch {
+    return false;
+  } finally {
+    await it.return(undefined);
+  }
+}
+
+/**
+ * What Go's gzip reader says of a file whose members are whole but are followed by bytes that do
+ * not start another one ("unexpected EOF" for fewer than ten, "gzip: invalid header" otherwise);
+ * undefined when a member itself is broken or nothing follows.
+ */
+async function gzipTrailerError(p: string): Promise<string | undefined> {
+  const fh = await open(p, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    let at = 0;
+    for (;;) {
+      const head = Buffer.alloc(64 * 1024);
+      const n = (await fh.read(head, 0, head.length, at)).bytesRead;
+      if (n < 10) return at === 0 ? undefined : 'unexpected EOF';
+      if (head[0] !== 0x1f || head[1] !== 0x8b || head[2] !== 8) return at === 0 ? undefined : 'gzip: invalid header';
+      const flg = head[3]!;
+      let h = 10;
+      if (flg & 4) h += 2 + head.readUInt16LE(h);
+      for (const bit of [8, 16]) if (flg & bit) h = head.indexOf(0, h) + 1;
+      if (flg & 2) h += 2;
+      if (h <= 0 || h > n) return undefined;
+      // The member's deflate data, inflated and dropped: its end tells where the next one starts.
+      const consumed = await new Promise<number | undefined>((ok) => {
+        const inf = createInflateRaw();
+        const file = createReadStream(p, { start: at + h });
+        inf.on('data', () => {});
+        inf.once('end', () => {
+          file.destroy();
+          ok(inf.bytesWritten);
+        });
+        inf.once('error', () => {
+          file.destroy();
+          ok(undefined);
+        });
+        file.once('error', () => ok(undefined));
+        file.pipe(inf);
+      });
+      if (consumed === undefined) return undefined;
+      at += h + consumed + 8; // and its CRC-32 and size
+      if (at > size) return undefined;
+      if (at === size) return undefined;
+    }
+  } finally {
+    await fh.close();
   }
 }

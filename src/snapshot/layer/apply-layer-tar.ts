@@ -34,6 +34,8 @@ export interface ApplyLayerOptions {
    * files they are, as Docker's Untar does for ADD's archive extraction.
    */
   whiteouts?: boolean;
+  /** Read the input to its end after the archive's end blocks (see readTar). */
+  drain?: boolean;
   /**
    * `dir` is an overlay snapshot's own (unmounted) layer directory on a parent: the layer is
    * written in overlay's on-disk form, as containerd's applier writes a layer into the upper dir
@@ -56,7 +58,7 @@ export async function applyLayerTar(input: Readable, dir: string, opts: ApplyLay
   const opaques: XattrWrite[] = [];
   let total = 0;
 
-  for await (const e of readTar(input)) {
+  for await (const e of readTar(input, { drain: opts.drain })) {
     throwIfAborted(opts.signal);
     total += e.size;
     const name = cleanName(e.name);

@@ -67,6 +67,12 @@ class ByteReader {
     return out;
   }
 
+  /** Reads the input to its end, discarding it. */
+  async drain(): Promise<void> {
+    this.#buf = Buffer.alloc(0);
+    while (await this.#fill()) this.#buf = Buffer.alloc(0);
+  }
+
   async close(): Promise<void> {
     await this.#it.return?.();
   }
@@ -141,8 +147,13 @@ const TYPES: Record<string, TarEntryType> = {
   '6': 'fifo',
 };
 
-export async function* readTar(input: Readable): AsyncGenerator<TarEntry> {
+export async function* readTar(input: Readable, opts: { drain?: boolean } = {}): AsyncGenerator<TarEntry> {
   const r = new ByteReader(input);
+  // With `drain`, whatever follows the end blocks is read too, as Docker's Untar reads its input
+  // to the end: an input that fails there fails the read.
+  const end = async () => {
+    if (opts.drain) await r.drain();
+  };
   let global = new Map<string, Buffer>();
   let local: Map<string, Buffer> | null = null;
   let longName: string | null = null;
@@ -153,7 +164,7 @@ export async function* readTar(input: Readable): AsyncGenerator<TarEntry> {
       const block = await r.read(BLOCK);
       if (block.length === 0) return; // no end blocks at all: tolerated, as Go and GNU tar do
       if (block.length < BLOCK) throw new InvalidArgumentError(`truncated tar: header ${index} is cut short`);
-      if (block.every((x) => x === 0)) return;
+      if (block.every((x) => x === 0)) return await end();
       index++;
       const rawName = cstr(block, 0, 100);
       if (!checksumOk(block)) throw new InvalidArgumentError(`invalid tar header checksum at entry ${index} (${JSON.stringify(rawName)})`);
