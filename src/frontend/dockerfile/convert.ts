@@ -1233,7 +1233,10 @@ function dispatchRun(d: DispatchState, c: Extract<Instruction, { kind: 'run' }>,
   if (c.network === 'none') spec.network = NetMode.NONE;
   else if (c.network === 'host') spec.network = NetMode.HOST;
 
-  const nameLex = dopt.shlex.with({ rawQuotes: true, skipUnsetEnv: true });
+  // The step's name is its command with the stage's variables filled in, as upstream v0.11
+  // makes it: a command using a modifier that lexer did not know (`${a-b}`, `${a#p}`, common in
+  // shell code) is left as written.
+  const nameLex = dopt.shlex.with({ rawQuotes: true, skipUnsetEnv: true, v011Modifiers: true });
   const name = prefixCommand(d, uppercaseCmd(processCmdEnv(nameLex, customname, env)), d.prefixPlatform, d.state.getPlatform(), env);
   const base = d.state;
   spec.extraHosts = dopt.extraHosts;

@@ -17,6 +17,11 @@ export interface ShellLexOptions {
   skipProcessQuotes?: boolean;
   /** Leave references to unset variables as written instead of expanding them to nothing. */
   skipUnsetEnv?: boolean;
+  /**
+   * Only the modifiers of upstream v0.11's lexer (`${a:-b}`, `${a:+b}`, `${a:?b}`, `${a?b}`): the
+   * others are errors, as they were there. Step names are made so (see convert's RUN).
+   */
+  v011Modifiers?: boolean;
 }
 
 const EOF = '';
@@ -255,6 +260,7 @@ class ShellWord {
           throw new Error(`unsupported modifier (${modifier === EOF ? '\ufffd' : modifier}) in substitution`);
       }
     }
+    if (this.o.v011Modifiers && (ch === '+' || ch === '-' || ch === '#' || ch === '%' || ch === '/')) throw new Error("missing ':' in substitution");
     if (ch === '+' || ch === '-' || ch === '?' || ch === '#' || ch === '%') {
       // ${a-b}, ${a+b} (only an unset variable counts as unset), ${a?msg}, and the pattern
       // removals ${a#p}, ${a##p}, ${a%p}, ${a%%p} of newer Dockerfile frontends.

@@ -59,6 +59,30 @@ describe('dockerfileToLLB on the corpus', () => {
 });
 
 describe('dockerfileToLLB details', () => {
+  it('names a RUN with the stage\'s variables filled in, but leaves a command with a modifier upstream v0.11 did not know as written (as upstream v0.11.6 showed them)', async () => {
+    const res = await dockerfileToLLB({
+      dockerfile: [
+        'FROM localhost:5000/busybox',
+        'ENV V=val',
+        'ARG EMPTY=',
+        'RUN echo $V ${V:-d} ${U:-d} $U',
+        'RUN echo $V "[${U-unset}] [${EMPTY-unset}]"',
+        'RUN echo $V ${V#v} ${V%l} ${V/a/b} ${V+set}',
+        'RUN echo $V ${U?x}',
+        '',
+      ].join('\n'),
+      sessionId: 'sess',
+      resolveImageConfig: cannedResolver(),
+    });
+    const names = decode(res.definition).ops.map((o) => o.name).filter((n) => n.includes('RUN'));
+    expect(names.sort()).toEqual([
+      '[2/5] RUN echo val val ${U:-d} $U',
+      '[3/5] RUN echo $V "[${U-unset}] [${EMPTY-unset}]"',
+      '[4/5] RUN echo $V ${V#v} ${V%l} ${V/a/b} ${V+set}',
+      '[5/5] RUN echo val ${U?x}',
+    ]);
+  });
+
   it('names vertices and resolves base images as upstream does', async () => {
     const log: Parameters<typeof cannedResolver>[0] = [];
     const res = await dockerfileToLLB({
