@@ -15,7 +15,7 @@ import { resolveInRoot, resolveParentInRoot } from '../../util/fs-safe.js';
 import { applyLayerTar } from '../../snapshot/layer/apply-layer-tar.js';
 import { readTar } from '../../snapshot/layer/tar-reader.js';
 import { copyPath, sourcePath, type CopyInfo } from './copy.js';
-import { fileCompression, openDecompressed, type Compression } from './decompress.js';
+import { DecoderError, fileCompression, openDecompressed, type Compression } from './decompress.js';
 import { applyChown, applyUtime, chownerFor, fsError, fsErrorText, mkdirAll, timestampNs, type User } from './fs-util.js';
 import { PatternMatcher } from '../../util/patterns.js';
 import { resolveWildcards } from './wildcard.js';
@@ -197,6 +197,9 @@ async function unpack(srcRoot: string, src: string, destRoot: string, dest: stri
     await input.done();
   } catch (err) {
     if (isAbortError(err) || err instanceof UnpackError) throw err;
+    // A decoder that failed after the archive's end blocks, on what follows them: upstream
+    // reports it as the error of copying the decompressed file into its extraction.
+    if (err instanceof DecoderError) throw new UnpackError('UNKNOWN', `Error processing tar file(${decoderErrorText(err)}): `, { cause: err });
     // Paths as the extraction sees them: below the directory it unpacks into.
     throw new UnpackError('UNKNOWN', `Error processing tar file(exit status 1): ${fsErrorText(err, [d, srcRoot]).message}`, { cause: err });
   } finally {
@@ -208,6 +211,18 @@ async function unpack(srcRoot: string, src: string, destRoot: string, dest: stri
 function isZlibError(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException)?.code;
   return typeof code === 'string' && code.startsWith('Z_');
+}
+
+/**
+ * A decoder's failure in upstream's words: its bzip2 and zstd decoders are Go's (stray bytes after
+ * the last stream: a bad magic value, or fewer bytes than one), its xz is the `xz` program, whose
+ * exit and message it quotes.
+ */
+function decoderErrorText(err: DecoderError): string {
+  if (err.compression === 'bzip2' && err.exitCode === 0) return 'bzip2 data invalid: bad magic value in continuation file';
+  if (err.compression === 'zstd' && /unknown header/.test(err.stderr)) return 'unexpected EOF';
+  if (err.compression === 'zstd' && /unsupported format/.test(err.stderr)) return 'invalid input: magic number mismatch';
+  return `exit status ${err.exitCode}: ${err.stderr}`;
 }
 
 /** The compression of a regular file that reads as a tar (its first header parses), else null. */

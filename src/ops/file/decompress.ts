@@ -47,6 +47,18 @@ export interface Decompressed {
   done(): Promise<void>;
 }
 
+/** A decoder process that failed (or, for bzip2, found stray bytes after its last stream). */
+export class DecoderError extends LoomError {
+  constructor(
+    readonly compression: Compression,
+    readonly exitCode: number,
+    readonly stderr: string,
+    message: string,
+  ) {
+    super('UNKNOWN', message);
+  }
+}
+
 export function openDecompressed(p: string, c: Compression): Decompressed {
   const file = createReadStream(p);
   if (c === 'none' || c === 'gzip') {
@@ -62,7 +74,8 @@ export function openDecompressed(p: string, c: Compression): Decompressed {
     };
   }
   const tool = TOOLS[c];
-  const child: ChildProcess = spawn(tool, ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // bzip2 without -q: its warning of stray bytes after the last stream is how they are seen.
+  const child: ChildProcess = spawn(tool, c === 'bzip2' ? ['-d', '-c'] : ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   let closedByUs = false;
   // The reader may stop at the archive's end blocks with the decoder's last bytes (the archive's
@@ -79,8 +92,10 @@ export function openDecompressed(p: string, c: Compression): Decompressed {
   const exit = new Promise<void>((ok, fail) => {
     child.once('error', (err) => fail(new LoomError('UNKNOWN', `${tool} for ${p}: ${err.message}`)));
     child.once('close', (code, signal) => {
-      if (code === 0 || closedByUs || (signal === 'SIGPIPE' && readerStopped)) ok();
-      else fail(new LoomError('UNKNOWN', `${tool} -d ${p}: exit ${code ?? signal}: ${stderr.trim()}`));
+      // bzip2 decodes what precedes stray bytes after its last stream and only warns of them.
+      const strayBzip2 = c === 'bzip2' && code === 0 && /trailing garbage after EOF ignored/.test(stderr) && readerStopped === false;
+      if (!strayBzip2 && (code === 0 || closedByUs || (signal === 'SIGPIPE' && readerStopped))) ok();
+      else fail(new DecoderError(c, code ?? 1, stderr, `${tool} -d ${p}: exit ${strayBzip2 ? 'after stray bytes' : (code ?? signal)}: ${stderr.trim()}`));
     });
   });
   // The rejection is read through done(); until then it must not count as unhandled.
