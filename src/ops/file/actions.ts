@@ -334,8 +334,7 @@ async function gzipTrailerError(p: string): Promise<string | undefined> {
       });
       if (consumed === undefined) return undefined;
       at += h + consumed + 8; // and its CRC-32 and size
-      if (at > size) return undefined;
-      if (at === size) return undefined;
+      if (at >= size) return undefined;
     }
   } finally {
     await fh.close();
