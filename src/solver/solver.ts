@@ -301,6 +301,7 @@ class JobRun {
         const selectors = this.#impl(v).inputSelectors?.() ?? [];
         const content = v.metadata?.ignoreCache === true || v.op.op.case === 'source' ? undefined : this.#impl(v).contentSelectors?.();
         const byContent = v.inputs.some((i, n) => content?.[n] && !isLocalSource(i.vertex));
+        const contentSels = v.op.op.case === 'source' ? undefined : (content ?? this.#impl(v).contentSelectors?.());
         const keyed = await Promise.all(
           v.inputs.map(async (i, n): Promise<{ key: string; usual: string }> => {
             const of = await this.#key(i.vertex);
@@ -324,6 +325,14 @@ class JobRun {
             };
             // Ops may leave selected paths out of their own key (exec mounts do, as upstream):
             // they always enter here.
+            // A local directory the step may not be keyed by the content of (upstream's cache map
+            // gives it no content hash: the base a step runs on or copies onto, as FROM a local
+            // named context) is keyed by the build, as upstream keys local sources by session:
+            // what is built on it runs again in every build. Read-only, it is keyed by content.
+            if (isLocalSource(i.vertex) && !contentSels?.[n]) {
+              const k = `${whole(of)}|build:${this.#o.job.id}`;
+              return { key: k, usual: k };
+            }
             const digest = sel && this.#contentDigest(i.vertex);
             if (!sel || !digest) return { key: whole(of), usual: whole(usualOf) };
             const ref = await this.edge(i);

@@ -580,6 +580,24 @@ d('dockerfile.v0', () => {
     expect(cachedSteps(stage.log)).toEqual(['[stage-1 2/5] RUN cat /proc/sys/kernel/random/uuid > /one']);
   });
 
+  it('runs again in every build what is built on a local directory taken whole (FROM a local named context), and keeps a read-only mount of one cached, as upstream keys local sources by session', async () => {
+    const ctx = join(work, 'local-base');
+    mkdirSync(join(ctx, 'dir'), { recursive: true });
+    writeFileSync(join(ctx, 'dir', 'f'), 'f\n');
+    writeFileSync(join(ctx, 'extra.txt'), 'x\n');
+    writeFileSync(join(ctx, 'Dockerfile'), ['FROM assets', 'COPY extra.txt /extra.txt', `FROM ${reg.host}/busybox:latest`, 'RUN --mount=type=bind,target=/ctx cat /ctx/extra.txt > /e', 'COPY --from=0 /extra.txt /x', ''].join('\n'));
+    const out = join(work, 'local-base-out');
+    const extra = ['--local', `assets=${join(ctx, 'dir')}`, '--opt', 'context:assets=local:assets'];
+    const cached = (log: string) => [...log.matchAll(/^#(\d+) (\[(?:stage-0|stage-1) \d\/\d\] .*)\n(?:#\1 .*\n)*?#\1 CACHED$/gm)].map((m) => m[2]).sort();
+    await buildToDir(ctx, out, extra);
+    const again = await buildToDir(ctx, out, extra);
+    expect(readFileSync(join(out, 'x'), 'utf8')).toBe('x\n');
+    // The COPY onto the local directory runs again; the mount of the context is keyed by its
+    // content, and the COPY --from of an unchanged file by the file's.
+    expect(cached(again)).toEqual(['[stage-1 2/3] RUN --mount=type=bind,target=/ctx cat /ctx/extra.txt > /e', '[stage-1 3/3] COPY --from=0 /extra.txt /x']);
+    expect(again).toMatch(/^#(\d+) \[stage-0 1\/2\] COPY extra\.txt \/extra\.txt\n#\1 cache miss: input 0 changed: \[context assets\] load from client/m);
+  });
+
   it('keeps what a --no-cache build made under the usual keys: the next build finds every step, those built on the steps it ran included, as upstream', async () => {
     const ctx = join(work, 'nocache-then');
     mkdirSync(ctx);
