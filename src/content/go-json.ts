@@ -1,4 +1,4 @@
-import type { Definition } from '../gen/buildkit/ops_pb.js';
+import type { Definition, ProgressGroup, Range, SourceInfo } from '../gen/buildkit/ops_pb.js';
 
 /**
  * JSON bytes as Go's encoding/json writes them. Image manifests, indexes and configs are addressed by
@@ -77,7 +77,7 @@ export function definitionGoJSON(def: Definition): Record<string, unknown> {
         ...(Object.keys(m.description).length > 0 ? { description: sorted(m.description) } : {}),
         ...(m.exportCache ? { export_cache: m.exportCache.Value ? { Value: true } : {} } : {}),
         ...(Object.keys(m.caps).length > 0 ? { caps: sorted(m.caps) } : {}),
-        ...(m.progressGroup ? { progress_group: { ...(m.progressGroup.id ? { id: m.progressGroup.id } : {}), ...(m.progressGroup.name ? { name: m.progressGroup.name } : {}), ...(m.progressGroup.weak ? { weak: true } : {}) } } : {}),
+        ...(m.progressGroup ? { progress_group: progressGroupGoJSON(m.progressGroup) } : {}),
       }];
     }),
   );
@@ -89,13 +89,34 @@ export function definitionGoJSON(def: Definition): Record<string, unknown> {
               locations: Object.fromEntries(
                 Object.keys(src.locations).sort().map((k) => {
                   const ls = src.locations[k]!.locations;
-                  return [k, ls.length > 0 ? { locations: ls.map((l) => ({ ...(l.sourceIndex ? { sourceIndex: l.sourceIndex } : {}), ...(l.ranges.length > 0 ? { ranges: goRangesJSON(l.ranges.map((r) => ({ start: r.start ?? { line: 0, character: 0 }, end: r.end ?? { line: 0, character: 0 } }))) } : {}) })) } : {}];
+                  return [k, ls.length > 0 ? { locations: ls.map((l) => ({ ...(l.sourceIndex ? { sourceIndex: l.sourceIndex } : {}), ...(l.ranges.length > 0 ? { ranges: pbRangesGoJSON(l.ranges) } : {}) })) } : {}];
                 }),
               ),
             }
           : {}),
-        ...(src.infos.length > 0 ? { infos: src.infos.map((i) => ({ ...(i.filename ? { filename: i.filename } : {}), ...(i.data.length > 0 ? { data: b64(i.data) } : {}), ...(i.definition ? { definition: definitionGoJSON(i.definition) } : {}), ...(i.language ? { language: i.language } : {}) })) } : {}),
+        ...(src.infos.length > 0 ? { infos: src.infos.map(sourceInfoGoJSON) } : {}),
       }
     : undefined;
   return { ...(def.def.length > 0 ? { def: def.def.map(b64) } : {}), metadata: meta, ...(source ? { Source: source } : {}) };
+}
+
+/** A pb.SourceInfo as Go's encoding/json writes it (zero fields left out). */
+export function sourceInfoGoJSON(i: SourceInfo): Record<string, unknown> {
+  return {
+    ...(i.filename ? { filename: i.filename } : {}),
+    ...(i.data.length > 0 ? { data: Buffer.from(i.data).toString('base64') } : {}),
+    ...(i.definition ? { definition: definitionGoJSON(i.definition) } : {}),
+    ...(i.language ? { language: i.language } : {}),
+  };
+}
+
+/** A pb.ProgressGroup as Go's encoding/json writes it (zero fields left out). */
+export function progressGroupGoJSON(pg: ProgressGroup): Record<string, unknown> {
+  return { ...(pg.id ? { id: pg.id } : {}), ...(pg.name ? { name: pg.name } : {}), ...(pg.weak ? { weak: true } : {}) };
+}
+
+/** pb.Ranges (whose positions may be absent on the wire) as goRangesJSON writes them. */
+export function pbRangesGoJSON(ranges: readonly Range[]): ReturnType<typeof goRangesJSON> {
+  const zero = { line: 0, character: 0 };
+  return goRangesJSON(ranges.map((r) => ({ start: r.start ?? zero, end: r.end ?? zero })));
 }

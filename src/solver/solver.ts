@@ -299,15 +299,16 @@ class JobRun {
       this.#vertexByDigest.set(v.digest, v);
       p = (async () => {
         const selectors = this.#impl(v).inputSelectors?.() ?? [];
-        const content = v.metadata?.ignoreCache === true || v.op.op.case === 'source' ? undefined : this.#impl(v).contentSelectors?.();
+        // The inputs upstream's cache map hashes by content; a step that ignores the cache is not
+        // looked up by them.
+        const contentSels = v.op.op.case === 'source' ? undefined : this.#impl(v).contentSelectors?.();
+        const content = v.metadata?.ignoreCache === true ? undefined : contentSels;
         const byContent = v.inputs.some((i, n) => content?.[n] && !isLocalSource(i.vertex));
-        const contentSels = v.op.op.case === 'source' ? undefined : (content ?? this.#impl(v).contentSelectors?.());
         const keyed = await Promise.all(
           v.inputs.map(async (i, n): Promise<{ key: string; usual: string }> => {
             const of = await this.#key(i.vertex);
             // As this input's key would be if no step below ignored the cache.
             const usualOf = this.#usualKeys.get(i.vertex.digest) ?? of;
-            const key = `${of}#${i.index}`;
             // The key of a step that may be keyed by content waits on its inputs' results (see
             // #byContent). An input found in no cache is needed whatever happens (the step's key
             // is new: either its content finds an earlier result or the step runs), so it starts
@@ -323,8 +324,6 @@ class JobRun {
               // Wildcard patterns key only a local source by what they match; other inputs whole.
               return !sel || sel.wildcards ? k : `${k}|paths:${JSON.stringify(sel.paths)}${sel.patterns ? `|patterns:${JSON.stringify(sel.patterns)}` : ''}`;
             };
-            // Ops may leave selected paths out of their own key (exec mounts do, as upstream):
-            // they always enter here.
             // A local directory the step may not be keyed by the content of (upstream's cache map
             // gives it no content hash: the base a step runs on or copies onto, as FROM a local
             // named context) is keyed by the build, as upstream keys local sources by session:
@@ -333,6 +332,8 @@ class JobRun {
               const k = `${whole(of)}|build:${this.#o.job.id}`;
               return { key: k, usual: k };
             }
+            // Ops may leave selected paths out of their own key (exec mounts do, as upstream):
+            // they always enter here.
             const digest = sel && this.#contentDigest(i.vertex);
             if (!sel || !digest) return { key: whole(of), usual: whole(usualOf) };
             const ref = await this.edge(i);

@@ -1,6 +1,6 @@
 import type { StatusResponse } from '../../gen/buildkit/control_pb.js';
 import type { Timestamp } from '@bufbuild/protobuf/wkt';
-import { definitionGoJSON, goJSON, goRangesJSON } from '../../content/go-json.js';
+import { goJSON, pbRangesGoJSON, progressGroupGoJSON, sourceInfoGoJSON } from '../../content/go-json.js';
 
 /**
  * One Control.Status message as upstream buildctl's `--progress rawjson` prints it: the client's
@@ -22,9 +22,7 @@ export function statusGoJSON(s: StatusResponse): string {
             ...(v.completed ? { completed: timestampGo(v.completed) } : {}),
             ...(v.cached ? { cached: true } : {}),
             ...(v.error ? { error: v.error } : {}),
-            ...(v.progressGroup
-              ? { progressGroup: { ...(v.progressGroup.id ? { id: v.progressGroup.id } : {}), ...(v.progressGroup.name ? { name: v.progressGroup.name } : {}), ...(v.progressGroup.weak ? { weak: true } : {}) } }
-              : {}),
+            ...(v.progressGroup ? { progressGroup: progressGroupGoJSON(v.progressGroup) } : {}),
           })),
         }
       : {}),
@@ -60,19 +58,8 @@ export function statusGoJSON(s: StatusResponse): string {
             ...(w.short.length > 0 ? { short: b64(w.short) } : {}),
             ...(w.detail.length > 0 ? { detail: w.detail.map(b64) } : {}),
             ...(w.url ? { url: w.url } : {}),
-            ...(w.info
-              ? {
-                  sourceInfo: {
-                    ...(w.info.filename ? { filename: w.info.filename } : {}),
-                    ...(w.info.data.length > 0 ? { data: b64(w.info.data) } : {}),
-                    ...(w.info.definition ? { definition: definitionGoJSON(w.info.definition) } : {}),
-                    ...(w.info.language ? { language: w.info.language } : {}),
-                  },
-                }
-              : {}),
-            ...(w.ranges.length > 0
-              ? { range: goRangesJSON(w.ranges.map((r) => ({ start: r.start ?? { line: 0, character: 0 }, end: r.end ?? { line: 0, character: 0 } }))) }
-              : {}),
+            ...(w.info ? { sourceInfo: sourceInfoGoJSON(w.info) } : {}),
+            ...(w.ranges.length > 0 ? { range: pbRangesGoJSON(w.ranges) } : {}),
           })),
         }
       : {}),

@@ -263,19 +263,8 @@ async function gzipStartsWithTar(p: string): Promise<boolean> {
   } finally {
     await fh.close();
   }
-  // The member's header: ID1 ID2 CM FLG MTIME(4) XFL OS, then the optional fields FLG names.
-  if (head.length < 10) return false;
-  const flg = head[3]!;
-  let at = 10;
-  if (flg & 4) at += 2 + (head.length >= at + 2 ? head.readUInt16LE(at) : 0);
-  for (const bit of [8, 16]) {
-    if (!(flg & bit)) continue;
-    const z = head.indexOf(0, at);
-    if (z === -1) return false;
-    at = z + 1;
-  }
-  if (flg & 2) at += 2;
-  if (at >= head.length) return false;
+  const at = gzipHeaderLength(head);
+  if (at === undefined || at >= head.length) return false;
   let out: Buffer;
   try {
     // A raw inflate stops at the end of the member's deflate data; a prefix of it gives what it holds.
@@ -296,6 +285,29 @@ async function gzipStartsWithTar(p: string): Promise<boolean> {
 }
 
 /**
+ * The length of the gzip member header `head` starts with (ID1 ID2 CM FLG MTIME(4) XFL OS, then
+ * the optional fields FLG names), where its deflate data begins; undefined when the header does
+ * not end within `head`.
+ */
+function gzipHeaderLength(head: Buffer): number | undefined {
+  if (head.length < 10) return undefined;
+  const flg = head[3]!;
+  let at = 10;
+  if (flg & 4) {
+    if (head.length < at + 2) return undefined;
+    at += 2 + head.readUInt16LE(at);
+  }
+  for (const bit of [8, 16]) {
+    if (!(flg & bit)) continue;
+    const z = head.indexOf(0, at);
+    if (z === -1) return undefined;
+    at = z + 1;
+  }
+  if (flg & 2) at += 2;
+  return at <= head.length ? at : undefined;
+}
+
+/**
  * What Go's gzip reader says of a file whose members are whole but are followed by bytes that do
  * not start another one ("unexpected EOF" for fewer than ten, "gzip: invalid header" otherwise);
  * undefined when a member itself is broken or nothing follows.
@@ -310,12 +322,8 @@ async function gzipTrailerError(p: string): Promise<string | undefined> {
       const n = (await fh.read(head, 0, head.length, at)).bytesRead;
       if (n < 10) return at === 0 ? undefined : 'unexpected EOF';
       if (head[0] !== 0x1f || head[1] !== 0x8b || head[2] !== 8) return at === 0 ? undefined : 'gzip: invalid header';
-      const flg = head[3]!;
-      let h = 10;
-      if (flg & 4) h += 2 + head.readUInt16LE(h);
-      for (const bit of [8, 16]) if (flg & bit) h = head.indexOf(0, h) + 1;
-      if (flg & 2) h += 2;
-      if (h <= 0 || h > n) return undefined;
+      const h = gzipHeaderLength(head.subarray(0, n));
+      if (h === undefined) return undefined;
       // The member's deflate data, inflated and dropped: its end tells where the next one starts.
       const consumed = await new Promise<number | undefined>((ok) => {
         const inf = createInflateRaw();
