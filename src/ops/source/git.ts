@@ -80,6 +80,8 @@ export class GitSourceOp implements OpImpl {
   readonly #id: GitIdentifier;
   readonly #keepGitDir: boolean;
   #commit: Promise<string> | undefined;
+  /** Whether the ref names an annotated tag (ls-remote lists it peeled). */
+  #annotated = false;
 
   constructor(deps: { refs: RefManager }, identifier: string, attrs: Record<string, string>) {
     this.#refs = deps.refs;
@@ -93,7 +95,8 @@ export class GitSourceOp implements OpImpl {
       if (/^[0-9a-f]{40}$/.test(ref)) return ref;
       let out: string;
       try {
-        out = await git(['ls-remote', '--', this.#id.remote, ref], { signal: ctx.signal });
+        // (With the peeled form asked for too: an annotated tag then names its commit.)
+        out = await git(['ls-remote', '--', this.#id.remote, ref, `${ref}^{}`], { signal: ctx.signal });
       } catch (err) {
         if (isAbortError(err)) throw err;
         throw new UnavailableError(`failed to fetch remote ${redact(this.#id.remote)}: ${(err as Error).message}`, { cause: err });
@@ -108,9 +111,17 @@ export class GitSourceOp implements OpImpl {
         lines[0];
       if (!pick) throw new NotFoundError(`repository ${redact(this.#id.remote)} does not contain ref ${ref}`);
       const peeled = lines.find(([, r]) => r === `${pick[1]}^{}`);
+      this.#annotated = pick[1].startsWith('refs/tags/') && (pick[1].endsWith('^{}') || peeled !== undefined);
       return (peeled ?? pick)[0];
     })();
     return this.#commit;
+  }
+
+  /** The branch the remote's HEAD names (`git ls-remote --symref`), as upstream takes for a source without a ref. */
+  async #defaultBranch(ctx: OpContext): Promise<string> {
+    const out = await git(['ls-remote', '--symref', '--', this.#id.remote, 'HEAD'], { signal: ctx.signal });
+    const m = /^ref: refs\/heads\/(\S+)\tHEAD$/m.exec(out);
+    return m ? m[1]! : '';
   }
 
   async cacheKey(ctx: OpContext): Promise<string> {
@@ -123,11 +134,20 @@ export class GitSourceOp implements OpImpl {
     const w = await this.#refs.prepare(null, { signal: ctx.signal });
     try {
       const work = await mkdtemp(join(w.dir, '.loom-git-'));
-      await git(['init', '-q', work], { signal: ctx.signal });
+      await git(['-c', 'init.defaultBranch=master', 'init', '-q', work], { signal: ctx.signal });
       await git(['remote', 'add', 'origin', this.#id.remote], { cwd: work, signal: ctx.signal });
-      const fetchRef = this.#id.ref && !/^[0-9a-f]{40}$/.test(this.#id.ref) ? this.#id.ref : commit;
+      // A kept .git is left as upstream's checkout of it: the ref (the remote's default branch
+      // when none is named) fetched under its own name, an annotated tag under refs/tags/, and
+      // refs/tags/<ref> at the commit (upstream fetches through its own copy, where every ref is
+      // a tag); HEAD detached at the commit, no remote-tracking refs, no reflog, no FETCH_HEAD.
+      const kept = this.#keepGitDir && !this.#id.subdir;
+      const name = kept && !this.#id.ref ? await this.#defaultBranch(ctx) : this.#id.ref;
+      const byName = name && !/^[0-9a-f]{40}$/.test(name);
+      const fetchRef = byName ? name : commit;
+      const refspec = !kept || !byName ? fetchRef : this.#annotated ? `${fetchRef}:refs/tags/${fetchRef}` : `${fetchRef}:${fetchRef}`;
       try {
-        await git(['fetch', '-q', '--depth=1', '--no-tags', 'origin', '--', fetchRef], { cwd: work, signal: ctx.signal });
+        await git(['fetch', '-q', '--depth=1', '--no-tags', ...(kept ? ['-u', '--refmap='] : []), 'origin', '--', refspec], { cwd: work, signal: ctx.signal });
+        if (kept && byName && !this.#annotated) await git(['update-ref', `refs/tags/${fetchRef}`, commit], { cwd: work, signal: ctx.signal });
       } catch (err) {
         if (isAbortError(err)) throw err;
         // Servers that refuse a fetch by commit need the full history.
@@ -139,6 +159,10 @@ export class GitSourceOp implements OpImpl {
         throw new LoomError('NOT_FOUND', `failed to checkout remote ${redact(this.#id.remote)}: ${err.message}`, { cause: err });
       });
       await git(['remote', 'set-url', 'origin', redact(this.#id.remote)], { cwd: work, signal: ctx.signal });
+      if (kept) {
+        await git(['reflog', 'expire', '--all', '--expire=now'], { cwd: work, signal: ctx.signal });
+        await rm(join(work, '.git', 'FETCH_HEAD'), { force: true });
+      }
       if (!this.#keepGitDir) await rm(join(work, '.git'), { recursive: true, force: true });
       const from = this.#id.subdir ? join(work, this.#id.subdir) : work;
       for (const n of await readdir(from).catch(() => {

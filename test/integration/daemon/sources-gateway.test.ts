@@ -6,7 +6,7 @@
 import { create, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
-import { createWriteStream, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -93,6 +93,7 @@ d('sources and gateway', () => {
     await git('add', '.');
     await git('commit', '-qm', 'one');
     await git('tag', 'v1');
+    await git('tag', '-a', 'v1a', '-m', 'annotated');
     writeFileSync(join(repo, 'a.txt'), 'v2\n');
     await git('commit', '-qam', 'two');
     // A real git transport on loopback: git daemon serving the work dir.
@@ -112,6 +113,26 @@ d('sources and gateway', () => {
     expect(r2.code, r2.stderr).toBe(0);
     expect(readFileSync(join(out2, 'a.txt'), 'utf8')).toBe('v2\n');
     expect(statSync(join(out2, '.git')).isDirectory()).toBe(true);
+    // The kept .git is as upstream leaves it: the ref under its name (and as a tag, as upstream's
+    // own copy of the remote holds every ref), HEAD detached at the commit, no remote-tracking
+    // refs, an empty reflog, no FETCH_HEAD.
+    const head = (await git('rev-parse', 'main')).stdout.trim();
+    const refs = (dir: string) => {
+      const top = join(dir, '.git', 'refs');
+      return (readdirSync(top, { recursive: true }) as string[]).filter((p) => statSync(join(top, p)).isFile()).sort();
+    };
+    expect(refs(out2)).toEqual(['heads/main', 'tags/main']);
+    expect(readFileSync(join(out2, '.git', 'HEAD'), 'utf8')).toBe(`${head}\n`);
+    expect(readFileSync(join(out2, '.git', 'logs', 'HEAD'), 'utf8')).toBe('');
+    expect(existsSync(join(out2, '.git', 'FETCH_HEAD'))).toBe(false);
+    // An annotated tag is fetched as a tag (refs/tags/v1a names the tag object); HEAD is its commit.
+    const out3 = join(work, 'git3');
+    const r3 = await buildctl(daemon.addr, ['build', '--output', `type=local,dest=${out3}`], { stdin: def(gitSrc('v1a', true)) });
+    expect(r3.code, r3.stderr).toBe(0);
+    expect(readFileSync(join(out3, 'a.txt'), 'utf8')).toBe('v1\n');
+    expect(refs(out3)).toEqual(['tags/v1a']);
+    expect(readFileSync(join(out3, '.git', 'refs', 'tags', 'v1a'), 'utf8')).toBe((await git('rev-parse', 'v1a')).stdout);
+    expect(readFileSync(join(out3, '.git', 'HEAD'), 'utf8')).toBe((await git('rev-parse', 'v1')).stdout);
     const bad = await buildctl(daemon.addr, ['build'], { stdin: def(gitSrc('--upload-pack=touch /tmp/pwned', false)) });
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/must not start with '-'/);
