@@ -120,6 +120,7 @@ export class Solver {
       unlazied: unlaziedMerges(def),
     });
     try {
+      if (def.result) run.keysOf(def.result.vertex);
       await Promise.race([run.slot(def.result), run.failed]);
       await run.recordKnownSteps();
       return { result: () => run.edge(def.result), release: () => run.release(), stats: run.stats };
@@ -225,6 +226,29 @@ class JobRun {
     this.#fail = fail;
   }
 
+  /** The build's keys, all worked out (set by keysOf; see #failEarly). */
+  #keysKnown: Promise<unknown> | undefined;
+  /** Local directories still being transferred for their keys. */
+  #transfers = 0;
+
+  /** Starts working out the keys of `v` and all below it (see #failEarly). */
+  keysOf(v: Vertex): void {
+    this.#keysKnown = this.#key(v);
+    this.#keysKnown.catch(() => undefined);
+  }
+
+  /**
+   * A step started ahead of need failed. Upstream's content keys of a local directory are ready as
+   * soon as its transfer ends (it hashes files as they arrive), so a key that cannot be computed
+   * (a copy source that is not there) fails a build before any step that fails after the
+   * transfers; loom's take a walk of the tree, so the failure waits for the build's keys then. A
+   * step that fails while a transfer is still running fails the build at once, as upstream's.
+   */
+  #failEarly(err: unknown): void {
+    if (!this.#keysKnown || this.#transfers > 0) this.#fail(err);
+    else this.#keysKnown.then(() => this.#fail(err), () => undefined);
+  }
+
   release(): void {
     this.#released = true;
     for (const r of this.#releases.splice(0)) r();
@@ -314,7 +338,7 @@ class JobRun {
             // is new: either its content finds an earlier result or the step runs), so it starts
             // now: the stages a step copies from, and the step it runs on, are made side by side,
             // not one after the other as each key in turn waits on its inputs.
-            if (byContent && !(await this.#found(of, 1, i.index))) this.slot(i).catch(this.#fail);
+            if (byContent && !(await this.#found(of, 1, i.index))) this.slot(i).catch((err: unknown) => this.#failEarly(err));
             // A local directory read only at a few paths keys the step by those paths' content:
             // editing an unrelated file of the context keeps the step cached (upstream's
             // content-based cache keys). Other inputs are keyed whole.
@@ -375,6 +399,13 @@ class JobRun {
         return sha256(`${key}|no-cache|${this.#o.job.id}`);
       })();
       this.#keys.set(v.digest, p);
+      if (isLocalSource(v)) {
+        this.#transfers++;
+        p.then(
+          () => this.#transfers--,
+          () => this.#transfers--,
+        );
+      }
     }
     return p;
   }

@@ -93,9 +93,10 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
   // network namespaces a crashed run left.
   const networkProviders = await openNetworkProviders({ workerNet: o.network, stateRoot: state });
   const deps: WorkerDeps = { localMirrors, root: state, metadata, content, refs, layers, snapshotter, registries, sessions: o.sessions, emulators: detected.emulated, native: detected.native, network: o.network, networkProviders };
-  // Upstream's words for a copy source that is not there: its content checksum is part of the key.
+  // Upstream's words for a copy source that is not there: its content checksum is part of the key
+  // (the ref named as upstream names a worker's ref, <worker id>::<ref id>).
   const keyError = (ref: Ref, err: unknown): never => {
-    throw new CacheKeyError(err instanceof LoomError && err.code === 'CANCELLED' ? 'CANCELLED' : 'UNKNOWN', `failed to calculate checksum of ref ${ref.id}: ${errorMessage(err)}`, { cause: err });
+    throw new CacheKeyError(err instanceof LoomError && err.code === 'CANCELLED' ? 'CANCELLED' : 'UNKNOWN', `failed to calculate checksum of ref ${id}::${ref.id}: ${errorMessage(err)}`, { cause: err });
   };
   const solver = new Solver({
     resolve: createOpResolver(deps),
