@@ -5,7 +5,7 @@ import path from 'node:path';
 import { InvalidArgumentError, LoomError, NotFoundError } from '../util/errors.js';
 import { containsWildcards, resolveWildcards } from '../ops/file/wildcard.js';
 import { LRUCache } from 'lru-cache';
-import { resolveParentInRoot } from '../util/fs-safe.js';
+import { resolveInRootSync, resolveParentInRoot } from '../util/fs-safe.js';
 import { PatternMatcher } from '../util/patterns.js';
 import { copyFilter, type MatchInfo } from '../ops/file/copy.js';
 import type { CopyPatterns } from '../solver/types.js';
@@ -37,6 +37,9 @@ const memo = new LRUCache<string, Promise<string>>({ max: 4096 });
  * and the directories above it, as upstream's checksum with patterns, so an excluded file may
  * change freely.
  *
+ * With `lazyScan` (a tree another step made, not a local directory), a missing path fails as
+ * upstream's checksum of a tree it reads lazily (see scans).
+ *
  * `root` must be a committed snapshot's tree (never written again): answers are remembered (see
  * memo above).
  */
@@ -46,13 +49,14 @@ export async function selectorDigest(
   followSymlinks: boolean,
   wildcards = false,
   patterns?: Readonly<Record<string, CopyPatterns>>,
+  lazyScan = false,
 ): Promise<string> {
   const rst = lstatSync(root, { bigint: true, throwIfNoEntry: false });
-  if (!rst) return compute(root, paths, followSymlinks, wildcards, patterns);
-  const key = JSON.stringify([root, `${rst.dev}:${rst.ino}:${rst.ctimeNs}`, followSymlinks, wildcards, [...paths].sort(), patterns ?? null]);
+  if (!rst) return compute(root, paths, followSymlinks, wildcards, patterns, lazyScan);
+  const key = JSON.stringify([root, `${rst.dev}:${rst.ino}:${rst.ctimeNs}`, followSymlinks, wildcards, [...paths].sort(), patterns ?? null, lazyScan]);
   let p = memo.get(key);
   if (!p) {
-    p = compute(root, paths, followSymlinks, wildcards, patterns);
+    p = compute(root, paths, followSymlinks, wildcards, patterns, lazyScan);
     memo.set(key, p);
     // A failure (a cancelled walk) is not remembered.
     p.catch(() => memo.delete(key));
@@ -61,13 +65,57 @@ export async function selectorDigest(
 }
 
 /**
+ * The directories of each tree whose whole content upstream's checksum has read (scanned), by
+ * the tree's identity (as memo's keys). Upstream reads a tree lazily: a path with nothing known
+ * above it has its parent directory walked first, and a parent that is not there fails the key in
+ * the walk's words (`failed to walk <dir>: lstat <dir>: no such file or directory`); a path under
+ * a directory already read that is not there is simply not found.
+ */
+const scans = new LRUCache<string, Set<string>>({ max: 4096 });
+
+function scannedOf(root: string): Set<string> {
+  const st = lstatSync(root, { bigint: true, throwIfNoEntry: false });
+  const id = st ? `${root}|${st.dev}:${st.ino}:${st.ctimeNs}` : root;
+  let set = scans.get(id);
+  if (!set) {
+    set = new Set();
+    scans.set(id, set);
+  }
+  return set;
+}
+
+/** Upstream's needsScan: no path at or above `p` is both there and inside a directory read already. */
+function needsScan(root: string, scanned: ReadonlySet<string>, p: string): boolean {
+  const inside = (q: string) => scanned.has('/') || [...scanned].some((d) => q === d || q.startsWith(`${d}/`));
+  for (let q = p; ; q = path.posix.dirname(q)) {
+    if (inside(q) && lstatSync(path.join(root, q), { throwIfNoEntry: false })) return false;
+    if (q === '/') return true;
+  }
+}
+
+/** Reads `p`'s parent directory as upstream's scan does, failing in its words when it is not there. */
+function scan(root: string, scanned: Set<string>, p: string): void {
+  const dir = path.posix.dirname(p);
+  const host = resolveInRootSync(root, dir);
+  try {
+    lstatSync(host);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ENOTDIR' ? 'not a directory' : e.code === 'ENOENT' ? 'no such file or directory' : e.message;
+    throw new NotFoundError(`failed to walk ${host}: lstat ${host}: ${why}`);
+  }
+  scanned.add(path.posix.join('/', path.relative(root, host)));
+}
+
+/**
  * Where selected path `p` is on the host and its lstat. A path that is not there is upstream's
  * content-hash error, named as upstream names it: the path asked for, or, when its last component
  * is a symlink followed (`followSymlinks`), the symlink's target (joined to the link's directory
  * as written, `..` cleaned away); a symlink among the parents does not change the name.
  */
-async function resolveSelected(root: string, p: string, followSymlinks: boolean) {
+async function resolveSelected(root: string, p: string, followSymlinks: boolean, scans?: { known: ReadonlySet<string>; add: Set<string> }) {
   let cur = path.posix.join('/', p);
+  if (scans && needsScan(root, scans.known, cur)) scan(root, scans.add, cur);
   for (let hops = 0; ; hops++) {
     const notFound = () => new NotFoundError(`${JSON.stringify(cur)}: not found`);
     let host: string;
@@ -93,8 +141,18 @@ const MAX_SYMLINKS = 255;
  * inputs whose key does not hold their content (a stage's result), so that a step reading a path
  * that is not there fails with upstream's message rather than its copy's.
  */
-export async function selectorsExist(root: string, paths: readonly string[], followSymlinks: boolean): Promise<void> {
-  for (const p of [...paths].sort()) await resolveSelected(root, p, followSymlinks);
+export async function selectorsExist(root: string, paths: readonly string[], followSymlinks: boolean, lazyScan = false): Promise<void> {
+  if (!lazyScan) {
+    for (const p of [...paths].sort()) await resolveSelected(root, p, followSymlinks);
+    return;
+  }
+  // Upstream reads a step's paths side by side: each as the tree was read before the step (the
+  // first path's read does not spare the next one its own), the first failure in the step's order.
+  const add = scannedOf(root);
+  const known = new Set(add);
+  let failed: { err: unknown } | undefined;
+  for (const p of paths) await resolveSelected(root, p, followSymlinks, { known, add }).catch((err: unknown) => (failed ??= { err }));
+  if (failed) throw failed.err;
 }
 
 async function compute(
@@ -103,7 +161,10 @@ async function compute(
   followSymlinks: boolean,
   wildcards: boolean,
   patterns: Readonly<Record<string, CopyPatterns>> | undefined,
+  lazyScan: boolean,
 ): Promise<string> {
+  // Read as upstream reads a tree it has not read yet (see scans), the paths in the step's order.
+  if (lazyScan) await selectorsExist(root, paths.filter((p) => !wildcards || !containsWildcards(p)), followSymlinks, true);
   const h = createHash('sha256');
   const add = async (p: string, filter?: CopyPatterns): Promise<void> => {
     const { host, st } = await resolveSelected(root, p, followSymlinks);

@@ -43,9 +43,9 @@ interface KeyParts {
 }
 
 /** The digest of some paths of a ref's tree (cache/selector-digest.ts). */
-export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean, wildcards?: boolean, patterns?: Record<string, CopyPatterns>) => Promise<string>;
+export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean, wildcards?: boolean, patterns?: Record<string, CopyPatterns>, lazyScan?: boolean) => Promise<string>;
 /** Fails as SelectorDigest does when one of the paths is missing, digesting nothing. */
-export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean) => Promise<void>;
+export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean, lazyScan?: boolean) => Promise<void>;
 
 /**
  * A step output found in an imported cache: fetched and unpacked only when something reads it (a
@@ -480,7 +480,7 @@ class JobRun {
       const check = this.#o.selectorCheck;
       if (check) {
         for (const [n, sel] of (this.#impl(v).inputSelectors?.() ?? []).entries()) {
-          if (sel && !sel.wildcards && inputs[n] && !this.#contentDigest(v.inputs[n]!.vertex)) await check(inputs[n]!, sel.paths, sel.followSymlinks);
+          if (sel && !sel.wildcards && inputs[n] && !this.#contentDigest(v.inputs[n]!.vertex)) await check(inputs[n]!, sel.paths, sel.followSymlinks, true);
         }
       }
       const merging = this.#o.unlazied.has(v.digest) ? this.#merging(v) : undefined;
@@ -561,7 +561,7 @@ class JobRun {
       const content = await Promise.all(
         v.inputs.map(async (i, idx) => {
           const sel = sels[idx];
-          return sel && byContent(i, idx) ? `content:${await digest(await this.edge(i), sel.paths, sel.followSymlinks, sel.wildcards, sel.patterns)}` : inputKeys[idx]!;
+          return sel && byContent(i, idx) ? `content:${await digest(await this.edge(i), sel.paths, sel.followSymlinks, sel.wildcards, sel.patterns, true)}` : inputKeys[idx]!;
         }),
       );
       return sha256(JSON.stringify({ ...identity, content }));
@@ -571,7 +571,14 @@ class JobRun {
     // later builds, rather than before it.
     const shape = `shape:${sha256(JSON.stringify({ ...identity, inputs: v.inputs.map((i, idx) => (byContent(i, idx) ? 'content' : inputKeys[idx])) }))}`;
     if (!(await alias(shape))) {
-      this.#contentKeys.set(v.digest, { shape, key: contentKey().catch(() => undefined) });
+      const ck = contentKey();
+      this.#contentKeys.set(v.digest, { shape, key: ck.catch(() => undefined) });
+      // A path the step reads that is not there fails the build as soon as the input it is read
+      // from is made, as upstream's key by content does, not when the step's turn to run comes
+      // (after the steps below it, which may fail first). A failed input fails on its own.
+      ck.catch((err: unknown) => {
+        if (err instanceof CacheKeyError) this.#guard(v, () => Promise.reject(err)).catch((e: unknown) => this.#fail(e));
+      });
       return key;
     }
     let ck: string;

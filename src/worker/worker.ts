@@ -103,8 +103,8 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
     cache: refs,
     defaultPlatform: toPbPlatform(platforms[0] ?? detected.native),
     observe: o.observe,
-    selectorDigest: (ref, paths, follow, wildcards, patterns) => selectorDigest(ref.dir, paths, follow, wildcards, patterns).catch((err: unknown) => keyError(ref, err)),
-    selectorCheck: (ref, paths, follow) => selectorsExist(ref.dir, paths, follow).catch((err: unknown) => keyError(ref, err)),
+    selectorDigest: (ref, paths, follow, wildcards, patterns, lazyScan) => selectorDigest(ref.dir, paths, follow, wildcards, patterns, lazyScan).catch((err: unknown) => keyError(ref, err)),
+    selectorCheck: (ref, paths, follow, lazyScan) => selectorsExist(ref.dir, paths, follow, lazyScan).catch((err: unknown) => keyError(ref, err)),
   });
   const exporters = createExporters(deps);
   // Whatever a crashed daemon left half-done (containers, their mounts, active snapshots,

@@ -360,6 +360,22 @@ d('dockerfile.v0', () => {
     expect(linesOf('2/4').some((l) => l.includes('merging')), r.stderr).toBe(false);
   }, 120_000);
 
+  it("fails a copy from another stage's missing path as upstream's key does: in the walk's words, as soon as the stage is made", async () => {
+    const ctx = join(work, 'stage-walk');
+    mkdirSync(ctx);
+    // The step below the copy fails, but later than the stage is made: upstream computes the copy's
+    // key from the stage's content first, and that fails (its parent /x/y is not there).
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest AS s\nRUN mkdir -p /x\nFROM ${reg.host}/busybox:latest\nRUN sleep 2 && exit 3\nCOPY --from=s /x/y/z /\n`);
+    const local = ['--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--progress', 'plain'];
+    // (Again with the stage cached: nothing has read /x yet.)
+    for (let i = 0; i < 2; i++) {
+      const r = await buildctl(daemon.addr, ['build', ...local]);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/^ > \[stage-1 3\/3\] COPY --from=s \/x\/y\/z \/:$/m);
+      expect(r.stderr).toMatch(/error: failed to solve: failed to compute cache key: failed to calculate checksum of ref \w+::\w+: failed to walk (\/\S+)\/x\/y: lstat \1\/x\/y: no such file or directory$/m);
+    }
+  }, 120_000);
+
   it('announces a build\'s vertices in upstream\'s order (a COPY --link\'s merge before its copy), and a missing source is the step\'s own error, as upstream', async () => {
     const ctx = join(work, 'link-fails');
     mkdirSync(ctx);

@@ -4,7 +4,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync }
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { selectorDigest } from '../../../src/cache/selector-digest.js';
+import { selectorDigest, selectorsExist } from '../../../src/cache/selector-digest.js';
 
 let tmp: string;
 let n = 0;
@@ -88,5 +88,23 @@ describe('selectorDigest', () => {
     const d0 = await selectorDigest(tree(base), ['/d*'], true, true, sel);
     expect(await selectorDigest(tree({ ...base, 'd/other.bin': 'changed' }), ['/d*'], true, true, sel)).toBe(d0);
     expect(await selectorDigest(tree({ ...base, 'd/a.txt': 'A' }), ['/d*'], true, true, sel)).not.toBe(d0);
+  });
+
+  it("fails a path whose parent is not there as upstream's lazy read of a tree another step made: in the walk's words, until a directory above it has been read", async () => {
+    const t = tree({ 'x/a': 'a', 'etc/passwd': 'p' });
+    // A local directory (no lazy read): simply not found.
+    await expect(selectorDigest(t, ['/x/b/c'], true)).rejects.toThrow('"/x/b/c": not found');
+    // Nothing read yet: the parent is walked first, and is not there.
+    const walked = path.join(t, 'x', 'b');
+    await expect(selectorsExist(t, ['/x/b/c'], true, true)).rejects.toThrow(`failed to walk ${walked}: lstat ${walked}: no such file or directory`);
+    await expect(selectorDigest(t, ['/nope/z'], true, false, undefined, true)).rejects.toThrow(`failed to walk ${path.join(t, 'nope')}: lstat ${path.join(t, 'nope')}: no such file or directory`);
+    // A parent below a file: not a directory. (A file as the parent is walked as the file.)
+    await expect(selectorsExist(t, ['/etc/passwd/y/z'], true, true)).rejects.toThrow(`failed to walk ${path.join(t, 'etc/passwd/y')}: lstat ${path.join(t, 'etc/passwd/y')}: not a directory`);
+    // The paths of one step are read side by side: /etc read for /etc/passwd does not spare
+    // /etc/nope/z its walk. Once a step has read /etc, a later step's path under it is not found.
+    await expect(selectorsExist(t, ['/etc/passwd', '/etc/nope/z'], true, true)).rejects.toThrow(`failed to walk ${path.join(t, 'etc/nope')}`);
+    await expect(selectorsExist(t, ['/etc/nope/y'], true, true)).rejects.toThrow('"/etc/nope/y": not found');
+    // And a path there is read as before.
+    await expect(selectorsExist(t, ['/x/a'], true, true)).resolves.toBeUndefined();
   });
 });
