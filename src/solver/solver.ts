@@ -457,11 +457,67 @@ class JobRun {
     const ignore = v.metadata?.ignoreCache === true;
     const local = isLocalSource(v);
     const flightKey = ignore || local ? `${key}:${local ? 'local' : 'nocache'}:${job.id}` : key;
-    const refs = await sharedRun(this.#o.inflight, flightKey, job.signal, () => this.#run(v, key, n), () =>
-      log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step'),
-    );
+    // The runner's build and vertex (see #joined), when this build waits on another's run.
+    let joined: string | undefined;
+    const joinedAt = new Date();
+    let startedAt = joinedAt;
+    let settled = false;
+    // Another build's run of this very vertex is this build's too, as upstream's shared vertex:
+    // it shows running here, and failing.
+    // (A waiting build whose runner stopped runs the step itself: its own run shows then.)
+    let ranHere = false;
+    const shared = () => !ranHere && joined !== undefined && joined !== `${job.id}|${v.digest}` && joined.endsWith(`|${v.digest}`);
+    const refs = await sharedRun(
+      this.#o.inflight,
+      flightKey,
+      job.signal,
+      () => {
+        ranHere = true;
+        return this.#run(v, key, n);
+      },
+      (tag) => {
+        joined = tag ?? '|';
+        log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step');
+        if (!shared()) return;
+        // The steps below it are that build's run's too: they show here as they come (joined
+        // in flight, or cached when done already); the step shows running once they are done.
+        Promise.all(v.inputs.map((i) => this.slot(i))).then(
+          () => {
+            if (settled) return;
+            startedAt = new Date();
+            this.#report(v, { started: startedAt });
+          },
+          () => undefined,
+        );
+      },
+      `${job.id}|${v.digest}`,
+    )
+      .catch((err: unknown) => {
+        if (shared()) this.#report(v, { started: startedAt, completed: new Date(), error: isAbortError(err) ? 'context canceled' : stepErrorText(err) });
+        throw err;
+      })
+      .finally(() => (settled = true));
     this.#hold(refs);
+    if (joined !== undefined && !ranHere) this.#joined(v, joined, startedAt, refs);
     return refs;
+  }
+
+  /**
+   * The step's result came from another vertex's run under the same key (`by`: that run's build
+   * and vertex). A run of this build's own vertex is already shown. Another build's run of this
+   * vertex shows done here too. Another vertex's run (a multi-platform build's two copies of a
+   * platform-independent stage) is this vertex's cached result, as upstream's merged edge.
+   */
+  #joined(v: Vertex, by: string, joinedAt: Date, refs: Ref[]): void {
+    const [job, digest] = by.split('|');
+    if (digest === v.digest && job === this.#o.job.id) return;
+    const completed = new Date();
+    const cached = digest !== v.digest;
+    this.#report(v, cached ? { started: completed, completed, cached } : { started: joinedAt, completed });
+    if (cached) this.stats.cached++;
+    else this.stats.run++;
+    this.#o.observe?.step(cached ? 'cached' : 'run');
+    this.#o.job.steps?.step({ digest: v.digest, name: v.name, cached, reason: cached ? '' : 'run once for this build and another at the same time', durationMs: cached ? 0 : completed.getTime() - joinedAt.getTime(), refs });
   }
 
   async #run(v: Vertex, key: string, n: number): Promise<Ref[]> {

@@ -44,6 +44,9 @@ d('cache durability', () => {
       expect(b.code, b.stderr).toBe(0);
       // One run: both outputs carry the same timestamp written by the step.
       expect(readFileSync(join(work, 'out-a', 'stamp'), 'utf8')).toBe(readFileSync(join(work, 'out-b', 'stamp'), 'utf8'));
+      // Both builds show the step running and done, as upstream's shared vertex: the one waiting
+      // on the other's run too.
+      for (const r of [a, b]) expect(r.stderr).toMatch(/^#(\d+) \[2\/2\] RUN sleep 2 && date \+%s%N > \/stamp\n(?:#\1 (?!CACHED)[^\n]*\n)*#\1 DONE \d+\.\ds$/m);
     } finally {
       await daemon.stop();
       removeDir(daemon.dir);
