@@ -503,21 +503,20 @@ class JobRun {
   }
 
   /**
-   * The step's result came from another vertex's run under the same key (`by`: that run's build
-   * and vertex). A run of this build's own vertex is already shown. Another build's run of this
-   * vertex shows done here too. Another vertex's run (a multi-platform build's two copies of a
-   * platform-independent stage) is this vertex's cached result, as upstream's merged edge.
+   * The step's result came from another run under the same key (`by`: that run's build and
+   * vertex). Another build's run of this very vertex shows done here too, as upstream's shared
+   * vertex. A run of this build's own vertex is shown already; another vertex's (a multi-platform
+   * build's two copies in a platform-independent stage) is not shown, as upstream's edge merged
+   * into one already running.
    */
-  #joined(v: Vertex, by: string, joinedAt: Date, refs: Ref[]): void {
+  #joined(v: Vertex, by: string, startedAt: Date, refs: Ref[]): void {
     const [job, digest] = by.split('|');
-    if (digest === v.digest && job === this.#o.job.id) return;
+    if (digest !== v.digest || job === this.#o.job.id) return;
     const completed = new Date();
-    const cached = digest !== v.digest;
-    this.#report(v, cached ? { started: completed, completed, cached } : { started: joinedAt, completed });
-    if (cached) this.stats.cached++;
-    else this.stats.run++;
-    this.#o.observe?.step(cached ? 'cached' : 'run');
-    this.#o.job.steps?.step({ digest: v.digest, name: v.name, cached, reason: cached ? '' : 'run once for this build and another at the same time', durationMs: cached ? 0 : completed.getTime() - joinedAt.getTime(), refs });
+    this.#report(v, { started: startedAt, completed });
+    this.stats.run++;
+    this.#o.observe?.step('run');
+    this.#o.job.steps?.step({ digest: v.digest, name: v.name, cached: false, reason: 'run once for this build and another at the same time', durationMs: completed.getTime() - startedAt.getTime(), refs });
   }
 
   async #run(v: Vertex, key: string, n: number): Promise<Ref[]> {

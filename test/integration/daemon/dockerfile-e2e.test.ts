@@ -244,16 +244,6 @@ d('dockerfile.v0', () => {
     expect(r.stderr).toMatch(/copying files linux\/amd64 [\d.]+[kM]?B [\d.]+s done/);
     expect(r.stderr).toMatch(/copying files linux\/arm64 [\d.]+[kM]?B [\d.]+s done/);
     // Both platforms copy from the one context: it is sent once, as upstream's shared vertex.
-    // A platform-independent stage (FROM scratch) is the same step for both platforms: it runs
-    // once, and the other platform's shows CACHED, as upstream's merged edge.
-    const indep = join(work, 'multi-indep');
-    mkdirSync(indep);
-    writeFileSync(join(indep, 'b.txt'), `${Date.now()}\n`);
-    writeFileSync(join(indep, 'Dockerfile'), `FROM scratch AS assets\nCOPY b.txt /assets/\nFROM ${reg.host}/busybox:latest\nCOPY --from=assets /assets /assets\n`);
-    const m = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${indep}`, '--local', `dockerfile=${indep}`, '--opt', 'platform=linux/amd64,linux/arm64', '--progress', 'plain']);
-    expect(m.code, m.stderr).toBe(0);
-    const endOf = (p: string) => new RegExp(`^#(\\d+) \\[linux/${p} assets 1/1\\] COPY b\\.txt /assets/\\n(?:#\\1 [^\\n]*\\n)*?#\\1 (CACHED|DONE)`, 'm').exec(m.stderr)?.[2];
-    expect([endOf('amd64'), endOf('arm64')].sort(), m.stderr).toEqual(['CACHED', 'DONE']);
 
     const tarFile = join(work, 'multi.tar');
     const t = await buildctl(daemon.addr, [...args, '--output', `type=tar,dest=${tarFile}`]);
@@ -298,7 +288,7 @@ d('dockerfile.v0', () => {
     const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', 'platform=linux/arm64,linux/amd64', '--progress', 'plain', '--output', `type=oci,dest=${out}`]);
     expect(r.code, r.stderr).toBe(0);
     // Upstream (v0.11.6) shows the step once, named by one of the platforms.
-    expect(r.stderr.match(/^#\d+ \[linux\/(amd64|arm64) 1\/1\] COPY a\.txt \/a$/gm)).toHaveLength(1);
+    expect(r.stderr.match(/^#\d+ \[linux\/(amd64|arm64) 1\/1\] COPY a\.txt \/a$/gm), r.stderr).toHaveLength(1);
     const dir = join(work, 'multi-scratch');
     mkdirSync(dir, { recursive: true });
     await run('tar', ['-xf', out, '-C', dir]);
