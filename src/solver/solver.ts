@@ -7,6 +7,7 @@ import { sha256 } from '../util/digest.js';
 import { fromPbPlatform } from '../util/pb-platform.js';
 import { CacheKeyError, clarifyNameError, errorMessage, isAbortError, throwIfAborted, VertexError, withSources } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
+import type { ProgressBus } from '../util/progress.js';
 import { sharedRun, type SharedRun } from '../util/shared-run.js';
 import type { ContentSelector, CopyPatterns, JobContext, OpContext, OpImpl, OpResolver, Ref, StepContentKey } from './types.js';
 
@@ -85,6 +86,7 @@ export class Solver {
   readonly #cache: ResultCache;
   readonly #defaultPlatform: Platform;
   readonly #inflight = new Map<string, SharedRun<Ref[]>>();
+  readonly #runners = new Map<string, { job: string; digest: string; progress: ProgressBus }>();
 
   readonly #observe: SolveObserver | undefined;
   /** Vertices each build has shown (upstream writes every vertex it loads, not started yet). */
@@ -113,6 +115,7 @@ export class Solver {
       resolve: this.#resolve,
       cache: this.#cache,
       inflight: this.#inflight,
+      runners: this.#runners,
       defaultPlatform: this.#defaultPlatform,
       observe: this.#observe,
       selectorDigest: this.#selectorDigest,
@@ -186,6 +189,8 @@ interface JobRunOptions {
   resolve: OpResolver;
   cache: ResultCache;
   inflight: Map<string, SharedRun<Ref[]>>;
+  /** Who runs each in-flight step (see #runShared). */
+  runners: Map<string, { job: string; digest: string; progress: ProgressBus }>;
   defaultPlatform: Platform;
   observe: SolveObserver | undefined;
   selectorDigest: SelectorDigest | undefined;
@@ -457,66 +462,42 @@ class JobRun {
     const ignore = v.metadata?.ignoreCache === true;
     const local = isLocalSource(v);
     const flightKey = ignore || local ? `${key}:${local ? 'local' : 'nocache'}:${job.id}` : key;
-    // The runner's build and vertex (see #joined), when this build waits on another's run.
-    let joined: string | undefined;
-    const joinedAt = new Date();
-    let startedAt = joinedAt;
-    let settled = false;
-    // Another build's run of this very vertex is this build's too, as upstream's shared vertex:
-    // it shows running here, and failing.
     // (A waiting build whose runner stopped runs the step itself: its own run shows then.)
     let ranHere = false;
-    const shared = () => !ranHere && joined !== undefined && joined !== `${job.id}|${v.digest}` && joined.endsWith(`|${v.digest}`);
+    let unmirror: (() => void) | undefined;
     const refs = await sharedRun(
       this.#o.inflight,
       flightKey,
       job.signal,
       () => {
         ranHere = true;
-        return this.#run(v, key, n);
+        const me = { job: job.id, digest: v.digest, progress: job.progress };
+        this.#o.runners.set(flightKey, me);
+        return this.#run(v, key, n).finally(() => {
+          if (this.#o.runners.get(flightKey) === me) this.#o.runners.delete(flightKey);
+        });
       },
-      (tag) => {
-        joined = tag ?? '|';
+      () => {
         log().debug({ vertex: v.digest }, 'joining in-flight computation of an identical step');
-        if (!shared()) return;
-        // The steps below it are that build's run's too: they show here as they come (joined
-        // in flight, or cached when done already); the step shows running once they are done.
-        Promise.all(v.inputs.map((i) => this.slot(i))).then(
-          () => {
-            if (settled) return;
-            startedAt = new Date();
-            this.#report(v, { started: startedAt });
-          },
-          () => undefined,
-        );
+        // Another build's run of this very vertex is this build's too, as upstream's vertex
+        // shared by two builds: it shows here as it runs, logs included, and so do the steps
+        // below it (joined in flight, or cached when done already). Another vertex's run under
+        // the same key (a multi-platform build's copies in a platform-independent stage) is not
+        // shown again, as upstream's edge merged into one already running.
+        const runner = this.#o.runners.get(flightKey);
+        if (!runner || runner.digest !== v.digest || runner.job === job.id) return;
+        unmirror = runner.progress.mirror(v.digest, job.progress, vertexEvent(v, {}));
+        for (const i of v.inputs) this.slot(i).catch(() => undefined);
       },
-      `${job.id}|${v.digest}`,
-    )
-      .catch((err: unknown) => {
-        if (shared()) this.#report(v, { started: startedAt, completed: new Date(), error: isAbortError(err) ? 'context canceled' : stepErrorText(err) });
-        throw err;
-      })
-      .finally(() => (settled = true));
+    ).finally(() => unmirror?.());
     this.#hold(refs);
-    if (joined !== undefined && !ranHere) this.#joined(v, joined, startedAt, refs);
+    if (unmirror && !ranHere) {
+      // In this build's record and summary as a step run (once, for both builds).
+      this.stats.run++;
+      this.#o.observe?.step('run');
+      this.#o.job.steps?.step({ digest: v.digest, name: v.name, cached: false, reason: 'run once for this build and another at the same time', durationMs: 0, refs });
+    }
     return refs;
-  }
-
-  /**
-   * The step's result came from another run under the same key (`by`: that run's build and
-   * vertex). Another build's run of this very vertex shows done here too, as upstream's shared
-   * vertex. A run of this build's own vertex is shown already; another vertex's (a multi-platform
-   * build's two copies in a platform-independent stage) is not shown, as upstream's edge merged
-   * into one already running.
-   */
-  #joined(v: Vertex, by: string, startedAt: Date, refs: Ref[]): void {
-    const [job, digest] = by.split('|');
-    if (digest !== v.digest || job === this.#o.job.id) return;
-    const completed = new Date();
-    this.#report(v, { started: startedAt, completed });
-    this.stats.run++;
-    this.#o.observe?.step('run');
-    this.#o.job.steps?.step({ digest: v.digest, name: v.name, cached: false, reason: 'run once for this build and another at the same time', durationMs: completed.getTime() - startedAt.getTime(), refs });
   }
 
   async #run(v: Vertex, key: string, n: number): Promise<Ref[]> {

@@ -52,6 +52,20 @@ export type ProgressEvent =
 
 type Listener = (batch: ProgressEvent[] | null) => void;
 
+/** The vertex an event is about. */
+function vertexOf(ev: ProgressEvent): string {
+  switch (ev.kind) {
+    case 'vertex':
+      return ev.vertex.digest;
+    case 'status':
+      return ev.status.vertex;
+    case 'log':
+      return ev.log.vertex;
+    case 'warning':
+      return ev.warning.vertex;
+  }
+}
+
 /**
  * A build's progress stream: writers append events, readers subscribe and get everything already
  * written (a Status call may come before or after Solve) and then live events until close().
@@ -68,8 +82,29 @@ export class ProgressBus {
   /** Statuses started and not completed, by vertex, then by id (their last event). */
   readonly #openStatuses = new Map<string, Map<string, StatusEvent>>();
 
+  /** Buses that also get one vertex's events (see mirror), by vertex. */
+  readonly #mirrors = new Map<string, Set<(ev: ProgressEvent) => void>>();
+
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * Writes vertex `digest`'s events to `to` as well, those already written first, until the
+   * returned function is called: another build waiting on this build's run of the very same step
+   * shows its progress and logs too, as upstream's vertex shared by two builds. `as` is the other
+   * build's own vertex event (its name, inputs and group replace this build's).
+   */
+  mirror(digest: string, to: ProgressBus, as: Omit<VertexEvent, 'started' | 'completed' | 'cached' | 'error'>): () => void {
+    const send = (ev: ProgressEvent) => to.write(ev.kind === 'vertex' ? { kind: 'vertex', vertex: { ...ev.vertex, ...as } } : ev);
+    for (const ev of this.#events) if (vertexOf(ev) === digest) send(ev);
+    let set = this.#mirrors.get(digest);
+    if (!set) this.#mirrors.set(digest, (set = new Set()));
+    set.add(send);
+    return () => {
+      set.delete(send);
+      if (set.size === 0 && this.#mirrors.get(digest) === set) this.#mirrors.delete(digest);
+    };
   }
 
   write(ev: ProgressEvent): void {
@@ -95,6 +130,8 @@ export class ProgressBus {
       }
     }
     this.#append(ev);
+    const mirrors = this.#mirrors.get(vertexOf(ev));
+    if (mirrors) for (const send of mirrors) send(ev);
   }
 
   #append(ev: ProgressEvent): void {

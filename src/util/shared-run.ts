@@ -8,21 +8,18 @@ export interface SharedRun<T> {
   run: Promise<T>;
   /** The signal of the caller whose work this is. */
   signal?: AbortSignal;
-  /** What the caller whose work this is said of it (see sharedRun's `tag`). */
-  tag?: string;
 }
 
 /**
  * The result of the work under `key` in `runs`, started with `start()` when nobody runs it.
- * `onJoin` is told when this caller waits on another's work, with the `tag` that caller gave.
+ * `onJoin` is told when this caller waits on another's work.
  */
 export async function sharedRun<T>(
   runs: Map<string, SharedRun<T>>,
   key: string,
   signal: AbortSignal | undefined,
   start: () => Promise<T>,
-  onJoin?: (tag: string | undefined) => void,
-  tag?: string,
+  onJoin?: () => void,
 ): Promise<T> {
   for (;;) {
     let shared = runs.get(key);
@@ -30,10 +27,10 @@ export async function sharedRun<T>(
       const run: Promise<T> = start().finally(() => {
         if (runs.get(key)?.run === run) runs.delete(key);
       });
-      shared = { run, signal, tag };
+      shared = { run, signal };
       runs.set(key, shared);
     } else {
-      onJoin?.(shared.tag);
+      onJoin?.();
     }
     try {
       return await shared.run;

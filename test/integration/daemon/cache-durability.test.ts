@@ -38,15 +38,15 @@ d('cache durability', () => {
   it('runs an identical step of two concurrent builds once, and both get its result', async () => {
     const daemon = await startDaemon({ config: `[registry."${reg.host}"]\n  http = true\n` });
     try {
-      const dir = dockerfile('dedupe', `FROM ${reg.host}/busybox:latest\nRUN sleep 2 && date +%s%N > /stamp\n`);
+      const dir = dockerfile('dedupe', `FROM ${reg.host}/busybox:latest\nRUN sleep 2 && date +%s%N > /stamp && echo ran once\n`);
       const [a, b] = await Promise.all([buildctl(daemon.addr, dfArgs(dir, join(work, 'out-a'))), buildctl(daemon.addr, dfArgs(dir, join(work, 'out-b')))]);
       expect(a.code, a.stderr).toBe(0);
       expect(b.code, b.stderr).toBe(0);
       // One run: both outputs carry the same timestamp written by the step.
       expect(readFileSync(join(work, 'out-a', 'stamp'), 'utf8')).toBe(readFileSync(join(work, 'out-b', 'stamp'), 'utf8'));
-      // Both builds show the step running and done, as upstream's shared vertex: the one waiting
-      // on the other's run too.
-      for (const r of [a, b]) expect(r.stderr).toMatch(/^#(\d+) \[2\/2\] RUN sleep 2 && date \+%s%N > \/stamp\n(?:#\1 (?!CACHED)[^\n]*\n)*#\1 DONE \d+\.\ds$/m);
+      // Both builds show the step running, its output and done, as upstream's vertex shared by
+      // two builds: the one waiting on the other's run too.
+      for (const r of [a, b]) expect(r.stderr).toMatch(/^#(\d+) \[2\/2\] RUN sleep 2 && date \+%s%N > \/stamp && echo ran once\n(?:#\1 (?!CACHED)[^\n]*\n)*#\1 [\d.]+ ran once\n(?:#\1 [^\n]*\n)*#\1 DONE \d+\.\ds$/m);
     } finally {
       await daemon.stop();
       removeDir(daemon.dir);

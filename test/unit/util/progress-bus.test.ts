@@ -60,4 +60,21 @@ describe('ProgressBus', () => {
     expect(out.filter((l) => l.includes('context canceled'))).toEqual(['vertex running step done: context canceled']);
     expect(out).toContain('vertex failed step done: exit code: 3');
   });
+
+  it("mirrors one vertex's events to another build's bus, those already written first, under that build's name, until told to stop", () => {
+    const runner = new ProgressBus();
+    const waiter = new ProgressBus();
+    const started = new Date();
+    runner.vertex({ digest: 'sha256:a', inputs: [], name: '[2/2] RUN make', started });
+    runner.log('sha256:a', 1, Buffer.from('early\n'));
+    runner.vertex({ digest: 'sha256:b', inputs: [], name: 'other step', started });
+    const stop = runner.mirror('sha256:a', waiter, { digest: 'sha256:a', inputs: ['sha256:base'], name: '[stage-1 3/3] RUN make' });
+    runner.log('sha256:a', 2, Buffer.from('late\n'));
+    runner.log('sha256:b', 1, Buffer.from('not mine\n'));
+    runner.vertex({ digest: 'sha256:a', inputs: [], name: '[2/2] RUN make', started, completed: new Date() });
+    stop();
+    runner.log('sha256:a', 1, Buffer.from('after stop\n'));
+    const seen = events(waiter).map((e) => (e.kind === 'log' ? `log ${Buffer.from(e.log.data).toString().trim()}` : e.kind === 'vertex' ? `${line(e)} ${e.vertex.inputs.join(',')} ${e.vertex.started === started}` : line(e)));
+    expect(seen).toEqual(['vertex [stage-1 3/3] RUN make sha256:base true', 'log early', 'log late', 'vertex [stage-1 3/3] RUN make done sha256:base true']);
+  });
 });
