@@ -1,4 +1,5 @@
 import { chmod, lchown, lstat, mkdir, stat } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
 import path from 'node:path';
 import { clarifyNameError, LoomError, type ErrorCode } from '../../util/errors.js';
 import { pathInRoot } from '../../util/fs-safe.js';
@@ -62,7 +63,11 @@ export async function mkdirAll(
     if (st.isDirectory()) return;
     throw Object.assign(new Error(`ENOTDIR: not a directory, mkdir '${p}'`), { code: 'ENOTDIR', syscall: 'mkdir', path: p });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    // A path below a file: upstream resolves the path in the root first, and its lstat of the
+    // first name below the file fails (`lstat /file/sub: not a directory`).
+    if (code === 'ENOTDIR' && (err as NodeJS.ErrnoException).syscall !== 'mkdir') throw belowFile(root, p) ?? err;
+    if (code !== 'ENOENT') throw err;
   }
   const parent = path.dirname(p);
   if (parent !== p && parent.length >= root.length && p !== root) await mkdirAll(root, parent, perm, ch, tm);
@@ -84,6 +89,20 @@ export async function mkdirAll(
   await chmod(p, perm);
   await applyChown(p, null, ch);
   await applyUtime(p, tm);
+}
+
+/** The lstat error of the first name of `p` (below `root`) whose parent is not a directory. */
+function belowFile(root: string, p: string): NodeJS.ErrnoException | undefined {
+  const names = path.relative(root, p).split(path.sep);
+  for (let i = 1; i <= names.length; i++) {
+    const q = path.join(root, ...names.slice(0, i));
+    try {
+      lstatSync(q);
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ENOTDIR' ? (err as NodeJS.ErrnoException) : undefined;
+    }
+  }
+  return undefined;
 }
 
 /**

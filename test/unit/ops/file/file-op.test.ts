@@ -94,6 +94,15 @@ describe.each(SNAPSHOTTERS)('on $name snapshots', (impl) => {
       expect(err.message).toBe('mkdir /no/such: no such file or directory');
     });
 
+    it('a directory made below a file fails as upstream: lstat of the first name below the file, or mkdir of the file itself', async () => {
+      const base = await input((d) => writeFileSync(path.join(d, 'file'), 'x'));
+      await expect(run([base], [mkdir('/file/sub/deeper', { makeParents: true })])).rejects.toThrow(/^lstat \/file\/sub: not a directory$/);
+      await expect(run([base], [mkdir('/file', { makeParents: true })])).rejects.toThrow(/^mkdir \/file: not a directory$/);
+      const src = await input((d) => writeFileSync(path.join(d, 's'), 's'));
+      await expect(run([base, src], [cp('/s', '/file/sub/x')])).rejects.toThrow(/^lstat \/file\/sub: not a directory$/);
+      await expect(run([base, src], [cp('/s', '/file/x')])).rejects.toThrow(/^mkdir \/file: not a directory$/);
+    });
+
     it('resolves paths inside the root: a symlink to /etc is the root\'s /etc, .. cannot climb', async () => {
       const base = await input((d) => {
         mkdirSync(path.join(d, 'etc'));
