@@ -1,4 +1,4 @@
-import type { ProgressEvent } from '../util/progress.js';
+import { vertexOf, type ProgressEvent } from '../util/progress.js';
 
 /** How long a step's output waits after the step first showed, at most. */
 const HOLD_MS = 150;
@@ -113,18 +113,5 @@ export class StatusPacer {
     this.#held = this.#held.filter((h) => h.due > now);
     if (out.length > 0) this.#write(out);
     this.#schedule();
-  }
-}
-
-function vertexOf(ev: ProgressEvent): string {
-  switch (ev.kind) {
-    case 'vertex':
-      return ev.vertex.digest;
-    case 'status':
-      return ev.status.vertex;
-    case 'log':
-      return ev.log.vertex;
-    case 'warning':
-      return ev.warning.vertex;
   }
 }

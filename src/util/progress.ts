@@ -53,7 +53,7 @@ export type ProgressEvent =
 type Listener = (batch: ProgressEvent[] | null) => void;
 
 /** The vertex an event is about. */
-function vertexOf(ev: ProgressEvent): string {
+export function vertexOf(ev: ProgressEvent): string {
   switch (ev.kind) {
     case 'vertex':
       return ev.vertex.digest;
