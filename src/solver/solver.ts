@@ -162,6 +162,23 @@ export class Solver {
 }
 
 /**
+ * The inputs' keys. When one fails because a copy source is not there, a source of `v`'s own
+ * that is not there either is the error: of a build's missing copy sources, upstream mostly
+ * reports the one nearest the result (its keys by content are worked out side by side, not each
+ * after those below it). Other failures are the error at once.
+ */
+async function nearestKeyError<T>(v: Vertex, inputs: Promise<T>[]): Promise<T[]> {
+  try {
+    return await Promise.all(inputs);
+  } catch (first) {
+    const missingSource = (e: unknown) => e instanceof VertexError && e.cause instanceof CacheKeyError;
+    if (!missingSource(first)) throw first;
+    const own = (await Promise.allSettled(inputs)).find((r) => r.status === 'rejected' && missingSource(r.reason) && (r.reason as VertexError).digest === v.digest);
+    throw own ? (own as PromiseRejectedResult).reason : first;
+  }
+}
+
+/**
  * The merges whose tree a step of the graph reads (an exec or file op on them, not another merge or
  * a diff, which take only their layers): those upstream makes real ("unlazies") during the build,
  * showing a "merging" status on the merge's step (a COPY --link's). Loom makes every merge at
@@ -333,7 +350,8 @@ class JobRun {
         const contentSels = v.op.op.case === 'source' ? undefined : this.#impl(v).contentSelectors?.();
         const content = v.metadata?.ignoreCache === true ? undefined : contentSels;
         const byContent = v.inputs.some((i, n) => content?.[n] && !isLocalSource(i.vertex));
-        const keyed = await Promise.all(
+        const keyed = await nearestKeyError(
+          v,
           v.inputs.map(async (i, n): Promise<{ key: string; usual: string }> => {
             const of = await this.#key(i.vertex);
             // As this input's key would be if no step below ignored the cache.

@@ -410,6 +410,13 @@ d('dockerfile.v0', () => {
     expect(m.code).not.toBe(0);
     expect(m.stderr).toMatch(/^#\d+ ERROR: failed to calculate checksum of ref \w+::\w+: "\/missing\.txt": not found$/m);
     expect(m.stderr).toMatch(/error: failed to solve: failed to compute cache key: failed to calculate checksum of ref \S+: "\/missing\.txt": not found/);
+    // Two missing sources: both steps fail; the build's error is the one nearest the result, as
+    // upstream's mostly (it works out such keys side by side).
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY m1.txt /\nRUN true\nCOPY m2.txt /\n`);
+    const two = await buildctl(daemon.addr, ['build', ...local]);
+    expect(two.code).not.toBe(0);
+    expect(two.stderr).toMatch(/^#\d+ ERROR: failed to calculate checksum of ref \S+: "\/m1\.txt": not found$/m);
+    expect(two.stderr).toMatch(/error: failed to solve: failed to compute cache key: failed to calculate checksum of ref \S+: "\/m2\.txt": not found$/m);
     // Both: a step below fails as it runs (started early by the heredoc copy above it, whose key
     // is by content) after the context came, and a key above it cannot be computed. Upstream's
     // key is ready as the context arrives: its error is the build's.
