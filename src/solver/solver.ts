@@ -91,6 +91,8 @@ export class Solver {
   readonly #observe: SolveObserver | undefined;
   /** Vertices each build has shown (upstream writes every vertex it loads, not started yet). */
   readonly #announced = new WeakMap<JobContext, Set<string>>();
+  /** Per build, the keys of its solves' results (JobRunOptions.rootKeys). */
+  readonly #rootKeys = new WeakMap<JobContext, Set<string>>();
   readonly #selectorDigest: SelectorDigest | undefined;
   readonly #selectorCheck: SelectorCheck | undefined;
 
@@ -110,7 +112,13 @@ export class Solver {
   async solve(job: JobContext, def: LoadedDefinition): Promise<Solved> {
     checkEntitlements(def, job.entitlements);
     this.#announce(job, def);
+    let rootKeys = this.#rootKeys.get(job);
+    if (!rootKeys) {
+      rootKeys = new Set();
+      this.#rootKeys.set(job, rootKeys);
+    }
     const run = new JobRun({
+      rootKeys,
       job,
       resolve: this.#resolve,
       cache: this.#cache,
@@ -206,6 +214,8 @@ interface JobRunOptions {
   resolve: OpResolver;
   cache: ResultCache;
   inflight: Map<string, SharedRun<Ref[]>>;
+  /** The keys of the results of the build's solves so far (see #compute). */
+  rootKeys: Set<string>;
   /** Who runs each in-flight step (see #runShared). */
   runners: Map<string, { job: string; digest: string; progress: ProgressBus }>;
   defaultPlatform: Platform;
@@ -255,9 +265,13 @@ class JobRun {
 
   /** Starts working out the keys of `v` and all below it (see #failEarly). */
   keysOf(v: Vertex): void {
+    this.#root = v.digest;
     this.#keysKnown = this.#key(v);
     this.#keysKnown.catch(() => undefined);
   }
+
+  /** The result vertex of this solve (see keysOf and rootKeys). */
+  #root: string | undefined;
 
   /**
    * A step started ahead of need failed. Upstream's content keys of a local directory are ready as
@@ -456,6 +470,15 @@ class JobRun {
     const local = isLocalSource(v);
     if (!ignore && !local) {
       const hit = (await this.#lookup(key, n)) ?? (await this.#imported(v, key, n));
+      // Another solve of this build with the same result (a multi-platform build's platforms
+      // when the target stage does not depend on the platform): upstream merges this solve's
+      // result into that one, and nothing of it shows.
+      const sameResult = v.digest === this.#root && this.#o.rootKeys.has(key);
+      if (hit && sameResult) {
+        this.#hold(hit.filter((s): s is Ref => !isDeferred(s)));
+        return hit;
+      }
+      if (v.digest === this.#root) this.#o.rootKeys.add(key);
       if (hit) {
         const refs = hit.filter((s): s is Ref => !isDeferred(s));
         this.#hold(refs);

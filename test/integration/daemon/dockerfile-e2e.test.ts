@@ -289,6 +289,11 @@ d('dockerfile.v0', () => {
     expect(r.code, r.stderr).toBe(0);
     // Upstream (v0.11.6) shows the step once, named by one of the platforms.
     expect(r.stderr.match(/^#\d+ \[linux\/(amd64|arm64) 1\/1\] COPY a\.txt \/a$/gm), r.stderr).toHaveLength(1);
+    // And once, cached, when built again (the other platform's result is merged into it).
+    const again = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--opt', 'platform=linux/arm64,linux/amd64', '--progress', 'plain']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr.match(/^#\d+ \[linux\/(amd64|arm64) 1\/1\] COPY a\.txt \/a$/gm), again.stderr).toHaveLength(1);
+    expect(again.stderr).toMatch(/^#(\d+) \[linux\/(amd64|arm64) 1\/1\] COPY a\.txt \/a\n#\1 CACHED$/m);
     const dir = join(work, 'multi-scratch');
     mkdirSync(dir, { recursive: true });
     await run('tar', ['-xf', out, '-C', dir]);
