@@ -407,7 +407,9 @@ class JobRun {
         const inputKeys = keyed.map((k) => k.key);
         // Sources do real work to find their key (resolve a tag, sync a directory): they show as a
         // vertex even when everything after them is cached, as upstream's do.
-        const isSource = v.op.op.case === 'source';
+        // So do other steps without inputs (a WORKDIR on scratch, a heredoc's file), as upstream
+        // shows such a step done when it works out its key, even when its result is not needed.
+        const isSource = v.op.op.case === 'source' || v.inputs.length === 0;
         const started = new Date();
         if (isSource) this.#report(v, { started });
         const extra = await this.#guard(v, () => this.#impl(v).cacheKey(this.#ctx(v)));
@@ -765,7 +767,7 @@ class JobRun {
   async #reportCachedInputs(v: Vertex): Promise<void> {
     for (const i of v.inputs) {
       const u = i.vertex;
-      if (this.#reported.has(u.digest) || u.op.op.case === 'source' || this.#results.has(u.digest)) continue;
+      if (this.#reported.has(u.digest) || u.op.op.case === 'source' || u.inputs.length === 0 || this.#results.has(u.digest)) continue;
       this.#reported.add(u.digest);
       const key = await this.#keys.get(u.digest);
       if (!key || !((await this.#o.cache.lookup(`${key}#${i.index}`)) || (await this.#inImport(`${key}#${i.index}`)))) continue;

@@ -365,6 +365,19 @@ d('dockerfile.v0', () => {
     expect(linesOf('2/4').some((l) => l.includes('merging')), r.stderr).toBe(false);
   }, 120_000);
 
+  it('shows a step without inputs (a WORKDIR on scratch) done when a cached build works out its key, not cached, as upstream', async () => {
+    const ctx = join(work, 'no-inputs');
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, 'a.txt'), 'a\n');
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nWORKDIR /srv/app\nCOPY a.txt /x\n');
+    const args = ['build', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`, '--progress', 'plain'];
+    expect((await buildctl(daemon.addr, args)).code).toBe(0);
+    const r = await buildctl(daemon.addr, args);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/^#(\d+) \[1\/2\] WORKDIR \/srv\/app\n#\1 DONE [\d.]+s$/m);
+    expect(r.stderr).toMatch(/^#(\d+) \[2\/2\] COPY a\.txt \/x\n#\1 CACHED$/m);
+  }, 120_000);
+
   it("fails a copy from another stage's missing path as upstream's key does: in the walk's words, as soon as the stage is made", async () => {
     const ctx = join(work, 'stage-walk');
     mkdirSync(ctx);
