@@ -65,9 +65,14 @@ export function goRangesJSON(ranges: readonly { start: { line: number; character
   return ranges.map((r) => ({ start: pos(r.start), end: pos(r.end) }));
 }
 
+/** A []byte as Go's encoding/json writes it: standard base64. */
+export function goBytesJSON(b: Uint8Array): string {
+  return Buffer.from(b).toString('base64');
+}
+
 /** A pb.Definition as upstream's Go JSON encoding writes it (gogo's field names and omitempty rules). */
 export function definitionGoJSON(def: Definition): Record<string, unknown> {
-  const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64');
+  const b64 = goBytesJSON;
   const sorted = <V>(m: Record<string, V>) => Object.fromEntries(Object.keys(m).sort().map((k) => [k, m[k]!]));
   const meta = Object.keys(def.metadata).length === 0 ? null : Object.fromEntries(
     Object.keys(def.metadata).sort().map((k) => {
@@ -104,7 +109,7 @@ export function definitionGoJSON(def: Definition): Record<string, unknown> {
 export function sourceInfoGoJSON(i: SourceInfo): Record<string, unknown> {
   return {
     ...(i.filename ? { filename: i.filename } : {}),
-    ...(i.data.length > 0 ? { data: Buffer.from(i.data).toString('base64') } : {}),
+    ...(i.data.length > 0 ? { data: goBytesJSON(i.data) } : {}),
     ...(i.definition ? { definition: definitionGoJSON(i.definition) } : {}),
     ...(i.language ? { language: i.language } : {}),
   };

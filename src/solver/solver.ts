@@ -112,13 +112,8 @@ export class Solver {
   async solve(job: JobContext, def: LoadedDefinition): Promise<Solved> {
     checkEntitlements(def, job.entitlements);
     this.#announce(job, def);
-    let rootKeys = this.#rootKeys.get(job);
-    if (!rootKeys) {
-      rootKeys = new Set();
-      this.#rootKeys.set(job, rootKeys);
-    }
     const run = new JobRun({
-      rootKeys,
+      rootKeys: setOfJob(this.#rootKeys, job),
       job,
       resolve: this.#resolve,
       cache: this.#cache,
@@ -152,11 +147,7 @@ export class Solver {
    */
   #announce(job: JobContext, def: LoadedDefinition): void {
     if (!def.result) return;
-    let shown = this.#announced.get(job);
-    if (!shown) {
-      shown = new Set();
-      this.#announced.set(job, shown);
-    }
+    const shown = setOfJob(this.#announced, job);
     const loaded: Vertex[] = [];
     const visit = (v: Vertex) => {
       if (shown.has(v.digest)) return;
@@ -167,6 +158,13 @@ export class Solver {
     visit(def.result.vertex);
     for (const v of loaded.reverse()) job.progress.vertex(vertexEvent(v, {}));
   }
+}
+
+/** The set `sets` keeps for a build, made on first use. */
+function setOfJob(sets: WeakMap<JobContext, Set<string>>, job: JobContext): Set<string> {
+  let set = sets.get(job);
+  if (!set) sets.set(job, (set = new Set()));
+  return set;
 }
 
 /**
@@ -475,15 +473,13 @@ class JobRun {
       // Another solve of this build with the same result (a multi-platform build's platforms
       // when the target stage does not depend on the platform): upstream merges this solve's
       // result into that one, and nothing of it shows.
-      const sameResult = v.digest === this.#root && this.#o.rootKeys.has(key);
-      if (hit && sameResult) {
-        this.#hold(hit.filter((s): s is Ref => !isDeferred(s)));
-        return hit;
-      }
-      if (v.digest === this.#root) this.#o.rootKeys.add(key);
+      const isRoot = v.digest === this.#root;
+      const sameResult = isRoot && this.#o.rootKeys.has(key);
+      if (isRoot) this.#o.rootKeys.add(key);
       if (hit) {
         const refs = hit.filter((s): s is Ref => !isDeferred(s));
         this.#hold(refs);
+        if (sameResult) return hit;
         const now = new Date();
         this.#report(v, { started: now, completed: now, cached: true });
         this.#reported.add(v.digest);

@@ -1,6 +1,6 @@
 import type { StatusResponse } from '../../gen/buildkit/control_pb.js';
 import type { Timestamp } from '@bufbuild/protobuf/wkt';
-import { goJSON, pbRangesGoJSON, progressGroupGoJSON, sourceInfoGoJSON } from '../../content/go-json.js';
+import { goBytesJSON, goJSON, pbRangesGoJSON, progressGroupGoJSON, sourceInfoGoJSON } from '../../content/go-json.js';
 
 /**
  * One Control.Status message as upstream buildctl's `--progress rawjson` prints it: the client's
@@ -10,7 +10,7 @@ import { goJSON, pbRangesGoJSON, progressGroupGoJSON, sourceInfoGoJSON } from '.
  * nil), bytes are base64.
  */
 export function statusGoJSON(s: StatusResponse): string {
-  const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64');
+  const b64 = goBytesJSON;
   const out = {
     ...(s.vertexes.length > 0
       ? {

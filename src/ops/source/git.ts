@@ -41,6 +41,11 @@ export function parseGitIdentifier(identifier: string, attrs: Record<string, str
   return { remote, ref, subdir };
 }
 
+/** Whether a ref is a full commit id rather than a name. */
+function isCommitSHA(ref: string): boolean {
+  return /^[0-9a-f]{40}$/.test(ref);
+}
+
 function redact(url: string): string {
   return url.replace(/\/\/[^@/]+@/, '//xxxxx@');
 }
@@ -92,7 +97,7 @@ export class GitSourceOp implements OpImpl {
   #resolve(ctx: OpContext): Promise<string> {
     this.#commit ??= (async () => {
       const ref = this.#id.ref || 'HEAD';
-      if (/^[0-9a-f]{40}$/.test(ref)) return ref;
+      if (isCommitSHA(ref)) return ref;
       let out: string;
       try {
         // (With the peeled form asked for too: an annotated tag then names its commit.)
@@ -142,7 +147,7 @@ export class GitSourceOp implements OpImpl {
       // a tag); HEAD detached at the commit, no remote-tracking refs, no reflog, no FETCH_HEAD.
       const kept = this.#keepGitDir && !this.#id.subdir;
       const name = kept && !this.#id.ref ? await this.#defaultBranch(ctx) : this.#id.ref;
-      const byName = name && !/^[0-9a-f]{40}$/.test(name);
+      const byName = name && !isCommitSHA(name);
       const fetchRef = byName ? name : commit;
       const refspec = !kept || !byName ? fetchRef : this.#annotated ? `${fetchRef}:refs/tags/${fetchRef}` : `${fetchRef}:${fetchRef}`;
       try {
