@@ -350,6 +350,18 @@ class JobRun {
     };
   }
 
+  readonly #transferBound = new Map<string, boolean>();
+
+  /** Whether `v`'s key waits on a local directory's transfer: it is one, or stands on one. */
+  #waitsOnTransfer(v: Vertex): boolean {
+    let w = this.#transferBound.get(v.digest);
+    if (w === undefined) {
+      w = isLocalSource(v) || v.inputs.some((i) => this.#waitsOnTransfer(i.vertex));
+      this.#transferBound.set(v.digest, w);
+    }
+    return w;
+  }
+
   /** The vertex's cache key: the op without its inputs' digests, the inputs' keys, and the op's own extra. */
   #key(v: Vertex): Promise<string> {
     let p = this.#keys.get(v.digest);
@@ -362,6 +374,13 @@ class JobRun {
         const contentSels = v.op.op.case === 'source' ? undefined : this.#impl(v).contentSelectors?.();
         const content = v.metadata?.ignoreCache === true ? undefined : contentSels;
         const byContent = v.inputs.some((i, n) => content?.[n] && !isLocalSource(i.vertex));
+        // A step whose key waits on a local directory's transfer: what it is built on, when no
+        // cache holds it, is needed whatever the transfer brings (the step's key is new), so it
+        // starts now and runs beside the transfer (a RUN before `COPY . /app`, or below a COPY
+        // --link of the context), as upstream starts a step no cache record can match. Only the
+        // inputs whose results the step's own result stands on (see chainInputs): a cache
+        // exported with mode=min holds those whenever it holds the step.
+        const early = byContent ? undefined : this.#waitsOnTransfer(v) && chainInputs(v);
         const keyed = await nearestKeyError(
           v,
           v.inputs.map(async (i, n): Promise<{ key: string; usual: string }> => {
@@ -373,7 +392,7 @@ class JobRun {
             // is new: either its content finds an earlier result or the step runs), so it starts
             // now: the stages a step copies from, and the step it runs on, are made side by side,
             // not one after the other as each key in turn waits on its inputs.
-            if (byContent && !(await this.#found(of, 1, i.index))) this.slot(i).catch((err: unknown) => this.#failEarly(err));
+            if ((byContent || (early && early.has(n) && !this.#waitsOnTransfer(i.vertex))) && !(await this.#found(of, 1, i.index))) this.slot(i).catch((err: unknown) => this.#failEarly(err));
             // A local directory read only at a few paths keys the step by those paths' content:
             // editing an unrelated file of the context keeps the step cached (upstream's
             // content-based cache keys). Other inputs are keyed whole.
@@ -949,6 +968,18 @@ function short(s: string): string {
   const m = /sha256:([0-9a-f]{12})/.exec(s);
   if (m) return m[1]!;
   return s.length > 24 ? `${s.slice(0, 21)}...` : s || '(none)';
+}
+
+/**
+ * The inputs a step's result is built on, as layers below its own: a file op's (a copy from
+ * another stage is keyed by content, so made anyway), a merge's, and the root file system of an
+ * exec. Not a diff's lower, nor an exec's other mounts.
+ */
+function chainInputs(v: Vertex): Set<number> {
+  const op = v.op.op;
+  if (op.case === 'file' || op.case === 'merge') return new Set(v.inputs.map((_, n) => n));
+  if (op.case === 'exec') return new Set(op.value.mounts.filter((m) => m.dest === '/' && m.input >= 0).map((m) => Number(m.input)));
+  return new Set();
 }
 
 function isLocalSource(v: Vertex): boolean {

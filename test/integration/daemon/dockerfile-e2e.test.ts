@@ -4,7 +4,7 @@
  * no RUN (exec is tested with its own issue's tests).
  */
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { arch, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -447,6 +447,39 @@ d('dockerfile.v0', () => {
       const both = await buildctl(daemon.addr, ['build', ...local]);
       expect(both.code).not.toBe(0);
       expect(both.stderr).toMatch(/error: failed to solve: failed to compute cache key: failed to calculate checksum of ref \S+: "\/outside": not found/);
+    }
+  }, 120_000);
+
+  it('runs a RUN before `COPY . /app` (or `COPY --link`) while the context is still transferring, as upstream starts a step no cache can match', async () => {
+    const ctx = join(work, 'run-beside-transfer');
+    mkdirSync(ctx);
+    // 96 MiB to transfer (sparse here, all of it sent); the base image's layers are local by now.
+    writeFileSync(join(ctx, 'big.bin'), '');
+    truncateSync(join(ctx, 'big.bin'), 96 << 20);
+    for (const copy of ['COPY', 'COPY --link']) {
+      writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nRUN echo beside-${Date.now()} > /early\n${copy} . /app\nRUN ls -l /app/big.bin > /late\n`);
+      const local = ['--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`];
+      const raw = await buildctl(daemon.addr, ['build', ...local, '--progress', 'rawjson']);
+      expect(raw.code, raw.stderr).toBe(0);
+      const times = new Map<string, { started?: string; completed?: string }>();
+      for (const l of raw.stderr.split('\n')) {
+        if (!l.startsWith('{')) continue;
+        for (const v of (JSON.parse(l) as { vertexes?: { name?: string; started?: string; completed?: string }[] }).vertexes ?? []) {
+          const t = times.get(v.name!) ?? {};
+          times.set(v.name!, { started: t.started ?? v.started, completed: v.completed ?? t.completed });
+        }
+      }
+      const run = [...times].find(([n]) => n.startsWith('[2/4] RUN echo beside-'))?.[1];
+      const context = times.get('[internal] load build context');
+      expect(run?.started, raw.stderr).toBeDefined();
+      expect(context?.completed, raw.stderr).toBeDefined();
+      // Before, the RUN waited for the copy's key, so for the whole transfer.
+      expect(Date.parse(run!.started!), copy).toBeLessThan(Date.parse(context!.completed!));
+      // And the RUN after the copy still sees all of the context.
+      const out = join(work, 'run-beside-transfer-out');
+      await buildToDir(ctx, out);
+      expect(readFileSync(join(out, 'late'), 'utf8')).toMatch(/ 100663296 .*\/app\/big\.bin\n$/);
+      expect(readFileSync(join(out, 'early'), 'utf8')).toMatch(/^beside-/);
     }
   }, 120_000);
 
