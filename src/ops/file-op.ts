@@ -3,6 +3,7 @@ import { newId } from '../cache/ref-manager.js';
 import type { FileActionCopy, FileOp } from '../gen/buildkit/ops_pb.js';
 import type { ContentSelector, CopyPatterns, OpContext, OpImpl, Ref } from '../solver/types.js';
 import { FileActionError, runFileOp } from './file/file-op.js';
+import { containsWildcards } from './file/wildcard.js';
 import { isAbortError, LoomError } from '../util/errors.js';
 
 /** Characters that make a copy source a pattern. */
@@ -19,6 +20,19 @@ function sourceSelector(c: FileActionCopy): SourceSelector | null {
   const patterns = c.includePatterns.length || c.excludePatterns.length ? { include: [...c.includePatterns], exclude: [...c.excludePatterns] } : undefined;
   if (GLOB.test(c.src)) return c.allowWildcard ? { path: c.src, follow: c.followSymlink, wildcard: true, patterns } : null;
   return { path: c.src, follow: c.followSymlink, patterns };
+}
+
+/**
+ * As upstream's file op keys its sources: a plain path (no wildcard, no patterns) below another
+ * plain path of the same input is left out, its content being part of that one's. A source
+ * `data/x` beside `data/` is then not looked for when the key is worked out: when it is not there
+ * (a file .dockerignore keeps out), the copy fails as it runs, as upstream's.
+ */
+function withoutNested(sel: NonNullable<ContentSelector>): ContentSelector {
+  const plain = (p: string) => !(sel.wildcards && containsWildcards(p)) && !sel.patterns?.[p];
+  const plains = sel.paths.filter(plain);
+  const paths = sel.paths.filter((p) => !plain(p) || !plains.some((q) => q !== p && p.startsWith(`${q}/`)));
+  return paths.length === sel.paths.length ? sel : { ...sel, paths };
 }
 
 /**
@@ -67,7 +81,7 @@ export class FileOpImpl implements OpImpl {
       if (r.patterns) cur.patterns = { ...cur.patterns, [r.path]: r.patterns };
       sel[i] = cur;
     }
-    return sel.map((x) => x ?? null);
+    return sel.map((x) => (x ? withoutNested(x) : null));
   }
 
   /**
