@@ -963,11 +963,10 @@ function expandInstruction(ic: Instruction, expand: Expander, expandRaw: Expande
       const checksum = ic.kind === 'add' ? expand(ic.checksum) : '';
       const sourcePaths = ic.sourcePaths.map(expand);
       const destPath = expand(ic.destPath);
-      const exclude = ic.exclude.map(expand);
       const sourceContents = ic.sourceContents.map((s) => (s.expand ? { ...s, data: expandRaw(s.data) } : s));
       return ic.kind === 'add'
-        ? { ...ic, chown, checksum, sourcePaths, destPath, exclude, sourceContents }
-        : { ...ic, chown, sourcePaths, destPath, exclude, sourceContents };
+        ? { ...ic, chown, checksum, sourcePaths, destPath, sourceContents }
+        : { ...ic, chown, sourcePaths, destPath, sourceContents };
     }
     case 'workdir':
       return { ...ic, path: expand(ic.path) };
@@ -1354,6 +1353,13 @@ function dispatchCopy(d: DispatchState, c: Extract<Instruction, { kind: 'add' | 
   }
 
   let msg = cfg.isAdd ? 'ADD' : 'COPY';
+  // Every upstream that knows --parents or --exclude (Dockerfile 1.7 on) also names --parents,
+  // --chown and --chmod in the history entry; v0.11's built-in frontend names none of them.
+  if ((c.kind === 'copy' && c.parents) || c.exclude.length > 0) {
+    if (c.kind === 'copy' && c.parents) msg += ' --parents';
+    if (c.chown !== '') msg += ' --chown=' + c.chown;
+    if (c.chmod !== '') msg += ' --chmod=' + c.chmod;
+  }
   const actions = new FileActions();
   for (const src of c.sourcePaths) {
     msg += ' ' + src;

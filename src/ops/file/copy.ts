@@ -283,7 +283,9 @@ class Copier {
       if (created) {
         await this.#copyFileInfo(fi.mode, Number(fi.uid), Number(fi.gid), false, pd.dst);
         this.#xattrs.push({ src: pd.src, dst: pd.dst });
-        this.#times.push(this.#timesFor(pd.dst, fi.atimeNs, fi.mtimeNs));
+        // Its times are set now, as upstream's are, before what made it needed is copied into
+        // it: such a directory keeps the source's atime and gets the copy's time as mtime.
+        await setTimes([this.#timesFor(pd.dst, fi.atimeNs, fi.mtimeNs)]);
       }
       pd.copied = true;
     }

@@ -233,6 +233,22 @@ RUN --mount=type=cache,target=/c,id=x,sharing=private --mount=type=bind,from=bas
     expect(img.history.at(-1).created_by).toBe('RUN |1 A=from-cli /bin/sh -c echo $A # buildkit');
   });
 
+  it('COPY --parents and --exclude: history names --parents, --chown and --chmod as every upstream with those flags does; --exclude patterns are not expanded (upstream v0.24 with them built in)', async () => {
+    const res = await convert('FROM scratch\nARG EX=*.md\nARG O=7\nCOPY --parents --chown=$O:$O --chmod=0640 a/./b /x/\nCOPY --exclude=$EX --chown=$O docs /d/\nCOPY --chown=$O --chmod=0640 c /c\n');
+    const img = JSON.parse(Buffer.from(res.config).toString());
+    expect(img.history.slice(-3).map((h: { created_by: string }) => h.created_by)).toEqual([
+      'COPY --parents --chown=7:7 --chmod=0640 a/./b /x/ # buildkit',
+      'COPY --chown=7 docs /d/ # buildkit',
+      // Without those flags, upstream v0.11.6's words (no flags named).
+      'COPY c /c # buildkit',
+    ]);
+    const copies = decode(res.definition).ops.filter((o) => o.op.op.case === 'file');
+    const actions = copies.flatMap((o) => (o.op.op.case === 'file' ? o.op.op.value.actions : []));
+    const cp = actions.map((a) => (a.action.case === 'copy' ? a.action.value : null)).filter((a) => a !== null);
+    expect(cp.find((a) => a.src === '/docs')?.excludePatterns).toEqual(['$EX']);
+    expect(cp.find((a) => a.src === '/a')?.includePatterns).toEqual(['b']);
+  });
+
   it('records SOURCE_DATE_EPOCH as the history time', async () => {
     const res = await convert('FROM scratch\nENV A=1\n', { sourceDateEpoch: new Date(1700000000 * 1000) });
     const img = JSON.parse(Buffer.from(res.config).toString());

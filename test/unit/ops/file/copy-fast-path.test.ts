@@ -8,6 +8,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { copyPath, fastCopyDir, type CopyInfo } from '../../../../src/ops/file/copy.js';
 import { chownerFor } from '../../../../src/ops/file/fs-util.js';
+import { PatternMatcher } from '../../../../src/util/patterns.js';
 import { listXattrs, setTimes, setXattrs } from '../../../../src/snapshot/layer/sys-ops.js';
 
 // The one-process copy (cp -a) must leave exactly what the per-entry Copier leaves. Each case runs
@@ -159,5 +160,27 @@ describe('copy: the one-process path for whole directories', () => {
     } finally {
       await new Promise((r) => server.close(r));
     }
+  });
+});
+
+describe('copy: include patterns (COPY --parents)', () => {
+  it('a directory made only because something below it matched gets the copy\'s time as mtime, as upstream\'s; a matched one keeps the source\'s', async () => {
+    await sourceTree(path.join(tmp, 'in'));
+    const before = BigInt(Date.now() - 1000) * 1_000_000n;
+    const dst = path.join(tmp, 'dst');
+    mkdirSync(dst);
+    await copyPath(path.join(tmp, 'in'), '/src', dst, '/out/', info({ copyDirContents: true, include: new PatternMatcher(['a/b/*.txt', 'empty']) }));
+    const l = (await listing(dst)) as { path: string; mode: string; mtimeNs: bigint }[];
+    expect(l.map((e) => e.path)).toEqual(['.', 'out', 'out/a', 'out/a/b', 'out/a/b/deep.txt', 'out/empty']);
+    const at = (p: string) => l.find((e) => e.path === p)!;
+    // Parents made for the match: the source's mode (and owner), the time of the copy.
+    for (const p of ['out/a', 'out/a/b']) {
+      expect(at(p).mode).toBe('40755');
+      expect(at(p).mtimeNs).toBeGreaterThan(before);
+    }
+    if (IS_ROOT) expect(at('out/a')).toMatchObject({ uid: 42n, gid: 43n });
+    // What matched keeps the source's times, directories included.
+    expect(at('out/a/b/deep.txt').mtimeNs).toBe(1_500_000_000_987_654_321n);
+    expect(at('out/empty')).toMatchObject({ mode: '40700', mtimeNs: 1_500_000_000_987_654_327n });
   });
 });
