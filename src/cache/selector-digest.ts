@@ -6,7 +6,7 @@ import { InvalidArgumentError, LoomError, NotFoundError } from '../util/errors.j
 import { containsWildcards, resolveWildcards } from '../ops/file/wildcard.js';
 import { LRUCache } from 'lru-cache';
 import { resolveInRootSync, resolveParentInRoot } from '../util/fs-safe.js';
-import { PatternMatcher } from '../util/patterns.js';
+import { patternMatcherFor } from '../util/patterns.js';
 import { copyFilter, type MatchInfo } from '../ops/file/copy.js';
 import type { CopyPatterns } from '../solver/types.js';
 import { fileDigest, treeDigest } from './content-hash.js';
@@ -202,8 +202,8 @@ async function compute(
  * kept entries (the copy makes them). A directory holding nothing kept adds nothing.
  */
 async function filteredDigest(dir: string, filter: CopyPatterns): Promise<string> {
-  const include = filter.include.length ? new PatternMatcher(filter.include) : null;
-  const exclude = filter.exclude.length ? new PatternMatcher(filter.exclude) : null;
+  const include = patternMatcherFor('include', filter.include);
+  const exclude = patternMatcherFor('exclude', filter.exclude);
   const h = createHash('sha256');
   // The directories above the entry at hand, by depth, and whether each is in the digest yet.
   const above: { line: string; added: boolean }[] = [];

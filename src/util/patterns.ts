@@ -560,8 +560,14 @@ export class PatternMatcher {
         exclusions = true;
         p = p.slice(1);
       }
-      // Upstream checks syntax by matching against "." (with Go 1.19's lenient early exit).
-      globMatch(p, '.');
+      // Upstream checks syntax by matching against "." (with Go 1.19's lenient early exit), and
+      // says only filepath.ErrBadPattern's words.
+      try {
+        globMatch(p, '.');
+      } catch (err) {
+        if (err instanceof InvalidArgumentError) throw new InvalidArgumentError('syntax error in pattern', { cause: err });
+        throw err;
+      }
       out.push(new Pattern(p, exclusion, raw));
     }
     this.patterns = out;
@@ -644,6 +650,19 @@ const PATTERN_CHARS = /[*[\]?^\\]/;
  * Include patterns match parents too: `src/**` descends `src` and emits it before its first
  * kept entry. Directories are pruned only when no pattern could keep anything beneath them.
  */
+/**
+ * The matcher for a transfer's or a copy's include or exclude patterns (null for none), failing in
+ * upstream's words: `invalid excludepatterns: [a [b]: syntax error in pattern` (Go's %s of a list).
+ */
+export function patternMatcherFor(kind: 'include' | 'exclude', patterns: readonly string[] | undefined): PatternMatcher | null {
+  if (!patterns || patterns.length === 0) return null;
+  try {
+    return new PatternMatcher(patterns);
+  } catch (err) {
+    throw new InvalidArgumentError(`invalid ${kind}patterns: [${patterns.join(' ')}]: ${(err as Error).message}`, { cause: err });
+  }
+}
+
 export class PathFilter {
   readonly include: PatternMatcher | undefined;
   readonly exclude: PatternMatcher | undefined;
@@ -651,18 +670,8 @@ export class PathFilter {
   readonly #onlyPrefixExcludeExceptions: boolean;
 
   constructor(opts: { includePatterns?: readonly string[]; excludePatterns?: readonly string[] }) {
-    const inc = opts.includePatterns;
-    try {
-      this.include = inc && inc.length > 0 ? new PatternMatcher(inc) : undefined;
-    } catch (err) {
-      throw new InvalidArgumentError(`invalid includepatterns: ${JSON.stringify(inc)}: ${(err as Error).message}`, { cause: err });
-    }
-    const exc = opts.excludePatterns;
-    try {
-      this.exclude = exc && exc.length > 0 ? new PatternMatcher(exc) : undefined;
-    } catch (err) {
-      throw new InvalidArgumentError(`invalid excludepatterns: ${JSON.stringify(exc)}: ${(err as Error).message}`, { cause: err });
-    }
+    this.include = patternMatcherFor('include', opts.includePatterns) ?? undefined;
+    this.exclude = patternMatcherFor('exclude', opts.excludePatterns) ?? undefined;
     this.#onlyPrefixIncludes = !(this.include?.patterns ?? []).some(
       (p) => !p.exclusion && PATTERN_CHARS.test(p.withoutTrailingGlob()),
     );

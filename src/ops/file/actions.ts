@@ -17,7 +17,7 @@ import { readTar } from '../../snapshot/layer/tar-reader.js';
 import { copyPath, sourcePath, type CopyInfo } from './copy.js';
 import { DecoderError, fileCompression, openDecompressed, type Compression } from './decompress.js';
 import { applyChown, applyUtime, chownerFor, fsError, fsErrorText, mkdirAll, timestampNs, type User } from './fs-util.js';
-import { PatternMatcher } from '../../util/patterns.js';
+import { patternMatcherFor } from '../../util/patterns.js';
 import { resolveWildcards } from './wildcard.js';
 
 /**
@@ -133,8 +133,8 @@ export async function copyAction(src: string, dest: string, a: FileActionCopy, u
       mode: a.mode === -1 ? null : a.mode,
       copyDirContents: a.dirCopyContents,
       followLinks: a.followSymlink,
-      include: a.includePatterns.length > 0 ? new PatternMatcher(a.includePatterns) : null,
-      exclude: a.excludePatterns.length > 0 ? new PatternMatcher(a.excludePatterns) : null,
+      include: patternMatcherFor('include', a.includePatterns),
+      exclude: patternMatcherFor('exclude', a.excludePatterns),
       keepOwners: user === null,
       signal,
     };
