@@ -141,7 +141,16 @@ const MAX_SYMLINKS = 255;
  * inputs whose key does not hold their content (a stage's result), so that a step reading a path
  * that is not there fails with upstream's message rather than its copy's.
  */
-export async function selectorsExist(root: string, paths: readonly string[], followSymlinks: boolean, lazyScan = false): Promise<void> {
+export async function selectorsExist(
+  root: string,
+  paths: readonly string[],
+  followSymlinks: boolean,
+  lazyScan = false,
+  patterns?: Readonly<Record<string, CopyPatterns>>,
+): Promise<void> {
+  // A path with patterns is read as upstream's checksum with patterns reads it (see filtered).
+  for (const p of [...paths].sort()) if (patterns?.[p]) await filtered(root, p, patterns[p], followSymlinks);
+  paths = paths.filter((p) => !patterns?.[p]);
   if (!lazyScan) {
     for (const p of [...paths].sort()) await resolveSelected(root, p, followSymlinks);
     return;
@@ -164,13 +173,18 @@ async function compute(
   lazyScan: boolean,
 ): Promise<string> {
   // Read as upstream reads a tree it has not read yet (see scans), the paths in the step's order.
-  if (lazyScan) await selectorsExist(root, paths.filter((p) => !wildcards || !containsWildcards(p)), followSymlinks, true);
+  // (A path with patterns reads the whole tree, as upstream's checksum with patterns.)
+  if (lazyScan) await selectorsExist(root, paths.filter((p) => (!wildcards || !containsWildcards(p)) && !patterns?.[p]), followSymlinks, true);
   const h = createHash('sha256');
   const add = async (p: string, filter?: CopyPatterns): Promise<void> => {
+    if (filter) {
+      const f = await filtered(root, p, filter, followSymlinks);
+      h.update(f ? `${f.head} ${JSON.stringify(filter)} ${f.digest}\n` : `${JSON.stringify(p)} missing ${JSON.stringify(filter)}\n`);
+      return;
+    }
     const { host, st } = await resolveSelected(root, p, followSymlinks);
     const head = `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
-    if (st.isDirectory() && filter) h.update(`${head} dir ${JSON.stringify(filter)} ${await filteredDigest(host, filter)}\n`);
-    else if (st.isDirectory()) h.update(`${head} dir ${await treeDigest(host)}\n`);
+    if (st.isDirectory()) h.update(`${head} dir ${await treeDigest(host)}\n`);
     else if (st.isFile()) h.update(`${head} file ${await fileDigest(host)}\n`);
     else h.update(`${head} other ${st.size}\n`);
   };
@@ -196,12 +210,45 @@ async function compute(
 }
 
 /**
+ * What a copy of `p` with include/exclude patterns takes, as upstream's checksum with patterns
+ * sees it: null when `p` is not there (or is a link to nowhere), which is no error here (the copy
+ * fails as it runs, in its own words); else the path's line head and the digest of what is kept.
+ * A required path (COPY --parents) that nothing kept is at or below fails as upstream's:
+ * `"/a/b": not found`.
+ */
+async function filtered(root: string, p: string, filter: CopyPatterns, followSymlinks: boolean): Promise<{ head: string; digest: string } | null> {
+  let found: Awaited<ReturnType<typeof resolveSelected>> | undefined;
+  try {
+    found = await resolveSelected(root, p, followSymlinks);
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+  }
+  const kept: string[] = [];
+  let res: { head: string; digest: string } | null = null;
+  if (found) {
+    const { host, st } = found;
+    const head = `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
+    const base = path.posix.join('/', p);
+    if (st.isDirectory()) res = { head: `${head} dir`, digest: await filteredDigest(host, filter, (c) => kept.push(path.posix.join(base, c))) };
+    else {
+      kept.push(base);
+      res = { head: `${head} ${st.isFile() ? 'file' : 'other'}`, digest: st.isFile() ? await fileDigest(host) : String(st.size) };
+    }
+  }
+  for (const r of filter.required ?? []) {
+    // Upstream compares the strings: `/a/bc` counts for `/a/b`.
+    if (!kept.some((k) => k.startsWith(r))) throw new NotFoundError(`${JSON.stringify(r)}: not found`);
+  }
+  return res;
+}
+
+/**
  * The digest of what a copy of directory `dir` with include/exclude patterns takes from it,
  * filtered as the copy filters (copyFilter; every directory walked):
  * each kept entry's path, type, permission bits, owner and content, and the directories above
  * kept entries (the copy makes them). A directory holding nothing kept adds nothing.
  */
-async function filteredDigest(dir: string, filter: CopyPatterns): Promise<string> {
+async function filteredDigest(dir: string, filter: CopyPatterns, onKept?: (comps: string) => void): Promise<string> {
   const include = patternMatcherFor('include', filter.include);
   const exclude = patternMatcherFor('exclude', filter.exclude);
   const h = createHash('sha256');
@@ -224,12 +271,16 @@ async function filteredDigest(dir: string, filter: CopyPatterns): Promise<string
       above.length = depth;
       if (st.isDirectory()) {
         above.push({ line: `${head} dir\n`, added: false });
-        if (kept) addAbove();
+        if (kept) {
+          addAbove();
+          onKept?.(comps);
+        }
         await walk(full, comps, depth + 1, incInfo, excInfo);
         continue;
       }
       if (!kept) continue;
       addAbove();
+      onKept?.(comps);
       if (st.isFile()) h.update(`${head} file ${await fileDigest(full)}\n`);
       else if (st.isSymbolicLink()) h.update(`${head} link ${await readlink(full)}\n`);
       else h.update(`${head} other ${st.rdev}\n`);

@@ -17,7 +17,9 @@ type SourceSelector = { path: string; follow: boolean; wildcard?: boolean; patte
  * with the copy's include/exclude patterns, if any (upstream's checksum with patterns).
  */
 function sourceSelector(c: FileActionCopy): SourceSelector | null {
-  const patterns = c.includePatterns.length || c.excludePatterns.length ? { include: [...c.includePatterns], exclude: [...c.excludePatterns] } : undefined;
+  const patterns: CopyPatterns | undefined =
+    c.includePatterns.length || c.excludePatterns.length ? { include: [...c.includePatterns], exclude: [...c.excludePatterns] } : undefined;
+  if (patterns && c.requiredPaths.length) patterns.required = [...c.requiredPaths];
   if (GLOB.test(c.src)) return c.allowWildcard ? { path: c.src, follow: c.followSymlink, wildcard: true, patterns } : null;
   return { path: c.src, follow: c.followSymlink, patterns };
 }

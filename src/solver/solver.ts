@@ -46,7 +46,7 @@ interface KeyParts {
 /** The digest of some paths of a ref's tree (cache/selector-digest.ts). */
 export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean, wildcards?: boolean, patterns?: Record<string, CopyPatterns>, lazyScan?: boolean) => Promise<string>;
 /** Fails as SelectorDigest does when one of the paths is missing, digesting nothing. */
-export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean, lazyScan?: boolean) => Promise<void>;
+export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean, lazyScan?: boolean, patterns?: Record<string, CopyPatterns>) => Promise<void>;
 
 /**
  * A step output found in an imported cache: fetched and unpacked only when something reads it (a
@@ -574,7 +574,7 @@ class JobRun {
       const check = this.#o.selectorCheck;
       if (check) {
         for (const [n, sel] of (this.#impl(v).inputSelectors?.() ?? []).entries()) {
-          if (sel && !sel.wildcards && inputs[n] && !this.#contentDigest(v.inputs[n]!.vertex)) await check(inputs[n]!, sel.paths, sel.followSymlinks, true);
+          if (sel && !sel.wildcards && inputs[n] && !this.#contentDigest(v.inputs[n]!.vertex)) await check(inputs[n]!, sel.paths, sel.followSymlinks, true, sel.patterns);
         }
       }
       const merging = this.#o.unlazied.has(v.digest) ? this.#merging(v) : undefined;

@@ -143,6 +143,8 @@ export type ContentSelector = { paths: string[]; followSymlinks: boolean; wildca
 export interface CopyPatterns {
   include: string[];
   exclude: string[];
+  /** Paths (from the root) that something kept must be at or below (COPY --parents names them). */
+  required?: string[];
 }
 
 /** A step's content key and the marker saying a build ran it on its other inputs (see Solver #byContent). */

@@ -104,7 +104,7 @@ export async function createWorker(o: WorkerOptions): Promise<Worker> {
     defaultPlatform: toPbPlatform(platforms[0] ?? detected.native),
     observe: o.observe,
     selectorDigest: (ref, paths, follow, wildcards, patterns, lazyScan) => selectorDigest(ref.dir, paths, follow, wildcards, patterns, lazyScan).catch((err: unknown) => keyError(ref, err)),
-    selectorCheck: (ref, paths, follow, lazyScan) => selectorsExist(ref.dir, paths, follow, lazyScan).catch((err: unknown) => keyError(ref, err)),
+    selectorCheck: (ref, paths, follow, lazyScan, patterns) => selectorsExist(ref.dir, paths, follow, lazyScan, patterns).catch((err: unknown) => keyError(ref, err)),
   });
   const exporters = createExporters(deps);
   // Whatever a crashed daemon left half-done (containers, their mounts, active snapshots,

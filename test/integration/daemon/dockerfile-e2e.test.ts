@@ -896,6 +896,29 @@ d('dockerfile.v0', () => {
     expect(other.stderr).toMatch(/#(\d+) \[stage-1 1\/1\] COPY --from=s --exclude=\*\.md \/d \/d\/\n#\1 CACHED/);
   });
 
+  it('COPY with --exclude or --parents: a source that is not there fails as upstream fails it (the copy for --exclude, the key for a --parents path)', async () => {
+    const ctx = join(work, 'patterns-missing');
+    mkdirSync(join(ctx, 'src'), { recursive: true });
+    writeFileSync(join(ctx, 'src', 'a.go'), 'a\n');
+    symlinkSync('src/gone.go', join(ctx, 'dangling'));
+    const build = (df: string, from = 'scratch') => {
+      writeFileSync(join(ctx, 'Dockerfile'), `FROM ${from === 'scratch' ? 'scratch' : `${reg.host}/busybox:latest`}\n${df}\n`);
+      return buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`]);
+    };
+    // Upstream's checksum with patterns finds nothing and is no error; the copy then fails
+    // (upstream v0.24 with --exclude built in: `lstat /src/gone.go: no such file or directory`).
+    const excluded = await build('COPY --exclude=*.md dangling /d/');
+    expect(excluded.code).not.toBe(0);
+    expect(excluded.stderr).not.toContain('failed to compute cache key');
+    expect(excluded.stderr).toMatch(/error: failed to solve: .*lstat \/src\/gone\.go: no such file or directory/);
+    // A --parents path names a path that must be copied (upstream's required paths).
+    const parents = await build('COPY --parents src/nope.go /d/');
+    expect(parents.code).not.toBe(0);
+    expect(parents.stderr).toMatch(/error: failed to solve: failed to compute cache key: failed to calculate checksum of ref \S+: "\/src\/nope\.go": not found/);
+    const fine = await build('COPY --parents src/a.go /d/');
+    expect(fine.code, fine.stderr).toBe(0);
+  });
+
   it("sends a cached build's context and session without building a protobuf descriptor in the client (they are made when a command needs them)", async () => {
     // scripts/bundle-cli.mjs makes the bundle's descriptors on first use, and the build path
     // (Solve, Status, the session's health, auth and filesync services, packets) needs none:

@@ -83,6 +83,34 @@ describe('selectorDigest', () => {
     expect(await selectorDigest(tighter, ['/d'], true, false, inc)).not.toBe(i0);
   });
 
+  it("with patterns, a path that is not there (or a link to nowhere) is no key error, as upstream's checksum with patterns: the copy fails as it runs", async () => {
+    const ex = { '/gone': { include: [], exclude: ['*.md'] }, '/dangling': { include: [], exclude: ['*.md'] } };
+    const t = tree(base);
+    symlinkSync('nowhere/x', path.join(t, 'dangling'));
+    const d0 = await selectorDigest(t, ['/gone'], true, false, ex);
+    expect(await selectorDigest(tree({ ...base, 'gone/a.txt': 'a' }), ['/gone'], true, false, ex)).not.toBe(d0);
+    await selectorDigest(t, ['/dangling'], true, false, ex);
+    await selectorDigest(t, ['/gone'], true, false, ex, true);
+    await selectorsExist(t, ['/gone', '/dangling'], true, true, ex);
+    // Without patterns, the same paths fail the key.
+    await expect(selectorDigest(t, ['/gone'], true)).rejects.toThrow('"/gone": not found');
+    await expect(selectorsExist(t, ['/dangling'], true, false)).rejects.toThrow('"/nowhere/x": not found');
+  });
+
+  it('fails a COPY --parents path nothing kept is at or below (required paths) as upstream: "/a/b": not found', async () => {
+    const t = tree(base);
+    const sel = (required: string[]) => ({ '/': { include: ['d/sub'], exclude: [], required } });
+    await selectorDigest(t, ['/'], true, false, sel(['/d/sub']));
+    // Compared as strings, as upstream's: /d/sub/c.txt counts for /d/s.
+    await selectorDigest(t, ['/'], true, false, sel(['/d/s']));
+    await expect(selectorDigest(t, ['/'], true, false, sel(['/d/sub/nope']))).rejects.toThrow(/^"\/d\/sub\/nope": not found$/);
+    await expect(selectorsExist(t, ['/'], true, true, sel(['/e/x']))).rejects.toThrow(/^"\/e\/x": not found$/);
+    // Kept by the include pattern but left out by an exclude one: not there either.
+    await expect(selectorDigest(t, ['/'], true, false, { '/': { include: ['d/sub'], exclude: ['**/c.txt'], required: ['/d/sub/c.txt'] } })).rejects.toThrow('"/d/sub/c.txt": not found');
+    // A source that is not there at all.
+    await expect(selectorDigest(t, ['/q'], true, false, { '/q': { include: ['z'], exclude: [], required: ['/q/z'] } })).rejects.toThrow('"/q/z": not found');
+  });
+
   it('applies patterns below each match of a wildcard', async () => {
     const sel = { '/d*': { include: [], exclude: ['*.bin'] } };
     const d0 = await selectorDigest(tree(base), ['/d*'], true, true, sel);
