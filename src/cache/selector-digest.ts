@@ -148,8 +148,11 @@ export async function selectorsExist(
   lazyScan = false,
   patterns?: Readonly<Record<string, CopyPatterns>>,
 ): Promise<void> {
-  // A path with patterns is read as upstream's checksum with patterns reads it (see filtered).
-  for (const p of [...paths].sort()) if (patterns?.[p]) await filtered(root, p, patterns[p], followSymlinks);
+  // A path with patterns is read as upstream's checksum with patterns reads it (see filtered),
+  // which reads the whole tree first: a later step's missing path is then simply not found.
+  const withPatterns = [...paths].sort().filter((p) => patterns?.[p]);
+  if (lazyScan && withPatterns.length) scannedOf(root).add('/');
+  for (const p of withPatterns) await filtered(root, p, patterns![p]!, followSymlinks);
   paths = paths.filter((p) => !patterns?.[p]);
   if (!lazyScan) {
     for (const p of [...paths].sort()) await resolveSelected(root, p, followSymlinks);
@@ -174,7 +177,11 @@ async function compute(
 ): Promise<string> {
   // Read as upstream reads a tree it has not read yet (see scans), the paths in the step's order.
   // (A path with patterns reads the whole tree, as upstream's checksum with patterns.)
-  if (lazyScan) await selectorsExist(root, paths.filter((p) => (!wildcards || !containsWildcards(p)) && !patterns?.[p]), followSymlinks, true);
+  if (lazyScan) {
+    // Marked before anything is awaited: steps reading this tree side by side see it read.
+    if (paths.some((p) => patterns?.[p])) scannedOf(root).add('/');
+    await selectorsExist(root, paths.filter((p) => (!wildcards || !containsWildcards(p)) && !patterns?.[p]), followSymlinks, true);
+  }
   const h = createHash('sha256');
   const add = async (p: string, filter?: CopyPatterns): Promise<void> => {
     if (filter) {

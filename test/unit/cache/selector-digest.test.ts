@@ -94,6 +94,10 @@ describe('selectorDigest', () => {
     await selectorsExist(t, ['/gone', '/dangling'], true, true, ex);
     // Without patterns, the same paths fail the key.
     await expect(selectorDigest(t, ['/gone'], true)).rejects.toThrow('"/gone": not found');
+    // A read with patterns reads the whole tree, as upstream's: a missing parent is then no walk error.
+    const fresh = tree(base);
+    await selectorsExist(fresh, ['/d'], true, true, { '/d': { include: [], exclude: ['*.md'] } });
+    await expect(selectorsExist(fresh, ['/nope/z'], true, true)).rejects.toThrow(/^"\/nope\/z": not found$/);
     await expect(selectorsExist(t, ['/dangling'], true, false)).rejects.toThrow('"/nowhere/x": not found');
   });
 
