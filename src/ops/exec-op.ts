@@ -166,7 +166,10 @@ export class ExecOp implements OpImpl {
       if (!cur.paths.includes(p)) cur.paths.push(p);
       sel[i] = cur;
     }
-    return Array.from(sel, (s) => s ?? null);
+    // As upstream's exec keys its inputs: a path below another path of the same input is left
+    // out (its content is part of that one's), so a mount of `data/x` beside one of `data` whose
+    // x is not there (kept out by .dockerignore) fails as the step runs, not in its key.
+    return Array.from(sel, (s) => (s ? { ...s, paths: s.paths.filter((p) => !s.paths.some((q) => q !== p && p.startsWith(`${q}/`))) } : null));
   }
 
   /**

@@ -81,4 +81,15 @@ describe('content selectors of an exec op', () => {
     });
     expect(exec({ input: 0n, dest: '/', output: 0n }, { input: 1n, dest: '/a', readonly: true, output: -1n }, { input: 1n, dest: '/b', output: 1n }).contentSelectors()[1]).toBeNull();
   });
+
+  it('leaves out a path below another path of the same input, as upstream (a mount of data/x beside one of data fails as it runs when x is not there)', () => {
+    const op = exec(
+      { input: 0n, dest: '/', output: 0n },
+      { input: 1n, dest: '/b', selector: 'data/two.json', readonly: true, output: -1n },
+      { input: 1n, dest: '/a', selector: 'data', readonly: true, output: -1n },
+      { input: 1n, dest: '/c', selector: 'database', readonly: true, output: -1n },
+    );
+    expect(op.contentSelectors()[1]).toEqual({ paths: ['/data', '/database'], followSymlinks: true });
+    expect(op.inputSelectors()[1]).toEqual({ paths: ['data', 'database'], followSymlinks: true });
+  });
 });
