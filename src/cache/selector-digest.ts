@@ -8,7 +8,7 @@ import { LRUCache } from 'lru-cache';
 import { resolveInRootSync, resolveParentInRoot } from '../util/fs-safe.js';
 import { patternMatcherFor } from '../util/patterns.js';
 import { copyFilter, type MatchInfo } from '../ops/file/copy.js';
-import type { CopyPatterns } from '../solver/types.js';
+import { patternSets, type CopyPatterns, type PathPatterns } from '../solver/types.js';
 import { fileDigest, treeDigest } from './content-hash.js';
 
 /**
@@ -48,7 +48,7 @@ export async function selectorDigest(
   paths: readonly string[],
   followSymlinks: boolean,
   wildcards = false,
-  patterns?: Readonly<Record<string, CopyPatterns>>,
+  patterns?: Readonly<Record<string, PathPatterns>>,
   lazyScan = false,
 ): Promise<string> {
   const rst = lstatSync(root, { bigint: true, throwIfNoEntry: false });
@@ -146,13 +146,13 @@ export async function selectorsExist(
   paths: readonly string[],
   followSymlinks: boolean,
   lazyScan = false,
-  patterns?: Readonly<Record<string, CopyPatterns>>,
+  patterns?: Readonly<Record<string, PathPatterns>>,
 ): Promise<void> {
   // A path with patterns is read as upstream's checksum with patterns reads it (see filtered),
   // which reads the whole tree first: a later step's missing path is then simply not found.
   const withPatterns = [...paths].sort().filter((p) => patterns?.[p]);
   if (lazyScan && withPatterns.length) scannedOf(root).add('/');
-  for (const p of withPatterns) await filtered(root, p, patterns![p]!, followSymlinks);
+  for (const p of withPatterns) for (const f of patternSets(patterns![p]!)) await filtered(root, p, f, followSymlinks);
   paths = paths.filter((p) => !patterns?.[p]);
   if (!lazyScan) {
     for (const p of [...paths].sort()) await resolveSelected(root, p, followSymlinks);
@@ -172,7 +172,7 @@ async function compute(
   paths: readonly string[],
   followSymlinks: boolean,
   wildcards: boolean,
-  patterns: Readonly<Record<string, CopyPatterns>> | undefined,
+  patterns: Readonly<Record<string, PathPatterns>> | undefined,
   lazyScan: boolean,
 ): Promise<string> {
   // Read as upstream reads a tree it has not read yet (see scans), the paths in the step's order.
@@ -183,10 +183,12 @@ async function compute(
     await selectorsExist(root, paths.filter((p) => (!wildcards || !containsWildcards(p)) && !patterns?.[p]), followSymlinks, true);
   }
   const h = createHash('sha256');
-  const add = async (p: string, filter?: CopyPatterns): Promise<void> => {
-    if (filter) {
-      const f = await filtered(root, p, filter, followSymlinks);
-      h.update(f ? `${f.head} ${JSON.stringify(filter)} ${f.digest}\n` : `${JSON.stringify(p)} missing ${JSON.stringify(filter)}\n`);
+  const add = async (p: string, sets?: PathPatterns): Promise<void> => {
+    if (sets) {
+      for (const filter of patternSets(sets)) {
+        const f = await filtered(root, p, filter, followSymlinks);
+        h.update(f ? `${f.head} ${JSON.stringify(filter)} ${f.digest}\n` : `${JSON.stringify(p)} missing ${JSON.stringify(filter)}\n`);
+      }
       return;
     }
     const { host, st } = await resolveSelected(root, p, followSymlinks);

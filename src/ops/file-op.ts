@@ -1,7 +1,7 @@
 import type { RefManager } from '../cache/ref-manager.js';
 import { newId } from '../cache/ref-manager.js';
 import type { FileActionCopy, FileOp } from '../gen/buildkit/ops_pb.js';
-import type { ContentSelector, CopyPatterns, OpContext, OpImpl, Ref } from '../solver/types.js';
+import { patternSets, type ContentSelector, type CopyPatterns, type OpContext, type OpImpl, type Ref } from '../solver/types.js';
 import { FileActionError, runFileOp } from './file/file-op.js';
 import { containsWildcards } from './file/wildcard.js';
 import { isAbortError, LoomError } from '../util/errors.js';
@@ -57,8 +57,8 @@ export class FileOpImpl implements OpImpl {
   /**
    * For each op input, the paths read from it: null for an input some action changes (its whole
    * tree matters) or one `read` gives up on (null for a copy), else the paths `read` names for
-   * the copies from it, all followed or not alike and each path with one set of patterns (null
-   * when they disagree).
+   * the copies from it, all followed or not alike (null when they disagree), each path with the
+   * sets of patterns it is read with.
    */
   #copySelectors(read: (c: FileActionCopy) => SourceSelector | null): ContentSelector[] {
     const n = Math.max(0, ...this.#op.actions.flatMap((a) => [Number(a.input), Number(a.secondaryInput)]).map((i) => i + 1));
@@ -74,13 +74,26 @@ export class FileOpImpl implements OpImpl {
       const r = read(a.action.value);
       const cur = sel[i] ?? (r && { paths: [], followSymlinks: r.follow });
       const known = !!r && !!cur?.paths.includes(r.path);
-      if (!r || !cur || cur.followSymlinks !== r.follow || (known && JSON.stringify(cur.patterns?.[r.path]) !== JSON.stringify(r.patterns))) {
+      if (!r || !cur || cur.followSymlinks !== r.follow) {
         sel[i] = null;
         continue;
       }
-      if (!known) cur.paths.push(r.path);
       if (r.wildcard) cur.wildcards = true;
-      if (r.patterns) cur.patterns = { ...cur.patterns, [r.path]: r.patterns };
+      if (!known) {
+        cur.paths.push(r.path);
+        if (r.patterns) cur.patterns = { ...cur.patterns, [r.path]: r.patterns };
+      } else {
+        // Read again: as upstream keys each copy's selection, the path is keyed by each set of
+        // patterns it is read with; read whole by one copy, it is keyed whole.
+        const had = cur.patterns?.[r.path];
+        if (had && r.patterns) {
+          const sets = patternSets(had);
+          if (!sets.some((x) => JSON.stringify(x) === JSON.stringify(r.patterns))) cur.patterns = { ...cur.patterns, [r.path]: [...sets, r.patterns] };
+        } else if (had) {
+          const { [r.path]: _, ...rest } = cur.patterns!;
+          cur.patterns = Object.keys(rest).length ? rest : undefined;
+        }
+      }
       sel[i] = cur;
     }
     return sel.map((x) => (x ? withoutNested(x) : null));

@@ -9,7 +9,7 @@ import { CacheKeyError, clarifyNameError, errorMessage, isAbortError, throwIfAbo
 import { log as rootLog } from '../util/log.js';
 import type { ProgressBus } from '../util/progress.js';
 import { sharedRun, type SharedRun } from '../util/shared-run.js';
-import type { ContentSelector, CopyPatterns, JobContext, OpContext, OpImpl, OpResolver, Ref, StepContentKey } from './types.js';
+import type { ContentSelector, JobContext, OpContext, OpImpl, OpResolver, PathPatterns, Ref, StepContentKey } from './types.js';
 
 const log = () => rootLog.child({ sub: 'solver' });
 
@@ -44,9 +44,9 @@ interface KeyParts {
 }
 
 /** The digest of some paths of a ref's tree (cache/selector-digest.ts). */
-export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean, wildcards?: boolean, patterns?: Record<string, CopyPatterns>, lazyScan?: boolean) => Promise<string>;
+export type SelectorDigest = (ref: Ref, paths: string[], followSymlinks: boolean, wildcards?: boolean, patterns?: Record<string, PathPatterns>, lazyScan?: boolean) => Promise<string>;
 /** Fails as SelectorDigest does when one of the paths is missing, digesting nothing. */
-export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean, lazyScan?: boolean, patterns?: Record<string, CopyPatterns>) => Promise<void>;
+export type SelectorCheck = (ref: Ref, paths: string[], followSymlinks: boolean, lazyScan?: boolean, patterns?: Record<string, PathPatterns>) => Promise<void>;
 
 /**
  * A step output found in an imported cache: fetched and unpacked only when something reads it (a

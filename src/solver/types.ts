@@ -137,7 +137,15 @@ export interface OpImpl {
 }
 
 /** See OpImpl.contentSelectors. */
-export type ContentSelector = { paths: string[]; followSymlinks: boolean; wildcards?: boolean; patterns?: Record<string, CopyPatterns> } | null;
+export type ContentSelector = { paths: string[]; followSymlinks: boolean; wildcards?: boolean; patterns?: Record<string, PathPatterns> } | null;
+
+/** A path's patterns: one set, or several when copies read the same path with different ones. */
+export type PathPatterns = CopyPatterns | CopyPatterns[];
+
+/** Each pattern set of a path's. */
+export function patternSets(p: PathPatterns): CopyPatterns[] {
+  return Array.isArray(p) ? p : [p];
+}
 
 /** A copy's include and exclude patterns, matched against paths below its source. */
 export interface CopyPatterns {

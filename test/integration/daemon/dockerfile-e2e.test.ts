@@ -896,6 +896,28 @@ d('dockerfile.v0', () => {
     expect(other.stderr).toMatch(/#(\d+) \[stage-1 1\/1\] COPY --from=s --exclude=\*\.md \/d \/d\/\n#\1 CACHED/);
   });
 
+  it('keys COPY --parents of two paths below one directory by what each reads: cached when nothing read changed, as upstream', async () => {
+    const ctx = join(work, 'parents-two');
+    mkdirSync(join(ctx, 'src'), { recursive: true });
+    writeFileSync(join(ctx, 'src', 'a.go'), 'a\n');
+    writeFileSync(join(ctx, 'src', 'b.go'), 'b\n');
+    writeFileSync(join(ctx, 'src', 'other.txt'), 'o\n');
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY --parents src/./a.go src/./b.go /d/\nRUN --mount=type=bind,target=/ctx cat /ctx/src/other.txt > /o\n`);
+    const build = () => buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`]);
+    const step = /#(\d+) \[stage-0 2\/3\] COPY --parents src\/\.\/a\.go src\/\.\/b\.go \/d\/\n#\1 CACHED/;
+    expect((await build()).code).toBe(0);
+    const again = await build();
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(step);
+    writeFileSync(join(ctx, 'src', 'other.txt'), 'changed\n');
+    const other = await build();
+    expect(other.stderr).toMatch(step);
+    writeFileSync(join(ctx, 'src', 'b.go'), 'B\n');
+    const read = await build();
+    expect(read.code, read.stderr).toBe(0);
+    expect(read.stderr).not.toMatch(step);
+  });
+
   it('COPY with --exclude or --parents: a source that is not there fails as upstream fails it (the copy for --exclude, the key for a --parents path)', async () => {
     const ctx = join(work, 'patterns-missing');
     mkdirSync(join(ctx, 'src'), { recursive: true });

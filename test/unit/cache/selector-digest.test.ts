@@ -115,6 +115,15 @@ describe('selectorDigest', () => {
     await expect(selectorDigest(t, ['/q'], true, false, { '/q': { include: ['z'], exclude: [], required: ['/q/z'] } })).rejects.toThrow('"/q/z": not found');
   });
 
+  it('digests a path read with several sets of patterns by what each keeps', async () => {
+    const two = { '/d': [{ include: ['a.txt'], exclude: [] }, { include: ['sub'], exclude: [] }] };
+    const d0 = await selectorDigest(tree(base), ['/d'], true, false, two);
+    expect(await selectorDigest(tree({ ...base, 'd/b.txt': 'B', 'e/x': 'y' }), ['/d'], true, false, two)).toBe(d0);
+    expect(await selectorDigest(tree({ ...base, 'd/a.txt': 'A' }), ['/d'], true, false, two)).not.toBe(d0);
+    expect(await selectorDigest(tree({ ...base, 'd/sub/c.txt': 'C' }), ['/d'], true, false, two)).not.toBe(d0);
+    await expect(selectorDigest(tree(base), ['/d'], true, false, { '/d': [two['/d'][0]!, { include: ['nope'], exclude: [], required: ['/d/nope'] }] })).rejects.toThrow('"/d/nope": not found');
+  });
+
   it('applies patterns below each match of a wildcard', async () => {
     const sel = { '/d*': { include: [], exclude: ['*.bin'] } };
     const d0 = await selectorDigest(tree(base), ['/d*'], true, true, sel);

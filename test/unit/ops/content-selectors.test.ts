@@ -44,9 +44,12 @@ describe('content selectors of a file op', () => {
     });
   });
 
-  it('gives up on a path copied twice with different patterns, not on two paths with their own', () => {
-    expect(fileOp(copy(0, 1, { src: '/app', excludePatterns: ['*.md'] }), copy(-1, 1, { src: '/app' })).inputSelectors()[1]).toBeNull();
-    expect(fileOp(copy(0, 1, { src: '/app', excludePatterns: ['*.md'] }), copy(-1, 1, { src: '/app', excludePatterns: ['*.txt'] })).inputSelectors()[1]).toBeNull();
+  it('keys a path copied twice with different patterns by each set (COPY --parents a/./x a/./y), whole when one copy takes it whole', () => {
+    expect(fileOp(copy(0, 1, { src: '/app', excludePatterns: ['*.md'] }), copy(-1, 1, { src: '/app' })).inputSelectors()[1]).toEqual({ paths: ['/app'], followSymlinks: true });
+    expect(fileOp(copy(0, 1, { src: '/app' }), copy(-1, 1, { src: '/app', excludePatterns: ['*.md'] })).inputSelectors()[1]).toEqual({ paths: ['/app'], followSymlinks: true });
+    expect(fileOp(copy(0, 1, { src: '/app', excludePatterns: ['*.md'] }), copy(-1, 1, { src: '/app', excludePatterns: ['*.txt'] }), copy(-1, 1, { src: '/app', excludePatterns: ['*.md'] })).inputSelectors()[1]).toEqual({
+      paths: ['/app'], followSymlinks: true, patterns: { '/app': [{ include: [], exclude: ['*.md'] }, { include: [], exclude: ['*.txt'] }] },
+    });
     expect(fileOp(copy(0, 1, { src: '/app', excludePatterns: ['*.md'] }), copy(-1, 1, { src: '/lib' })).inputSelectors()[1]).toEqual({
       paths: ['/app', '/lib'], followSymlinks: true, patterns: { '/app': { include: [], exclude: ['*.md'] } },
     });
