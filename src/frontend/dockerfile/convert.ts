@@ -1381,7 +1381,7 @@ function dispatchCopy(d: DispatchState, c: Extract<Instruction, { kind: 'add' | 
         // Not a URL Go can parse: the file keeps the default name.
       }
       const st = dopt.b.http(src, { filename: f, checksum: checksum || undefined, description: { 'com.docker.dockerfile.v1.command': '' } });
-      actions.copy(st, f, dest, { mode, createDestPath: true, owner });
+      actions.copy(st, f, dest, { mode, createDestPath: true, owner, exclude: c.exclude });
     } else {
       let srcPath = src;
       let include: string[] = [];
@@ -1419,7 +1419,7 @@ function dispatchCopy(d: DispatchState, c: Extract<Instruction, { kind: 'add' | 
   for (const sc of c.sourceContents) {
     msg += ' <<' + sc.path;
     const st = dopt.b.file(scratch(), new FileActions().mkfile(sc.path, 0o664, sc.data), { customName: '[internal] preparing inline document' });
-    actions.copy(st, sc.path, dest, { mode, createDestPath: true, owner });
+    actions.copy(st, sc.path, dest, { mode, createDestPath: true, owner, exclude: c.exclude });
   }
   msg += ' ' + c.destPath;
 

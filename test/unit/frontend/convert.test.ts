@@ -249,6 +249,13 @@ RUN --mount=type=cache,target=/c,id=x,sharing=private --mount=type=bind,from=bas
     expect(cp.find((a) => a.src === '/a')?.includePatterns).toEqual(['b']);
   });
 
+  it('--exclude reaches every copy of the instruction, a URL\'s and a heredoc\'s too (as upstream v0.24)', async () => {
+    const res = await convert('FROM scratch\nADD --exclude=*.md https://example.com/f.txt /f\nCOPY --exclude=*.md <<EOT /h\nx\nEOT\n');
+    const actions = decode(res.definition).ops.flatMap((o) => (o.op.op.case === 'file' ? o.op.op.value.actions : []));
+    const cp = actions.map((a) => (a.action.case === 'copy' ? a.action.value : null)).filter((a) => a !== null);
+    expect(cp.map((a) => [a.src, a.excludePatterns])).toEqual([['/f.txt', ['*.md']], ['/EOT', ['*.md']]]);
+  });
+
   it('records SOURCE_DATE_EPOCH as the history time', async () => {
     const res = await convert('FROM scratch\nENV A=1\n', { sourceDateEpoch: new Date(1700000000 * 1000) });
     const img = JSON.parse(Buffer.from(res.config).toString());
