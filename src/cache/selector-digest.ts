@@ -35,7 +35,11 @@ const memo = new LRUCache<string, Promise<string>>({ max: 4096 });
  * A path in `patterns` (a copy source with include/exclude patterns, or a wildcard source's every
  * match) is a directory filtered as the copy filters it: the digest covers what the patterns keep
  * and the directories above it, as upstream's checksum with patterns, so an excluded file may
- * change freely.
+ * change freely. A path read with several sets of patterns is digested by each. As upstream's,
+ * such a path that is not there is no error (the copy fails as it runs), but a required path
+ * (COPY --parents) that nothing kept is. Unlike upstream's, a single file with patterns is keyed
+ * by its content (upstream's checksum leaves it out, and keeps a step cached that copies a
+ * changed file).
  *
  * With `lazyScan` (a tree another step made, not a local directory), a missing path fails as
  * upstream's checksum of a tree it reads lazily (see scans).
