@@ -243,10 +243,9 @@ async function filtered(root: string, p: string, filter: CopyPatterns, followSym
     const head = `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
     const base = path.posix.join('/', p);
     if (st.isDirectory()) res = { head: `${head} dir`, digest: await filteredDigest(host, filter, (c) => kept.push(path.posix.join(base, c))) };
-    else {
-      kept.push(base);
-      res = { head: `${head} ${st.isFile() ? 'file' : 'other'}`, digest: st.isFile() ? await fileDigest(host) : String(st.size) };
-    }
+    // (A file: upstream's checksum with patterns finds nothing below it, so nothing counts for a
+    // required path; its content is still keyed here.)
+    else res = { head: `${head} ${st.isFile() ? 'file' : 'other'}`, digest: st.isFile() ? await fileDigest(host) : String(st.size) };
   }
   for (const r of filter.required ?? []) {
     // Upstream compares the strings: `/a/bc` counts for `/a/b`.

@@ -113,6 +113,8 @@ describe('selectorDigest', () => {
     await expect(selectorDigest(t, ['/'], true, false, { '/': { include: ['d/sub'], exclude: ['**/c.txt'], required: ['/d/sub/c.txt'] } })).rejects.toThrow('"/d/sub/c.txt": not found');
     // A source that is not there at all.
     await expect(selectorDigest(t, ['/q'], true, false, { '/q': { include: ['z'], exclude: [], required: ['/q/z'] } })).rejects.toThrow('"/q/z": not found');
+    // A file as the source (COPY --parents d/a.txt/./): upstream's checksum finds nothing below it.
+    await expect(selectorDigest(t, ['/d/a.txt'], true, false, { '/d/a.txt': { include: [''], exclude: [], required: ['/d/a.txt'] } })).rejects.toThrow('"/d/a.txt": not found');
   });
 
   it('digests a path read with several sets of patterns by what each keeps', async () => {
