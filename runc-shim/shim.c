@@ -16,7 +16,8 @@
  *   - removes the mount stubs runc created (empty files and directories) without following any
  *     symlink, so a step that swapped a stub's parent for a symlink cannot make it touch the host;
  *   - unmounts the staging mounts;
- *   - writes the outcome to the --status file: `exit N` or `error MESSAGE`.
+ *   - writes the outcome to the --status file: `exit N` or `error MESSAGE` (or `nosrc ERRNO
+ *     ROOT<TAB>SUB` for a mount source that is not there).
  *
  * With --userns PIN (a step for a foreign platform on a host without binfmt_misc handlers), a
  * child first makes a user namespace that maps every id to itself, mounts a binfmt_misc instance
@@ -189,6 +190,13 @@ static int open_in_root(const char *root, const char *sub)
 		/* A mount point inside the source (rare): allow crossing it, still confined to root. */
 		how.resolve &= ~(unsigned long long)RESOLVE_NO_XDEV;
 		fd = syscall(SYS_openat2, rfd, sub, &how, sizeof(how));
+	}
+	if (fd < 0 && (errno == ENOENT || errno == ENOTDIR)) {
+		/* Not there: the daemon words it as runc's mount error (`nosrc ERRNO ROOT<TAB>SUB`). */
+		write_status("nosrc %d %s\t%s\n", errno, root, sub);
+		unstage_mounts();
+		unpin_userns();
+		exit(125);
 	}
 	if (fd < 0)
 		fail("mount source %s in %s: %s", sub, root, strerror(errno));

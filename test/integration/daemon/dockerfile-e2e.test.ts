@@ -896,6 +896,20 @@ d('dockerfile.v0', () => {
     expect(other.stderr).toMatch(/#(\d+) \[stage-1 1\/1\] COPY --from=s --exclude=\*\.md \/d \/d\/\n#\1 CACHED/);
   });
 
+  it('a bind mount of a path below another mounted path that is not there fails as the step runs, in runc\'s words and with exit code 1, as upstream', async () => {
+    const ctx = join(work, 'mount-below');
+    mkdirSync(join(ctx, 'data'), { recursive: true });
+    writeFileSync(join(ctx, 'data', 'one.json'), '1\n');
+    writeFileSync(join(ctx, 'data', 'two.json'), '2\n');
+    writeFileSync(join(ctx, '.dockerignore'), 'data/two.json\n');
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nRUN --mount=type=bind,source=data,target=/a --mount=type=bind,source=data/two.json,target=/b cat /a/one.json > /o\n`);
+    const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--frontend', 'dockerfile.v0', '--local', `context=${ctx}`, '--local', `dockerfile=${ctx}`]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).not.toContain('failed to compute cache key');
+    expect(r.stderr).toMatch(/runc run failed: unable to start container process: error during container init: error mounting "\S+\/data\/two\.json" to rootfs at "\/b": stat \S+\/data\/two\.json: no such file or directory/);
+    expect(r.stderr).toMatch(/error: failed to solve: process "\/bin\/sh -c cat \/a\/one\.json > \/o" did not complete successfully: exit code: 1\n/);
+  });
+
   it('keys COPY --parents of two paths below one directory by what each reads: cached when nothing read changed, as upstream', async () => {
     const ctx = join(work, 'parents-two');
     mkdirSync(join(ctx, 'src'), { recursive: true });

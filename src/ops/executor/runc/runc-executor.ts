@@ -185,9 +185,20 @@ export class RuncExecutor implements Executor {
       const status = readTextOrEmpty(statusFile);
       log().debug({ id, args: p.args, setupMs: t1 - t0, containerMs: performance.now() - t1 }, 'container ended');
       if (req.signal.aborted) throw new CancelledError('context canceled', { cause: req.signal.reason });
-      const m = /^(exit|error) (.*)\n?$/s.exec(status);
+      const m = /^(exit|error|nosrc) (.*)\n?$/s.exec(status);
       if (!m) throw new LoomError('INTERNAL', `runc shim for ${id} ended (${shimExit}) without reporting the process's status`);
       if (m[1] === 'error') throw new LoomError('INTERNAL', m[2]!.trim());
+      if (m[1] === 'nosrc') {
+        // A bind mount's source is not there: in runc's words, in the step's log, and the
+        // process fails with exit code 1, as upstream's does.
+        const [, errno, root, sub] = /^(\d+) ([^\t]*)\t(.*)$/s.exec(m[2]!.replace(/\n$/, '')) ?? [];
+        const at = srcArgs.findIndex((a) => a.endsWith(`=${root}:${sub}`));
+        const dest = mounts.find((x) => at >= 0 && x.source === srcArgs[at]!.slice(0, srcArgs[at]!.indexOf('=')))?.destination ?? '';
+        const src = path.join(root ?? '', sub ?? '');
+        const why = Number(errno) === 20 ? 'not a directory' : 'no such file or directory';
+        req.stderr?.(Buffer.from(`runc run failed: unable to start container process: error during container init: error mounting "${src}" to rootfs at "${dest}": stat ${src}: ${why}\n`));
+        throw new ExitError(1);
+      }
       const code = Number(m[2]);
       if (code !== 0) throw new ExitError(code);
     } finally {
