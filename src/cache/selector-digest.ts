@@ -196,7 +196,7 @@ async function compute(
       return;
     }
     const { host, st } = await resolveSelected(root, p, followSymlinks);
-    const head = `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
+    const head = lineHead(p, st);
     if (st.isDirectory()) h.update(`${head} dir ${await treeDigest(host)}\n`);
     else if (st.isFile()) h.update(`${head} file ${await fileDigest(host)}\n`);
     else h.update(`${head} other ${st.size}\n`);
@@ -222,6 +222,11 @@ async function compute(
   return `sha256:${h.digest('hex')}`;
 }
 
+/** The start of an entry's line in a digest: its path, permission bits and owner. */
+function lineHead(p: string, st: { mode: number; uid: number; gid: number }): string {
+  return `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
+}
+
 /**
  * What a copy of `p` with include/exclude patterns takes, as upstream's checksum with patterns
  * sees it: null when `p` is not there (or is a link to nowhere), which is no error here (the copy
@@ -240,7 +245,7 @@ async function filtered(root: string, p: string, filter: CopyPatterns, followSym
   let res: { head: string; digest: string } | null = null;
   if (found) {
     const { host, st } = found;
-    const head = `${JSON.stringify(p)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
+    const head = lineHead(p, st);
     const base = path.posix.join('/', p);
     if (st.isDirectory()) res = { head: `${head} dir`, digest: await filteredDigest(host, filter, (c) => kept.push(path.posix.join(base, c))) };
     // (A file: upstream's checksum with patterns finds nothing below it, so nothing counts for a
@@ -279,7 +284,7 @@ async function filteredDigest(dir: string, filter: CopyPatterns, onKept?: (comps
       const full = path.join(host, n);
       const st = lstatSync(full);
       const { kept, incInfo, excInfo } = copyFilter(comps, include, exclude, inc, exc);
-      const head = `${JSON.stringify(comps)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}`;
+      const head = lineHead(comps, st);
       above.length = depth;
       if (st.isDirectory()) {
         above.push({ line: `${head} dir\n`, added: false });

@@ -645,12 +645,6 @@ export type FilterVerdict = 'include' | 'exclude' | 'prune';
 const PATTERN_CHARS = /[*[\]?^\\]/;
 
 /**
- * Include and exclude patterns applied as fsutil's walker applies them (BuildKit v0.11 and later):
- * a path is kept when it matches the include patterns (if any) and not the exclude patterns.
- * Include patterns match parents too: `src/**` descends `src` and emits it before its first
- * kept entry. Directories are pruned only when no pattern could keep anything beneath them.
- */
-/**
  * The matcher for a transfer's or a copy's include or exclude patterns (null for none), failing in
  * upstream's words: `invalid excludepatterns: [a [b]: syntax error in pattern` (Go's %s of a list).
  */
@@ -663,6 +657,12 @@ export function patternMatcherFor(kind: 'include' | 'exclude', patterns: readonl
   }
 }
 
+/**
+ * Include and exclude patterns applied as fsutil's walker applies them (BuildKit v0.11 and later):
+ * a path is kept when it matches the include patterns (if any) and not the exclude patterns.
+ * Include patterns match parents too: `src/**` descends `src` and emits it before its first
+ * kept entry. Directories are pruned only when no pattern could keep anything beneath them.
+ */
 export class PathFilter {
   readonly include: PatternMatcher | undefined;
   readonly exclude: PatternMatcher | undefined;

@@ -192,8 +192,9 @@ export class RuncExecutor implements Executor {
         // A bind mount's source is not there: in runc's words, in the step's log, and the
         // process fails with exit code 1, as upstream's does.
         const [, errno, root, sub] = /^(\d+) ([^\t]*)\t(.*)$/s.exec(m[2]!.replace(/\n$/, '')) ?? [];
-        const at = srcArgs.findIndex((a) => a.endsWith(`=${root}:${sub}`));
-        const dest = mounts.find((x) => at >= 0 && x.source === srcArgs[at]!.slice(0, srcArgs[at]!.indexOf('=')))?.destination ?? '';
+        // `--src STAGING=ROOT:SUB`: the spec mount whose source is that staging path.
+        const staged = srcArgs.find((a) => a.endsWith(`=${root}:${sub}`))?.split('=')[0];
+        const dest = mounts.find((x) => staged !== undefined && x.source === staged)?.destination ?? '';
         const src = path.join(root ?? '', sub ?? '');
         const why = Number(errno) === 20 ? 'not a directory' : 'no such file or directory';
         req.stderr?.(Buffer.from(`runc run failed: unable to start container process: error during container init: error mounting "${src}" to rootfs at "${dest}": stat ${src}: ${why}\n`));
