@@ -2,6 +2,7 @@ import { Server, ServerCredentials, type UntypedServiceImplementation } from '@g
 import { LLBBridge } from '../gen/buildkit/gateway_pb.js';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { Http2SecureServer, Http2Server, Http2Session } from 'node:http2';
 import { STREAM_WINDOW, widenConnectionWindow } from '../session/tunnel/h2-options.js';
 import { log as rootLog } from '../util/log.js';
@@ -40,7 +41,7 @@ export class ControlServer {
       'grpc.keepalive_permit_without_calls': 1,
       'grpc-node.max_session_memory': 64,
     });
-    widenFlowControl(this.#server);
+    tuneHttp2Servers(this.#server);
     this.#server.addService(grpcServiceDef(ControlService), controlHandlers(opts.backend));
     this.#server.addService(grpcServiceDef(Health), healthHandlers());
     this.#server.addService(grpcServiceDef(LLBBridge), opts.gateway);
@@ -126,16 +127,21 @@ function tlsCredentials(tls: TlsFiles | undefined): ServerCredentials {
 }
 
 /**
- * HTTP/2 flow-control windows of the daemon's connections, as the session tunnel's own (see
- * session/tunnel/h2-options.ts). With Node's defaults (64 KiB per stream and per connection) a
- * client sending a build context through Control.Session waits for a WINDOW_UPDATE every 32 KiB:
- * a 16 MiB file took ~0.9 s here, where upstream's daemon (grpc-go, windows grown by BDP
- * estimation) takes ~0.1 s. grpc-js takes no option for a server's windows, so the stream
- * window goes into the settings it creates its HTTP/2 servers with and the connection window is
- * raised as each session starts. Without those internals (another grpc-js) nothing changes but
- * the speed.
+ * Two changes to the HTTP/2 servers grpc-js makes, through its internals (grpc-js takes no option
+ * for either):
+ *
+ * - Flow-control windows as the session tunnel's own (see session/tunnel/h2-options.ts). With
+ *   Node's defaults (64 KiB per stream and per connection) a client sending a build context
+ *   through Control.Session waits for a WINDOW_UPDATE every 32 KiB: a 16 MiB file took ~0.9 s
+ *   here, where upstream's daemon (grpc-go, windows grown by BDP estimation) takes ~0.1 s. The
+ *   stream window goes into the settings the servers are created with; the connection window is
+ *   raised as each session starts.
+ * - TLS connections that negotiated no protocol are served as HTTP/2 (see acceptTlsWithoutAlpn).
+ *
+ * Without those internals (another grpc-js) the daemon still serves, slower, and only to TLS
+ * clients that offer ALPN h2.
  */
-function widenFlowControl(server: Server): void {
+function tuneHttp2Servers(server: Server): void {
   const internals = server as unknown as {
     commonServerOptions?: { settings?: Record<string, unknown> };
     createHttp2Server?: (...args: unknown[]) => Http2Server | Http2SecureServer;
@@ -143,13 +149,24 @@ function widenFlowControl(server: Server): void {
   const common = internals.commonServerOptions;
   const create = internals.createHttp2Server;
   if (!common || typeof create !== 'function') {
-    log().debug('grpc-js internals not found: the server keeps HTTP/2 default flow-control windows');
+    log().warn('grpc-js internals not found: HTTP/2 default flow-control windows, and TLS clients must offer ALPN h2 (buildx remote driver cannot connect)');
     return;
   }
   common.settings = { ...common.settings, initialWindowSize: STREAM_WINDOW };
   internals.createHttp2Server = function (this: unknown, ...args: unknown[]) {
     const h2 = create.apply(this, args);
     h2.on('session', (session: Http2Session) => widenConnectionWindow(session));
+    if (h2 instanceof TlsServer) h2.prependListener('secureConnection', acceptTlsWithoutAlpn);
     return h2;
   };
+}
+
+/**
+ * buildx's remote driver makes its TLS connection itself (a Go tls.Client with no NextProtos)
+ * and then speaks HTTP/2 with prior knowledge over it; upstream's grpc-go server serves that.
+ * Node's HTTP/2 server drops a connection whose ALPN is not h2, so one that negotiated nothing is
+ * marked h2 before the server looks. A client that asked for another protocol is still refused.
+ */
+function acceptTlsWithoutAlpn(socket: TLSSocket): void {
+  if (socket.alpnProtocol === false) (socket as { alpnProtocol: string | false }).alpnProtocol = 'h2';
 }

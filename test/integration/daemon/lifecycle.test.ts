@@ -6,6 +6,7 @@ import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import { spawn } from 'node:child_process';
 import http2 from 'node:http2';
 import { Duplex } from 'node:stream';
+import { connect as tlsConnect } from 'node:tls';
 import { ListWorkersRequestSchema, ListWorkersResponseSchema } from '../../../src/gen/buildkit/control_pb.js';
 import { encodeFrame } from '../../../src/util/grpc-frame.js';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -104,6 +105,22 @@ d('daemon lifecycle', () => {
       expect(extraCa.stdout).toMatch(/linux\/amd64/);
       const noCa = await buildctl(addr, clientCert, { env: bareEnv, timeoutMs: 30_000 });
       expect(noCa.code).not.toBe(0);
+      // buildx's remote driver makes the TLS connection itself, offering no ALPN protocol, then
+      // speaks HTTP/2 with prior knowledge (upstream's grpc-go serves it; Node's HTTP/2 server
+      // alone would drop it). Its client certificate is still required.
+      const dialNoAlpn = (withCert: boolean) =>
+        tlsConnect({
+          host: '127.0.0.1',
+          port,
+          servername: 'localhost',
+          ca: readFileSync(join(tls, 'ca.pem')),
+          ...(withCert ? { cert: readFileSync(join(tls, 'client.pem')), key: readFileSync(join(tls, 'client.key')) } : {}),
+        });
+      const sock = dialNoAlpn(true);
+      await new Promise((resolve, reject) => sock.once('secureConnect', resolve).once('error', reject));
+      expect(sock.alpnProtocol).toBe(false);
+      expect(await rawListWorkers(sock)).toContain('amd64');
+      await expect(rawListWorkers(dialNoAlpn(false))).rejects.toThrow();
     } finally {
       await daemon.stop();
       removeDir(daemon.dir);
@@ -202,19 +219,7 @@ d('configuration and transports', () => {
     const child = spawn(BUILDCTL, ['--addr', daemon.addr, 'dial-stdio'], { stdio: ['pipe', 'pipe', 'inherit'] });
     try {
       const conn = Duplex.from({ readable: child.stdout!, writable: child.stdin! });
-      const session = http2.connect('http://localhost', { createConnection: () => conn as never });
-      const req = session.request({ ':method': 'POST', ':path': '/moby.buildkit.v1.Control/ListWorkers', 'content-type': 'application/grpc', te: 'trailers' });
-      req.end(encodeFrame(toBinary(ListWorkersRequestSchema, create(ListWorkersRequestSchema, {}))));
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      const trailersP = new Promise<http2.IncomingHttpHeaders>((resolve) => req.on('trailers', resolve));
-      const ended = new Promise((r) => req.on('end', r));
-      const [trailers] = await Promise.all([trailersP, ended]);
-      expect(trailers['grpc-status']).toBe('0');
-      const body = Buffer.concat(chunks);
-      const resp = fromBinary(ListWorkersResponseSchema, body.subarray(5, 5 + body.readUInt32BE(1)));
-      expect(resp.record[0]!.platforms.map((p) => p.Architecture)).toContain('amd64');
-      session.close();
+      expect(await rawListWorkers(conn)).toContain('amd64');
     } finally {
       child.kill();
       await daemon.stop();
@@ -251,3 +256,29 @@ d('configuration and transports', () => {
     }
   });
 });
+
+/** Control.ListWorkers as raw gRPC over HTTP/2 on `conn`; the workers' architectures. */
+async function rawListWorkers(conn: Duplex): Promise<string[]> {
+  const session = http2.connect('http://localhost', { createConnection: () => conn as never });
+  try {
+    const failed = new Promise<never>((_, reject) => {
+      session.on('error', reject);
+      session.on('close', () => reject(new Error('connection closed')));
+      conn.on('error', reject);
+    });
+    const req = session.request({ ':method': 'POST', ':path': '/moby.buildkit.v1.Control/ListWorkers', 'content-type': 'application/grpc', te: 'trailers' });
+    req.on('error', () => {});
+    req.end(encodeFrame(toBinary(ListWorkersRequestSchema, create(ListWorkersRequestSchema, {}))));
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    const trailersP = new Promise<http2.IncomingHttpHeaders>((resolve) => req.on('trailers', resolve));
+    const ended = new Promise((r) => req.on('end', r));
+    const [trailers] = await Promise.race([Promise.all([trailersP, ended]), failed]);
+    expect(trailers['grpc-status']).toBe('0');
+    const body = Buffer.concat(chunks);
+    const resp = fromBinary(ListWorkersResponseSchema, body.subarray(5, 5 + body.readUInt32BE(1)));
+    return resp.record[0]!.platforms.map((p) => p.Architecture);
+  } finally {
+    session.destroy();
+  }
+}
