@@ -21,6 +21,8 @@ export interface BuildRecordData {
   pinned?: boolean;
   /** The failed build's error code (loom's ErrorCode: CANCELLED, UNKNOWN...). */
   errorCode?: string;
+  /** The vertices its progress told of, as upstream's records count them (absent in records of older loom). */
+  vertices?: { total: number; cached: number; completed: number };
 }
 
 /** What the build history API streams: a build started (active), completed, or deleted. */
@@ -200,8 +202,12 @@ export class BuildRecorder implements StepObserver {
     };
   }
 
-  finish(error?: string, exporterResponse?: Record<string, string>, errorCode?: string): BuildRecordData {
+  /** The digest of loom's own cache-summary vertex, once written (upstream's records do not count it). */
+  summaryVertex?: string;
+
+  finish(error?: string, exporterResponse?: Record<string, string>, errorCode?: string, vertices?: BuildRecordData['vertices']): BuildRecordData {
     const r: BuildRecordData = { ...this.snapshot(), completedAt: Date.now(), error: error ?? '' };
+    if (vertices) r.vertices = vertices;
     if (exporterResponse) r.exporterResponse = exporterResponse;
     if (error && errorCode) r.errorCode = errorCode;
     this.#o.save(r);

@@ -106,20 +106,21 @@ export class BuildManager {
       errorCode = codeOf(err);
       throw err;
     } finally {
-      try {
-        recorder?.finish(failed ? (error ?? 'failed') : undefined, resp, errorCode);
-      } catch (err) {
-        log().warn({ ref, err: errorMessage(err) }, 'could not save the build record');
-      }
-      this.#o.onBuildEnd?.(failed);
-      signal.removeEventListener('abort', onAbort);
-      this.#running.delete(ref);
       if (failed) {
         // As upstream's solver: when one step fails, the steps still running (another stage's)
         // are cancelled rather than left to finish for nobody, and show as CANCELED.
         if (!ac.signal.aborted) ac.abort(new CancelledError('context canceled'));
         bus.cancelOpen();
       }
+      try {
+        const vertices = bus.vertexCounts(new Set(recorder?.summaryVertex ? [recorder.summaryVertex] : []));
+        recorder?.finish(failed ? (error ?? 'failed') : undefined, resp, errorCode, vertices);
+      } catch (err) {
+        log().warn({ ref, err: errorMessage(err) }, 'could not save the build record');
+      }
+      this.#o.onBuildEnd?.(failed);
+      signal.removeEventListener('abort', onAbort);
+      this.#running.delete(ref);
       bus.close();
       // Keep the finished stream a moment for a Status call that arrives late.
       setTimeout(() => {
@@ -264,7 +265,8 @@ export class BuildManager {
       // Started and completed in one event: the status pacer then shows it after a quick last
       // step whose output it still holds (clients number steps in the order they print them).
       const now = new Date();
-      job.progress.vertex({ digest: sha256(`${job.id}-summary`), inputs: [], name, started: now, completed: now });
+      job.steps.summaryVertex = sha256(`${job.id}-summary`);
+      job.progress.vertex({ digest: job.steps.summaryVertex, inputs: [], name, started: now, completed: now });
     }
     return resp;
   }

@@ -74,9 +74,14 @@ const EVENT_TYPES: Record<BuildRecordEvent['type'], BuildHistoryEventType> = {
   deleted: BuildHistoryEventType.DELETED,
 };
 
-/** A build's record as BuildKit's history API gives it. Step counts are loom's: every step a solve of the build reached. */
+/**
+ * A build's record as BuildKit's history API gives it. Step counts are upstream's (every vertex
+ * the build's progress told of, `docker buildx history inspect`'s "Build Steps"); records of a
+ * running build, and those older loom kept, count loom's steps instead.
+ */
 export function historyRecord(r: BuildRecordData): BuildHistoryRecord {
-  const total = r.stepsCached + r.stepsRun;
+  const steps = r.stepsCached + r.stepsRun;
+  const v = r.vertices ?? { total: steps, cached: r.stepsCached, completed: steps };
   return create(BuildHistoryRecordSchema, {
     Ref: r.ref,
     Frontend: r.frontend,
@@ -87,9 +92,9 @@ export function historyRecord(r: BuildRecordData): BuildHistoryRecord {
     CompletedAt: r.completedAt ? timestampFromDate(new Date(r.completedAt)) : undefined,
     ExporterResponse: r.exporterResponse ?? {},
     pinned: r.pinned ?? false,
-    numCachedSteps: r.stepsCached,
-    numTotalSteps: total,
-    numCompletedSteps: total,
+    numCachedSteps: v.cached,
+    numTotalSteps: v.total,
+    numCompletedSteps: v.completed,
   });
 }
 

@@ -170,6 +170,29 @@ export class ProgressBus {
     this.#listeners.clear();
   }
 
+  /**
+   * The vertices this stream told of, as upstream's build records count them: every distinct
+   * vertex (internal ones, exports and cancelled ones included), those any event marked cached,
+   * and those any event marked completed. `leaveOut`: vertices upstream's stream would not have.
+   */
+  vertexCounts(leaveOut: ReadonlySet<string> = new Set()): { total: number; cached: number; completed: number } {
+    const seen = new Map<string, { cached: boolean; completed: boolean }>();
+    for (const ev of this.#events) {
+      if (ev.kind !== 'vertex' || leaveOut.has(ev.vertex.digest)) continue;
+      let v = seen.get(ev.vertex.digest);
+      if (!v) seen.set(ev.vertex.digest, (v = { cached: false, completed: false }));
+      if (ev.vertex.cached) v.cached = true;
+      if (ev.vertex.completed) v.completed = true;
+    }
+    let cached = 0;
+    let completed = 0;
+    for (const v of seen.values()) {
+      if (v.cached) cached++;
+      if (v.completed) completed++;
+    }
+    return { total: seen.size, cached, completed };
+  }
+
   /** Calls `fn` with the history, then with live batches; `null` means the build is over. */
   subscribe(fn: Listener): () => void {
     const history = this.#events.slice(0, this.#events.length - this.#pending.length);
