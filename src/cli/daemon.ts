@@ -12,7 +12,7 @@ import { GarbageCollector, policyPruneOptions } from '../cache/gc.js';
 import { LinkedUsage } from '../cache/linked-usage.js';
 import type { PruneOptions, UsageInfo } from '../control/types.js';
 import { statfsSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { statfs } from 'node:fs/promises';
 import { SessionManager } from '../session/manager.js';
 import { log as rootLog } from '../util/log.js';
@@ -112,7 +112,7 @@ export async function startDaemon(s: DaemonSettings): Promise<RunningDaemon> {
         return { digest: img.rootDescriptor.digest, config: img.configBytes };
       },
     };
-    const records = new BuildRecords({ kv: w.metadata, sizeOf: (id) => w.metadata.getRef(id)?.size ?? 0 });
+    const records = new BuildRecords({ kv: w.metadata, sizeOf: (id) => w.metadata.getRef(id)?.size ?? 0, logsDir: join(s.root, 'history') });
     const builds = new BuildManager({
       solver: worker.solver,
       sessions,

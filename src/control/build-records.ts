@@ -1,6 +1,14 @@
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { StepObserver, StepOutcome } from '../solver/types.js';
+import { sha256 } from '../util/digest.js';
+import { log as rootLog } from '../util/log.js';
+import type { ProgressEvent } from '../util/progress.js';
 import type { Platform } from '../util/platform.js';
 import type { ReadSource, ResolvedImage } from './build-info.js';
+import { decodeStatusStream, encodeStatusStream } from './status-codec.js';
+
+const log = () => rootLog.child({ sub: 'history' });
 
 /** What loom keeps of a finished build: each step, cached or run and why, and totals. */
 export interface BuildRecordData {
@@ -23,6 +31,8 @@ export interface BuildRecordData {
   errorCode?: string;
   /** The vertices its progress told of, as upstream's records count them (absent in records of older loom). */
   vertices?: { total: number; cached: number; completed: number };
+  /** Its progress stream as kept (BuildRecords' logs directory), replayed to a Status call for the build. */
+  logs?: { digest: string; size: number };
 }
 
 /** What the build history API streams: a build started (active), completed, or deleted. */
@@ -58,8 +68,12 @@ export class BuildRecords {
   readonly #sizeOf: (refId: string) => number;
   readonly #keep: number;
 
-  constructor(opts: { kv: RecordKv; sizeOf: (refId: string) => number; keep?: number }) {
+  /** Where each record's progress stream is kept (absent: records keep none). */
+  readonly #logsDir: string | undefined;
+
+  constructor(opts: { kv: RecordKv; sizeOf: (refId: string) => number; keep?: number; logsDir?: string }) {
     this.#kv = opts.kv;
+    this.#logsDir = opts.logsDir;
     this.#sizeOf = opts.sizeOf;
     this.#keep = opts.keep ?? 200;
   }
@@ -74,8 +88,9 @@ export class BuildRecords {
       frontend,
       info,
       sizeOf: this.#sizeOf,
-      save: (r) => {
+      save: (r, progress) => {
         this.#active.delete(ref);
+        if (progress) this.#keepLogs(r, progress);
         this.#save(r);
         this.#emit({ type: 'complete', record: r });
       },
@@ -102,6 +117,7 @@ export class BuildRecords {
     if (!r) return false;
     if (change.delete) {
       this.#kv.kvDelete(NS, ref);
+      this.#dropLogs(r);
       this.#emit({ type: 'deleted', record: r });
       return true;
     }
@@ -137,13 +153,54 @@ export class BuildRecords {
     // Trimming reads every record: done now and then, not after each build.
     if (this.#saves++ % 25 !== 0) return;
     const all = this.#all().filter((r) => !r.pinned);
-    for (const old of all.slice(this.#keep)) this.#kv.kvDelete(NS, old.ref);
+    for (const old of all.slice(this.#keep)) {
+      this.#kv.kvDelete(NS, old.ref);
+      this.#dropLogs(old);
+    }
+  }
+
+  /**
+   * The progress events of completed build `ref` as kept, for a Status call that comes after the
+   * build (`docker buildx history logs`); undefined when there is no such record. A record kept
+   * without its stream (older loom, or a write that failed) has none to give.
+   */
+  logsOf(ref: string): readonly ProgressEvent[] | undefined {
+    const r = this.get(ref);
+    if (!r || !r.completedAt) return undefined;
+    if (!r.logs || !this.#logsDir) return [];
+    const file = join(this.#logsDir, r.logs.digest.replace(/^sha256:/, ''));
+    try {
+      return decodeStatusStream(readFileSync(file), `progress of build ${ref} (${file})`);
+    } catch (err) {
+      log().warn({ ref, err: (err as Error).message }, 'could not read the progress kept with a build record');
+      return [];
+    }
+  }
+
+  /** Writes the record's progress stream (upstream's status blob) and names it in the record. */
+  #keepLogs(r: BuildRecordData, progress: readonly ProgressEvent[]): void {
+    if (!this.#logsDir) return;
+    try {
+      const data = encodeStatusStream(progress);
+      const digest = sha256(data);
+      mkdirSync(this.#logsDir, { recursive: true });
+      const file = join(this.#logsDir, digest.replace(/^sha256:/, ''));
+      writeFileSync(`${file}.tmp`, data);
+      renameSync(`${file}.tmp`, file);
+      r.logs = { digest, size: data.length };
+    } catch (err) {
+      log().warn({ ref: r.ref, err: (err as Error).message }, 'could not keep the progress of a build with its record');
+    }
+  }
+
+  #dropLogs(r: BuildRecordData): void {
+    if (r.logs && this.#logsDir) rmSync(join(this.#logsDir, r.logs.digest.replace(/^sha256:/, '')), { force: true });
   }
 }
 
 /** Collects one build's steps (several solves of one build report into it). */
 export class BuildRecorder implements StepObserver {
-  readonly #o: { ref: string; frontend: string; info?: BuildRequestInfo; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void };
+  readonly #o: { ref: string; frontend: string; info?: BuildRequestInfo; sizeOf: (refId: string) => number; save: (r: BuildRecordData, progress?: readonly ProgressEvent[]) => void };
   readonly #started = Date.now();
   readonly #steps = new Map<string, BuildRecordData['steps'][number]>();
   /** Sources read by the build, their pins and platforms, in the order read (build info). */
@@ -151,7 +208,7 @@ export class BuildRecorder implements StepObserver {
   /** Image references the frontend resolved, the digests they named, for which platform (build info). */
   readonly resolvedImages: ResolvedImage[] = [];
 
-  constructor(o: { ref: string; frontend: string; info?: BuildRequestInfo; sizeOf: (refId: string) => number; save: (r: BuildRecordData) => void }) {
+  constructor(o: { ref: string; frontend: string; info?: BuildRequestInfo; sizeOf: (refId: string) => number; save: (r: BuildRecordData, progress?: readonly ProgressEvent[]) => void }) {
     this.#o = o;
   }
 
@@ -205,12 +262,13 @@ export class BuildRecorder implements StepObserver {
   /** The digest of loom's own cache-summary vertex, once written (upstream's records do not count it). */
   summaryVertex?: string;
 
-  finish(error?: string, exporterResponse?: Record<string, string>, errorCode?: string, vertices?: BuildRecordData['vertices']): BuildRecordData {
+  /** Completes the record: `progress` is the build's whole progress stream, counted and kept with it. */
+  finish(error?: string, exporterResponse?: Record<string, string>, errorCode?: string, progress?: { events: readonly ProgressEvent[]; vertices: BuildRecordData['vertices'] }): BuildRecordData {
     const r: BuildRecordData = { ...this.snapshot(), completedAt: Date.now(), error: error ?? '' };
-    if (vertices) r.vertices = vertices;
+    if (progress) r.vertices = progress.vertices;
     if (exporterResponse) r.exporterResponse = exporterResponse;
     if (error && errorCode) r.errorCode = errorCode;
-    this.#o.save(r);
+    this.#o.save(r, progress?.events);
     return r;
   }
 }

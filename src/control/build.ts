@@ -61,6 +61,17 @@ export class BuildManager {
 
   progress(ref: string): ProgressBus {
     let bus = this.#progress.get(ref);
+    if (!bus && !this.#running.has(ref)) {
+      // A build that completed a while ago: its progress as its record kept it, as upstream's
+      // Status replays a build record's logs (`docker buildx history logs`).
+      const kept = this.#o.records?.logsOf(ref);
+      if (kept) {
+        const replay = new ProgressBus();
+        for (const ev of kept) replay.write(ev);
+        replay.close();
+        return replay;
+      }
+    }
     if (!bus) {
       bus = new ProgressBus();
       this.#progress.set(ref, bus);
@@ -114,7 +125,7 @@ export class BuildManager {
       }
       try {
         const vertices = bus.vertexCounts(new Set(recorder?.summaryVertex ? [recorder.summaryVertex] : []));
-        recorder?.finish(failed ? (error ?? 'failed') : undefined, resp, errorCode, vertices);
+        recorder?.finish(failed ? (error ?? 'failed') : undefined, resp, errorCode, { events: bus.events(), vertices });
       } catch (err) {
         log().warn({ ref, err: errorMessage(err) }, 'could not save the build record');
       }

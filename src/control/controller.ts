@@ -20,12 +20,7 @@ import {
   DiskUsageResponseSchema,
   InfoResponseSchema,
   ListWorkersResponseSchema,
-  StatusResponseSchema,
   UsageRecordSchema,
-  VertexLogSchema,
-  VertexSchema,
-  VertexStatusSchema,
-  VertexWarningSchema,
   SolveResponseSchema,
   type BytesMessage,
   type DiskUsageRequest,
@@ -34,9 +29,7 @@ import {
   type PruneRequest,
   type SolveRequest,
   type StatusRequest,
-  type StatusResponse,
 } from '../gen/buildkit/control_pb.js';
-import { ProgressGroupSchema } from '../gen/buildkit/ops_pb.js';
 import { BuildkitVersionSchema, GCPolicySchema, WorkerRecordSchema } from '../gen/buildkit/worker_pb.js';
 import { HealthCheckResponse_ServingStatus, HealthCheckResponseSchema } from '../gen/grpc/health_pb.js';
 import type { SessionManager } from '../session/manager.js';
@@ -45,11 +38,12 @@ import { createSessionCaller } from '../session/tunnel/caller.js';
 import { parseSessionMetadata } from '../session/tunnel/metadata.js';
 import { CancelledError, NotFoundError, UnimplementedError, type ErrorCode } from '../util/errors.js';
 import { log as rootLog } from '../util/log.js';
-import type { ProgressBus, ProgressEvent } from '../util/progress.js';
+import type { ProgressBus } from '../util/progress.js';
 import { buildStatusCode, failStream, toServiceError } from './grpc-status.js';
 import type { BuildRecordData, BuildRecordEvent, BuildRecords } from './build-records.js';
 import { StatusSchema } from '../gen/google/rpc/status_pb.js';
 import { StatusPacer } from './status-pacer.js';
+import { statusResponse } from './status-codec.js';
 import type { PruneOptions, UsageInfo, VersionInfo, WorkerInfo } from './types.js';
 
 const log = () => rootLog.child({ sub: 'control' });
@@ -297,65 +291,3 @@ function usageRecord(u: UsageInfo) {
   });
 }
 
-export function statusResponse(batch: ProgressEvent[]): StatusResponse {
-  const resp = create(StatusResponseSchema, {});
-  const ts = (d: Date | undefined) => (d ? timestampFromDate(d) : undefined);
-  for (const ev of batch) {
-    switch (ev.kind) {
-      case 'vertex': {
-        const v = ev.vertex;
-        resp.vertexes.push(
-          create(VertexSchema, {
-            digest: v.digest,
-            inputs: v.inputs,
-            name: v.name,
-            cached: v.cached ?? false,
-            started: ts(v.started),
-            completed: ts(v.completed),
-            error: v.error ?? '',
-            progressGroup: v.progressGroup ? create(ProgressGroupSchema, v.progressGroup) : undefined,
-          }),
-        );
-        break;
-      }
-      case 'status': {
-        const s = ev.status;
-        resp.statuses.push(
-          create(VertexStatusSchema, {
-            ID: s.id,
-            vertex: s.vertex,
-            name: s.name,
-            current: BigInt(Math.round(s.current)),
-            total: BigInt(Math.round(s.total)),
-            timestamp: ts(s.timestamp),
-            started: ts(s.started),
-            completed: ts(s.completed),
-          }),
-        );
-        break;
-      }
-      case 'log':
-        resp.logs.push(
-          create(VertexLogSchema, {
-            vertex: ev.log.vertex,
-            timestamp: ts(ev.log.timestamp),
-            stream: BigInt(ev.log.stream),
-            msg: ev.log.data,
-          }),
-        );
-        break;
-      case 'warning':
-        resp.warnings.push(
-          create(VertexWarningSchema, {
-            vertex: ev.warning.vertex,
-            level: BigInt(ev.warning.level),
-            short: Buffer.from(ev.warning.short),
-            detail: ev.warning.detail.map((d) => Buffer.from(d)),
-            url: ev.warning.url ?? '',
-          }),
-        );
-        break;
-    }
-  }
-  return resp;
-}

@@ -170,6 +170,11 @@ export class ProgressBus {
     this.#listeners.clear();
   }
 
+  /** Every event written so far, in order. */
+  events(): readonly ProgressEvent[] {
+    return this.#events;
+  }
+
   /**
    * The vertices this stream told of, as upstream's build records count them: every distinct
    * vertex (internal ones, exports and cancelled ones included), those any event marked cached,

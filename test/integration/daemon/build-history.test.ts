@@ -4,7 +4,7 @@
  */
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +15,7 @@ import {
   UpdateBuildHistoryRequestSchema,
   UpdateBuildHistoryResponseSchema,
   type BuildHistoryEvent,
+  type StatusResponse,
 } from '../../../src/gen/buildkit/control_pb.js';
 import { ControlClient } from '../../../src/client/control-client.js';
 import { mkfile, marshal, scratch } from '../../../src/llb/builder.js';
@@ -165,5 +166,63 @@ d('build history API', () => {
     expect(gone.events).toEqual([]);
     expect((await update({ Ref: ref, Delete: true }))?.code).toBe(grpc.status.NOT_FOUND);
     l.call.cancel();
+  }, 120_000);
+
+  it("keeps each build's progress with its record: a Status call after a restart replays it (buildx history logs), and a deleted record's goes", async () => {
+    const own = await startDaemon();
+    let restarted: TestDaemon | undefined;
+    try {
+      const dir = context('logs', 'FROM scratch\nCOPY a.txt /a.txt\nCOPY missing.txt /\n');
+      const refFile = join(work, 'ref-logs');
+      const r = await buildctl(own.addr, ['build', '--ref-file', refFile, '--frontend', 'dockerfile.v0', '--local', `context=${dir}`, '--local', `dockerfile=${dir}`]);
+      expect(r.code).not.toBe(0);
+      const ref = readFileSync(refFile, 'utf8');
+      await own.stop();
+      restarted = await startDaemon({ dir: own.dir });
+      const replay = async (): Promise<StatusResponse[]> => {
+        const got: StatusResponse[] = [];
+        const c = new ControlClient({ address: restarted!.addr });
+        try {
+          await c.status(ref, (s) => got.push(s), AbortSignal.timeout(20_000));
+        } finally {
+          c.close();
+        }
+        return got;
+      };
+      const got = await replay();
+      const vertices = got.flatMap((s) => s.vertexes);
+      const names = [...new Set(vertices.map((v) => v.name))];
+      expect(names).toContain('[internal] load build definition from Dockerfile');
+      expect(names).toContain('[1/2] COPY a.txt /a.txt');
+      expect(names).toContain('[2/2] COPY missing.txt /');
+      expect(vertices.find((v) => v.name === '[2/2] COPY missing.txt /' && v.error)?.error).toContain('"/missing.txt": not found');
+      // The transfer's statuses too, as the client saw them live.
+      const statuses = new Set(got.flatMap((s) => s.statuses).map((st) => st.name));
+      expect(statuses).toContain('transferring dockerfile:');
+      expect(statuses).toContain('cache miss: no earlier build of this step (new or changed definition)');
+
+      // Deleting the record deletes what was kept: the call then waits for a build of that ref, as for any unknown ref.
+      const history = join(restarted.root, 'history');
+      expect(readdirSync(history)).toHaveLength(1);
+      const c = new grpc.Client(restarted.addr, grpc.credentials.createInsecure());
+      try {
+        const err = await new Promise<grpc.ServiceError | null>((resolve) =>
+          c.makeUnaryRequest(
+            '/moby.buildkit.v1.Control/UpdateBuildHistory',
+            (m: Uint8Array) => Buffer.from(m),
+            (b: Buffer) => fromBinary(UpdateBuildHistoryResponseSchema, b),
+            toBinary(UpdateBuildHistoryRequestSchema, create(UpdateBuildHistoryRequestSchema, { Ref: ref, Delete: true })),
+            (e) => resolve(e),
+          ),
+        );
+        expect(err).toBeNull();
+      } finally {
+        c.close();
+      }
+      expect(readdirSync(history)).toHaveLength(0);
+    } finally {
+      await (restarted ?? own).stop();
+      removeDir(own.dir);
+    }
   }, 120_000);
 });
