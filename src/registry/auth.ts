@@ -127,7 +127,8 @@ export class Authorizer {
 
   /**
    * Answers a 401: returns the Authorization header to retry with, or throws UnauthenticatedError
-   * naming `what` (host/repository) when no supported scheme can be satisfied.
+   * naming `what` (host/repository) when no supported scheme can be satisfied. `sent` is the
+   * Authorization header the refused request carried, if any.
    */
   async authorize(
     host: string,
@@ -135,6 +136,7 @@ export class Authorizer {
     challenges: Challenge[],
     what: string,
     signal?: AbortSignal,
+    sent?: string,
   ): Promise<string> {
     const bearer = challenges.find((c) => c.scheme === 'bearer');
     if (bearer) {
@@ -168,8 +170,10 @@ export class Authorizer {
         );
       }
       const header = 'Basic ' + Buffer.from(`${creds.username}:${creds.secret}`).toString('base64');
-      if (this.#basic.get(host) === header) {
-        // We already sent exactly these and were refused.
+      // Refused although the request carried exactly these. (Another request to the host may have
+      // learnt them meanwhile: one sent without them, as concurrent pushes' first requests are,
+      // retries with them.)
+      if (sent === header) {
         throw new UnauthenticatedError(
           `failed to authorize: ${what}: basic auth credentials for user ${JSON.stringify(creds.username)} were rejected (401 Unauthorized)`,
         );

@@ -603,7 +603,7 @@ export class RegistryClient {
         throw this.#auth.rejected(ep.host, ctx.scopes, authHeader ?? '', ctx.what, detail);
       }
       await res.body.dump();
-      authHeader = await this.#auth.authorize(ep.host, ctx.scopes, challenges, ctx.what, signal);
+      authHeader = await this.#auth.authorize(ep.host, ctx.scopes, challenges, ctx.what, signal, authHeader);
     }
   }
 

@@ -390,6 +390,15 @@ describe('RegistryClient with basic auth (htpasswd docker-registry)', () => {
     expect(sha256(raw)).toBe(img.digest);
     expect(new Set(asked)).toEqual(new Set([reg.host]));
     await client.close();
+
+    // A client that has sent nothing to the registry yet pushes: its first requests (a HEAD for
+    // each layer, at once) all go without credentials and are challenged. Each retries with them;
+    // none may take another's retry for a refusal of its own (it did: "basic auth credentials for
+    // user ... were rejected" for every push of a multi-layer image through buildx or buildctl).
+    const fresh = new RegistryClient({ store, getCredentials: async () => ({ username: creds.username, secret: creds.password }) });
+    await fresh.push(`${reg.host}/fresh/busybox:amd64`, img.manifestDescriptor);
+    expect(sha256(await skopeoInspect(`${reg.host}/fresh/busybox:amd64`, { raw: true, creds }))).toBe(img.digest);
+    await fresh.close();
   });
 });
 
