@@ -82,8 +82,10 @@ export async function sendDir(stream: PacketStream, opts: SendDirOptions): Promi
   const summary: SendSummary = { entries: 0, files: 0, bytes: 0 };
   let progress = 0;
   const onProgress = opts.onProgress;
+  // As upstream's sender counts: each entry's STAT and each DATA packet that carries bytes (a
+  // file's closing empty DATA, and the listing's closing empty STAT, are not counted).
   const count = (p: Packet): void => {
-    if (!onProgress) return;
+    if (!onProgress || (p.type === Packet_PacketType.PACKET_DATA && p.data.length === 0)) return;
     progress += packetSize(p);
     onProgress(progress, false);
   };

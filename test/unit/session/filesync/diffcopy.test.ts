@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, chown, link, lstat, mkdir, open, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { create, type MessageInitShape } from '@bufbuild/protobuf';
+import { create, toBinary, type MessageInitShape } from '@bufbuild/protobuf';
 import { afterEach, describe, expect, test } from 'vitest';
 import { StatSchema, type Stat } from '../../../../src/gen/fsutil/stat_pb.js';
 import { PacketSchema, Packet_PacketType, type Packet } from '../../../../src/gen/fsutil/wire_pb.js';
@@ -146,6 +146,31 @@ describe('sendDir -> receiveDir', () => {
     expect(seen.filter((p) => p.data.length === 0)).toHaveLength(2);
     expect(progress).toBeGreaterThan(r.bytes);
     expect(done).toBe(true);
+  });
+
+  test("the sender's progress counts each entry's STAT and the DATA that carries bytes, as upstream's (a file's closing empty DATA is not counted)", async () => {
+    const src = await tmp();
+    const dest = await tmp();
+    await writeFile(join(src, 'a.txt'), 'a\n');
+    await mkdir(join(src, 'd'));
+    await writeFile(join(src, 'd', 'big.bin'), randomBytes(100 * 1024));
+    await writeFile(join(src, 'd', 'empty'), '');
+    const { a, b } = streamPair<Packet, Packet>({ highWater: 4 });
+    const sent: Packet[] = [];
+    const tap = {
+      ...a,
+      send: (p: Packet) => (sent.push(p), a.send(p)),
+      sendMany: async (ps: readonly Packet[]) => {
+        for (const p of ps) await tap.send(p);
+      },
+    };
+    let progress = 0;
+    let last = false;
+    await Promise.all([sendDir(tap, { root: src, onProgress: (n, done) => ((progress = n), (last = done)) }), receiveDir(b, { dest, xattrs: false })]);
+    const counted = sent.filter((p) => (p.type === Packet_PacketType.PACKET_STAT && p.stat) || (p.type === Packet_PacketType.PACKET_DATA && p.data.length > 0));
+    expect(counted.filter((p) => p.type === Packet_PacketType.PACKET_STAT)).toHaveLength(4);
+    expect(progress).toBe(counted.reduce((n, p) => n + toBinary(PacketSchema, p).length, 0));
+    expect(last).toBe(true);
   });
 
   test('hundreds of files (more than are created ahead of their data) arrive intact, each with the digest of its bytes', async () => {
