@@ -1,6 +1,6 @@
 import { fromBinary } from '@bufbuild/protobuf';
 import { mkdir } from 'node:fs/promises';
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { readOciIndexTag, updateOciIndex, type OciIndexDescriptor } from '../session/client/oci-index.js';
 import { EXPORT_STORE_ID, localCacheStoreId } from '../session/content/store-id.js';
 import type { StatusResponse } from '../gen/buildkit/control_pb.js';
@@ -40,6 +40,8 @@ export interface SolveOptions {
   locals?: Record<string, string>;
   secrets?: Map<string, SecretSource>;
   ssh?: Awaited<ReturnType<typeof resolveSshAgents>>;
+  /** Streams the daemon fetches as http://buildkit-session/<id> (a context sent as one tar, as buildx's `-`), by id. */
+  uploads?: Map<string, () => Readable>;
   /** Registry credentials from the docker config (default) or none (false). */
   auth?: AuthServiceOptions | false;
   entitlements?: string[];
@@ -98,7 +100,7 @@ export async function solve(opts: SolveOptions): Promise<SolveResult> {
   const frontendAttrs = { ...(opts.frontendAttrs ?? {}), ...cacheAttrs };
 
   const ref = opts.ref ?? newId();
-  const services = clientSessionServices({ locals, exportTarget, auth: opts.auth, secrets: opts.secrets, ssh: opts.ssh, contentStores });
+  const services = clientSessionServices({ locals, exportTarget, auth: opts.auth, secrets: opts.secrets, ssh: opts.ssh, contentStores, uploads: opts.uploads });
   const session = openSession({ control, services, name: opts.sessionName, sharedKey: opts.sharedKey });
 
   // Status outlives Solve a little (its last messages), but never the caller's cancel.

@@ -3,9 +3,10 @@ import { createWriteStream } from 'node:fs';
 import { chown, utimes } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { Transform } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { Agent, interceptors, request, type Dispatcher } from 'undici';
 import type { RefManager } from '../../cache/ref-manager.js';
+import { Upload } from '../../gen/session/upload_pb.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, isAbortError, LoomError } from '../../util/errors.js';
 import { isDigest } from '../../util/digest.js';
@@ -57,14 +58,7 @@ export class HttpSourceOp implements OpImpl {
       const gid = this.#int('http.gid', 0);
       // Upstream fetches while computing the step's cache key: its failures read `failed to load
       // cache key: ...` and are plain errors (gRPC Unknown), so clients print no code before them.
-      const res = await request(this.#url, { method: 'GET', dispatcher: redirecting(), signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 }).catch((err: Error) => {
-        if (isAbortError(err) || ctx.signal?.aborted) throw err;
-        throw new LoomError('UNKNOWN', `failed to load cache key: ${goUrlError('GET', this.#url, err)}`, { cause: err });
-      });
-      if (res.statusCode < 200 || res.statusCode >= 300) {
-        await res.body.dump();
-        throw new LoomError('UNKNOWN', `failed to load cache key: invalid response status ${res.statusCode} from ${this.#url}`);
-      }
+      const res = await this.#get(ctx);
       const name = fileName(this.#url, this.#attrs['http.filename'], header(res.headers['content-disposition']));
       const w = await this.#refs.prepare(null, { signal: ctx.signal });
       try {
@@ -101,6 +95,47 @@ export class HttpSourceOp implements OpImpl {
     return this.#fetched;
   }
 
+  /** The response to a GET of the URL: from the server, or from the client's session for a `buildkit-session` URL. */
+  async #get(ctx: OpContext): Promise<{ body: Readable; headers: Record<string, string | string[] | undefined> }> {
+    if (new URL(this.#url).host === SESSION_HOST) return { body: await this.#fromSession(ctx), headers: {} };
+    const res = await request(this.#url, { method: 'GET', dispatcher: redirecting(), signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 }).catch((err: Error) => {
+      if (isAbortError(err) || ctx.signal?.aborted) throw err;
+      throw new LoomError('UNKNOWN', `failed to load cache key: ${goUrlError('GET', this.#url, err)}`, { cause: err });
+    });
+    if (res.statusCode < 200 || res.statusCode >= 300) {
+      await res.body.dump();
+      throw new LoomError('UNKNOWN', `failed to load cache key: invalid response status ${res.statusCode} from ${this.#url}`);
+    }
+    return res;
+  }
+
+  /**
+   * `http://buildkit-session/<id>`: bytes the client holds (buildx's `-` context, a tar on its
+   * stdin), pulled through its session's Upload service with the URL's path and host as call
+   * metadata, as upstream's HTTP source does. The client gives each upload once.
+   */
+  async #fromSession(ctx: OpContext): Promise<Readable> {
+    const session = await ctx.session();
+    if (!session.supports(Upload.method.pull)) {
+      throw new LoomError('UNKNOWN', `failed to load cache key: the client's session serves no uploads (moby.upload.v1.Upload) for ${this.#url}`);
+    }
+    const u = new URL(this.#url);
+    const call = await session.stream(Upload.method.pull, { metadata: { urlpath: [u.pathname], urlhost: [u.host] }, signal: ctx.signal });
+    const url = this.#url;
+    return Readable.from(
+      (async function* () {
+        try {
+          for await (const m of call.recv() as AsyncIterable<{ data: Uint8Array }>) yield Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+        } catch (err) {
+          if (isAbortError(err) || ctx.signal?.aborted) throw err;
+          throw new LoomError('UNKNOWN', `failed to load cache key: ${url}: ${(err as Error).message}`, { cause: err });
+        } finally {
+          call.close();
+        }
+      })(),
+    );
+  }
+
   async cacheKey(ctx: OpContext): Promise<string> {
     const sum = this.#attrs['http.checksum'];
     if (sum) return sum;
@@ -111,6 +146,9 @@ export class HttpSourceOp implements OpImpl {
     return [(await this.#fetch(ctx)).ref];
   }
 }
+
+/** The host of URLs whose bytes come from the client's session (upstream's upload provider). */
+const SESSION_HOST = 'buildkit-session';
 
 let agent: Dispatcher | undefined;
 

@@ -6,6 +6,8 @@ import { fileSyncService } from './file-sync.js';
 import { healthService } from './health.js';
 import { secretsService, type SecretSource } from './secrets.js';
 import { sshService, type resolveSshAgents } from './ssh.js';
+import { uploadService } from './upload.js';
+import type { Readable } from 'node:stream';
 
 export { authService, type AuthServiceOptions } from './auth.js';
 export { fileSendService, type ExportTarget } from './file-send.js';
@@ -14,6 +16,7 @@ export { healthService } from './health.js';
 export { parseCsvLine, parseSecretSpec, resolveSecrets, secretsService, type SecretSource } from './secrets.js';
 export { parseSshSpec, resolveSshAgents, sshService, type SshSpec } from './ssh.js';
 export { loadDockerConfig, lookupAuth, type DockerConfig } from './docker-config.js';
+export { uploadService, uploadURL } from './upload.js';
 
 /**
  * Everything a build client serves on its session, from what the user shared. Health is always
@@ -29,6 +32,8 @@ export function clientSessionServices(opts: {
   ssh?: Awaited<ReturnType<typeof resolveSshAgents>>;
   /** Content stores served to the daemon (local cache export/import): store id to directory. */
   contentStores?: Map<string, string>;
+  /** Streams the daemon fetches as http://buildkit-session/<id> (uploadURL), by id; each is given once. */
+  uploads?: Map<string, () => Readable>;
 }): SessionServices {
   return {
     ...healthService(),
@@ -38,5 +43,6 @@ export function clientSessionServices(opts: {
     ...(opts.secrets && opts.secrets.size > 0 ? secretsService(opts.secrets) : {}),
     ...(opts.ssh && opts.ssh.size > 0 ? sshService(opts.ssh) : {}),
     ...(opts.contentStores && opts.contentStores.size > 0 ? contentStoreService({ stores: opts.contentStores }) : {}),
+    ...(opts.uploads && opts.uploads.size > 0 ? uploadService(opts.uploads) : {}),
   };
 }

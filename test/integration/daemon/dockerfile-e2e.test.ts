@@ -11,6 +11,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildctl, removeDir, run, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
 import { startRegistry, type TestRegistry } from '../../helpers/registry.js';
 import { askSubrequest } from '../../../fixtures/subrequests/ask.js';
+import { spawn } from 'node:child_process';
+import { ControlClient } from '../../../src/client/control-client.js';
+import { solve } from '../../../src/client/solve.js';
+import type { StatusResponse } from '../../../src/gen/buildkit/control_pb.js';
+import { uploadURL } from '../../../src/session/client/index.js';
 
 const d = describe.runIf(process.getuid?.() === 0);
 
@@ -43,6 +48,41 @@ d('dockerfile.v0', () => {
     if (daemon) removeDir(daemon.dir);
     if (work) removeDir(work);
   });
+
+  it("builds a context sent as one tar through the client's session (buildx's `-`: http://buildkit-session/<id>), fetched once", async () => {
+    const ctx = join(work, 'upload-ctx');
+    mkdirSync(join(ctx, 'sub'), { recursive: true });
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${reg.host}/busybox:latest\nCOPY sub/ /in/\nRUN cat /in/hello > /out.txt\n`);
+    writeFileSync(join(ctx, 'sub', 'hello'), 'hello from a tar\n');
+    const control = new ControlClient({ address: daemon.addr });
+    const build = async (out: string) => {
+      let pulls = 0;
+      const statuses: StatusResponse[] = [];
+      await solve({
+        control,
+        frontend: 'dockerfile.v0',
+        frontendAttrs: { context: uploadURL('ctx-1') },
+        uploads: new Map([['ctx-1', () => (pulls++, spawn('tar', ['-c', '-C', ctx, '.']).stdout)]]),
+        exports: [{ type: 'local', attrs: {}, outputDir: out }],
+        auth: false,
+        onStatus: (st) => statuses.push(st),
+      });
+      return { pulls, vertices: statuses.flatMap((st) => st.vertexes) };
+    };
+    try {
+      const first = await build(join(work, 'upload-out'));
+      expect(readFileSync(join(work, 'upload-out', 'out.txt'), 'utf8')).toBe('hello from a tar\n');
+      expect(first.pulls).toBe(1);
+      expect(first.vertices.some((v) => v.name === '[internal] load remote build context' && v.completed && !v.error)).toBe(true);
+      // The same bytes again: the context is keyed by its content, so every step is cached.
+      const again = await build(join(work, 'upload-out2'));
+      expect(again.pulls).toBe(1);
+      const run = again.vertices.find((v) => v.name.startsWith('[3/3] RUN'));
+      expect(again.vertices.filter((v) => v.name === run?.name).some((v) => v.cached)).toBe(true);
+    } finally {
+      control.close();
+    }
+  }, 120_000);
 
   it('builds a multi-stage Dockerfile with COPY --from, --chown, ARG, ENV, LABEL, WORKDIR, CMD and .dockerignore', async () => {
     const started = Date.now();
