@@ -125,7 +125,7 @@ export class BuildManager {
       }
       try {
         const vertices = bus.vertexCounts(new Set(recorder?.summaryVertex ? [recorder.summaryVertex] : []));
-        recorder?.finish(failed ? (error ?? 'failed') : undefined, resp, errorCode, { events: bus.events(), vertices });
+        recorder?.finish(failed ? (error ?? 'failed') : undefined, resp, errorCode, { events: bus.kept(), vertices });
       } catch (err) {
         log().warn({ ref, err: errorMessage(err) }, 'could not save the build record');
       }

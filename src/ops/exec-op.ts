@@ -295,6 +295,7 @@ export class ExecOp implements OpImpl {
               if (so.optional) continue;
               throw new LoomError('UNKNOWN', `secret ${so.ID}: not found`);
             }
+            ctx.progress.secretRead(ctx.vertex.digest, data);
             const f = await this.#s.secrets.write(data, { uid: so.uid, gid: so.gid, mode: so.mode });
             cleanups.push(f.release);
             source = { kind: 'file', path: f.path, readonly: true };
@@ -337,6 +338,7 @@ export class ExecOp implements OpImpl {
           if (se.optional) continue;
           throw new LoomError('UNKNOWN', `secret ${se.ID}: not found`);
         }
+        ctx.progress.secretRead(ctx.vertex.digest, data);
         env = [...env, `${se.name}=${Buffer.from(data).toString()}`];
       }
 

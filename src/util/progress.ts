@@ -52,6 +52,9 @@ export type ProgressEvent =
 
 type Listener = (batch: ProgressEvent[] | null) => void;
 
+/** What a kept build record shows in place of the output of a step that read secrets. */
+export const SECRET_OUTPUT_NOTE = '[output not kept with the build record: the step read secrets or printed one]\n';
+
 /** The vertex an event is about. */
 export function vertexOf(ev: ProgressEvent): string {
   switch (ev.kind) {
@@ -84,6 +87,11 @@ export class ProgressBus {
 
   /** Buses that also get one vertex's events (see mirror), by vertex. */
   readonly #mirrors = new Map<string, Set<(ev: ProgressEvent) => void>>();
+  /** The buses those are, by vertex (they learn which vertices read secrets). */
+  readonly #mirrorBuses = new Map<string, Set<ProgressBus>>();
+  /** Vertices whose step read secrets, and the values read (see kept()). */
+  readonly #secretVertices = new Set<string>();
+  readonly #secretValues: Buffer[] = [];
 
   get closed(): boolean {
     return this.#closed;
@@ -97,14 +105,62 @@ export class ProgressBus {
    */
   mirror(digest: string, to: ProgressBus, as: Omit<VertexEvent, 'started' | 'completed' | 'cached' | 'error'>): () => void {
     const send = (ev: ProgressEvent) => to.write(ev.kind === 'vertex' ? { kind: 'vertex', vertex: { ...ev.vertex, ...as } } : ev);
+    if (this.#secretVertices.has(digest)) to.#markSecrets(digest, as.digest, this.#secretValues);
     for (const ev of this.#events) if (vertexOf(ev) === digest) send(ev);
     let set = this.#mirrors.get(digest);
     if (!set) this.#mirrors.set(digest, (set = new Set()));
     set.add(send);
+    let buses = this.#mirrorBuses.get(digest);
+    if (!buses) this.#mirrorBuses.set(digest, (buses = new Set()));
+    buses.add(to);
     return () => {
       set.delete(send);
+      buses.delete(to);
       if (set.size === 0 && this.#mirrors.get(digest) === set) this.#mirrors.delete(digest);
+      if (buses.size === 0 && this.#mirrorBuses.get(digest) === buses) this.#mirrorBuses.delete(digest);
     };
+  }
+
+  /**
+   * Vertex `digest`'s step read `value` (a secret): the stream kept after the build (kept()) holds
+   * none of that step's output, and no other output holding the value. Buses mirroring the vertex
+   * learn it too.
+   */
+  secretRead(digest: string, value: Uint8Array): void {
+    this.#markSecrets(digest, digest, [Buffer.from(value)]);
+    for (const to of this.#mirrorBuses.get(digest) ?? []) to.#markSecrets(digest, digest, [Buffer.from(value)]);
+  }
+
+  #markSecrets(digest: string, alias: string, values: readonly Buffer[]): void {
+    this.#secretVertices.add(digest);
+    this.#secretVertices.add(alias);
+    for (const v of values) if (v.length > 0 && !this.#secretValues.some((k) => k.equals(v))) this.#secretValues.push(v);
+  }
+
+  /**
+   * The events as a build record keeps them (see BuildRecords): the output of steps that read
+   * secrets is left out, one line saying so in its place, and any other output holding a secret
+   * value read in this build is left out too. What the client saw live is unchanged.
+   */
+  kept(): ProgressEvent[] {
+    if (this.#secretVertices.size === 0) return [...this.#events];
+    const out: ProgressEvent[] = [];
+    const noted = new Set<string>();
+    for (const ev of this.#events) {
+      if (ev.kind !== 'log') {
+        out.push(ev);
+        continue;
+      }
+      const v = ev.log.vertex;
+      const hidden = this.#secretVertices.has(v) || this.#secretValues.some((s) => Buffer.from(ev.log.data.buffer, ev.log.data.byteOffset, ev.log.data.byteLength).includes(s));
+      if (!hidden) {
+        out.push(ev);
+      } else if (!noted.has(v)) {
+        noted.add(v);
+        out.push({ kind: 'log', log: { ...ev.log, stream: 2, data: Buffer.from(SECRET_OUTPUT_NOTE) } });
+      }
+    }
+    return out;
   }
 
   write(ev: ProgressEvent): void {
@@ -168,11 +224,6 @@ export class ProgressBus {
     this.#closed = true;
     for (const l of this.#listeners) l(null);
     this.#listeners.clear();
-  }
-
-  /** Every event written so far, in order. */
-  events(): readonly ProgressEvent[] {
-    return this.#events;
   }
 
   /**

@@ -77,4 +77,24 @@ describe('ProgressBus', () => {
     const seen = events(waiter).map((e) => (e.kind === 'log' ? `log ${Buffer.from(e.log.data).toString().trim()}` : e.kind === 'vertex' ? `${line(e)} ${e.vertex.inputs.join(',')} ${e.vertex.started === started}` : line(e)));
     expect(seen).toEqual(['vertex [stage-1 3/3] RUN make sha256:base true', 'log early', 'log late', 'vertex [stage-1 3/3] RUN make done sha256:base true']);
   });
+
+  it("keeps no output of a step that read secrets, nor any output holding a secret's value, for the build record; live readers still see it", () => {
+    const bus = new ProgressBus();
+    const live: ProgressEvent[] = [];
+    bus.subscribe((b) => b && live.push(...b));
+    const waiter = new ProgressBus();
+    bus.vertex({ digest: 'sha256:s', inputs: [], name: '[2/3] RUN --mount=type=secret,id=tok cat /run/secrets/tok', started: new Date() });
+    bus.mirror('sha256:s', waiter, { digest: 'sha256:s', inputs: [], name: 'the same step in another build' });
+    bus.secretRead('sha256:s', Buffer.from('tok-value-123'));
+    bus.log('sha256:s', 1, Buffer.from('tok-value-123\n'));
+    bus.log('sha256:s', 1, Buffer.from('more output\n'));
+    bus.log('sha256:o', 1, Buffer.from('an echo of tok-value-123 elsewhere\n'));
+    bus.log('sha256:o', 1, Buffer.from('harmless\n'));
+    const logs = (evs: ProgressEvent[]) => evs.flatMap((e) => (e.kind === 'log' ? [`${e.log.vertex} ${Buffer.from(e.log.data).toString().trim()}`] : []));
+    expect(logs(bus.kept())).toEqual(['sha256:s [output not kept with the build record: the step read secrets or printed one]', 'sha256:o [output not kept with the build record: the step read secrets or printed one]', 'sha256:o harmless']);
+    expect(bus.kept().filter((e) => e.kind === 'vertex')).toHaveLength(1);
+    expect(logs(waiter.kept())).toEqual(['sha256:s [output not kept with the build record: the step read secrets or printed one]']);
+    expect(logs(events(bus))).toContain('sha256:s tok-value-123');
+    expect(logs(live)).toContain('sha256:o an echo of tok-value-123 elsewhere');
+  });
 });
