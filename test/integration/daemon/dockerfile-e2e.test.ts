@@ -74,6 +74,11 @@ d('dockerfile.v0', () => {
       expect(readFileSync(join(work, 'upload-out', 'out.txt'), 'utf8')).toBe('hello from a tar\n');
       expect(first.pulls).toBe(1);
       expect(first.vertices.some((v) => v.name === '[internal] load remote build context' && v.completed && !v.error)).toBe(true);
+      // The context's unpacking runs in the frontend's own solve (it reads the Dockerfile) and is
+      // used again by the final one: it shows DONE, never CACHED, in the build that ran it, as upstream.
+      const unpack = first.vertices.filter((v) => v.name === 'copy /context /');
+      expect(unpack.some((v) => v.completed && !v.error)).toBe(true);
+      expect(unpack.some((v) => v.cached)).toBe(false);
       // The same bytes again: the context is keyed by its content, so every step is cached.
       const again = await build(join(work, 'upload-out2'));
       expect(again.pulls).toBe(1);
