@@ -212,6 +212,10 @@ export class BuildRecorder implements StepObserver {
     this.#o = o;
   }
 
+  seen(digest: string): boolean {
+    return this.#steps.has(digest);
+  }
+
   step(o: StepOutcome): void {
     // A vertex solved again by a later solve of the same build (a frontend's final solve) is
     // already known: its first outcome is what happened.

@@ -501,7 +501,7 @@ class JobRun {
         if (sameResult) return hit;
         // Done earlier in this build (a frontend's own solve, then its final one): upstream's
         // build shares that result and shows nothing more of the step, which stays DONE.
-        if (job.progress.done(v.digest)) return hit;
+        if (job.steps?.seen?.(v.digest)) return hit;
         const now = new Date();
         this.#report(v, { started: now, completed: now, cached: true });
         this.#reported.add(v.digest);
@@ -785,7 +785,7 @@ class JobRun {
   async #reportCachedInputs(v: Vertex): Promise<void> {
     for (const i of v.inputs) {
       const u = i.vertex;
-      if (this.#reported.has(u.digest) || u.op.op.case === 'source' || u.inputs.length === 0 || this.#results.has(u.digest) || this.#o.job.progress.done(u.digest)) continue;
+      if (this.#reported.has(u.digest) || u.op.op.case === 'source' || u.inputs.length === 0 || this.#results.has(u.digest) || this.#o.job.steps?.seen?.(u.digest)) continue;
       this.#reported.add(u.digest);
       const key = await this.#keys.get(u.digest);
       if (!key || !((await this.#o.cache.lookup(`${key}#${i.index}`)) || (await this.#inImport(`${key}#${i.index}`)))) continue;

@@ -55,6 +55,8 @@ export interface StepOutcome {
 
 export interface StepObserver {
   step(outcome: StepOutcome): void;
+  /** Whether step `digest` already ran or was found cached in this build (an earlier solve of it). */
+  seen?(digest: string): boolean;
   /** A source the build read, what pinned it (an image's digest, a download's content digest), for which platform. */
   source?(identifier: string, pin: string, platform?: UtilPlatform): void;
   /** An image reference the build's frontend resolved (ResolveImageConfig), the digest it named, for which platform it asked. */

@@ -89,8 +89,6 @@ export class ProgressBus {
   readonly #mirrors = new Map<string, Set<(ev: ProgressEvent) => void>>();
   /** The buses those are, by vertex (they learn which vertices read secrets). */
   readonly #mirrorBuses = new Map<string, Set<ProgressBus>>();
-  /** Vertices this stream has shown completed without an error. */
-  readonly #done = new Set<string>();
   /** Vertices whose step read secrets, and the values read (see kept()). */
   readonly #secretVertices = new Set<string>();
   readonly #secretValues: Buffer[] = [];
@@ -121,11 +119,6 @@ export class ProgressBus {
       if (set.size === 0 && this.#mirrors.get(digest) === set) this.#mirrors.delete(digest);
       if (buses.size === 0 && this.#mirrorBuses.get(digest) === buses) this.#mirrorBuses.delete(digest);
     };
-  }
-
-  /** Whether vertex `digest` has already shown as completed without an error on this stream. */
-  done(digest: string): boolean {
-    return this.#done.has(digest);
   }
 
   /**
@@ -175,7 +168,6 @@ export class ProgressBus {
     if (ev.kind === 'vertex') {
       if (ev.vertex.completed) {
         this.#open.delete(ev.vertex.digest);
-        if (!ev.vertex.error) this.#done.add(ev.vertex.digest);
         // A step that ends (failing, say, in the middle of a push) ends its statuses first, as
         // upstream's do: its printer shows the step's ERROR only once they are done.
         const statuses = this.#openStatuses.get(ev.vertex.digest);
