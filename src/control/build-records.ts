@@ -168,7 +168,7 @@ export class BuildRecords {
     const r = this.get(ref);
     if (!r || !r.completedAt) return undefined;
     if (!r.logs || !this.#logsDir) return [];
-    const file = join(this.#logsDir, r.logs.digest.replace(/^sha256:/, ''));
+    const file = this.#logsFile(this.#logsDir, r.logs.digest);
     try {
       return decodeStatusStream(readFileSync(file), `progress of build ${ref} (${file})`);
     } catch (err) {
@@ -184,7 +184,7 @@ export class BuildRecords {
       const data = encodeStatusStream(progress);
       const digest = sha256(data);
       mkdirSync(this.#logsDir, { recursive: true });
-      const file = join(this.#logsDir, digest.replace(/^sha256:/, ''));
+      const file = this.#logsFile(this.#logsDir, digest);
       writeFileSync(`${file}.tmp`, data);
       renameSync(`${file}.tmp`, file);
       r.logs = { digest, size: data.length };
@@ -194,7 +194,12 @@ export class BuildRecords {
   }
 
   #dropLogs(r: BuildRecordData): void {
-    if (r.logs && this.#logsDir) rmSync(join(this.#logsDir, r.logs.digest.replace(/^sha256:/, '')), { force: true });
+    if (r.logs && this.#logsDir) rmSync(this.#logsFile(this.#logsDir, r.logs.digest), { force: true });
+  }
+
+  /** The file a progress stream of digest `digest` is kept in. */
+  #logsFile(dir: string, digest: string): string {
+    return join(dir, digest.replace(/^sha256:/, ''));
   }
 }
 

@@ -4,13 +4,12 @@ import { StatusResponseSchema, VertexLogSchema, VertexSchema, VertexStatusSchema
 import { ProgressGroupSchema } from '../gen/buildkit/ops_pb.js';
 import type { ProgressEvent } from '../util/progress.js';
 
-/**
+/*
  * A build's progress as BuildKit's Status stream carries it, both ways: events to a
  * StatusResponse for the wire, and the stream kept with a build record (upstream's
  * `application/vnd.buildkit.status.v0` blob: each StatusResponse as a little-endian uint32 length
  * and its protobuf bytes) written and read back.
  */
-export const STATUS_STREAM_MEDIA_TYPE = 'application/vnd.buildkit.status.v0';
 
 /** One StatusResponse's events, in the order clients read them: vertexes, statuses, logs, warnings. */
 export function statusResponse(batch: ProgressEvent[]): StatusResponse {

@@ -85,10 +85,8 @@ export class ProgressBus {
   /** Statuses started and not completed, by vertex, then by id (their last event). */
   readonly #openStatuses = new Map<string, Map<string, StatusEvent>>();
 
-  /** Buses that also get one vertex's events (see mirror), by vertex. */
-  readonly #mirrors = new Map<string, Set<(ev: ProgressEvent) => void>>();
-  /** The buses those are, by vertex (they learn which vertices read secrets). */
-  readonly #mirrorBuses = new Map<string, Set<ProgressBus>>();
+  /** Buses that also get one vertex's events (see mirror), by vertex: the bus, its name for the vertex, and the sender. */
+  readonly #mirrors = new Map<string, Set<{ to: ProgressBus; alias: string; send: (ev: ProgressEvent) => void }>>();
   /** Vertices whose step read secrets, and the values read (see kept()). */
   readonly #secretVertices = new Set<string>();
   readonly #secretValues: Buffer[] = [];
@@ -109,15 +107,11 @@ export class ProgressBus {
     for (const ev of this.#events) if (vertexOf(ev) === digest) send(ev);
     let set = this.#mirrors.get(digest);
     if (!set) this.#mirrors.set(digest, (set = new Set()));
-    set.add(send);
-    let buses = this.#mirrorBuses.get(digest);
-    if (!buses) this.#mirrorBuses.set(digest, (buses = new Set()));
-    buses.add(to);
+    const entry = { to, alias: as.digest, send };
+    set.add(entry);
     return () => {
-      set.delete(send);
-      buses.delete(to);
+      set.delete(entry);
       if (set.size === 0 && this.#mirrors.get(digest) === set) this.#mirrors.delete(digest);
-      if (buses.size === 0 && this.#mirrorBuses.get(digest) === buses) this.#mirrorBuses.delete(digest);
     };
   }
 
@@ -127,8 +121,9 @@ export class ProgressBus {
    * learn it too.
    */
   secretRead(digest: string, value: Uint8Array): void {
-    this.#markSecrets(digest, digest, [Buffer.from(value)]);
-    for (const to of this.#mirrorBuses.get(digest) ?? []) to.#markSecrets(digest, digest, [Buffer.from(value)]);
+    const values = [Buffer.from(value)];
+    this.#markSecrets(digest, digest, values);
+    for (const m of this.#mirrors.get(digest) ?? []) m.to.#markSecrets(digest, m.alias, values);
   }
 
   #markSecrets(digest: string, alias: string, values: readonly Buffer[]): void {
@@ -152,7 +147,8 @@ export class ProgressBus {
         continue;
       }
       const v = ev.log.vertex;
-      const hidden = this.#secretVertices.has(v) || this.#secretValues.some((s) => Buffer.from(ev.log.data.buffer, ev.log.data.byteOffset, ev.log.data.byteLength).includes(s));
+      const data = Buffer.from(ev.log.data.buffer, ev.log.data.byteOffset, ev.log.data.byteLength);
+      const hidden = this.#secretVertices.has(v) || this.#secretValues.some((s) => data.includes(s));
       if (!hidden) {
         out.push(ev);
       } else if (!noted.has(v)) {
@@ -187,7 +183,7 @@ export class ProgressBus {
     }
     this.#append(ev);
     const mirrors = this.#mirrors.get(vertexOf(ev));
-    if (mirrors) for (const send of mirrors) send(ev);
+    if (mirrors) for (const m of mirrors) m.send(ev);
   }
 
   #append(ev: ProgressEvent): void {
