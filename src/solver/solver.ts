@@ -298,13 +298,18 @@ class JobRun {
    */
   async recordKnownSteps(): Promise<void> {
     const hooks = this.#o.job.cache;
-    if (!hooks?.wantsAll) return;
+    if (!hooks || (!hooks.wantsAll && !hooks.recordKey)) return;
     for (const [digest, p] of this.#keys) {
       const v = this.#vertexByDigest.get(digest);
-      if (!v || v.op.op.case === 'source' || this.#results.has(digest)) continue;
+      if (!v || isLocalSource(v)) continue;
       const key = await p.catch(() => undefined);
       if (!key) continue;
       const n = Math.max(1, outputCount(v.op));
+      // Every step's key, sources' too, for exports that name steps by key (a step that ignored
+      // the cache by the key later builds find it under).
+      const usual = this.#usualKeys.get(digest) ?? key;
+      for (let i = 0; i < n; i++) hooks.recordKey?.(`${usual}#${i}`);
+      if (!hooks.wantsAll || v.op.op.case === 'source' || this.#results.has(digest)) continue;
       for (let i = 0; i < n; i++) {
         const r = await this.#o.cache.lookup(`${key}#${i}`);
         if (r) hooks.record(`${key}#${i}`, r);
@@ -388,11 +393,13 @@ class JobRun {
             // As this input's key would be if no step below ignored the cache.
             const usualOf = this.#usualKeys.get(i.vertex.digest) ?? of;
             // The key of a step that may be keyed by content waits on its inputs' results (see
-            // #byContent). An input found in no cache is needed whatever happens (the step's key
-            // is new: either its content finds an earlier result or the step runs), so it starts
+            // #byContent). An input no cache names is needed whatever happens (the step's key is
+            // new: either its content finds an earlier result or the step runs), so it starts
             // now: the stages a step copies from, and the step it runs on, are made side by side,
-            // not one after the other as each key in turn waits on its inputs.
-            if ((byContent || (early && early.has(n) && !this.#waitsOnTransfer(i.vertex))) && !(await this.#found(of, 1, i.index))) this.slot(i).catch((err: unknown) => this.#failEarly(err));
+            // not one after the other as each key in turn waits on its inputs. One an imported
+            // cache names by its key alone is not: a step found further on needs nothing of it
+            // (a mode=min cache holds a COPY --from, not the stage it copied from).
+            if ((byContent || (early && early.has(n) && !this.#waitsOnTransfer(i.vertex))) && !(await this.#known(of, i.index))) this.slot(i).catch((err: unknown) => this.#failEarly(err));
             // A local directory read only at a few paths keys the step by those paths' content:
             // editing an unrelated file of the context keeps the step cached (upstream's
             // content-based cache keys). Other inputs are keyed whole.
@@ -788,12 +795,27 @@ class JobRun {
       if (this.#reported.has(u.digest) || u.op.op.case === 'source' || u.inputs.length === 0 || this.#results.has(u.digest) || this.#o.job.steps?.seen?.(u.digest)) continue;
       this.#reported.add(u.digest);
       const key = await this.#keys.get(u.digest);
-      if (!key || !((await this.#o.cache.lookup(`${key}#${i.index}`)) || (await this.#inImport(`${key}#${i.index}`)))) continue;
+      if (!key || !(await this.#known(key, i.index))) continue;
       const now = new Date();
       this.#report(u, { started: now, completed: now, cached: true });
       // In the build's record and summary as a cached step; its bytes are in the hit's chain.
       this.#o.job.steps?.step({ digest: u.digest, name: u.name, cached: true, reason: '', durationMs: 0, refs: [] });
       await this.#reportCachedInputs(u);
+    }
+  }
+
+  /**
+   * Whether a cache names output `index` of the step under `key`: the local cache or an imported
+   * one holds its result, or an imported one its key alone (a mode=min cache's steps below its
+   * results).
+   */
+  async #known(key: string, index: number): Promise<boolean> {
+    if (await this.#found(key, 1, index)) return true;
+    try {
+      return (await this.#o.job.cache?.knowsImported?.(`${key}#${index}`)) === true;
+    } catch (err) {
+      if (isAbortError(err)) throw err;
+      return false;
     }
   }
 

@@ -80,6 +80,13 @@ export interface BuildCacheHooks {
   readonly importing?: boolean;
   /** A step output this build produced or took from the cache, for cache export. */
   record(key: string, ref: Ref): void;
+  /**
+   * A step output whose key this build worked out, with or without its result: a cache export
+   * names it by key when it does not carry its result (see buildCacheConfig).
+   */
+  recordKey?(key: string): void;
+  /** Whether an imported cache names the output (`<key>#<index>`), by its result or by key alone. */
+  knowsImported?(key: string): Promise<boolean>;
   /** The build exports its cache to a registry or a directory (not only inline). */
   readonly exporting?: boolean;
   /** What an imported cache's content keys say of `name` (a content key or a shape marker). */

@@ -15,7 +15,7 @@ import type { Platform } from '../../util/platform.js';
 import { inVertex, oneOff } from '../../util/progress.js';
 import type { LayerStore } from '../layers.js';
 import { checkChain, unpackChain, type ChainLayer, type UnpackChainDeps } from '../unpack-chain.js';
-import { buildCacheConfig, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, stepKeyOf, type CacheConfig, type ExportEntry } from './cache-config.js';
+import { buildCacheConfig, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, recordOf, stepKeyOf, type CacheConfig, type ExportEntry } from './cache-config.js';
 import { loadCacheManifest, loadRegistryCache, UNCOMPRESSED_ANNOTATION, type LoadedCache } from './sources.js';
 
 const log = () => rootLog.child({ sub: 'remote-cache' });
@@ -174,6 +174,8 @@ export class BuildCache implements BuildCacheHooks {
   #loads: Promise<LoadedCache | undefined>[] = [];
   readonly #materializing = new Map<string, Promise<Ref>>();
   readonly #records = new Map<string, { ref: Ref; at: Date }>();
+  /** Step outputs whose keys the build computed (exported by key where their results are not). */
+  readonly #known = new Set<string>();
   /** Per loaded import, its content keys by name (see importedContentKey). */
   readonly #importIndex = new WeakMap<LoadedCache, Map<string, string>>();
 
@@ -289,6 +291,23 @@ export class BuildCache implements BuildCacheHooks {
     this.#records.set(key, { ref, at: new Date() });
   }
 
+  recordKey(key: string): void {
+    this.#known.add(key);
+  }
+
+  /** The outputs an export names by key alone: every one the build knew, less those it exports with results (buildCacheConfig skips those). */
+  #keysOnly(): string[] {
+    return [...this.#records.keys(), ...this.#known];
+  }
+
+  async knowsImported(key: string): Promise<boolean> {
+    for (const load of this.#loads) {
+      const c = await load;
+      if (c && recordOf(c.config, key)) return true;
+    }
+    return false;
+  }
+
   /**
    * What the imported caches' content keys say of `name`: the step key a content key stands for,
    * "1" for a shape marker (see CacheConfig.contentKeys).
@@ -364,8 +383,8 @@ export class BuildCache implements BuildCacheHooks {
       if (n > layers.length) continue;
       entries.push({ key: e.key, layers: layers.slice(0, n), createdAt: e.at, content: this.#localContentOf(e.key) });
     }
-    const { config } = buildCacheConfig(entries);
-    if (!config.records?.length) return undefined;
+    const { config } = buildCacheConfig(entries, this.#keysOnly());
+    if (!config.records?.some((r) => r.layers?.length)) return undefined;
     return Buffer.from(JSON.stringify(config));
   }
 
@@ -379,7 +398,7 @@ export class BuildCache implements BuildCacheHooks {
           const prepared = oneOff(job.progress, vertex, 'preparing build cache for export');
           const entries = await this.#layersOf(this.#entriesFor(finals, spec.mode), spec, job.signal);
           prepared();
-          const built = buildCacheConfig(entries);
+          const built = buildCacheConfig(entries, this.#keysOnly());
           return spec.type === 'registry' ? await this.#exportRegistry(job, vertex, spec, built) : await this.#exportLocal(job, vertex, spec, built);
         });
         Object.assign(resp, out);

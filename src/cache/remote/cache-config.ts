@@ -60,8 +60,13 @@ export interface ExportEntry {
   content?: StepContentKey;
 }
 
-/** Builds a config from entries, sharing layers between chains with a common prefix. */
-export function buildCacheConfig(entries: readonly ExportEntry[]): { config: CacheConfig; layers: ChainLayer[] } {
+/**
+ * Builds a config from entries, sharing layers between chains with a common prefix. `known` are
+ * outputs exported by key alone (a record without a result, as upstream's mode=min keeps the steps
+ * a result was made from): a build importing the cache finds that such a step's key matched, so a
+ * step found under a later key needs nothing of it, and it shows CACHED.
+ */
+export function buildCacheConfig(entries: readonly ExportEntry[], known: Iterable<string> = []): { config: CacheConfig; layers: ChainLayer[] } {
   const table = new LayerTable();
   const blobs: ChainLayer[] = [];
   const records: CacheRecord[] = [];
@@ -80,6 +85,12 @@ export function buildCacheConfig(entries: readonly ExportEntry[]): { config: Cac
     }
     blobs.push(...e.layers);
     records.push({ digest, layers: [{ layer: parent, createdAt: e.createdAt.toISOString() }] });
+  }
+  for (const key of known) {
+    const digest = recordDigest(key);
+    if (seen.has(digest)) continue;
+    seen.add(digest);
+    records.push({ digest });
   }
   const config: CacheConfig = { layers: table.layers, records };
   if (Object.keys(contentKeys).length) config.contentKeys = contentKeys;
@@ -158,6 +169,19 @@ export function parseCacheConfig(bytes: Uint8Array, what: string): CacheConfig {
   return { layers, records };
 }
 
+const recordIndexes = new WeakMap<CacheConfig, Map<string, CacheRecord>>();
+
+/** The config's record for step output `key`, with or without a result. */
+export function recordOf(config: CacheConfig, key: string): CacheRecord | undefined {
+  let index = recordIndexes.get(config);
+  if (!index) {
+    index = new Map();
+    for (const r of config.records ?? []) if (!index.has(r.digest)) index.set(r.digest, r);
+    recordIndexes.set(config, index);
+  }
+  return index.get(recordDigest(key));
+}
+
 /**
  * The layer chain of the record for `key`, bottom first, or undefined when the config has no
  * such record. `describe` supplies blob facts the config lacks (upstream's configs keep media
@@ -169,10 +193,9 @@ export function chainFor(
   describe: (blob: string) => Partial<ChainLayer> | undefined,
   what: string,
 ): ChainLayer[] | undefined {
-  const digest = recordDigest(key);
-  const rec = config.records?.find((r) => r.digest === digest);
-  const top = rec?.layers?.[0]?.layer;
-  if (top === undefined || top < 0) return undefined;
+  const rec = recordOf(config, key);
+  const top = rec && resultOf(rec);
+  if (top === undefined) return undefined;
   const layers = config.layers ?? [];
   return chainIndexes(layers, top, what).map((i) => {
     const l = layers[i]!;
@@ -188,19 +211,33 @@ export function chainFor(
   });
 }
 
+/** A record's result: the index of its top layer, undefined for a record kept by key alone. */
+function resultOf(rec: CacheRecord): number | undefined {
+  const top = rec.layers?.[0]?.layer;
+  return top === undefined || top < 0 ? undefined : top;
+}
+
 /**
- * Adds `add`'s records to `base` (a record of the same digest is replaced): an export keeps what
- * other builds put in the same cache instead of dropping it.
+ * Adds `add`'s records to `base` (a record of the same digest is replaced, but a result is not
+ * replaced by a key alone): an export keeps what other builds put in the same cache instead of
+ * dropping it.
  */
 export function mergeCacheConfigs(base: CacheConfig, add: CacheConfig, what: string): { config: CacheConfig; blobs: Set<string> } {
   const byDigest = new Map<string, { cfg: CacheConfig; rec: CacheRecord }>();
   for (const rec of base.records ?? []) byDigest.set(rec.digest, { cfg: base, rec });
-  for (const rec of add.records ?? []) byDigest.set(rec.digest, { cfg: add, rec });
+  for (const rec of add.records ?? []) {
+    const had = byDigest.get(rec.digest);
+    if (had && resultOf(rec) === undefined && resultOf(had.rec) !== undefined) continue;
+    byDigest.set(rec.digest, { cfg: add, rec });
+  }
   const table = new LayerTable();
   const records: CacheRecord[] = [];
   for (const { cfg, rec } of byDigest.values()) {
-    const top = rec.layers?.[0]?.layer;
-    if (top === undefined || top < 0) continue;
+    const top = resultOf(rec);
+    if (top === undefined) {
+      records.push({ digest: rec.digest });
+      continue;
+    }
     // The record's chain, re-indexed in the merged list.
     const src = cfg.layers ?? [];
     let parent = -1;

@@ -198,6 +198,32 @@ d('cache export and import', () => {
     expect(readFileSync(join(work, 'inl-b', 'both'), 'utf8')).toBe(readFileSync(join(work, 'inl-a', 'both'), 'utf8'));
   }, 240_000);
 
+  it('an inline (mode=min) cache of a multi-stage build leaves the stage a COPY --from reads cached on another daemon, as upstream', async () => {
+    const dir = context(
+      'inline-stages',
+      [
+        `FROM ${reg.host}/busybox:latest AS build`,
+        'RUN date +%s%N > /built',
+        `FROM ${reg.host}/busybox:latest`,
+        'COPY --from=build /built /built',
+        'RUN date +%s%N > /stamp',
+        '',
+      ].join('\n'),
+    );
+    const a = await freshDaemon();
+    const ref = `${reg.host}/app:inline-stages`;
+    await build(a, dir, ['--export-cache', 'type=inline', '--output', `type=image,name=${ref},push=true`]);
+    await build(a, dir, [], join(work, 'is-a'));
+    const b = await freshDaemon();
+    const log = await build(b, dir, ['--import-cache', `type=registry,ref=${ref}`], join(work, 'is-b'));
+    expect(log).toMatch(cachedStep('RUN date +%s%N > /built'));
+    expect(log).toMatch(cachedStep('COPY --from=build /built /built'));
+    expect(log).toMatch(cachedStep('RUN date +%s%N > /stamp'));
+    // (The two run are the context and the Dockerfile, new to this daemon.)
+    expect(log).toMatch(/cache summary: 3 steps cached, 2 run/);
+    for (const f of ['built', 'stamp']) expect(readFileSync(join(work, 'is-b', f), 'utf8')).toBe(readFileSync(join(work, 'is-a', f), 'utf8'));
+  }, 240_000);
+
   it("carries the steps' content keys: another daemon importing the cache finds a COPY --from whose stage was made again with the same files, as upstream", async () => {
     const dir = context(
       'content-keys',

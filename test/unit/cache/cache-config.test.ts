@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { buildCacheConfig, chainFor, mergeCacheConfigs, parseCacheConfig, recordDigest } from '../../../src/cache/remote/cache-config.js';
+import { buildCacheConfig, chainFor, mergeCacheConfigs, parseCacheConfig, recordDigest, recordOf } from '../../../src/cache/remote/cache-config.js';
 import type { ChainLayer } from '../../../src/cache/unpack-chain.js';
 
 const layer = (n: number): ChainLayer => ({
@@ -38,6 +38,32 @@ describe('cache config', () => {
     expect(chainFor(config, 'a#0', none, 't')).toEqual([layer(4)]);
     expect(chainFor(config, 'b#0', none, 't')).toEqual([layer(1), layer(3)]);
     expect([...blobs].sort()).toEqual([layer(1).digest, layer(3).digest, layer(4).digest].sort());
+  });
+
+  it('names known outputs by key alone, without a result; a merge keeps them but never lets one replace a result', () => {
+    const { config, layers } = buildCacheConfig([{ key: 'a#0', layers: [layer(1)], createdAt: at }], ['a#0', 'k#0', 'k#0', 'src#0']);
+    expect(layers.map((l) => l.digest)).toEqual([layer(1).digest]);
+    // The output with a result is not named twice; each known key once, with no layers.
+    expect(config.records).toEqual([
+      { digest: recordDigest('a#0'), layers: [{ layer: 0, createdAt: at.toISOString() }] },
+      { digest: recordDigest('k#0') },
+      { digest: recordDigest('src#0') },
+    ]);
+    const parsed = parseCacheConfig(Buffer.from(JSON.stringify(config)), 't');
+    expect(recordOf(parsed, 'k#0')).toEqual({ digest: recordDigest('k#0') });
+    expect(recordOf(parsed, 'other#0')).toBeUndefined();
+    // Known, but nothing to materialize.
+    expect(chainFor(parsed, 'k#0', none, 't')).toBeUndefined();
+    expect(chainFor(parsed, 'a#0', none, 't')).toEqual([layer(1)]);
+
+    // A later build that only knew a#0 by key does not drop its result; a key gains a result.
+    const later = buildCacheConfig([{ key: 'k#0', layers: [layer(2)], createdAt: at }], ['a#0', 'n#0']).config;
+    const merged = mergeCacheConfigs(parsed, later, 't').config;
+    expect(chainFor(merged, 'a#0', none, 't')).toEqual([layer(1)]);
+    expect(chainFor(merged, 'k#0', none, 't')).toEqual([layer(2)]);
+    expect(recordOf(merged, 'src#0')).toEqual({ digest: recordDigest('src#0') });
+    expect(recordOf(merged, 'n#0')).toEqual({ digest: recordDigest('n#0') });
+    expect(merged.records).toHaveLength(4);
   });
 
   it("carries steps' content keys by step key, through a round trip and a merge that drops them only with their records", () => {
