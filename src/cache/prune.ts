@@ -3,14 +3,14 @@ import type { RefManager, UsageEntry } from './ref-manager.js';
 import { parseFilters, type FieldGetter } from './filters.js';
 import type { LinkedUsage } from './linked-usage.js';
 
-/** `size` overrides the stored size (see LinkedUsage). */
+/** `size` overrides the stored size (see LinkedUsage); a duplicate counts none (see UsageEntry). */
 export function usageInfo(e: UsageEntry, size?: number): UsageInfo {
   const r = e.record;
   return {
     id: r.id,
     mutable: false,
     inUse: e.inUse,
-    size: size ?? r.size,
+    size: e.duplicate ? 0 : (size ?? r.size),
     parents: r.parents,
     createdAt: new Date(r.createdAt),
     lastUsedAt: r.lastUsedAt ? new Date(r.lastUsedAt) : undefined,

@@ -16,7 +16,17 @@ export type RecordType = 'regular' | 'source.local' | 'source.git.checkout' | 'e
 export interface UsageEntry {
   record: RefRecord;
   inUse: boolean;
+  /**
+   * Upstream's shared: the record backs an image in the worker's image store (never, here: loom
+   * keeps no image store, as upstream's OCI worker, whose records never show shared).
+   */
   shared: boolean;
+  /**
+   * Another record holds the same snapshot (one image's layers pulled for two platforms) and is
+   * charged for it: this one frees nothing alone, so it counts no bytes (upstream lists such an
+   * equal record once).
+   */
+  duplicate?: boolean;
 }
 
 export function newId(): string {
@@ -240,9 +250,14 @@ export class RefManager implements ResultCache {
 
   usage(): UsageEntry[] {
     const recs = this.#md.refs();
-    const bySnapshot = new Map<string, number>();
-    for (const r of recs) bySnapshot.set(r.snapshot, (bySnapshot.get(r.snapshot) ?? 0) + 1);
-    return recs.map((record) => ({ record, inUse: this.inUse(record.id), shared: (bySnapshot.get(record.snapshot) ?? 0) > 1 }));
+    // Of the records holding one snapshot, the most recently used is charged for it.
+    const charged = new Map<string, RefRecord>();
+    const recency = (r: RefRecord) => r.lastUsedAt ?? r.createdAt;
+    for (const r of recs) {
+      const c = charged.get(r.snapshot);
+      if (!c || recency(r) > recency(c)) charged.set(r.snapshot, r);
+    }
+    return recs.map((record) => ({ record, inUse: this.inUse(record.id), shared: false, duplicate: charged.get(record.snapshot) !== record }));
   }
 
   /**

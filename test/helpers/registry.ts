@@ -123,13 +123,16 @@ async function waitUntilUp(url: string, proc: ChildProcess, logs: () => string, 
   }
 }
 
-/** Copies an OCI archive into the registry with skopeo, all platforms, digests preserved. */
-export async function skopeoPush(archive: string, dest: string, opts?: { creds?: { username: string; password: string } }): Promise<void> {
+/**
+ * Copies an OCI archive into the registry with skopeo, all platforms, digests preserved; with
+ * `arch`, that platform's image alone (a single-platform image).
+ */
+export async function skopeoPush(archive: string, dest: string, opts?: { creds?: { username: string; password: string }; arch?: string }): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'loom-skopeo-'));
   try {
     const policy = join(dir, 'policy.json');
     writeFileSync(policy, JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
-    const args = ['--policy', policy, 'copy', '--all', '--preserve-digests', '--dest-tls-verify=false'];
+    const args = ['--policy', policy, 'copy', ...(opts?.arch ? ['--override-arch', opts.arch] : ['--all']), '--preserve-digests', '--dest-tls-verify=false'];
     if (opts?.creds) args.push('--dest-creds', `${opts.creds.username}:${opts.creds.password}`);
     args.push(`oci-archive:${archive}`, `docker://${dest}`);
     await run('skopeo', args, { env: { ...process.env, TMPDIR: dir } });

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildctl, removeDir, startDaemon, type TestDaemon } from '../../helpers/daemon.js';
-import { startRegistry, type TestRegistry } from '../../helpers/registry.js';
+import { baseImageArchive, skopeoPush, startRegistry, type TestRegistry } from '../../helpers/registry.js';
 
 const d = describe.runIf(process.getuid?.() === 0);
 
@@ -154,6 +154,35 @@ d('GC policies (daemon)', () => {
       removeDir(daemon.dir);
     }
   }, 120_000);
+
+  it("a client's prune without --all takes a single-platform image pulled for two platforms: nothing shows shared and its bytes count once, as upstream's", async () => {
+    await skopeoPush(await baseImageArchive(), `${reg.host}/single:latest`, { arch: 'amd64' });
+    const daemon = await startDaemon({ config: `[registry."${reg.host}"]\n  http = true\n${policy(1000 * MB, '  gc = false\n')}` });
+    try {
+      const dir = context('two-platforms', `FROM ${reg.host}/single:latest\nCOPY f /f\n`, { f: Buffer.from('f\n') });
+      const r = await buildctl(daemon.addr, ['build', '--frontend', 'dockerfile.v0', '--local', `context=${dir}`, '--local', `dockerfile=${dir}`, '--opt', 'platform=linux/amd64,linux/arm64']);
+      expect(r.code, r.stderr).toBe(0);
+      const v = await buildctl(daemon.addr, ['du', '-v']);
+      // No image store, so nothing backs a stored image (upstream's OCI worker shows none shared).
+      expect(v.stdout).toMatch(/^Shared:\s+false$/m);
+      expect(v.stdout).not.toMatch(/^Shared:\s+true$/m);
+      const { records, total } = await du(daemon);
+      const pulled = records.filter((x) => x.description.startsWith('pulled from'));
+      // Each layer's snapshot is in two records (one per platform); its bytes count once.
+      expect(pulled.length).toBe(8);
+      const base = pulled.reduce((n, x) => n + x.size, 0);
+      expect(base).toBeGreaterThan(MB);
+      expect(base).toBeLessThan(2.5 * MB);
+      expect(total).toBeLessThan(base + 0.2 * MB);
+      // Reserved 1 MB: records go, least recently used first, until less than that is left.
+      const pr = await buildctl(daemon.addr, ['prune', '--keep-storage', '1']);
+      expect(pr.code, pr.stderr).toBe(0);
+      expect((await du(daemon)).total).toBeLessThan(MB);
+    } finally {
+      await daemon.stop();
+      removeDir(daemon.dir);
+    }
+  }, 60_000);
 
   it('does nothing by itself with gc = false', async () => {
     const daemon = await startDaemon({ config: policy(3 * MB, '  gc = false\n') });
