@@ -433,12 +433,15 @@ class JobRun {
         // vertex even when everything after them is cached, as upstream's do.
         // So do other steps without inputs (a WORKDIR on scratch, a heredoc's file), as upstream
         // shows such a step done when it works out its key, even when its result is not needed.
+        // (Not again in a later solve of the same build, as a frontend's final solve of the remote
+        // context its own solve read: the vertex keeps what it showed, CACHED or DONE.)
         const isSource = v.op.op.case === 'source' || v.inputs.length === 0;
+        const shows = isSource && !this.#o.job.steps?.seen?.(v.digest);
         const started = new Date();
-        if (isSource) this.#report(v, { started });
+        if (shows) this.#report(v, { started });
         const extra = await this.#guard(v, () => this.#impl(v).cacheKey(this.#ctx(v)));
+        if (shows) this.#report(v, { started, completed: new Date() });
         if (isSource) {
-          this.#report(v, { started, completed: new Date() });
           if (v.op.op.case === 'source') this.#o.job.steps?.source?.(v.op.op.value.identifier, this.#impl(v).pin?.() ?? extra, fromPbPlatform(v.op.platform ?? this.#o.defaultPlatform));
         }
         const keyOf = (inputs: readonly string[]) => sha256(JSON.stringify({ op: opDigestWithoutInputs(v), platform: keyPlatform(v, this.#o.defaultPlatform), inputs, extra }));

@@ -84,6 +84,9 @@ d('dockerfile.v0', () => {
       expect(again.pulls).toBe(1);
       const run = again.vertices.find((v) => v.name.startsWith('[3/3] RUN'));
       expect(again.vertices.filter((v) => v.name === run?.name).some((v) => v.cached)).toBe(true);
+      // The context itself ends CACHED, as upstream's: the final solve does not show it again (DONE).
+      expect(again.vertices.filter((v) => v.name === '[internal] load remote build context').at(-1)?.cached).toBe(true);
+      expect(again.vertices.filter((v) => v.name === 'copy /context /').at(-1)?.cached).toBe(true);
     } finally {
       control.close();
     }
