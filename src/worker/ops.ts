@@ -27,7 +27,7 @@ export function createOpResolver(d: WorkerDeps): OpResolver {
             return new LocalSourceOp({ root: d.root, refs: d.refs, metadata: d.metadata, sessions: d.sessions, mirrors }, identifier, attrs);
           case 'http':
           case 'https':
-            return new HttpSourceOp({ refs: d.refs }, identifier, attrs);
+            return new HttpSourceOp({ refs: d.refs, metadata: d.metadata }, identifier, attrs);
           case 'git':
             return new GitSourceOp({ refs: d.refs }, identifier, attrs);
           case 'oci-layout':

@@ -5,6 +5,7 @@ import { join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Transform } from 'node:stream';
 import { Agent, interceptors, request, type Dispatcher } from 'undici';
+import type { MetadataStore } from '../../cache/metadata.js';
 import type { RefManager } from '../../cache/ref-manager.js';
 import { Upload } from '../../gen/session/upload_pb.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
@@ -21,12 +22,15 @@ import { goUrlError } from '../../util/go-net-error.js';
  */
 export class HttpSourceOp implements OpImpl {
   readonly #refs: RefManager;
+  readonly #metadata: MetadataStore | undefined;
   readonly #url: string;
   readonly #attrs: Record<string, string>;
   #fetched: Promise<{ ref: Ref; digest: string }> | undefined;
 
-  constructor(deps: { refs: RefManager }, identifier: string, attrs: Record<string, string>) {
+  /** `metadata` keeps the ETags of earlier downloads (see #revalidate); without it, every key downloads. */
+  constructor(deps: { refs: RefManager; metadata?: MetadataStore }, identifier: string, attrs: Record<string, string>) {
     this.#refs = deps.refs;
+    this.#metadata = deps.metadata;
     this.#url = identifier;
     this.#attrs = attrs;
     try {
@@ -86,6 +90,7 @@ export class HttpSourceOp implements OpImpl {
         const mtime = lm && !Number.isNaN(Date.parse(lm)) ? new Date(lm) : new Date(0);
         await utimes(file, mtime, mtime);
         const ref = await w.commit({ description: `http url ${this.#url}`, recordType: 'regular' });
+        this.#remember(header(res.headers['etag']), digest);
         return { ref, digest };
       } catch (err) {
         await w.discard();
@@ -139,7 +144,56 @@ export class HttpSourceOp implements OpImpl {
   async cacheKey(ctx: OpContext): Promise<string> {
     const sum = this.#attrs['http.checksum'];
     if (sum) return sum;
-    return (await this.#fetch(ctx)).digest;
+    return (await this.#revalidate(ctx)) ?? (await this.#fetch(ctx)).digest;
+  }
+
+  /** The ETags of this URL's earlier downloads, newest first, with the digests they gave. */
+  #known(): { etag: string; digest: string }[] {
+    const raw = this.#metadata?.kvGet(NS_HTTP_ETAG, this.#url);
+    if (!raw) return [];
+    try {
+      const v = JSON.parse(raw) as unknown;
+      return Array.isArray(v) ? v.filter((e): e is { etag: string; digest: string } => typeof e?.etag === 'string' && isDigest(e?.digest)) : [];
+    } catch {
+      return [];
+    }
+  }
+
+  #remember(etag: string | undefined, digest: string): void {
+    if (!etag || !this.#metadata || new URL(this.#url).host === SESSION_HOST) return;
+    const kept = this.#known().filter((e) => e.etag !== etag);
+    this.#metadata.kvPut(NS_HTTP_ETAG, this.#url, JSON.stringify([{ etag, digest }, ...kept].slice(0, MAX_ETAGS)));
+  }
+
+  /**
+   * As upstream's HTTP source: when earlier downloads of the URL had ETags, a HEAD asks with
+   * If-None-Match first, and a response naming one of them (304 or 200) gives that download's
+   * digest as the key without fetching the body (a later build of an unchanged remote context or
+   * ADD is cached without downloading it). Anything else, or a failed HEAD (some servers answer
+   * no HEAD), downloads.
+   */
+  async #revalidate(ctx: OpContext): Promise<string | undefined> {
+    if (new URL(this.#url).host === SESSION_HOST) return undefined;
+    const known = this.#known();
+    if (known.length === 0) return undefined;
+    try {
+      const res = await request(this.#url, {
+        method: 'HEAD',
+        headers: { 'if-none-match': known.map((e) => e.etag).join(', ') },
+        dispatcher: redirecting(),
+        signal: ctx.signal,
+        headersTimeout: 30_000,
+      });
+      await res.body.dump();
+      if (res.statusCode !== 200 && res.statusCode !== 304) return undefined;
+      let got = etagValue(header(res.headers['etag']));
+      // A 304 without an ETag to one asked about is about that one.
+      if (!got && res.statusCode === 304 && known.length === 1) got = etagValue(known[0]!.etag);
+      return got ? known.find((e) => etagValue(e.etag) === got)?.digest : undefined;
+    } catch (err) {
+      if (isAbortError(err) || ctx.signal?.aborted) throw err;
+      return undefined;
+    }
   }
 
   async run(ctx: OpContext): Promise<Ref[]> {
@@ -149,6 +203,15 @@ export class HttpSourceOp implements OpImpl {
 
 /** The host of URLs whose bytes come from the client's session (upstream's upload provider). */
 const SESSION_HOST = 'buildkit-session';
+
+/** Metadata namespace: by URL, the ETags of earlier downloads and their digests. */
+const NS_HTTP_ETAG = 'http.etag';
+const MAX_ETAGS = 8;
+
+/** An ETag compared as upstream does: a weak one (W/) equals its strong form. */
+function etagValue(v: string | undefined): string {
+  return (v ?? '').replace(/^W\//, '');
+}
 
 let agent: Dispatcher | undefined;
 

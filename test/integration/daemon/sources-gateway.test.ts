@@ -31,6 +31,8 @@ let http: Server;
 let httpPort: number;
 let stopGitDaemon = () => {};
 const payload = Buffer.from('hello from a loopback web server\n');
+/** A file whose server sends ETags and answers If-None-Match; the requests it saw. */
+const tagged = { version: 1, requests: [] as string[] };
 
 function def(state: ReturnType<typeof scratch>): Buffer {
   return Buffer.from(toBinary(DefinitionSchema, marshal(state)));
@@ -41,7 +43,17 @@ d('sources and gateway', () => {
     work = mkdtempSync(join(tmpdir(), 'loom-src-'));
     daemon = await startDaemon();
     http = createServer((req, res) => {
-      if (req.url === '/files/data.txt') {
+      if (req.url === '/files/tagged.txt') {
+        tagged.requests.push(`${req.method} ${req.headers['if-none-match'] ?? ''}`);
+        const etag = `"v${tagged.version}"`;
+        if (req.headers['if-none-match']?.split(/,\s*/).includes(etag)) {
+          res.writeHead(304, { etag });
+          res.end();
+          return;
+        }
+        res.writeHead(200, { etag, 'content-type': 'text/plain' });
+        res.end(req.method === 'HEAD' ? undefined : `version ${tagged.version}\n`);
+      } else if (req.url === '/files/data.txt') {
         res.writeHead(200, { 'content-type': 'text/plain', 'last-modified': 'Wed, 21 Oct 2015 07:28:00 GMT' });
         res.end(payload);
       } else {
@@ -75,6 +87,28 @@ d('sources and gateway', () => {
     const tar = join(work, 'http.tar');
     await buildctl(daemon.addr, ['build', '--output', `type=tar,dest=${tar}`], { stdin: def(st) });
     expect((await run('tar', ['-tvf', tar, '--numeric-owner'])).stdout).toMatch(/-rw-r----- 1000\/1001 +33 .*renamed\.txt/);
+  });
+
+  it("revalidates an https?:// source by its ETag, as upstream: an unchanged file is cached without downloading it, a changed one downloads", async () => {
+    const st = source(`http://127.0.0.1:${httpPort}/files/tagged.txt`);
+    const build = async (out: string) => {
+      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=local,dest=${out}`], { stdin: def(st) });
+      expect(r.code, r.stderr).toBe(0);
+      return { log: r.stderr, text: readFileSync(join(out, 'tagged.txt'), 'utf8') };
+    };
+    const first = await build(join(work, 'etag-1'));
+    expect(first.text).toBe('version 1\n');
+    expect(tagged.requests).toEqual(['GET ']);
+    const again = await build(join(work, 'etag-2'));
+    expect(again.text).toBe('version 1\n');
+    // One HEAD naming the ETag it had, no body fetched; the step is cached.
+    expect(tagged.requests).toEqual(['GET ', 'HEAD "v1"']);
+    expect(again.log).toMatch(/^#\d+ CACHED$/m);
+    expect(again.log).not.toMatch(/downloading/);
+    tagged.version = 2;
+    const changed = await build(join(work, 'etag-3'));
+    expect(changed.text).toBe('version 2\n');
+    expect(tagged.requests).toEqual(['GET ', 'HEAD "v1"', 'HEAD "v1"', 'GET ']);
   });
 
   it('fails an https?:// source whose content does not match its checksum', async () => {
