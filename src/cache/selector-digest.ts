@@ -88,6 +88,20 @@ function scannedOf(root: string): Set<string> {
   return set;
 }
 
+/**
+ * A local directory's tree is known whole from its transfer (upstream's transfer fills the tree's
+ * checksum records), unless the transfer brought nothing (no path a step names matched): upstream
+ * has no record then, and reads that empty tree as lazily as another step's, so a path under a
+ * directory that is not there fails in the walk's words there too.
+ */
+function readsLazily(root: string): boolean {
+  try {
+    return readdirSync(root).length === 0;
+  } catch {
+    return false;
+  }
+}
+
 /** Upstream's needsScan: no path at or above `p` is both there and inside a directory read already. */
 function needsScan(root: string, scanned: ReadonlySet<string>, p: string): boolean {
   const inside = (q: string) => scanned.has('/') || [...scanned].some((d) => q === d || q.startsWith(`${d}/`));
@@ -152,10 +166,13 @@ export async function selectorsExist(
   lazyScan = false,
   patterns?: Readonly<Record<string, PathPatterns>>,
 ): Promise<void> {
+  // (What is read of an empty local tree is not kept: each transfer is a tree of its own upstream.)
+  const empty = !lazyScan && readsLazily(root);
+  lazyScan ||= empty;
   // A path with patterns is read as upstream's checksum with patterns reads it (see filtered),
   // which reads the whole tree first: a later step's missing path is then simply not found.
   const withPatterns = [...paths].sort().filter((p) => patterns?.[p]);
-  if (lazyScan && withPatterns.length) scannedOf(root).add('/');
+  if (lazyScan && !empty && withPatterns.length) scannedOf(root).add('/');
   for (const p of withPatterns) for (const f of patternSets(patterns![p]!)) await filtered(root, p, f, followSymlinks);
   paths = paths.filter((p) => !patterns?.[p]);
   if (!lazyScan) {
@@ -164,7 +181,7 @@ export async function selectorsExist(
   }
   // Upstream reads a step's paths side by side: each as the tree was read before the step (the
   // first path's read does not spare the next one its own), the first failure in the step's order.
-  const add = scannedOf(root);
+  const add = empty ? new Set<string>() : scannedOf(root);
   const known = new Set(add);
   let failed: { err: unknown } | undefined;
   for (const p of paths) await resolveSelected(root, p, followSymlinks, { known, add }).catch((err: unknown) => (failed ??= { err }));
@@ -181,10 +198,10 @@ async function compute(
 ): Promise<string> {
   // Read as upstream reads a tree it has not read yet (see scans), the paths in the step's order.
   // (A path with patterns reads the whole tree, as upstream's checksum with patterns.)
-  if (lazyScan) {
+  if (lazyScan || readsLazily(root)) {
     // Marked before anything is awaited: steps reading this tree side by side see it read.
-    if (paths.some((p) => patterns?.[p])) scannedOf(root).add('/');
-    await selectorsExist(root, paths.filter((p) => (!wildcards || !containsWildcards(p)) && !patterns?.[p]), followSymlinks, true);
+    if (lazyScan && paths.some((p) => patterns?.[p])) scannedOf(root).add('/');
+    await selectorsExist(root, paths.filter((p) => (!wildcards || !containsWildcards(p)) && !patterns?.[p]), followSymlinks, lazyScan);
   }
   const h = createHash('sha256');
   const add = async (p: string, sets?: PathPatterns): Promise<void> => {
