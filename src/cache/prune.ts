@@ -8,7 +8,9 @@ export function usageInfo(e: UsageEntry, size?: number): UsageInfo {
   const r = e.record;
   return {
     id: r.id,
-    mutable: false,
+    // As upstream's, whose local directories are mutable records, kept and synced again by the
+    // next transfer of the same directory (du marks them with *).
+    mutable: r.recordType === 'source.local',
     inUse: e.inUse,
     size: e.duplicate ? 0 : (size ?? r.size),
     parents: r.parents,

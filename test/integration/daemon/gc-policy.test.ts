@@ -166,6 +166,13 @@ d('GC policies (daemon)', () => {
       // No image store, so nothing backs a stored image (upstream's OCI worker shows none shared).
       expect(v.stdout).toMatch(/^Shared:\s+false$/m);
       expect(v.stdout).not.toMatch(/^Shared:\s+true$/m);
+      // Local directories are mutable records, as upstream's; what steps made is not.
+      const blocks = v.stdout.split(/\n\n/).filter((b) => /^ID:/m.test(b));
+      const mutable = (b: string) => /^Mutable:\s+true$/m.test(b);
+      const locals = blocks.filter((b) => /^Description:\s+local source for /m.test(b));
+      expect(locals.length).toBeGreaterThanOrEqual(2);
+      expect(locals.every(mutable)).toBe(true);
+      expect(blocks.filter((b) => /^Description:\s+pulled from /m.test(b)).some(mutable)).toBe(false);
       const { records, total } = await du(daemon);
       const pulled = records.filter((x) => x.description.startsWith('pulled from'));
       // Each layer's snapshot is in two records (one per platform); its bytes count once.
