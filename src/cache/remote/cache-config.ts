@@ -10,8 +10,10 @@ import type { ChainLayer } from '../unpack-chain.js';
  *
  * Record digests are loom's: the digest of loom's cache key of a step output. loom looks a step up
  * by its key alone (its keys are computed top-down from the sources without running anything), so
- * records carry no input links. A BuildKit daemon reading this finds no record it can match, and
- * loom finds none in a BuildKit-made cache: neither misreads the other.
+ * records carry no input links. A record may have no result (no `layers`): a step the exporting
+ * build knew by key, whose result the export does not carry (see buildCacheConfig). A BuildKit
+ * daemon reading this finds no record it can match, and loom finds none in a BuildKit-made cache:
+ * neither misreads the other.
  */
 export const CACHE_CONFIG_MEDIA_TYPE = 'application/vnd.buildkit.cacheconfig.v0';
 /** Image config field holding an inline cache config (base64 of its JSON, as Go marshals []byte). */
