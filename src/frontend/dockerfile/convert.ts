@@ -1428,13 +1428,14 @@ function dispatchCopy(d: DispatchState, c: Extract<Instruction, { kind: 'add' | 
   const name = uppercaseCmd(processCmdEnv(dopt.shlex, c.code, env));
   if (c.link && c.chmod === '') {
     // COPY --link: the files are copied onto scratch and merged, so the layer does not depend on
-    // the stage's previous state. Upstream's file op here carries only the progress group.
+    // the stage's previous state. Upstream's file op here carries only the progress group; the
+    // merge carries --no-cache, so a no-cache build runs it (shown as the COPY, by its group).
     const pgName = prefixCommand(d, name, d.prefixPlatform, platform, env);
     d.cmdIndex--;
     const linkName = prefixCommand(d, 'LINK ' + name, d.prefixPlatform, platform, env);
     const pgID = progressGroupId(d, pgName);
     const copied = dopt.b.file(scratch(), actions, { progressGroup: { id: pgID, name: pgName, weak: true } });
-    const merged = dopt.b.merge([d.state, copied], { progressGroup: { id: pgID, name: pgName, weak: false }, customName: linkName });
+    const merged = dopt.b.merge([d.state, copied], { progressGroup: { id: pgID, name: pgName, weak: false }, customName: linkName, ignoreCache: d.ignoreCache });
     d.state = d.state.withOutput(merged.output);
   } else {
     const st = dopt.b.file(d.state, actions, {

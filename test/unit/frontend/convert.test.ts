@@ -179,6 +179,16 @@ RUN --mount=type=cache,target=/c,id=x,sharing=private --mount=type=bind,from=bas
     ]);
   });
 
+  it('applies no-cache to a COPY --link through its merge, as upstream (its copy onto scratch carries only the progress group)', async () => {
+    const df = 'FROM localhost:5000/busybox\nCOPY --link a /a\n';
+    const of = async (ignoreCache?: string[]) => {
+      const ops = decode((await convert(df, { ignoreCache })).definition).ops;
+      return ['merge', 'file'].map((k) => ops.filter((o) => o.op.op.case === k).map((o) => [o.name, o.md?.ignoreCache ?? false]));
+    };
+    expect(await of([])).toEqual([[['[2/2] LINK COPY --link a /a', true]], [[undefined, false]]]);
+    expect(await of()).toEqual([[['[2/2] LINK COPY --link a /a', false]], [[undefined, false]]]);
+  });
+
   it('runs ONBUILD triggers of a base image and drops them from the result', async () => {
     const res = await convert('FROM localhost:5000/onbuild\nRUN echo after\n');
     const { ops } = decode(res.definition);
