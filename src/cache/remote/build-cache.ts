@@ -15,7 +15,7 @@ import type { Platform } from '../../util/platform.js';
 import { inVertex, oneOff } from '../../util/progress.js';
 import type { LayerStore } from '../layers.js';
 import { checkChain, unpackChain, type ChainLayer, type UnpackChainDeps } from '../unpack-chain.js';
-import { buildCacheConfig, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, recordOf, stepKeyOf, type CacheConfig, type ExportEntry } from './cache-config.js';
+import { buildCacheConfig, buildInlineCache, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, recordOf, stepKeyOf, type CacheConfig, type ExportEntry } from './cache-config.js';
 import { loadCacheManifest, loadRegistryCache, UNCOMPRESSED_ANNOTATION, type LoadedCache } from './sources.js';
 
 const log = () => rootLog.child({ sub: 'remote-cache' });
@@ -383,9 +383,7 @@ export class BuildCache implements BuildCacheHooks {
       if (n > layers.length) continue;
       entries.push({ key: e.key, layers: layers.slice(0, n), createdAt: e.at, content: this.#localContentOf(e.key) });
     }
-    const { config } = buildCacheConfig(entries, this.#keysOnly());
-    if (!config.records?.some((r) => r.layers?.length)) return undefined;
-    return Buffer.from(JSON.stringify(config));
+    return buildInlineCache(entries, this.#keysOnly());
   }
 
   /** Runs the registry and local exports for results `finals`; returns their response keys. */

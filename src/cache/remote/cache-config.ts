@@ -99,6 +99,74 @@ export function buildCacheConfig(entries: readonly ExportEntry[], known: Iterabl
   return { config, layers: dedupeBlobs(blobs) };
 }
 
+/** Where an inline cache keeps loom's content keys: a field of its first record, which BuildKit ignores. */
+const INLINE_CONTENT_KEYS = 'loom.contentKeys';
+
+/**
+ * An inline cache (the image config's `moby.buildkit.cache.v0`) in upstream's shape: a JSON list
+ * of records alone, each result naming the top one of the image's own layers by its index (the
+ * result's chain is the image's layers up to there). `entries` must be chains of the image's first
+ * layers; `known` are named by key alone (see buildCacheConfig). Undefined when no entry has a layer.
+ */
+export function buildInlineCache(entries: readonly ExportEntry[], known: Iterable<string> = []): Buffer | undefined {
+  const records: (CacheRecord & { [INLINE_CONTENT_KEYS]?: Record<string, StepContentKey> })[] = [];
+  const contentKeys: Record<string, StepContentKey> = {};
+  const seen = new Set<string>();
+  for (const e of entries) {
+    if (e.layers.length === 0) continue;
+    if (e.content) contentKeys[stepKeyOf(e.key)] = { content: e.content.content, shape: e.content.shape };
+    const digest = recordDigest(e.key);
+    if (seen.has(digest)) continue;
+    seen.add(digest);
+    records.push({ digest, layers: [{ layer: e.layers.length - 1, createdAt: e.createdAt.toISOString() }] });
+  }
+  if (records.length === 0) return undefined;
+  for (const key of known) {
+    const digest = recordDigest(key);
+    if (seen.has(digest)) continue;
+    seen.add(digest);
+    records.push({ digest });
+  }
+  if (Object.keys(contentKeys).length) records[0]![INLINE_CONTENT_KEYS] = contentKeys;
+  return Buffer.from(JSON.stringify(records));
+}
+
+/**
+ * Reads an inline cache whose image has `layers` (bottom first): upstream's shape (a list of
+ * records; see buildInlineCache), or the whole config object earlier loom versions wrote. Results
+ * upstream chains from layers out of the image's order (`chains`) are left out.
+ */
+export function parseInlineCache(bytes: Uint8Array, layers: readonly { digest: string }[], what: string): CacheConfig {
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch (err) {
+    throw new InvalidArgumentError(`${what}: inline cache is not JSON: ${(err as Error).message}`);
+  }
+  if (!Array.isArray(v)) return parseCacheConfig(bytes, what);
+  const records: CacheRecord[] = [];
+  let contentKeys: Record<string, StepContentKey> | undefined;
+  v.forEach((r: unknown, i) => {
+    const rec = r as { digest?: unknown; layers?: unknown; [INLINE_CONTENT_KEYS]?: unknown };
+    if (typeof rec?.digest !== 'string') throw new InvalidArgumentError(`${what}: inline cache record ${i} has no digest`);
+    const results = Array.isArray(rec.layers) ? (rec.layers as { layer?: unknown; createdAt?: unknown }[]) : [];
+    const top = results.find((x) => Number.isInteger(x?.layer) && (x.layer as number) >= 0 && (x.layer as number) < layers.length);
+    records.push(top ? { digest: rec.digest, layers: [{ layer: top.layer as number, ...(typeof top.createdAt === 'string' ? { createdAt: top.createdAt } : {}) }] } : { digest: rec.digest });
+    if (i === 0 && rec[INLINE_CONTENT_KEYS] !== undefined) contentKeys = checkedContentKeys(rec[INLINE_CONTENT_KEYS], what);
+  });
+  const config: CacheConfig = { layers: layers.map((l, i) => ({ blob: l.digest, parent: i - 1 })), records };
+  if (contentKeys) config.contentKeys = contentKeys;
+  return config;
+}
+
+function checkedContentKeys(v: unknown, what: string): Record<string, StepContentKey> {
+  const ok = (x: unknown) => typeof x === 'object' && x !== null && typeof (x as StepContentKey).content === 'string' && typeof (x as StepContentKey).shape === 'string';
+  if (typeof v !== 'object' || v === null || Array.isArray(v) || !Object.values(v).every(ok)) {
+    throw new InvalidArgumentError(`${what}: cache config contentKeys must map step keys to their content key and shape`);
+  }
+  return v as Record<string, StepContentKey>;
+}
+
 /** Layers of a config being built: one entry per (parent, blob), so chains share their prefix. */
 class LayerTable {
   readonly layers: CacheLayer[] = [];
@@ -160,14 +228,7 @@ export function parseCacheConfig(bytes: Uint8Array, what: string): CacheConfig {
       }
     }
   });
-  const contentKeys = c.contentKeys;
-  if (contentKeys !== undefined) {
-    const ok = (x: unknown) => typeof x === 'object' && x !== null && typeof (x as StepContentKey).content === 'string' && typeof (x as StepContentKey).shape === 'string';
-    if (typeof contentKeys !== 'object' || contentKeys === null || Array.isArray(contentKeys) || !Object.values(contentKeys).every(ok)) {
-      throw new InvalidArgumentError(`${what}: cache config contentKeys must map step keys to their content key and shape`);
-    }
-    return { layers, records, contentKeys };
-  }
+  if (c.contentKeys !== undefined) return { layers, records, contentKeys: checkedContentKeys(c.contentKeys, what) };
   return { layers, records };
 }
 

@@ -7,7 +7,7 @@ import { InvalidArgumentError, LoomError } from '../../util/errors.js';
 import { isIndexType, isManifestType } from '../../util/media-types.js';
 import type { Platform } from '../../util/platform.js';
 import type { ChainLayer } from '../unpack-chain.js';
-import { CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_FIELD, parseCacheConfig, type CacheConfig } from './cache-config.js';
+import { CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_FIELD, parseCacheConfig, parseInlineCache, type CacheConfig } from './cache-config.js';
 
 /** A loaded cache: its config, what its manifest says of each blob, and how to fetch a blob. */
 export interface LoadedCache {
@@ -118,7 +118,7 @@ async function loadInlineCache(
   parseImageConfig(img.configBytes, `${what}: image config`);
   const inline = cfg[INLINE_CACHE_FIELD];
   if (typeof inline !== 'string') throw new InvalidArgumentError(`${what}: image ${img.digest} has no inline cache (build it with --export-cache type=inline)`);
-  const config = parseCacheConfig(Buffer.from(inline, 'base64'), `${what}: inline cache of ${img.digest}`);
+  const config = parseInlineCache(Buffer.from(inline, 'base64'), img.manifest.layers, `${what}: inline cache of ${img.digest}`);
   const diffIds = img.config.rootfs?.diff_ids ?? [];
   const byDigest = new Map<string, Partial<ChainLayer>>();
   img.manifest.layers.forEach((l, i) => byDigest.set(l.digest, { mediaType: l.mediaType, size: l.size, diffId: diffIds[i] }));

@@ -188,8 +188,15 @@ d('cache export and import', () => {
     // The image config carries the cache config.
     const cfg = JSON.parse(await skopeoInspect(`${reg.host}/app:inline`, { raw: true, config: true })) as Record<string, unknown>;
     expect(typeof cfg['moby.buildkit.cache.v0']).toBe('string');
-    const inline = JSON.parse(Buffer.from(cfg['moby.buildkit.cache.v0'] as string, 'base64').toString()) as { layers: unknown[]; records: unknown[] };
-    expect(inline.records.length).toBeGreaterThan(0);
+    // Upstream's inline shape: a list of records alone, each result naming the top one of the
+    // image's own layers by index (BuildKit's importer reads the field as []CacheRecord).
+    const inline = JSON.parse(Buffer.from(cfg['moby.buildkit.cache.v0'] as string, 'base64').toString()) as { digest: string; layers?: { layer: number }[] }[];
+    expect(Array.isArray(inline)).toBe(true);
+    const layerCount = (cfg['rootfs'] as { diff_ids: string[] }).diff_ids.length;
+    const tops = inline.flatMap((r) => r.layers ?? []).map((l) => l.layer);
+    expect(tops.length).toBeGreaterThan(0);
+    expect(tops.every((t) => Number.isInteger(t) && t >= 0 && t < layerCount)).toBe(true);
+    expect(tops).toContain(layerCount - 1);
 
     await build(a, dir, [], join(work, 'inl-a'));
     const b = await freshDaemon();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { buildCacheConfig, chainFor, mergeCacheConfigs, parseCacheConfig, recordDigest, recordOf } from '../../../src/cache/remote/cache-config.js';
+import { buildCacheConfig, buildInlineCache, chainFor, mergeCacheConfigs, parseCacheConfig, parseInlineCache, recordDigest, recordOf } from '../../../src/cache/remote/cache-config.js';
 import type { ChainLayer } from '../../../src/cache/unpack-chain.js';
 
 const layer = (n: number): ChainLayer => ({
@@ -64,6 +64,57 @@ describe('cache config', () => {
     expect(recordOf(merged, 'src#0')).toEqual({ digest: recordDigest('src#0') });
     expect(recordOf(merged, 'n#0')).toEqual({ digest: recordDigest('n#0') });
     expect(merged.records).toHaveLength(4);
+  });
+
+  it("writes an inline cache in upstream's shape (records alone, results by the image's layer index) and reads it, upstream's and loom's older shape", () => {
+    const img = [layer(1), layer(2), layer(3)];
+    const ck = { content: 'sha256:c', shape: 'shape:sha256:s' };
+    const bytes = buildInlineCache(
+      [
+        { key: 'top#0', layers: img, createdAt: at, content: ck },
+        { key: 'mid#0', layers: img.slice(0, 2), createdAt: at },
+        { key: 'empty#0', layers: [], createdAt: at },
+      ],
+      ['top#0', 'stage#0'],
+    )!;
+    const list = JSON.parse(bytes.toString()) as Record<string, unknown>[];
+    // BuildKit reads the field as []CacheRecord: a list; loom's content keys ride on the first
+    // record under a name BuildKit ignores.
+    expect(list).toEqual([
+      { digest: recordDigest('top#0'), layers: [{ layer: 2, createdAt: at.toISOString() }], 'loom.contentKeys': { top: ck } },
+      { digest: recordDigest('mid#0'), layers: [{ layer: 1, createdAt: at.toISOString() }] },
+      { digest: recordDigest('stage#0') },
+    ]);
+    const describe = (blob: string) => img.find((l) => l.digest === blob);
+    const back = parseInlineCache(bytes, img, 't');
+    expect(chainFor(back, 'top#0', describe, 't')).toEqual(img);
+    expect(chainFor(back, 'mid#0', describe, 't')).toEqual(img.slice(0, 2));
+    expect(recordOf(back, 'stage#0')).toEqual({ digest: recordDigest('stage#0') });
+    expect(chainFor(back, 'stage#0', describe, 't')).toBeUndefined();
+    expect(back.contentKeys).toEqual({ top: ck });
+    // Nothing with a layer: no inline cache.
+    expect(buildInlineCache([{ key: 'e#0', layers: [], createdAt: at }], ['x#0'])).toBeUndefined();
+
+    // Upstream's own inline cache (inputs, chained results, an index past the image) reads without error.
+    const upstream = Buffer.from(
+      JSON.stringify([
+        { digest: 'sha256:aa' },
+        { layers: [{ layer: 1, createdAt: '2026-01-01T00:00:00Z' }], digest: 'sha256:bb', inputs: [[{ link: 0 }], [{ selector: 'sha256:cc', link: 0 }]] },
+        { chains: [{ layers: [{ layer: 0 }] }], digest: 'sha256:dd' },
+        { layers: [{ layer: 7 }], digest: 'sha256:ee' },
+      ]),
+    );
+    const up = parseInlineCache(upstream, img, 't');
+    expect(up.layers).toEqual([
+      { blob: layer(1).digest, parent: -1 },
+      { blob: layer(2).digest, parent: 0 },
+      { blob: layer(3).digest, parent: 1 },
+    ]);
+    expect(up.records).toEqual([{ digest: 'sha256:aa' }, { digest: 'sha256:bb', layers: [{ layer: 1, createdAt: '2026-01-01T00:00:00Z' }] }, { digest: 'sha256:dd' }, { digest: 'sha256:ee' }]);
+    // What loom wrote before (the whole config object) still reads.
+    const old = buildCacheConfig([{ key: 'k#0', layers: img.slice(0, 1), createdAt: at }]).config;
+    expect(chainFor(parseInlineCache(Buffer.from(JSON.stringify(old)), img, 't'), 'k#0', describe, 't')).toEqual(img.slice(0, 1));
+    expect(() => parseInlineCache(Buffer.from('[{"layers":[]}]'), img, 'img')).toThrow('img: inline cache record 0 has no digest');
   });
 
   it("carries steps' content keys by step key, through a round trip and a merge that drops them only with their records", () => {
