@@ -15,7 +15,7 @@ import type { Platform } from '../../util/platform.js';
 import { inVertex, oneOff } from '../../util/progress.js';
 import type { LayerStore } from '../layers.js';
 import { checkChain, unpackChain, type ChainLayer, type UnpackChainDeps } from '../unpack-chain.js';
-import { buildCacheConfig, buildInlineCache, CACHE_CONFIG_MEDIA_TYPE, chainFor, mergeCacheConfigs, recordOf, stepKeyOf, type CacheConfig, type ExportEntry } from './cache-config.js';
+import { buildCacheConfig, buildInlineCache, CACHE_CONFIG_MEDIA_TYPE, chainFor, linksRecords, mergeCacheConfigs, recordOf, stepKeyOf, type CacheConfig, type ExportEntry } from './cache-config.js';
 import { loadCacheManifest, loadRegistryCache, UNCOMPRESSED_ANNOTATION, type LoadedCache } from './sources.js';
 
 const log = () => rootLog.child({ sub: 'remote-cache' });
@@ -420,7 +420,9 @@ export class BuildCache implements BuildCacheHooks {
         job.progress.warn({ vertex, level: 1, short: `replacing ${formatReference(ref)}, which could not be read as a cache to add to: ${errorMessage(err)}`, detail: [] });
         return undefined;
       });
-      if (prev && prev.config.records?.length) {
+      if (prev && linksRecords(prev.config)) {
+        job.progress.warn({ vertex, level: 1, short: `replacing ${formatReference(ref)}: another builder (BuildKit) made this cache, and loom cannot add to its linked records without breaking them`, detail: [] });
+      } else if (prev && prev.config.records?.length) {
         const merged = mergeCacheConfigs(prev.config, built.config, formatReference(ref));
         config = merged.config;
         const ours = new Set(built.layers.map((l) => l.digest));

@@ -232,6 +232,18 @@ export function parseCacheConfig(bytes: Uint8Array, what: string): CacheConfig {
   return { layers, records };
 }
 
+/**
+ * Whether a config's records link to other records (`inputs`), as BuildKit's own caches' do;
+ * loom's never do. Such links index the record list, which a merge reorders: loom replaces such
+ * a cache instead of merging into it, as upstream's export replaces what was there.
+ */
+export function linksRecords(config: CacheConfig): boolean {
+  return (config.records ?? []).some((r) => {
+    const inputs = (r as { inputs?: unknown }).inputs;
+    return Array.isArray(inputs) && inputs.length > 0;
+  });
+}
+
 const recordIndexes = new WeakMap<CacheConfig, Map<string, CacheRecord>>();
 
 /** The config's record for step output `key`, with or without a result. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { buildCacheConfig, buildInlineCache, chainFor, mergeCacheConfigs, parseCacheConfig, parseInlineCache, recordDigest, recordOf } from '../../../src/cache/remote/cache-config.js';
+import { buildCacheConfig, buildInlineCache, chainFor, linksRecords, mergeCacheConfigs, parseCacheConfig, parseInlineCache, recordDigest, recordOf } from '../../../src/cache/remote/cache-config.js';
 import type { ChainLayer } from '../../../src/cache/unpack-chain.js';
 
 const layer = (n: number): ChainLayer => ({
@@ -115,6 +115,15 @@ describe('cache config', () => {
     const old = buildCacheConfig([{ key: 'k#0', layers: img.slice(0, 1), createdAt: at }]).config;
     expect(chainFor(parseInlineCache(Buffer.from(JSON.stringify(old)), img, 't'), 'k#0', describe, 't')).toEqual(img.slice(0, 1));
     expect(() => parseInlineCache(Buffer.from('[{"layers":[]}]'), img, 'img')).toThrow('img: inline cache record 0 has no digest');
+  });
+
+  it("tells BuildKit's caches (records linked by inputs, which a merge would break) from loom's", () => {
+    expect(linksRecords(buildCacheConfig([{ key: 'a#0', layers: [layer(1)], createdAt: at }], ['b#0']).config)).toBe(false);
+    const upstream = parseCacheConfig(
+      Buffer.from(JSON.stringify({ layers: [{ blob: layer(1).digest, parent: -1 }], records: [{ digest: 'sha256:aa' }, { digest: 'sha256:bb', layers: [{ layer: 0 }], inputs: [[{ link: 0 }]] }] })),
+      't',
+    );
+    expect(linksRecords(upstream)).toBe(true);
   });
 
   it("carries steps' content keys by step key, through a round trip and a merge that drops them only with their records", () => {
