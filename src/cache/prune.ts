@@ -137,6 +137,21 @@ export function selectPrune<T extends PruneRecord>(records: readonly T[], opts: 
     for (const k of needsOf(r)) standers.set(k, (standers.get(k) ?? 1) - 1);
   };
   const free = (r: T) => r.snapshot === undefined || !standers.get(r.snapshot);
+  // Records holding one snapshot (see UsageEntry.duplicate) free its bytes only when the last of
+  // them goes, whichever of them is charged for it.
+  const holders = new Map<string, number>();
+  const snapshotBytes = new Map<string, number>();
+  for (const r of records) {
+    if (r.snapshot === undefined) continue;
+    holders.set(r.snapshot, (holders.get(r.snapshot) ?? 0) + 1);
+    if (!r.info.shared) snapshotBytes.set(r.snapshot, Math.max(snapshotBytes.get(r.snapshot) ?? 0, r.info.size));
+  }
+  const freed = (r: T): number => {
+    if (r.snapshot === undefined) return r.info.shared ? 0 : r.info.size;
+    const n = (holders.get(r.snapshot) ?? 1) - 1;
+    holders.set(r.snapshot, n);
+    return n === 0 ? (snapshotBytes.get(r.snapshot) ?? 0) : 0;
+  };
   const left = new Set(eligible);
   const chosen: T[] = [];
   for (;;) {
@@ -154,7 +169,7 @@ export function selectPrune<T extends PruneRecord>(records: readonly T[], opts: 
     chosen.push(victim);
     left.delete(victim);
     remove(victim);
-    if (!victim.info.shared) total -= victim.info.size;
+    total -= freed(victim);
     if (total < keepBytes) break;
   }
   return chosen;

@@ -53,6 +53,13 @@ describe('selectPrune (one policy)', () => {
     expect(select(rs, { keepBytes: 800 })).toEqual(['a']);
   });
 
+  it('counts bytes two records share (one snapshot) as freed only when the last of them goes', () => {
+    // c is charged for snapshot S; d holds it too (shown 0B). Removing c alone frees nothing.
+    const rs = [rec('c', { size: 1000, snapshot: 'S', usedMinAgo: 30 }), rec('d', { size: 0, snapshot: 'S', usedMinAgo: 20 }), rec('x', { usedMinAgo: 10 })];
+    expect(select(rs, { keepBytes: 500 })).toEqual(['c', 'd']);
+    expect(select(rs, { keepBytes: 1101 })).toEqual([]);
+  });
+
   it('with keepBytes removes least recently used records one at a time until below it', () => {
     const rs = [rec('new', { usedMinAgo: 1 }), rec('old', { usedMinAgo: 30 }), rec('mid', { usedMinAgo: 10 }), rec('older', { usedMinAgo: 20 })];
     expect(select(rs, { keepBytes: 250 })).toEqual(['old', 'older']);
