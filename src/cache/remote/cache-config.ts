@@ -71,6 +71,28 @@ export interface ExportEntry {
 export function buildCacheConfig(entries: readonly ExportEntry[], known: Iterable<string> = []): { config: CacheConfig; layers: ChainLayer[] } {
   const table = new LayerTable();
   const blobs: ChainLayer[] = [];
+  const { records, contentKeys } = collectRecords(entries, known, (e) => {
+    let parent = -1;
+    for (const l of e.layers) {
+      parent = table.add(parent, { blob: l.digest, annotations: { mediaType: l.mediaType, diffID: l.diffId, size: l.size } });
+    }
+    blobs.push(...e.layers);
+    return parent;
+  });
+  const config: CacheConfig = { layers: table.layers, records };
+  if (Object.keys(contentKeys).length) config.contentKeys = contentKeys;
+  return { config, layers: dedupeBlobs(blobs) };
+}
+
+/**
+ * The records of `entries` (each output once; `top` gives the index of its result's top layer)
+ * and then of `known` outputs not among them, by key alone; the entries' content keys by step.
+ */
+function collectRecords(
+  entries: readonly ExportEntry[],
+  known: Iterable<string>,
+  top: (e: ExportEntry) => number,
+): { records: CacheRecord[]; contentKeys: Record<string, StepContentKey> } {
   const records: CacheRecord[] = [];
   const contentKeys: Record<string, StepContentKey> = {};
   const seen = new Set<string>();
@@ -81,12 +103,7 @@ export function buildCacheConfig(entries: readonly ExportEntry[], known: Iterabl
     const digest = recordDigest(e.key);
     if (seen.has(digest)) continue;
     seen.add(digest);
-    let parent = -1;
-    for (const l of e.layers) {
-      parent = table.add(parent, { blob: l.digest, annotations: { mediaType: l.mediaType, diffID: l.diffId, size: l.size } });
-    }
-    blobs.push(...e.layers);
-    records.push({ digest, layers: [{ layer: parent, createdAt: e.createdAt.toISOString() }] });
+    records.push({ digest, layers: [{ layer: top(e), createdAt: e.createdAt.toISOString() }] });
   }
   for (const key of known) {
     const digest = recordDigest(key);
@@ -94,9 +111,7 @@ export function buildCacheConfig(entries: readonly ExportEntry[], known: Iterabl
     seen.add(digest);
     records.push({ digest });
   }
-  const config: CacheConfig = { layers: table.layers, records };
-  if (Object.keys(contentKeys).length) config.contentKeys = contentKeys;
-  return { config, layers: dedupeBlobs(blobs) };
+  return { records, contentKeys };
 }
 
 /** Where an inline cache keeps loom's content keys: a field of its first record, which BuildKit ignores. */
@@ -109,26 +124,11 @@ const INLINE_CONTENT_KEYS = 'loom.contentKeys';
  * layers; `known` are named by key alone (see buildCacheConfig). Undefined when no entry has a layer.
  */
 export function buildInlineCache(entries: readonly ExportEntry[], known: Iterable<string> = []): Buffer | undefined {
-  const records: (CacheRecord & { [INLINE_CONTENT_KEYS]?: Record<string, StepContentKey> })[] = [];
-  const contentKeys: Record<string, StepContentKey> = {};
-  const seen = new Set<string>();
-  for (const e of entries) {
-    if (e.layers.length === 0) continue;
-    if (e.content) contentKeys[stepKeyOf(e.key)] = { content: e.content.content, shape: e.content.shape };
-    const digest = recordDigest(e.key);
-    if (seen.has(digest)) continue;
-    seen.add(digest);
-    records.push({ digest, layers: [{ layer: e.layers.length - 1, createdAt: e.createdAt.toISOString() }] });
-  }
-  if (records.length === 0) return undefined;
-  for (const key of known) {
-    const digest = recordDigest(key);
-    if (seen.has(digest)) continue;
-    seen.add(digest);
-    records.push({ digest });
-  }
-  if (Object.keys(contentKeys).length) records[0]![INLINE_CONTENT_KEYS] = contentKeys;
-  return Buffer.from(JSON.stringify(records));
+  const { records, contentKeys } = collectRecords(entries, known, (e) => e.layers.length - 1);
+  if (!records[0]?.layers) return undefined;
+  const list: (CacheRecord & { [INLINE_CONTENT_KEYS]?: Record<string, StepContentKey> })[] = records;
+  if (Object.keys(contentKeys).length) list[0]![INLINE_CONTENT_KEYS] = contentKeys;
+  return Buffer.from(JSON.stringify(list));
 }
 
 /**
