@@ -7,7 +7,7 @@ import { InvalidArgumentError, LoomError } from '../../util/errors.js';
 import { isIndexType, isManifestType } from '../../util/media-types.js';
 import type { Platform } from '../../util/platform.js';
 import type { ChainLayer } from '../unpack-chain.js';
-import { CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_FIELD, parseCacheConfig, parseInlineCache, type CacheConfig } from './cache-config.js';
+import { CACHE_CONFIG_MEDIA_TYPE, INLINE_CACHE_FIELD, mergeCacheConfigs, parseCacheConfig, parseInlineCache, type CacheConfig } from './cache-config.js';
 
 /** A loaded cache: its config, what its manifest says of each blob, and how to fetch a blob. */
 export interface LoadedCache {
@@ -106,26 +106,45 @@ export async function loadRegistryCache(
   throw new InvalidArgumentError(`${what}: ${mt} is neither a cache manifest list nor an image`);
 }
 
-/** The inline cache of an image (for the build's platform). */
+/**
+ * The inline cache of an image: of each platform's image when the reference is an index, their
+ * records put together, as upstream's importer reads every manifest of the index (a
+ * multi-platform build finds each platform's steps).
+ */
 async function loadInlineCache(
   client: RegistryClient,
   ref: ImageReference,
   what: string,
   opts: { platform: Platform; signal?: AbortSignal },
 ): Promise<LoadedCache> {
-  const img = await client.resolve(ref, { platform: opts.platform, signal: opts.signal });
-  const cfg = JSON.parse(img.configBytes.toString('utf8')) as Record<string, unknown>;
-  parseImageConfig(img.configBytes, `${what}: image config`);
-  const inline = cfg[INLINE_CACHE_FIELD];
-  if (typeof inline !== 'string') throw new InvalidArgumentError(`${what}: image ${img.digest} has no inline cache (build it with --export-cache type=inline)`);
-  const config = parseInlineCache(Buffer.from(inline, 'base64'), img.manifest.layers, `${what}: inline cache of ${img.digest}`);
-  const diffIds = img.config.rootfs?.diff_ids ?? [];
+  const first = await client.resolve(ref, { platform: opts.platform, signal: opts.signal });
+  const images = [first];
+  for (const d of first.index?.manifests ?? []) {
+    if (d.digest === first.digest || !d.platform || d.platform.os === 'unknown' || !isManifestType(d.mediaType)) continue;
+    images.push(await client.resolve(ref, { platform: { os: d.platform.os, architecture: d.platform.architecture, ...(d.platform.variant ? { variant: d.platform.variant } : {}) }, signal: opts.signal }));
+  }
+  let config: CacheConfig | undefined;
   const byDigest = new Map<string, Partial<ChainLayer>>();
-  img.manifest.layers.forEach((l, i) => byDigest.set(l.digest, { mediaType: l.mediaType, size: l.size, diffId: diffIds[i] }));
+  const descriptors: Descriptor[] = [];
+  for (const img of images) {
+    const cfg = JSON.parse(img.configBytes.toString('utf8')) as Record<string, unknown>;
+    parseImageConfig(img.configBytes, `${what}: image config`);
+    const inline = cfg[INLINE_CACHE_FIELD];
+    if (typeof inline !== 'string') continue;
+    const one = parseInlineCache(Buffer.from(inline, 'base64'), img.manifest.layers, `${what}: inline cache of ${img.digest}`);
+    config = config ? mergeCacheConfigs(config, one, what).config : one;
+    const diffIds = img.config.rootfs?.diff_ids ?? [];
+    img.manifest.layers.forEach((l, i) => {
+      if (byDigest.has(l.digest)) return;
+      byDigest.set(l.digest, { mediaType: l.mediaType, size: l.size, diffId: diffIds[i] });
+      descriptors.push(l);
+    });
+  }
+  if (!config) throw new InvalidArgumentError(`${what}: image ${first.digest} has no inline cache (build it with --export-cache type=inline)`);
   return {
     what,
     config,
-    descriptors: img.manifest.layers,
+    descriptors,
     describe: (blob) => byDigest.get(blob),
     fetch: async (layer) => {
       await client.fetchBlob(ref, { mediaType: layer.mediaType, digest: layer.digest as Digest, size: layer.size }, { signal: opts.signal });

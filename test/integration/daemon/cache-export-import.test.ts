@@ -231,6 +231,17 @@ d('cache export and import', () => {
     for (const f of ['built', 'stamp']) expect(readFileSync(join(work, 'is-b', f), 'utf8')).toBe(readFileSync(join(work, 'is-a', f), 'utf8'));
   }, 240_000);
 
+  it("reads the inline cache of every platform's image of a multi-platform push, as upstream's importer", async () => {
+    const dir = context('inline-platforms', `FROM ${reg.host}/busybox:latest\nARG TARGETARCH\nCOPY a.txt /a-\${TARGETARCH}.txt\n`, { 'a.txt': 'a\n' });
+    const ref = `${reg.host}/app:inline-platforms`;
+    const platforms = ['--opt', 'platform=linux/amd64,linux/arm64'];
+    await build(await freshDaemon(), dir, [...platforms, '--export-cache', 'type=inline', '--output', `type=image,name=${ref},push=true`]);
+    const log = await build(await freshDaemon(), dir, [...platforms, '--import-cache', `type=registry,ref=${ref}`]);
+    for (const p of ['amd64', 'arm64']) expect(log).toMatch(cachedStep(`COPY a.txt /a-${p}.txt`));
+    // (What runs is the context, the Dockerfile and .dockerignore, new to this daemon.)
+    expect(log).toMatch(/cache summary: 2 steps cached, 3 run/);
+  }, 240_000);
+
   it("carries the steps' content keys: another daemon importing the cache finds a COPY --from whose stage was made again with the same files, as upstream", async () => {
     const dir = context(
       'content-keys',
