@@ -25,7 +25,8 @@ export class HttpSourceOp implements OpImpl {
   readonly #metadata: MetadataStore | undefined;
   readonly #url: string;
   readonly #attrs: Record<string, string>;
-  #fetched: Promise<{ ref: Ref; digest: string }> | undefined;
+  /** The download for the key; without a ref when the server said the file did not change (304). */
+  #fetched: Promise<{ ref?: Ref; digest: string }> | undefined;
 
   /** `metadata` keeps the ETags of earlier downloads (see #revalidate); without it, every key downloads. */
   constructor(deps: { refs: RefManager; metadata?: MetadataStore }, identifier: string, attrs: Record<string, string>) {
@@ -55,14 +56,25 @@ export class HttpSourceOp implements OpImpl {
     return n;
   }
 
-  #fetch(ctx: OpContext): Promise<{ ref: Ref; digest: string }> {
+  /**
+   * Downloads the file, once. `conditional`: the GET names the ETags of earlier downloads, as
+   * upstream's does after its HEAD, and a 304 gives the earlier download's digest without a ref.
+   */
+  #fetch(ctx: OpContext, conditional = true): Promise<{ ref?: Ref; digest: string }> {
     this.#fetched ??= (async () => {
       const perm = this.#int('http.perm', 0o600) || 0o600;
       const uid = this.#int('http.uid', 0);
       const gid = this.#int('http.gid', 0);
       // Upstream fetches while computing the step's cache key: its failures read `failed to load
       // cache key: ...` and are plain errors (gRPC Unknown), so clients print no code before them.
-      const res = await this.#get(ctx);
+      const known = conditional ? this.#known() : [];
+      const res = await this.#get(ctx, known.map((e) => e.etag));
+      if ('notModified' in res) {
+        const got = etagValue(res.etag) || (known.length === 1 ? etagValue(known[0]!.etag) : '');
+        const earlier = known.find((e) => etagValue(e.etag) === got);
+        if (!earlier) throw new LoomError('UNKNOWN', `failed to load cache key: invalid not-modified ETag: ${res.etag ?? ''}`);
+        return { digest: earlier.digest };
+      }
       const name = fileName(this.#url, this.#attrs['http.filename'], header(res.headers['content-disposition']));
       const w = await this.#refs.prepare(null, { signal: ctx.signal });
       try {
@@ -100,13 +112,24 @@ export class HttpSourceOp implements OpImpl {
     return this.#fetched;
   }
 
-  /** The response to a GET of the URL: from the server, or from the client's session for a `buildkit-session` URL. */
-  async #get(ctx: OpContext): Promise<{ body: Readable; headers: Record<string, string | string[] | undefined> }> {
+  /**
+   * The response to a GET of the URL: from the server, or from the client's session for a
+   * `buildkit-session` URL. With `etags`, the GET is conditional: a 304 is `notModified`.
+   */
+  async #get(
+    ctx: OpContext,
+    etags: readonly string[] = [],
+  ): Promise<{ body: Readable; headers: Record<string, string | string[] | undefined> } | { notModified: true; etag?: string }> {
     if (new URL(this.#url).host === SESSION_HOST) return { body: await this.#fromSession(ctx), headers: {} };
-    const res = await request(this.#url, { method: 'GET', dispatcher: redirecting(), signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 }).catch((err: Error) => {
+    const headers = etags.length ? { 'if-none-match': etags.join(', ') } : undefined;
+    const res = await request(this.#url, { method: 'GET', headers, dispatcher: redirecting(), signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 }).catch((err: Error) => {
       if (isAbortError(err) || ctx.signal?.aborted) throw err;
       throw new LoomError('UNKNOWN', `failed to load cache key: ${goUrlError('GET', this.#url, err)}`, { cause: err });
     });
+    if (res.statusCode === 304 && etags.length) {
+      await res.body.dump();
+      return { notModified: true, etag: header(res.headers['etag']) };
+    }
     if (res.statusCode < 200 || res.statusCode >= 300) {
       await res.body.dump();
       throw new LoomError('UNKNOWN', `failed to load cache key: invalid response status ${res.statusCode} from ${this.#url}`);
@@ -197,7 +220,11 @@ export class HttpSourceOp implements OpImpl {
   }
 
   async run(ctx: OpContext): Promise<Ref[]> {
-    return [(await this.#fetch(ctx)).ref];
+    const f = await this.#fetch(ctx);
+    if (f.ref) return [f.ref];
+    // The key came from a 304, but the earlier download is not in the cache (pruned): download.
+    this.#fetched = undefined;
+    return [(await this.#fetch(ctx, false)).ref!];
   }
 }
 

@@ -33,6 +33,8 @@ let stopGitDaemon = () => {};
 const payload = Buffer.from('hello from a loopback web server\n');
 /** A file whose server sends ETags and answers If-None-Match; the requests it saw. */
 const tagged = { version: 1, requests: [] as string[] };
+/** The same, from a server that refuses HEAD. */
+const nohead = { version: 1, requests: [] as string[] };
 
 function def(state: ReturnType<typeof scratch>): Buffer {
   return Buffer.from(toBinary(DefinitionSchema, marshal(state)));
@@ -43,16 +45,22 @@ d('sources and gateway', () => {
     work = mkdtempSync(join(tmpdir(), 'loom-src-'));
     daemon = await startDaemon();
     http = createServer((req, res) => {
-      if (req.url === '/files/tagged.txt') {
-        tagged.requests.push(`${req.method} ${req.headers['if-none-match'] ?? ''}`);
-        const etag = `"v${tagged.version}"`;
+      if (req.url === '/files/tagged.txt' || req.url === '/files/nohead.txt') {
+        const t = req.url === '/files/tagged.txt' ? tagged : nohead;
+        t.requests.push(`${req.method} ${req.headers['if-none-match'] ?? ''}`);
+        if (t === nohead && req.method === 'HEAD') {
+          res.writeHead(405);
+          res.end();
+          return;
+        }
+        const etag = `"v${t.version}"`;
         if (req.headers['if-none-match']?.split(/,\s*/).includes(etag)) {
           res.writeHead(304, { etag });
           res.end();
           return;
         }
         res.writeHead(200, { etag, 'content-type': 'text/plain' });
-        res.end(req.method === 'HEAD' ? undefined : `version ${tagged.version}\n`);
+        res.end(req.method === 'HEAD' ? undefined : `version ${t.version}\n`);
       } else if (req.url === '/files/data.txt') {
         res.writeHead(200, { 'content-type': 'text/plain', 'last-modified': 'Wed, 21 Oct 2015 07:28:00 GMT' });
         res.end(payload);
@@ -108,7 +116,31 @@ d('sources and gateway', () => {
     tagged.version = 2;
     const changed = await build(join(work, 'etag-3'));
     expect(changed.text).toBe('version 2\n');
-    expect(tagged.requests).toEqual(['GET ', 'HEAD "v1"', 'HEAD "v1"', 'GET ']);
+    // (The GET names the ETag too, as upstream's; the server's 200 brings the new file.)
+    expect(tagged.requests).toEqual(['GET ', 'HEAD "v1"', 'HEAD "v1"', 'GET "v1"']);
+  });
+
+  it('revalidates with a conditional GET when the server refuses the HEAD, as upstream', async () => {
+    const st = source(`http://127.0.0.1:${httpPort}/files/nohead.txt`);
+    const build = async (out: string) => {
+      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=local,dest=${out}`], { stdin: def(st) });
+      expect(r.code, r.stderr).toBe(0);
+      return { log: r.stderr, text: readFileSync(join(out, 'nohead.txt'), 'utf8') };
+    };
+    expect((await build(join(work, 'nohead-1'))).text).toBe('version 1\n');
+    const again = await build(join(work, 'nohead-2'));
+    expect(again.text).toBe('version 1\n');
+    // The HEAD is refused; the GET names the ETag and gets a 304: nothing downloaded, cached.
+    expect(nohead.requests).toEqual(['GET ', 'HEAD "v1"', 'GET "v1"']);
+    expect(again.log).toMatch(/^#\d+ CACHED$/m);
+    expect(again.log).not.toMatch(/downloading/);
+    nohead.version = 2;
+    expect((await build(join(work, 'nohead-3'))).text).toBe('version 2\n');
+    // A pruned earlier download is fetched again, unconditionally, when the 304 finds no result.
+    nohead.version = 1;
+    expect((await buildctl(daemon.addr, ['prune', '--all'])).code).toBe(0);
+    expect((await build(join(work, 'nohead-4'))).text).toBe('version 1\n');
+    expect(nohead.requests.slice(-3)).toEqual(['HEAD "v2", "v1"', 'GET "v2", "v1"', 'GET ']);
   });
 
   it('fails an https?:// source whose content does not match its checksum', async () => {
