@@ -121,7 +121,8 @@ async function loadInlineCache(
   const images = [first];
   for (const d of first.index?.manifests ?? []) {
     if (d.digest === first.digest || !d.platform || d.platform.os === 'unknown' || !isManifestType(d.mediaType)) continue;
-    images.push(await client.resolve(ref, { platform: { os: d.platform.os, architecture: d.platform.architecture, ...(d.platform.variant ? { variant: d.platform.variant } : {}) }, signal: opts.signal }));
+    // By its digest: the manifest alone, not the index again.
+    images.push(await client.resolve({ domain: ref.domain, path: ref.path, digest: d.digest }, { signal: opts.signal }));
   }
   let config: CacheConfig | undefined;
   const byDigest = new Map<string, Partial<ChainLayer>>();

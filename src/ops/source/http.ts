@@ -24,6 +24,8 @@ export class HttpSourceOp implements OpImpl {
   readonly #refs: RefManager;
   readonly #metadata: MetadataStore | undefined;
   readonly #url: string;
+  /** The URL's bytes come from the client's session (see #fromSession), never revalidated. */
+  readonly #session: boolean;
   readonly #attrs: Record<string, string>;
   /** The download for the key; without a ref when the server said the file did not change (304). */
   #fetched: Promise<{ ref?: Ref; digest: string }> | undefined;
@@ -40,6 +42,7 @@ export class HttpSourceOp implements OpImpl {
     } catch {
       throw new InvalidArgumentError(`invalid http identifier ${identifier}`);
     }
+    this.#session = new URL(identifier).host === SESSION_HOST;
     const sum = attrs['http.checksum'];
     if (sum && !isDigest(sum)) throw new InvalidArgumentError(`invalid http.checksum ${JSON.stringify(sum)} for ${identifier}`);
     const fname = attrs['http.filename'];
@@ -70,8 +73,7 @@ export class HttpSourceOp implements OpImpl {
       const known = conditional ? this.#known() : [];
       const res = await this.#get(ctx, known.map((e) => e.etag));
       if ('notModified' in res) {
-        const got = etagValue(res.etag) || (known.length === 1 ? etagValue(known[0]!.etag) : '');
-        const earlier = known.find((e) => etagValue(e.etag) === got);
+        const earlier = earlierDownload(known, res.etag, true);
         if (!earlier) throw new LoomError('UNKNOWN', `failed to load cache key: invalid not-modified ETag: ${res.etag ?? ''}`);
         return { digest: earlier.digest };
       }
@@ -120,7 +122,7 @@ export class HttpSourceOp implements OpImpl {
     ctx: OpContext,
     etags: readonly string[] = [],
   ): Promise<{ body: Readable; headers: Record<string, string | string[] | undefined> } | { notModified: true; etag?: string }> {
-    if (new URL(this.#url).host === SESSION_HOST) return { body: await this.#fromSession(ctx), headers: {} };
+    if (this.#session) return { body: await this.#fromSession(ctx), headers: {} };
     const headers = etags.length ? { 'if-none-match': etags.join(', ') } : undefined;
     const res = await request(this.#url, { method: 'GET', headers, dispatcher: redirecting(), signal: ctx.signal, headersTimeout: 30_000, bodyTimeout: 60_000 }).catch((err: Error) => {
       if (isAbortError(err) || ctx.signal?.aborted) throw err;
@@ -183,7 +185,7 @@ export class HttpSourceOp implements OpImpl {
   }
 
   #remember(etag: string | undefined, digest: string): void {
-    if (!etag || !this.#metadata || new URL(this.#url).host === SESSION_HOST) return;
+    if (!etag || !this.#metadata || this.#session) return;
     const kept = this.#known().filter((e) => e.etag !== etag);
     this.#metadata.kvPut(NS_HTTP_ETAG, this.#url, JSON.stringify([{ etag, digest }, ...kept].slice(0, MAX_ETAGS)));
   }
@@ -193,10 +195,10 @@ export class HttpSourceOp implements OpImpl {
    * If-None-Match first, and a response naming one of them (304 or 200) gives that download's
    * digest as the key without fetching the body (a later build of an unchanged remote context or
    * ADD is cached without downloading it). Anything else, or a failed HEAD (some servers answer
-   * no HEAD), downloads.
+   * no HEAD), leaves it to the download's conditional GET (see #fetch).
    */
   async #revalidate(ctx: OpContext): Promise<string | undefined> {
-    if (new URL(this.#url).host === SESSION_HOST) return undefined;
+    if (this.#session) return undefined;
     const known = this.#known();
     if (known.length === 0) return undefined;
     try {
@@ -209,10 +211,7 @@ export class HttpSourceOp implements OpImpl {
       });
       await res.body.dump();
       if (res.statusCode !== 200 && res.statusCode !== 304) return undefined;
-      let got = etagValue(header(res.headers['etag']));
-      // A 304 without an ETag to one asked about is about that one.
-      if (!got && res.statusCode === 304 && known.length === 1) got = etagValue(known[0]!.etag);
-      return got ? known.find((e) => etagValue(e.etag) === got)?.digest : undefined;
+      return earlierDownload(known, header(res.headers['etag']), res.statusCode === 304)?.digest;
     } catch (err) {
       if (isAbortError(err) || ctx.signal?.aborted) throw err;
       return undefined;
@@ -238,6 +237,16 @@ const MAX_ETAGS = 8;
 /** An ETag compared as upstream does: a weak one (W/) equals its strong form. */
 function etagValue(v: string | undefined): string {
   return (v ?? '').replace(/^W\//, '');
+}
+
+/**
+ * The earlier download a response's ETag names; a 304 without an ETag, to a request that named
+ * only one, is about that one.
+ */
+function earlierDownload<T extends { etag: string }>(known: readonly T[], etag: string | undefined, notModified: boolean): T | undefined {
+  let got = etagValue(etag);
+  if (!got && notModified && known.length === 1) got = etagValue(known[0]!.etag);
+  return got ? known.find((e) => etagValue(e.etag) === got) : undefined;
 }
 
 let agent: Dispatcher | undefined;

@@ -40,6 +40,17 @@ function def(state: ReturnType<typeof scratch>): Buffer {
   return Buffer.from(toBinary(DefinitionSchema, marshal(state)));
 }
 
+/**
+ * Builds the loopback server's /files/`name` as an http source into `out` with plain progress (it
+ * must succeed): the progress and the file's text.
+ */
+async function buildServedFile(name: string, out: string): Promise<{ log: string; text: string }> {
+  const st = source(`http://127.0.0.1:${httpPort}/files/${name}`);
+  const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=local,dest=${out}`], { stdin: def(st) });
+  expect(r.code, r.stderr).toBe(0);
+  return { log: r.stderr, text: readFileSync(join(out, name), 'utf8') };
+}
+
 d('sources and gateway', () => {
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'loom-src-'));
@@ -98,12 +109,7 @@ d('sources and gateway', () => {
   });
 
   it("revalidates an https?:// source by its ETag, as upstream: an unchanged file is cached without downloading it, a changed one downloads", async () => {
-    const st = source(`http://127.0.0.1:${httpPort}/files/tagged.txt`);
-    const build = async (out: string) => {
-      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=local,dest=${out}`], { stdin: def(st) });
-      expect(r.code, r.stderr).toBe(0);
-      return { log: r.stderr, text: readFileSync(join(out, 'tagged.txt'), 'utf8') };
-    };
+    const build = (out: string) => buildServedFile('tagged.txt', out);
     const first = await build(join(work, 'etag-1'));
     expect(first.text).toBe('version 1\n');
     expect(tagged.requests).toEqual(['GET ']);
@@ -121,12 +127,7 @@ d('sources and gateway', () => {
   });
 
   it('revalidates with a conditional GET when the server refuses the HEAD, as upstream', async () => {
-    const st = source(`http://127.0.0.1:${httpPort}/files/nohead.txt`);
-    const build = async (out: string) => {
-      const r = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=local,dest=${out}`], { stdin: def(st) });
-      expect(r.code, r.stderr).toBe(0);
-      return { log: r.stderr, text: readFileSync(join(out, 'nohead.txt'), 'utf8') };
-    };
+    const build = (out: string) => buildServedFile('nohead.txt', out);
     expect((await build(join(work, 'nohead-1'))).text).toBe('version 1\n');
     const again = await build(join(work, 'nohead-2'));
     expect(again.text).toBe('version 1\n');
