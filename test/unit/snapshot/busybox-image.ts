@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { createGunzip } from 'node:zlib';
 import { applyLayerTar } from '../../../src/snapshot/layer/apply-layer-tar.js';
@@ -22,10 +23,14 @@ let layoutDir: string | null = null;
 export function busyboxLayout(): string {
   if (layoutDir) return layoutDir;
   const tar = path.join(VECTORS, 'oci/busybox-multiarch-oci.tar');
-  const st = statSync(tar);
-  const d = path.join(fixtureCacheDir(), `busybox-layout-${st.size}-${Math.floor(st.mtimeMs)}`);
+  // Named by the archive's content (2 MiB, a few ms to hash), not its mtime: a fresh copy of the
+  // vectors (every CI checkout) would otherwise leave one more unpacked layout behind each time.
+  const data = readFileSync(tar);
+  const name = `busybox-layout-${createHash('sha256').update(data).digest('hex').slice(0, 16)}`;
+  const d = path.join(fixtureCacheDir(), name);
   if (!existsSync(path.join(d, 'index.json'))) {
     mkdirSync(fixtureCacheDir(), { recursive: true });
+    removeStaleLayouts(name);
     const tmp = mkdtempSync(path.join(fixtureCacheDir(), 'busybox-layout-tmp-'));
     execFileSync('tar', ['-xf', tar, '-C', tmp]);
     try {
@@ -37,6 +42,15 @@ export function busyboxLayout(): string {
   }
   layoutDir = d;
   return d;
+}
+
+/** Layouts unpacked from another archive (older vectors, or named by mtime as before) an hour ago or more. */
+function removeStaleLayouts(keep: string): void {
+  for (const e of readdirSync(fixtureCacheDir())) {
+    if (!e.startsWith('busybox-layout-') || e === keep || e.startsWith('busybox-layout-tmp-')) continue;
+    const p = path.join(fixtureCacheDir(), e);
+    if (Date.now() - statSync(p).mtimeMs > 3600_000) rmSync(p, { recursive: true, force: true });
+  }
 }
 
 function blob(digest: string): string {
