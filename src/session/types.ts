@@ -48,3 +48,10 @@ export interface SessionCaller {
   /** Resolves when the session's stream is gone. */
   readonly closed: Promise<void>;
 }
+
+/**
+ * The host of URLs whose bytes the client's session serves through Upload.Pull (upstream's upload
+ * provider): the client names a stream `http://buildkit-session/<id>`, the daemon's HTTP source
+ * fetches such a URL from the session instead of the network.
+ */
+export const UPLOAD_HOST = 'buildkit-session';

@@ -8,6 +8,7 @@ import { Agent, interceptors, request, type Dispatcher } from 'undici';
 import type { MetadataStore } from '../../cache/metadata.js';
 import type { RefManager } from '../../cache/ref-manager.js';
 import { Upload } from '../../gen/session/upload_pb.js';
+import { UPLOAD_HOST } from '../../session/types.js';
 import type { OpContext, OpImpl, Ref } from '../../solver/types.js';
 import { InvalidArgumentError, isAbortError, LoomError } from '../../util/errors.js';
 import { isDigest } from '../../util/digest.js';
@@ -42,7 +43,7 @@ export class HttpSourceOp implements OpImpl {
     } catch {
       throw new InvalidArgumentError(`invalid http identifier ${identifier}`);
     }
-    this.#session = new URL(identifier).host === SESSION_HOST;
+    this.#session = new URL(identifier).host === UPLOAD_HOST;
     const sum = attrs['http.checksum'];
     if (sum && !isDigest(sum)) throw new InvalidArgumentError(`invalid http.checksum ${JSON.stringify(sum)} for ${identifier}`);
     const fname = attrs['http.filename'];
@@ -226,9 +227,6 @@ export class HttpSourceOp implements OpImpl {
     return [(await this.#fetch(ctx, false)).ref!];
   }
 }
-
-/** The host of URLs whose bytes come from the client's session (upstream's upload provider). */
-const SESSION_HOST = 'buildkit-session';
 
 /** Metadata namespace: by URL, the ETags of earlier downloads and their digests. */
 const NS_HTTP_ETAG = 'http.etag';

@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import { BytesMessageSchema, Upload } from '../../gen/session/upload_pb.js';
 import { NotFoundError } from '../../util/errors.js';
 import { methodPath } from '../tunnel/metadata.js';
+import { UPLOAD_HOST } from '../types.js';
 import { typedHandler, type SessionServices } from '../tunnel/server.js';
 
 /** Upload chunks as upstream's provider sends them (its 32 KiB copy buffer). */
@@ -30,5 +31,5 @@ export function uploadService(uploads: Map<string, () => Readable>): SessionServ
 
 /** The URL the daemon fetches upload `id` by. */
 export function uploadURL(id: string): string {
-  return `http://buildkit-session/${id}`;
+  return `http://${UPLOAD_HOST}/${id}`;
 }
