@@ -153,12 +153,14 @@ function validateOp(d: Digest, op: Op): void {
       if (actions.length === 0) throw bad('file op without actions');
       actions.forEach((a: FileAction, i) => {
         if (a.action.case === undefined) throw bad(`file action #${i}: unknown action`);
+        // Each index names an op input or an earlier action. Only a copy reads its secondary input;
+        // another action's is unused but checked alike, as upstream's (naming the action itself is
+        // upstream's "loop from index").
         const limit = BigInt(nInputs + i);
         for (const [idx, what] of [
           [a.input, 'input'],
           [a.secondaryInput, 'secondary input'],
         ] as const) {
-          if (what === 'secondary input' && a.action.case !== 'copy') continue;
           if (idx !== -1n && (idx < 0n || idx >= limit)) {
             throw bad(`file action #${i} (${a.action.case}): ${what} ${idx} out of range`);
           }

@@ -7,7 +7,7 @@ import { GitSourceOp } from '../ops/source/git.js';
 import { HttpSourceOp } from '../ops/source/http.js';
 import { LocalSourceOp } from '../ops/source/local.js';
 import type { OpImpl, OpResolver } from '../solver/types.js';
-import { InvalidArgumentError, UnimplementedError } from '../util/errors.js';
+import { InvalidArgumentError, NotFoundError, UnimplementedError } from '../util/errors.js';
 import type { WorkerDeps } from './worker.js';
 
 /** Maps each vertex to the implementation of its op kind (sources by identifier scheme). */
@@ -19,7 +19,10 @@ export function createOpResolver(d: WorkerDeps): OpResolver {
     switch (op.case) {
       case 'source': {
         const { identifier, attrs } = op.value;
-        const scheme = identifier.slice(0, identifier.indexOf('://'));
+        const sep = identifier.indexOf('://');
+        // Upstream's wording (source.FromString), met as the op's cache key is loaded.
+        if (sep < 0) throw new InvalidArgumentError(`failed to load cache key: failed to parse ${identifier}: invalid`);
+        const scheme = identifier.slice(0, sep);
         switch (scheme) {
           case 'docker-image':
             return new ImageSourceOp({ registries, refs: d.refs, layers: d.layers, content: d.content, metadata: d.metadata }, identifier, attrs);
@@ -33,7 +36,7 @@ export function createOpResolver(d: WorkerDeps): OpResolver {
           case 'oci-layout':
             throw new UnimplementedError(`source ${identifier}: oci-layout sources are not supported by loom yet`);
           default:
-            throw new InvalidArgumentError(`unknown source type ${JSON.stringify(scheme || identifier)} in ${identifier}`);
+            throw new NotFoundError(`failed to load cache key: unknown schema ${scheme}: not found`);
         }
       }
       case 'file':

@@ -41,13 +41,13 @@ function defOf(ops: Op[], result?: Uint8Array): Buffer {
 }
 
 const source = (id: string) => create(OpSchema, { op: { case: 'source', value: create(SourceOpSchema, { identifier: id }) } });
-const mkdir = (inputs: { digest: string; index: bigint }[]) =>
+const mkdir = (inputs: { digest: string; index: bigint }[], secondaryInput = -1n) =>
   create(OpSchema, {
     inputs: inputs.map((i) => create(InputSchema, i)),
     op: {
       case: 'file',
       value: create(FileOpSchema, {
-        actions: [create(FileActionSchema, { input: 0n, secondaryInput: -1n, output: 0n, action: { case: 'mkdir', value: create(FileActionMkDirSchema, { path: '/x', mode: 0o755 }) } })],
+        actions: [create(FileActionSchema, { input: 0n, secondaryInput, output: 0n, action: { case: 'mkdir', value: create(FileActionMkDirSchema, { path: '/x', mode: 0o755 }) } })],
       }),
     },
   });
@@ -93,6 +93,20 @@ d('bad input', () => {
     const src = source('docker-image://busybox:latest');
     const srcDigest = sha256(toBinary(OpSchema, src));
     await expectFailure(['build'], defOf([src, mkdir([{ digest: srcDigest, index: 3n }])]), /error: failed to solve: invalid input index 3 .*has 1 output/);
+  });
+
+  it('names a file action index out of range, even one the action does not read (found by llb-fuzz)', async () => {
+    const src = source('docker-image://busybox:latest');
+    const srcDigest = sha256(toBinary(OpSchema, src));
+    // A mkdir reads no secondary input; 2^53 once sized an array in the key's selectors (RangeError).
+    const op = mkdir([{ digest: srcDigest, index: 0n }], 2n ** 53n);
+    const digest = sha256(toBinary(OpSchema, op));
+    await expectFailure(['build'], defOf([src, op]), new RegExp(`error: failed to solve: invalid op ${digest}: file action #0 \\(mkdir\\): secondary input 9007199254740992 out of range`));
+  });
+
+  it('words a source identifier without a scheme, or with an unknown one, as upstream', async () => {
+    await expectFailure(['build'], defOf([source('/proc/self')]), /^error: failed to solve: failed to load cache key: failed to parse \/proc\/self: invalid$/m);
+    await expectFailure(['build'], defOf([source('foo://bar')]), /^error: failed to solve: failed to load cache key: unknown schema foo: not found$/m);
   });
 
   it('names an unknown enum value', async () => {
