@@ -10,7 +10,7 @@
  * LOOM_LLB_FUZZ_LOG=FILE appends each build's outcome to FILE.
  */
 import { fromBinary, fromJson, toBinary, toJson, type JsonValue } from '@bufbuild/protobuf';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,8 +23,8 @@ import { HAVE_VECTORS, VECTORS } from '../../unit/snapshot/busybox-image.js';
 
 const d = describe.runIf(process.getuid?.() === 0 && HAVE_VECTORS);
 
-/** Vectors that need nothing from the client (no local dirs, secrets or ssh) and run on amd64. */
-const SEEDS = ['file-ops', 'merge-diff', 'exec-basic', 'exec-flags'];
+/** Vectors that run on amd64 and need nothing from the client but a local dir (no secrets or ssh). */
+const SEEDS = ['file-ops', 'merge-diff', 'exec-basic', 'exec-flags', 'local-source'];
 
 /** Values a mutated field takes: the edges a parser or a path join gets wrong. */
 const STRINGS = ['', '/', '.', '..', '../../..', '/../../etc', '/proc/self', 'a/../../b', '//x//', '*', '[', '\u0000', 'é', 'x'.repeat(5000), 'docker-image://', 'local://nope', 'sha256:zz', '-1', 'true'];
@@ -139,6 +139,14 @@ d('mutated LLB definitions', () => {
     const deadline = Date.now() + Number(process.env.LOOM_LLB_FUZZ_MS ?? 20_000);
     const vectors = SEEDS.map((n) => readFileSync(join(VECTORS, 'llb', `${n}.llb`)));
     const out = join(work, 'out.tar');
+    // The local-source vector's `context` (its include, exclude and follow patterns get mutated too).
+    const ctx = join(work, 'ctx');
+    mkdirSync(join(ctx, 'src', 'sub'), { recursive: true });
+    writeFileSync(join(ctx, 'src', 'a.txt'), 'a\n');
+    writeFileSync(join(ctx, 'src', 'sub', 'b.json'), '{}\n');
+    writeFileSync(join(ctx, 'src', 'x.tmp'), 'tmp\n');
+    writeFileSync(join(ctx, 'c.json'), '[]\n');
+    symlinkSync('src', join(ctx, 'link'));
     // The good build first, so later mutations run against a cache that holds its steps.
     const good = await buildctl(daemon.addr, ['build', '--output', `type=tar,dest=${out}`], { stdin: vectors[0] });
     expect(good.code, good.stderr).toBe(0);
@@ -153,7 +161,7 @@ d('mutated LLB definitions', () => {
       if (!def) continue;
       const what = `seed ${seed}, run ${runs}: ${def.toString('base64').slice(0, 2000)}`;
       const started = Date.now();
-      const r = await buildctl(daemon.addr, ['build'], { stdin: def, timeoutMs: 90_000 });
+      const r = await buildctl(daemon.addr, ['build', '--local', `context=${ctx}`], { stdin: def, timeoutMs: 90_000 });
       expect(Date.now() - started, `no answer within 90 s (${what})`).toBeLessThan(90_000);
       if (process.env.LOOM_LLB_FUZZ_LOG) appendFileSync(process.env.LOOM_LLB_FUZZ_LOG, `${runs} ${Date.now() - started}ms code=${r.code} ${r.stderr.split('\n').filter((l) => l.startsWith('error')).join(' | ')} ${process.env.LOOM_LLB_FUZZ_LOG_DEFS ? def.toString('base64') : ''}\n`);
       if (r.code === 0) solved++;
