@@ -61,8 +61,7 @@ export class FileOpImpl implements OpImpl {
    * sets of patterns it is read with.
    */
   #copySelectors(read: (c: FileActionCopy) => SourceSelector | null): ContentSelector[] {
-    // Only a copy reads its secondary input; another action's is unused (and may be anything).
-    const n = Math.max(0, ...this.#op.actions.flatMap((a) => (a.action.case === 'copy' ? [a.input, a.secondaryInput] : [a.input])).map((i) => Number(i) + 1));
+    const n = Math.max(0, ...this.#op.actions.flatMap((a) => [Number(a.input), Number(a.secondaryInput)]).map((i) => i + 1));
     const sel: (ContentSelector | undefined)[] = new Array(n).fill(undefined);
     for (const a of this.#op.actions) {
       const i = Number(a.input);
