@@ -60,6 +60,20 @@ export function vectorBaseImage(): string | undefined {
   return p && existsSync(p) ? p : undefined;
 }
 
+/**
+ * A daemon config for the LLB vectors, which name `localhost:5000/busybox`: the daemon reaches
+ * registry `r` (plain HTTP) as that host's mirror.
+ */
+export function vectorsRegistryConfig(r: TestRegistry): string {
+  return [
+    `[registry."localhost:5000"]`,
+    `  mirrors = ["${r.host}"]`,
+    `[registry."${r.host}"]`,
+    `  http = true`,
+    '',
+  ].join('\n');
+}
+
 /** The fixture script's cache dir (outside the repo so nothing generated lands in git). */
 export function fixtureCacheDir(): string {
   return process.env.LOOM_FIXTURE_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? tmpdir(), '.cache'), 'loom-fixtures');

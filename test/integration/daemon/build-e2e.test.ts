@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildctl, removeDir, run, startDaemon, tarListing, type TestDaemon } from '../../helpers/daemon.js';
-import { startRegistry, vectorsDir, type TestRegistry } from '../../helpers/registry.js';
+import { startRegistry, vectorsDir, vectorsRegistryConfig, type TestRegistry } from '../../helpers/registry.js';
 
 const vectors = vectorsDir();
 const isRoot = process.getuid?.() === 0;
@@ -18,17 +18,6 @@ const d = describe.runIf(isRoot && vectors !== undefined);
 let reg: TestRegistry;
 let daemon: TestDaemon;
 let work: string;
-
-/** The vectors name `localhost:5000/busybox`; the daemon reaches the test registry through a mirror. */
-function registryConfig(r: TestRegistry): string {
-  return [
-    `[registry."localhost:5000"]`,
-    `  mirrors = ["${r.host}"]`,
-    `[registry."${r.host}"]`,
-    `  http = true`,
-    '',
-  ].join('\n');
-}
 
 function vector(name: string): Buffer {
   return readFileSync(join(vectors!, 'llb', `${name}.llb`));
@@ -42,7 +31,7 @@ d('loom daemon with loom buildctl', () => {
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'loom-e2e-'));
     reg = await startRegistry();
-    daemon = await startDaemon({ config: registryConfig(reg) });
+    daemon = await startDaemon({ config: vectorsRegistryConfig(reg) });
   }, 120_000);
 
   afterAll(async () => {
@@ -95,7 +84,7 @@ d('loom daemon with loom buildctl', () => {
     expect(first.code).toBe(0);
     expect(first.stderr).toMatch(/#\d+ mkdir \/a\/b.*\n#\d+ CACHED/);
     await daemon.stop();
-    daemon = await startDaemon({ config: registryConfig(reg), root: daemon.root, dir: daemon.dir });
+    daemon = await startDaemon({ config: vectorsRegistryConfig(reg), root: daemon.root, dir: daemon.dir });
     const second = await buildctl(daemon.addr, ['build', '--progress', 'plain', '--output', `type=tar,dest=${out}`], { stdin: vector('file-ops') });
     expect(second.code, second.stderr).toBe(0);
     expect(second.stderr).toMatch(/#\d+ mkdir \/a\/b.*\n#\d+ CACHED/);
@@ -193,7 +182,7 @@ d('loom daemon with loom buildctl', () => {
     expect([...new Uint8Array(await blob.arrayBuffer()).subarray(0, 4)]).toEqual([0x28, 0xb5, 0x2f, 0xfd]);
 
     // A daemon that has none of these layers unpacks them.
-    const fresh = await startDaemon({ config: registryConfig(reg) });
+    const fresh = await startDaemon({ config: vectorsRegistryConfig(reg) });
     try {
       const ctx2 = join(work, 'zstd-from');
       mkdirSync(ctx2, { recursive: true });

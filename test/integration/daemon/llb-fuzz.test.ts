@@ -18,10 +18,10 @@ import { DefinitionSchema, OpSchema, type Definition } from '../../../src/gen/bu
 import { sha256 } from '../../../src/util/digest.js';
 import { buildctl, removeDir, startDaemon, tarListing, type TestDaemon } from '../../helpers/daemon.js';
 import { prng } from '../../helpers/prng.js';
-import { startRegistry, type TestRegistry } from '../../helpers/registry.js';
-import { HAVE_VECTORS, VECTORS } from '../../unit/snapshot/busybox-image.js';
+import { startRegistry, vectorsDir, vectorsRegistryConfig, type TestRegistry } from '../../helpers/registry.js';
 
-const d = describe.runIf(process.getuid?.() === 0 && HAVE_VECTORS);
+const VECTORS = vectorsDir();
+const d = describe.runIf(process.getuid?.() === 0 && VECTORS !== undefined);
 
 /** Vectors that run on amd64 and need nothing from the client but a local dir (no secrets or ssh). */
 const SEEDS = ['file-ops', 'merge-diff', 'exec-basic', 'exec-flags', 'local-source'];
@@ -122,8 +122,7 @@ d('mutated LLB definitions', () => {
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'loom-llbfuzz-'));
     reg = await startRegistry();
-    // The vectors name localhost:5000/busybox: the daemon reaches the test registry as its mirror.
-    daemon = await startDaemon({ config: `[registry."localhost:5000"]\n  mirrors = ["${reg.host}"]\n[registry."${reg.host}"]\n  http = true\n` });
+    daemon = await startDaemon({ config: vectorsRegistryConfig(reg) });
   }, 120_000);
 
   afterAll(async () => {
@@ -137,7 +136,7 @@ d('mutated LLB definitions', () => {
     const seed = Number(process.env.LOOM_LLB_FUZZ_SEED ?? 20261205);
     const rnd = prng(seed);
     const deadline = Date.now() + Number(process.env.LOOM_LLB_FUZZ_MS ?? 20_000);
-    const vectors = SEEDS.map((n) => readFileSync(join(VECTORS, 'llb', `${n}.llb`)));
+    const vectors = SEEDS.map((n) => readFileSync(join(VECTORS!, 'llb', `${n}.llb`)));
     const out = join(work, 'out.tar');
     // The local-source vector's `context` (its include, exclude and follow patterns get mutated too).
     const ctx = join(work, 'ctx');
@@ -150,7 +149,7 @@ d('mutated LLB definitions', () => {
     // The good build first, so later mutations run against a cache that holds its steps.
     const good = await buildctl(daemon.addr, ['build', '--output', `type=tar,dest=${out}`], { stdin: vectors[0] });
     expect(good.code, good.stderr).toBe(0);
-    const expected = readFileSync(join(VECTORS, 'llb', 'expected', 'file-ops.tar-listing.txt'), 'utf8');
+    const expected = readFileSync(join(VECTORS!, 'llb', 'expected', 'file-ops.tar-listing.txt'), 'utf8');
     expect(await tarListing(out)).toBe(expected);
 
     let runs = 0;
